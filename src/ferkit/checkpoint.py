@@ -1,0 +1,106 @@
+"""Checkpoints: atomic writes, and loads that check what the file is before using it.
+
+A checkpoint holds the model weights together with the config, class names and preprocessing it
+was trained with, so evaluation and prediction never have to be told them again.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import Config
+from .errors import FerkitError
+from .model import build_model
+
+FORMAT = "ferkit-checkpoint"
+VERSION = 1
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over the target.
+
+    A crash at any moment leaves either the old file or the new one, never a half-written one.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def make_checkpoint(model: nn.Module, cfg: Config, classes: tuple[str, ...], **extra: Any) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": cfg.arch,
+        "classes": list(classes),
+        "config": cfg.to_dict(),
+        "preprocess": {"image_size": cfg.image_size, "mean": list(cfg.mean), "std": list(cfg.std)},
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **extra,
+    }
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load and check a ferkit checkpoint; any failure is one clear line naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FerkitError(f"checkpoint {path} does not exist; pass the best.pth or last.pth of a training run")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FerkitError(f"checkpoint {path} is truncated or not a ferkit checkpoint ({first}); "
+                          "use another checkpoint of the run (best.pth or last.pth)") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise FerkitError(f"{path} is not a ferkit checkpoint (no '{FORMAT}' marker); train one with `ferkit train`")
+    if ckpt.get("version", 0) > VERSION:
+        raise FerkitError(f"checkpoint {path} has format version {ckpt['version']}; upgrade ferkit to read it")
+    return ckpt
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    config: Config
+    classes: tuple[str, ...]
+    checkpoint: dict[str, Any]
+
+
+def check_classes(path: str | os.PathLike, have: tuple[str, ...], expected: tuple[str, ...]) -> None:
+    if tuple(have) != tuple(expected):
+        raise FerkitError(
+            f"checkpoint {path} was trained for classes {list(have)} but the data has {list(expected)}; "
+            "use a checkpoint trained on these classes or retrain"
+        )
+
+
+def load_model(path: str | os.PathLike, expected_classes: tuple[str, ...] | None = None) -> LoadedModel:
+    ckpt = read_checkpoint(path)
+    classes = tuple(ckpt["classes"])
+    if expected_classes is not None:
+        check_classes(path, classes, expected_classes)
+    cfg = Config.from_dict(ckpt["config"])
+    model = build_model(ckpt["arch"], len(classes), cfg.dropout, cfg.hidden)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise FerkitError(f"checkpoint {path} does not fit architecture {ckpt['arch']!r} "
+                          f"({str(e).splitlines()[0]}); it was made by another model definition") from None
+    model.eval()
+    return LoadedModel(model, cfg, classes, ckpt)

@@ -1,0 +1,278 @@
+"""FER datasets in the two formats FER2013 users have, and the two evaluation protocols.
+
+- image folders: ``train/<class>/*`` and ``test/<class>/*`` (optionally ``val/<class>/*``);
+  FER2013's ``test/`` file names start with ``PublicTest_`` or ``PrivateTest_``;
+- the Kaggle ``fer2013.csv`` with ``emotion``, ``pixels`` and ``Usage`` columns.
+
+A protocol turns a dataset into three splits: ``train``, ``select`` (where the best epoch is
+chosen) and ``report`` (where the final figure is measured). ``spec`` selects and reports on the
+whole test split, as the specification does; ``clean`` selects on PublicTest (or ``val/``) and
+reports PrivateTest (or ``test/``) once.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from .errors import FerkitError
+
+CLASSES: tuple[str, ...] = ("Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise")
+
+_ALIASES = {
+    "Angry": ("angry", "anger", "mad"),
+    "Disgust": ("disgust", "disgusted", "disgusting"),
+    "Fear": ("fear", "fearful", "afraid", "scared"),
+    "Happy": ("happy", "happiness", "joy", "happiest"),
+    "Neutral": ("neutral", "neutrality", "calm"),
+    "Sad": ("sad", "sadness", "unhappy"),
+    "Surprise": ("surprise", "surprised", "suprise"),
+}
+ALIASES: dict[str, str] = {alias: cls for cls, names in _ALIASES.items() for alias in names}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+VAL_DIRS = ("val", "valid", "validation")
+WHERE_TO_GET = (
+    "get FER2013 from Kaggle (msambare/fer2013 image folders, or the challenge's fer2013.csv) and pass "
+    "--data PATH, set $FERKIT_DATA, or put it in ./data/fer2013; accepted layouts: "
+    "PATH/train/<class>/*.jpg + PATH/test/<class>/*.jpg, or a fer2013.csv with emotion,pixels,Usage columns"
+)
+
+Source = Union[Path, np.ndarray]
+
+
+@dataclass
+class Sample:
+    source: Source  # a file, or decoded pixels (CSV rows)
+    label: int
+    name: str  # file path or "fer2013.csv:<row>", for error messages
+
+
+@dataclass
+class Splits:
+    classes: tuple[str, ...]
+    train: list[Sample]
+    select: list[Sample]
+    report: list[Sample]
+    protocol: str
+    names: dict[str, str] = field(default_factory=dict)  # split -> human description
+
+
+def canonical_class(name: str) -> str | None:
+    return ALIASES.get(name.strip().lower())
+
+
+def load_image(sample: Sample) -> Image.Image:
+    """Decode one sample fully (so truncated files fail here, with the file named)."""
+    if isinstance(sample.source, np.ndarray):
+        return Image.fromarray(sample.source)
+    try:
+        with Image.open(sample.source) as im:
+            im.load()
+            return im.copy()
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        raise FerkitError(
+            f"cannot read image {sample.name}: {e}; delete or replace it (`ferkit data check` lists every bad file)"
+        ) from None
+
+
+class FerDataset(Dataset):
+    def __init__(self, samples: list[Sample], transform: Callable | None = None) -> None:
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        sample = self.samples[index]
+        image = load_image(sample)
+        return (self.transform(image) if self.transform else image), sample.label
+
+    @property
+    def targets(self) -> list[int]:
+        return [s.label for s in self.samples]
+
+
+def resolve_data_path(path: str | os.PathLike | None) -> Path:
+    """The dataset location: the given path, else $FERKIT_DATA, else ./data/fer2013."""
+    if path is not None:
+        candidate = Path(path)
+        if not candidate.exists():
+            raise FerkitError(f"dataset path {candidate} does not exist; {WHERE_TO_GET}")
+        return candidate
+    for candidate in (os.environ.get("FERKIT_DATA"), "data/fer2013"):
+        if candidate and Path(candidate).exists():
+            return Path(candidate)
+    raise FerkitError(f"no dataset given and none found in $FERKIT_DATA or ./data/fer2013; {WHERE_TO_GET}")
+
+
+def _class_dirs(split_dir: Path) -> dict[str, Path]:
+    dirs = sorted(p for p in split_dir.iterdir() if p.is_dir())
+    unknown = [p.name for p in dirs if canonical_class(p.name) is None]
+    if unknown:
+        raise FerkitError(
+            f"unknown class folders {unknown} in {split_dir}; rename them to one of "
+            f"{[c.lower() for c in CLASSES]} (or a usual alias such as anger, happiness, sadness)"
+        )
+    if not dirs:
+        raise FerkitError(f"{split_dir} has no class folders; expected {split_dir}/<class>/*.jpg")
+    mapped: dict[str, Path] = {}
+    for d in dirs:
+        cls = canonical_class(d.name)
+        if cls in mapped:
+            raise FerkitError(f"folders {mapped[cls].name!r} and {d.name!r} in {split_dir} both mean {cls}; merge them")
+        mapped[cls] = d
+    return mapped
+
+
+def _folder_split(split_dir: Path) -> dict[str, list[Path]]:
+    return {
+        cls: sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        for cls, d in _class_dirs(split_dir).items()
+    }
+
+
+def read_image_folder(root: Path) -> dict[str, dict[str, list[Path]]]:
+    """split name -> canonical class -> files, for the splits present under root."""
+    present = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
+    if "train" not in present or "test" not in present:
+        raise FerkitError(
+            f"{root} is not a FER image-folder dataset (found folders {sorted(present) or 'none'}); "
+            "expected train/<class>/* and test/<class>/*, or pass a fer2013.csv"
+        )
+    splits = {"train": _folder_split(present["train"]), "test": _folder_split(present["test"])}
+    for name in VAL_DIRS:
+        if name in present:
+            splits["val"] = _folder_split(present[name])
+            break
+    return splits
+
+
+def read_fer_csv(path: Path) -> dict[str, list[Sample]]:
+    """Usage value (Training, PublicTest, PrivateTest) -> samples with decoded 48x48 pixels."""
+    usages: dict[str, list[Sample]] = {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"emotion", "pixels"} - set(reader.fieldnames or ())
+        if missing:
+            raise FerkitError(f"{path} lacks columns {sorted(missing)}; a FER2013 CSV has emotion,pixels,Usage")
+        for row_number, row in enumerate(reader, start=2):
+            name = f"{path.name}:{row_number}"
+            try:
+                label = int(row["emotion"])
+                pixels = np.array(row["pixels"].split(), dtype=np.uint8)
+                side = int(round(len(pixels) ** 0.5))
+                if side * side != len(pixels) or not 0 <= label < len(CLASSES):
+                    raise ValueError
+            except (ValueError, TypeError):
+                raise FerkitError(f"bad row {name}: need an emotion 0-6 and a square image of pixel values") from None
+            usages.setdefault(row.get("Usage") or "Training", []).append(
+                Sample(pixels.reshape(side, side), label, name)
+            )
+    return usages
+
+
+def _limit(samples: list[Sample], per_class: int) -> list[Sample]:
+    if per_class <= 0:
+        return samples
+    kept: list[Sample] = []
+    seen: Counter = Counter()
+    for s in samples:
+        if seen[s.label] < per_class:
+            kept.append(s)
+            seen[s.label] += 1
+    return kept
+
+
+def _to_samples(by_class: dict[str, list[Path]], classes: tuple[str, ...]) -> list[Sample]:
+    index = {c: i for i, c in enumerate(classes)}
+    return [Sample(p, index[cls], str(p)) for cls, files in by_class.items() for p in files]
+
+
+def load_splits(path: str | os.PathLike | None, protocol: str = "spec", limit_per_class: int = 0) -> Splits:
+    root = resolve_data_path(path)
+    if root.is_file():
+        splits = _csv_splits(root, protocol)
+    else:
+        splits = _folder_splits(root, protocol)
+    splits.train = _limit(splits.train, limit_per_class)
+    splits.select = _limit(splits.select, limit_per_class)
+    splits.report = splits.select if splits.report is splits.select else _limit(splits.report, limit_per_class)
+    _validate(splits, root)
+    return splits
+
+
+def _folder_splits(root: Path, protocol: str) -> Splits:
+    folders = read_image_folder(root)
+    classes = tuple(c for c in CLASSES if c in folders["train"])
+    extra = sorted(set(folders["test"]) - set(classes))
+    if extra:
+        raise FerkitError(f"test/ has classes {extra} that train/ lacks in {root}; add them to train/ or remove them")
+    train = _to_samples(folders["train"], classes)
+    test = _to_samples(folders["test"], classes)
+    if protocol == "spec":
+        return Splits(classes, train, test, test, protocol, {"select": "test", "report": "test"})
+    if "val" in folders:
+        val = _to_samples(folders["val"], classes)
+        return Splits(classes, train, val, test, protocol, {"select": "val", "report": "test"})
+    public = [s for s in test if Path(s.name).name.startswith("PublicTest_")]
+    private = [s for s in test if Path(s.name).name.startswith("PrivateTest_")]
+    if not public or not private:
+        raise FerkitError(
+            f"the clean protocol needs a val/ folder or PublicTest_/PrivateTest_ file names in {root}/test; "
+            "use --protocol spec for this dataset"
+        )
+    return Splits(classes, train, public, private, protocol, {"select": "PublicTest", "report": "PrivateTest"})
+
+
+def _csv_splits(path: Path, protocol: str) -> Splits:
+    usages = read_fer_csv(path)
+    train = usages.get("Training", [])
+    public, private = usages.get("PublicTest", []), usages.get("PrivateTest", [])
+    if protocol == "spec":
+        test = public + private
+        return Splits(CLASSES, train, test, test, protocol, {"select": "test", "report": "test"})
+    return Splits(CLASSES, train, public, private, protocol, {"select": "PublicTest", "report": "PrivateTest"})
+
+
+def _validate(splits: Splits, root: Path) -> None:
+    for split in ("train", "select", "report"):
+        samples = getattr(splits, split)
+        if not samples:
+            raise FerkitError(f"the {split} split ({splits.names.get(split, split)}) of {root} has no images")
+    counts = Counter(s.label for s in splits.train)
+    empty = [c for i, c in enumerate(splits.classes) if counts[i] == 0]
+    if empty:
+        raise FerkitError(f"classes {empty} have no training images in {root}; add images or remove the class folders")
+
+
+def check_dataset(path: str | os.PathLike | None) -> dict:
+    """Per-split, per-class counts plus unreadable and all-black images, decoding every file."""
+    root = resolve_data_path(path)
+    if root.is_file():
+        split_samples = {usage: samples for usage, samples in read_fer_csv(root).items()}
+    else:
+        split_samples = {
+            split: [Sample(p, CLASSES.index(cls), str(p)) for cls, files in by_class.items() for p in files]
+            for split, by_class in read_image_folder(root).items()
+        }
+    report: dict = {"path": str(root), "splits": {}, "unreadable": [], "black": []}
+    for split, samples in split_samples.items():
+        report["splits"][split] = {c: 0 for c in CLASSES} | dict(Counter(CLASSES[s.label] for s in samples))
+        for s in samples:
+            try:
+                pixels = np.asarray(load_image(s))
+            except FerkitError as e:
+                report["unreadable"].append({"file": s.name, "error": str(e)})
+                continue
+            if pixels.max() == 0:
+                report["black"].append(s.name)
+    return report

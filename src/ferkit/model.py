@@ -1,0 +1,99 @@
+"""The specification's ResNet18-like network for 96x96 faces (section 2 of SPEC.md).
+
+Unlike torchvision's ImageNet ResNet18, the stem keeps full resolution (no stride, no max-pool),
+so layer1 runs at 96x96 and layer4 at 12x12, and the head is an MLP with dropout.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    # No bias: every conv is followed by BatchNorm, whose shift makes a bias redundant.
+    return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+class Downsample(nn.Sequential):
+    """Shortcut projection: makes the skip path match the block output's size and channels."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
+            nn.BatchNorm2d(out_channels),
+        )
+
+
+class Block(nn.Module):
+    """Basic residual unit: relu(downsample(x) + bn2(conv2(relu(bn1(conv1(x))))))."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(in_channels, out_channels, stride)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(out_channels, out_channels)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        needs_projection = stride != 1 or in_channels != out_channels
+        self.downsample: nn.Module = Downsample(in_channels, out_channels, stride) if needs_projection else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(self.downsample(x) + out)
+
+
+class ResNet(nn.Module):
+    def __init__(self, layers: tuple[int, ...] = (2, 2, 2, 2), num_classes: int = 7,
+                 parameter_dropout: float = 0.3, hidden: int = 256) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(conv3x3(3, 64), nn.BatchNorm2d(64), nn.ReLU(inplace=True))
+        widths = (64, 128, 256, 512)
+        in_channels = 64
+        for index, (width, blocks) in enumerate(zip(widths, layers), start=1):
+            stride = 1 if index == 1 else 2
+            stage = [Block(in_channels, width, stride)] + [Block(width, width) for _ in range(blocks - 1)]
+            self.add_module(f"layer{index}", nn.Sequential(*stage))
+            in_channels = width
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.head = nn.Sequential(
+            nn.Linear(in_channels, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.GELU(),
+            nn.Dropout(parameter_dropout),
+            nn.Linear(hidden, num_classes),
+        )
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        # Start each residual branch at zero so every block begins as the identity: stabler early training.
+        for m in self.modules():
+            if isinstance(m, Block):
+                nn.init.zeros_(m.bn2.weight)
+
+    def features(self, x: Tensor) -> Tensor:
+        x = self.stem(x)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.flatten(self.pool(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+def resnet18(num_classes: int = 7, parameter_dropout: float = 0.3, hidden: int = 256) -> ResNet:
+    return ResNet((2, 2, 2, 2), num_classes=num_classes, parameter_dropout=parameter_dropout, hidden=hidden)
+
+
+ARCHITECTURES = {"resnet18": resnet18}
+
+
+def build_model(arch: str, num_classes: int, dropout: float, hidden: int) -> ResNet:
+    return ARCHITECTURES[arch](num_classes=num_classes, parameter_dropout=dropout, hidden=hidden)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["conv3x3", "Block", "Downsample", "ResNet", "resnet18", "build_model", "count_parameters"]

@@ -1,0 +1,51 @@
+"""Device, precision and seeding choices shared by training, evaluation and prediction."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import FerkitError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise FerkitError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu or auto")
+    return torch.device(name)
+
+
+@lru_cache(maxsize=1)
+def _cpu_has_native_bf16() -> bool:
+    # Without AMX or AVX-512 BF16, PyTorch emulates bf16 on the CPU and is many times slower than fp32.
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if _cpu_has_native_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

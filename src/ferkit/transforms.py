@@ -1,0 +1,67 @@
+"""The specification's train and test pipelines (SPEC.md section 1), built with torchvision v2.
+
+Both start by converting to a 3-channel uint8 tensor, so grayscale FER2013 crops and colour
+photos go through the same ops; the geometric and colour ops run on uint8 (cheaper than float).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from .config import Config
+
+
+class ToRGB:
+    """Any PIL image (L, LA, P, RGBA, CMYK, 16-bit) or array to 3-channel RGB; v2.RGB rejects alpha."""
+
+    def __call__(self, image):
+        if isinstance(image, Image.Image):
+            if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                # 16-bit and float greyscale: scale to 8 bits before PIL's mode conversion clips it.
+                pixels = np.asarray(image, dtype=np.float32)
+                span = max(float(pixels.max() - pixels.min()), 1e-6)
+                image = Image.fromarray(((pixels - pixels.min()) / span * 255).astype(np.uint8))
+            return image if image.mode == "RGB" else image.convert("RGB")
+        array = np.asarray(image)
+        if array.ndim == 2:
+            array = np.repeat(array[..., None], 3, axis=2)
+        return Image.fromarray(np.ascontiguousarray(array[..., :3]).astype(np.uint8))
+
+    def __repr__(self) -> str:
+        return "ToRGB()"
+
+
+def _to_rgb_tensor() -> list:
+    return [ToRGB(), v2.ToImage()]
+
+
+def _normalize(cfg: Config) -> list[v2.Transform]:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(cfg.mean), std=list(cfg.std))]
+
+
+def build_train_transform(cfg: Config) -> v2.Compose:
+    return v2.Compose(
+        _to_rgb_tensor()
+        + [
+            v2.RandomResizedCrop(cfg.image_size, scale=tuple(cfg.crop_scale), antialias=True),
+            v2.RandomHorizontalFlip(p=cfg.flip_p),
+            v2.RandomApply(
+                [v2.ColorJitter(brightness=cfg.brightness, contrast=cfg.contrast,
+                                saturation=cfg.saturation, hue=cfg.hue)],
+                p=cfg.jitter_p,
+            ),
+            v2.RandomGrayscale(p=cfg.grayscale_p),
+            v2.RandomRotation(degrees=cfg.rotation),
+        ]
+        + _normalize(cfg)
+        + [v2.RandomErasing(p=cfg.erasing_p)]
+    )
+
+
+def build_test_transform(cfg: Config) -> v2.Compose:
+    return v2.Compose(
+        _to_rgb_tensor() + [v2.Resize((cfg.image_size, cfg.image_size), antialias=True)] + _normalize(cfg)
+    )

@@ -1,0 +1,61 @@
+"""Shared fixtures: small synthetic datasets in both formats, and the real FER2013 when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ferkit.data import CLASSES
+
+# Keep the suite light on the 2-core CI machine and repeatable.
+torch.set_num_threads(1)
+
+REAL_DATA = Path(os.environ.get("FERKIT_TEST_DATA", Path(__file__).resolve().parents[2] / "shared/data/fer2013"))
+
+
+def _face(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
+    # Class-dependent brightness gives the tiny test runs something learnable.
+    base = 30 + 30 * label
+    return np.clip(rng.normal(base, 20, (size, size)), 0, 255).astype(np.uint8)
+
+
+def make_image_folder(root: Path, per_class: int = 4, size: int = 20, folder_names=None,
+                      test_prefixes=("PublicTest_", "PrivateTest_")) -> Path:
+    rng = np.random.default_rng(0)
+    names = folder_names or [c.lower() for c in CLASSES]
+    for split in ("train", "test"):
+        for label, name in enumerate(names):
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                prefix = "Training_" if split == "train" else test_prefixes[i % 2]
+                Image.fromarray(_face(rng, label, size), mode="L").save(d / f"{prefix}{label}{i:03d}.png")
+    return root
+
+
+def make_csv(path: Path, per_class: int = 3, size: int = 48) -> Path:
+    rng = np.random.default_rng(1)
+    rows = ["emotion,pixels,Usage"]
+    for usage in ("Training", "PublicTest", "PrivateTest"):
+        for label in range(len(CLASSES)):
+            for _ in range(per_class):
+                rows.append(f"{label},{' '.join(map(str, _face(rng, label, size).ravel()))},{usage}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "fer")
+
+
+@pytest.fixture
+def real_data() -> Path:
+    if not (REAL_DATA / "train").is_dir():
+        pytest.skip(f"FER2013 not found at {REAL_DATA} (set FERKIT_TEST_DATA to its image-folder root)")
+    return REAL_DATA
