@@ -119,11 +119,18 @@ def _setup_logging(out: Path) -> None:
     log.propagate = False
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.AdamW:
     # Decay only weight matrices and kernels: decaying norm scales and biases only fights the normalisation.
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.effective_lr())
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int):
+    """Cosine annealing from the effective lr to min_lr over the whole run (in epochs or in steps)."""
+    total = cfg.epochs * (steps_per_epoch if cfg.schedule_unit == "step" else 1)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=cfg.min_lr)
 
 
 def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
@@ -144,14 +151,13 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     seed_everything(cfg.seed)
 
     model = build_model(cfg.arch, len(splits.classes), cfg.dropout, cfg.hidden).to(device)
-    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.effective_lr())
+    optimizer = build_optimizer(model, cfg)
     train_set = FerDataset(splits.train, build_train_transform(cfg))
     steps_per_epoch = len(train_set) // cfg.batch_size
     if steps_per_epoch == 0:
         raise FerkitError(f"{len(train_set)} training images are fewer than one batch of {cfg.batch_size}; "
                           "lower --batch-size")
-    total = cfg.epochs * (steps_per_epoch if cfg.schedule_unit == "step" else 1)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=cfg.min_lr)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
 
     state = TrainState()
     if ckpt is not None:

@@ -1,0 +1,76 @@
+import json
+import math
+
+import pytest
+import torch
+
+from ferkit.cli import build_parser
+from ferkit.config import Config, config_from_args
+from ferkit.errors import FerkitError
+from ferkit.model import resnet18
+from ferkit.train import build_optimizer, build_scheduler
+
+
+def test_defaults_are_the_specification():
+    cfg = Config()
+    assert cfg.image_size == 96 and cfg.epochs == 100 and cfg.batch_size == 32 and cfg.workers == 4
+    assert cfg.label_smoothing == 0.1 and cfg.protocol == "spec" and cfg.schedule_unit == "epoch"
+    assert (cfg.flip_p, cfg.jitter_p, cfg.grayscale_p, cfg.rotation, cfg.erasing_p) == (0.5, 0.8, 0.2, 20.0, 0.25)
+    assert cfg.mean == (0.485, 0.456, 0.406) and cfg.std == (0.229, 0.224, 0.225)
+
+
+def parse(*argv):
+    return config_from_args(build_parser().parse_args(["train", *argv]))
+
+
+def test_layers_preset_then_file_then_flags(tmp_path):
+    assert parse().image_size == 96
+    assert parse("--preset", "quick").image_size == 48
+    f = tmp_path / "c.toml"
+    f.write_text('image_size = 64\nepochs = 7\ncrop_scale = [0.5, 1.0]\n')
+    cfg = parse("--preset", "quick", "--config", str(f), "--epochs", "3")
+    assert (cfg.image_size, cfg.epochs, cfg.crop_scale, cfg.protocol) == (64, 3, (0.5, 1.0), "clean")
+    j = tmp_path / "c.json"
+    j.write_text(json.dumps({"lr": 0.01}))
+    assert parse("--config", str(j)).lr == 0.01
+
+
+def test_bad_config_values_are_clear_errors(tmp_path):
+    with pytest.raises(FerkitError, match="unknown config keys"):
+        Config().updated({"epoch": 3})
+    with pytest.raises(FerkitError, match="must be one of"):
+        Config().updated({"protocol": "other"})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("epochs = = 3")
+    with pytest.raises(FerkitError, match="not valid TOML"):
+        parse("--config", str(bad))
+
+
+def test_config_round_trips_through_a_dict():
+    cfg = Config(image_size=48, crop_scale=(0.7, 1.0))
+    assert Config.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+@pytest.mark.parametrize("rule,expected", [("none", 1e-3), ("sqrt", 2e-3), ("linear", 4e-3)])
+def test_lr_scaling_rules(rule, expected):
+    assert Config(batch_size=128, lr_scaling=rule).effective_lr() == pytest.approx(expected)
+
+
+def test_lr_after_k_epochs_follows_the_cosine_formula():
+    cfg = Config(epochs=10, lr=1e-3, min_lr=1e-6)
+    optimizer = build_optimizer(resnet18(), cfg)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch=50)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    for k in range(1, 11):
+        optimizer.step()
+        scheduler.step()
+        expected = cfg.min_lr + (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * k / cfg.epochs)) / 2
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-9)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(cfg.min_lr)
+
+
+def test_weight_decay_skips_norms_and_biases():
+    optimizer = build_optimizer(resnet18(), Config(weight_decay=0.05))
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.05 and all(p.ndim > 1 for p in decayed["params"])
+    assert plain["weight_decay"] == 0.0 and all(p.ndim == 1 for p in plain["params"])

@@ -1,0 +1,132 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from ferkit.cli import main
+from ferkit.data import CLASSES, FerDataset, canonical_class, check_dataset, load_splits, resolve_data_path
+from ferkit.errors import FerkitError
+
+from conftest import make_csv, make_image_folder
+
+
+def test_image_folder_spec_protocol(image_folder):
+    splits = load_splits(image_folder, "spec")
+    assert splits.classes == CLASSES
+    assert len(splits.train) == 28 and len(splits.select) == 28 and splits.report is splits.select
+    labels = sorted({s.label for s in splits.train})
+    assert labels == list(range(7))
+    # labels follow the canonical order, whatever the folder listing order
+    happy = [s for s in splits.train if "/happy/" in s.name]
+    assert {s.label for s in happy} == {CLASSES.index("Happy")}
+
+
+def test_image_folder_clean_protocol_uses_file_name_prefixes(image_folder):
+    splits = load_splits(image_folder, "clean")
+    assert all("PublicTest_" in s.name for s in splits.select)
+    assert all("PrivateTest_" in s.name for s in splits.report)
+    assert len(splits.select) == len(splits.report) == 14
+    assert splits.names == {"select": "PublicTest", "report": "PrivateTest"}
+
+
+def test_clean_protocol_without_prefixes_or_val_is_an_error(tmp_path):
+    root = make_image_folder(tmp_path / "d", test_prefixes=("img_", "img_"))
+    with pytest.raises(FerkitError, match="--protocol spec"):
+        load_splits(root, "clean")
+    assert len(load_splits(root, "spec").report) == 28
+
+
+def test_aliases_and_case_are_accepted(tmp_path):
+    names = ["Anger", "DISGUST", "fearful", "Happiness", "neutral", "Sadness", "surprised"]
+    splits = load_splits(make_image_folder(tmp_path / "d", folder_names=names), "spec")
+    assert splits.classes == CLASSES
+    assert canonical_class(" Joy ") == "Happy" and canonical_class("contempt") is None
+
+
+def test_unknown_class_folder_is_listed(tmp_path):
+    root = make_image_folder(tmp_path / "d")
+    (root / "train" / "contempt").mkdir()
+    with pytest.raises(FerkitError, match=r"unknown class folders \['contempt'\]"):
+        load_splits(root)
+
+
+def test_wrong_layout_says_what_is_expected(tmp_path):
+    (tmp_path / "images").mkdir()
+    with pytest.raises(FerkitError, match="expected train/<class>/\\* and test/<class>/\\*"):
+        load_splits(tmp_path)
+
+
+def test_missing_data_explains_where_to_get_fer2013(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FERKIT_DATA", raising=False)
+    with pytest.raises(FerkitError, match="Kaggle"):
+        resolve_data_path(None)
+    monkeypatch.setenv("FERKIT_DATA", str(make_image_folder(tmp_path / "env")))
+    assert resolve_data_path(None) == tmp_path / "env"
+
+
+def test_corrupt_image_names_the_file(image_folder):
+    bad = image_folder / "train" / "happy" / "Training_broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    dataset = FerDataset([s for s in load_splits(image_folder).train if s.name == str(bad)])
+    with pytest.raises(FerkitError, match="Training_broken.png"):
+        dataset[0]
+
+
+def test_csv_format(tmp_path):
+    csv_path = make_csv(tmp_path / "fer2013.csv")
+    spec = load_splits(csv_path, "spec")
+    assert len(spec.train) == 21 and len(spec.report) == 42
+    clean = load_splits(csv_path, "clean")
+    assert len(clean.select) == 21 and len(clean.report) == 21
+    image, label = FerDataset(clean.train)[0]
+    assert image.size == (48, 48) and label == 0
+    assert np.asarray(image).dtype == np.uint8
+
+
+def test_csv_bad_row_is_an_error(tmp_path):
+    p = tmp_path / "fer2013.csv"
+    p.write_text("emotion,pixels,Usage\n9,1 2 3 4,Training\n")
+    with pytest.raises(FerkitError, match="fer2013.csv:2"):
+        load_splits(p)
+
+
+def test_limit_per_class(image_folder):
+    splits = load_splits(image_folder, "spec", limit_per_class=2)
+    assert len(splits.train) == 14 and len(splits.report) == 14
+
+
+def test_empty_class_is_an_error(image_folder):
+    for f in (image_folder / "train" / "sad").iterdir():
+        f.unlink()
+    with pytest.raises(FerkitError, match=r"\['Sad'\] have no training images"):
+        load_splits(image_folder)
+
+
+def test_check_finds_black_and_unreadable(image_folder, capsys):
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(image_folder / "test" / "fear" / "PublicTest_black.png")
+    (image_folder / "train" / "sad" / "Training_bad.jpg").write_bytes(b"nope")
+    report = check_dataset(image_folder)
+    assert report["splits"]["train"]["Sad"] == 5 and report["splits"]["test"]["Fear"] == 5
+    assert [b["file"].endswith("Training_bad.jpg") for b in report["unreadable"]] == [True]
+    assert len(report["black"]) == 1 and report["black"][0].endswith("PublicTest_black.png")
+    assert main(["data", "check", str(image_folder)]) == 0
+    out = capsys.readouterr().out
+    assert "all-black images: 1" in out and "unreadable files: 1" in out
+
+
+def test_cli_reports_one_line_errors(tmp_path, capsys):
+    assert main(["data", "check", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ferkit: error: dataset path") and "\n" not in err
+
+
+@pytest.mark.realdata
+def test_real_fer2013_counts_and_quirks(real_data):
+    report = check_dataset(real_data)
+    train, test = report["splits"]["train"], report["splits"]["test"]
+    assert sum(train.values()) == 28709 and sum(test.values()) == 7178
+    assert train["Disgust"] == 436 and test["Happy"] == 1774
+    assert report["unreadable"] == []
+    assert len(report["black"]) == 12
+    clean = load_splits(real_data, "clean")
+    assert len(clean.select) == 3589 and len(clean.report) == 3589

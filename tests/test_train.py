@@ -1,0 +1,172 @@
+import os
+import signal
+
+import pytest
+import torch
+
+import ferkit.train as train_mod
+from ferkit.checkpoint import atomic_save, load_model, read_checkpoint
+from ferkit.cli import main
+from ferkit.config import Config
+from ferkit.errors import FerkitError
+from ferkit.train import TrainingInterrupted, train
+
+
+def tiny(image_folder, out, **kw) -> Config:
+    values = dict(data=str(image_folder), out=str(out), image_size=16, batch_size=4, epochs=3, workers=0,
+                  tensorboard=False, seed=3)
+    values.update(kw)
+    return Config(**values)
+
+
+def weights(path):
+    return read_checkpoint(path)["model"]
+
+
+def test_run_folder_holds_everything(image_folder, tmp_path):
+    report = train(tiny(image_folder, tmp_path / "run", tensorboard=True, protocol="clean"))
+    run = tmp_path / "run"
+    for name in ("config.json", "train.log", "metrics.csv", "curves.png", "last.pth", "best.pth", "report.json",
+                 "report_confusion.png"):
+        assert (run / name).is_file(), name
+    assert any((run / "tensorboard").iterdir())
+    assert report["split"] == "PrivateTest" and report["images"] == 14
+    assert sum(map(sum, report["confusion_matrix"])) == 14
+    assert len((run / "metrics.csv").read_text().strip().splitlines()) == 4
+    loaded = load_model(run / "best.pth")
+    assert loaded.classes[3] == "Happy" and loaded.config.image_size == 16
+    assert loaded.checkpoint["preprocess"] == {"image_size": 16, "mean": [0.485, 0.456, 0.406],
+                                               "std": [0.229, 0.224, 0.225]}
+
+
+def test_best_checkpoint_written_only_on_improvement(image_folder, tmp_path, monkeypatch):
+    scripted = [0.2, 0.5, 0.4, 0.5, 0.7]  # selection accuracy of epochs 1-5
+    real_metrics = train_mod.compute_metrics
+    saved, calls = [], []
+
+    def scripted_metrics(labels, probs, classes):
+        metrics = real_metrics(labels, probs, classes)
+        calls.append(1)
+        if len(calls) <= len(scripted):  # the final report afterwards keeps its real value
+            metrics["accuracy"] = scripted[len(calls) - 1]
+        return metrics
+
+    def recording_save(obj, path):
+        saved.append((os.path.basename(path), obj.get("epoch")))
+        atomic_save(obj, path)
+
+    monkeypatch.setattr(train_mod, "compute_metrics", scripted_metrics)
+    monkeypatch.setattr(train_mod, "atomic_save", recording_save)
+    train(tiny(image_folder, tmp_path / "run", epochs=5))
+    best_epochs = [epoch for name, epoch in saved if name == "best.pth"]
+    assert best_epochs == [1, 2, 5]
+    assert [name for name, _ in saved].count("last.pth") == 5
+    assert read_checkpoint(tmp_path / "run" / "best.pth")["epoch"] == 5
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(image_folder, tmp_path, monkeypatch):
+    train(tiny(image_folder, tmp_path / "full"))
+    real_log = train_mod._log_epoch
+
+    def crash_after_epoch_2(out, row, *args):
+        real_log(out, row, *args)
+        if row["epoch"] == 2:
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(train_mod, "_log_epoch", crash_after_epoch_2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(tiny(image_folder, tmp_path / "resumed"))
+    assert read_checkpoint(tmp_path / "resumed" / "last.pth")["state"]["epoch"] == 2
+    monkeypatch.setattr(train_mod, "_log_epoch", real_log)
+    train(tiny(image_folder, tmp_path / "resumed"), resume=True)
+    full, resumed = weights(tmp_path / "full" / "last.pth"), weights(tmp_path / "resumed" / "last.pth")
+    assert full.keys() == resumed.keys()
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_sigint_mid_epoch_saves_and_resumes_exactly(image_folder, tmp_path, monkeypatch):
+    train(tiny(image_folder, tmp_path / "full", epochs=2))
+    calls = {"n": 0}
+    real_step = torch.optim.AdamW.step
+
+    def step_then_interrupt(self, *a, **k):
+        result = real_step(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] == 9:  # epoch 2, third batch
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_interrupt)
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        train(tiny(image_folder, tmp_path / "cut", epochs=2))
+    state = read_checkpoint(tmp_path / "cut" / "last.pth")["state"]
+    assert (state["epoch"], state["step"]) == (1, 3)
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    train(tiny(image_folder, tmp_path / "cut", epochs=2), resume=True)
+    full, resumed = weights(tmp_path / "full" / "last.pth"), weights(tmp_path / "cut" / "last.pth")
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_existing_run_folder_is_not_clobbered(image_folder, tmp_path):
+    cfg = tiny(image_folder, tmp_path / "run", epochs=1)
+    train(cfg)
+    before = (tmp_path / "run" / "best.pth").read_bytes()
+    with pytest.raises(FerkitError, match="--overwrite"):
+        train(cfg)
+    assert (tmp_path / "run" / "best.pth").read_bytes() == before
+    train(cfg, overwrite=True)
+    with pytest.raises(FerkitError, match="last.pth does not exist"):
+        train(tiny(image_folder, tmp_path / "other"), resume=True)
+
+
+def test_bad_checkpoints_give_clear_errors(image_folder, tmp_path):
+    train(tiny(image_folder, tmp_path / "run", epochs=1))
+    good = tmp_path / "run" / "best.pth"
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[:5000])
+    with pytest.raises(FerkitError, match="truncated.pth is truncated or not a ferkit checkpoint"):
+        load_model(truncated)
+    foreign = tmp_path / "foreign.pth"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(FerkitError, match="not a ferkit checkpoint"):
+        load_model(foreign)
+    with pytest.raises(FerkitError, match="trained for classes"):
+        load_model(good, expected_classes=("Happy", "Sad"))
+    other_arch = tmp_path / "other_arch.pth"
+    ckpt = read_checkpoint(good)
+    ckpt["model"] = {k: v for k, v in ckpt["model"].items() if not k.startswith("layer4")}
+    torch.save(ckpt, other_arch)
+    with pytest.raises(FerkitError, match="does not fit architecture"):
+        load_model(other_arch)
+
+
+def test_evaluate_refuses_data_with_other_classes(image_folder, tmp_path, capsys):
+    train(tiny(image_folder, tmp_path / "run", epochs=1))
+    for name in ("disgust",):
+        for split in ("train", "test"):
+            for f in (image_folder / split / name).iterdir():
+                f.unlink()
+            (image_folder / split / name).rmdir()
+    assert main(["evaluate", str(tmp_path / "run" / "best.pth"), "--workers", "0"]) == 2
+    assert "trained for classes" in capsys.readouterr().err
+
+
+@pytest.mark.realdata
+def test_cli_end_to_end_on_real_fer2013(real_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(["train", "--preset", "quick", "--data", str(real_data), "--limit-per-class", "12",
+                 "--image-size", "32", "--batch-size", "16", "--epochs", "2", "--workers", "2",
+                 "--out", str(run), "--no-tensorboard"])
+    assert code == 0
+    report = read_checkpoint(run / "best.pth")
+    assert report["config"]["protocol"] == "clean"
+    assert main(["evaluate", str(run / "best.pth"), "--tta", "flip", "--limit-per-class", "12",
+                 "--workers", "2", "--out", str(tmp_path / "eval"), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"split": "PrivateTest"' in out and '"tta": "flip"' in out
+    assert (tmp_path / "eval" / "eval_PrivateTest_flip.json").is_file()
+    assert (tmp_path / "eval" / "eval_PrivateTest_flip_confusion.png").is_file()
+    assert (run / "report.json").is_file() and (run / "curves.png").is_file()
+    assert main(["evaluate", str(run / "best.pth"), "--tta", "tencrop", "--split", "select",
+                 "--limit-per-class", "5", "--workers", "0"]) == 0
+    assert "PublicTest (clean protocol, TTA tencrop): images 35" in capsys.readouterr().out
