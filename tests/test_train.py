@@ -170,3 +170,30 @@ def test_cli_end_to_end_on_real_fer2013(real_data, tmp_path, capsys):
     assert main(["evaluate", str(run / "best.pth"), "--tta", "tencrop", "--split", "select",
                  "--limit-per-class", "5", "--workers", "0"]) == 0
     assert "PublicTest (clean protocol, TTA tencrop): images 35" in capsys.readouterr().out
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(image_folder, tmp_path, monkeypatch):
+    cfg = tiny(image_folder, tmp_path / "run", epochs=2, batch_size=1)
+    real_ce = train_mod.F.cross_entropy
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        loss = real_ce(*a, **k)
+        return loss * float("nan") if calls["n"] > 28 else loss  # epoch 2 diverges
+
+    monkeypatch.setattr(train_mod.F, "cross_entropy", poisoned)
+    with pytest.raises(FerkitError, match="non-finite loss at epoch 2 step 20"):
+        train(cfg)
+    last = read_checkpoint(tmp_path / "run" / "last.pth")
+    assert last["state"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+
+
+def test_corrupt_image_during_training_is_one_clear_line(image_folder, tmp_path, capsys):
+    (image_folder / "train" / "fear" / "Training_zz_bad.png").write_bytes(b"garbage")
+    code = main(["train", "--data", str(image_folder), "--out", str(tmp_path / "run"), "--image-size", "16",
+                 "--batch-size", "4", "--epochs", "1", "--workers", "1", "--no-tensorboard"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("ferkit: error: cannot read image") and "Training_zz_bad.png" in err[-1]

@@ -96,5 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except FerkitError as e:
-        print(f"ferkit: error: {e}", file=sys.stderr)
+        # Errors raised in DataLoader workers arrive wrapped with a traceback; the last line is ours.
+        message = str(e).strip().splitlines()[-1].removeprefix("ferkit.errors.FerkitError: ")
+        print(f"ferkit: error: {message}", file=sys.stderr)
         return 2

@@ -264,6 +264,11 @@ def _train_epoch(model, loader: DataLoader, optimizer, scheduler, cfg: Config, d
         state.step += 1
         bar.update(1)
         if state.step % 20 == 0 or state.step == steps_per_epoch:
+            # Checked where the progress bar synchronises anyway; checkpoints are only written after this
+            # check passes at the epoch's end, so a diverged model never overwrites a good one.
+            if not torch.isfinite(loss_sum):
+                raise FerkitError(f"non-finite loss at epoch {state.epoch + 1} step {state.step}; the last good "
+                                  "checkpoint is kept; lower --lr or check the data, then --resume")
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
                             img_s=f"{timed_images / (time.perf_counter() - t0):.1f}")
         if stop:
