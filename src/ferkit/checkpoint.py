@@ -31,15 +31,21 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     A crash at any moment leaves either the old file or the new one, never a half-written one.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise FerkitError(f"cannot write {path}: {e.strerror}; check the run folder's permissions and space") from None
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise FerkitError(f"cannot write {path}: {e.strerror or e}; earlier checkpoints in {path.parent} "
+                              "are intact; free disk space, then --resume") from None
         raise
 
 

@@ -21,7 +21,7 @@ from typing import Callable, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from .errors import FerkitError
 
@@ -84,17 +84,33 @@ def load_image(sample: Sample) -> Image.Image:
 
 
 class FerDataset(Dataset):
-    def __init__(self, samples: list[Sample], transform: Callable | None = None) -> None:
+    """(image, label) pairs; with ``skip_bad`` an unreadable file yields None for `collate_skipping` to drop."""
+
+    def __init__(self, samples: list[Sample], transform: Callable | None = None, skip_bad: bool = False) -> None:
         self.samples = samples
         self.transform = transform
+        self.skip_bad = skip_bad
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
         sample = self.samples[index]
-        image = load_image(sample)
+        try:
+            image = load_image(sample)
+        except FerkitError:
+            if self.skip_bad:
+                return None, sample.name
+            raise
         return (self.transform(image) if self.transform else image), sample.label
+
+
+def collate_skipping(batch: list) -> tuple:
+    """Default collation of the readable items, plus the names of the unreadable ones."""
+    good = [item for item in batch if item[0] is not None]
+    bad = [name for image, name in batch if image is None]
+    images, labels = default_collate(good) if good else (None, None)
+    return images, labels, bad
 
     @property
     def targets(self) -> list[int]:

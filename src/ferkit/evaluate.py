@@ -52,7 +52,9 @@ def collect_probs(model: nn.Module, loader: DataLoader, device: torch.device, pr
                   tta: str = "none") -> tuple[np.ndarray, np.ndarray]:
     """Probabilities and labels for a whole loader (gathered on the device, copied once)."""
     probs, labels = [], []
-    for images, targets in loader:
+    for images, targets, *_ in loader:
+        if images is None:
+            continue
         probs.append(predict_probs(model, images.to(device, non_blocking=True), precision, tta))
         labels.append(targets)
     return torch.cat(probs).cpu().numpy(), torch.cat(labels).numpy()

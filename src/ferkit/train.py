@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from .checkpoint import atomic_save, check_classes, make_checkpoint, read_checkpoint
 from .config import Config
-from .data import FerDataset, Splits, load_splits
+from .data import FerDataset, Splits, collate_skipping, load_splits
 from .errors import FerkitError
 from .evaluate import collect_probs, compute_metrics, format_metrics, make_loader, write_report
 from .model import build_model, count_parameters
@@ -73,6 +73,7 @@ class TrainState:
     seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
     partial: dict = field(default_factory=dict)  # running sums of the interrupted epoch
+    skipped: list[str] = field(default_factory=list)  # unreadable images left out (--bad-images skip)
 
 
 def _ignore_sigint(_worker_id: int) -> None:
@@ -97,6 +98,8 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     if resume:
         if not (out / "last.pth").is_file():
             raise FerkitError(f"cannot resume: {out}/last.pth does not exist; start the run without --resume")
+        for stale in out.glob(".*.tmp"):  # left by a process killed while writing a checkpoint
+            stale.unlink()
         return
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -152,7 +155,8 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
 
     model = build_model(cfg.arch, len(splits.classes), cfg.dropout, cfg.hidden).to(device)
     optimizer = build_optimizer(model, cfg)
-    train_set = FerDataset(splits.train, build_train_transform(cfg))
+    skip_bad = cfg.bad_images == "skip"
+    train_set = FerDataset(splits.train, build_train_transform(cfg), skip_bad)
     steps_per_epoch = len(train_set) // cfg.batch_size
     if steps_per_epoch == 0:
         raise FerkitError(f"{len(train_set)} training images are fewer than one batch of {cfg.batch_size}; "
@@ -171,9 +175,10 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     sampler = EpochSampler(len(train_set), cfg.seed)
     loader_generator = torch.Generator()
     train_loader = make_loader(train_set, cfg.batch_size, cfg.workers, device, sampler=sampler, drop_last=True,
-                               generator=loader_generator, worker_init_fn=_ignore_sigint)
-    select_loader = make_loader(FerDataset(splits.select, build_test_transform(cfg)), cfg.batch_size * 2,
-                                cfg.workers, device, worker_init_fn=_ignore_sigint)
+                               generator=loader_generator, worker_init_fn=_ignore_sigint,
+                               collate_fn=collate_skipping)
+    select_loader = make_loader(FerDataset(splits.select, build_test_transform(cfg), skip_bad), cfg.batch_size * 2,
+                                cfg.workers, device, worker_init_fn=_ignore_sigint, collate_fn=collate_skipping)
     writer = _tensorboard(out) if cfg.tensorboard else None
 
     log.info(f"ferkit train: {cfg.arch} ({count_parameters(model) / 1e6:.2f}M parameters) at "
@@ -199,8 +204,13 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
             sampler.set_epoch(epoch, start_step * cfg.batch_size)
             loader_generator.manual_seed(cfg.seed * 1_000_003 + epoch)
             t0 = time.perf_counter()
-            sums = _train_epoch(model, train_loader, optimizer, scheduler, cfg, device, precision, state, stop,
-                                steps_per_epoch)
+            try:
+                sums = _train_epoch(model, train_loader, optimizer, scheduler, cfg, device, precision, state, stop,
+                                    steps_per_epoch)
+            except torch.cuda.OutOfMemoryError:
+                raise FerkitError(f"out of memory on {device} with batch size {cfg.batch_size} at "
+                                  f"{cfg.image_size}x{cfg.image_size}; retry with a smaller --batch-size "
+                                  "(the learning rate is rescaled for it)") from None
             state.seconds += time.perf_counter() - t0
             if stop:
                 state.partial = sums
@@ -229,6 +239,8 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
                            select_split=splits.names["select"])
             save_last()
             _log_epoch(out, row, writer, cfg.epochs, splits.names["select"])
+            if state.skipped:
+                log.info(f"{len(state.skipped)} unreadable images skipped so far (listed above in train.log)")
             plot_curves(state.history, out / "curves.png")
     if writer is not None:
         writer.close()
@@ -245,25 +257,29 @@ def _train_epoch(model, loader: DataLoader, optimizer, scheduler, cfg: Config, d
     timed_images, t0 = 0, time.perf_counter()
     bar = tqdm(total=steps_per_epoch, initial=state.step, desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
                leave=False, mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
-    for images, targets in loader:
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        with autocast(device, precision):
-            logits = model(images)
-            loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if cfg.schedule_unit == "step":
-            scheduler.step()
-        n = targets.numel()
-        loss_sum += loss.detach() * n
-        correct += (logits.argmax(dim=1) == targets).sum()
-        seen += n
-        timed_images += n
+    for images, targets, bad in loader:
         state.step += 1
         bar.update(1)
-        if state.step % 20 == 0 or state.step == steps_per_epoch:
+        if bad:
+            state.skipped.extend(bad)
+            log.warning(f"skipped unreadable images (--bad-images skip): {', '.join(bad)}")
+        if images is not None and len(targets) > 1:  # BatchNorm needs two samples to train on
+            images = images.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            with autocast(device, precision):
+                logits = model(images)
+                loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            n = targets.numel()
+            loss_sum += loss.detach() * n
+            correct += (logits.argmax(dim=1) == targets).sum()
+            seen += n
+            timed_images += n
+        if cfg.schedule_unit == "step":
+            scheduler.step()
+        if seen and (state.step % 20 == 0 or state.step == steps_per_epoch):
             # Checked where the progress bar synchronises anyway; checkpoints are only written after this
             # check passes at the epoch's end, so a diverged model never overwrites a good one.
             if not torch.isfinite(loss_sum):
@@ -308,8 +324,8 @@ def final_report(out: Path, splits: Splits, cfg: Config, state: TrainState, devi
     best = read_checkpoint(out / "best.pth")
     model = build_model(cfg.arch, len(splits.classes), cfg.dropout, cfg.hidden).to(device)
     model.load_state_dict(best["model"])
-    loader = make_loader(FerDataset(splits.report, build_test_transform(cfg)), cfg.batch_size * 2, cfg.workers,
-                         device)
+    loader = make_loader(FerDataset(splits.report, build_test_transform(cfg), cfg.bad_images == "skip"),
+                         cfg.batch_size * 2, cfg.workers, device, collate_fn=collate_skipping)
     probs, labels = collect_probs(model, loader, device, precision)
     metrics = compute_metrics(labels, probs, splits.classes)
     metrics.update(protocol=cfg.protocol, split=splits.names["report"], selected_on=splits.names["select"],

@@ -1,0 +1,109 @@
+"""Faults a real run meets: SIGKILL at any moment, a full disk, unreadable images."""
+
+import errno
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import ferkit.checkpoint as checkpoint_mod
+from ferkit.checkpoint import read_checkpoint
+from ferkit.config import Config
+from ferkit.errors import FerkitError
+from ferkit.train import train
+
+TRAIN_ARGS = ["--image-size", "16", "--batch-size", "4", "--epochs", "3", "--workers", "0", "--seed", "5",
+              "--no-tensorboard"]
+
+
+def run_cli(*args, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "ferkit", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def final_weights(run):
+    return read_checkpoint(run / "last.pth")["model"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sigkill_at_a_random_moment_loses_nothing(image_folder, tmp_path, seed):
+    reference = tmp_path / "reference"
+    assert run_cli("train", "--data", str(image_folder), "--out", str(reference), *TRAIN_ARGS).wait() == 0
+    run = tmp_path / "killed"
+    proc = run_cli("train", "--data", str(image_folder), "--out", str(run), *TRAIN_ARGS)
+    # Kill somewhere between start-up and the end of the last epoch (a few seconds on any machine).
+    deadline = time.monotonic() + 120
+    while not (run / "last.pth").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(random.Random(seed).uniform(0.0, 1.5))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    read_checkpoint(run / "last.pth")  # a completed epoch's state, never a half-written file
+    if (run / "best.pth").exists():
+        read_checkpoint(run / "best.pth")
+    assert run_cli("train", "--resume", "--out", str(run)).wait() == 0
+    assert not [p.name for p in run.iterdir() if p.suffix == ".tmp"]  # stale temporary files are cleared
+    ref, got = final_weights(reference), final_weights(run)
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_sigterm_saves_and_prints_how_to_resume(image_folder, tmp_path):
+    run = tmp_path / "run"
+    proc = run_cli("train", "--data", str(image_folder), "--out", str(run), *TRAIN_ARGS, "--epochs", "50")
+    deadline = time.monotonic() + 120
+    while not (run / "last.pth").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "interrupted by SIGTERM" in out and f"ferkit train --resume --out {run}" in out
+    assert read_checkpoint(run / "last.pth")["state"]["epoch"] >= 1
+
+
+def test_full_disk_keeps_earlier_checkpoints(image_folder, tmp_path, monkeypatch):
+    cfg = Config(data=str(image_folder), out=str(tmp_path / "run"), image_size=16, batch_size=4, epochs=2,
+                 workers=0, tensorboard=False)
+    real_save = torch.save
+    writes = {"n": 0}
+
+    def disk_fills_up(obj, f, *a, **k):
+        writes["n"] += 1
+        if writes["n"] > 2:  # epoch 1 wrote best.pth and last.pth; the disk is full from then on
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(checkpoint_mod.torch, "save", disk_fills_up)
+    with pytest.raises(FerkitError, match="No space left on device; earlier checkpoints .* are intact"):
+        train(cfg)
+    monkeypatch.setattr(checkpoint_mod.torch, "save", real_save)
+    assert read_checkpoint(tmp_path / "run" / "last.pth")["state"]["epoch"] == 1
+    assert not [p for p in (tmp_path / "run").iterdir() if p.suffix == ".tmp"]
+
+
+def test_unreadable_images_can_be_skipped_and_are_reported(image_folder, tmp_path):
+    (image_folder / "train" / "fear" / "Training_zz_bad.png").write_bytes(b"garbage")
+    cfg = Config(data=str(image_folder), out=str(tmp_path / "run"), image_size=16, batch_size=4, epochs=1,
+                 workers=0, tensorboard=False, bad_images="skip")
+    train(cfg)
+    state = read_checkpoint(tmp_path / "run" / "last.pth")["state"]
+    assert [os.path.basename(p) for p in state["skipped"]] == ["Training_zz_bad.png"]
+    assert "Training_zz_bad.png" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_out_of_memory_suggests_a_smaller_batch(image_folder, tmp_path, monkeypatch):
+    import ferkit.train as train_mod
+
+    def no_memory(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(train_mod.F, "cross_entropy", no_memory)
+    cfg = Config(data=str(image_folder), out=str(tmp_path / "run"), image_size=16, batch_size=8, epochs=1,
+                 workers=0, tensorboard=False)
+    with pytest.raises(FerkitError, match="out of memory on cpu with batch size 8 .* smaller --batch-size"):
+        train(cfg)
