@@ -69,7 +69,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise FerkitError(f"checkpoint {path} does not exist; pass the best.pth or last.pth of a training run")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as e:
+    except (OSError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FerkitError(f"checkpoint {path} is truncated or not a ferkit checkpoint ({first}); "
                           "use another checkpoint of the run (best.pth or last.pth)") from None

@@ -212,6 +212,9 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
                                   f"{cfg.image_size}x{cfg.image_size}; retry with a smaller --batch-size "
                                   "(the learning rate is rescaled for it)") from None
             state.seconds += time.perf_counter() - t0
+            if not stop and sums["seen"] == 0:
+                raise FerkitError(f"no batch of epoch {epoch + 1} could be trained on (every image unreadable, "
+                                  "or batches of one image); check the data or raise --batch-size")
             if stop:
                 state.partial = sums
                 save_last({"torch": torch.get_rng_state()})
@@ -257,39 +260,39 @@ def _train_epoch(model, loader: DataLoader, optimizer, scheduler, cfg: Config, d
     timed_images, t0 = 0, time.perf_counter()
     bar = tqdm(total=steps_per_epoch, initial=state.step, desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
                leave=False, mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
-    for images, targets, bad in loader:
-        state.step += 1
-        bar.update(1)
-        if bad:
-            state.skipped.extend(bad)
-            log.warning(f"skipped unreadable images (--bad-images skip): {', '.join(bad)}")
-        if images is not None and len(targets) > 1:  # BatchNorm needs two samples to train on
-            images = images.to(device, non_blocking=True)
-            targets = targets.to(device, non_blocking=True)
-            with autocast(device, precision):
-                logits = model(images)
-                loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            n = targets.numel()
-            loss_sum += loss.detach() * n
-            correct += (logits.argmax(dim=1) == targets).sum()
-            seen += n
-            timed_images += n
-        if cfg.schedule_unit == "step":
-            scheduler.step()
-        if seen and (state.step % 20 == 0 or state.step == steps_per_epoch):
-            # Checked where the progress bar synchronises anyway; checkpoints are only written after this
-            # check passes at the epoch's end, so a diverged model never overwrites a good one.
-            if not torch.isfinite(loss_sum):
-                raise FerkitError(f"non-finite loss at epoch {state.epoch + 1} step {state.step}; the last good "
-                                  "checkpoint is kept; lower --lr or check the data, then --resume")
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
-                            img_s=f"{timed_images / (time.perf_counter() - t0):.1f}")
-        if stop:
-            break
-    bar.close()
+    with bar:  # closing the bar on any exit keeps error messages on a line of their own
+        for images, targets, bad in loader:
+            state.step += 1
+            bar.update(1)
+            if bad:
+                state.skipped.extend(bad)
+                log.warning(f"skipped unreadable images (--bad-images skip): {', '.join(bad)}")
+            if images is not None and len(targets) > 1:  # BatchNorm needs two samples to train on
+                images = images.to(device, non_blocking=True)
+                targets = targets.to(device, non_blocking=True)
+                with autocast(device, precision):
+                    logits = model(images)
+                    loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                n = targets.numel()
+                loss_sum += loss.detach() * n
+                correct += (logits.argmax(dim=1) == targets).sum()
+                seen += n
+                timed_images += n
+            if cfg.schedule_unit == "step":
+                scheduler.step()
+            if seen and (state.step % 20 == 0 or state.step == steps_per_epoch):
+                # Checked where the progress bar synchronises anyway; checkpoints are only written after this
+                # check passes at the epoch's end, so a diverged model never overwrites a good one.
+                if not torch.isfinite(loss_sum):
+                    raise FerkitError(f"non-finite loss at epoch {state.epoch + 1} step {state.step}; the last good "
+                                      "checkpoint is kept; lower --lr or check the data, then --resume")
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
+                                img_s=f"{timed_images / (time.perf_counter() - t0):.1f}")
+            if stop:
+                break
     return {"loss": float(loss_sum), "correct": int(correct), "seen": seen,
             "images_per_s": timed_images / max(time.perf_counter() - t0, 1e-9)}
 
