@@ -130,3 +130,19 @@ def test_real_fer2013_counts_and_quirks(real_data):
     assert len(report["black"]) == 12
     clean = load_splits(real_data, "clean")
     assert len(clean.select) == 3589 and len(clean.report) == 3589
+
+
+def test_class_mismatch_between_train_and_test_is_an_error(image_folder):
+    import shutil
+
+    shutil.rmtree(image_folder / "train" / "disgust")
+    with pytest.raises(FerkitError, match=r"test/ has classes \['Disgust'\] that train/ lacks"):
+        load_splits(image_folder)
+
+
+def test_missing_split_is_an_error(image_folder):
+    import shutil
+
+    shutil.rmtree(image_folder / "test")
+    with pytest.raises(FerkitError, match=r"found folders \['train'\]"):
+        load_splits(image_folder)

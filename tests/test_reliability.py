@@ -47,7 +47,7 @@ def test_sigkill_at_a_random_moment_loses_nothing(image_folder, tmp_path, seed):
     read_checkpoint(run / "last.pth")  # a completed epoch's state, never a half-written file
     if (run / "best.pth").exists():
         read_checkpoint(run / "best.pth")
-    assert run_cli("train", "--resume", "--out", str(run)).wait() == 0
+    assert run_cli("train", "--resume", str(run)).wait() == 0
     assert not [p.name for p in run.iterdir() if p.suffix == ".tmp"]  # stale temporary files are cleared
     ref, got = final_weights(reference), final_weights(run)
     assert all(torch.equal(ref[k], got[k]) for k in ref)
@@ -62,7 +62,7 @@ def test_sigterm_saves_and_prints_how_to_resume(image_folder, tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130
-    assert "interrupted by SIGTERM" in out and f"ferkit train --resume --out {run}" in out
+    assert "interrupted by SIGTERM" in out and f"ferkit train --resume {run}" in out
     assert read_checkpoint(run / "last.pth")["state"]["epoch"] >= 1
 
 
@@ -107,3 +107,23 @@ def test_out_of_memory_suggests_a_smaller_batch(image_folder, tmp_path, monkeypa
                  workers=0, tensorboard=False)
     with pytest.raises(FerkitError, match="out of memory on cpu with batch size 8 .* smaller --batch-size"):
         train(cfg)
+
+
+def test_non_finite_steps_can_be_skipped_and_counted(image_folder, tmp_path, monkeypatch):
+    import ferkit.train as train_mod
+
+    real_ce = train_mod.F.cross_entropy
+    calls = {"n": 0}
+
+    def every_third_is_nan(*a, **k):
+        calls["n"] += 1
+        loss = real_ce(*a, **k)
+        return loss * float("nan") if calls["n"] % 3 == 0 else loss
+
+    monkeypatch.setattr(train_mod.F, "cross_entropy", every_third_is_nan)
+    cfg = Config(data=str(image_folder), out=str(tmp_path / "run"), image_size=16, batch_size=4, epochs=1,
+                 workers=0, tensorboard=False, nonfinite="skip")
+    train(cfg)
+    last = read_checkpoint(tmp_path / "run" / "last.pth")
+    assert last["state"]["nonfinite_steps"] == ["1:3", "1:6"]
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())

@@ -14,8 +14,10 @@ def _train(args: argparse.Namespace) -> int:
     from .train import TrainingInterrupted, train
 
     cfg = config_from_args(args)
+    if args.resume:
+        cfg = cfg.updated({"out": args.resume})
     try:
-        train(cfg, resume=args.resume, overwrite=args.overwrite)
+        train(cfg, resume=args.resume is not None, overwrite=args.overwrite)
     except TrainingInterrupted as e:
         print(f"ferkit: {e}", file=sys.stderr)
         return 130
@@ -63,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the spec model (defaults are the specification's)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_config_arguments(p)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pth")
+    p.add_argument("--resume", nargs="?", const="", metavar="RUN_DIR",
+                   help="continue RUN_DIR (default: --out) from its last.pth, with its own config")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.set_defaults(func=_train)
 

@@ -36,6 +36,8 @@ class Config:
     workers: int = _opt(4, "DataLoader worker processes")
     bad_images: str = _opt("stop", "an unreadable image stops the run, or is skipped and reported",
                            choices=("stop", "skip"))
+    nonfinite: str = _opt("stop", "a NaN/inf loss stops the run, or its step is skipped and counted (checks every step)",
+                          choices=("stop", "skip"))
     # Input and augmentation (specification section 1, in pipeline order)
     image_size: int = _opt(96, "network input size (square)")
     crop_scale: tuple[float, float] = _opt((0.8, 1.0), "RandomResizedCrop area range, suited to aligned face crops")

@@ -74,6 +74,7 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
     partial: dict = field(default_factory=dict)  # running sums of the interrupted epoch
     skipped: list[str] = field(default_factory=list)  # unreadable images left out (--bad-images skip)
+    nonfinite_steps: list[str] = field(default_factory=list)  # "epoch:step" of steps skipped (--nonfinite skip)
 
 
 def _ignore_sigint(_worker_id: int) -> None:
@@ -220,7 +221,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
                 save_last({"torch": torch.get_rng_state()})
                 raise TrainingInterrupted(
                     f"interrupted by {signal.Signals(stop[0]).name} at epoch {epoch + 1} step {state.step}; "
-                    f"state saved to {out}/last.pth; continue with: ferkit train --resume --out {out}"
+                    f"state saved to {out}/last.pth; continue with: ferkit train --resume {out}"
                 )
             if cfg.schedule_unit == "epoch":
                 scheduler.step()
@@ -268,19 +269,13 @@ def _train_epoch(model, loader: DataLoader, optimizer, scheduler, cfg: Config, d
                 state.skipped.extend(bad)
                 log.warning(f"skipped unreadable images (--bad-images skip): {', '.join(bad)}")
             if images is not None and len(targets) > 1:  # BatchNorm needs two samples to train on
-                images = images.to(device, non_blocking=True)
-                targets = targets.to(device, non_blocking=True)
-                with autocast(device, precision):
-                    logits = model(images)
-                    loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                n = targets.numel()
-                loss_sum += loss.detach() * n
-                correct += (logits.argmax(dim=1) == targets).sum()
-                seen += n
-                timed_images += n
+                result = _train_step(model, images.to(device, non_blocking=True),
+                                     targets.to(device, non_blocking=True), optimizer, cfg, device, precision, state)
+                if result is not None:
+                    loss_sum += result[0] * len(targets)
+                    correct += result[1]
+                    seen += len(targets)
+                    timed_images += len(targets)
             if cfg.schedule_unit == "step":
                 scheduler.step()
             if seen and (state.step % 20 == 0 or state.step == steps_per_epoch):
@@ -288,13 +283,31 @@ def _train_epoch(model, loader: DataLoader, optimizer, scheduler, cfg: Config, d
                 # check passes at the epoch's end, so a diverged model never overwrites a good one.
                 if not torch.isfinite(loss_sum):
                     raise FerkitError(f"non-finite loss at epoch {state.epoch + 1} step {state.step}; the last good "
-                                      "checkpoint is kept; lower --lr or check the data, then --resume")
+                                      "checkpoint is kept; lower --lr or check the data, then --resume "
+                                      "(or --nonfinite skip)")
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
                                 img_s=f"{timed_images / (time.perf_counter() - t0):.1f}")
             if stop:
                 break
     return {"loss": float(loss_sum), "correct": int(correct), "seen": seen,
             "images_per_s": timed_images / max(time.perf_counter() - t0, 1e-9)}
+
+
+def _train_step(model, images, targets, optimizer, cfg: Config, device: torch.device, precision: str,
+                state: TrainState) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """One optimizer step; returns (loss, correct) as device tensors, or None for a skipped non-finite step."""
+    with autocast(device, precision):
+        logits = model(images)
+        loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
+    if cfg.nonfinite == "skip" and not torch.isfinite(loss):
+        state.nonfinite_steps.append(f"{state.epoch + 1}:{state.step}")
+        log.warning(f"skipped step {state.step} of epoch {state.epoch + 1}: non-finite loss "
+                    f"({len(state.nonfinite_steps)} skipped so far)")
+        return None
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), (logits.argmax(dim=1) == targets).sum()
 
 
 def _tensorboard(out: Path):
