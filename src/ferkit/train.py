@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from .checkpoint import atomic_save, check_classes, make_checkpoint, read_checkpoint
+from .checkpoint import atomic_save, check_classes, load_model, make_checkpoint, read_checkpoint
 from .config import Config
 from .data import FerDataset, Splits, collate_skipping, load_splits
 from .errors import FerkitError
@@ -178,8 +178,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     train_loader = make_loader(train_set, cfg.batch_size, cfg.workers, device, sampler=sampler, drop_last=True,
                                generator=loader_generator, worker_init_fn=_ignore_sigint,
                                collate_fn=collate_skipping)
-    select_loader = make_loader(FerDataset(splits.select, build_test_transform(cfg), skip_bad), cfg.batch_size * 2,
-                                cfg.workers, device, worker_init_fn=_ignore_sigint, collate_fn=collate_skipping)
+    select_loader = _eval_loader(splits.select, cfg, device)
     writer = _tensorboard(out) if cfg.tensorboard else None
 
     log.info(f"ferkit train: {cfg.arch} ({count_parameters(model) / 1e6:.2f}M parameters) at "
@@ -293,6 +292,12 @@ def _train_epoch(model, loader: DataLoader, optimizer, scheduler, cfg: Config, d
             "images_per_s": timed_images / max(time.perf_counter() - t0, 1e-9)}
 
 
+def _eval_loader(samples: list, cfg: Config, device: torch.device) -> DataLoader:
+    dataset = FerDataset(samples, build_test_transform(cfg), cfg.bad_images == "skip")
+    return make_loader(dataset, cfg.batch_size * 2, cfg.workers, device, worker_init_fn=_ignore_sigint,
+                       collate_fn=collate_skipping)
+
+
 def _train_step(model, images, targets, optimizer, cfg: Config, device: torch.device, precision: str,
                 state: TrainState) -> tuple[torch.Tensor, torch.Tensor] | None:
     """One optimizer step; returns (loss, correct) as device tensors, or None for a skipped non-finite step."""
@@ -337,12 +342,8 @@ def _log_epoch(out: Path, row: dict, writer, epochs: int, select_name: str) -> N
 def final_report(out: Path, splits: Splits, cfg: Config, state: TrainState, device: torch.device,
                  precision: str) -> dict:
     """Measure best.pth once on the report split (PrivateTest under the clean protocol)."""
-    best = read_checkpoint(out / "best.pth")
-    model = build_model(cfg.arch, len(splits.classes), cfg.dropout, cfg.hidden).to(device)
-    model.load_state_dict(best["model"])
-    loader = make_loader(FerDataset(splits.report, build_test_transform(cfg), cfg.bad_images == "skip"),
-                         cfg.batch_size * 2, cfg.workers, device, collate_fn=collate_skipping)
-    probs, labels = collect_probs(model, loader, device, precision)
+    model = load_model(out / "best.pth", splits.classes).model.to(device)
+    probs, labels = collect_probs(model, _eval_loader(splits.report, cfg, device), device, precision)
     metrics = compute_metrics(labels, probs, splits.classes)
     metrics.update(protocol=cfg.protocol, split=splits.names["report"], selected_on=splits.names["select"],
                    best_epoch=state.best_epoch, epochs=cfg.epochs, train_seconds=round(state.seconds, 1),
