@@ -112,10 +112,6 @@ def collate_skipping(batch: list) -> tuple:
     images, labels = default_collate(good) if good else (None, None)
     return images, labels, bad
 
-    @property
-    def targets(self) -> list[int]:
-        return [s.label for s in self.samples]
-
 
 def resolve_data_path(path: str | os.PathLike | None) -> Path:
     """The dataset location: the given path, else $FERKIT_DATA, else ./data/fer2013."""

@@ -212,9 +212,6 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
                                   f"{cfg.image_size}x{cfg.image_size}; retry with a smaller --batch-size "
                                   "(the learning rate is rescaled for it)") from None
             state.seconds += time.perf_counter() - t0
-            if not stop and sums["seen"] == 0:
-                raise FerkitError(f"no batch of epoch {epoch + 1} could be trained on (every image unreadable, "
-                                  "or batches of one image); check the data or raise --batch-size")
             if stop:
                 state.partial = sums
                 save_last({"torch": torch.get_rng_state()})
@@ -222,6 +219,9 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
                     f"interrupted by {signal.Signals(stop[0]).name} at epoch {epoch + 1} step {state.step}; "
                     f"state saved to {out}/last.pth; continue with: ferkit train --resume {out}"
                 )
+            if sums["seen"] == 0:
+                raise FerkitError(f"no batch of epoch {epoch + 1} could be trained on (every image unreadable, "
+                                  "or batches of one image); check the data or raise --batch-size")
             if cfg.schedule_unit == "epoch":
                 scheduler.step()
             probs, labels = collect_probs(model, select_loader, device, precision)
