@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
+from pathlib import Path
+
+from PIL import Image
 
 from .config import add_config_arguments, config_from_args
 from .errors import FerkitError
@@ -58,6 +62,114 @@ def _data_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from .predict import IMAGE_SUFFIXES, Predictor, is_video, list_images
+
+    predictor = Predictor.from_checkpoint(args.checkpoint, backend=args.backend, device=args.device, tta=args.tta,
+                                          margin=args.margin, batch_size=args.batch_size)
+    detect = not args.no_detect
+    if args.camera is not None:
+        return _predict_video(predictor, args.camera, args, detect)
+    path = Path(args.input) if args.input else None
+    if path is None:
+        raise FerkitError("give an image, folder or video to predict on, or --camera N")
+    if path.is_file() and is_video(path):
+        return _predict_video(predictor, str(path), args, detect)
+    if path.is_dir():
+        files = list_images(path)
+        if not files:
+            raise FerkitError(f"{path} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    elif path.exists():
+        files = [path]
+    else:
+        raise FerkitError(f"{path} does not exist")
+    results = []
+    for start in range(0, len(files), args.batch_size):
+        results.extend(predictor.predict_batch(files[start:start + args.batch_size], detect))
+    if args.annotate:
+        _annotate_images(results, path, Path(args.annotate))
+    _emit(results, predictor.classes, args)
+    failed = [r for r in results if r.error]
+    if "-" in (args.json, args.csv):  # the table, which lists errors, went unprinted
+        for r in failed:
+            print(f"ferkit: warning: {r.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _emit(results: list, classes: tuple[str, ...], args: argparse.Namespace) -> None:
+    from .predict import format_table, results_json, write_csv
+
+    if args.json:
+        _write_text(args.json, results_json(results, classes) + "\n")
+    if args.csv:
+        buffer = io.StringIO()
+        write_csv(results, classes, buffer)
+        _write_text(args.csv, buffer.getvalue())
+    if "-" not in (args.json, args.csv):
+        print(format_table(results))
+
+
+def _write_text(target: str, text: str) -> None:
+    if target == "-":
+        sys.stdout.write(text)
+    else:
+        Path(target).write_text(text)
+
+
+def _annotate_images(results: list, root: Path, out: Path) -> None:
+    from .predict import annotate, read_image
+
+    single = root.is_file()
+    if not single:
+        out.mkdir(parents=True, exist_ok=True)
+    for r in results:
+        if r.error:
+            continue
+        source = Path(r.source)
+        target = out if single else out / source.relative_to(root).with_suffix(".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(annotate(read_image(source), r.faces)).save(target)
+
+
+def _predict_video(predictor, source: str | int, args: argparse.Namespace, detect: bool) -> int:
+    from .plots import plot_timeline
+    from .predict import VideoWriter, annotate, format_table, read_video, video_fps
+
+    writer = None
+    if args.annotate:
+        fps = video_fps(source) if isinstance(source, str) else 25.0
+        writer = VideoWriter(Path(args.annotate), fps / args.every)
+    name = source if isinstance(source, str) else f"camera {source}"
+    results = []
+    try:
+        for result, rgb in predictor.predict_frames(read_video(source, args.every), detect, name):
+            results.append(result)
+            if writer:
+                writer.write(annotate(rgb, result.faces))
+            if isinstance(source, int) and not args.json and not args.csv:
+                print(format_table([result]), flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if writer:
+            writer.close()
+    if not results:
+        raise FerkitError(f"no frames could be read from {name}")
+    if args.plot:
+        plot_timeline(results, predictor.classes, Path(args.plot))
+    if isinstance(source, str) or args.json or args.csv:
+        _emit(results, predictor.classes, args)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import OPSET, export_onnx
+
+    out = export_onnx(args.checkpoint, args.out)
+    print(f"wrote {out} (ONNX opset {OPSET}, input 'image' [batch, 3, H, W] normalised, output 'logits')")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ferkit", description="Facial expression recognition toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -84,6 +196,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for the JSON report and confusion-matrix PNG")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("predict", help="expressions of the faces in images, a folder, a video or a camera")
+    p.add_argument("input", nargs="?", help="image file, folder of images, or video file")
+    p.add_argument("--checkpoint", required=True, help="a .pth from ferkit train or a .onnx from ferkit export")
+    p.add_argument("--camera", type=int, metavar="N", help="read frames from camera N instead (Ctrl-C stops)")
+    p.add_argument("--no-detect", action="store_true", help="inputs are already face crops (like FER2013)")
+    p.add_argument("--margin", type=float, default=0.1, help="grow each face box by this fraction per side")
+    p.add_argument("--tta", choices=("none", "flip"), default="none", help="test-time augmentation")
+    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
+                   help="auto: onnxruntime for .onnx files, PyTorch otherwise")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--batch-size", type=int, default=64, help="faces classified per forward pass")
+    p.add_argument("--every", type=int, default=1, metavar="N", help="video: use every Nth frame")
+    p.add_argument("--json", nargs="?", const="-", metavar="FILE", help="JSON to FILE (default: stdout)")
+    p.add_argument("--csv", nargs="?", const="-", metavar="FILE", help="one row per face to FILE (default: stdout)")
+    p.add_argument("--annotate", metavar="OUT",
+                   help="draw boxes and labels: an image file for one image, a folder for a folder, a video file for a video")
+    p.add_argument("--plot", metavar="PNG", help="video: plot the expression probabilities over time")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("export", help="export a checkpoint for deployment")
+    p.add_argument("checkpoint", help="a .pth written by ferkit train")
+    p.add_argument("--format", choices=("onnx",), default="onnx")
+    p.add_argument("--out", help="output file (default: the checkpoint's path with .onnx)")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("data", help="dataset tools")
     data_sub = p.add_subparsers(dest="data_command", required=True)

@@ -45,3 +45,21 @@ def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_timeline(results: Sequence, classes: Sequence[str], path: Path) -> None:
+    """Probabilities of the largest face in each video frame over time (gaps where no face was found)."""
+    times = [r.time_s for r in results]
+    probs = np.full((len(results), len(classes)), np.nan)
+    for i, r in enumerate(results):
+        if r.faces:
+            probs[i] = [r.faces[0].probabilities[c] for c in classes]
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for j, c in enumerate(classes):
+        ax.plot(times, probs[:, j], label=c)
+    ax.set(xlabel="time (s)", ylabel="probability", ylim=(0, 1), title="Expression of the largest face")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", ncol=len(classes), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

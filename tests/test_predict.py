@@ -1,0 +1,194 @@
+"""Prediction on real photos, folders of FER2013 crops and a video; ONNX export parity."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ferkit.checkpoint import atomic_save, make_checkpoint
+from ferkit.cli import main
+from ferkit.config import Config
+from ferkit.data import CLASSES
+from ferkit.errors import FerkitError
+from ferkit.model import build_model
+from ferkit.predict import Predictor, read_image
+
+cv2 = pytest.importorskip("cv2")
+skimage_data = pytest.importorskip("skimage.data")
+
+# The astronaut's face in scikit-image's 512x512 photo (x, y, w, h), checked by eye.
+ASTRONAUT_FACE = (175, 60, 100, 105)
+
+
+def iou(a, b) -> float:
+    ax1, ay1, bx1, by1 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
+    w = max(0, min(ax1, bx1) - max(a[0], b[0]))
+    h = max(0, min(ay1, by1) - max(a[1], b[1]))
+    return w * h / (a[2] * a[3] + b[2] * b[3] - w * h)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """An untrained spec model at 32x32 whose BatchNorm statistics are not the identity."""
+    torch.manual_seed(0)
+    cfg = Config().updated({"image_size": 32})
+    model = build_model(cfg.arch, len(CLASSES), cfg.dropout, cfg.hidden)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(16, 3, 32, 32) * 1.5 + 0.3)
+    path = tmp_path_factory.mktemp("ckpt") / "model.pth"
+    atomic_save(make_checkpoint(model.eval(), cfg, CLASSES), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    Image.fromarray(skimage_data.astronaut()).save(folder / "astronaut.png")
+    Image.fromarray(skimage_data.coffee()).save(folder / "coffee.jpg")
+    return folder
+
+
+def test_astronaut_has_exactly_one_face_on_her_face(checkpoint, photos):
+    predictor = Predictor.from_checkpoint(checkpoint)
+    result = predictor.predict(photos / "astronaut.png")
+    assert result.error is None and (result.width, result.height) == (512, 512)
+    assert len(result.faces) == 1
+    face = result.faces[0]
+    assert iou(face.box, ASTRONAUT_FACE) > 0.6
+    assert set(face.probabilities) == set(CLASSES)
+    assert sum(face.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert face.label == max(face.probabilities, key=face.probabilities.get)
+
+
+def test_large_photo_is_detected_on_a_downscaled_copy_with_boxes_mapped_back(checkpoint):
+    big = np.asarray(Image.fromarray(skimage_data.astronaut()).resize((2048, 2048)))
+    result = Predictor.from_checkpoint(checkpoint).predict(big)
+    assert len(result.faces) == 1  # no false face on the helmet at high resolution
+    assert iou([v / 4 for v in result.faces[0].box], ASTRONAUT_FACE) > 0.6
+
+
+def test_path_pil_and_numpy_inputs_agree(checkpoint, photos):
+    predictor = Predictor.from_checkpoint(checkpoint)
+    path = photos / "astronaut.png"
+    by_path = predictor.predict(path)
+    by_pil = predictor.predict(Image.open(path))
+    by_array = predictor.predict(np.asarray(Image.open(path)))
+    for other in (by_pil, by_array):
+        assert other.faces[0].box == by_path.faces[0].box
+        assert other.faces[0].probabilities == pytest.approx(by_path.faces[0].probabilities, abs=1e-6)
+
+
+def test_batched_prediction_equals_one_by_one(checkpoint, real_data):
+    files = sorted((real_data / "test" / "happy").glob("PrivateTest_*"))[:5]
+    predictor = Predictor.from_checkpoint(checkpoint, batch_size=2)
+    batched = predictor.predict_batch(files, detect=False)
+    for f, r in zip(files, batched):
+        single = predictor.predict(f, detect=False)
+        assert r.faces[0].probabilities == pytest.approx(single.faces[0].probabilities, abs=1e-5)
+
+
+def test_image_without_a_face_gives_an_empty_result_and_says_so(checkpoint, photos, capsys):
+    assert Predictor.from_checkpoint(checkpoint).predict(photos / "coffee.jpg").faces == []
+    assert main(["predict", str(photos / "coffee.jpg"), "--checkpoint", str(checkpoint)]) == 0
+    assert "coffee.jpg: no face found" in capsys.readouterr().out
+
+
+def test_non_image_gives_a_clear_error(tmp_path):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("this is not a picture")
+    with pytest.raises(FerkitError, match=r"cannot read .*notes\.jpg: not an image"):
+        read_image(bad)
+
+
+def test_folder_of_fer2013_crops_without_detection_one_prediction_per_file(checkpoint, real_data, tmp_path, capsys):
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    for cls in ("angry", "happy", "surprise"):
+        for f in sorted((real_data / "test" / cls).glob("PrivateTest_*"))[:3]:
+            (folder / f"{cls}_{f.name}").write_bytes(f.read_bytes())
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff truncated")
+    out_json = tmp_path / "out.json"
+    code = main(["predict", str(folder), "--checkpoint", str(checkpoint), "--no-detect", "--json", str(out_json)])
+    assert code == 1  # one file failed; the others were still processed
+    results = json.loads(out_json.read_text())["results"]
+    assert len(results) == 10
+    good = [r for r in results if r["error"] is None]
+    assert len(good) == 9 and all(len(r["faces"]) == 1 and r["faces"][0]["box"] == [0, 0, 48, 48] for r in good)
+    broken = [r for r in results if r["error"]]
+    assert len(broken) == 1 and "broken.jpg" in broken[0]["error"]
+    assert "broken.jpg: error: cannot read" in capsys.readouterr().out
+
+
+def test_csv_and_annotated_image(checkpoint, photos, tmp_path, capsys):
+    annotated = tmp_path / "annotated.png"
+    assert main(["predict", str(photos / "astronaut.png"), "--checkpoint", str(checkpoint), "--csv",
+                 "--annotate", str(annotated)]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == 1 and rows[0]["label"] in CLASSES
+    assert sum(float(rows[0][f"p_{c}"]) for c in CLASSES) == pytest.approx(1.0, abs=1e-4)
+    drawn = np.asarray(Image.open(annotated))
+    original = skimage_data.astronaut()
+    assert drawn.shape == original.shape and (drawn != original).any()
+
+
+def test_video_gives_per_frame_csv_plot_and_annotated_video(checkpoint, tmp_path):
+    photo = cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (512, 512))
+    for i in range(12):
+        frame = np.roll(photo, 4 * i, axis=1) if i < 8 else np.full_like(photo, 128)  # last frames: no face
+        writer.write(frame)
+    writer.release()
+    out_csv, plot, out_video = tmp_path / "frames.csv", tmp_path / "timeline.png", tmp_path / "annotated.avi"
+    assert main(["predict", str(video), "--checkpoint", str(checkpoint), "--every", "2", "--csv", str(out_csv),
+                 "--plot", str(plot), "--annotate", str(out_video)]) == 0
+    rows = list(csv.DictReader(out_csv.open()))
+    assert [int(r["frame"]) for r in rows] == [0, 2, 4, 6, 8, 10]
+    assert [float(r["time_s"]) for r in rows] == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    assert all(r["label"] in CLASSES for r in rows[:4])
+    assert rows[4]["error"] == "no face found" and rows[4]["label"] == ""
+    assert plot.stat().st_size > 0
+    capture = cv2.VideoCapture(str(out_video))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 6
+    capture.release()
+
+
+def test_missing_camera_is_a_clear_error(checkpoint, capsys):
+    assert main(["predict", "--camera", "9", "--checkpoint", str(checkpoint)]) == 2
+    assert "cannot open camera 9" in capsys.readouterr().err
+
+
+def test_onnx_export_matches_pytorch_on_real_fer2013_images(checkpoint, real_data, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    onnx_path = tmp_path / "model.onnx"
+    assert main(["export", str(checkpoint), "--out", str(onnx_path)]) == 0
+    assert "opset" in capsys.readouterr().out
+    files = [f for cls in CLASSES for f in sorted((real_data / "test" / cls.lower()).glob("PrivateTest_*"))[:10]]
+    torch_probs = Predictor.from_checkpoint(checkpoint).classify([Image.open(f) for f in files])
+    onnx_predictor = Predictor.from_checkpoint(onnx_path)
+    assert onnx_predictor.classes == CLASSES and onnx_predictor.config.image_size == 32
+    onnx_probs = onnx_predictor.classify([Image.open(f) for f in files])
+    assert onnx_probs.shape == (len(files), 7)  # dynamic batch: 70 faces in one call
+    assert np.abs(onnx_probs - torch_probs).max() < 1e-4
+
+
+def test_onnx_backend_from_a_pth_and_wrong_backend_errors(checkpoint, photos, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    via_ort = Predictor.from_checkpoint(checkpoint, backend="onnxruntime").predict(photos / "astronaut.png")
+    via_torch = Predictor.from_checkpoint(checkpoint).predict(photos / "astronaut.png")
+    assert via_ort.faces[0].probabilities == pytest.approx(via_torch.faces[0].probabilities, abs=1e-4)
+    not_onnx = tmp_path / "fake.onnx"
+    not_onnx.write_bytes(b"garbage")
+    assert main(["predict", str(photos / "astronaut.png"), "--checkpoint", str(not_onnx)]) == 2
+    assert "cannot load ONNX model" in capsys.readouterr().err
