@@ -1,8 +1,9 @@
 """Accuracy of a finished training run on FER2013, under both protocols, with and without flip TTA.
 
     python benchmarks/fer2013_accuracy.py runs/quick [--data ../shared/data/fer2013] [--json out.json]
+    python benchmarks/fer2013_accuracy.py bundled      # the model shipped inside ferkit
 
-Measures the run's best.pth on PrivateTest (the clean protocol's figure when the run selected on
+Measures the run's best.pth (or a given .pth/.safetensors file, or the bundled model) on PrivateTest (the clean protocol's figure when the run selected on
 PublicTest), on PublicTest, and on the whole test/ (PublicTest + PrivateTest: the specification's
 protocol, exact when the run selected on test/ or had a single epoch, otherwise the test/ accuracy
 of the clean-selected checkpoint). Prints the figures and writes JSON.
@@ -13,17 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ferkit.checkpoint import check_classes, load_model
+from ferkit.checkpoint import BUNDLED, check_classes, load_model
 from ferkit.data import FerDataset, load_splits
 from ferkit.evaluate import collect_probs, compute_metrics, make_loader
-from ferkit.runtime import resolve_device, resolve_precision
+from ferkit.runtime import machine_description, resolve_device, resolve_precision
 from ferkit.transforms import build_test_transform
 
 DEFAULT_DATA = os.environ.get("FERKIT_DATA", str(Path(__file__).resolve().parents[2] / "shared/data/fer2013"))
@@ -31,13 +31,15 @@ DEFAULT_DATA = os.environ.get("FERKIT_DATA", str(Path(__file__).resolve().parent
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path, help="a training run folder holding best.pth and report.json")
+    parser.add_argument("run", type=Path, help="a training run folder holding best.pth and report.json, "
+                        "a checkpoint file, or 'bundled'")
     parser.add_argument("--data", default=DEFAULT_DATA)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", type=Path, help="where to write the results (default: RUN/benchmark_accuracy.json)")
     args = parser.parse_args()
 
-    ckpt = args.run / "best.pth"
+    bundled = str(args.run) == "bundled"
+    ckpt = BUNDLED if bundled else args.run / "best.pth" if args.run.is_dir() else args.run
     loaded = load_model(ckpt)
     splits = load_splits(args.data, "clean")
     check_classes(ckpt, loaded.classes, splits.classes)
@@ -69,15 +71,20 @@ def main() -> None:
                         "confusion_matrix": m["confusion_matrix"], "eval_seconds": round(seconds, 1)})
         print(f"{name:<22} {protocol:<9} TTA {tta:<5} images {m['images']:>5}  accuracy {m['accuracy']:.4f}  "
               f"macro-F1 {m['macro_f1']:.4f}")
-    report = json.loads((args.run / "report.json").read_text())
+    report_file = args.run / "report.json"
+    report = json.loads(report_file.read_text()) if report_file.is_file() else {}
     out = {
-        "run": str(args.run), "checkpoint": str(ckpt), "best_epoch": report["best_epoch"], "epochs": report["epochs"],
-        "train_seconds": report["train_seconds"], "config": loaded.config.to_dict(),
-        "machine": {"processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-                    "torch": torch.__version__, "device": str(device), "precision": precision},
+        "run": str(args.run), "checkpoint": str(ckpt), "best_epoch": report.get("best_epoch"),
+        "epochs": report.get("epochs"), "train_seconds": report.get("train_seconds"),
+        "config": loaded.config.to_dict(),
+        "machine": {"description": machine_description(), "torch": torch.__version__, "device": str(device),
+                    "precision": precision},
         "results": results,
     }
-    path = args.json or args.run / "benchmark_accuracy.json"
+    default = args.run / "benchmark_accuracy.json" if args.run.is_dir() else Path(
+        "benchmarks/results") / f"accuracy_{'bundled' if bundled else args.run.stem}.json"
+    path = args.json or default
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {path}")
 

@@ -6,6 +6,7 @@ was trained with, so evaluation and prediction never have to be told them again.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import tempfile
@@ -62,11 +63,54 @@ def make_checkpoint(model: nn.Module, cfg: Config, classes: tuple[str, ...], **e
     }
 
 
+# The model that ships inside the package (see MODEL_CARD.md); used when no checkpoint is given.
+BUNDLED = Path(__file__).resolve().parent / "weights" / "fer2013_resnet18.safetensors"
+_META_KEYS = ("arch", "classes", "config", "preprocess", "metrics", "epoch", "trained_with")
+
+
+def save_weights(ckpt: dict[str, Any], path: str | os.PathLike, **info: Any) -> None:
+    """A checkpoint as half-precision safetensors with its config, classes and preprocessing in the header.
+
+    Half the size of fp32 and loaded without pickle; ``info`` (e.g. the training command) goes in too.
+    """
+    from safetensors.torch import save_file
+
+    tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in ckpt["model"].items()}
+    meta = {k: json.dumps(v) for k, v in {**ckpt, **info}.items() if k in _META_KEYS or k in info}
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT, **meta})
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise FerkitError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def _read_weights(path: Path) -> dict[str, Any]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise FerkitError(f"weights file {path} is unreadable ({e}); reinstall ferkit or pass --checkpoint") from None
+    if meta.get("format") != FORMAT:
+        raise FerkitError(f"{path} is not a ferkit weights file (no '{FORMAT}' marker in its header)")
+    ckpt = {k: json.loads(v) for k, v in meta.items() if k != "format"}
+    ckpt.update(format=FORMAT, version=VERSION,
+                model={k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
+    return ckpt
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load and check a ferkit checkpoint; any failure is one clear line naming the file."""
+    """Load and check a ferkit checkpoint (.pth, or .safetensors weights); any failure is one clear line."""
     path = Path(path)
     if not path.is_file():
         raise FerkitError(f"checkpoint {path} does not exist; pass the best.pth or last.pth of a training run")
+    if path.suffix == ".safetensors":
+        return _read_weights(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as e:
@@ -96,7 +140,10 @@ def check_classes(path: str | os.PathLike, have: tuple[str, ...], expected: tupl
         )
 
 
-def load_model(path: str | os.PathLike, expected_classes: tuple[str, ...] | None = None) -> LoadedModel:
+def load_model(path: str | os.PathLike | None = None, expected_classes: tuple[str, ...] | None = None
+               ) -> LoadedModel:
+    """A checkpoint's model in eval mode; ``path=None`` loads the model bundled with the package."""
+    path = BUNDLED if path is None else path
     ckpt = read_checkpoint(path)
     classes = tuple(ckpt["classes"])
     if expected_classes is not None:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as TF
 
-from .checkpoint import check_classes, load_model
+from .checkpoint import BUNDLED, check_classes, load_model
 from .data import FerDataset, load_splits
 from .plots import plot_confusion
 from .runtime import autocast, resolve_device, resolve_precision
@@ -101,15 +101,17 @@ def make_loader(dataset: FerDataset, batch_size: int, workers: int, device: torc
                       persistent_workers=False, **kw)
 
 
-def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None, split: str = "report",
+def evaluate_checkpoint(checkpoint: str | os.PathLike | None = None, data: str | None = None, split: str = "report",
                         protocol: str | None = None, tta: str = "none", batch_size: int = 256, workers: int = 4,
                         device: str = "auto", limit_per_class: int = 0, out_dir: str | os.PathLike | None = None
                         ) -> dict:
     """Metrics of a checkpoint on a split of any supported dataset, with its own preprocessing.
 
-    ``split`` is ``report`` (PrivateTest under the clean protocol, test/ under spec), ``select`` or ``train``.
+    ``split`` is ``report`` (PrivateTest under the clean protocol, test/ under spec), ``select`` or ``train``;
+    ``checkpoint=None`` evaluates the model bundled with ferkit.
     """
     loaded = load_model(checkpoint)
+    checkpoint = checkpoint if checkpoint is not None else BUNDLED
     cfg = loaded.config
     splits = load_splits(data if data is not None else cfg.data, protocol or cfg.protocol, limit_per_class)
     check_classes(checkpoint, loaded.classes, splits.classes)

@@ -102,14 +102,15 @@ class Predictor:
         self._detector = detector
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, backend: str = "auto", **kw) -> "Predictor":
-        """A ``.pth`` from ``ferkit train`` or a ``.onnx`` from ``ferkit export``.
+    def from_checkpoint(cls, path: str | os.PathLike | None = None, backend: str = "auto", **kw) -> "Predictor":
+        """A ``.pth`` from ``ferkit train``, ``.safetensors`` or ``.onnx`` from ``ferkit export``;
+        ``None`` is the model bundled with ferkit.
 
-        ``backend="onnxruntime"`` with a ``.pth`` exports it in memory first.
+        ``backend="onnxruntime"`` with PyTorch weights exports them in memory first.
         """
         if backend not in BACKENDS:
             raise FerkitError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-        if Path(path).suffix.lower() == ".onnx":
+        if path is not None and Path(path).suffix.lower() == ".onnx":
             if backend == "torch":
                 raise FerkitError(f"{path} is an ONNX model; use --backend onnxruntime or a .pth checkpoint")
             from .export import load_onnx
@@ -120,6 +121,11 @@ class Predictor:
             from .export import OnnxRuntimeModel, to_onnx_bytes
             return cls(OnnxRuntimeModel(to_onnx_bytes(loaded)), loaded.config, loaded.classes, device="cpu", **kw)
         return cls(loaded.model, loaded.config, loaded.classes, **kw)
+
+    @classmethod
+    def default(cls, **kw) -> "Predictor":
+        """The FER2013 model that ships inside the package (MODEL_CARD.md); no download."""
+        return cls.from_checkpoint(None, **kw)
 
     @property
     def detector(self) -> FaceDetector:

@@ -22,7 +22,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 @lru_cache(maxsize=1)
-def _cpu_has_native_bf16() -> bool:
+def cpu_has_native_bf16() -> bool:
     # Without AMX or AVX-512 BF16, PyTorch emulates bf16 on the CPU and is many times slower than fp32.
     try:
         flags = Path("/proc/cpuinfo").read_text()
@@ -36,7 +36,7 @@ def resolve_precision(name: str, device: torch.device) -> str:
         return name
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if _cpu_has_native_bf16() else "fp32"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -49,3 +49,21 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def machine_description() -> str:
+    """CPU model, core count and GPU, for benchmark records."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
+    bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
+    return f"{cpu}, {os.cpu_count()} cores ({bf16}){gpu}"

@@ -1,0 +1,105 @@
+"""Prediction speed on this machine: per-face classification and a whole photo, per back end.
+
+    python benchmarks/predict_latency.py [--checkpoint CKPT] [--repeats 50] [--json out.json]
+
+For the checkpoint (default: the model bundled with ferkit) and for the specification's 96x96 input
+(untrained weights: speed depends only on the architecture and input size), measures side by side:
+- classification latency of one face (batch 1) and throughput at batch 64, for PyTorch fp32,
+  PyTorch bf16 (autocast) and onnxruntime fp32;
+- end to end for one 1-megapixel photo (scikit-image's astronaut upscaled to 1024x1024): reading
+  the decoded array, face detection and classification, with the detection share and the number
+  of faces found (1 is right: there is one person).
+Medians over ``--repeats`` runs after warm-up. Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ferkit.checkpoint import LoadedModel, load_model, make_checkpoint
+from ferkit.export import OnnxRuntimeModel, to_onnx_bytes
+from ferkit.model import build_model
+from ferkit.predict import Predictor
+from ferkit.runtime import cpu_has_native_bf16, machine_description
+
+
+def median_ms(fn, repeats: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def spec_size_model(loaded: LoadedModel) -> LoadedModel:
+    cfg = loaded.config.updated({"image_size": 96})
+    model = build_model(cfg.arch, len(loaded.classes), cfg.dropout, cfg.hidden).eval()
+    return LoadedModel(model, cfg, loaded.classes, make_checkpoint(model, cfg, loaded.classes))
+
+
+def measure(loaded: LoadedModel, photo: np.ndarray, repeats: int) -> dict:
+    size = loaded.config.image_size
+    backends = {
+        "torch_fp32": Predictor(loaded.model, loaded.config, loaded.classes, device="cpu"),
+        "torch_bf16": Predictor(loaded.model, loaded.config, loaded.classes, device="cpu", precision="bf16"),
+        "onnxruntime": Predictor(OnnxRuntimeModel(to_onnx_bytes(loaded)), loaded.config, loaded.classes, device="cpu"),
+    }
+    face = Image.fromarray(photo[134:322, 354:542])  # roughly her face, as a detector would crop it
+    out = {"image_size": size}
+    for name, predictor in backends.items():
+        # Emulated bf16 (no AMX/AVX-512 BF16) is minutes per batch of 64: fewer repeats, no batch run.
+        slow = name == "torch_bf16" and not cpu_has_native_bf16()
+        reps = 5 if slow else repeats
+        one = median_ms(lambda: predictor.classify([face]), reps, warmup=1)
+        photo_ms = median_ms(lambda: predictor.predict(photo), max(5, reps // 2), warmup=1)
+        batch = None if slow else median_ms(lambda: predictor.classify([face] * 64), max(3, repeats // 10), warmup=1)
+        out[name] = {"batch1_ms": round(one, 2), "photo_end_to_end_ms": round(photo_ms, 2),
+                     "batch64_faces_per_s": None if batch is None else round(64 / batch * 1000, 1)}
+    detector = backends["torch_fp32"].detector
+    out["detection_ms"] = round(median_ms(lambda: detector.detect(photo), repeats), 2)
+    out["faces_found"] = len(backends["torch_fp32"].predict(photo).faces)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", help="default: the model bundled with ferkit")
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/predict_latency.json"))
+    args = parser.parse_args()
+
+    from skimage import data
+
+    photo = np.asarray(Image.fromarray(data.astronaut()).resize((1024, 1024), Image.BICUBIC))
+    loaded = load_model(args.checkpoint)
+    results = {"machine": machine_description(), "torch_threads": torch.get_num_threads(),
+               "native_bf16": cpu_has_native_bf16(),
+               "date": time.strftime("%Y-%m-%d"), "photo": "skimage astronaut resized to 1024x1024",
+               "checkpoint": args.checkpoint or "bundled",
+               "models": [measure(loaded, photo, args.repeats), measure(spec_size_model(loaded), photo, args.repeats)]}
+    for m in results["models"]:
+        print(f"\nmodel input {m['image_size']}x{m['image_size']}: detection {m['detection_ms']:.1f} ms, "
+              f"faces found on the photo: {m['faces_found']}")
+        print(f"{'backend':<13}{'batch-1 ms':>12}{'faces/s @64':>13}{'1MP photo ms':>14}")
+        for name in ("torch_fp32", "torch_bf16", "onnxruntime"):
+            r = m[name]
+            rate = "skipped" if r["batch64_faces_per_s"] is None else f"{r['batch64_faces_per_s']:.1f}"
+            print(f"{name:<13}{r['batch1_ms']:>12.2f}{rate:>13}{r['photo_end_to_end_ms']:>14.1f}")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
