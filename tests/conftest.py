@@ -10,7 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from ferkit.checkpoint import atomic_save, make_checkpoint
+from ferkit.config import Config
 from ferkit.data import CLASSES
+from ferkit.model import build_model
 
 # Keep the suite light on the 2-core CI machine and repeatable.
 torch.set_num_threads(1)
@@ -59,3 +62,22 @@ def real_data() -> Path:
     if not (REAL_DATA / "train").is_dir():
         pytest.skip(f"FER2013 not found at {REAL_DATA} (set FERKIT_TEST_DATA to its image-folder root)")
     return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def untrained_checkpoint(tmp_path_factory) -> Path:
+    """An untrained spec model at 32x32 with non-trivial BatchNorm statistics and a training record.
+
+    Prediction, export and serving tests need a checkpoint, not a good one; training one takes minutes.
+    """
+    torch.manual_seed(0)
+    cfg = Config().updated({"image_size": 32})
+    model = build_model(cfg.arch, len(CLASSES), cfg.dropout, cfg.hidden)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(16, 3, 32, 32) * 1.5 + 0.3)
+    path = tmp_path_factory.mktemp("ckpt") / "best.pth"
+    atomic_save(make_checkpoint(model.eval(), cfg, CLASSES, epoch=3, metrics={"accuracy": 0.5, "macro_f1": 0.25},
+                                select_split="PublicTest"), path)
+    return path

@@ -9,15 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from ferkit.checkpoint import atomic_save, make_checkpoint
 from ferkit.cli import main
-from ferkit.config import Config
 from ferkit.data import CLASSES
 from ferkit.errors import FerkitError
-from ferkit.model import build_model
 from ferkit.predict import Predictor, read_image
 
 cv2 = pytest.importorskip("cv2")
@@ -35,18 +31,8 @@ def iou(a, b) -> float:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """An untrained spec model at 32x32 whose BatchNorm statistics are not the identity."""
-    torch.manual_seed(0)
-    cfg = Config().updated({"image_size": 32})
-    model = build_model(cfg.arch, len(CLASSES), cfg.dropout, cfg.hidden)
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(16, 3, 32, 32) * 1.5 + 0.3)
-    path = tmp_path_factory.mktemp("ckpt") / "model.pth"
-    atomic_save(make_checkpoint(model.eval(), cfg, CLASSES), path)
-    return path
+def checkpoint(untrained_checkpoint) -> Path:
+    return untrained_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -25,11 +25,10 @@ OPSET = 18
 
 def _onnx_modules():
     try:
-        import onnx  # noqa: F401
-        import onnxscript  # noqa: F401
+        import onnx
+        import onnxscript  # noqa: F401  (the torch.export-based exporter needs it)
     except ImportError:
         raise FerkitError("ONNX export needs onnx and onnxscript: pip install 'ferkit[onnx]'") from None
-    import onnx
     return onnx
 
 

@@ -1,0 +1,364 @@
+"""``ferkit serve``: an HTTP API and a web page for expression recognition.
+
+``POST /predict`` takes a multipart image upload and answers the JSON of ``ferkit predict --json``;
+``GET /health`` and ``GET /model`` describe the server and the model; ``GET /`` is a page that
+uploads photos or webcam snapshots and draws the results. Uploads are bounded in bytes and pixels
+before they are decoded, decoding runs in worker threads, and the images of concurrent requests
+are classified together (micro-batching) in one inference thread, so the event loop never waits
+on the model.
+
+    app = create_app(Predictor.from_checkpoint("runs/quick/best.pth"))   # any ASGI server
+"""
+
+import asyncio
+import io
+import os
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import uvicorn
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import __version__
+from .checkpoint import BUNDLED, read_checkpoint
+from .errors import FerkitError
+from .predict import Predictor
+
+STATIC = Path(__file__).parent / "static"
+MB = 1024 * 1024
+DEFAULT_MAX_UPLOAD_MB = 10
+DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_BATCH = 8
+DEFAULT_MAX_QUEUE = 32
+FORMATS = "JPEG, PNG, BMP, GIF, TIFF or WebP"
+HOW_TO_SEND = "send the image as multipart/form-data field 'file' (curl -F file=@photo.jpg URL/predict)"
+
+
+class Face(BaseModel):
+    box: list[int] = Field(description="[x, y, width, height] in the image's pixels")
+    label: str = Field(description="the most probable class")
+    confidence: float = Field(description="the probability of that class")
+    probabilities: dict[str, float] = Field(description="every class's probability; they sum to 1")
+
+
+class Result(BaseModel):
+    source: str = Field(description="the uploaded file's name")
+    width: int
+    height: int
+    faces: list[Face] = Field(description="largest first; empty when no face was found")
+    error: str | None = Field(description="always null here: an unreadable upload is a 4xx instead")
+
+
+class Predictions(BaseModel):
+    """The JSON of ``ferkit predict --json`` for the one uploaded image."""
+
+    classes: list[str]
+    results: list[Result]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    in_progress: int = Field(description="prediction requests being decoded, queued or classified")
+    max_upload_bytes: int
+    max_pixels: int
+    max_batch: int = Field(description="most images classified in one batch")
+    max_queue: int = Field(description="requests in progress beyond which /predict answers 503")
+
+
+class Preprocess(BaseModel):
+    image_size: int
+    mean: list[float]
+    std: list[float]
+
+
+class ModelInfo(BaseModel):
+    checkpoint: str | None = Field(description="the file's name")
+    classes: list[str]
+    arch: str
+    config: dict[str, Any] = Field(description="the training configuration (ferkit.Config)")
+    preprocess: Preprocess
+    epoch: int | None = Field(description="the epoch the checkpoint was saved after, when recorded")
+    metrics: dict[str, Any] | None = Field(description="selection-split metrics recorded with the checkpoint")
+    select_split: str | None = Field(description="the split those metrics were measured on")
+
+
+class Error(BaseModel):
+    detail: str = Field(description="what was wrong, in one line")
+
+
+def describe_model(predictor: Predictor, checkpoint: str | os.PathLike | None = None) -> dict:
+    """What /model reports: the predictor's classes and config, plus what training recorded in a ``.pth``."""
+    cfg = predictor.config
+    recorded: dict = {}
+    if checkpoint is not None and Path(checkpoint).suffix.lower() != ".onnx":
+        recorded = read_checkpoint(checkpoint)
+    return {
+        "checkpoint": Path(checkpoint).name if checkpoint is not None else None,
+        "classes": list(predictor.classes),
+        "arch": cfg.arch,
+        "config": cfg.to_dict(),
+        "preprocess": {"image_size": cfg.image_size, "mean": list(cfg.mean), "std": list(cfg.std)},
+        "epoch": recorded.get("epoch"),
+        "metrics": recorded.get("metrics"),
+        "select_split": recorded.get("select_split"),
+    }
+
+
+class _BodyLimit:
+    """Answers 413 to request bodies over ``limit`` bytes before they are parsed or spooled to disk.
+
+    The declared Content-Length is checked first; a chunked body, which declares none, is counted
+    as it arrives. Once the 413 is sent, the app is told the client left and its reply is dropped.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    def _message(self) -> str:
+        return (f"upload is larger than the {self.limit / MB:.3g} MB limit; send a smaller image "
+                "(or start the server with a larger --max-upload-mb)")
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        response = JSONResponse({"detail": self._message()}, status_code=413, headers={"Connection": "close"})
+        await response(scope, _client_gone, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            return await self._refuse(scope, send)
+        received, refused = 0, False
+
+        async def counting_receive() -> Message:
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                refused = True
+                await self._refuse(scope, send)
+                return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if not refused:
+                await send(message)
+
+        await self.app(scope, counting_receive, guarded_send)
+
+
+async def _client_gone() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def _too_many_pixels(name: str, max_pixels: int, size: tuple[int, int] | None = None) -> HTTPException:
+    what = f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels" if size else "too large to decode"
+    return HTTPException(413, f"{name!r} is {what}; the limit is {max_pixels:,} pixels: send a smaller image "
+                              "(or start the server with a larger --max-pixels)")
+
+
+def decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+    """RGB pixels of an upload, upright as browsers show it; a 4xx for anything that is not a usable image."""
+    if not data:
+        raise HTTPException(400, f"the uploaded file {name!r} is empty; choose an image file")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            # The header gives the size, so an oversized image is refused before its pixels are decoded.
+            if image.width * image.height > max_pixels:
+                raise _too_many_pixels(name, max_pixels, image.size)
+            # Phone photos store rotation in EXIF; the page draws them rotated, so boxes must match.
+            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    except Image.DecompressionBombError:
+        raise _too_many_pixels(name, max_pixels) from None
+    except HTTPException:
+        raise
+    except Exception as e:  # decoders fail on hostile bytes in many ways; all mean "not a usable image"
+        if isinstance(e, UnidentifiedImageError):
+            reason = "not an image format PIL can decode"
+        else:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise HTTPException(415, f"cannot decode {name!r} as an image ({reason}); send a {FORMATS} file") from None
+
+
+class MicroBatcher:
+    """Classifies the images of requests that arrive while a batch runs together, one batch at a time.
+
+    One inference thread: torch and OpenCV already spread one batch over every core, so parallel
+    batches would only slow each other, while one forward pass over many faces is cheaper than one
+    pass per face (with 8 clients on the 2-core CPU: 15-25% more requests/s, BENCHMARKS.md).
+    """
+
+    def __init__(self, predictor: Predictor, max_batch: int) -> None:
+        self.predictor, self.max_batch = predictor, max_batch
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._serve())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+
+    async def predict(self, rgb: np.ndarray, detect: bool):
+        if self._task is None:
+            raise RuntimeError("the app's lifespan did not run; serve it with uvicorn "
+                               "(or use TestClient as a context manager)")
+        future = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((rgb, detect, future))
+        return await future
+
+    async def _serve(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            for detect in (True, False):
+                # A cancelled request (server shutdown, a timeout) has a done future: skip its work.
+                group = [item for item in batch if item[1] is detect and not item[2].done()]
+                if group:
+                    await self._run(group, detect)
+
+    async def _run(self, group: list, detect: bool) -> None:
+        try:
+            results = await asyncio.to_thread(self.predictor.predict_batch, [rgb for rgb, _, _ in group], detect)
+        except Exception as e:
+            for _, _, future in group:
+                if not future.done():
+                    future.set_exception(e)
+            return
+        for (_, _, future), result in zip(group, results):
+            if not future.done():
+                future.set_result(result)
+
+
+def _is_empty(request: Request) -> bool:
+    return request.headers.get("content-length") == "0" or (
+        "content-length" not in request.headers and "transfer-encoding" not in request.headers)
+
+
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's validation errors, as one line that says what to send instead."""
+    content_type = request.headers.get("content-type", "")
+    about_file = any(tuple(e["loc"][:2]) == ("body", "file") for e in exc.errors())
+    if about_file and _is_empty(request):
+        status, detail = 400, f"empty request body; {HOW_TO_SEND}"
+    elif about_file and not content_type.startswith("multipart/form-data"):
+        got = content_type or "none"
+        status, detail = 415, f"expected multipart/form-data, got Content-Type {got!r}; {HOW_TO_SEND}"
+    elif about_file:
+        status, detail = 422, f"no uploaded file in form field 'file'; {HOW_TO_SEND}"
+    else:
+        status, detail = 422, "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return JSONResponse({"detail": f"internal error ({type(exc).__name__}: {first}); see the server log"},
+                        status_code=500)
+
+
+def _errors(*codes: int) -> dict:
+    why = {400: "empty body or empty file", 413: "upload or image too large", 415: "not a decodable image",
+           422: "no file in form field 'file', or a bad query parameter", 503: "too many requests in progress",
+           500: "unexpected server error"}
+    return {code: {"model": Error, "description": why[code]} for code in codes}
+
+
+def _warm_up(predictor: Predictor) -> None:
+    """The first calls pay for lazy set-up (the face cascade, torch's kernels): pay it before serving."""
+    blank = np.zeros((64, 64, 3), np.uint8)
+    predictor.predict(blank)  # finds no face, so the model itself has not run yet
+    predictor.predict(blank, detect=False)
+
+
+def create_app(predictor: Predictor, model_info: dict | None = None, *,
+               max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB * MB, max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_batch: int = DEFAULT_MAX_BATCH, max_queue: int = DEFAULT_MAX_QUEUE) -> FastAPI:
+    """The ASGI app: ``model_info`` defaults to ``describe_model(predictor)`` (no training record)."""
+    info = ModelInfo(**(model_info or describe_model(predictor)))
+    batcher = MicroBatcher(predictor, max_batch)
+    in_progress = 0
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await asyncio.to_thread(_warm_up, predictor)
+        await batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="ferkit", version=__version__, lifespan=lifespan,
+                  description="Facial expression recognition: upload a photo, get every face's box and "
+                              f"the probabilities of {', '.join(predictor.classes)}.")
+    app.add_middleware(_BodyLimit, limit=max_upload_bytes)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(Exception, _internal_error)
+
+    @app.post("/predict", response_model=Predictions, responses=_errors(400, 413, 415, 422, 503, 500),
+              operation_id="predict", summary="Expressions of the faces in an uploaded image")
+    async def predict(file: Annotated[UploadFile, File(description=f"the image: {FORMATS}")],
+                      detect: Annotated[bool, Query(description="false: the image is already one face crop")] = True):
+        nonlocal in_progress
+        if in_progress >= max_queue:
+            raise HTTPException(503, f"server busy: {in_progress} requests in progress; retry shortly",
+                                headers={"Retry-After": "1"})
+        in_progress += 1
+        try:
+            name = file.filename or "upload"
+            rgb = await run_in_threadpool(decode_image, await file.read(), name, max_pixels)
+            result = await batcher.predict(rgb, detect)
+        finally:
+            in_progress -= 1
+        result.source = name
+        return {"classes": list(predictor.classes), "results": [result.to_dict()]}
+
+    @app.get("/health", response_model=Health, operation_id="health", summary="Liveness and the server's limits")
+    async def health():
+        return Health(status="ok", in_progress=in_progress, max_upload_bytes=max_upload_bytes,
+                      max_pixels=max_pixels, max_batch=max_batch, max_queue=max_queue)
+
+    @app.get("/model", response_model=ModelInfo, operation_id="model",
+             summary="Classes, architecture, training config and metrics")
+    async def model():
+        return info
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def run(checkpoint: str | os.PathLike | None = None, host: str = "127.0.0.1", port: int = 8000, *,
+        max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_batch: int = DEFAULT_MAX_BATCH, max_queue: int = DEFAULT_MAX_QUEUE,
+        backend: str = "auto", device: str = "auto") -> None:
+    """Load the checkpoint (default: the model bundled with ferkit) and serve it with uvicorn until Ctrl-C."""
+    for flag, value in (("--max-upload-mb", max_upload_mb), ("--max-pixels", max_pixels),
+                        ("--max-batch", max_batch), ("--max-queue", max_queue)):
+        if value <= 0:
+            raise FerkitError(f"{flag} must be positive, got {value}")
+    checkpoint = BUNDLED if checkpoint is None else checkpoint
+    predictor = Predictor.from_checkpoint(checkpoint, backend=backend, device=device)
+    app = create_app(predictor, describe_model(predictor, checkpoint), max_upload_bytes=round(max_upload_mb * MB),
+                     max_pixels=max_pixels, max_batch=max_batch, max_queue=max_queue)
+    shown = "localhost" if host in ("0.0.0.0", "::") else host
+    print(f"ferkit serve: {predictor.config.arch} ({len(predictor.classes)} classes) from {checkpoint}; "
+          f"page at http://{shown}:{port}/ , API docs at http://{shown}:{port}/docs", flush=True)
+    uvicorn.run(app, host=host, port=port)

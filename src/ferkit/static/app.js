@@ -1,0 +1,249 @@
+"use strict";
+// The ferkit page: send a photo or a webcam snapshot to /predict, draw the boxes, chart the probabilities.
+// URLs are relative so the page also works behind a proxy that serves it under a path prefix.
+
+// The first colour is the one `ferkit predict --annotate` draws with.
+const COLOURS = ["#00dc00", "#ff8c00", "#1e90ff", "#e6194b", "#b04fdc", "#00bcbc", "#f032e6", "#808000"];
+
+const $ = (id) => document.getElementById(id);
+const canvas = $("canvas");
+const video = $("video");
+const statusLine = $("status");
+const facesPanel = $("faces");
+const cameraButton = $("camera-button");
+const snapshotButton = $("snapshot-button");
+const liveToggle = $("live-toggle");
+
+let maxUploadBytes = Infinity;
+let stream = null;
+let current = null; // AbortController of the request whose answer the page will show
+let liveRunning = false;
+
+const percent = (p) => `${(100 * p).toFixed(1)}%`;
+const megabytes = (bytes) => (bytes / 1024 / 1024).toFixed(1);
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function setStatus(text, isError = false) {
+  statusLine.textContent = text;
+  statusLine.classList.toggle("error", isError);
+  statusLine.dataset.state = isError ? "error" : "ok";
+}
+
+async function fetchJson(url, options) {
+  let response;
+  try {
+    response = await fetch(url, options);
+  } catch (error) {
+    if (error.name === "AbortError") throw error;
+    throw new Error(`cannot reach the server (${error.message}); is ferkit serve still running?`);
+  }
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    // Not JSON (a proxy's error page, say): the status line below still says what happened.
+  }
+  if (!response.ok) {
+    const fallback = `HTTP ${response.status} ${response.statusText}`;
+    throw new Error(body && typeof body.detail === "string" ? body.detail : fallback);
+  }
+  return body;
+}
+
+async function loadModelInfo() {
+  const info = $("model-info");
+  try {
+    const [health, model] = await Promise.all([fetchJson("health"), fetchJson("model")]);
+    maxUploadBytes = health.max_upload_bytes;
+    const size = model.preprocess.image_size;
+    const epoch = model.epoch == null ? "" : `, epoch ${model.epoch}`;
+    const accuracy = model.metrics && typeof model.metrics.accuracy === "number"
+      ? `, ${model.select_split || "selection"} accuracy ${percent(model.metrics.accuracy)}` : "";
+    const source = model.checkpoint || "in memory";
+    info.textContent = `Model: ${model.arch} at ${size}x${size} (${source}${epoch}${accuracy}); ` +
+      `classes ${model.classes.join(", ")}. Uploads up to ${megabytes(maxUploadBytes)} MB.`;
+  } catch (error) {
+    info.textContent = `Model information unavailable: ${error.message}`;
+  }
+}
+
+function draw(bitmap, result) {
+  const { width, height } = result;
+  canvas.width = width;
+  canvas.height = height;
+  const ctx = canvas.getContext("2d");
+  if (bitmap) {
+    ctx.drawImage(bitmap, 0, 0, width, height);
+  } else { // the server can decode formats the browser cannot (TIFF): show the boxes on grey
+    ctx.fillStyle = "#c8ccd2";
+    ctx.fillRect(0, 0, width, height);
+  }
+  // An even line width centred on whole-pixel coordinates covers whole pixels: crisp, exact colour.
+  const line = 2 * Math.max(1, Math.round(Math.max(width, height) / 500));
+  const fontSize = Math.max(12, Math.round(Math.max(width, height) / 40));
+  ctx.font = `${fontSize}px system-ui, sans-serif`;
+  ctx.textBaseline = "top";
+  result.faces.forEach((face, i) => {
+    const [x, y, w, h] = face.box;
+    const colour = COLOURS[i % COLOURS.length];
+    ctx.lineWidth = line;
+    ctx.strokeStyle = colour;
+    ctx.strokeRect(x, y, w, h);
+    const text = `${i + 1}: ${face.label} ${percent(face.confidence)}`;
+    const textHeight = fontSize + 6;
+    const top = y - line / 2 - textHeight >= 0 ? y - line / 2 - textHeight : y + h + line / 2; // below if no room above
+    ctx.fillStyle = colour;
+    ctx.fillRect(x - line / 2, top, ctx.measureText(text).width + 8, textHeight);
+    ctx.fillStyle = "#000";
+    ctx.fillText(text, x - line / 2 + 4, top + 3);
+  });
+}
+
+function barRow(name, p, isTop) {
+  const row = document.createElement("div");
+  row.className = isTop ? "bar-row top" : "bar-row";
+  const label = document.createElement("span");
+  label.textContent = name;
+  const track = document.createElement("div");
+  track.className = "bar-track";
+  const bar = document.createElement("div");
+  bar.className = "bar";
+  bar.setAttribute("data-testid", "prob-bar");
+  bar.dataset.class = name;
+  bar.dataset.p = String(p);
+  bar.style.width = `${(100 * p).toFixed(2)}%`;
+  bar.setAttribute("role", "meter");
+  bar.setAttribute("aria-label", name);
+  bar.setAttribute("aria-valuemin", "0");
+  bar.setAttribute("aria-valuemax", "1");
+  bar.setAttribute("aria-valuenow", String(p));
+  track.append(bar);
+  const value = document.createElement("span");
+  value.className = "value";
+  value.textContent = percent(p);
+  row.append(label, track, value);
+  return row;
+}
+
+function showFaces(result, classes) {
+  facesPanel.replaceChildren();
+  result.faces.forEach((face, i) => {
+    const card = document.createElement("article");
+    card.className = "face";
+    card.setAttribute("data-testid", "face");
+    card.dataset.box = JSON.stringify(face.box);
+    card.dataset.label = face.label;
+    card.style.setProperty("--colour", COLOURS[i % COLOURS.length]);
+    const title = document.createElement("h2");
+    title.textContent = `Face ${i + 1}: ${face.label} ${percent(face.confidence)}`;
+    card.append(title, ...classes.map((name) => barRow(name, face.probabilities[name], name === face.label)));
+    facesPanel.append(card);
+  });
+}
+
+// Returns whether a result was shown, so live mode can stop on errors instead of repeating them.
+async function analyse(blob, name) {
+  if (blob.size > maxUploadBytes) {
+    setStatus(`${name} is ${megabytes(blob.size)} MB; this server accepts up to ${megabytes(maxUploadBytes)} MB`, true);
+    return false;
+  }
+  if (current) current.abort();
+  const controller = new AbortController();
+  current = controller;
+  setStatus(`Analysing ${name}...`);
+  const form = new FormData();
+  form.append("file", blob, name);
+  try {
+    const [bitmap, body] = await Promise.all([
+      createImageBitmap(blob).catch(() => null),
+      fetchJson("predict", { method: "POST", body: form, signal: controller.signal }),
+    ]);
+    if (current !== controller) return false;
+    const result = body.results[0];
+    draw(bitmap, result);
+    showFaces(result, body.classes);
+    const found = result.faces.length;
+    setStatus(found ? `${found} face${found > 1 ? "s" : ""} in ${name} (${result.width}x${result.height})`
+      : `No face found in ${name} (${result.width}x${result.height}); try a larger, frontal, well-lit face`);
+    return true;
+  } catch (error) {
+    if (error.name === "AbortError" || current !== controller) return false;
+    facesPanel.replaceChildren();
+    canvas.width = canvas.height = 0; // the previous image's boxes do not belong to this upload
+    setStatus(`Error: ${error.message}`, true);
+    return false;
+  }
+}
+
+$("file-input").addEventListener("change", (event) => {
+  const file = event.target.files[0];
+  if (file) analyse(file, file.name);
+  event.target.value = ""; // choosing the same file again must fire "change" again
+});
+
+async function startCamera() {
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "user" }, audio: false });
+  } catch (error) {
+    const why = {
+      NotAllowedError: "permission was refused; allow the camera in the browser's site settings",
+      NotFoundError: "no camera was found",
+      NotReadableError: "the camera is in use by another program",
+    }[error.name] || error.message;
+    setStatus(`Camera unavailable: ${why}`, true);
+    return;
+  }
+  video.srcObject = stream;
+  video.hidden = false;
+  cameraButton.textContent = "Stop camera";
+  snapshotButton.hidden = false;
+  $("live-label").hidden = false;
+  setStatus("Camera on: take a snapshot, or tick Live for continuous recognition.");
+}
+
+function stopCamera() {
+  stream.getTracks().forEach((track) => track.stop());
+  stream = null;
+  video.srcObject = null;
+  video.hidden = true;
+  liveToggle.checked = false;
+  cameraButton.textContent = "Start camera";
+  snapshotButton.hidden = true;
+  $("live-label").hidden = true;
+}
+
+async function snapshot() {
+  if (!video.videoWidth) {
+    setStatus("The camera has not delivered a frame yet; try again in a moment", true);
+    return false;
+  }
+  const grab = document.createElement("canvas");
+  grab.width = video.videoWidth;
+  grab.height = video.videoHeight;
+  grab.getContext("2d").drawImage(video, 0, 0);
+  const blob = await new Promise((resolve) => grab.toBlob(resolve, "image/jpeg", 0.9));
+  return analyse(blob, "webcam.jpg");
+}
+
+async function live() {
+  if (liveRunning) return;
+  liveRunning = true;
+  // One request at a time: the next snapshot waits for the previous answer, so a slow server is not flooded.
+  while (liveToggle.checked && stream) {
+    if (!(await snapshot())) liveToggle.checked = false;
+    await sleep(200);
+  }
+  liveRunning = false;
+}
+
+if (navigator.mediaDevices && navigator.mediaDevices.getUserMedia) {
+  cameraButton.addEventListener("click", () => (stream ? stopCamera() : startCamera()));
+  snapshotButton.addEventListener("click", snapshot);
+  liveToggle.addEventListener("change", live);
+} else {
+  cameraButton.disabled = true;
+  cameraButton.title = "The camera needs a browser with getUserMedia and a secure page (https:// or localhost)";
+}
+
+document.querySelectorAll(".origin").forEach((el) => { el.textContent = window.location.origin; });
+loadModelInfo();

@@ -1,0 +1,375 @@
+"""``ferkit serve``: the real server on a loopback port, called over HTTP and from headless Chromium."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import struct
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ferkit.cli import main
+from ferkit.data import CLASSES
+from ferkit.predict import Predictor
+
+httpx = pytest.importorskip("httpx")
+uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("fastapi")
+pytest.importorskip("multipart")
+skimage_data = pytest.importorskip("skimage.data")
+
+from ferkit.serve import create_app, describe_model  # noqa: E402  (needs the serve extra checked above)
+
+# The astronaut's face in scikit-image's 512x512 photo (x, y, w, h), as in test_predict.py.
+ASTRONAUT_FACE = (175, 60, 100, 105)
+MAX_UPLOAD = 600_000  # the astronaut PNG is about 425 kB
+MAX_PIXELS = 320_000  # the astronaut has 262,144, a webcam frame 307,200
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def iou(a, b) -> float:
+    ax1, ay1, bx1, by1 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
+    w = max(0, min(ax1, bx1) - max(a[0], b[0]))
+    h = max(0, min(ay1, by1) - max(a[1], b[1]))
+    return w * h / (a[2] * a[3] + b[2] * b[3] - w * h)
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height``: a decompression bomb's calling card."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    pixels = zlib.compress(b"\0" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+class LiveServer:
+    """The app under uvicorn in a thread, on a socket bound here so no other process can take the port."""
+
+    def __init__(self, app) -> None:
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+
+    def __enter__(self) -> "LiveServer":
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.socket.close()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(untrained_checkpoint) -> Path:
+    return untrained_checkpoint
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint) -> Predictor:
+    return Predictor.from_checkpoint(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def astronaut(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("photos") / "astronaut.png"
+    path.write_bytes(png(skimage_data.astronaut()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(predictor, checkpoint):
+    app = create_app(predictor, describe_model(predictor, checkpoint), max_upload_bytes=MAX_UPLOAD,
+                     max_pixels=MAX_PIXELS)
+    with LiveServer(app) as live:
+        yield live
+
+
+@pytest.fixture
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
+
+
+def test_astronaut_gives_one_face_on_her_face_as_predict_json_does(client, checkpoint, astronaut, tmp_path):
+    response = client.post("/predict", files={"file": ("astronaut.png", astronaut.read_bytes(), "image/png")})
+    assert response.status_code == 200, response.text
+    served = response.json()
+    assert served["classes"] == list(CLASSES)
+    [result] = served["results"]
+    assert (result["source"], result["width"], result["height"], result["error"]) == ("astronaut.png", 512, 512, None)
+    [face] = result["faces"]
+    assert iou(face["box"], ASTRONAUT_FACE) > 0.6
+    assert sum(face["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+    cli_json = tmp_path / "cli.json"
+    assert main(["predict", str(astronaut), "--checkpoint", str(checkpoint), "--json", str(cli_json)]) == 0
+    expected = json.loads(cli_json.read_text())
+    [cli_result] = expected["results"]
+    assert set(served) == set(expected) and set(result) == set(cli_result)
+    assert result["faces"][0]["box"] == cli_result["faces"][0]["box"]
+    assert result["faces"][0]["probabilities"] == pytest.approx(cli_result["faces"][0]["probabilities"], abs=1e-5)
+
+
+def multipart_chunks(name: str, data: bytes, boundary: str = "ferkit-test"):
+    """A multipart body sent with chunked transfer encoding, so no Content-Length announces its size."""
+    yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+           "Content-Type: application/octet-stream\r\n\r\n").encode()
+    for start in range(0, len(data), 64_000):
+        yield data[start:start + 64_000]
+    yield f"\r\n--{boundary}--\r\n".encode()
+
+
+def _jpeg_head() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(skimage_data.astronaut()).save(buffer, format="JPEG")
+    return buffer.getvalue()[:3000]
+
+
+BAD_INPUTS = {
+    "empty body": (dict(), 400, "empty request body"),
+    "empty file": (dict(files={"file": ("photo.jpg", b"", "image/jpeg")}), 400, "'photo.jpg' is empty"),
+    "not an image": (dict(files={"file": ("notes.jpg", b"this is not a picture", "image/jpeg")}), 415,
+                     "cannot decode 'notes.jpg' as an image (not an image format PIL can decode)"),
+    "truncated JPEG": (dict(files={"file": ("cut.jpg", _jpeg_head(), "image/jpeg")}), 415, "cannot decode 'cut.jpg'"),
+    "missing file field": (dict(files={"photo": ("a.png", b"x", "image/png")}), 422, "form field 'file'"),
+    "not multipart": (dict(content=b'{"image": "a.png"}', headers={"Content-Type": "application/json"}), 415,
+                      "expected multipart/form-data"),
+    "bad query parameter": (dict(files={"file": ("a.png", b"x", "image/png")}, params={"detect": "maybe"}), 422,
+                            "query.detect"),
+    "too large": (dict(files={"file": ("big.png", os.urandom(MAX_UPLOAD + 1), "image/png")}), 413,
+                  "larger than the 0.572 MB limit"),
+    "too large, chunked": (dict(content=multipart_chunks("big.png", os.urandom(3 * MAX_UPLOAD)),
+                                headers={"Content-Type": "multipart/form-data; boundary=ferkit-test"}), 413,
+                           "--max-upload-mb"),
+    "too many pixels": (dict(files={"file": ("wide.png", png(np.zeros((300, 1100), np.uint8)), "image/png")}), 413,
+                        "'wide.png' is 1100x300 = 330,000 pixels; the limit is 320,000 pixels"),
+    "decompression bomb": (dict(files={"file": ("bomb.png", png_claiming(30_000, 30_000), "image/png")}), 413,
+                           "--max-pixels"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
+def test_bad_input_gets_a_4xx_with_a_clear_message_and_the_server_answers_after(client, case):
+    kwargs, status, message = BAD_INPUTS[case]
+    response = client.post("/predict", **kwargs)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and "\n" not in detail and message in detail
+    assert client.get("/health").json()["status"] == "ok"
+
+
+def test_the_server_still_predicts_after_every_bad_input(client, astronaut):
+    response = client.post("/predict", files={"file": ("again.png", astronaut.read_bytes())})
+    assert response.status_code == 200 and len(response.json()["results"][0]["faces"]) == 1
+
+
+def test_health_and_model_describe_the_server_and_the_checkpoint(client):
+    health = client.get("/health").json()
+    assert health == {"status": "ok", "in_progress": 0, "max_upload_bytes": MAX_UPLOAD, "max_pixels": MAX_PIXELS,
+                      "max_batch": 8, "max_queue": 32}
+    model = client.get("/model").json()
+    assert model["checkpoint"] == "best.pth" and model["classes"] == list(CLASSES) and model["arch"] == "resnet18"
+    assert model["config"]["image_size"] == 32 and model["config"]["label_smoothing"] == 0.1
+    assert model["preprocess"] == {"image_size": 32, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    assert (model["epoch"], model["metrics"], model["select_split"]) == (3, {"accuracy": 0.5, "macro_f1": 0.25},
+                                                                         "PublicTest")
+
+
+def test_openapi_schema_documents_what_the_endpoints_do(client):
+    schema = client.get("/openapi.json").json()
+    assert set(schema["paths"]) == {"/predict", "/health", "/model"}
+    ref = "#/components/schemas/"
+
+    def response_ref(path, method, code):
+        return schema["paths"][path][method]["responses"][code]["content"]["application/json"]["schema"]["$ref"]
+
+    assert response_ref("/predict", "post", "200") == ref + "Predictions"
+    for code in ("400", "413", "415", "422", "503", "500"):
+        assert response_ref("/predict", "post", code) == ref + "Error"
+    assert response_ref("/health", "get", "200") == ref + "Health"
+    assert response_ref("/model", "get", "200") == ref + "ModelInfo"
+    body = schema["paths"]["/predict"]["post"]["requestBody"]
+    form = schema["components"]["schemas"][body["content"]["multipart/form-data"]["schema"]["$ref"].removeprefix(ref)]
+    assert form["required"] == ["file"]
+    file = form["properties"]["file"]  # OpenAPI 3.1 (newer FastAPI) or 3.0 spelling of "a file's bytes"
+    assert file.get("contentMediaType") == "application/octet-stream" or file.get("format") == "binary"
+    assert "HTTPValidationError" not in schema["components"]["schemas"]  # 422s are Error, as served
+    face = schema["components"]["schemas"]["Face"]
+    assert set(face["required"]) == {"box", "label", "confidence", "probabilities"}
+
+
+class GatedPredictor(Predictor):
+    """Holds every batch until the test opens the gate, and records the batch sizes."""
+
+    def __init__(self, base: Predictor) -> None:
+        super().__init__(base.model, base.config, base.classes, device="cpu")
+        self.entered, self.gate, self.batches = threading.Event(), threading.Event(), []
+
+    def predict_batch(self, images, detect=True, names=None):
+        if len(images) == 1 and images[0].shape == (64, 64, 3):  # the start-up warm-up call
+            return super().predict_batch(images, detect, names)
+        self.batches.append(len(images))
+        self.entered.set()
+        self.gate.wait(timeout=60)
+        return super().predict_batch(images, detect, names)
+
+
+def test_inference_runs_off_the_event_loop_and_concurrent_requests_are_batched_and_bounded(predictor, astronaut):
+    gated = GatedPredictor(predictor)
+    image = {"file": ("astronaut.png", astronaut.read_bytes())}
+    with LiveServer(create_app(gated, max_queue=3)) as live, httpx.Client(base_url=live.url, timeout=60) as c, \
+            ThreadPoolExecutor(3) as pool:
+        first = pool.submit(c.post, "/predict", files=image)
+        assert gated.entered.wait(timeout=30)
+        queued = [pool.submit(c.post, "/predict", files=image) for _ in range(2)]
+        deadline = time.monotonic() + 30
+        while c.get("/health").json()["in_progress"] < 3:  # answered while a batch holds the model
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        busy = c.post("/predict", files=image)
+        assert busy.status_code == 503 and "server busy" in busy.json()["detail"]
+        assert busy.headers["retry-after"] == "1"
+        gated.gate.set()
+        responses = [f.result() for f in [first, *queued]]
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    assert gated.batches == [1, 2]  # the two requests that waited were classified together
+    boxes = {tuple(r.json()["results"][0]["faces"][0]["box"]) for r in responses}
+    assert len(boxes) == 1
+
+
+def test_page_is_served_with_its_script(client):
+    page = client.get("/")
+    assert page.status_code == 200 and 'data-testid="file-input"' in page.text
+    script = client.get("/static/app.js")
+    assert script.status_code == 200 and "fetchJson(\"predict\"" in script.text
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("no chromium executable (apt-get install chromium); Playwright's own browser is not downloaded")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        # The fake camera lets the webcam path run headless; it shows a test pattern, not a face.
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            *CHROMIUM_ARGS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])
+        yield browser
+        browser.close()
+
+
+def open_page(browser, server):
+    page = browser.new_page()
+    errors = []
+    page.on("pageerror", lambda error: errors.append(error))
+    page.goto(server.url)
+    page.wait_for_function("document.querySelector('#model-info').textContent.startsWith('Model:')")
+    return page, errors
+
+
+def test_page_uploads_a_photo_and_draws_the_box_and_seven_bars(browser, server, astronaut):
+    page, errors = open_page(browser, server)
+    page.set_input_files("[data-testid=file-input]", str(astronaut))
+    face = page.locator("[data-testid=face]")
+    face.wait_for(timeout=30_000)
+    assert face.count() == 1
+    box = json.loads(face.get_attribute("data-box"))
+    assert iou(box, ASTRONAUT_FACE) > 0.6
+    bars = face.locator("[data-testid=prob-bar]")
+    assert bars.count() == 7
+    assert [bars.nth(i).get_attribute("data-class") for i in range(7)] == list(CLASSES)
+    shares = [float(bars.nth(i).get_attribute("data-p")) for i in range(7)]
+    assert sum(shares) == pytest.approx(1.0, abs=1e-4)
+    widths = [bars.nth(i).bounding_box()["width"] for i in range(7)]
+    assert widths.index(max(widths)) == shares.index(max(shares))  # the bars are drawn to scale
+    size, left_edge, inside = page.evaluate("""([x, y, w, h]) => {
+        const canvas = document.querySelector('[data-testid=canvas]');
+        const pixel = (px, py) => Array.from(canvas.getContext('2d').getImageData(px, py, 1, 1).data);
+        return [[canvas.width, canvas.height], pixel(x, y + h / 2), pixel(x + w / 2, y + h / 2)];
+    }""", box)
+    assert size == [512, 512]
+    assert left_edge == [0, 220, 0, 255]  # the box's stroke, in the first face's colour
+    assert inside != left_edge  # the photo itself is drawn under the box
+    assert "1 face in astronaut.png" in page.locator("[data-testid=status]").text_content()
+    assert errors == []
+    page.close()
+
+
+def test_page_shows_the_servers_error_message(browser, server):
+    page, errors = open_page(browser, server)
+    page.set_input_files("[data-testid=file-input]",
+                         files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"not a picture"}])
+    status = page.locator("[data-testid=status][data-state=error]")
+    status.wait_for(timeout=30_000)
+    assert "cannot decode 'notes.png' as an image" in status.text_content()
+    assert page.locator("[data-testid=face]").count() == 0 and errors == []
+    page.close()
+
+
+def test_page_takes_a_webcam_snapshot(browser, server):
+    page, errors = open_page(browser, server)
+    page.click("[data-testid=camera-button]")
+    page.wait_for_function("document.querySelector('[data-testid=video]').videoWidth > 0", timeout=30_000)
+    page.click("[data-testid=snapshot-button]")
+    page.wait_for_function("!/^(Camera on|Analysing)/.test(document.querySelector('[data-testid=status]').textContent)",
+                           timeout=30_000)
+    status = page.locator("[data-testid=status]").text_content()
+    assert "No face found in webcam.jpg" in status  # the fake camera's test pattern has no face
+    assert page.evaluate("document.querySelector('[data-testid=canvas]').width") > 0 and errors == []
+    page.close()
+
+
+def test_ferkit_serve_command_serves_the_checkpoint(checkpoint, monkeypatch, capsys):
+    # In process: a subprocess would spend most of a minute importing torch on the CI machine;
+    # benchmarks/serve_load.py runs the real command.
+    served = {}
+    monkeypatch.setattr("ferkit.serve.uvicorn.run", lambda app, **where: served.update(app=app, **where))
+    assert main(["serve", "--checkpoint", str(checkpoint), "--port", "8123", "--max-upload-mb", "2"]) == 0
+    assert (served["host"], served["port"]) == ("127.0.0.1", 8123)
+    assert "page at http://127.0.0.1:8123/" in capsys.readouterr().out
+    with LiveServer(served["app"]) as live:
+        assert httpx.get(f"{live.url}/health").json()["max_upload_bytes"] == 2 * 1024 * 1024
+        assert httpx.get(f"{live.url}/model").json()["epoch"] == 3
+
+
+def test_ferkit_serve_without_a_checkpoint_serves_the_bundled_model(checkpoint, monkeypatch):
+    monkeypatch.setattr("ferkit.serve.BUNDLED", checkpoint)  # the real weights are tested in test_bundled.py
+    served = {}
+    monkeypatch.setattr("ferkit.serve.uvicorn.run", lambda app, **where: served.update(app=app))
+    assert main(["serve"]) == 0
+    with LiveServer(served["app"]) as live:
+        assert httpx.get(f"{live.url}/model").json()["checkpoint"] == "best.pth"
+
+
+def test_ferkit_serve_refuses_bad_limits_and_missing_checkpoints(checkpoint, tmp_path, capsys):
+    assert main(["serve", "--checkpoint", str(checkpoint), "--max-batch", "0"]) == 2
+    assert "--max-batch must be positive, got 0" in capsys.readouterr().err
+    assert main(["serve", "--checkpoint", str(tmp_path / "missing.pth")]) == 2
+    assert "missing.pth does not exist" in capsys.readouterr().err
