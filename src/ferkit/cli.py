@@ -10,21 +10,51 @@ from pathlib import Path
 
 from PIL import Image
 
-from .config import add_config_arguments, config_from_args
+from .config import Config, add_config_arguments, config_from_args
 from .errors import FerkitError
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .distributed import is_main
     from .train import TrainingInterrupted, train
 
     cfg = config_from_args(args)
     if args.resume:
         cfg = cfg.updated({"out": args.resume})
+    if args.nproc > 1:
+        return _train_processes(cfg, args)
     try:
         train(cfg, resume=args.resume is not None, overwrite=args.overwrite)
     except TrainingInterrupted as e:
-        print(f"ferkit: {e}", file=sys.stderr)
+        if is_main():  # every process of a multi-process run stops with this same message
+            print(f"ferkit: {e}", file=sys.stderr)
         return 130
+    return 0
+
+
+def _train_processes(cfg: Config, args: argparse.Namespace) -> int:
+    """``--nproc N``: torchrun starts N processes on this machine, each running ``ferkit train`` on ``cfg``."""
+    import os
+    import tempfile
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    if "WORLD_SIZE" in os.environ:
+        raise FerkitError("--nproc starts processes of its own; leave it out when torchrun starts ferkit")
+    with tempfile.TemporaryDirectory() as tmp:
+        # The resolved config travels whole, so each process trains exactly what this command was given.
+        config = Path(tmp) / "config.json"
+        config.write_text(json.dumps(cfg.to_dict()))
+        command = ["--standalone", f"--nproc-per-node={args.nproc}", "-m", "ferkit", "train", "--config", str(config)]
+        command += ["--resume"] * (args.resume is not None) + ["--overwrite"] * args.overwrite
+        try:
+            run(parse_args(command))
+        except ChildFailedError as e:
+            return max(e.get_first_failure()[1].exitcode, 1)  # the processes printed their own errors
+        except SignalException:  # Ctrl-C: torchrun passed it on and the processes saved their state
+            return 130
     return 0
 
 
@@ -163,10 +193,27 @@ def _predict_video(predictor, source: str | int, args: argparse.Namespace, detec
 
 
 def _export(args: argparse.Namespace) -> int:
+    if args.format == "safetensors":
+        from .checkpoint import read_checkpoint, save_weights
+
+        out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".safetensors")
+        save_weights(read_checkpoint(args.checkpoint), out)
+        print(f"wrote {out} (fp16 weights; config, classes and preprocessing in the header)")
+        return 0
     from .export import OPSET, export_onnx
 
     out = export_onnx(args.checkpoint, args.out)
     print(f"wrote {out} (ONNX opset {OPSET}, input 'image' [batch, 3, H, W] normalised, output 'logits')")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from .serve import run
+    except ImportError as e:
+        raise FerkitError(f"ferkit serve needs {e.name}: pip install 'ferkit[serve]'") from None
+    run(args.checkpoint, args.host, args.port, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
+        max_batch=args.max_batch, max_queue=args.max_queue, backend=args.backend, device=args.device)
     return 0
 
 
@@ -180,10 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", nargs="?", const="", metavar="RUN_DIR",
                    help="continue RUN_DIR (default: --out) from its last.pth, with its own config")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train with N processes on this machine (torchrun, DistributedDataParallel; one GPU each); "
+                        "--batch-size stays the global batch")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="metrics of a checkpoint on a dataset split")
-    p.add_argument("checkpoint", help="a .pth written by ferkit train")
+    p.add_argument("checkpoint", nargs="?", help="a .pth from ferkit train or .safetensors from ferkit export "
+                   "(default: the model bundled with ferkit)")
     p.add_argument("--data", help="dataset (default: the one the checkpoint was trained on)")
     p.add_argument("--split", choices=("report", "select", "train"), default="report",
                    help="report: PrivateTest (clean) or test/ (spec); select: PublicTest (clean) (default: report)")
@@ -199,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="expressions of the faces in images, a folder, a video or a camera")
     p.add_argument("input", nargs="?", help="image file, folder of images, or video file")
-    p.add_argument("--checkpoint", required=True, help="a .pth from ferkit train or a .onnx from ferkit export")
+    p.add_argument("--checkpoint", help="a .pth from ferkit train, or a .safetensors/.onnx from ferkit export "
+                   "(default: the model bundled with ferkit)")
     p.add_argument("--camera", type=int, metavar="N", help="read frames from camera N instead (Ctrl-C stops)")
     p.add_argument("--no-detect", action="store_true", help="inputs are already face crops (like FER2013)")
     p.add_argument("--margin", type=float, default=0.1, help="grow each face box by this fraction per side")
@@ -218,9 +270,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a checkpoint for deployment")
     p.add_argument("checkpoint", help="a .pth written by ferkit train")
-    p.add_argument("--format", choices=("onnx",), default="onnx")
-    p.add_argument("--out", help="output file (default: the checkpoint's path with .onnx)")
+    p.add_argument("--format", choices=("onnx", "safetensors"), default="onnx",
+                   help="onnx: for onnxruntime and other runtimes; safetensors: fp16 weights ferkit loads directly")
+    p.add_argument("--out", help="output file (default: the checkpoint's path with the format's suffix)")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("serve", help="HTTP API and web page for photos and webcam snapshots")
+    p.add_argument("--checkpoint", help="a .pth from ferkit train, or a .safetensors/.onnx from ferkit export "
+                   "(default: the model bundled with ferkit)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface "
+                   "(default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="(default: 8000)")
+    p.add_argument("--max-upload-mb", type=float, default=10, help="largest request body accepted (default: 10)")
+    p.add_argument("--max-pixels", type=int, default=40_000_000,
+                   help="largest image accepted, in pixels (default: 40000000)")
+    p.add_argument("--max-batch", type=int, default=8,
+                   help="most concurrent uploads classified in one batch; 1 turns micro-batching off (default: 8)")
+    p.add_argument("--max-queue", type=int, default=32,
+                   help="requests in progress beyond which /predict answers 503 (default: 32)")
+    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
+                   help="auto: onnxruntime for .onnx files, PyTorch otherwise")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.set_defaults(func=_serve)
 
     p = sub.add_parser("data", help="dataset tools")
     data_sub = p.add_subparsers(dest="data_command", required=True)

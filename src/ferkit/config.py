@@ -58,7 +58,7 @@ class Config:
     hidden: int = _opt(256, "hidden width of the classification head")
     # Optimisation (specification section 3)
     epochs: int = _opt(100, "training epochs (the cosine schedule spans all of them)")
-    batch_size: int = _opt(32, "images per optimizer step")
+    batch_size: int = _opt(32, "images per optimizer step, over all processes of a multi-process run")
     lr: float = _opt(1e-3, "AdamW learning rate for a batch of 32 (scaled for other sizes by --lr-scaling)")
     lr_scaling: str = _opt("sqrt", "rule that scales lr with batch_size/32", choices=("none", "sqrt", "linear"))
     weight_decay: float = _opt(0.05, "AdamW decoupled weight decay")
@@ -73,6 +73,7 @@ class Config:
     precision: str = _opt("auto", "auto: bf16 where the hardware has native bf16, else fp32",
                           choices=("auto", "fp32", "bf16"))
     tensorboard: bool = _opt(True, "also log per-epoch metrics to TensorBoard")
+    sync_bn: bool = _opt(False, "with several processes, BatchNorm statistics over the global batch (SyncBatchNorm)")
 
     def effective_lr(self) -> float:
         ratio = self.batch_size / 32

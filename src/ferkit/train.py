@@ -6,6 +6,11 @@ to CSV/TensorBoard/PNG, ``last.pth`` always and ``best.pth`` only on improvement
 
 Data order and augmentation randomness depend only on (seed, epoch), so ``--resume`` replays the
 rest of a run exactly as an uninterrupted one would have run it.
+
+Under torchrun every process runs this same loop on its share of each global batch, with
+DistributedDataParallel averaging the gradients; the processes agree on every branch that
+surrounds a collective (skipped batches, non-finite steps, Ctrl-C), and only the main process
+writes the run folder.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import shutil
 import signal
 import sys
@@ -22,12 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
+from . import distributed as dist
 from .checkpoint import atomic_save, check_classes, load_model, make_checkpoint, read_checkpoint
 from .config import Config
 from .data import FerDataset, Splits, collate_skipping, load_splits
@@ -48,20 +56,27 @@ class TrainingInterrupted(FerkitError):
 
 
 class EpochSampler(Sampler[int]):
-    """A permutation seeded by (seed, epoch), optionally starting part-way (for a resumed epoch)."""
+    """One process's share of a permutation seeded by (seed, epoch), optionally from part-way (a resumed epoch).
 
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch, self.start = size, seed, 0, 0
+    Process r of N takes positions r, r+N, r+2N, ... of the permutation, so the k-th batch of every process
+    together make up the same global batch whatever N is, one process included. The permutation is cut to a
+    multiple of N rather than padded: what is cut lies in the last, incomplete global batch, dropped anyway.
+    """
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
+        self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=g)[self.start:].tolist())
+        order = torch.randperm(self.size, generator=g)[: self.size - self.size % self.world_size]
+        return iter(order[self.rank::self.world_size][self.start:].tolist())
 
     def __len__(self) -> int:
-        return self.size - self.start
+        return self.size // self.world_size - self.start
 
 
 @dataclass
@@ -96,16 +111,21 @@ def stop_requests() -> Iterator[list[int]]:
 
 
 def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    # Every process checks, so that all of them stop with the error, before the main one changes anything.
+    if resume and not (out / "last.pth").is_file():
+        raise FerkitError(f"cannot resume: {out}/last.pth does not exist; start the run without --resume")
+    held = not resume and out.exists() and any(out.iterdir())
+    if held and not overwrite:
+        raise FerkitError(f"run folder {out} already holds a run; resume it with --resume, "
+                          "choose another --out, or pass --overwrite to replace it")
+    dist.barrier()
+    if not dist.is_main():
+        return
     if resume:
-        if not (out / "last.pth").is_file():
-            raise FerkitError(f"cannot resume: {out}/last.pth does not exist; start the run without --resume")
         for stale in out.glob(".*.tmp"):  # left by a process killed while writing a checkpoint
             stale.unlink()
         return
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FerkitError(f"run folder {out} already holds a run; resume it with --resume, "
-                              "choose another --out, or pass --overwrite to replace it")
+    if held:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -115,12 +135,15 @@ def _setup_logging(out: Path) -> None:
     for h in list(log.handlers):
         log.removeHandler(h)
         h.close()
+    log.propagate = False
+    if not dist.is_main():  # the main process reports for all (what it needs from the others is gathered)
+        log.addHandler(logging.NullHandler())
+        return
     file_handler = logging.FileHandler(out / "train.log")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     stream = logging.StreamHandler(sys.stdout)
     log.addHandler(file_handler)
     log.addHandler(stream)
-    log.propagate = False
 
 
 def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.AdamW:
@@ -138,23 +161,36 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epo
 
 
 def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
-    """Run (or resume) training; returns the final report. Everything lands in ``cfg.out``."""
+    """Run (or resume) training; returns the final report. Everything lands in ``cfg.out``.
+
+    Launched by torchrun, every process calls this, and together they train one model.
+    """
+    with dist.process_group():
+        return _train(cfg, resume, overwrite)
+
+
+def _train(cfg: Config, resume: bool, overwrite: bool) -> dict:
     out = Path(cfg.out)
     prepare_run_dir(out, resume, overwrite)
     ckpt = read_checkpoint(out / "last.pth") if resume else None
     if ckpt is not None:
         cfg = Config.from_dict({**ckpt["config"], "out": str(out)})
     _setup_logging(out)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    if dist.is_main():
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     splits = load_splits(cfg.data, cfg.protocol, cfg.limit_per_class)
     if ckpt is not None:
         check_classes(out / "last.pth", tuple(ckpt["classes"]), splits.classes)
-    device = resolve_device(cfg.device)
+    device = dist.process_device(resolve_device(cfg.device))
     precision = resolve_precision(cfg.precision, device)
+    local_batch = dist.local_batch_size(cfg.batch_size)
     seed_everything(cfg.seed)
 
-    model = build_model(cfg.arch, len(splits.classes), cfg.dropout, cfg.hidden).to(device)
+    model = build_model(cfg.arch, len(splits.classes), cfg.dropout, cfg.hidden)
+    if cfg.sync_bn:
+        model = dist.convert_sync_batchnorm(model, device)
+    model = model.to(device)
     optimizer = build_optimizer(model, cfg)
     skip_bad = cfg.bad_images == "skip"
     train_set = FerDataset(splits.train, build_train_transform(cfg), skip_bad)
@@ -170,25 +206,29 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         state = TrainState(**ckpt["state"])
+        if not dist.is_main():
+            state.partial = {}  # the interrupted epoch's sums are totals over all processes: one carries them on
         if state.step:
-            torch.set_rng_state(ckpt["rng"]["torch"])
+            _restore_rng(ckpt["rng"])
+    ddp_model = dist.wrap(model, device)
 
-    sampler = EpochSampler(len(train_set), cfg.seed)
+    sampler = EpochSampler(len(train_set), cfg.seed, dist.rank(), dist.world_size())
     loader_generator = torch.Generator()
-    train_loader = make_loader(train_set, cfg.batch_size, cfg.workers, device, sampler=sampler, drop_last=True,
+    train_loader = make_loader(train_set, local_batch, cfg.workers, device, sampler=sampler, drop_last=True,
                                generator=loader_generator, worker_init_fn=_ignore_sigint,
                                collate_fn=collate_skipping)
-    select_loader = _eval_loader(splits.select, cfg, device)
-    writer = _tensorboard(out) if cfg.tensorboard else None
+    writer = _tensorboard(out) if cfg.tensorboard and dist.is_main() else None
 
+    processes = f" ({local_batch} per process x {dist.world_size()} processes)" if dist.world_size() > 1 else ""
     log.info(f"ferkit train: {cfg.arch} ({count_parameters(model) / 1e6:.2f}M parameters) at "
-             f"{cfg.image_size}x{cfg.image_size}, {cfg.epochs} epochs, batch {cfg.batch_size}, "
+             f"{cfg.image_size}x{cfg.image_size}, {cfg.epochs} epochs, batch {cfg.batch_size}{processes}, "
              f"lr {cfg.effective_lr():.2e}, device {device}, precision {precision}")
     log.info(f"data: {len(splits.train)} train, {len(splits.select)} {splits.names['select']} (selection), "
              f"{len(splits.report)} {splits.names['report']} (report); protocol {cfg.protocol}; run folder {out}")
 
     def checkpoint(name: str, **extra) -> None:
-        atomic_save(make_checkpoint(model, cfg, splits.classes, **extra), out / name)
+        if dist.is_main():
+            atomic_save(make_checkpoint(model, cfg, splits.classes, **extra), out / name)
 
     def save_last(rng: dict | None = None) -> None:
         checkpoint("last.pth", optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
@@ -199,33 +239,38 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
             epoch = state.epoch
             start_step = state.step
             if not start_step:
-                # Augmentation in the main process (workers=0) draws from the global generator.
-                torch.manual_seed(cfg.seed * 1_000_003 + epoch)
-            sampler.set_epoch(epoch, start_step * cfg.batch_size)
-            loader_generator.manual_seed(cfg.seed * 1_000_003 + epoch)
+                # Augmentation without loader workers (workers=0) draws from the global generator.
+                torch.manual_seed(_augmentation_seed(cfg, epoch))
+            sampler.set_epoch(epoch, start_step * local_batch)
+            loader_generator.manual_seed(_augmentation_seed(cfg, epoch))
+            skipped_before = len(state.skipped)
             t0 = time.perf_counter()
             try:
-                sums = _train_epoch(model, train_loader, optimizer, scheduler, cfg, device, precision, state, stop,
-                                    steps_per_epoch)
+                sums = _train_epoch(ddp_model, train_loader, optimizer, scheduler, cfg, device, precision, state,
+                                    stop, steps_per_epoch)
             except torch.cuda.OutOfMemoryError:
-                raise FerkitError(f"out of memory on {device} with batch size {cfg.batch_size} at "
+                raise FerkitError(f"out of memory on {device} with batch size {cfg.batch_size}{processes} at "
                                   f"{cfg.image_size}x{cfg.image_size}; retry with a smaller --batch-size "
                                   "(the learning rate is rescaled for it)") from None
+            _gather_skipped(state, skipped_before)
             state.seconds += time.perf_counter() - t0
-            if stop:
+            signum = _agreed_stop(stop)
+            if signum:
                 state.partial = sums
-                save_last({"torch": torch.get_rng_state()})
+                save_last({"torch": dist.gather(torch.get_rng_state())})
+                again = (f"ferkit train --resume {out}" if dist.world_size() == 1
+                         else f"the same launch command with --resume {out}")
                 raise TrainingInterrupted(
-                    f"interrupted by {signal.Signals(stop[0]).name} at epoch {epoch + 1} step {state.step}; "
-                    f"state saved to {out}/last.pth; continue with: ferkit train --resume {out}"
+                    f"interrupted by {signal.Signals(signum).name} at epoch {epoch + 1} step {state.step}; "
+                    f"state saved to {out}/last.pth; continue with: {again}"
                 )
             if sums["seen"] == 0:
                 raise FerkitError(f"no batch of epoch {epoch + 1} could be trained on (every image unreadable, "
                                   "or batches of one image); check the data or raise --batch-size")
             if cfg.schedule_unit == "epoch":
                 scheduler.step()
-            probs, labels = collect_probs(model, select_loader, device, precision)
-            metrics = compute_metrics(labels, probs, splits.classes)
+            dist.broadcast_buffers(model)
+            metrics = _measure(model, splits.select, splits.classes, cfg, device, precision)
             seconds = time.perf_counter() - t0
             state.epoch, state.step, state.partial = epoch + 1, 0, {}
             improved = metrics["accuracy"] > state.best_acc
@@ -241,17 +286,46 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
                 checkpoint("best.pth", epoch=epoch + 1, metrics={k: metrics[k] for k in ("accuracy", "macro_f1")},
                            select_split=splits.names["select"])
             save_last()
-            _log_epoch(out, row, writer, cfg.epochs, splits.names["select"])
+            if dist.is_main():
+                _log_epoch(out, row, writer, cfg.epochs, f"{splits.names['select']} ({metrics['images']} images)")
+                plot_curves(state.history, out / "curves.png")
             if state.skipped:
                 log.info(f"{len(state.skipped)} unreadable images skipped so far (listed above in train.log)")
-            plot_curves(state.history, out / "curves.png")
     if writer is not None:
         writer.close()
+    dist.barrier()  # the report reads best.pth: every process waits until the main one has written it
     return final_report(out, splits, cfg, state, device, precision)
+
+
+def _augmentation_seed(cfg: Config, epoch: int) -> int:
+    # Differs between processes, or all would draw the same crops and flips; the sampler seeds the data order.
+    return cfg.seed * 1_000_003 + epoch + (dist.rank() << 32)
+
+
+def _restore_rng(rng: dict) -> None:
+    states = rng["torch"]
+    states = states if isinstance(states, list) else [states]  # written before multi-process training existed
+    # On another number of processes the data order is kept; only this epoch's augmentation draws differ.
+    torch.set_rng_state(states[dist.rank() % len(states)])
+
+
+def _agreed_stop(stop: list[int]) -> int:
+    """The signal that stops the run (0: none), agreed so that every process stops after the same step."""
+    return dist.max_over_ranks(stop[0] if stop else 0)
+
+
+def _gather_skipped(state: TrainState, since: int) -> None:
+    """Put the unreadable images every process met after ``since`` in the list the main process logs and saves."""
+    per_process = dist.gather(state.skipped[since:])
+    others = [name for r, names in enumerate(per_process) if r != dist.rank() for name in names]
+    if others:
+        log.warning(f"skipped unreadable images in other processes (--bad-images skip): {', '.join(others)}")
+    state.skipped[since:] = [name for names in per_process for name in names]
 
 
 def _train_epoch(model, loader: DataLoader, optimizer, scheduler, cfg: Config, device: torch.device,
                  precision: str, state: TrainState, stop: list[int], steps_per_epoch: int) -> dict:
+    """Train on the epoch's remaining batches; returns the epoch's sums over all processes."""
     model.train()
     # Running sums stay on the device: reading them every step would synchronise the GPU each batch.
     loss_sum = torch.tensor(state.partial.get("loss", 0.0), device=device)
@@ -259,7 +333,8 @@ def _train_epoch(model, loader: DataLoader, optimizer, scheduler, cfg: Config, d
     seen = state.partial.get("seen", 0)
     timed_images, t0 = 0, time.perf_counter()
     bar = tqdm(total=steps_per_epoch, initial=state.step, desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
-               leave=False, mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
+               leave=False, mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr,
+               disable=not dist.is_main())
     with bar:  # closing the bar on any exit keeps error messages on a line of their own
         for images, targets, bad in loader:
             state.step += 1
@@ -267,7 +342,8 @@ def _train_epoch(model, loader: DataLoader, optimizer, scheduler, cfg: Config, d
             if bad:
                 state.skipped.extend(bad)
                 log.warning(f"skipped unreadable images (--bad-images skip): {', '.join(bad)}")
-            if images is not None and len(targets) > 1:  # BatchNorm needs two samples to train on
+            # BatchNorm needs two samples to train on; DDP needs every process in every step, so all skip together.
+            if dist.all_ranks(images is not None and len(targets) > 1):
                 result = _train_step(model, images.to(device, non_blocking=True),
                                      targets.to(device, non_blocking=True), optimizer, cfg, device, precision, state)
                 if result is not None:
@@ -277,25 +353,35 @@ def _train_epoch(model, loader: DataLoader, optimizer, scheduler, cfg: Config, d
                     timed_images += len(targets)
             if cfg.schedule_unit == "step":
                 scheduler.step()
-            if seen and (state.step % 20 == 0 or state.step == steps_per_epoch):
+            if state.step % 20 == 0 or state.step == steps_per_epoch:
                 # Checked where the progress bar synchronises anyway; checkpoints are only written after this
                 # check passes at the epoch's end, so a diverged model never overwrites a good one.
-                if not torch.isfinite(loss_sum):
+                loss_all, correct_all, seen_all = dist.sum_over_ranks([loss_sum.item(), correct.item(), seen])
+                if not math.isfinite(loss_all):
                     raise FerkitError(f"non-finite loss at epoch {state.epoch + 1} step {state.step}; the last good "
                                       "checkpoint is kept; lower --lr or check the data, then --resume "
                                       "(or --nonfinite skip)")
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
-                                img_s=f"{timed_images / (time.perf_counter() - t0):.1f}")
-            if stop:
+                if seen_all:
+                    bar.set_postfix(loss=f"{loss_all / seen_all:.3f}", acc=f"{correct_all / seen_all:.3f}",
+                                    img_s=f"{timed_images * dist.world_size() / (time.perf_counter() - t0):.1f}")
+            if _agreed_stop(stop):
                 break
-    return {"loss": float(loss_sum), "correct": int(correct), "seen": seen,
-            "images_per_s": timed_images / max(time.perf_counter() - t0, 1e-9)}
+    loss_all, correct_all, seen_all, timed_all = dist.sum_over_ranks([float(loss_sum), float(correct), seen,
+                                                                      timed_images])
+    return {"loss": loss_all, "correct": int(correct_all), "seen": int(seen_all),
+            "images_per_s": timed_all / max(time.perf_counter() - t0, 1e-9)}
 
 
-def _eval_loader(samples: list, cfg: Config, device: torch.device) -> DataLoader:
-    dataset = FerDataset(samples, build_test_transform(cfg), cfg.bad_images == "skip")
-    return make_loader(dataset, cfg.batch_size * 2, cfg.workers, device, worker_init_fn=_ignore_sigint,
-                       collate_fn=collate_skipping)
+def _measure(model: nn.Module, samples: list, classes: tuple[str, ...], cfg: Config, device: torch.device,
+             precision: str) -> dict:
+    """Metrics over all of ``samples``, each image counted once: every process predicts its own unpadded share."""
+    dataset = FerDataset(samples[dist.rank()::dist.world_size()], build_test_transform(cfg),
+                         cfg.bad_images == "skip")
+    loader = make_loader(dataset, dist.local_batch_size(cfg.batch_size) * 2, cfg.workers, device,
+                         worker_init_fn=_ignore_sigint, collate_fn=collate_skipping)
+    shares = dist.gather(collect_probs(model, loader, device, precision))
+    probs, labels = np.concatenate([p for p, _ in shares]), np.concatenate([y for _, y in shares])
+    return compute_metrics(labels, probs, classes)
 
 
 def _train_step(model, images, targets, optimizer, cfg: Config, device: torch.device, precision: str,
@@ -304,7 +390,7 @@ def _train_step(model, images, targets, optimizer, cfg: Config, device: torch.de
     with autocast(device, precision):
         logits = model(images)
         loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
-    if cfg.nonfinite == "skip" and not torch.isfinite(loss):
+    if cfg.nonfinite == "skip" and not dist.all_ranks(bool(torch.isfinite(loss))):
         state.nonfinite_steps.append(f"{state.epoch + 1}:{state.step}")
         log.warning(f"skipped step {state.step} of epoch {state.epoch + 1}: non-finite loss "
                     f"({len(state.nonfinite_steps)} skipped so far)")
@@ -321,7 +407,7 @@ def _tensorboard(out: Path):
     return SummaryWriter(str(out / "tensorboard"))
 
 
-def _log_epoch(out: Path, row: dict, writer, epochs: int, select_name: str) -> None:
+def _log_epoch(out: Path, row: dict, writer, epochs: int, select_label: str) -> None:
     path = out / "metrics.csv"
     new = not path.exists()
     with open(path, "a", newline="") as f:
@@ -334,7 +420,7 @@ def _log_epoch(out: Path, row: dict, writer, epochs: int, select_name: str) -> N
             writer.add_scalar(key, row[key], row["epoch"])
         writer.flush()
     log.info(f"epoch {row['epoch']}/{epochs}  lr {row['lr']:.2e}  train loss {row['train_loss']:.4f} "
-             f"acc {row['train_acc']:.4f}  {select_name} loss {row['select_loss']:.4f} acc {row['select_acc']:.4f} "
+             f"acc {row['train_acc']:.4f}  {select_label} loss {row['select_loss']:.4f} acc {row['select_acc']:.4f} "
              f"F1 {row['select_macro_f1']:.4f}  {row['images_per_s']:.1f} img/s  {row['epoch_seconds']:.0f}s"
              + ("  (best, saved best.pth)" if row["best"] else ""))
 
@@ -343,14 +429,14 @@ def final_report(out: Path, splits: Splits, cfg: Config, state: TrainState, devi
                  precision: str) -> dict:
     """Measure best.pth once on the report split (PrivateTest under the clean protocol)."""
     model = load_model(out / "best.pth", splits.classes).model.to(device)
-    probs, labels = collect_probs(model, _eval_loader(splits.report, cfg, device), device, precision)
-    metrics = compute_metrics(labels, probs, splits.classes)
+    metrics = _measure(model, splits.report, splits.classes, cfg, device, precision)
     metrics.update(protocol=cfg.protocol, split=splits.names["report"], selected_on=splits.names["select"],
                    best_epoch=state.best_epoch, epochs=cfg.epochs, train_seconds=round(state.seconds, 1),
                    checkpoint=str(out / "best.pth"))
-    write_report(metrics, splits.classes, out, "report",
-                 f"{metrics['split']} ({cfg.protocol} protocol), best epoch {state.best_epoch}: "
-                 f"acc {metrics['accuracy']:.3f}")
+    if dist.is_main():
+        write_report(metrics, splits.classes, out, "report",
+                     f"{metrics['split']} ({cfg.protocol} protocol), best epoch {state.best_epoch}: "
+                     f"acc {metrics['accuracy']:.3f}")
     log.info(f"report: {metrics['split']} with best.pth from epoch {state.best_epoch} "
              f"(selected on {metrics['selected_on']})\n" + format_metrics(metrics, splits.classes))
     return metrics

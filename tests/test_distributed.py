@@ -1,0 +1,149 @@
+"""Multi-process training (DistributedDataParallel over gloo, on CPU): two processes against one."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from conftest import make_image_folder
+
+from ferkit.checkpoint import read_checkpoint
+from ferkit.config import Config
+from ferkit.model import build_model
+from ferkit.runtime import seed_everything
+from ferkit.train import EpochSampler, TrainingInterrupted, train
+
+# Augmentation and dropout off, so that both runs see the very same pixels; SyncBatchNorm, so that two
+# processes of 4 images normalise like one process of 8. The one process runs with it too: alone it is BatchNorm.
+SAME_MATH = dict(image_size=16, batch_size=8, epochs=2, workers=0, tensorboard=False, seed=5, protocol="clean",
+                 sync_bn=True, dropout=0.0, flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, rotation=0.0, erasing_p=0.0,
+                 crop_scale=(1.0, 1.0))
+
+
+def flags(values: dict) -> list[str]:
+    out = []
+    for key, value in values.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(flag if value else "--no-" + flag[2:])
+        else:
+            out += [flag, *map(str, value if isinstance(value, tuple) else [value])]
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    """``ferkit train --nproc 2`` (torchrun underneath) on 21 training images and 7 report images (odd on purpose:
+    an evaluation padded to equal shares would count one image twice)."""
+    root = tmp_path_factory.mktemp("dist")
+    data = make_image_folder(root / "fer", per_class=3)
+    run = root / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "ferkit", "train", "--nproc", "2", "--data", str(data),
+                             "--out", str(run), *flags(SAME_MATH)],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return data, run, result.stdout
+
+
+def test_sampler_shards_make_up_the_global_batches_of_one_process():
+    single = EpochSampler(23, seed=1)
+    shards = [EpochSampler(23, seed=1, rank=r, world_size=2) for r in range(2)]
+    for s in [single, *shards]:
+        s.set_epoch(4)
+    whole, parts = list(single), [list(s) for s in shards]
+    assert len(parts[0]) == len(parts[1]) == len(shards[0]) == 11
+    for k in range(len(whole) // 8):  # global batch 8 = 4 per process
+        assert sorted(parts[0][4 * k:4 * k + 4] + parts[1][4 * k:4 * k + 4]) == sorted(whole[8 * k:8 * k + 8])
+    shards[1].set_epoch(4, start=6)  # a resumed epoch, 6 images into this process's share
+    assert list(shards[1]) == parts[1][6:] and len(shards[1]) == 5
+
+
+def test_two_processes_train_like_one_process_over_the_global_batch(two_process_run, tmp_path):
+    data, run, _ = two_process_run
+    one = train(Config(data=str(data), out=str(tmp_path / "one"), **SAME_MATH))
+    assert one["images"] == 7
+    single, double = read_checkpoint(tmp_path / "one" / "last.pth"), read_checkpoint(run / "last.pth")
+    # The mean training loss of each epoch (4 optimizer steps in all) agrees to float rounding.
+    for a, b in zip(single["state"]["history"], double["state"]["history"], strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
+    seed_everything(SAME_MATH["seed"])
+    start = build_model("resnet18", 7, 0.0, 256).state_dict()
+    keys = [k for k, v in start.items() if v.is_floating_point()]
+
+    def flat(weights):
+        return torch.cat([weights[k].flatten() for k in keys])
+
+    # Compared with how far training moved the weights; Adam turns float rounding in near-zero gradients into
+    # lr-sized steps, so equality holds to a tolerance. A run without SyncBatchNorm is off by about 25%.
+    moved = flat(single["model"]) - flat(start)
+    gap = flat(single["model"]) - flat(double["model"])
+    assert gap.norm() / moved.norm() < 1e-2
+
+
+def test_two_processes_write_one_run_folder_and_count_every_image_once(two_process_run):
+    _, run, stdout = two_process_run
+    assert sorted(p.name for p in run.iterdir()) == ["best.pth", "config.json", "curves.png", "last.pth",
+                                                     "metrics.csv", "report.json", "report_confusion.png",
+                                                     "train.log"]
+    log = (run / "train.log").read_text()
+    assert log.count("ferkit train: resnet18") == 1 and "batch 8 (4 per process x 2 processes)" in log
+    assert log.count("PublicTest (14 images)") == 2  # one line per epoch, each over all 14 selection images
+    assert len((run / "metrics.csv").read_text().strip().splitlines()) == 1 + SAME_MATH["epochs"]
+    report = json.loads((run / "report.json").read_text())
+    assert report["images"] == 7 and sum(map(sum, report["confusion_matrix"])) == 7
+    assert stdout.count("report: PrivateTest") == 1 and stdout.count("images 7  accuracy") == 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def resume_worker(rank: int, port: int, data: str, tmp: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2")
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo")  # train() joins a group its caller started
+
+    def cfg(name):
+        return Config(data=data, out=os.path.join(tmp, name), image_size=16, batch_size=4, epochs=1, workers=0,
+                      tensorboard=False, seed=3)
+
+    train(cfg("full"))
+    real_step, calls = torch.optim.AdamW.step, [0]
+
+    def step_then_interrupt(self, *a, **k):
+        result = real_step(self, *a, **k)
+        calls[0] += 1
+        if calls[0] == 3 and rank == 1:  # only process 1 gets the signal; both must stop after step 3
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    torch.optim.AdamW.step = step_then_interrupt
+    try:
+        train(cfg("cut"))
+        raise AssertionError(f"process {rank} was not interrupted")
+    except TrainingInterrupted as e:
+        assert "epoch 1 step 3" in str(e) and "SIGINT" in str(e), e
+    torch.optim.AdamW.step = real_step
+    torch.distributed.barrier()  # process 0 writes last.pth after the others have stopped
+    state = read_checkpoint(os.path.join(tmp, "cut", "last.pth"))["state"]
+    assert (state["epoch"], state["step"]) == (0, 3)
+    train(cfg("cut"), resume=True)
+    torch.distributed.destroy_process_group()
+
+
+def test_interrupted_two_process_run_resumes_exactly(image_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    mp.spawn(resume_worker, args=(free_port(), str(image_folder), str(tmp_path)), nprocs=2)
+    full, resumed = read_checkpoint(tmp_path / "full" / "last.pth"), read_checkpoint(tmp_path / "cut" / "last.pth")
+    assert all(torch.equal(full["model"][k], resumed["model"][k]) for k in full["model"])
+    # The epoch's loss sums are added up in another order across the interruption.
+    assert full["state"]["history"][-1]["train_loss"] == pytest.approx(resumed["state"]["history"][-1]["train_loss"])
