@@ -36,8 +36,14 @@ class Config:
     workers: int = _opt(4, "DataLoader worker processes")
     bad_images: str = _opt("stop", "an unreadable image stops the run, or is skipped and reported",
                            choices=("stop", "skip"))
-    nonfinite: str = _opt("stop", "a NaN/inf loss stops the run, or its step is skipped and counted (checks every step)",
+    nonfinite: str = _opt("stop", "a NaN/inf loss stops the run (checked every 20 steps), or its step is skipped and "
+                          "counted (checked every step: one host-device synchronisation per step on a GPU)",
                           choices=("stop", "skip"))
+    data_pipeline: str = _opt("auto", "workers: DataLoader workers decode and augment image by image every epoch; "
+                              "batched: decode once (cached), augment whole batches on the training device; "
+                              "auto: batched on CUDA, workers on CPU", choices=("auto", "workers", "batched"))
+    cache_dir: str | None = _opt(None, "folder of the batched pipeline's decoded-image cache "
+                                 "(None: $FERKIT_CACHE, else ~/.cache/ferkit)")
     # Input and augmentation (specification section 1, in pipeline order)
     image_size: int = _opt(96, "network input size (square)")
     crop_scale: tuple[float, float] = _opt((0.8, 1.0), "RandomResizedCrop area range, suited to aligned face crops")
@@ -74,6 +80,10 @@ class Config:
                           choices=("auto", "fp32", "bf16"))
     tensorboard: bool = _opt(True, "also log per-epoch metrics to TensorBoard")
     sync_bn: bool = _opt(False, "with several processes, BatchNorm statistics over the global batch (SyncBatchNorm)")
+    channels_last: str = _opt("auto", "channels-last memory layout for the model and its inputs; auto: on for CUDA "
+                              "(measured slower on CPUs)", choices=("auto", "on", "off"))
+    compile: bool = _opt(False, "torch.compile the model: a minute or more of compiling at start, to be repaid by "
+                         "faster steps on long GPU runs (measured slower on CPUs)")
 
     def effective_lr(self) -> float:
         ratio = self.batch_size / 32

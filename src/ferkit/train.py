@@ -4,8 +4,13 @@ Per epoch: ``model.train()``, an AdamW step per batch on label-smoothed cross-en
 ``model.eval()`` under ``no_grad`` on the selection split, one cosine ``scheduler.step()``, metrics
 to CSV/TensorBoard/PNG, ``last.pth`` always and ``best.pth`` only on improvement (both atomic).
 
-Data order and augmentation randomness depend only on (seed, epoch), so ``--resume`` replays the
-rest of a run exactly as an uninterrupted one would have run it.
+Data order and augmentation randomness depend only on (seed, epoch) (and the step, in the batched
+pipeline), so ``--resume`` replays the rest of a run exactly as an uninterrupted one would have run it.
+
+Two pipelines feed the loop (``--data-pipeline``): DataLoader workers that decode and augment image
+by image (torchvision, the reference), or the split decoded once and augmented a batch at a time on
+the training device (:mod:`ferkit.fastdata`). Both deliver the same sampler's batches on the device,
+so everything after them, from the loss to the checkpoints, is one code path.
 
 Under torchrun every process runs this same loop on its share of each global batch, with
 DistributedDataParallel averaging the gradients; the processes agree on every branch that
@@ -19,10 +24,12 @@ import csv
 import json
 import logging
 import math
+import os
 import shutil
 import signal
 import sys
 import time
+from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,15 +39,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import Sampler
 from tqdm import tqdm
 
 from . import distributed as dist
 from .checkpoint import atomic_save, check_classes, load_model, make_checkpoint, read_checkpoint
 from .config import Config
-from .data import FerDataset, Splits, collate_skipping, load_splits
+from .data import FerDataset, Sample, Splits, collate_skipping, load_splits
 from .errors import FerkitError
 from .evaluate import collect_probs, compute_metrics, format_metrics, make_loader, write_report
+from .fastdata import BatchAugment, DecodedImages, batches, decode_once
 from .model import build_model, count_parameters
 from .plots import plot_curves
 from .runtime import autocast, resolve_device, resolve_precision, seed_everything
@@ -77,6 +85,111 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.size // self.world_size - self.start
+
+
+Batch = tuple[torch.Tensor | None, torch.Tensor | None, list[str]]  # images, targets, unreadable files skipped
+
+
+class TrainBatches(ABC):
+    """One process's training batches of an epoch, in the EpochSampler's order: (images, targets, skipped names).
+
+    Images and targets are on the training device, images in the model's memory layout.
+    """
+
+    def __init__(self, size: int, cfg: Config, device: torch.device, batch_size: int,
+                 memory_format: torch.memory_format) -> None:
+        self.size, self.cfg, self.device, self.batch_size = size, cfg, device, batch_size
+        self.memory_format = memory_format
+        self.sampler = EpochSampler(size, cfg.seed, dist.rank(), dist.world_size())
+        self.epoch, self.start_step = 0, 0
+        self.skipped: list[str] = []  # unreadable files left out before training (the batched pipeline)
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch, self.start_step = epoch, start_step
+        self.sampler.set_epoch(epoch, start_step * self.batch_size)
+
+    @abstractmethod
+    def __iter__(self) -> Iterator[Batch]: ...
+
+    @abstractmethod
+    def description(self) -> str: ...
+
+
+class WorkerBatches(TrainBatches):
+    """DataLoader workers decode every image and run the torchvision reference augmentations on it, every epoch."""
+
+    def __init__(self, samples: list[Sample], cfg: Config, device: torch.device, batch_size: int,
+                 memory_format: torch.memory_format) -> None:
+        super().__init__(len(samples), cfg, device, batch_size, memory_format)
+        dataset = FerDataset(samples, build_train_transform(cfg), cfg.bad_images == "skip")
+        self.generator = torch.Generator()
+        self.loader = make_loader(dataset, batch_size, cfg.workers, device, sampler=self.sampler, drop_last=True,
+                                  generator=self.generator, worker_init_fn=_ignore_sigint,
+                                  collate_fn=collate_skipping)
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        super().set_epoch(epoch, start_step)
+        self.generator.manual_seed(_augmentation_seed(self.cfg, epoch))  # seeds the workers' augmentation
+
+    def __iter__(self) -> Iterator[Batch]:
+        for images, targets, bad in self.loader:
+            if images is not None:
+                # From pinned memory on CUDA, so the copy overlaps the previous step's compute.
+                images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+                targets = targets.to(self.device, non_blocking=True)
+            yield images, targets, bad
+
+    def description(self) -> str:
+        return f"workers data pipeline ({self.cfg.workers} DataLoader workers decode and augment image by image)"
+
+
+class DecodedBatches(TrainBatches):
+    """The split decoded once into a uint8 tensor kept on the device; BatchAugment augments each batch there.
+
+    Nothing crosses from the host per step. Each step's augmentation is drawn from a generator seeded by
+    (seed, epoch, process, step), so a resumed epoch replays its remaining steps' draws with no state saved.
+    """
+
+    def __init__(self, samples: list[Sample], cfg: Config, device: torch.device, batch_size: int,
+                 memory_format: torch.memory_format) -> None:
+        decoded = _decode_first_per_machine(samples, cfg)
+        super().__init__(len(decoded.labels), cfg, device, batch_size, memory_format)
+        self.skipped = decoded.skipped
+        self.images, self.labels = decoded.images.to(device), decoded.labels.to(device)
+        self.augment = BatchAugment(cfg).to(device)
+        self.generator = torch.Generator(device)
+        self.origin = (f"read from the cache {decoded.cache_file}" if decoded.reused
+                       else f"written to the cache {decoded.cache_file}" if decoded.cache_file
+                       else "kept in memory, as CSV rows need no cache")
+
+    def __iter__(self) -> Iterator[Batch]:
+        order = torch.tensor(list(self.sampler), dtype=torch.int64)
+        steps = batches(self.images, self.labels, order, self.batch_size, self.device, drop_last=True)
+        for step, (images, targets) in enumerate(steps, start=self.start_step):
+            self.generator.manual_seed(_step_seed(self.cfg, self.epoch, step))
+            yield self.augment(images, self.generator).to(memory_format=self.memory_format), targets, []
+
+    def description(self) -> str:
+        return (f"batched data pipeline ({self.size} images decoded once, {self.origin}; "
+                f"augmented a batch at a time on {self.device})")
+
+
+def _decode_first_per_machine(samples: list[Sample], cfg: Config) -> DecodedImages:
+    # The first process of each machine decodes and fills the cache (each machine may have its own); the others
+    # wait, then load it, rather than all decode the same files at once.
+    first = int(os.environ.get("LOCAL_RANK", 0)) == 0
+    if not first:
+        dist.barrier()
+    decoded = decode_once(samples, cfg.cache_dir, skip_bad=cfg.bad_images == "skip")
+    if first:
+        dist.barrier()
+    return decoded
+
+
+def _step_seed(cfg: Config, epoch: int, step: int) -> int:
+    # SeedSequence mixes the four numbers, so no two (epoch, process, step) share a stream as sums could.
+    entropy = [cfg.seed % 2**64, epoch, dist.rank(), step]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
 
 
 @dataclass
@@ -151,7 +264,10 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.AdamW:
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.effective_lr())
+    # One kernel for the whole update on CUDA. Elsewhere None keeps PyTorch's default (False would also turn
+    # off its multi-tensor path).
+    fused = True if decay[0].is_cuda else None
+    return torch.optim.AdamW(groups, lr=cfg.effective_lr(), fused=fused)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int):
@@ -184,19 +300,22 @@ def _train(cfg: Config, resume: bool, overwrite: bool) -> dict:
         check_classes(out / "last.pth", tuple(ckpt["classes"]), splits.classes)
     device = dist.process_device(resolve_device(cfg.device))
     precision = resolve_precision(cfg.precision, device)
+    pipeline = resolve_data_pipeline(cfg.data_pipeline, device)
+    channels_last = resolve_channels_last(cfg.channels_last, device)
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
     local_batch = dist.local_batch_size(cfg.batch_size)
     seed_everything(cfg.seed)
 
     model = build_model(cfg.arch, len(splits.classes), cfg.dropout, cfg.hidden)
     if cfg.sync_bn:
         model = dist.convert_sync_batchnorm(model, device)
-    model = model.to(device)
+    model = model.to(device, memory_format=memory_format)
     optimizer = build_optimizer(model, cfg)
-    skip_bad = cfg.bad_images == "skip"
-    train_set = FerDataset(splits.train, build_train_transform(cfg), skip_bad)
-    steps_per_epoch = len(train_set) // cfg.batch_size
+    feed = DecodedBatches if pipeline == "batched" else WorkerBatches
+    train_batches = feed(splits.train, cfg, device, local_batch, memory_format)
+    steps_per_epoch = train_batches.size // cfg.batch_size
     if steps_per_epoch == 0:
-        raise FerkitError(f"{len(train_set)} training images are fewer than one batch of {cfg.batch_size}; "
+        raise FerkitError(f"{train_batches.size} training images are fewer than one batch of {cfg.batch_size}; "
                           "lower --batch-size")
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
 
@@ -210,21 +329,26 @@ def _train(cfg: Config, resume: bool, overwrite: bool) -> dict:
             state.partial = {}  # the interrupted epoch's sums are totals over all processes: one carries them on
         if state.step:
             _restore_rng(ckpt["rng"])
-    ddp_model = dist.wrap(model, device)
-
-    sampler = EpochSampler(len(train_set), cfg.seed, dist.rank(), dist.world_size())
-    loader_generator = torch.Generator()
-    train_loader = make_loader(train_set, local_batch, cfg.workers, device, sampler=sampler, drop_last=True,
-                               generator=loader_generator, worker_init_fn=_ignore_sigint,
-                               collate_fn=collate_skipping)
+    # DDP first, then compile: PyTorch's guidance, so that the compiler splits the graph at DDP's gradient buckets.
+    # Checkpoints keep saving ``model`` itself, whose keys carry neither wrapper's prefix.
+    train_model = dist.wrap(model, device)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
     writer = _tensorboard(out) if cfg.tensorboard and dist.is_main() else None
 
     processes = f" ({local_batch} per process x {dist.world_size()} processes)" if dist.world_size() > 1 else ""
     log.info(f"ferkit train: {cfg.arch} ({count_parameters(model) / 1e6:.2f}M parameters) at "
              f"{cfg.image_size}x{cfg.image_size}, {cfg.epochs} epochs, batch {cfg.batch_size}{processes}, "
-             f"lr {cfg.effective_lr():.2e}, device {device}, precision {precision}")
+             f"lr {cfg.effective_lr():.2e} ({cfg.lr_scaling} scaling of {cfg.lr:.2e} for batch 32), device {device}")
     log.info(f"data: {len(splits.train)} train, {len(splits.select)} {splits.names['select']} (selection), "
              f"{len(splits.report)} {splits.names['report']} (report); protocol {cfg.protocol}; run folder {out}")
+    log.info(f"speed: {train_batches.description()}; {precision} precision; "
+             f"{'channels_last' if channels_last else 'contiguous'} memory layout; "
+             f"torch.compile {'on' if cfg.compile else 'off'}")
+    unrecorded = [name for name in train_batches.skipped if name not in state.skipped]  # a resumed run has them
+    if unrecorded:
+        state.skipped += unrecorded
+        log.warning(f"skipped unreadable images (--bad-images skip): {', '.join(unrecorded)}")
 
     def checkpoint(name: str, **extra) -> None:
         if dist.is_main():
@@ -239,14 +363,13 @@ def _train(cfg: Config, resume: bool, overwrite: bool) -> dict:
             epoch = state.epoch
             start_step = state.step
             if not start_step:
-                # Augmentation without loader workers (workers=0) draws from the global generator.
+                # The global generator drives dropout, and the worker pipeline's augmentation with --workers 0.
                 torch.manual_seed(_augmentation_seed(cfg, epoch))
-            sampler.set_epoch(epoch, start_step * local_batch)
-            loader_generator.manual_seed(_augmentation_seed(cfg, epoch))
+            train_batches.set_epoch(epoch, start_step)
             skipped_before = len(state.skipped)
             t0 = time.perf_counter()
             try:
-                sums = _train_epoch(ddp_model, train_loader, optimizer, scheduler, cfg, device, precision, state,
+                sums = _train_epoch(train_model, train_batches, optimizer, scheduler, cfg, device, precision, state,
                                     stop, steps_per_epoch)
             except torch.cuda.OutOfMemoryError:
                 raise FerkitError(f"out of memory on {device} with batch size {cfg.batch_size}{processes} at "
@@ -297,6 +420,19 @@ def _train(cfg: Config, resume: bool, overwrite: bool) -> dict:
     return final_report(out, splits, cfg, state, device, precision)
 
 
+def resolve_data_pipeline(name: str, device: torch.device) -> str:
+    # On a GPU, workers decoding and augmenting image by image cannot keep up; on a CPU the model dominates the
+    # step, and workers overlap the input work with it rather than adding it to the step.
+    if name != "auto":
+        return name
+    return "batched" if device.type == "cuda" else "workers"
+
+
+def resolve_channels_last(name: str, device: torch.device) -> bool:
+    # GPU convolution kernels are fastest channels-last; on this project's AVX2 CPU it measured slower.
+    return name == "on" or (name == "auto" and device.type == "cuda")
+
+
 def _augmentation_seed(cfg: Config, epoch: int) -> int:
     # Differs between processes, or all would draw the same crops and flips; the sampler seeds the data order.
     return cfg.seed * 1_000_003 + epoch + (dist.rank() << 32)
@@ -323,7 +459,7 @@ def _gather_skipped(state: TrainState, since: int) -> None:
     state.skipped[since:] = [name for names in per_process for name in names]
 
 
-def _train_epoch(model, loader: DataLoader, optimizer, scheduler, cfg: Config, device: torch.device,
+def _train_epoch(model, train_batches: TrainBatches, optimizer, scheduler, cfg: Config, device: torch.device,
                  precision: str, state: TrainState, stop: list[int], steps_per_epoch: int) -> dict:
     """Train on the epoch's remaining batches; returns the epoch's sums over all processes."""
     model.train()
@@ -336,7 +472,7 @@ def _train_epoch(model, loader: DataLoader, optimizer, scheduler, cfg: Config, d
                leave=False, mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr,
                disable=not dist.is_main())
     with bar:  # closing the bar on any exit keeps error messages on a line of their own
-        for images, targets, bad in loader:
+        for images, targets, bad in train_batches:
             state.step += 1
             bar.update(1)
             if bad:
@@ -344,8 +480,7 @@ def _train_epoch(model, loader: DataLoader, optimizer, scheduler, cfg: Config, d
                 log.warning(f"skipped unreadable images (--bad-images skip): {', '.join(bad)}")
             # BatchNorm needs two samples to train on; DDP needs every process in every step, so all skip together.
             if dist.all_ranks(images is not None and len(targets) > 1):
-                result = _train_step(model, images.to(device, non_blocking=True),
-                                     targets.to(device, non_blocking=True), optimizer, cfg, device, precision, state)
+                result = _train_step(model, images, targets, optimizer, cfg, device, precision, state)
                 if result is not None:
                     loss_sum += result[0] * len(targets)
                     correct += result[1]
