@@ -25,7 +25,7 @@ def parse(*argv):
 
 def test_layers_preset_then_file_then_flags(tmp_path):
     assert parse().image_size == 96
-    assert parse("--preset", "quick").image_size == 48
+    assert parse("--preset", "quick").image_size == 32
     f = tmp_path / "c.toml"
     f.write_text('image_size = 64\nepochs = 7\ncrop_scale = [0.5, 1.0]\n')
     cfg = parse("--preset", "quick", "--config", str(f), "--epochs", "3")
