@@ -55,7 +55,7 @@ class FaceDetector:
     reported, as a fraction of the image's shorter side (smaller faces hold too few pixels for FER).
     """
 
-    def __init__(self, max_side: int = 512, min_face: float = 0.06, scale_factor: float = 1.1,
+    def __init__(self, max_side: int = 384, min_face: float = 0.06, scale_factor: float = 1.2,
                  min_neighbors: int = 5, cascade: str = DEFAULT_CASCADE) -> None:
         cv2 = _cv2()
         path = Path(cascade) if Path(cascade).is_file() else Path(cv2.data.haarcascades) / cascade
