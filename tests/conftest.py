@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +82,19 @@ def untrained_checkpoint(tmp_path_factory) -> Path:
     atomic_save(make_checkpoint(model.eval(), cfg, CLASSES, epoch=3, metrics={"accuracy": 0.5, "macro_f1": 0.25},
                                 select_split="PublicTest"), path)
     return path
+
+
+def sigint_after_optimizer_steps(monkeypatch, n: int):
+    """Deliver SIGINT to this process right after the n-th AdamW step; returns the real step to restore."""
+    calls = {"n": 0}
+    real_step = torch.optim.AdamW.step
+
+    def step_then_interrupt(self, *a, **k):
+        result = real_step(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] == n:
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_interrupt)
+    return real_step

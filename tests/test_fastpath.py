@@ -2,11 +2,11 @@
 
 import functools
 import os
-import signal
 
 import pytest
 import torch
 
+from conftest import sigint_after_optimizer_steps
 from ferkit.checkpoint import load_model, read_checkpoint
 from ferkit.cli import build_parser
 from ferkit.config import Config, config_from_args
@@ -79,17 +79,7 @@ def test_batched_run_writes_the_same_run_folder(image_folder, tmp_path):
 
 def test_batched_run_resumes_exactly_after_sigint(image_folder, tmp_path, monkeypatch):
     train(tiny(image_folder, tmp_path, "full"))
-    calls = {"n": 0}
-    real_step = torch.optim.AdamW.step
-
-    def step_then_interrupt(self, *a, **k):
-        result = real_step(self, *a, **k)
-        calls["n"] += 1
-        if calls["n"] == 9:  # 7 batches per epoch: epoch 2, second batch
-            os.kill(os.getpid(), signal.SIGINT)
-        return result
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_interrupt)
+    real_step = sigint_after_optimizer_steps(monkeypatch, 9)  # 7 batches per epoch: epoch 2, second batch
     with pytest.raises(TrainingInterrupted, match="--resume"):
         train(tiny(image_folder, tmp_path, "cut"))
     state = read_checkpoint(tmp_path / "cut" / "last.pth")["state"]

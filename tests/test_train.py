@@ -1,10 +1,10 @@
 import os
-import signal
 
 import pytest
 import torch
 
 import ferkit.train as train_mod
+from conftest import sigint_after_optimizer_steps
 from ferkit.checkpoint import atomic_save, load_model, read_checkpoint
 from ferkit.cli import main
 from ferkit.config import Config
@@ -86,17 +86,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(image_folder, tmp_pat
 
 def test_sigint_mid_epoch_saves_and_resumes_exactly(image_folder, tmp_path, monkeypatch):
     train(tiny(image_folder, tmp_path / "full", epochs=2))
-    calls = {"n": 0}
-    real_step = torch.optim.AdamW.step
-
-    def step_then_interrupt(self, *a, **k):
-        result = real_step(self, *a, **k)
-        calls["n"] += 1
-        if calls["n"] == 9:  # 7 batches per epoch: epoch 2, second batch
-            os.kill(os.getpid(), signal.SIGINT)
-        return result
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_interrupt)
+    real_step = sigint_after_optimizer_steps(monkeypatch, 9)  # 7 batches per epoch: epoch 2, second batch
     with pytest.raises(TrainingInterrupted, match="--resume"):
         train(tiny(image_folder, tmp_path / "cut", epochs=2))
     state = read_checkpoint(tmp_path / "cut" / "last.pth")["state"]

@@ -37,7 +37,7 @@ class Box:
         return [self.x, self.y, self.w, self.h]
 
 
-def _cv2():
+def require_cv2():
     try:
         import cv2
     except ImportError:
@@ -57,7 +57,7 @@ class FaceDetector:
 
     def __init__(self, max_side: int = 384, min_face: float = 0.06, scale_factor: float = 1.2,
                  min_neighbors: int = 5, cascade: str = DEFAULT_CASCADE) -> None:
-        cv2 = _cv2()
+        cv2 = require_cv2()
         path = Path(cascade) if Path(cascade).is_file() else Path(cv2.data.haarcascades) / cascade
         self._cascade = cv2.CascadeClassifier(str(path))
         if self._cascade.empty():
@@ -66,7 +66,7 @@ class FaceDetector:
         self.scale_factor, self.min_neighbors = scale_factor, min_neighbors
 
     def detect(self, rgb: np.ndarray) -> list[Box]:
-        cv2 = _cv2()
+        cv2 = require_cv2()
         height, width = rgb.shape[:2]
         scale = min(1.0, self.max_side / max(height, width))
         grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb

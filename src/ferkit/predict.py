@@ -24,7 +24,7 @@ from .checkpoint import load_model
 from .config import Config
 from .errors import FerkitError
 from .evaluate import predict_probs
-from .faces import Box, FaceDetector
+from .faces import Box, FaceDetector, require_cv2
 from .runtime import resolve_device
 from .transforms import build_test_transform
 
@@ -203,14 +203,9 @@ def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_SUFFIXES
 
 
-def _cv2():
-    from .faces import _cv2 as load
-    return load()
-
-
 def read_video(source: str | int, every: int = 1) -> Iterator[tuple[int, float, np.ndarray]]:
     """(frame index, seconds, RGB frame) for every ``every``-th frame of a file or camera."""
-    cv2 = _cv2()
+    cv2 = require_cv2()
     capture = cv2.VideoCapture(source)
     if not capture.isOpened():
         what = f"camera {source}" if isinstance(source, int) else f"video {source}"
@@ -231,7 +226,7 @@ def read_video(source: str | int, every: int = 1) -> Iterator[tuple[int, float, 
 
 
 def video_fps(path: str) -> float:
-    cv2 = _cv2()
+    cv2 = require_cv2()
     capture = cv2.VideoCapture(path)
     fps = capture.get(cv2.CAP_PROP_FPS)
     capture.release()
@@ -240,7 +235,7 @@ def video_fps(path: str) -> float:
 
 def annotate(rgb: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
     """A copy of the image with each face's box and "label confidence" drawn on it."""
-    cv2 = _cv2()
+    cv2 = require_cv2()
     out = rgb.copy()
     thickness = max(2, round(max(rgb.shape[:2]) / 400))
     for face in faces:
@@ -262,7 +257,7 @@ class VideoWriter:
         self.path, self.fps, self._writer = path, fps, None
 
     def write(self, rgb: np.ndarray) -> None:
-        cv2 = _cv2()
+        cv2 = require_cv2()
         if self._writer is None:
             codec = "mp4v" if self.path.suffix.lower() in (".mp4", ".mov", ".m4v") else "MJPG"
             self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*codec), self.fps,
