@@ -2,8 +2,9 @@
 
     python benchmarks/fer2013_accuracy.py runs/quick [--data ../shared/data/fer2013] [--json out.json]
     python benchmarks/fer2013_accuracy.py bundled      # the model shipped inside ferkit
+    python benchmarks/fer2013_accuracy.py fer2013_resnet18.int8.onnx   # from `ferkit export --int8`
 
-Measures the run's best.pth (or a given .pth/.safetensors file, or the bundled model) on PrivateTest (the clean protocol's figure when the run selected on
+Measures the run's best.pth (or a given .pth/.safetensors/.onnx file, or the bundled model) on PrivateTest (the clean protocol's figure when the run selected on
 PublicTest), on PublicTest, and on the whole test/ (PublicTest + PrivateTest: the specification's
 protocol, exact when the run selected on test/ or had a single epoch, otherwise the test/ accuracy
 of the clean-selected checkpoint). Prints the figures and writes JSON.
@@ -20,10 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ferkit.checkpoint import BUNDLED, check_classes, load_model
+from ferkit.checkpoint import BUNDLED, check_classes
 from ferkit.data import FerDataset, load_splits
-from ferkit.evaluate import collect_probs, compute_metrics, make_loader
-from ferkit.runtime import machine_description, resolve_device, resolve_precision
+from ferkit.evaluate import collect_probs, compute_metrics, inference_precision, make_loader
+from ferkit.export import load_for_inference
+from ferkit.runtime import machine_description, resolve_device
 from ferkit.transforms import build_test_transform
 
 DEFAULT_DATA = os.environ.get("FERKIT_DATA", str(Path(__file__).resolve().parents[2] / "shared/data/fer2013"))
@@ -40,13 +42,13 @@ def main() -> None:
 
     bundled = str(args.run) == "bundled"
     ckpt = BUNDLED if bundled else args.run / "best.pth" if args.run.is_dir() else args.run
-    loaded = load_model(ckpt)
+    model, cfg, classes, device = load_for_inference(ckpt)
     splits = load_splits(args.data, "clean")
-    check_classes(ckpt, loaded.classes, splits.classes)
-    device = resolve_device("auto")
-    precision = resolve_precision(loaded.config.precision, device)
-    model = loaded.model.to(device)
-    transform = build_test_transform(loaded.config)
+    check_classes(ckpt, classes, splits.classes)
+    device = resolve_device(device)
+    precision = inference_precision(model, cfg, device)
+    model = model.to(device)
+    transform = build_test_transform(cfg)
 
     def probs_of(samples, tta):
         t0 = time.perf_counter()
@@ -65,7 +67,7 @@ def main() -> None:
     }
     results = []
     for (name, protocol, tta), (probs, labels, seconds) in cases.items():
-        m = compute_metrics(labels, probs, loaded.classes)
+        m = compute_metrics(labels, probs, classes)
         results.append({"split": name, "protocol": protocol, "tta": tta, "images": m["images"],
                         "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "per_class": m["per_class"],
                         "confusion_matrix": m["confusion_matrix"], "eval_seconds": round(seconds, 1)})
@@ -76,7 +78,7 @@ def main() -> None:
     out = {
         "run": str(args.run), "checkpoint": str(ckpt), "best_epoch": report.get("best_epoch"),
         "epochs": report.get("epochs"), "train_seconds": report.get("train_seconds"),
-        "config": loaded.config.to_dict(),
+        "config": cfg.to_dict(),
         "machine": {"description": machine_description(), "torch": torch.__version__, "device": str(device),
                     "precision": precision},
         "results": results,

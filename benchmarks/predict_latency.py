@@ -1,11 +1,12 @@
 """Prediction speed on this machine: per-face classification and a whole photo, per back end.
 
-    python benchmarks/predict_latency.py [--checkpoint CKPT] [--repeats 50] [--json out.json]
+    python benchmarks/predict_latency.py [--checkpoint CKPT] [--data FER2013] [--repeats 50] [--json out.json]
 
 For the checkpoint (default: the model bundled with ferkit) and for the specification's 96x96 input
 (untrained weights: speed depends only on the architecture and input size), measures side by side:
 - classification latency of one face (batch 1) and throughput at batch 64, for PyTorch fp32,
-  PyTorch bf16 (autocast) and onnxruntime fp32;
+  PyTorch bf16 (autocast), onnxruntime fp32 and onnxruntime int8 (quantized as `ferkit export
+  --int8` does, calibrated on 256 FER2013 training images from --data; skipped without them);
 - end to end for one 1-megapixel photo (scikit-image's astronaut upscaled to 1024x1024): reading
   the decoded array, face detection and classification, with the detection share and the number
   of faces found (1 is right: there is one person).
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -25,10 +27,12 @@ import torch
 from PIL import Image
 
 from ferkit.checkpoint import LoadedModel, load_model, make_checkpoint
-from ferkit.export import OnnxRuntimeModel, to_onnx_bytes
+from ferkit.export import OnnxRuntimeModel, calibration_images, quantize_int8, to_onnx_bytes
 from ferkit.model import build_model
 from ferkit.predict import Predictor
 from ferkit.runtime import cpu_has_native_bf16, machine_description
+
+DEFAULT_DATA = os.environ.get("FERKIT_DATA", str(Path(__file__).resolve().parents[2] / "shared/data/fer2013"))
 
 
 def median_ms(fn, repeats: int, warmup: int = 3) -> float:
@@ -48,13 +52,17 @@ def spec_size_model(loaded: LoadedModel) -> LoadedModel:
     return LoadedModel(model, cfg, loaded.classes, make_checkpoint(model, cfg, loaded.classes))
 
 
-def measure(loaded: LoadedModel, photo: np.ndarray, repeats: int) -> dict:
+def measure(loaded: LoadedModel, photo: np.ndarray, repeats: int, data: str | None) -> dict:
     size = loaded.config.image_size
+    onnx = to_onnx_bytes(loaded)
     backends = {
         "torch_fp32": Predictor(loaded.model, loaded.config, loaded.classes, device="cpu"),
         "torch_bf16": Predictor(loaded.model, loaded.config, loaded.classes, device="cpu", precision="bf16"),
-        "onnxruntime": Predictor(OnnxRuntimeModel(to_onnx_bytes(loaded)), loaded.config, loaded.classes, device="cpu"),
+        "onnxruntime": Predictor(OnnxRuntimeModel(onnx), loaded.config, loaded.classes, device="cpu"),
     }
+    if data is not None:
+        int8 = quantize_int8(onnx, calibration_images(loaded, data, 256))
+        backends["onnxruntime_int8"] = Predictor(OnnxRuntimeModel(int8), loaded.config, loaded.classes, device="cpu")
     face = Image.fromarray(photo[134:322, 354:542])  # roughly her face, as a detector would crop it
     out = {"image_size": size}
     for name, predictor in backends.items():
@@ -75,6 +83,7 @@ def measure(loaded: LoadedModel, photo: np.ndarray, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="default: the model bundled with ferkit")
+    parser.add_argument("--data", default=DEFAULT_DATA, help="FER2013, for int8 calibration")
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/predict_latency.json"))
     args = parser.parse_args()
@@ -83,19 +92,25 @@ def main() -> None:
 
     photo = np.asarray(Image.fromarray(data.astronaut()).resize((1024, 1024), Image.BICUBIC))
     loaded = load_model(args.checkpoint)
+    data = args.data if Path(args.data).exists() else None
+    if data is None:
+        print(f"no FER2013 at {args.data}: onnxruntime int8 skipped (it needs calibration images; pass --data)")
     results = {"machine": machine_description(), "torch_threads": torch.get_num_threads(),
                "native_bf16": cpu_has_native_bf16(),
                "date": time.strftime("%Y-%m-%d"), "photo": "skimage astronaut resized to 1024x1024",
                "checkpoint": args.checkpoint or "bundled",
-               "models": [measure(loaded, photo, args.repeats), measure(spec_size_model(loaded), photo, args.repeats)]}
+               "models": [measure(loaded, photo, args.repeats, data),
+                          measure(spec_size_model(loaded), photo, args.repeats, data)]}
     for m in results["models"]:
         print(f"\nmodel input {m['image_size']}x{m['image_size']}: detection {m['detection_ms']:.1f} ms, "
               f"faces found on the photo: {m['faces_found']}")
-        print(f"{'backend':<13}{'batch-1 ms':>12}{'faces/s @64':>13}{'1MP photo ms':>14}")
-        for name in ("torch_fp32", "torch_bf16", "onnxruntime"):
+        print(f"{'backend':<18}{'batch-1 ms':>12}{'faces/s @64':>13}{'1MP photo ms':>14}")
+        for name in ("torch_fp32", "torch_bf16", "onnxruntime", "onnxruntime_int8"):
+            if name not in m:
+                continue
             r = m[name]
             rate = "skipped" if r["batch64_faces_per_s"] is None else f"{r['batch64_faces_per_s']:.1f}"
-            print(f"{name:<13}{r['batch1_ms']:>12.2f}{rate:>13}{r['photo_end_to_end_ms']:>14.1f}")
+            print(f"{name:<18}{r['batch1_ms']:>12.2f}{rate:>13}{r['photo_end_to_end_ms']:>14.1f}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {args.json}")

@@ -153,7 +153,8 @@ def test_missing_camera_is_a_clear_error(checkpoint, capsys):
     assert "cannot open camera 9" in capsys.readouterr().err
 
 
-def test_onnx_export_matches_pytorch_on_real_fer2013_images(checkpoint, real_data, tmp_path, capsys):
+def test_onnx_export_matches_pytorch_and_runs_alone_on_real_fer2013_images(checkpoint, real_data, tmp_path,
+                                                                           capsys):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     onnx_path = tmp_path / "model.onnx"
@@ -166,6 +167,61 @@ def test_onnx_export_matches_pytorch_on_real_fer2013_images(checkpoint, real_dat
     onnx_probs = onnx_predictor.classify([Image.open(f) for f in files])
     assert onnx_probs.shape == (len(files), 7)  # dynamic batch: 70 faces in one call
     assert np.abs(onnx_probs - torch_probs).max() < 1e-4
+    # The command line takes the .onnx file alone, for prediction and evaluation.
+    assert main(["predict", str(files[0]), "--no-detect", "--checkpoint", str(onnx_path), "--json"]) == 0
+    face = json.loads(capsys.readouterr().out)["results"][0]["faces"][0]
+    assert [face["probabilities"][c] for c in CLASSES] == pytest.approx(onnx_probs[0], abs=1e-6)
+    assert main(["evaluate", str(onnx_path), "--data", str(real_data), "--limit-per-class", "4", "--workers", "0",
+                 "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["images"] == 28 and metrics["precision"] == "fp32"
+    assert main(["predict", str(files[0]), "--checkpoint", str(onnx_path), "--device", "cuda"]) == 2
+    assert "onnxruntime back end runs on the CPU" in capsys.readouterr().err
+
+
+def test_int8_export_keeps_the_bundled_models_predictions(real_data, tmp_path, capsys):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    int8_path = tmp_path / "bundled.int8.onnx"
+    assert main(["export", "--int8", "--calibration-data", str(real_data), "--calibration-images", "128",
+                 "--out", str(int8_path)]) == 0
+    assert "int8" in capsys.readouterr().out
+    proto = onnx.load(int8_path)
+    assert "ferkit_quantization" in {p.key for p in proto.metadata_props}
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("DequantizeLinear") >= 20  # weights and activations of the 20 inner convolutions
+    int8_weights = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert sum(np.prod(t.dims) for t in int8_weights) > 10_000_000  # nearly all of ResNet18's 11M weights
+    files = [f for cls in CLASSES for f in sorted((real_data / "test" / cls.lower()).glob("PrivateTest_*"))[:10]]
+    fp32 = Predictor.default().classify([Image.open(f) for f in files])
+    int8 = Predictor.from_checkpoint(int8_path).classify([Image.open(f) for f in files])
+    assert (fp32.argmax(1) == int8.argmax(1)).mean() >= 0.9
+    assert np.abs(fp32 - int8).mean() < 0.02
+    assert main(["evaluate", str(int8_path), "--data", str(real_data), "--limit-per-class", "2", "--workers", "0",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["precision"] == "int8"
+
+
+def test_int8_export_without_calibration_data_says_what_to_pass(checkpoint, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FERKIT_DATA", raising=False)
+    assert main(["export", str(checkpoint), "--int8"]) == 2
+    err = capsys.readouterr().err
+    assert "int8 calibration needs training images" in err and "--calibration-data PATH" in err
+    assert not list(tmp_path.glob("*.onnx")) and not list(checkpoint.parent.glob("*.onnx"))
+
+
+def test_exif_rotated_photo_is_read_upright(checkpoint, photos, tmp_path):
+    upright = Predictor.from_checkpoint(checkpoint).predict(photos / "astronaut.png")
+    # As a phone stores a portrait shot: pixels turned a quarter, EXIF orientation 6 to turn them back.
+    sideways = Image.fromarray(np.rot90(skimage_data.astronaut()).copy())
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    sideways.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    result = Predictor.from_checkpoint(checkpoint).predict(tmp_path / "phone.jpg")
+    assert len(result.faces) == 1
+    assert iou(result.faces[0].box, upright.faces[0].box) > 0.8
 
 
 def test_onnx_backend_from_a_pth_and_wrong_backend_errors(checkpoint, photos, tmp_path, capsys):

@@ -15,8 +15,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as TF
 
-from .checkpoint import BUNDLED, check_classes, load_model
+from .checkpoint import BUNDLED, check_classes
+from .config import Config
 from .data import FerDataset, load_splits
+from .export import load_for_inference
 from .plots import plot_confusion
 from .runtime import autocast, resolve_device, resolve_precision
 from .transforms import build_test_transform
@@ -96,6 +98,11 @@ def format_metrics(metrics: dict, classes: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def inference_precision(model: nn.Module, cfg: Config, device: torch.device) -> str:
+    # An ONNX model's precision is fixed in the file (fp32 or int8); autocast cannot change it.
+    return getattr(model, "precision", None) or resolve_precision(cfg.precision, device)
+
+
 def make_loader(dataset: FerDataset, batch_size: int, workers: int, device: torch.device, **kw) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda",
                       persistent_workers=False, **kw)
@@ -108,24 +115,24 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike | None = None, data: str |
     """Metrics of a checkpoint on a split of any supported dataset, with its own preprocessing.
 
     ``split`` is ``report`` (PrivateTest under the clean protocol, test/ under spec), ``select`` or ``train``;
-    ``checkpoint=None`` evaluates the model bundled with ferkit.
+    ``checkpoint`` is a ``.pth``, ``.safetensors`` or ``.onnx`` (fp32 or int8) file; ``None`` evaluates
+    the model bundled with ferkit.
     """
-    loaded = load_model(checkpoint)
+    model, cfg, classes, device = load_for_inference(checkpoint, device=device)
     checkpoint = checkpoint if checkpoint is not None else BUNDLED
-    cfg = loaded.config
     splits = load_splits(data if data is not None else cfg.data, protocol or cfg.protocol, limit_per_class)
-    check_classes(checkpoint, loaded.classes, splits.classes)
+    check_classes(checkpoint, classes, splits.classes)
     dev = resolve_device(device)
-    precision = resolve_precision(cfg.precision, dev)
-    model = loaded.model.to(dev)
+    precision = inference_precision(model, cfg, dev)
+    model = model.to(dev)
     dataset = FerDataset(getattr(splits, split), build_test_transform(cfg))
     probs, labels = collect_probs(model, make_loader(dataset, batch_size, workers, dev), dev, precision, tta)
-    metrics = compute_metrics(labels, probs, loaded.classes)
+    metrics = compute_metrics(labels, probs, classes)
     metrics.update(split=splits.names.get(split, split), protocol=splits.protocol, tta=tta,
                    checkpoint=str(checkpoint), precision=precision)
     if out_dir is not None:
         stem = f"eval_{metrics['split']}" + ("" if tta == "none" else f"_{tta}")
-        write_report(metrics, loaded.classes, Path(out_dir), stem,
+        write_report(metrics, classes, Path(out_dir), stem,
                      f"{metrics['split']} ({splits.protocol} protocol, TTA {tta}): acc {metrics['accuracy']:.3f}")
     return metrics
 

@@ -17,20 +17,20 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
 from .checkpoint import load_model
 from .config import Config
 from .errors import FerkitError
 from .evaluate import predict_probs
+from .export import load_for_inference
 from .faces import Box, FaceDetector, require_cv2
 from .runtime import resolve_device
 from .transforms import build_test_transform
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
-BACKENDS = ("auto", "torch", "onnxruntime")
 
 
 @dataclass
@@ -58,6 +58,12 @@ class Result:
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
 
+def upright_rgb(image: Image.Image) -> np.ndarray:
+    """RGB pixels the way viewers show the file: phone photos store them sideways plus an EXIF
+    rotation, and the detector finds upright faces (boxes then match what users see)."""
+    return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+
+
 def read_image(source: ImageInput) -> np.ndarray:
     """An RGB uint8 array from a path, a PIL image or an array (grey, RGB or RGBA)."""
     if isinstance(source, np.ndarray):
@@ -70,7 +76,7 @@ def read_image(source: ImageInput) -> np.ndarray:
             raise FerkitError(f"{path} does not exist or is not a file")
         try:
             with Image.open(path) as image:
-                array = np.asarray(image.convert("RGB"))
+                array = upright_rgb(image)
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
             reason = "not an image PIL can decode" if isinstance(e, UnidentifiedImageError) else str(e)
             raise FerkitError(f"cannot read {path}: {reason}; pass a JPEG, PNG, BMP, GIF, TIFF or WebP image") from None
@@ -108,19 +114,8 @@ class Predictor:
 
         ``backend="onnxruntime"`` with PyTorch weights exports them in memory first.
         """
-        if backend not in BACKENDS:
-            raise FerkitError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-        if path is not None and Path(path).suffix.lower() == ".onnx":
-            if backend == "torch":
-                raise FerkitError(f"{path} is an ONNX model; use --backend onnxruntime or a .pth checkpoint")
-            from .export import load_onnx
-            model, config, classes = load_onnx(path)
-            return cls(model, config, classes, device="cpu", **kw)
-        loaded = load_model(path)
-        if backend == "onnxruntime":
-            from .export import OnnxRuntimeModel, to_onnx_bytes
-            return cls(OnnxRuntimeModel(to_onnx_bytes(loaded)), loaded.config, loaded.classes, device="cpu", **kw)
-        return cls(loaded.model, loaded.config, loaded.classes, **kw)
+        model, config, classes, device = load_for_inference(path, backend, kw.pop("device", "auto"))
+        return cls(model, config, classes, device=device, **kw)
 
     @classmethod
     def default(cls, **kw) -> "Predictor":

@@ -23,7 +23,7 @@ from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import __version__
 from .checkpoint import BUNDLED, read_checkpoint
 from .errors import FerkitError
-from .predict import Predictor
+from .predict import Predictor, upright_rgb
 
 STATIC = Path(__file__).parent / "static"
 MB = 1024 * 1024
@@ -177,8 +177,7 @@ def decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
             # The header gives the size, so an oversized image is refused before its pixels are decoded.
             if image.width * image.height > max_pixels:
                 raise _too_many_pixels(name, max_pixels, image.size)
-            # Phone photos store rotation in EXIF; the page draws them rotated, so boxes must match.
-            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+            return upright_rgb(image)  # the page draws photos rotated by their EXIF, so boxes must match
     except Image.DecompressionBombError:
         raise _too_many_pixels(name, max_pixels) from None
     except HTTPException:
