@@ -2,7 +2,7 @@
 
     python benchmarks/fer2013_accuracy.py runs/quick [--data ../shared/data/fer2013] [--json out.json]
     python benchmarks/fer2013_accuracy.py bundled      # the model shipped inside ferkit
-    python benchmarks/fer2013_accuracy.py fer2013_resnet18.int8.onnx   # from `ferkit export --int8`
+    python benchmarks/fer2013_accuracy.py fer2013_resnet18.int8        # its int8 twin, also bundled
 
 Measures the run's best.pth (or a given .pth/.safetensors/.onnx file, or the bundled model) on PrivateTest (the clean protocol's figure when the run selected on
 PublicTest), on PublicTest, and on the whole test/ (PublicTest + PrivateTest: the specification's
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ferkit.checkpoint import BUNDLED, check_classes
+from ferkit.checkpoint import BUNDLED, check_classes, model_path
 from ferkit.data import FerDataset, load_splits
 from ferkit.evaluate import collect_probs, compute_metrics, inference_precision, make_loader
 from ferkit.export import load_for_inference
@@ -41,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
 
     bundled = str(args.run) == "bundled"
-    ckpt = BUNDLED if bundled else args.run / "best.pth" if args.run.is_dir() else args.run
+    ckpt = BUNDLED if bundled else args.run / "best.pth" if args.run.is_dir() else model_path(args.run)
     model, cfg, classes, device = load_for_inference(ckpt)
     splits = load_splits(args.data, "clean")
     check_classes(ckpt, classes, splits.classes)
@@ -84,7 +84,7 @@ def main() -> None:
         "results": results,
     }
     default = args.run / "benchmark_accuracy.json" if args.run.is_dir() else Path(
-        "benchmarks/results") / f"accuracy_{'bundled' if bundled else args.run.stem}.json"
+        "benchmarks/results") / f"accuracy_{'bundled' if bundled else ckpt.stem}.json"
     path = args.json or default
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")

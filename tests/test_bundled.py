@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ferkit.checkpoint import BUNDLED, load_model
+from ferkit.checkpoint import BUNDLED, BUNDLED_MODELS, load_model
 from ferkit.cli import main
 from ferkit.data import CLASSES
 from ferkit.evaluate import evaluate_checkpoint
@@ -26,9 +26,10 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 
-def card_private_test_count() -> tuple[int, int]:
-    match = re.search(r"PrivateTest accuracy \(no TTA\): [\d.]+% \((\d+)/(\d+)\)", MODEL_CARD.read_text())
-    assert match, "MODEL_CARD.md must state 'PrivateTest accuracy (no TTA): X% (correct/total)'"
+def card_private_test_count(prefix: str = "") -> tuple[int, int]:
+    line = f"- {prefix}PrivateTest accuracy (no TTA): "
+    match = re.search("^" + re.escape(line) + r"[\d.]+% \((\d+)/(\d+)\)", MODEL_CARD.read_text(), re.MULTILINE)
+    assert match, f"MODEL_CARD.md must state '{line}X% (correct/total)'"
     return int(match.group(1)), int(match.group(2))
 
 
@@ -55,4 +56,38 @@ def test_bundled_model_reproduces_the_model_cards_private_test_accuracy(no_netwo
     correct, total = card_private_test_count()
     metrics = evaluate_checkpoint(None, data=str(real_data), split="report", protocol="clean", workers=0)
     assert metrics["split"] == "PrivateTest" and metrics["images"] == total
+    assert round(metrics["accuracy"] * total) == correct
+
+
+def test_int8_twin_ships_and_agrees_with_the_default_model(no_network):
+    pytest.importorskip("onnxruntime")
+    skimage_data = pytest.importorskip("skimage.data")
+    path = BUNDLED_MODELS["fer2013_resnet18.int8"]
+    assert path.is_file() and path.stat().st_size <= 13 * 2**20
+    int8 = Predictor.from_checkpoint("fer2013_resnet18.int8")
+    assert int8.classes == CLASSES and int8.model.precision == "int8"
+    fast, reference = int8.predict(skimage_data.astronaut()), Predictor.default().predict(skimage_data.astronaut())
+    assert len(fast.faces) == 1 and fast.faces[0].label == "Happy"
+    assert fast.faces[0].probabilities == pytest.approx(reference.faces[0].probabilities, abs=0.05)
+
+
+def test_bundled_models_by_name_on_the_command_line(no_network, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    skimage_data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    Image.fromarray(skimage_data.astronaut()).save(tmp_path / "astronaut.png")
+    for name in BUNDLED_MODELS:
+        assert main(["predict", str(tmp_path / "astronaut.png"), "--checkpoint", name]) == 0
+        assert ": Happy" in capsys.readouterr().out
+    assert main(["predict", str(tmp_path / "astronaut.png"), "--checkpoint", "fer2013_resnet50"]) == 2
+    assert "bundled model: fer2013_resnet18, fer2013_resnet18.int8" in capsys.readouterr().err
+
+
+def test_int8_twin_reproduces_the_model_cards_private_test_accuracy(no_network, real_data):
+    pytest.importorskip("onnxruntime")
+    correct, total = card_private_test_count("int8 ")
+    metrics = evaluate_checkpoint("fer2013_resnet18.int8", data=str(real_data), split="report", protocol="clean",
+                                  workers=0)
+    assert metrics["images"] == total and metrics["precision"] == "int8"
     assert round(metrics["accuracy"] * total) == correct

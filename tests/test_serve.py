@@ -360,7 +360,7 @@ def test_ferkit_serve_command_serves_the_checkpoint(checkpoint, monkeypatch, cap
 
 
 def test_ferkit_serve_without_a_checkpoint_serves_the_bundled_model(checkpoint, monkeypatch):
-    monkeypatch.setattr("ferkit.serve.BUNDLED", checkpoint)  # the real weights are tested in test_bundled.py
+    monkeypatch.setattr("ferkit.checkpoint.BUNDLED", checkpoint)  # the real weights are tested in test_bundled.py
     served = {}
     monkeypatch.setattr("ferkit.serve.uvicorn.run", lambda app, **where: served.update(app=app))
     assert main(["serve"]) == 0

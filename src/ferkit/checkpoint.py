@@ -63,8 +63,11 @@ def make_checkpoint(model: nn.Module, cfg: Config, classes: tuple[str, ...], **e
     }
 
 
-# The model that ships inside the package (see MODEL_CARD.md); used when no checkpoint is given.
-BUNDLED = Path(__file__).resolve().parent / "weights" / "fer2013_resnet18.safetensors"
+# The models that ship inside the package (MODEL_CARD.md), by name: the default, used when no
+# checkpoint is given, and the same weights quantized by `ferkit export --int8` for fast CPU prediction.
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+BUNDLED = WEIGHTS / "fer2013_resnet18.safetensors"
+BUNDLED_MODELS = {"fer2013_resnet18": BUNDLED, "fer2013_resnet18.int8": WEIGHTS / "fer2013_resnet18.int8.onnx"}
 _META_KEYS = ("arch", "classes", "config", "preprocess", "metrics", "epoch", "trained_with")
 
 
@@ -85,6 +88,15 @@ def save_weights(ckpt: dict[str, Any], path: str | os.PathLike, **info: Any) -> 
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise FerkitError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def model_path(path: str | os.PathLike | None) -> Path:
+    """The file behind a ``--checkpoint`` value: a path, a bundled model's name, or ``None`` (the default)."""
+    if path is None:
+        return BUNDLED
+    if str(path) in BUNDLED_MODELS and not Path(path).exists():
+        return BUNDLED_MODELS[str(path)]
+    return Path(path)
 
 
 def _read_weights(path: Path) -> dict[str, Any]:
@@ -108,7 +120,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load and check a ferkit checkpoint (.pth, or .safetensors weights); any failure is one clear line."""
     path = Path(path)
     if not path.is_file():
-        raise FerkitError(f"checkpoint {path} does not exist; pass the best.pth or last.pth of a training run")
+        raise FerkitError(f"checkpoint {path} does not exist; pass the best.pth or last.pth of a training run, "
+                          f"or a bundled model: {', '.join(BUNDLED_MODELS)}")
     if path.suffix == ".safetensors":
         return _read_weights(path)
     try:
@@ -143,7 +156,7 @@ def check_classes(path: str | os.PathLike, have: tuple[str, ...], expected: tupl
 def load_model(path: str | os.PathLike | None = None, expected_classes: tuple[str, ...] | None = None
                ) -> LoadedModel:
     """A checkpoint's model in eval mode; ``path=None`` loads the model bundled with the package."""
-    path = BUNDLED if path is None else path
+    path = model_path(path)
     ckpt = read_checkpoint(path)
     classes = tuple(ckpt["classes"])
     if expected_classes is not None:

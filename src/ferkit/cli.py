@@ -10,6 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from .checkpoint import BUNDLED_MODELS
 from .config import Config, add_config_arguments, config_from_args
 from .errors import FerkitError
 
@@ -224,6 +225,10 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+CHECKPOINT_HELP = (f"a .pth from ferkit train, a .safetensors/.onnx from ferkit export, or a bundled model: "
+                   f"{', '.join(BUNDLED_MODELS)} (int8 ONNX, fastest on CPU) (default: {next(iter(BUNDLED_MODELS))})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ferkit", description="Facial expression recognition toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -240,8 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="metrics of a checkpoint on a dataset split")
-    p.add_argument("checkpoint", nargs="?", help="a .pth from ferkit train, or a .safetensors/.onnx from ferkit "
-                   "export (default: the model bundled with ferkit)")
+    p.add_argument("checkpoint", nargs="?", help=CHECKPOINT_HELP)
     p.add_argument("--data", help="dataset (default: the one the checkpoint was trained on)")
     p.add_argument("--split", choices=("report", "select", "train"), default="report",
                    help="report: PrivateTest (clean) or test/ (spec); select: PublicTest (clean) (default: report)")
@@ -257,8 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="expressions of the faces in images, a folder, a video or a camera")
     p.add_argument("input", nargs="?", help="image file, folder of images, or video file")
-    p.add_argument("--checkpoint", help="a .pth from ferkit train, or a .safetensors/.onnx from ferkit export "
-                   "(default: the model bundled with ferkit)")
+    p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("--camera", type=int, metavar="N", help="read frames from camera N instead (Ctrl-C stops)")
     p.add_argument("--no-detect", action="store_true", help="inputs are already face crops (like FER2013)")
     p.add_argument("--margin", type=float, default=0.1, help="grow each face box by this fraction per side")
@@ -291,8 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_export)
 
     p = sub.add_parser("serve", help="HTTP API and web page for photos and webcam snapshots")
-    p.add_argument("--checkpoint", help="a .pth from ferkit train, or a .safetensors/.onnx from ferkit export "
-                   "(default: the model bundled with ferkit)")
+    p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface "
                    "(default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="(default: 8000)")

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as TF
 
-from .checkpoint import BUNDLED, check_classes
+from .checkpoint import check_classes, model_path
 from .config import Config
 from .data import FerDataset, load_splits
 from .export import load_for_inference
@@ -119,7 +119,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike | None = None, data: str |
     the model bundled with ferkit.
     """
     model, cfg, classes, device = load_for_inference(checkpoint, device=device)
-    checkpoint = checkpoint if checkpoint is not None else BUNDLED
+    checkpoint = model_path(checkpoint)
     splits = load_splits(data if data is not None else cfg.data, protocol or cfg.protocol, limit_per_class)
     check_classes(checkpoint, classes, splits.classes)
     dev = resolve_device(device)

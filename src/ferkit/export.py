@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import BUNDLED, LoadedModel, check_classes, load_model
+from .checkpoint import BUNDLED, LoadedModel, check_classes, load_model, model_path
 from .config import Config
 from .data import FerDataset, load_splits
 from .errors import FerkitError
@@ -173,14 +173,16 @@ class OnnxRuntimeModel(nn.Module):
 
 def load_for_inference(path: str | os.PathLike | None, backend: str = "auto", device: str = "auto"
                        ) -> tuple[nn.Module, Config, tuple[str, ...], str]:
-    """Model, config, classes and device for any model file ferkit writes (``None``: the bundled model).
+    """Model, config, classes and device for any model file ferkit writes, or a bundled model's name
+    (``None``: the default bundled model).
 
     ``backend``: ``auto`` runs ``.onnx`` files with onnxruntime and checkpoints with PyTorch;
     ``onnxruntime`` exports PyTorch checkpoints in memory first. onnxruntime runs on the CPU here.
     """
     if backend not in BACKENDS:
         raise FerkitError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    is_onnx = path is not None and Path(path).suffix.lower() == ".onnx"
+    path = model_path(path)
+    is_onnx = path.suffix.lower() == ".onnx"
     if is_onnx and backend == "torch":
         raise FerkitError(f"{path} is an ONNX model; use --backend onnxruntime or a .pth checkpoint")
     if not (is_onnx or backend == "onnxruntime"):

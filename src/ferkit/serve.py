@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
-from .checkpoint import BUNDLED, read_checkpoint
+from .checkpoint import model_path, read_checkpoint
 from .errors import FerkitError
 from .predict import Predictor, upright_rgb
 
@@ -353,7 +353,7 @@ def run(checkpoint: str | os.PathLike | None = None, host: str = "127.0.0.1", po
                         ("--max-batch", max_batch), ("--max-queue", max_queue)):
         if value <= 0:
             raise FerkitError(f"{flag} must be positive, got {value}")
-    checkpoint = BUNDLED if checkpoint is None else checkpoint
+    checkpoint = model_path(checkpoint)
     predictor = Predictor.from_checkpoint(checkpoint, backend=backend, device=device)
     app = create_app(predictor, describe_model(predictor, checkpoint), max_upload_bytes=round(max_upload_mb * MB),
                      max_pixels=max_pixels, max_batch=max_batch, max_queue=max_queue)
