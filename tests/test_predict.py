@@ -212,6 +212,22 @@ def test_int8_export_without_calibration_data_says_what_to_pass(checkpoint, tmp_
     assert not list(tmp_path.glob("*.onnx")) and not list(checkpoint.parent.glob("*.onnx"))
 
 
+def test_int8_export_on_synthetic_data_skips_a_corrupt_calibration_image(checkpoint, image_folder, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    (image_folder / "train" / "happy" / "Training_corrupt.png").write_bytes(b"\x89PNG truncated")
+    out = tmp_path / "tiny.int8.onnx"
+    assert main(["export", str(checkpoint), "--int8", "--calibration-data", str(image_folder),
+                 "--calibration-images", "64", "--out", str(out)]) == 0  # 28 good images, 1 bad
+    crops = [Image.open(f) for f in sorted((image_folder / "test").rglob("*.png"))]
+    int8 = Predictor.from_checkpoint(out)
+    assert int8.model.precision == "int8"
+    assert np.abs(int8.classify(crops) - Predictor.from_checkpoint(checkpoint).classify(crops)).max() < 0.05
+    assert main(["export", str(checkpoint), "--int8", "--calibration-data", str(image_folder),
+                 "--calibration-images", "0", "--out", str(tmp_path / "none.onnx")]) == 2
+    assert "--calibration-images must be at least 1" in capsys.readouterr().err
+
+
 def test_exif_rotated_photo_is_read_upright(checkpoint, photos, tmp_path):
     upright = Predictor.from_checkpoint(checkpoint).predict(photos / "astronaut.png")
     # As a phone stores a portrait shot: pixels turned a quarter, EXIF orientation 6 to turn them back.

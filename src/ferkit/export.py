@@ -65,7 +65,12 @@ def to_onnx_bytes(loaded: LoadedModel) -> bytes:
 
 
 def calibration_images(loaded: LoadedModel, data: str | os.PathLike | None, count: int) -> np.ndarray:
-    """``count`` training images drawn with the checkpoint's seed, preprocessed as at inference."""
+    """``count`` training images drawn with the checkpoint's seed, preprocessed as at inference.
+
+    Unreadable files are skipped: a few bad images must not stop an export.
+    """
+    if count < 1:
+        raise FerkitError(f"--calibration-images must be at least 1, got {count}")
     cfg = loaded.config
     if data is None and cfg.data and Path(cfg.data).exists():
         data = cfg.data  # else load_splits looks in $FERKIT_DATA and ./data/fer2013
@@ -76,8 +81,12 @@ def calibration_images(loaded: LoadedModel, data: str | os.PathLike | None, coun
                           ) from None
     check_classes(data or "the calibration data", loaded.classes, splits.classes)
     picked = np.random.default_rng(cfg.seed).permutation(len(splits.train))[:count]
-    dataset = FerDataset([splits.train[i] for i in picked], build_test_transform(cfg))
-    return np.stack([dataset[i][0].numpy() for i in range(len(dataset))])
+    dataset = FerDataset([splits.train[i] for i in picked], build_test_transform(cfg), skip_bad=True)
+    images = [image.numpy() for image, _ in (dataset[i] for i in range(len(dataset))) if image is not None]
+    if not images:
+        raise FerkitError(f"none of the {len(picked)} calibration images could be read; check the dataset "
+                          "with `ferkit data check`")
+    return np.stack(images)
 
 
 class _Batches:
