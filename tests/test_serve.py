@@ -368,6 +368,18 @@ def test_ferkit_serve_without_a_checkpoint_serves_the_bundled_model(checkpoint, 
         assert httpx.get(f"{live.url}/model").json()["checkpoint"] == "best.pth"
 
 
+def test_ferkit_serve_runs_the_bundled_int8_twin_by_name(monkeypatch, astronaut):
+    pytest.importorskip("onnxruntime")
+    served = {}
+    monkeypatch.setattr("ferkit.serve.uvicorn.run", lambda app, **where: served.update(app=app))
+    assert main(["serve", "--checkpoint", "fer2013_resnet18.int8"]) == 0
+    with LiveServer(served["app"]) as live:
+        assert httpx.get(f"{live.url}/model").json()["checkpoint"] == "fer2013_resnet18.int8.onnx"
+        faces = httpx.post(f"{live.url}/predict", files={"file": ("a.png", astronaut.read_bytes(), "image/png")},
+                           timeout=60).json()["results"][0]["faces"]
+    assert len(faces) == 1 and faces[0]["label"] == "Happy"
+
+
 def test_ferkit_serve_refuses_bad_limits_and_missing_checkpoints(checkpoint, tmp_path, capsys):
     assert main(["serve", "--checkpoint", str(checkpoint), "--max-batch", "0"]) == 2
     assert "--max-batch must be positive, got 0" in capsys.readouterr().err
