@@ -20,7 +20,6 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
-from .checkpoint import load_model
 from .config import Config
 from .errors import FerkitError
 from .evaluate import predict_probs
