@@ -14,21 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from common import DEFAULT_DATA  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
 from ferkit.checkpoint import BUNDLED, check_classes, model_path
 from ferkit.data import FerDataset, load_splits
 from ferkit.evaluate import collect_probs, compute_metrics, inference_precision, make_loader
 from ferkit.export import load_for_inference
 from ferkit.runtime import machine_description, resolve_device
 from ferkit.transforms import build_test_transform
-
-DEFAULT_DATA = os.environ.get("FERKIT_DATA", str(Path(__file__).resolve().parents[2] / "shared/data/fer2013"))
 
 
 def main() -> None:

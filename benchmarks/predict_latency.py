@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -27,13 +26,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from common import DEFAULT_DATA  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
 from ferkit.checkpoint import BUNDLED_MODELS, LoadedModel, load_model, make_checkpoint
 from ferkit.export import OnnxRuntimeModel, calibration_images, quantize_int8, to_onnx_bytes
 from ferkit.model import build_model
 from ferkit.predict import Predictor
 from ferkit.runtime import cpu_has_native_bf16, machine_description
-
-DEFAULT_DATA = os.environ.get("FERKIT_DATA", str(Path(__file__).resolve().parents[2] / "shared/data/fer2013"))
 
 
 def median_ms(fn, repeats: int, warmup: int = 3) -> float:

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
+from common import DEFAULT_DATA  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
 from ferkit.config import Config
 from ferkit.data import FerDataset, Sample, load_splits
 from ferkit.fastdata import BatchAugment, batches, decode_once
@@ -50,8 +51,6 @@ from ferkit.model import build_model
 from ferkit.runtime import autocast, machine_description, resolve_device, resolve_precision
 from ferkit.train import build_optimizer
 from ferkit.transforms import ToRGB
-
-DEFAULT_DATA = os.environ.get("FERKIT_DATA", str(Path(__file__).resolve().parents[2] / "shared/data/fer2013"))
 MODIFIERS = ("channels_last", "compile", "bf16")
 
 

@@ -91,3 +91,11 @@ def test_int8_twin_reproduces_the_model_cards_private_test_accuracy(no_network, 
                                   workers=0)
     assert metrics["images"] == total and metrics["precision"] == "int8"
     assert round(metrics["accuracy"] * total) == correct
+
+
+def test_exports_of_the_bundled_model_land_in_the_current_folder(no_network, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "--format", "safetensors"]) == 0
+    assert "wrote fer2013_resnet18.safetensors" in capsys.readouterr().out
+    assert load_model(tmp_path / "fer2013_resnet18.safetensors").classes == CLASSES
+    assert sorted(p.name for p in BUNDLED.parent.iterdir()) == sorted(BUNDLED_MODELS[n].name for n in BUNDLED_MODELS)

@@ -197,11 +197,11 @@ def _export(args: argparse.Namespace) -> int:
     if args.format == "safetensors":
         if args.int8:
             raise FerkitError("--int8 applies to --format onnx; safetensors weights are fp16")
-        from .checkpoint import BUNDLED, read_checkpoint, save_weights
+        from .checkpoint import model_path, read_checkpoint, save_weights
+        from .export import output_path
 
-        source = Path(args.checkpoint) if args.checkpoint else Path(BUNDLED.name)
-        out = Path(args.out) if args.out else source.with_suffix(".safetensors")
-        save_weights(read_checkpoint(args.checkpoint or BUNDLED), out)
+        out = Path(args.out) if args.out else output_path(args.checkpoint, ".safetensors")
+        save_weights(read_checkpoint(model_path(args.checkpoint)), out)
         print(f"wrote {out} (fp16 weights; config, classes and preprocessing in the header)")
         return 0
     from .export import OPSET, export_onnx

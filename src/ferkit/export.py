@@ -123,16 +123,22 @@ def quantize_int8(model: bytes, images: np.ndarray) -> bytes:
     return proto.SerializeToString()
 
 
+def output_path(checkpoint: str | os.PathLike | None, suffix: str) -> Path:
+    """Where an export goes by default: beside the checkpoint, same stem; a bundled model's in the
+    current folder (not inside the installed package)."""
+    source = model_path(checkpoint)
+    folder = Path() if source.parent == BUNDLED.parent else source.parent
+    return folder / (source.stem + suffix)
+
+
 def export_onnx(checkpoint: str | os.PathLike | None, out: str | os.PathLike | None = None, int8: bool = False,
                 calibration_data: str | os.PathLike | None = None, calibration_count: int = 1024) -> Path:
     """Write ``checkpoint`` (``None``: the bundled model) as ONNX and return the path.
 
-    The default path is beside the checkpoint with the same stem (the bundled model's: in the current
-    folder), ``.int8.onnx`` for int8. int8 calibrates on ``calibration_count`` training images of
+    The default path is ``output_path`` with ``.onnx`` (``.int8.onnx`` for int8). int8 calibrates on ``calibration_count`` training images of
     ``calibration_data`` (default: the dataset the checkpoint was trained on).
     """
-    source = Path(checkpoint) if checkpoint is not None else Path(BUNDLED.name)
-    out = Path(out) if out is not None else source.with_suffix(".int8.onnx" if int8 else ".onnx")
+    out = Path(out) if out is not None else output_path(checkpoint, ".int8.onnx" if int8 else ".onnx")
     loaded = load_model(checkpoint)
     images = calibration_images(loaded, calibration_data, calibration_count) if int8 else None
     data = to_onnx_bytes(loaded)
@@ -194,16 +200,16 @@ def load_for_inference(path: str | os.PathLike | None, backend: str = "auto", de
     is_onnx = path.suffix.lower() == ".onnx"
     if is_onnx and backend == "torch":
         raise FerkitError(f"{path} is an ONNX model; use --backend onnxruntime or a .pth checkpoint")
-    if not (is_onnx or backend == "onnxruntime"):
-        loaded = load_model(path)
-        return loaded.model, loaded.config, loaded.classes, device
-    if device == "cuda":
+    onnxruntime = is_onnx or backend == "onnxruntime"
+    if onnxruntime and device == "cuda":
         raise FerkitError("the onnxruntime back end runs on the CPU; drop --device cuda or use --backend torch "
                           "with a .pth checkpoint")
     if is_onnx:
         return (*load_onnx(path), "cpu")
     loaded = load_model(path)
-    return OnnxRuntimeModel(to_onnx_bytes(loaded)), loaded.config, loaded.classes, "cpu"
+    if onnxruntime:
+        return OnnxRuntimeModel(to_onnx_bytes(loaded)), loaded.config, loaded.classes, "cpu"
+    return loaded.model, loaded.config, loaded.classes, device
 
 
 def load_onnx(path: str | os.PathLike) -> tuple[OnnxRuntimeModel, Config, tuple[str, ...]]:
