@@ -66,6 +66,24 @@ def test_sigterm_saves_and_prints_how_to_resume(image_folder, tmp_path):
     assert read_checkpoint(run / "last.pth")["state"]["epoch"] >= 1
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_whole_process_group_still_saves(image_folder, tmp_path, signum):
+    # Ctrl-C in a terminal, `timeout` and job schedulers signal every process of the group, DataLoader workers
+    # included; a worker dying of it first used to end the run with "DataLoader worker ... killed by signal".
+    run = tmp_path / "run"
+    proc = run_cli("train", "--data", str(image_folder), "--out", str(run), *TRAIN_ARGS, "--epochs", "50",
+                   "--workers", "2", start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (run / "last.pth").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the next epoch, while the workers are serving batches
+    os.killpg(proc.pid, signum)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-2000:]
+    assert f"interrupted by {signal.Signals(signum).name}" in out and "killed by signal" not in out
+    assert read_checkpoint(run / "last.pth")["state"]["epoch"] >= 1
+
+
 def test_full_disk_keeps_earlier_checkpoints(image_folder, tmp_path, monkeypatch):
     cfg = Config(data=str(image_folder), out=str(tmp_path / "run"), image_size=16, batch_size=4, epochs=2,
                  workers=0, tensorboard=False)

@@ -124,7 +124,7 @@ class WorkerBatches(TrainBatches):
         dataset = FerDataset(samples, build_train_transform(cfg), cfg.bad_images == "skip")
         self.generator = torch.Generator()
         self.loader = make_loader(dataset, batch_size, cfg.workers, device, sampler=self.sampler, drop_last=True,
-                                  generator=self.generator, worker_init_fn=_ignore_sigint,
+                                  generator=self.generator, worker_init_fn=_ignore_stop_signals,
                                   collate_fn=collate_skipping)
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
@@ -205,9 +205,15 @@ class TrainState:
     nonfinite_steps: list[str] = field(default_factory=list)  # "epoch:step" of steps skipped (--nonfinite skip)
 
 
-def _ignore_sigint(_worker_id: int) -> None:
-    # Ctrl-C reaches the whole process group; only the main process handles it, so workers keep serving.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    # Ctrl-C, and a SIGTERM sent to the process group (timeout, a job scheduler), reach the workers too. Only the
+    # main process handles them, so workers keep serving until it has saved; they exit when it shuts them down,
+    # or on their own when it dies (DataLoader workers watch their parent).
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
 
 
 @contextmanager
@@ -215,7 +221,7 @@ def stop_requests() -> Iterator[list[int]]:
     """Turn SIGINT/SIGTERM into a flag checked between steps, so a step is never cut in half."""
     requested: list[int] = []
     handler = lambda signum, _frame: requested.append(signum)  # noqa: E731
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
         yield requested
     finally:
@@ -513,7 +519,7 @@ def _measure(model: nn.Module, samples: list, classes: tuple[str, ...], cfg: Con
     dataset = FerDataset(samples[dist.rank()::dist.world_size()], build_test_transform(cfg),
                          cfg.bad_images == "skip")
     loader = make_loader(dataset, dist.local_batch_size(cfg.batch_size) * 2, cfg.workers, device,
-                         worker_init_fn=_ignore_sigint, collate_fn=collate_skipping)
+                         worker_init_fn=_ignore_stop_signals, collate_fn=collate_skipping)
     shares = dist.gather(collect_probs(model, loader, device, precision))
     probs, labels = np.concatenate([p for p, _ in shares]), np.concatenate([y for _, y in shares])
     return compute_metrics(labels, probs, classes)
