@@ -126,6 +126,26 @@ def test_csv_and_annotated_image(checkpoint, photos, tmp_path, capsys):
     assert drawn.shape == original.shape and (drawn != original).any()
 
 
+def test_annotated_folder_mirrors_the_input_and_decodes_each_image_once(checkpoint, photos, tmp_path, monkeypatch,
+                                                                        capsys):
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    Image.open(photos / "astronaut.png").save(folder / "sub" / "astronaut.jpg")
+    Image.open(photos / "coffee.jpg").save(folder / "coffee.jpg")
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda fp, *a, **kw: opened.append(str(fp)) or real_open(fp, *a, **kw))
+    out = tmp_path / "drawn"
+    assert main(["predict", str(folder), "--checkpoint", str(checkpoint), "--annotate", str(out)]) == 1  # broken.jpg
+    monkeypatch.undo()
+    assert [opened.count(str(folder / n)) for n in ("coffee.jpg", "sub/astronaut.jpg")] == [1, 1]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["coffee.png", "sub/astronaut.png"]
+    drawn = np.asarray(Image.open(out / "sub" / "astronaut.png"))
+    assert drawn.shape == (512, 512, 3) and (drawn != np.asarray(Image.open(folder / "sub" / "astronaut.jpg"))).any()
+    assert "broken.jpg: error: cannot read" in capsys.readouterr().out
+
+
 def test_video_gives_per_frame_csv_plot_and_annotated_video(checkpoint, tmp_path):
     photo = cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)
     video = tmp_path / "clip.avi"

@@ -116,9 +116,14 @@ def _predict(args: argparse.Namespace) -> int:
         raise FerkitError(f"{path} does not exist")
     results = []
     for start in range(0, len(files), args.batch_size):
-        results.extend(predictor.predict_batch(files[start:start + args.batch_size], detect))
-    if args.annotate:
-        _annotate_images(results, path, Path(args.annotate))
+        chunk = files[start:start + args.batch_size]
+        # Decoded once, for prediction and drawing alike; unreadable files go in as paths, so the predictor
+        # reports them in its results like any other error.
+        images = [_decoded_or_path(f) for f in chunk] if args.annotate else chunk
+        batch = predictor.predict_batch(images, detect, names=[str(f) for f in chunk])
+        if args.annotate:
+            _annotate_images(batch, images, path, Path(args.annotate))
+        results.extend(batch)
     _emit(results, predictor.classes, args)
     failed = [r for r in results if r.error]
     if "-" in (args.json, args.csv):  # the table, which lists errors, went unprinted
@@ -147,19 +152,26 @@ def _write_text(target: str, text: str) -> None:
         Path(target).write_text(text)
 
 
-def _annotate_images(results: list, root: Path, out: Path) -> None:
-    from .predict import annotate, read_image
+def _decoded_or_path(path: Path):
+    from .predict import read_image
+
+    try:
+        return read_image(path)
+    except FerkitError:
+        return path
+
+
+def _annotate_images(results: list, images: list, root: Path, out: Path) -> None:
+    """Each readable image with its faces drawn, as ``out`` (one input file) or a PNG mirror of the input folder."""
+    from .predict import annotate
 
     single = root.is_file()
-    if not single:
-        out.mkdir(parents=True, exist_ok=True)
-    for r in results:
+    for r, rgb in zip(results, images):
         if r.error:
             continue
-        source = Path(r.source)
-        target = out if single else out / source.relative_to(root).with_suffix(".png")
+        target = out if single else out / Path(r.source).relative_to(root).with_suffix(".png")
         target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(annotate(read_image(source), r.faces)).save(target)
+        Image.fromarray(annotate(rgb, r.faces)).save(target)
 
 
 def _predict_video(predictor, source: str | int, args: argparse.Namespace, detect: bool) -> int:
