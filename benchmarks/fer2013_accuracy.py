@@ -44,7 +44,7 @@ def main() -> None:
     splits = load_splits(args.data, "clean")
     check_classes(ckpt, classes, splits.classes)
     device = resolve_device(device)
-    precision = inference_precision(model, cfg, device)
+    precision = inference_precision(model, cfg)
     model = model.to(device)
     transform = build_test_transform(cfg)
 

@@ -73,7 +73,7 @@ def untrained_checkpoint(tmp_path_factory) -> Path:
     """
     torch.manual_seed(0)
     cfg = Config().updated({"image_size": 32})
-    model = build_model(cfg.arch, len(CLASSES), cfg.dropout, cfg.hidden)
+    model = build_model(cfg, len(CLASSES))
     model.train()
     with torch.no_grad():
         for _ in range(3):

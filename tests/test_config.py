@@ -69,6 +69,22 @@ def test_lr_after_k_epochs_follows_the_cosine_formula():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(cfg.min_lr)
 
 
+def test_warmup_rises_linearly_then_the_cosine_spans_the_rest():
+    cfg = Config(epochs=4, lr=2e-3, lr_scaling="none", min_lr=0.0, warmup_epochs=1, schedule_unit="step")
+    optimizer = build_optimizer(resnet18(), cfg)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch=10)
+    lrs = []
+    for _ in range(40):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(2e-3 / 25)
+    assert lrs[5] == pytest.approx(2e-3 / 25 + (2e-3 - 2e-3 / 25) * 0.5)
+    assert max(lrs) == pytest.approx(2e-3) and lrs[10] == pytest.approx(2e-3)
+    assert lrs[25] == pytest.approx(2e-3 * (1 + math.cos(math.pi * 15 / 30)) / 2)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
 def test_weight_decay_skips_norms_and_biases():
     optimizer = build_optimizer(resnet18(), Config(weight_decay=0.05))
     decayed, plain = optimizer.param_groups

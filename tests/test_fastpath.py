@@ -12,14 +12,18 @@ from ferkit.cli import build_parser
 from ferkit.config import Config, config_from_args
 from ferkit.data import load_splits
 from ferkit.errors import FerkitError
+from ferkit.evaluate import evaluate_checkpoint
 from ferkit.model import resnet18
+from ferkit.runtime import cpu_has_native_bf16
 from ferkit.train import (DecodedBatches, TrainingInterrupted, build_optimizer, resolve_channels_last,
                           resolve_data_pipeline, train)
 
 
 def tiny(image_folder, tmp_path, name, **kw) -> Config:
+    # fp32 pinned: these tests compare numbers, which bf16 (auto on CPUs with native bf16) would round.
     values = dict(data=str(image_folder), out=str(tmp_path / name), image_size=16, batch_size=4, epochs=2, workers=0,
-                  tensorboard=False, seed=3, data_pipeline="batched", cache_dir=str(tmp_path / "cache"))
+                  tensorboard=False, seed=3, data_pipeline="batched", cache_dir=str(tmp_path / "cache"),
+                  precision="fp32")
     values.update(kw)
     return Config(**values)
 
@@ -38,8 +42,10 @@ def test_flags_and_what_auto_picks():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_data_pipeline("auto", cpu) == "workers" and resolve_data_pipeline("auto", cuda) == "batched"
     assert resolve_data_pipeline("batched", cpu) == "batched"
-    assert not resolve_channels_last("auto", cpu) and resolve_channels_last("auto", cuda)
-    assert resolve_channels_last("on", cpu) and not resolve_channels_last("off", cuda)
+    # channels_last: on for CUDA and for bf16 on CPUs (faster with native bf16), off for fp32 on CPUs.
+    assert resolve_channels_last("auto", cuda, "fp32") and resolve_channels_last("auto", cpu, "bf16")
+    assert not resolve_channels_last("auto", cpu, "fp32")
+    assert resolve_channels_last("on", cpu, "fp32") and not resolve_channels_last("off", cuda, "bf16")
 
 
 def test_adamw_is_fused_only_on_cuda():
@@ -72,7 +78,7 @@ def test_batched_run_writes_the_same_run_folder(image_folder, tmp_path):
     assert batched["images"] == workers["images"] == 14
     log = (tmp_path / "batched" / "train.log").read_text()
     assert "speed: batched data pipeline (28 images decoded once, written to the cache" in log
-    assert "fp32 precision; contiguous memory layout; torch.compile off" in log
+    assert "fp32 training precision, fp32 evaluation; contiguous memory layout; torch.compile off" in log
     assert "speed: workers data pipeline" in (tmp_path / "workers" / "train.log").read_text()
     assert len(list((tmp_path / "cache").glob("decoded-*.pt"))) == 1
 
@@ -134,3 +140,15 @@ def test_cuda_defaults_take_the_fast_path(image_folder, tmp_path):
     log = (tmp_path / "cuda" / "train.log").read_text()
     assert "speed: batched data pipeline" in log and "on cuda" in log and "channels_last memory layout" in log
     load_model(tmp_path / "cuda" / "best.pth")
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16 (AMX or AVX-512 BF16)")
+def test_bf16_trains_where_the_cpu_has_it_and_figures_stay_fp32(image_folder, tmp_path):
+    report = train(tiny(image_folder, tmp_path, "bf16", epochs=1, precision="auto", protocol="clean"))
+    log = (tmp_path / "bf16" / "train.log").read_text()
+    assert "bf16 training precision, fp32 evaluation; channels_last memory layout" in log
+    assert report["train_precision"] == "bf16" and report["precision"] == "fp32"
+    # The report is an fp32 measurement: evaluating best.pth again, anywhere, gives the same figure.
+    again = evaluate_checkpoint(tmp_path / "bf16" / "best.pth", split="report", workers=0, device="cpu")
+    assert again["precision"] == "fp32" and again["accuracy"] == report["accuracy"]
+    assert again["loss"] == pytest.approx(report["loss"], rel=1e-6)

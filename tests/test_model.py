@@ -2,7 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from ferkit.model import Block, Downsample, ResNet, conv3x3, resnet18
+from ferkit.config import Config
+from ferkit.model import (Block, Downsample, ResNet, build_model, conv3x3, count_parameters, resnet18, resnet18s2,
+                          training_flops)
 
 
 def test_factory_signature_and_defaults():
@@ -79,3 +81,38 @@ def test_conv3x3_helper():
 def test_smaller_inputs_still_classify(size):
     with torch.no_grad():
         assert resnet18().eval()(torch.randn(1, 3, size, size)).shape == (1, 7)
+
+
+def test_flop_count_matches_a_count_by_hand_on_a_tiny_network():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.Flatten(), nn.Linear(4 * 8 * 8, 7))
+    conv = 2 * (4 * 3 * 3 * 3) * (8 * 8)  # multiply-adds of every output pixel
+    linear = 2 * (4 * 8 * 8) * 7
+    # Backward: the first conv needs only its weight gradient (the image needs none); the linear layer needs both.
+    assert training_flops(net, 8) == conv * 2 + linear * 3
+
+
+def test_flop_counts_of_the_spec_network_and_the_stride_2_stem():
+    cfg = Config()
+    assert training_flops(build_model(cfg, 7), 96) / 1e9 == pytest.approx(29.96, abs=0.01)
+    spec48 = training_flops(build_model(cfg, 7), 48)
+    s2 = training_flops(build_model(cfg.updated({"arch": "resnet18s2"}), 7), 48)
+    assert spec48 / 1e9 == pytest.approx(7.49, abs=0.01) and s2 / 1e9 == pytest.approx(1.87, abs=0.01)
+    # Halving the width quarters the cost of every convolution.
+    half = training_flops(build_model(cfg.updated({"arch": "resnet18s2", "width": 32}), 7), 48)
+    assert half / s2 == pytest.approx(0.25, abs=0.005)
+
+
+def test_stride_2_stem_layer_shapes_and_width():
+    model = build_model(Config(arch="resnet18s2", width=32), 7).eval()
+    assert isinstance(resnet18s2(), ResNet)
+    shapes = {}
+    for name in ("stem", "layer1", "layer2", "layer3", "layer4", "flatten"):
+        getattr(model, name).register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape)))
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 48, 48)).shape == (2, 7)
+    assert shapes == {"stem": (2, 32, 24, 24), "layer1": (2, 32, 24, 24), "layer2": (2, 64, 12, 12),
+                      "layer3": (2, 128, 6, 6), "layer4": (2, 256, 3, 3), "flatten": (2, 256)}
+    conv = model.stem[0]
+    assert (conv.kernel_size, conv.stride, conv.padding) == ((3, 3), (2, 2), (1, 1))
+    # The same blocks as the specification's network, so the same parameter count at the same width.
+    assert count_parameters(resnet18s2()) == count_parameters(resnet18())

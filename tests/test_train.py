@@ -1,3 +1,4 @@
+import csv
 import os
 
 import pytest
@@ -9,6 +10,8 @@ from ferkit.checkpoint import atomic_save, load_model, read_checkpoint
 from ferkit.cli import main
 from ferkit.config import Config
 from ferkit.errors import FerkitError
+from ferkit.model import build_model, training_flops
+from ferkit.runtime import machine_description
 from ferkit.train import TrainingInterrupted, train
 
 
@@ -68,9 +71,9 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(image_folder, tmp_pat
     train(tiny(image_folder, tmp_path / "full"))
     real_log = train_mod._log_epoch
 
-    def crash_after_epoch_2(out, row, *args):
-        real_log(out, row, *args)
-        if row["epoch"] == 2:
+    def crash_after_epoch_2(out, history, *args):
+        real_log(out, history, *args)
+        if history[-1]["epoch"] == 2:
             raise RuntimeError("simulated crash")
 
     monkeypatch.setattr(train_mod, "_log_epoch", crash_after_epoch_2)
@@ -95,6 +98,41 @@ def test_sigint_mid_epoch_saves_and_resumes_exactly(image_folder, tmp_path, monk
     train(tiny(image_folder, tmp_path / "cut", epochs=2), resume=True)
     full, resumed = weights(tmp_path / "full" / "last.pth"), weights(tmp_path / "cut" / "last.pth")
     assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_ema_weights_are_evaluated_saved_and_resumed_exactly(image_folder, tmp_path, monkeypatch):
+    train(tiny(image_folder, tmp_path / "full", epochs=1, ema_decay=0.9))
+    last, best = read_checkpoint(tmp_path / "full" / "last.pth"), read_checkpoint(tmp_path / "full" / "best.pth")
+    # best.pth (epoch 1 is always an improvement) holds the average, last.pth the raw weights and the average.
+    average = {k.removeprefix("module."): v for k, v in last["ema"].items() if k.startswith("module.")}
+    assert average.keys() == best["model"].keys() == last["model"].keys()
+    assert all(torch.equal(best["model"][k], average[k]) for k in average)
+    assert not all(torch.equal(last["model"][k], average[k]) for k in average)
+    assert int(last["ema"]["n_averaged"]) == 7  # one update per optimizer step
+
+    real_step = sigint_after_optimizer_steps(monkeypatch, 3)
+    with pytest.raises(TrainingInterrupted):
+        train(tiny(image_folder, tmp_path / "cut", epochs=1, ema_decay=0.9))
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    train(tiny(image_folder, tmp_path / "cut", epochs=1, ema_decay=0.9), resume=True)
+    resumed = read_checkpoint(tmp_path / "cut" / "last.pth")["ema"]
+    assert all(torch.equal(last["ema"][k], resumed[k]) for k in last["ema"])
+
+
+def test_report_and_metrics_record_training_compute_and_machine(image_folder, tmp_path):
+    report = train(tiny(image_folder, tmp_path / "run", epochs=2, protocol="clean"))
+    gflop = training_flops(build_model(Config(image_size=16), 7), 16) / 1e9
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    # 28 training images, 7 batches of 4, every epoch.
+    assert [float(r["gflop_per_image"]) for r in rows] == pytest.approx([gflop, gflop])
+    assert [float(r["pflop"]) for r in rows] == pytest.approx([28 * gflop / 1e6, 56 * gflop / 1e6])
+    assert report["pflop"] == pytest.approx(56 * gflop / 1e6) and report["gflop_per_image"] == pytest.approx(gflop)
+    assert report["machine"] == machine_description() and report["precision"] == "fp32"
+    assert report["train_precision"] in ("fp32", "bf16") and report["train_minutes"] >= 0
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert f"compute: {gflop:.3f} GFLOP per training image" in log and "machine: " in log
+    assert "PFLOP of training" in log.splitlines()[-1] or "PFLOP of training" in log
 
 
 def test_existing_run_folder_is_not_clobbered(image_folder, tmp_path):
@@ -159,7 +197,7 @@ def test_cli_end_to_end_on_real_fer2013(real_data, tmp_path, capsys):
     assert (run / "report.json").is_file() and (run / "curves.png").is_file()
     assert main(["evaluate", str(run / "best.pth"), "--tta", "tencrop", "--split", "select",
                  "--limit-per-class", "5", "--workers", "0"]) == 0
-    assert "PublicTest (clean protocol, TTA tencrop): images 35" in capsys.readouterr().out
+    assert "PublicTest (clean protocol, TTA tencrop, fp32): images 35" in capsys.readouterr().out
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(image_folder, tmp_path, monkeypatch):

@@ -162,7 +162,7 @@ def load_model(path: str | os.PathLike | None = None, expected_classes: tuple[st
     if expected_classes is not None:
         check_classes(path, classes, expected_classes)
     cfg = Config.from_dict(ckpt["config"])
-    model = build_model(ckpt["arch"], len(classes), cfg.dropout, cfg.hidden)
+    model = build_model(cfg, len(classes))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:

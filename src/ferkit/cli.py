@@ -64,11 +64,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     metrics = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, protocol=args.protocol,
                                   tta=args.tta, batch_size=args.batch_size, workers=args.workers,
-                                  device=args.device, limit_per_class=args.limit_per_class, out_dir=args.out)
+                                  device=args.device, limit_per_class=args.limit_per_class, out_dir=args.out,
+                                  precision=args.precision)
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
-        print(f"{metrics['split']} ({metrics['protocol']} protocol, TTA {metrics['tta']}): " +
+        print(f"{metrics['split']} ({metrics['protocol']} protocol, TTA {metrics['tta']}, {metrics['precision']}): " +
               format_metrics(metrics, list(metrics["per_class"])))
     return 0
 
@@ -266,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--precision", choices=("fp32", "bf16"),
+                   help="default: the checkpoint's evaluation precision (fp32: the same figures on every machine)")
     p.add_argument("--limit-per-class", type=int, default=0, help="at most N images per class (0 = all)")
     p.add_argument("--out", help="folder for the JSON report and confusion-matrix PNG")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")

@@ -59,7 +59,9 @@ class Config:
     mean: tuple[float, float, float] = _opt(IMAGENET_MEAN, "normalization mean (ImageNet)")
     std: tuple[float, float, float] = _opt(IMAGENET_STD, "normalization std (ImageNet)")
     # Model (specification section 2)
-    arch: str = _opt("resnet18", "architecture", choices=("resnet18",))
+    arch: str = _opt("resnet18", "architecture: resnet18 (the specification's, stem at stride 1) or resnet18s2 "
+                     "(stem at stride 2: a quarter of the FLOPs)", choices=("resnet18", "resnet18s2"))
+    width: int = _opt(64, "channels of the stem and layer1; each later stage doubles them (cost grows with its square)")
     dropout: float = _opt(0.3, "parameter_dropout: dropout probability in the classification head")
     hidden: int = _opt(256, "hidden width of the classification head")
     # Optimisation (specification section 3)
@@ -71,17 +73,24 @@ class Config:
     min_lr: float = _opt(1e-6, "learning rate the cosine schedule decays to")
     schedule_unit: str = _opt("epoch", "step the cosine schedule once per epoch (the spec) or once per batch",
                               choices=("epoch", "step"))
+    warmup_epochs: float = _opt(0.0, "linear learning-rate warmup from lr/25 before the cosine decay, in epochs "
+                                "(fractions count with --schedule-unit step)")
     label_smoothing: float = _opt(0.1, "cross-entropy label smoothing")
+    ema_decay: float = _opt(0.0, "keep an exponential moving average of the weights (decay per optimizer step, e.g. "
+                            "0.999); evaluation, best.pth and the report use it. 0: off")
     # Run
     out: str = _opt("runs/ferkit", "run folder: config, logs, checkpoints, plots")
     seed: int = _opt(0, "random seed (data order, augmentation, initialisation)")
     device: str = _opt("auto", "auto picks cuda when present", choices=("auto", "cpu", "cuda"))
-    precision: str = _opt("auto", "auto: bf16 where the hardware has native bf16, else fp32",
-                          choices=("auto", "fp32", "bf16"))
+    precision: str = _opt("auto", "training precision; auto: bf16 autocast where the hardware has native bf16, "
+                          "else fp32", choices=("auto", "fp32", "bf16"))
+    eval_precision: str = _opt("fp32", "precision of every evaluation (selection, report): fp32 gives the same "
+                               "figures on every machine", choices=("fp32", "bf16"))
     tensorboard: bool = _opt(True, "also log per-epoch metrics to TensorBoard")
     sync_bn: bool = _opt(False, "with several processes, BatchNorm statistics over the global batch (SyncBatchNorm)")
     channels_last: str = _opt("auto", "channels-last memory layout for the model and its inputs; auto: on for CUDA "
-                              "(measured slower on CPUs)", choices=("auto", "on", "off"))
+                              "and for bf16 on CPUs with native bf16 (measured faster there, slower in fp32 on "
+                              "AVX2)", choices=("auto", "on", "off"))
     compile: bool = _opt(False, "torch.compile the model: a minute or more of compiling at start, to be repaid by "
                          "faster steps on long GPU runs (measured slower on CPUs)")
 

@@ -20,7 +20,7 @@ from .config import Config
 from .data import FerDataset, load_splits
 from .export import load_for_inference
 from .plots import plot_confusion
-from .runtime import autocast, resolve_device, resolve_precision
+from .runtime import autocast, resolve_device
 from .transforms import build_test_transform
 
 TTA_MODES = ("none", "flip", "tencrop")
@@ -98,9 +98,11 @@ def format_metrics(metrics: dict, classes: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def inference_precision(model: nn.Module, cfg: Config, device: torch.device) -> str:
-    # An ONNX model's precision is fixed in the file (fp32 or int8); autocast cannot change it.
-    return getattr(model, "precision", None) or resolve_precision(cfg.precision, device)
+def inference_precision(model: nn.Module, cfg: Config, asked: str | None = None) -> str:
+    """The precision figures are measured in: the one asked for, else the checkpoint's ``eval_precision`` (fp32 by
+    default, so a figure does not depend on the machine's bf16 support); an ONNX file's own (fp32 or int8)."""
+    # An ONNX model's precision is fixed in the file; autocast cannot change it.
+    return getattr(model, "precision", None) or asked or cfg.eval_precision
 
 
 def make_loader(dataset: FerDataset, batch_size: int, workers: int, device: torch.device, **kw) -> DataLoader:
@@ -110,20 +112,20 @@ def make_loader(dataset: FerDataset, batch_size: int, workers: int, device: torc
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike | None = None, data: str | None = None, split: str = "report",
                         protocol: str | None = None, tta: str = "none", batch_size: int = 256, workers: int = 4,
-                        device: str = "auto", limit_per_class: int = 0, out_dir: str | os.PathLike | None = None
-                        ) -> dict:
+                        device: str = "auto", limit_per_class: int = 0, out_dir: str | os.PathLike | None = None,
+                        precision: str | None = None) -> dict:
     """Metrics of a checkpoint on a split of any supported dataset, with its own preprocessing.
 
     ``split`` is ``report`` (PrivateTest under the clean protocol, test/ under spec), ``select`` or ``train``;
     ``checkpoint`` is a ``.pth``, ``.safetensors`` or ``.onnx`` (fp32 or int8) file; ``None`` evaluates
-    the model bundled with ferkit.
+    the model bundled with ferkit. ``precision`` (fp32 or bf16) defaults to the checkpoint's evaluation precision.
     """
     model, cfg, classes, device = load_for_inference(checkpoint, device=device)
     checkpoint = model_path(checkpoint)
     splits = load_splits(data if data is not None else cfg.data, protocol or cfg.protocol, limit_per_class)
     check_classes(checkpoint, classes, splits.classes)
     dev = resolve_device(device)
-    precision = inference_precision(model, cfg, dev)
+    precision = inference_precision(model, cfg, precision)
     model = model.to(dev)
     dataset = FerDataset(getattr(splits, split), build_test_transform(cfg))
     probs, labels = collect_probs(model, make_loader(dataset, batch_size, workers, dev), dev, precision, tta)

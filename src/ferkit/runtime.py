@@ -51,8 +51,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def cpu_features() -> str:
+    """The CPU's matrix-math extensions that decide training speed: AMX, AVX-512 BF16, AVX-512, AVX2."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "unknown extensions"
+    named = [("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512 BF16"), ("avx512f", "AVX-512"), ("avx2", "AVX2")]
+    return "/".join(label for flag, label in named if flag in flags) or "no AVX2"
+
+
 def machine_description() -> str:
-    """CPU model, core count and GPU, for benchmark records."""
+    """CPU model, its extensions, core count and GPU, for logs, reports and benchmark records."""
     import os
     import platform
 
@@ -66,4 +76,4 @@ def machine_description() -> str:
         pass
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
     bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
-    return f"{cpu}, {os.cpu_count()} cores ({bf16}){gpu}"
+    return f"{cpu} ({cpu_features()}; {bf16}), {os.cpu_count()} cores{gpu}"

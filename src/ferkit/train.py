@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 from torch.utils.data import Sampler
 from tqdm import tqdm
 
@@ -49,14 +50,14 @@ from .data import FerDataset, Sample, Splits, collate_skipping, load_splits
 from .errors import FerkitError
 from .evaluate import collect_probs, compute_metrics, format_metrics, make_loader, write_report
 from .fastdata import BatchAugment, DecodedImages, batches, decode_once
-from .model import build_model, count_parameters
+from .model import build_model, count_parameters, training_flops
 from .plots import plot_curves
-from .runtime import autocast, resolve_device, resolve_precision, seed_everything
+from .runtime import autocast, machine_description, resolve_device, resolve_precision, seed_everything
 from .transforms import build_test_transform, build_train_transform
 
 log = logging.getLogger("ferkit")
 METRIC_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "select_loss", "select_acc", "select_macro_f1",
-                 "images_per_s", "epoch_seconds", "best"]
+                 "images_per_s", "epoch_seconds", "gflop_per_image", "pflop", "best"]
 
 
 class TrainingInterrupted(FerkitError):
@@ -199,6 +200,7 @@ class TrainState:
     best_acc: float = -1.0
     best_epoch: int = 0
     seconds: float = 0.0
+    pflop: float = 0.0  # training compute spent so far (forward + backward FLOPs of every image trained on)
     history: list[dict] = field(default_factory=list)
     partial: dict = field(default_factory=dict)  # running sums of the interrupted epoch
     skipped: list[str] = field(default_factory=list)  # unreadable images left out (--bad-images skip)
@@ -277,9 +279,29 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.AdamW:
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int):
-    """Cosine annealing from the effective lr to min_lr over the whole run (in epochs or in steps)."""
-    total = cfg.epochs * (steps_per_epoch if cfg.schedule_unit == "step" else 1)
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=cfg.min_lr)
+    """Cosine annealing from the effective lr to min_lr over the whole run (in epochs or in steps).
+
+    With ``warmup_epochs`` the lr first rises linearly from lr/25 to the effective lr, and the cosine spans
+    the rest of the run.
+    """
+    per_epoch = steps_per_epoch if cfg.schedule_unit == "step" else 1
+    total, warmup = cfg.epochs * per_epoch, round(cfg.warmup_epochs * per_epoch)
+    floor = min(cfg.min_lr / cfg.effective_lr(), 1.0)
+
+    def factor(t: int) -> float:
+        if t < warmup:
+            return 1 / 25 + (1 - 1 / 25) * t / warmup
+        progress = min((t - warmup) / max(total - warmup, 1), 1.0)
+        return floor + (1 - floor) * (1 + math.cos(math.pi * progress)) / 2
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def load_scheduler_state(scheduler, state: dict) -> None:
+    # Checkpoints written before warmup existed hold CosineAnnealingLR's state: the same step count and base
+    # lrs, without LambdaLR's (unpicklable, hence None) lr_lambdas entry.
+    state.setdefault("lr_lambdas", [None] * len(scheduler.base_lrs))
+    scheduler.load_state_dict(state)
 
 
 def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
@@ -307,16 +329,21 @@ def _train(cfg: Config, resume: bool, overwrite: bool) -> dict:
     device = dist.process_device(resolve_device(cfg.device))
     precision = resolve_precision(cfg.precision, device)
     pipeline = resolve_data_pipeline(cfg.data_pipeline, device)
-    channels_last = resolve_channels_last(cfg.channels_last, device)
+    channels_last = resolve_channels_last(cfg.channels_last, device, precision)
     memory_format = torch.channels_last if channels_last else torch.preserve_format
     local_batch = dist.local_batch_size(cfg.batch_size)
     seed_everything(cfg.seed)
 
-    model = build_model(cfg.arch, len(splits.classes), cfg.dropout, cfg.hidden)
+    model = build_model(cfg, len(splits.classes))
     if cfg.sync_bn:
         model = dist.convert_sync_batchnorm(model, device)
+    gflop_per_image = training_flops(model, cfg.image_size) / 1e9
     model = model.to(device, memory_format=memory_format)
     optimizer = build_optimizer(model, cfg)
+    # The average's weights are what evaluation, best.pth and the report see; training steps the raw weights.
+    ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),
+                                               use_buffers=True) if cfg.ema_decay else None)
+    eval_model = ema.module if ema is not None else model
     feed = DecodedBatches if pipeline == "batched" else WorkerBatches
     train_batches = feed(splits.train, cfg, device, local_batch, memory_format)
     steps_per_epoch = train_batches.size // cfg.batch_size
@@ -329,8 +356,10 @@ def _train(cfg: Config, resume: bool, overwrite: bool) -> dict:
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
+        load_scheduler_state(scheduler, ckpt["scheduler"])
         state = TrainState(**ckpt["state"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
         if not dist.is_main():
             state.partial = {}  # the interrupted epoch's sums are totals over all processes: one carries them on
         if state.step:
@@ -348,21 +377,25 @@ def _train(cfg: Config, resume: bool, overwrite: bool) -> dict:
              f"lr {cfg.effective_lr():.2e} ({cfg.lr_scaling} scaling of {cfg.lr:.2e} for batch 32), device {device}")
     log.info(f"data: {len(splits.train)} train, {len(splits.select)} {splits.names['select']} (selection), "
              f"{len(splits.report)} {splits.names['report']} (report); protocol {cfg.protocol}; run folder {out}")
-    log.info(f"speed: {train_batches.description()}; {precision} precision; "
-             f"{'channels_last' if channels_last else 'contiguous'} memory layout; "
+    log.info(f"speed: {train_batches.description()}; {precision} training precision, {cfg.eval_precision} "
+             f"evaluation; {'channels_last' if channels_last else 'contiguous'} memory layout; "
              f"torch.compile {'on' if cfg.compile else 'off'}")
+    epoch_pflop = gflop_per_image * steps_per_epoch * cfg.batch_size / 1e6
+    log.info(f"compute: {gflop_per_image:.3f} GFLOP per training image (forward + backward), {epoch_pflop:.4f} PFLOP "
+             f"an epoch, {epoch_pflop * cfg.epochs:.3f} PFLOP for {cfg.epochs} epochs; machine: {machine_description()}")
     unrecorded = [name for name in train_batches.skipped if name not in state.skipped]  # a resumed run has them
     if unrecorded:
         state.skipped += unrecorded
         log.warning(f"skipped unreadable images (--bad-images skip): {', '.join(unrecorded)}")
 
-    def checkpoint(name: str, **extra) -> None:
+    def checkpoint(name: str, weights: nn.Module, **extra) -> None:
         if dist.is_main():
-            atomic_save(make_checkpoint(model, cfg, splits.classes, **extra), out / name)
+            atomic_save(make_checkpoint(weights, cfg, splits.classes, **extra), out / name)
 
     def save_last(rng: dict | None = None) -> None:
-        checkpoint("last.pth", optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                   state=state.__dict__, rng=rng or {})
+        averaged = {"ema": ema.state_dict()} if ema is not None else {}
+        checkpoint("last.pth", model, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                   state=state.__dict__, rng=rng or {}, **averaged)
 
     with stop_requests() as stop:
         while state.epoch < cfg.epochs:
@@ -376,7 +409,7 @@ def _train(cfg: Config, resume: bool, overwrite: bool) -> dict:
             t0 = time.perf_counter()
             try:
                 sums = _train_epoch(train_model, train_batches, optimizer, scheduler, cfg, device, precision, state,
-                                    stop, steps_per_epoch)
+                                    stop, steps_per_epoch, ema)
             except torch.cuda.OutOfMemoryError:
                 raise FerkitError(f"out of memory on {device} with batch size {cfg.batch_size}{processes} at "
                                   f"{cfg.image_size}x{cfg.image_size}; retry with a smaller --batch-size "
@@ -398,10 +431,11 @@ def _train(cfg: Config, resume: bool, overwrite: bool) -> dict:
                                   "or batches of one image); check the data or raise --batch-size")
             if cfg.schedule_unit == "epoch":
                 scheduler.step()
-            dist.broadcast_buffers(model)
-            metrics = _measure(model, splits.select, splits.classes, cfg, device, precision)
+            dist.broadcast_buffers(eval_model)
+            metrics = _measure(eval_model, splits.select, splits.classes, cfg, device)
             seconds = time.perf_counter() - t0
             state.epoch, state.step, state.partial = epoch + 1, 0, {}
+            state.pflop += gflop_per_image * sums["seen"] / 1e6
             improved = metrics["accuracy"] > state.best_acc
             if improved:
                 state.best_acc, state.best_epoch = metrics["accuracy"], epoch + 1
@@ -409,14 +443,16 @@ def _train(cfg: Config, resume: bool, overwrite: bool) -> dict:
                    "train_loss": sums["loss"] / sums["seen"], "train_acc": sums["correct"] / sums["seen"],
                    "select_loss": metrics["loss"], "select_acc": metrics["accuracy"],
                    "select_macro_f1": metrics["macro_f1"], "images_per_s": sums["images_per_s"],
-                   "epoch_seconds": seconds, "best": improved}
+                   "epoch_seconds": seconds, "gflop_per_image": gflop_per_image, "pflop": state.pflop,
+                   "best": improved}
             state.history.append(row)
             if improved:
-                checkpoint("best.pth", epoch=epoch + 1, metrics={k: metrics[k] for k in ("accuracy", "macro_f1")},
+                checkpoint("best.pth", eval_model, epoch=epoch + 1, metrics={k: metrics[k] for k in ("accuracy", "macro_f1")},
                            select_split=splits.names["select"])
             save_last()
             if dist.is_main():
-                _log_epoch(out, row, writer, cfg.epochs, f"{splits.names['select']} ({metrics['images']} images)")
+                _log_epoch(out, state.history, writer, cfg.epochs,
+                           f"{splits.names['select']} ({metrics['images']} images)")
                 plot_curves(state.history, out / "curves.png")
             if state.skipped:
                 log.info(f"{len(state.skipped)} unreadable images skipped so far (listed above in train.log)")
@@ -434,9 +470,12 @@ def resolve_data_pipeline(name: str, device: torch.device) -> str:
     return "batched" if device.type == "cuda" else "workers"
 
 
-def resolve_channels_last(name: str, device: torch.device) -> bool:
-    # GPU convolution kernels are fastest channels-last; on this project's AVX2 CPU it measured slower.
-    return name == "on" or (name == "auto" and device.type == "cuda")
+def resolve_channels_last(name: str, device: torch.device, precision: str) -> bool:
+    # GPU convolution kernels are fastest channels-last. On CPUs it measured faster in bf16 with native bf16
+    # (Zen 4 and Zen 5, 1.0-1.3x), slower in fp32 on the AVX2 EPYC (0.86-0.96x).
+    if name != "auto":
+        return name == "on"
+    return device.type == "cuda" or precision == "bf16"
 
 
 def _augmentation_seed(cfg: Config, epoch: int) -> int:
@@ -466,7 +505,7 @@ def _gather_skipped(state: TrainState, since: int) -> None:
 
 
 def _train_epoch(model, train_batches: TrainBatches, optimizer, scheduler, cfg: Config, device: torch.device,
-                 precision: str, state: TrainState, stop: list[int], steps_per_epoch: int) -> dict:
+                 precision: str, state: TrainState, stop: list[int], steps_per_epoch: int, ema) -> dict:
     """Train on the epoch's remaining batches; returns the epoch's sums over all processes."""
     model.train()
     # Running sums stay on the device: reading them every step would synchronise the GPU each batch.
@@ -487,6 +526,8 @@ def _train_epoch(model, train_batches: TrainBatches, optimizer, scheduler, cfg: 
             # BatchNorm needs two samples to train on; DDP needs every process in every step, so all skip together.
             if dist.all_ranks(images is not None and len(targets) > 1):
                 result = _train_step(model, images, targets, optimizer, cfg, device, precision, state)
+                if result is not None and ema is not None:
+                    ema.update_parameters(model.module if hasattr(model, "module") else model)
                 if result is not None:
                     loss_sum += result[0] * len(targets)
                     correct += result[1]
@@ -513,14 +554,13 @@ def _train_epoch(model, train_batches: TrainBatches, optimizer, scheduler, cfg: 
             "images_per_s": timed_all / max(time.perf_counter() - t0, 1e-9)}
 
 
-def _measure(model: nn.Module, samples: list, classes: tuple[str, ...], cfg: Config, device: torch.device,
-             precision: str) -> dict:
+def _measure(model: nn.Module, samples: list, classes: tuple[str, ...], cfg: Config, device: torch.device) -> dict:
     """Metrics over all of ``samples``, each image counted once: every process predicts its own unpadded share."""
     dataset = FerDataset(samples[dist.rank()::dist.world_size()], build_test_transform(cfg),
                          cfg.bad_images == "skip")
     loader = make_loader(dataset, dist.local_batch_size(cfg.batch_size) * 2, cfg.workers, device,
                          worker_init_fn=_ignore_stop_signals, collate_fn=collate_skipping)
-    shares = dist.gather(collect_probs(model, loader, device, precision))
+    shares = dist.gather(collect_probs(model, loader, device, cfg.eval_precision))
     probs, labels = np.concatenate([p for p, _ in shares]), np.concatenate([y for _, y in shares])
     return compute_metrics(labels, probs, classes)
 
@@ -548,36 +588,42 @@ def _tensorboard(out: Path):
     return SummaryWriter(str(out / "tensorboard"))
 
 
-def _log_epoch(out: Path, row: dict, writer, epochs: int, select_label: str) -> None:
-    path = out / "metrics.csv"
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-        if new:
-            w.writeheader()
-        w.writerow(row)
+def _log_epoch(out: Path, history: list[dict], writer, epochs: int, select_label: str) -> None:
+    # Written whole from the history each epoch: a resumed run's file is always complete and has one header,
+    # even when it was started by a version of ferkit that recorded fewer columns.
+    with open(out / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=METRIC_FIELDS, restval="")
+        w.writeheader()
+        w.writerows(history)
+    row = history[-1]
     if writer is not None:
         for key in METRIC_FIELDS[1:-1]:
             writer.add_scalar(key, row[key], row["epoch"])
         writer.flush()
     log.info(f"epoch {row['epoch']}/{epochs}  lr {row['lr']:.2e}  train loss {row['train_loss']:.4f} "
              f"acc {row['train_acc']:.4f}  {select_label} loss {row['select_loss']:.4f} acc {row['select_acc']:.4f} "
-             f"F1 {row['select_macro_f1']:.4f}  {row['images_per_s']:.1f} img/s  {row['epoch_seconds']:.0f}s"
-             + ("  (best, saved best.pth)" if row["best"] else ""))
+             f"F1 {row['select_macro_f1']:.4f}  {row['images_per_s']:.1f} img/s  {row['epoch_seconds']:.0f}s  "
+             f"{row['pflop']:.3f} PFLOP" + ("  (best, saved best.pth)" if row["best"] else ""))
 
 
 def final_report(out: Path, splits: Splits, cfg: Config, state: TrainState, device: torch.device,
                  precision: str) -> dict:
-    """Measure best.pth once on the report split (PrivateTest under the clean protocol)."""
+    """Measure best.pth once on the report split (PrivateTest under the clean protocol), with the run's cost."""
     model = load_model(out / "best.pth", splits.classes).model.to(device)
-    metrics = _measure(model, splits.report, splits.classes, cfg, device, precision)
+    metrics = _measure(model, splits.report, splits.classes, cfg, device)
     metrics.update(protocol=cfg.protocol, split=splits.names["report"], selected_on=splits.names["select"],
                    best_epoch=state.best_epoch, epochs=cfg.epochs, train_seconds=round(state.seconds, 1),
+                   train_minutes=round(state.seconds / 60, 2), pflop=state.pflop,
+                   gflop_per_image=state.history[-1].get("gflop_per_image") if state.history else None,
+                   precision=cfg.eval_precision, train_precision=precision, machine=machine_description(),
                    checkpoint=str(out / "best.pth"))
     if dist.is_main():
         write_report(metrics, splits.classes, out, "report",
                      f"{metrics['split']} ({cfg.protocol} protocol), best epoch {state.best_epoch}: "
                      f"acc {metrics['accuracy']:.3f}")
     log.info(f"report: {metrics['split']} with best.pth from epoch {state.best_epoch} "
-             f"(selected on {metrics['selected_on']})\n" + format_metrics(metrics, splits.classes))
+             f"(selected on {metrics['selected_on']}), {cfg.eval_precision} evaluation\n"
+             + format_metrics(metrics, splits.classes)
+             + f"\ncost: {state.pflop:.3f} PFLOP of training, {state.seconds / 60:.1f} min wall "
+               f"({precision} training) on {machine_description()}")
     return metrics
