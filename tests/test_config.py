@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from ferkit.cli import build_parser
-from ferkit.config import Config, config_from_args
+from ferkit.config import PRESETS, Config, config_from_args
 from ferkit.errors import FerkitError
-from ferkit.model import resnet18
+from ferkit.model import build_model, resnet18, training_flops
 from ferkit.train import build_optimizer, build_scheduler
 
 
@@ -17,6 +17,8 @@ def test_defaults_are_the_specification():
     assert cfg.label_smoothing == 0.1 and cfg.protocol == "spec" and cfg.schedule_unit == "epoch"
     assert (cfg.flip_p, cfg.jitter_p, cfg.grayscale_p, cfg.rotation, cfg.erasing_p) == (0.5, 0.8, 0.2, 20.0, 0.25)
     assert cfg.mean == (0.485, 0.456, 0.406) and cfg.std == (0.229, 0.224, 0.225)
+    assert (cfg.arch, cfg.width, cfg.lr, cfg.warmup_epochs, cfg.ema_decay) == ("resnet18", 64, 1e-3, 0.0, 0.0)
+    assert Config().updated(PRESETS["spec"]) == cfg
 
 
 def parse(*argv):
@@ -25,7 +27,7 @@ def parse(*argv):
 
 def test_layers_preset_then_file_then_flags(tmp_path):
     assert parse().image_size == 96
-    assert parse("--preset", "quick").image_size == 32
+    assert parse("--preset", "quick").image_size == 48
     f = tmp_path / "c.toml"
     f.write_text('image_size = 64\nepochs = 7\ncrop_scale = [0.5, 1.0]\n')
     cfg = parse("--preset", "quick", "--config", str(f), "--epochs", "3")
@@ -90,3 +92,18 @@ def test_weight_decay_skips_norms_and_biases():
     decayed, plain = optimizer.param_groups
     assert decayed["weight_decay"] == 0.05 and all(p.ndim > 1 for p in decayed["params"])
     assert plain["weight_decay"] == 0.0 and all(p.ndim == 1 for p in plain["params"])
+
+
+@pytest.mark.parametrize("preset, budget", [("quick", 0.5), ("bundled", 2.0)])
+def test_cpu_presets_train_the_stride_2_network_at_48_within_their_compute_budget(preset, budget):
+    cfg = Config().updated(PRESETS[preset])
+    assert (cfg.arch, cfg.image_size, cfg.protocol, cfg.schedule_unit, cfg.data_pipeline) == (
+        "resnet18s2", 48, "clean", "step", "batched")
+    assert cfg.effective_lr() == 2e-3 and cfg.batch_size == 64 and cfg.warmup_epochs > 0
+    # FER2013's 28,709 training images in full batches of 64, every epoch.
+    images = 28709 // cfg.batch_size * cfg.batch_size * cfg.epochs
+    pflop = training_flops(build_model(cfg, 7), cfg.image_size) * images / 1e15
+    assert budget * 0.9 < pflop <= budget
+    # The specification's values stay where the preset says nothing.
+    assert (cfg.label_smoothing, cfg.weight_decay, cfg.crop_scale, cfg.rotation) == (0.1, 0.05, (0.8, 1.0), 20.0)
+

@@ -1,0 +1,142 @@
+"""Accuracy against training compute: train a recipe, record PFLOP, wall time and PublicTest per epoch.
+
+    python benchmarks/time_to_accuracy.py run --name quick -- --preset quick --out runs/tta_quick
+    python benchmarks/time_to_accuracy.py run --name w48 -- --preset bundled --out runs/bundled   # or --resume
+    python benchmarks/time_to_accuracy.py plot                  # every result so far: PrivateTest vs PFLOP
+
+``run`` passes everything after ``--`` to ``ferkit train`` (``--data`` defaults to FER2013 beside the
+repository, ``--protocol clean`` is required), so a recipe is measured exactly as a user runs it. A run
+folder that already holds a finished run (report.json) is not trained again, only measured: runs started
+by hand, or continued with ``--resume`` over several sessions, are recorded the same way. It writes
+``benchmarks/results/time_to_accuracy_NAME.json``: the command, machine, GFLOP per training image, per
+epoch the cumulative PFLOP, wall minutes and PublicTest accuracy (selection split), and once at the end
+PrivateTest (best PublicTest epoch, fp32, no TTA; flip TTA beside).
+
+``plot`` draws ``benchmarks/results/accuracy_vs_compute.png`` from those files: PrivateTest against
+PFLOP, one point per run, and each run's PublicTest curve over its epochs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from common import DEFAULT_DATA  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
+from ferkit.cli import main as ferkit_main
+from ferkit.evaluate import evaluate_checkpoint
+from ferkit.runtime import machine_description
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def out_dir(train_args: list[str]) -> Path:
+    if "--resume" in train_args:
+        return Path(train_args[train_args.index("--resume") + 1])
+    if "--out" not in train_args:
+        sys.exit("time_to_accuracy: give the run folder with --out (or --resume RUN) after --")
+    return Path(train_args[train_args.index("--out") + 1])
+
+
+def run(name: str, train_args: list[str], data_default: str) -> dict:
+    if "--data" not in train_args and "--resume" not in train_args:
+        train_args = [*train_args, "--data", data_default]
+    folder = out_dir(train_args)
+    if not (folder / "report.json").is_file():
+        code = ferkit_main(["train", *train_args])
+        if code:
+            sys.exit(f"time_to_accuracy: ferkit train exited with {code}")
+    report = json.loads((folder / "report.json").read_text())
+    if report["protocol"] != "clean":
+        sys.exit("time_to_accuracy: train with --protocol clean (select on PublicTest, report PrivateTest)")
+    config = json.loads((folder / "config.json").read_text())
+    with open(folder / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    minutes = 0.0
+    epochs = []
+    for row in rows:
+        minutes += float(row["epoch_seconds"]) / 60
+        epochs.append({"epoch": int(row["epoch"]), "pflop": float(row["pflop"]), "wall_minutes": round(minutes, 2),
+                       "public_test": float(row["select_acc"])})
+    flip = evaluate_checkpoint(folder / "best.pth", data=config["data"], split="report", tta="flip", workers=2)
+    result = {
+        "name": name,
+        "command": "ferkit train " + shlex.join(train_args),
+        "machine": report.get("machine") or machine_description(),
+        "train_precision": report.get("train_precision"),
+        "eval_precision": report.get("precision", "fp32"),
+        "config": config,
+        "gflop_per_image": report.get("gflop_per_image"),
+        "pflop": report["pflop"],
+        "wall_minutes": report["train_minutes"],
+        "epochs": epochs,
+        "best_epoch": report["best_epoch"],
+        "public_test_best": max(e["public_test"] for e in epochs),
+        "private_test": report["accuracy"],
+        "private_test_macro_f1": report["macro_f1"],
+        "private_test_flip": flip["accuracy"],
+    }
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"time_to_accuracy_{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{name}: PrivateTest {result['private_test']:.2%} (flip {result['private_test_flip']:.2%}), best PublicTest "
+          f"{result['public_test_best']:.2%} at epoch {result['best_epoch']}, {result['pflop']:.3f} PFLOP, "
+          f"{result['wall_minutes']:.1f} min on {result['machine']}; wrote {path}")
+    return result
+
+
+def plot(output: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("time_to_accuracy_*.json"))]
+    if not results:
+        sys.exit(f"time_to_accuracy: no results in {RESULTS}; run the 'run' subcommand first")
+    fig, (final, curves) = plt.subplots(1, 2, figsize=(13, 5.5))
+    for r in results:
+        cfg = r["config"]
+        label = f"{r['name']}: {cfg['arch']} w{cfg.get('width', 64)} {cfg['image_size']}px, {cfg['epochs']} ep"
+        final.scatter(r["pflop"], 100 * r["private_test"], s=40)
+        final.annotate(label, (r["pflop"], 100 * r["private_test"]), fontsize=7, xytext=(4, 4),
+                       textcoords="offset points")
+        curves.plot([e["pflop"] for e in r["epochs"]], [100 * e["public_test"] for e in r["epochs"]], marker=".",
+                    label=label)
+    for ax, title in ((final, "PrivateTest (best PublicTest epoch, no TTA)"), (curves, "PublicTest by epoch")):
+        ax.set_xscale("log")
+        ax.set_xlabel("training compute (PFLOP, forward + backward)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    curves.legend(fontsize=7)
+    fig.suptitle("FER2013: accuracy against training compute (commands in benchmarks/results/time_to_accuracy_*.json)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(output, dpi=110)
+    print(f"wrote {output} ({len(results)} runs)")
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    train_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="train (unless finished) and record; ferkit train arguments follow --")
+    p.add_argument("--name", required=True, help="result name: benchmarks/results/time_to_accuracy_NAME.json")
+    p.add_argument("--data", default=DEFAULT_DATA, help="FER2013 when the train arguments give no --data")
+    p = sub.add_parser("plot", help="PrivateTest against PFLOP for every recorded run")
+    p.add_argument("--out", type=Path, default=RESULTS / "accuracy_vs_compute.png")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        run(args.name, train_args, args.data)
+    else:
+        plot(args.out)
+
+
+if __name__ == "__main__":
+    main()
