@@ -93,6 +93,7 @@ def plot(output: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("time_to_accuracy_*.json"))]
     if not results:
@@ -108,6 +109,8 @@ def plot(output: Path) -> None:
                     label=label)
     for ax, title in ((final, "PrivateTest (best PublicTest epoch, no TTA)"), (curves, "PublicTest by epoch")):
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("training compute (PFLOP, forward + backward)")
         ax.set_ylabel("accuracy (%)")
         ax.set_title(title)
