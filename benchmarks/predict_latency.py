@@ -47,7 +47,7 @@ def median_ms(fn, repeats: int, warmup: int = 3) -> float:
 
 def spec_size_model(loaded: LoadedModel) -> LoadedModel:
     cfg = loaded.config.updated({"image_size": 96})
-    model = build_model(cfg.arch, len(loaded.classes), cfg.dropout, cfg.hidden).eval()
+    model = build_model(cfg, len(loaded.classes)).eval()
     return LoadedModel(model, cfg, loaded.classes, make_checkpoint(model, cfg, loaded.classes))
 
 

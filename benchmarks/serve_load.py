@@ -40,7 +40,7 @@ def untrained_checkpoint(folder: Path, image_size: int = 48) -> Path:
 
     torch.manual_seed(0)
     cfg = Config().updated({"image_size": image_size})
-    model = build_model(cfg.arch, len(CLASSES), cfg.dropout, cfg.hidden).eval()
+    model = build_model(cfg, len(CLASSES)).eval()
     path = folder / f"untrained_{image_size}.pth"
     atomic_save(make_checkpoint(model, cfg, CLASSES), path)
     return path

@@ -128,7 +128,7 @@ def run_baseline(args: argparse.Namespace, cfg: Config, device: torch.device) ->
     warnings.filterwarnings("ignore", message="This DataLoader will create")
     loader = DataLoader(FerDataset(samples, v1_train_transform(cfg)), batch_size=32, shuffle=True, num_workers=4,
                         pin_memory=device.type == "cuda", drop_last=True)
-    model = build_model(cfg.arch, 7, cfg.dropout, cfg.hidden).to(device).train()
+    model = build_model(cfg, 7).to(device).train()
     step = Step(model, build_optimizer(model, cfg.updated({"batch_size": 32})), cfg, device, "fp32")
 
     def forever() -> Iterator:
@@ -151,7 +151,7 @@ def run_fast(args: argparse.Namespace, cfg: Config, device: torch.device, modifi
     cfg = cfg.updated({"batch_size": batch_size})
     precision = "bf16" if "bf16" in modifiers else resolve_precision("auto", device)
     memory_format = torch.channels_last if "channels_last" in modifiers else torch.contiguous_format
-    model = build_model(cfg.arch, 7, cfg.dropout, cfg.hidden).to(device, memory_format=memory_format).train()
+    model = build_model(cfg, 7).to(device, memory_format=memory_format).train()
     optimizer = build_optimizer(model, cfg)
     if "compile" in modifiers:
         model = torch.compile(model)
