@@ -29,6 +29,7 @@ from PIL import Image
 from common import DEFAULT_DATA  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
 from ferkit.checkpoint import BUNDLED_MODELS, LoadedModel, load_model, make_checkpoint
 from ferkit.export import OnnxRuntimeModel, calibration_images, quantize_int8, to_onnx_bytes
+from ferkit.config import Config
 from ferkit.model import build_model
 from ferkit.predict import Predictor
 from ferkit.runtime import cpu_has_native_bf16, machine_description
@@ -46,7 +47,7 @@ def median_ms(fn, repeats: int, warmup: int = 3) -> float:
 
 
 def spec_size_model(loaded: LoadedModel) -> LoadedModel:
-    cfg = loaded.config.updated({"image_size": 96})
+    cfg = Config()  # the specification's network and 96x96 input
     model = build_model(cfg, len(loaded.classes)).eval()
     return LoadedModel(model, cfg, loaded.classes, make_checkpoint(model, cfg, loaded.classes))
 
