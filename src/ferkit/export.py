@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .atomic import write_atomically
 from .checkpoint import BUNDLED, LoadedModel, check_classes, load_model, model_path
 from .config import Config
 from .data import FerDataset, load_splits
@@ -144,13 +145,7 @@ def export_onnx(checkpoint: str | os.PathLike | None, out: str | os.PathLike | N
     data = to_onnx_bytes(loaded)
     if images is not None:
         data = quantize_int8(data, images)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, out)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise FerkitError(f"cannot write {out}: {e.strerror or e}") from None
+    write_atomically(out, lambda f: f.write(data))
     return out
 
 

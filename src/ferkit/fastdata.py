@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from .checkpoint import atomic_save
+from .atomic import write_atomically
 from .config import Config
 from .data import Sample, load_image
 from .errors import FerkitError
@@ -109,7 +109,8 @@ def decode_once(samples: list[Sample], cache_dir: str | os.PathLike | None = Non
     decoded, bad = _decode(samples, skip_bad)
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save({"version": CACHE_VERSION, "images": decoded.images, "bad": bad}, cache_file)
+        blob = {"version": CACHE_VERSION, "images": decoded.images, "bad": bad}
+        write_atomically(cache_file, lambda f: torch.save(blob, f))
     except (OSError, FerkitError):
         log.warning(f"could not write the decode cache {cache_file}; continuing without it "
                     "(set $FERKIT_CACHE to a writable folder with space)")
