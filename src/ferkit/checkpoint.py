@@ -1,7 +1,9 @@
 """Checkpoints: written atomically (:mod:`ferkit.atomic`), and loads that check what the file is before using it.
 
-A checkpoint holds the model weights together with the config, class names and preprocessing it
-was trained with, so evaluation and prediction never have to be told them again.
+A checkpoint holds the model weights together with the config and class names it was trained with,
+so evaluation and prediction never have to be told them again: the config is the one record of the
+preprocessing (``transforms.build_test_transform`` reads it). Files written before this held a
+``preprocess`` copy of it too, which loads and is ignored.
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ def make_checkpoint(model: nn.Module, cfg: Config, classes: tuple[str, ...], **e
         "arch": cfg.arch,
         "classes": list(classes),
         "config": cfg.to_dict(),
-        "preprocess": {"image_size": cfg.image_size, "mean": list(cfg.mean), "std": list(cfg.std)},
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **extra,
     }
@@ -52,11 +53,11 @@ def make_checkpoint(model: nn.Module, cfg: Config, classes: tuple[str, ...], **e
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 BUNDLED = WEIGHTS / "fer2013_resnet18.safetensors"
 BUNDLED_MODELS = {"fer2013_resnet18": BUNDLED, "fer2013_resnet18.int8": WEIGHTS / "fer2013_resnet18.int8.onnx"}
-_META_KEYS = ("arch", "classes", "config", "preprocess", "metrics", "epoch", "trained_with")
+_META_KEYS = ("arch", "classes", "config", "metrics", "epoch", "trained_with")
 
 
 def save_weights(ckpt: dict[str, Any], path: str | os.PathLike, **info: Any) -> None:
-    """A checkpoint as half-precision safetensors with its config, classes and preprocessing in the header.
+    """A checkpoint as half-precision safetensors with its config, classes and training record in the header.
 
     Half the size of fp32 and loaded without pickle; ``info`` (e.g. the training command) goes in too.
     """

@@ -215,7 +215,7 @@ def _export(args: argparse.Namespace) -> int:
 
         out = Path(args.out) if args.out else output_path(args.checkpoint, ".safetensors")
         save_weights(read_checkpoint(model_path(args.checkpoint)), out)
-        print(f"wrote {out} (fp16 weights; config, classes and preprocessing in the header)")
+        print(f"wrote {out} (fp16 weights; config and classes in the header)")
         return 0
     from .export import OPSET, export_onnx
 

@@ -27,7 +27,7 @@ from .checkpoint import BUNDLED, LoadedModel, check_classes, load_model, model_p
 from .config import Config
 from .data import FerDataset, load_splits
 from .errors import FerkitError
-from .transforms import build_test_transform
+from .transforms import build_test_transform, preprocessing
 
 # Opset 18 is what torch.export-based exporting targets natively; onnxruntime >= 1.14 runs it.
 OPSET = 18
@@ -55,7 +55,7 @@ def to_onnx_bytes(loaded: LoadedModel) -> bytes:
                                     dynamic_shapes=({0: torch.export.Dim("batch")},))
     proto = program.model_proto
     meta = {"ferkit_classes": json.dumps(list(loaded.classes)),
-            "ferkit_preprocess": json.dumps(loaded.checkpoint["preprocess"]),
+            "ferkit_preprocess": json.dumps(preprocessing(loaded.config)),
             "ferkit_config": json.dumps(loaded.config.to_dict()),
             "ferkit_arch": loaded.checkpoint["arch"]}
     for key, value in meta.items():

@@ -32,6 +32,7 @@ from . import __version__
 from .checkpoint import model_path, read_checkpoint
 from .errors import FerkitError
 from .predict import Predictor, upright_rgb
+from .transforms import preprocessing
 
 STATIC = Path(__file__).parent / "static"
 MB = 1024 * 1024
@@ -106,7 +107,7 @@ def describe_model(predictor: Predictor, checkpoint: str | os.PathLike | None = 
         "classes": list(predictor.classes),
         "arch": cfg.arch,
         "config": cfg.to_dict(),
-        "preprocess": {"image_size": cfg.image_size, "mean": list(cfg.mean), "std": list(cfg.std)},
+        "preprocess": preprocessing(cfg),
         "epoch": recorded.get("epoch"),
         "metrics": recorded.get("metrics"),
         "select_split": recorded.get("select_split"),

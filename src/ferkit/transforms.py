@@ -65,3 +65,9 @@ def build_test_transform(cfg: Config) -> v2.Compose:
     return v2.Compose(
         _to_rgb_tensor() + [v2.Resize((cfg.image_size, cfg.image_size), antialias=True)] + _normalize(cfg)
     )
+
+
+def preprocessing(cfg: Config) -> dict:
+    """The test transform's values for readers other than ferkit: runtimes fed an exported ONNX file, and the
+    server's page, which sizes webcam snapshots by them."""
+    return {"image_size": cfg.image_size, "mean": list(cfg.mean), "std": list(cfg.std)}
