@@ -54,11 +54,11 @@ from .atomic import write_atomically
 from .config import Config
 from .data import Sample, load_image
 from .errors import FerkitError
-from .transforms import ToRGB
+from .images import to_rgb
 
 log = logging.getLogger("ferkit")
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: images turned upright by their EXIF orientation, as every reader now decodes them
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 ERASE_SCALE = (0.02, 0.33)  # torchvision RandomErasing defaults, as the specification uses them
 ERASE_RATIO = (0.3, 3.3)
@@ -149,7 +149,7 @@ def _labels(samples: list[Sample], bad: dict[str, str]) -> Tensor:
 
 def _decode_one(sample: Sample) -> np.ndarray | str:
     try:
-        rgb = np.asarray(ToRGB()(load_image(sample)))  # the reference pipeline's colour conversion
+        rgb = np.asarray(to_rgb(load_image(sample)))
     except FerkitError as e:
         return str(e)
     grey = (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()

@@ -12,23 +12,14 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from .config import Config
+from .images import to_rgb
 
 
 class ToRGB:
-    """Any PIL image (L, LA, P, RGBA, CMYK, 16-bit) or array to 3-channel RGB; v2.RGB rejects alpha."""
+    """The pipelines' first step: :func:`ferkit.images.to_rgb`, as a transform that names itself in a pipeline."""
 
-    def __call__(self, image):
-        if isinstance(image, Image.Image):
-            if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                # 16-bit and float greyscale: scale to 8 bits before PIL's mode conversion clips it.
-                pixels = np.asarray(image, dtype=np.float32)
-                span = max(float(pixels.max() - pixels.min()), 1e-6)
-                image = Image.fromarray(((pixels - pixels.min()) / span * 255).astype(np.uint8))
-            return image if image.mode == "RGB" else image.convert("RGB")
-        array = np.asarray(image)
-        if array.ndim == 2:
-            array = np.repeat(array[..., None], 3, axis=2)
-        return Image.fromarray(np.ascontiguousarray(array[..., :3]).astype(np.uint8))
+    def __call__(self, image: Image.Image | np.ndarray) -> Image.Image:
+        return to_rgb(image)
 
     def __repr__(self) -> str:
         return "ToRGB()"
