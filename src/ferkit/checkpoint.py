@@ -53,7 +53,9 @@ def make_checkpoint(model: nn.Module, cfg: Config, classes: tuple[str, ...], **e
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 BUNDLED = WEIGHTS / "fer2013_resnet18.safetensors"
 BUNDLED_MODELS = {"fer2013_resnet18": BUNDLED, "fer2013_resnet18.int8": WEIGHTS / "fer2013_resnet18.int8.onnx"}
-_META_KEYS = ("arch", "classes", "config", "metrics", "epoch", "trained_with")
+# What training records beside the weights that describes them to users (the server's /model shows it).
+TRAINING_RECORD = ("epoch", "metrics", "select_split")
+_META_KEYS = ("arch", "classes", "config", *TRAINING_RECORD, "trained_with")
 
 
 def save_weights(ckpt: dict[str, Any], path: str | os.PathLike, **info: Any) -> None:
