@@ -6,7 +6,7 @@ augmentations image by image in DataLoader workers, every epoch. Here:
 - :func:`decode_once` decodes every sample once into one uint8 tensor ``[N, C, H, W]`` and caches
   it on disk (``$FERKIT_CACHE``, default ``~/.cache/ferkit``), so later runs load it in a second.
   Memory is ``N*C*H*W`` bytes: FER2013's 28,709 training faces at 48x48 are 66 MB.
-- :class:`BatchAugment` applies the specification's training ops (SPEC.md section 1) to a uint8
+- :class:`BatchAugment` applies the recipe's training ops (docs/recipe.md, section 1) to a uint8
   batch with per-sample random parameters, on whatever device the batch is on: the CPU between
   steps, or the GPU when the CPU cannot feed it. No per-sample Python, no host-device
   synchronisation, so it can run ahead of the GPU like any other kernel.

@@ -1,4 +1,4 @@
-"""The specification's train and test pipelines (SPEC.md section 1), built with torchvision v2.
+"""The recipe's train and test pipelines (docs/recipe.md, section 1), built with torchvision v2.
 
 Both start by converting to a 3-channel uint8 tensor, so grayscale FER2013 crops and colour
 photos go through the same ops; the geometric and colour ops run on uint8 (cheaper than float).
