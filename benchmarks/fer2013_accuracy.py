@@ -24,7 +24,7 @@ from common import DEFAULT_DATA  # benchmarks/common.py (scripts run with benchm
 from ferkit.checkpoint import BUNDLED, check_classes, model_path
 from ferkit.data import FerDataset, load_splits
 from ferkit.evaluate import collect_probs, compute_metrics, inference_precision, make_loader
-from ferkit.export import load_for_inference
+from ferkit.inference import load_for_inference
 from ferkit.runtime import machine_description, resolve_device
 from ferkit.transforms import build_test_transform
 
@@ -40,12 +40,13 @@ def main() -> None:
 
     bundled = str(args.run) == "bundled"
     ckpt = BUNDLED if bundled else args.run / "best.pth" if args.run.is_dir() else model_path(args.run)
-    model, cfg, classes, device = load_for_inference(ckpt)
+    loaded = load_for_inference(ckpt)
+    cfg, classes = loaded.config, loaded.classes
     splits = load_splits(args.data, "clean")
     check_classes(ckpt, classes, splits.classes)
-    device = resolve_device(device)
-    precision = inference_precision(model, cfg)
-    model = model.to(device)
+    device = resolve_device(loaded.device)
+    precision = inference_precision(loaded.model, cfg)
+    model = loaded.model.to(device)
     transform = build_test_transform(cfg)
 
     def probs_of(samples, tta):

@@ -28,8 +28,9 @@ from PIL import Image
 
 from common import DEFAULT_DATA  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
 from ferkit.checkpoint import BUNDLED_MODELS, LoadedModel, load_model, make_checkpoint
-from ferkit.export import OnnxRuntimeModel, calibration_images, quantize_int8, to_onnx_bytes
 from ferkit.config import Config
+from ferkit.export import calibration_images, quantize_int8, to_onnx_bytes
+from ferkit.inference import OnnxRuntimeModel
 from ferkit.model import build_model
 from ferkit.predict import Predictor
 from ferkit.runtime import cpu_has_native_bf16, machine_description

@@ -14,7 +14,8 @@ from PIL import Image
 from ferkit.cli import main
 from ferkit.data import CLASSES
 from ferkit.errors import FerkitError
-from ferkit.predict import Predictor, read_image
+from ferkit.images import read_image
+from ferkit.predict import Predictor, predict_source
 
 cv2 = pytest.importorskip("cv2")
 skimage_data = pytest.importorskip("skimage.data")
@@ -80,6 +81,12 @@ def test_batched_prediction_equals_one_by_one(checkpoint, real_data):
     for f, r in zip(files, batched):
         single = predictor.predict(f, detect=False)
         assert r.faces[0].probabilities == pytest.approx(single.faces[0].probabilities, abs=1e-5)
+
+
+def test_a_folder_from_python_as_from_the_command_line(checkpoint, photos, tmp_path):
+    results = predict_source(Predictor.from_checkpoint(checkpoint), photos, annotate=tmp_path / "drawn")
+    assert [(Path(r.source).name, len(r.faces)) for r in results] == [("astronaut.png", 1), ("coffee.jpg", 0)]
+    assert sorted(p.name for p in (tmp_path / "drawn").iterdir()) == ["astronaut.png", "coffee.png"]
 
 
 def test_image_without_a_face_gives_an_empty_result_and_says_so(checkpoint, photos, capsys):
@@ -184,6 +191,9 @@ def test_onnx_export_matches_pytorch_and_runs_alone_on_real_fer2013_images(check
     torch_probs = Predictor.from_checkpoint(checkpoint).classify([Image.open(f) for f in files])
     onnx_predictor = Predictor.from_checkpoint(onnx_path)
     assert onnx_predictor.classes == CLASSES and onnx_predictor.config.image_size == 32
+    # For runtimes other than ferkit, the file states its preprocessing, derived from the config.
+    assert json.loads(onnx_predictor.model.meta["ferkit_preprocess"]) == {
+        "image_size": 32, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     onnx_probs = onnx_predictor.classify([Image.open(f) for f in files])
     assert onnx_probs.shape == (len(files), 7)  # dynamic batch: 70 faces in one call
     assert np.abs(onnx_probs - torch_probs).max() < 1e-4

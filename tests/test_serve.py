@@ -12,15 +12,18 @@ import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import ferkit.checkpoint as checkpoint_mod
 from ferkit.cli import main
 from ferkit.data import CLASSES
 from ferkit.predict import Predictor
+from ferkit.results import Face, Result
 
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
@@ -105,7 +108,7 @@ def astronaut(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(predictor, checkpoint):
-    app = create_app(predictor, describe_model(predictor, checkpoint), max_upload_bytes=MAX_UPLOAD,
+    app = create_app(predictor, describe_model(predictor), max_upload_bytes=MAX_UPLOAD,
                      max_pixels=MAX_PIXELS)
     with LiveServer(app) as live:
         yield live
@@ -224,6 +227,14 @@ def test_openapi_schema_documents_what_the_endpoints_do(client):
     assert "HTTPValidationError" not in schema["components"]["schemas"]  # 422s are Error, as served
     face = schema["components"]["schemas"]["Face"]
     assert set(face["required"]) == {"box", "label", "confidence", "probabilities"}
+
+
+def test_the_api_documents_the_very_face_and_result_types_predict_returns(client):
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    for kind in (Face, Result):
+        properties = schemas[kind.__name__]["properties"]
+        assert list(properties) == [f.name for f in fields(kind)]
+    assert schemas["Face"]["properties"]["box"]["description"] == "[x, y, width, height] in the input image's pixels"
 
 
 class GatedPredictor(Predictor):
@@ -357,6 +368,19 @@ def test_ferkit_serve_command_serves_the_checkpoint(checkpoint, monkeypatch, cap
     with LiveServer(served["app"]) as live:
         assert httpx.get(f"{live.url}/health").json()["max_upload_bytes"] == 2 * 1024 * 1024
         assert httpx.get(f"{live.url}/model").json()["epoch"] == 3
+
+
+def test_ferkit_serve_reads_the_checkpoint_once(checkpoint, monkeypatch):
+    reads = []
+    real_read = checkpoint_mod.read_checkpoint
+    monkeypatch.setattr(checkpoint_mod, "read_checkpoint", lambda path: reads.append(path) or real_read(path))
+    served = {}
+    monkeypatch.setattr("ferkit.serve.uvicorn.run", lambda app, **where: served.update(app=app))
+    assert main(["serve", "--checkpoint", str(checkpoint)]) == 0
+    assert reads == [checkpoint]
+    with LiveServer(served["app"]) as live:
+        model = httpx.get(f"{live.url}/model").json()
+    assert (model["checkpoint"], model["epoch"], model["select_split"]) == ("best.pth", 3, "PublicTest")
 
 
 def test_ferkit_serve_without_a_checkpoint_serves_the_bundled_model(checkpoint, monkeypatch):

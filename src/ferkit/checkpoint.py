@@ -1,7 +1,9 @@
-"""Checkpoints: atomic writes, and loads that check what the file is before using it.
+"""Checkpoints: written atomically (:mod:`ferkit.atomic`), and loads that check what the file is before using it.
 
-A checkpoint holds the model weights together with the config, class names and preprocessing it
-was trained with, so evaluation and prediction never have to be told them again.
+A checkpoint holds the model weights together with the config and class names it was trained with,
+so evaluation and prediction never have to be told them again: the config is the one record of the
+preprocessing (``transforms.build_test_transform`` reads it). Files written before this held a
+``preprocess`` copy of it too, which loads and is ignored.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .atomic import write_atomically
 from .config import Config
 from .errors import FerkitError
 from .model import build_model
@@ -27,27 +29,11 @@ VERSION = 1
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over the target.
-
-    A crash at any moment leaves either the old file or the new one, never a half-written one.
-    """
+    """``torch.save`` through the atomic writer: a crash or a full disk leaves the earlier file in place."""
     path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise FerkitError(f"cannot write {path}: {e.strerror}; check the run folder's permissions and space") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise FerkitError(f"cannot write {path}: {e.strerror or e}; earlier checkpoints in {path.parent} "
-                              "are intact; free disk space, then --resume") from None
-        raise
+    write_atomically(path, lambda f: torch.save(obj, f),
+                     advice=f"earlier checkpoints in {path.parent} are intact; free disk space (or fix the "
+                            "folder's permissions), then --resume")
 
 
 def make_checkpoint(model: nn.Module, cfg: Config, classes: tuple[str, ...], **extra: Any) -> dict[str, Any]:
@@ -57,7 +43,6 @@ def make_checkpoint(model: nn.Module, cfg: Config, classes: tuple[str, ...], **e
         "arch": cfg.arch,
         "classes": list(classes),
         "config": cfg.to_dict(),
-        "preprocess": {"image_size": cfg.image_size, "mean": list(cfg.mean), "std": list(cfg.std)},
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **extra,
     }
@@ -68,26 +53,22 @@ def make_checkpoint(model: nn.Module, cfg: Config, classes: tuple[str, ...], **e
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 BUNDLED = WEIGHTS / "fer2013_resnet18.safetensors"
 BUNDLED_MODELS = {"fer2013_resnet18": BUNDLED, "fer2013_resnet18.int8": WEIGHTS / "fer2013_resnet18.int8.onnx"}
-_META_KEYS = ("arch", "classes", "config", "preprocess", "metrics", "epoch", "trained_with")
+# What training records beside the weights that describes them to users (the server's /model shows it).
+TRAINING_RECORD = ("epoch", "metrics", "select_split")
+_META_KEYS = ("arch", "classes", "config", *TRAINING_RECORD, "trained_with")
 
 
 def save_weights(ckpt: dict[str, Any], path: str | os.PathLike, **info: Any) -> None:
-    """A checkpoint as half-precision safetensors with its config, classes and preprocessing in the header.
+    """A checkpoint as half-precision safetensors with its config, classes and training record in the header.
 
     Half the size of fp32 and loaded without pickle; ``info`` (e.g. the training command) goes in too.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in ckpt["model"].items()}
     meta = {k: json.dumps(v) for k, v in {**ckpt, **info}.items() if k in _META_KEYS or k in info}
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT, **meta})
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise FerkitError(f"cannot write {path}: {e.strerror or e}") from None
+    data = save(tensors, metadata={"format": FORMAT, **meta})
+    write_atomically(path, lambda f: f.write(data))
 
 
 def model_path(path: str | os.PathLike | None) -> Path:

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 from pathlib import Path
-
-from PIL import Image
 
 from .checkpoint import BUNDLED_MODELS
 from .config import Config, add_config_arguments, config_from_args
@@ -95,115 +92,18 @@ def _data_check(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .predict import IMAGE_SUFFIXES, Predictor, is_video, list_images
+    from .predict import Predictor, predict_source
+    from .results import format_table, write_results
 
     predictor = Predictor.from_checkpoint(args.checkpoint, backend=args.backend, device=args.device, tta=args.tta,
                                           margin=args.margin, batch_size=args.batch_size)
-    detect = not args.no_detect
-    if args.camera is not None:
-        return _predict_video(predictor, args.camera, args, detect)
-    path = Path(args.input) if args.input else None
-    if path is None:
-        raise FerkitError("give an image, folder or video to predict on, or --camera N")
-    if path.is_file() and is_video(path):
-        return _predict_video(predictor, str(path), args, detect)
-    if path.is_dir():
-        files = list_images(path)
-        if not files:
-            raise FerkitError(f"{path} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    elif path.exists():
-        files = [path]
-    else:
-        raise FerkitError(f"{path} does not exist")
-    results = []
-    for start in range(0, len(files), args.batch_size):
-        chunk = files[start:start + args.batch_size]
-        # Decoded once, for prediction and drawing alike; unreadable files go in as paths, so the predictor
-        # reports them in its results like any other error.
-        images = [_decoded_or_path(f) for f in chunk] if args.annotate else chunk
-        batch = predictor.predict_batch(images, detect, names=[str(f) for f in chunk])
-        if args.annotate:
-            _annotate_images(batch, images, path, Path(args.annotate))
-        results.extend(batch)
-    _emit(results, predictor.classes, args)
-    failed = [r for r in results if r.error]
-    if "-" in (args.json, args.csv):  # the table, which lists errors, went unprinted
-        for r in failed:
-            print(f"ferkit: warning: {r.error}", file=sys.stderr)
-    return 1 if failed else 0
-
-
-def _emit(results: list, classes: tuple[str, ...], args: argparse.Namespace) -> None:
-    from .predict import format_table, results_json, write_csv
-
-    if args.json:
-        _write_text(args.json, results_json(results, classes) + "\n")
-    if args.csv:
-        buffer = io.StringIO()
-        write_csv(results, classes, buffer)
-        _write_text(args.csv, buffer.getvalue())
-    if "-" not in (args.json, args.csv):
-        print(format_table(results))
-
-
-def _write_text(target: str, text: str) -> None:
-    if target == "-":
-        sys.stdout.write(text)
-    else:
-        Path(target).write_text(text)
-
-
-def _decoded_or_path(path: Path):
-    from .predict import read_image
-
-    try:
-        return read_image(path)
-    except FerkitError:
-        return path
-
-
-def _annotate_images(results: list, images: list, root: Path, out: Path) -> None:
-    """Each readable image with its faces drawn, as ``out`` (one input file) or a PNG mirror of the input folder."""
-    from .predict import annotate
-
-    single = root.is_file()
-    for r, rgb in zip(results, images):
-        if r.error:
-            continue
-        target = out if single else out / Path(r.source).relative_to(root).with_suffix(".png")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(annotate(rgb, r.faces)).save(target)
-
-
-def _predict_video(predictor, source: str | int, args: argparse.Namespace, detect: bool) -> int:
-    from .plots import plot_timeline
-    from .predict import VideoWriter, annotate, format_table, read_video, video_fps
-
-    writer = None
-    if args.annotate:
-        fps = video_fps(source) if isinstance(source, str) else 25.0
-        writer = VideoWriter(Path(args.annotate), fps / args.every)
-    name = source if isinstance(source, str) else f"camera {source}"
-    results = []
-    try:
-        for result, rgb in predictor.predict_frames(read_video(source, args.every), detect, name):
-            results.append(result)
-            if writer:
-                writer.write(annotate(rgb, result.faces))
-            if isinstance(source, int) and not args.json and not args.csv:
-                print(format_table([result]), flush=True)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if writer:
-            writer.close()
-    if not results:
-        raise FerkitError(f"no frames could be read from {name}")
-    if args.plot:
-        plot_timeline(results, predictor.classes, Path(args.plot))
-    if isinstance(source, str) or args.json or args.csv:
-        _emit(results, predictor.classes, args)
-    return 0
+    live = args.camera is not None and not (args.json or args.csv)  # a camera's frames are printed as they come
+    results = predict_source(predictor, args.input, args.camera, detect=not args.no_detect, every=args.every,
+                             annotate=args.annotate, plot=args.plot,
+                             on_frame=(lambda r: print(format_table([r]), flush=True)) if live else None)
+    if not live:
+        write_results(results, predictor.classes, args.json, args.csv)
+    return 1 if any(r.error for r in results) else 0
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -215,7 +115,7 @@ def _export(args: argparse.Namespace) -> int:
 
         out = Path(args.out) if args.out else output_path(args.checkpoint, ".safetensors")
         save_weights(read_checkpoint(model_path(args.checkpoint)), out)
-        print(f"wrote {out} (fp16 weights; config, classes and preprocessing in the header)")
+        print(f"wrote {out} (fp16 weights; config and classes in the header)")
         return 0
     from .export import OPSET, export_onnx
 

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Callable, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
 from .errors import FerkitError
+from .images import DECODE_ERRORS, is_image_file, open_image
 
 CLASSES: tuple[str, ...] = ("Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise")
 
@@ -37,7 +38,6 @@ _ALIASES = {
     "Surprise": ("surprise", "surprised", "suprise"),
 }
 ALIASES: dict[str, str] = {alias: cls for cls, names in _ALIASES.items() for alias in names}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 VAL_DIRS = ("val", "valid", "validation")
 WHERE_TO_GET = (
     "get FER2013 from Kaggle (msambare/fer2013 image folders, or the challenge's fer2013.csv) and pass "
@@ -70,14 +70,12 @@ def canonical_class(name: str) -> str | None:
 
 
 def load_image(sample: Sample) -> Image.Image:
-    """Decode one sample fully (so truncated files fail here, with the file named)."""
+    """Decode one sample fully (so truncated files fail here, with the file named), upright as viewers show it."""
     if isinstance(sample.source, np.ndarray):
         return Image.fromarray(sample.source)
     try:
-        with Image.open(sample.source) as im:
-            im.load()
-            return im.copy()
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        return open_image(sample.source)
+    except DECODE_ERRORS as e:
         raise FerkitError(
             f"cannot read image {sample.name}: {e}; delete or replace it (`ferkit data check` lists every bad file)"
         ) from None
@@ -147,7 +145,7 @@ def _class_dirs(split_dir: Path) -> dict[str, Path]:
 
 def _folder_split(split_dir: Path) -> dict[str, list[Path]]:
     return {
-        cls: sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        cls: sorted(p for p in d.iterdir() if is_image_file(p))
         for cls, d in _class_dirs(split_dir).items()
     }
 

@@ -15,10 +15,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as TF
 
-from .checkpoint import check_classes, model_path
+from .checkpoint import check_classes
 from .config import Config
 from .data import FerDataset, load_splits
-from .export import load_for_inference
+from .inference import load_for_inference
 from .plots import plot_confusion
 from .runtime import autocast, resolve_device
 from .transforms import build_test_transform
@@ -120,18 +120,18 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike | None = None, data: str |
     ``checkpoint`` is a ``.pth``, ``.safetensors`` or ``.onnx`` (fp32 or int8) file; ``None`` evaluates
     the model bundled with ferkit. ``precision`` (fp32 or bf16) defaults to the checkpoint's evaluation precision.
     """
-    model, cfg, classes, device = load_for_inference(checkpoint, device=device)
-    checkpoint = model_path(checkpoint)
+    loaded = load_for_inference(checkpoint, device=device)
+    cfg, classes = loaded.config, loaded.classes
     splits = load_splits(data if data is not None else cfg.data, protocol or cfg.protocol, limit_per_class)
-    check_classes(checkpoint, classes, splits.classes)
-    dev = resolve_device(device)
-    precision = inference_precision(model, cfg, precision)
-    model = model.to(dev)
+    check_classes(loaded.source, classes, splits.classes)
+    dev = resolve_device(loaded.device)
+    precision = inference_precision(loaded.model, cfg, precision)
+    model = loaded.model.to(dev)
     dataset = FerDataset(getattr(splits, split), build_test_transform(cfg))
     probs, labels = collect_probs(model, make_loader(dataset, batch_size, workers, dev), dev, precision, tta)
     metrics = compute_metrics(labels, probs, classes)
     metrics.update(split=splits.names.get(split, split), protocol=splits.protocol, tta=tta,
-                   checkpoint=str(checkpoint), precision=precision)
+                   checkpoint=str(loaded.source), precision=precision)
     if out_dir is not None:
         stem = f"eval_{metrics['split']}" + ("" if tta == "none" else f"_{tta}")
         write_report(metrics, classes, Path(out_dir), stem,

@@ -1,5 +1,4 @@
-"""ONNX export of a checkpoint (fp32 or int8), and an onnxruntime-backed module that stands in for
-the PyTorch model.
+"""ONNX export of a checkpoint (fp32 or int8); :mod:`ferkit.inference` runs the exported files.
 
 The exported file carries the class names, preprocessing and training config as ONNX metadata, so
 ``ferkit predict --checkpoint model.onnx`` needs nothing else. The batch dimension is dynamic.
@@ -20,17 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor, nn
 
+from .atomic import write_atomically
 from .checkpoint import BUNDLED, LoadedModel, check_classes, load_model, model_path
-from .config import Config
 from .data import FerDataset, load_splits
 from .errors import FerkitError
-from .transforms import build_test_transform
+from .transforms import build_test_transform, preprocessing
 
 # Opset 18 is what torch.export-based exporting targets natively; onnxruntime >= 1.14 runs it.
 OPSET = 18
-BACKENDS = ("auto", "torch", "onnxruntime")
 
 
 def _onnx_modules():
@@ -54,7 +51,7 @@ def to_onnx_bytes(loaded: LoadedModel) -> bytes:
                                     dynamic_shapes=({0: torch.export.Dim("batch")},))
     proto = program.model_proto
     meta = {"ferkit_classes": json.dumps(list(loaded.classes)),
-            "ferkit_preprocess": json.dumps(loaded.checkpoint["preprocess"]),
+            "ferkit_preprocess": json.dumps(preprocessing(loaded.config)),
             "ferkit_config": json.dumps(loaded.config.to_dict()),
             "ferkit_arch": loaded.checkpoint["arch"]}
     for key, value in meta.items():
@@ -144,80 +141,5 @@ def export_onnx(checkpoint: str | os.PathLike | None, out: str | os.PathLike | N
     data = to_onnx_bytes(loaded)
     if images is not None:
         data = quantize_int8(data, images)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, out)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise FerkitError(f"cannot write {out}: {e.strerror or e}") from None
+    write_atomically(out, lambda f: f.write(data))
     return out
-
-
-class OnnxRuntimeModel(nn.Module):
-    """Runs an exported graph with onnxruntime behind the ``nn.Module`` call interface.
-
-    Evaluation and prediction then treat both back ends alike (TTA, batching, metrics).
-    """
-
-    def __init__(self, model: bytes | str | os.PathLike, threads: int = 0) -> None:
-        super().__init__()
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise FerkitError("--backend onnxruntime needs onnxruntime: pip install 'ferkit[onnx]'") from None
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        # onnxruntime's threads otherwise spin after each run and take the cores from the face detector
-        # that runs next: photo end to end went from 51 to 76 ms on 2 cores with spinning on.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        source = model if isinstance(model, bytes) else str(model)
-        try:
-            self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own untyped errors for unreadable graphs
-            raise FerkitError(f"cannot load ONNX model {model if not isinstance(model, bytes) else ''}: "
-                              f"{str(e).splitlines()[0]}; export it again with `ferkit export`") from None
-        self.meta = self.session.get_modelmeta().custom_metadata_map
-        self.precision = "int8" if "ferkit_quantization" in self.meta else "fp32"
-        self._input = self.session.get_inputs()[0].name
-
-    def forward(self, x: Tensor) -> Tensor:
-        array = np.ascontiguousarray(x.detach().cpu().float().numpy())
-        return torch.from_numpy(self.session.run(None, {self._input: array})[0])
-
-
-def load_for_inference(path: str | os.PathLike | None, backend: str = "auto", device: str = "auto"
-                       ) -> tuple[nn.Module, Config, tuple[str, ...], str]:
-    """Model, config, classes and device for any model file ferkit writes, or a bundled model's name
-    (``None``: the default bundled model).
-
-    ``backend``: ``auto`` runs ``.onnx`` files with onnxruntime and checkpoints with PyTorch;
-    ``onnxruntime`` exports PyTorch checkpoints in memory first. onnxruntime runs on the CPU here.
-    """
-    if backend not in BACKENDS:
-        raise FerkitError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    path = model_path(path)
-    is_onnx = path.suffix.lower() == ".onnx"
-    if is_onnx and backend == "torch":
-        raise FerkitError(f"{path} is an ONNX model; use --backend onnxruntime or a .pth checkpoint")
-    onnxruntime = is_onnx or backend == "onnxruntime"
-    if onnxruntime and device == "cuda":
-        raise FerkitError("the onnxruntime back end runs on the CPU; drop --device cuda or use --backend torch "
-                          "with a .pth checkpoint")
-    if is_onnx:
-        return (*load_onnx(path), "cpu")
-    loaded = load_model(path)
-    if onnxruntime:
-        return OnnxRuntimeModel(to_onnx_bytes(loaded)), loaded.config, loaded.classes, "cpu"
-    return loaded.model, loaded.config, loaded.classes, device
-
-
-def load_onnx(path: str | os.PathLike) -> tuple[OnnxRuntimeModel, Config, tuple[str, ...]]:
-    """An exported model with the config and classes stored in its metadata."""
-    if not Path(path).is_file():
-        raise FerkitError(f"ONNX model {path} does not exist; write one with `ferkit export CKPT --format onnx`")
-    model = OnnxRuntimeModel(path)
-    if "ferkit_classes" not in model.meta:
-        raise FerkitError(f"{path} has no ferkit metadata (class names, preprocessing); "
-                          "export it with `ferkit export`")
-    return model, Config.from_dict(json.loads(model.meta["ferkit_config"])), tuple(json.loads(model.meta["ferkit_classes"]))

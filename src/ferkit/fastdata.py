@@ -6,7 +6,7 @@ augmentations image by image in DataLoader workers, every epoch. Here:
 - :func:`decode_once` decodes every sample once into one uint8 tensor ``[N, C, H, W]`` and caches
   it on disk (``$FERKIT_CACHE``, default ``~/.cache/ferkit``), so later runs load it in a second.
   Memory is ``N*C*H*W`` bytes: FER2013's 28,709 training faces at 48x48 are 66 MB.
-- :class:`BatchAugment` applies the specification's training ops (SPEC.md section 1) to a uint8
+- :class:`BatchAugment` applies the recipe's training ops (docs/recipe.md, section 1) to a uint8
   batch with per-sample random parameters, on whatever device the batch is on: the CPU between
   steps, or the GPU when the CPU cannot feed it. No per-sample Python, no host-device
   synchronisation, so it can run ahead of the GPU like any other kernel.
@@ -50,15 +50,15 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from .checkpoint import atomic_save
+from .atomic import write_atomically
 from .config import Config
 from .data import Sample, load_image
 from .errors import FerkitError
-from .transforms import ToRGB
+from .images import to_rgb
 
 log = logging.getLogger("ferkit")
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: images turned upright by their EXIF orientation, as every reader now decodes them
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 ERASE_SCALE = (0.02, 0.33)  # torchvision RandomErasing defaults, as the specification uses them
 ERASE_RATIO = (0.3, 3.3)
@@ -109,7 +109,8 @@ def decode_once(samples: list[Sample], cache_dir: str | os.PathLike | None = Non
     decoded, bad = _decode(samples, skip_bad)
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save({"version": CACHE_VERSION, "images": decoded.images, "bad": bad}, cache_file)
+        blob = {"version": CACHE_VERSION, "images": decoded.images, "bad": bad}
+        write_atomically(cache_file, lambda f: torch.save(blob, f))
     except (OSError, FerkitError):
         log.warning(f"could not write the decode cache {cache_file}; continuing without it "
                     "(set $FERKIT_CACHE to a writable folder with space)")
@@ -148,7 +149,7 @@ def _labels(samples: list[Sample], bad: dict[str, str]) -> Tensor:
 
 def _decode_one(sample: Sample) -> np.ndarray | str:
     try:
-        rgb = np.asarray(ToRGB()(load_image(sample)))  # the reference pipeline's colour conversion
+        rgb = np.asarray(to_rgb(load_image(sample)))
     except FerkitError as e:
         return str(e)
     grey = (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()

@@ -1,4 +1,4 @@
-"""PNG figures: training curves and confusion matrices (matplotlib, no display needed)."""
+"""PNG figures: training curves, confusion matrices and video timelines (matplotlib, no display needed)."""
 
 from __future__ import annotations
 
@@ -10,23 +10,36 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+EPOCH_POINTS = {"marker": "o", "markersize": 4}  # each epoch a visible point, even when it is the only one
 
 
-def plot_curves(history: Sequence[dict], path: Path) -> None:
+def plot_curves(history: Sequence[dict], path: Path) -> Figure:
+    """Loss, accuracy and learning rate per epoch, as a PNG; returns the (closed) figure.
+
+    Every epoch is a marker, so a one-epoch run shows its points, and the epoch axis has whole-number ticks.
+    """
     epochs = [row["epoch"] for row in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [r["train_loss"] for r in history], label="train")
-    ax_loss.plot(epochs, [r["select_loss"] for r in history], label="selection split")
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
-    ax_acc.plot(epochs, [r["train_acc"] for r in history], label="train")
-    ax_acc.plot(epochs, [r["select_acc"] for r in history], label="selection split")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
+    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, key, title in ((ax_loss, "loss", "Loss"), (ax_acc, "acc", "Accuracy")):
+        ax.plot(epochs, [r[f"train_{key}"] for r in history], **EPOCH_POINTS, label="train")
+        ax.plot(epochs, [r[f"select_{key}"] for r in history], **EPOCH_POINTS, label="selection split")
+        ax.set(ylabel=title.lower(), title=title)
         ax.legend()
+    ax_lr.plot(epochs, [r["lr"] for r in history], **EPOCH_POINTS, color="tab:green")
+    # Log scale: the cosine's tail (down to 1e-6) would otherwise look like zero.
+    ax_lr.set(ylabel="learning rate at the epoch's end", title="Learning rate", yscale="log")
+    for ax in (ax_loss, ax_acc, ax_lr):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return fig
 
 
 def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: Path, title: str = "") -> None:

@@ -2,88 +2,31 @@
 
 Each image goes through face detection (or is taken as one face crop with ``detect=False``), each
 face is cropped with a margin, preprocessed exactly as the checkpoint's test transform, and all
-faces are classified in batches by a PyTorch or onnxruntime model.
+faces are classified in batches by a PyTorch or onnxruntime model (:mod:`ferkit.inference`).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from torch import nn
 
 from .config import Config
 from .errors import FerkitError
 from .evaluate import predict_probs
-from .export import load_for_inference
-from .faces import Box, FaceDetector, require_cv2
+from .faces import Box, FaceDetector
+from .images import IMAGE_SUFFIXES, ImageInput, list_images, read_image
+from .inference import load_for_inference
+from .plots import plot_timeline
+from .results import Face, Result, draw_faces
 from .runtime import resolve_device
 from .transforms import build_test_transform
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
-
-
-@dataclass
-class Face:
-    box: list[int]  # x, y, width, height in the input image's pixels
-    label: str
-    confidence: float
-    probabilities: dict[str, float]
-
-
-@dataclass
-class Result:
-    source: str
-    width: int = 0
-    height: int = 0
-    faces: list[Face] = field(default_factory=list)
-    error: str | None = None
-    frame: int | None = None
-    time_s: float | None = None
-
-    def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None or k == "error"}
-
-
-ImageInput = str | os.PathLike | Image.Image | np.ndarray
-
-
-def upright_rgb(image: Image.Image) -> np.ndarray:
-    """RGB pixels the way viewers show the file: phone photos store them sideways plus an EXIF
-    rotation, and the detector finds upright faces (boxes then match what users see)."""
-    return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-
-
-def read_image(source: ImageInput) -> np.ndarray:
-    """An RGB uint8 array from a path, a PIL image or an array (grey, RGB or RGBA)."""
-    if isinstance(source, np.ndarray):
-        array = source
-    elif isinstance(source, Image.Image):
-        array = np.asarray(source.convert("RGB"))
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise FerkitError(f"{path} does not exist or is not a file")
-        try:
-            with Image.open(path) as image:
-                array = upright_rgb(image)
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-            reason = "not an image PIL can decode" if isinstance(e, UnidentifiedImageError) else str(e)
-            raise FerkitError(f"cannot read {path}: {reason}; pass a JPEG, PNG, BMP, GIF, TIFF or WebP image") from None
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=2)
-    if array.ndim != 3 or array.shape[2] not in (3, 4) or array.size == 0:
-        raise FerkitError(f"expected an HxW, HxWx3 or HxWx4 image array, got shape {array.shape}")
-    return np.ascontiguousarray(array[..., :3].astype(np.uint8, copy=False))
+from .video import VideoWriter, is_video, read_video, video_fps
 
 
 class Predictor:
@@ -96,7 +39,8 @@ class Predictor:
 
     def __init__(self, model: nn.Module, config: Config, classes: Sequence[str], device: str = "auto",
                  tta: str = "none", detector: FaceDetector | None = None, margin: float = 0.1,
-                 batch_size: int = 64, precision: str = "fp32") -> None:
+                 batch_size: int = 64, precision: str = "fp32", source: Path | None = None,
+                 record: dict | None = None) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.config, self.classes = config, tuple(classes)
@@ -105,6 +49,8 @@ class Predictor:
         self.precision = precision
         self.tta, self.margin, self.batch_size = tta, margin, batch_size
         self._detector = detector
+        # Where the model came from and what training recorded with it, for whoever describes it (the server).
+        self.source, self.record = source, record or {}
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None = None, backend: str = "auto", **kw) -> "Predictor":
@@ -113,8 +59,9 @@ class Predictor:
 
         ``backend="onnxruntime"`` with PyTorch weights exports them in memory first.
         """
-        model, config, classes, device = load_for_inference(path, backend, kw.pop("device", "auto"))
-        return cls(model, config, classes, device=device, **kw)
+        loaded = load_for_inference(path, backend, kw.pop("device", "auto"))
+        return cls(loaded.model, loaded.config, loaded.classes, device=loaded.device, source=loaded.source,
+                   record=loaded.record, **kw)
 
     @classmethod
     def default(cls, **kw) -> "Predictor":
@@ -189,113 +136,97 @@ class Predictor:
             yield result, rgb
 
 
-def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def predict_source(predictor: Predictor, source: str | os.PathLike | None = None, camera: int | None = None, *,
+                   detect: bool = True, every: int = 1, annotate: str | os.PathLike | None = None,
+                   plot: str | os.PathLike | None = None,
+                   on_frame: Callable[[Result], None] | None = None) -> list[Result]:
+    """Results for an image file, a folder of images, a video file, or camera number ``camera`` (until Ctrl-C).
+
+    ``annotate`` draws the boxes and labels: to an image file for one image, a folder mirroring a folder
+    (as PNG), a video file for a video. Video only: ``every`` takes every N-th frame, ``plot`` draws the
+    largest face's probabilities over time, and ``on_frame`` is called with each frame's result as it comes.
+    """
+    if camera is not None:
+        return predict_video(predictor, camera, detect, every, annotate, plot, on_frame)
+    if source is None:
+        raise FerkitError("give an image, folder or video to predict on, or --camera N")
+    path = Path(source)
+    if path.is_file() and is_video(path):
+        return predict_video(predictor, str(path), detect, every, annotate, plot, on_frame)
+    return predict_images(predictor, path, detect, annotate)
 
 
-def is_video(path: Path) -> bool:
-    return path.suffix.lower() in VIDEO_SUFFIXES
+def image_files(path: Path) -> list[Path]:
+    """``path`` itself, or the images in a folder (any depth)."""
+    if path.is_dir():
+        files = list_images(path)
+        if not files:
+            raise FerkitError(f"{path} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        return files
+    if not path.exists():
+        raise FerkitError(f"{path} does not exist")
+    return [path]
 
 
-def read_video(source: str | int, every: int = 1) -> Iterator[tuple[int, float, np.ndarray]]:
-    """(frame index, seconds, RGB frame) for every ``every``-th frame of a file or camera."""
-    cv2 = require_cv2()
-    capture = cv2.VideoCapture(source)
-    if not capture.isOpened():
-        what = f"camera {source}" if isinstance(source, int) else f"video {source}"
-        raise FerkitError(f"cannot open {what}; check that it exists and that OpenCV can decode it")
-    fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
-    index = 0
+def predict_images(predictor: Predictor, path: Path, detect: bool = True,
+                   annotate: str | os.PathLike | None = None) -> list[Result]:
+    """One result per image of ``path`` (a file or a folder), read and classified a batch at a time."""
+    files = image_files(path)
+    results = []
+    for start in range(0, len(files), predictor.batch_size):
+        chunk = files[start:start + predictor.batch_size]
+        # Decoded once, for prediction and drawing alike; unreadable files go in as paths, so the predictor
+        # reports them in its results like any other error.
+        images = [_decoded_or_path(f) for f in chunk] if annotate else chunk
+        batch = predictor.predict_batch(images, detect, names=[str(f) for f in chunk])
+        if annotate:
+            _draw_images(batch, images, path, Path(annotate))
+        results.extend(batch)
+    return results
+
+
+def _decoded_or_path(path: Path) -> np.ndarray | Path:
     try:
-        while True:
-            ok, bgr = capture.read()
-            if not ok:
-                break
-            if index % every == 0:
-                time_s = index / fps if fps > 0 else capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
-                yield index, time_s, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            index += 1
-    finally:
-        capture.release()
+        return read_image(path)
+    except FerkitError:
+        return path
 
 
-def video_fps(path: str) -> float:
-    cv2 = require_cv2()
-    capture = cv2.VideoCapture(path)
-    fps = capture.get(cv2.CAP_PROP_FPS)
-    capture.release()
-    return fps if fps and fps > 0 else 25.0
-
-
-def annotate(rgb: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
-    """A copy of the image with each face's box and "label confidence" drawn on it."""
-    cv2 = require_cv2()
-    out = rgb.copy()
-    thickness = max(2, round(max(rgb.shape[:2]) / 400))
-    for face in faces:
-        x, y, w, h = face.box
-        cv2.rectangle(out, (x, y), (x + w, y + h), (0, 220, 0), thickness)
-        text = f"{face.label} {face.confidence:.0%}"
-        scale = max(0.4, w / 200)
-        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-        top = max(y - th - base - 4, 0)
-        cv2.rectangle(out, (x, top), (x + tw + 4, top + th + base + 4), (0, 220, 0), -1)
-        cv2.putText(out, text, (x + 2, top + th + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
-    return out
-
-
-class VideoWriter:
-    """Annotated frames to a video file (mp4v for .mp4/.mov, MJPG otherwise)."""
-
-    def __init__(self, path: Path, fps: float) -> None:
-        self.path, self.fps, self._writer = path, fps, None
-
-    def write(self, rgb: np.ndarray) -> None:
-        cv2 = require_cv2()
-        if self._writer is None:
-            codec = "mp4v" if self.path.suffix.lower() in (".mp4", ".mov", ".m4v") else "MJPG"
-            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*codec), self.fps,
-                                           (rgb.shape[1], rgb.shape[0]))
-            if not self._writer.isOpened():
-                raise FerkitError(f"cannot write video {self.path}; use a .mp4 or .avi file name")
-        self._writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
-
-
-def csv_rows(results: Iterable[Result], classes: Sequence[str]) -> Iterator[list]:
-    """One row per face (or one row with empty fields for an image without faces or with an error)."""
-    yield ["source", "frame", "time_s", "face", "x", "y", "width", "height", "label", "confidence",
-           *[f"p_{c}" for c in classes], "error"]
-    for r in results:
-        head = [r.source, "" if r.frame is None else r.frame, "" if r.time_s is None else r.time_s]
-        if not r.faces:
-            yield head + [""] * (7 + len(classes)) + [r.error or "no face found"]
-        for i, f in enumerate(r.faces):
-            yield head + [i, *f.box, f.label, round(f.confidence, 6),
-                          *[round(f.probabilities[c], 6) for c in classes], ""]
-
-
-def write_csv(results: Iterable[Result], classes: Sequence[str], out: io.TextIOBase) -> None:
-    csv.writer(out).writerows(csv_rows(results, classes))
-
-
-def format_table(results: Iterable[Result]) -> str:
-    lines = []
-    for r in results:
-        where = r.source + (f" frame {r.frame} ({r.time_s:.2f}s)" if r.frame is not None else "")
+def _draw_images(results: list[Result], images: list, root: Path, out: Path) -> None:
+    """Each readable image with its faces drawn, as ``out`` (one input file) or a PNG mirror of the input folder."""
+    single = root.is_file()
+    for r, rgb in zip(results, images):
         if r.error:
-            lines.append(f"{where}: error: {r.error}")
-        elif not r.faces:
-            lines.append(f"{where}: no face found")
-        for i, f in enumerate(r.faces):
-            top = sorted(f.probabilities.items(), key=lambda kv: kv[1], reverse=True)[1:3]
-            others = ", ".join(f"{c} {p:.0%}" for c, p in top)
-            lines.append(f"{where}: face {i} at {tuple(f.box)}: {f.label} {f.confidence:.1%} (then {others})")
-    return "\n".join(lines)
+            continue
+        target = out if single else out / Path(r.source).relative_to(root).with_suffix(".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(draw_faces(rgb, r.faces)).save(target)
 
 
-def results_json(results: Sequence[Result], classes: Sequence[str]) -> str:
-    return json.dumps({"classes": list(classes), "results": [r.to_dict() for r in results]}, indent=2)
+def predict_video(predictor: Predictor, source: str | int, detect: bool = True, every: int = 1,
+                  annotate: str | os.PathLike | None = None, plot: str | os.PathLike | None = None,
+                  on_frame: Callable[[Result], None] | None = None) -> list[Result]:
+    """One result per ``every``-th frame of a video file or a camera (by number); Ctrl-C ends a camera's stream."""
+    writer = None
+    if annotate:
+        fps = video_fps(source) if isinstance(source, str) else 25.0
+        writer = VideoWriter(Path(annotate), fps / every)
+    name = source if isinstance(source, str) else f"camera {source}"
+    results = []
+    try:
+        for result, rgb in predictor.predict_frames(read_video(source, every), detect, name):
+            results.append(result)
+            if writer:
+                writer.write(draw_faces(rgb, result.faces))
+            if on_frame:
+                on_frame(result)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if writer:
+            writer.close()
+    if not results:
+        raise FerkitError(f"no frames could be read from {name}")
+    if plot:
+        plot_timeline(results, predictor.classes, Path(plot))
+    return results

@@ -21,7 +21,7 @@ import numpy as np
 import uvicorn
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field
@@ -29,9 +29,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
-from .checkpoint import model_path, read_checkpoint
 from .errors import FerkitError
-from .predict import Predictor, upright_rgb
+from .images import to_rgb, upright
+from .predict import Predictor
+from .results import Result, results_json
+from .transforms import preprocessing
 
 STATIC = Path(__file__).parent / "static"
 MB = 1024 * 1024
@@ -41,21 +43,6 @@ DEFAULT_MAX_BATCH = 8
 DEFAULT_MAX_QUEUE = 32
 FORMATS = "JPEG, PNG, BMP, GIF, TIFF or WebP"
 HOW_TO_SEND = "send the image as multipart/form-data field 'file' (curl -F file=@photo.jpg URL/predict)"
-
-
-class Face(BaseModel):
-    box: list[int] = Field(description="[x, y, width, height] in the image's pixels")
-    label: str = Field(description="the most probable class")
-    confidence: float = Field(description="the probability of that class")
-    probabilities: dict[str, float] = Field(description="every class's probability; they sum to 1")
-
-
-class Result(BaseModel):
-    source: str = Field(description="the uploaded file's name")
-    width: int
-    height: int
-    faces: list[Face] = Field(description="largest first; empty when no face was found")
-    error: str | None = Field(description="always null here: an unreadable upload is a 4xx instead")
 
 
 class Predictions(BaseModel):
@@ -95,21 +82,18 @@ class Error(BaseModel):
     detail: str = Field(description="what was wrong, in one line")
 
 
-def describe_model(predictor: Predictor, checkpoint: str | os.PathLike | None = None) -> dict:
-    """What /model reports: the predictor's classes and config, plus what training recorded in a ``.pth``."""
+def describe_model(predictor: Predictor) -> dict:
+    """What /model reports: the predictor's classes and config, and what training recorded with its weights."""
     cfg = predictor.config
-    recorded: dict = {}
-    if checkpoint is not None and Path(checkpoint).suffix.lower() != ".onnx":
-        recorded = read_checkpoint(checkpoint)
     return {
-        "checkpoint": Path(checkpoint).name if checkpoint is not None else None,
+        "checkpoint": predictor.source.name if predictor.source is not None else None,
         "classes": list(predictor.classes),
         "arch": cfg.arch,
         "config": cfg.to_dict(),
-        "preprocess": {"image_size": cfg.image_size, "mean": list(cfg.mean), "std": list(cfg.std)},
-        "epoch": recorded.get("epoch"),
-        "metrics": recorded.get("metrics"),
-        "select_split": recorded.get("select_split"),
+        "preprocess": preprocessing(cfg),
+        "epoch": predictor.record.get("epoch"),
+        "metrics": predictor.record.get("metrics"),
+        "select_split": predictor.record.get("select_split"),
     }
 
 
@@ -177,7 +161,7 @@ def decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
             # The header gives the size, so an oversized image is refused before its pixels are decoded.
             if image.width * image.height > max_pixels:
                 raise _too_many_pixels(name, max_pixels, image.size)
-            return upright_rgb(image)  # the page draws photos rotated by their EXIF, so boxes must match
+            return np.asarray(to_rgb(upright(image)))  # the page draws photos rotated by their EXIF: boxes match
     except Image.DecompressionBombError:
         raise _too_many_pixels(name, max_pixels) from None
     except HTTPException:
@@ -289,7 +273,7 @@ def _warm_up(predictor: Predictor) -> None:
 def create_app(predictor: Predictor, model_info: dict | None = None, *,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB * MB, max_pixels: int = DEFAULT_MAX_PIXELS,
                max_batch: int = DEFAULT_MAX_BATCH, max_queue: int = DEFAULT_MAX_QUEUE) -> FastAPI:
-    """The ASGI app: ``model_info`` defaults to ``describe_model(predictor)`` (no training record)."""
+    """The ASGI app; ``model_info`` (what /model answers) defaults to ``describe_model(predictor)``."""
     info = ModelInfo(**(model_info or describe_model(predictor)))
     batcher = MicroBatcher(predictor, max_batch)
     in_progress = 0
@@ -324,7 +308,8 @@ def create_app(predictor: Predictor, model_info: dict | None = None, *,
         finally:
             in_progress -= 1
         result.source = name
-        return {"classes": list(predictor.classes), "results": [result.to_dict()]}
+        # The very JSON of `ferkit predict --json`; the response model documents it.
+        return Response(results_json([result], predictor.classes), media_type="application/json")
 
     @app.get("/health", response_model=Health, operation_id="health", summary="Liveness and the server's limits")
     async def health():
@@ -353,11 +338,10 @@ def run(checkpoint: str | os.PathLike | None = None, host: str = "127.0.0.1", po
                         ("--max-batch", max_batch), ("--max-queue", max_queue)):
         if value <= 0:
             raise FerkitError(f"{flag} must be positive, got {value}")
-    checkpoint = model_path(checkpoint)
     predictor = Predictor.from_checkpoint(checkpoint, backend=backend, device=device)
-    app = create_app(predictor, describe_model(predictor, checkpoint), max_upload_bytes=round(max_upload_mb * MB),
-                     max_pixels=max_pixels, max_batch=max_batch, max_queue=max_queue)
+    app = create_app(predictor, max_upload_bytes=round(max_upload_mb * MB), max_pixels=max_pixels,
+                     max_batch=max_batch, max_queue=max_queue)
     shown = "localhost" if host in ("0.0.0.0", "::") else host
-    print(f"ferkit serve: {predictor.config.arch} ({len(predictor.classes)} classes) from {checkpoint}; "
+    print(f"ferkit serve: {predictor.config.arch} ({len(predictor.classes)} classes) from {predictor.source}; "
           f"page at http://{shown}:{port}/ , API docs at http://{shown}:{port}/docs", flush=True)
     uvicorn.run(app, host=host, port=port)

@@ -1,4 +1,4 @@
-"""The specification's train and test pipelines (SPEC.md section 1), built with torchvision v2.
+"""The recipe's train and test pipelines (docs/recipe.md, section 1), built with torchvision v2.
 
 Both start by converting to a 3-channel uint8 tensor, so grayscale FER2013 crops and colour
 photos go through the same ops; the geometric and colour ops run on uint8 (cheaper than float).
@@ -12,23 +12,14 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from .config import Config
+from .images import to_rgb
 
 
 class ToRGB:
-    """Any PIL image (L, LA, P, RGBA, CMYK, 16-bit) or array to 3-channel RGB; v2.RGB rejects alpha."""
+    """The pipelines' first step: :func:`ferkit.images.to_rgb`, as a transform that names itself in a pipeline."""
 
-    def __call__(self, image):
-        if isinstance(image, Image.Image):
-            if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                # 16-bit and float greyscale: scale to 8 bits before PIL's mode conversion clips it.
-                pixels = np.asarray(image, dtype=np.float32)
-                span = max(float(pixels.max() - pixels.min()), 1e-6)
-                image = Image.fromarray(((pixels - pixels.min()) / span * 255).astype(np.uint8))
-            return image if image.mode == "RGB" else image.convert("RGB")
-        array = np.asarray(image)
-        if array.ndim == 2:
-            array = np.repeat(array[..., None], 3, axis=2)
-        return Image.fromarray(np.ascontiguousarray(array[..., :3]).astype(np.uint8))
+    def __call__(self, image: Image.Image | np.ndarray) -> Image.Image:
+        return to_rgb(image)
 
     def __repr__(self) -> str:
         return "ToRGB()"
@@ -65,3 +56,9 @@ def build_test_transform(cfg: Config) -> v2.Compose:
     return v2.Compose(
         _to_rgb_tensor() + [v2.Resize((cfg.image_size, cfg.image_size), antialias=True)] + _normalize(cfg)
     )
+
+
+def preprocessing(cfg: Config) -> dict:
+    """The test transform's values for readers other than ferkit: runtimes fed an exported ONNX file, and the
+    server's page, which sizes webcam snapshots by them."""
+    return {"image_size": cfg.image_size, "mean": list(cfg.mean), "std": list(cfg.std)}

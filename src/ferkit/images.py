@@ -1,0 +1,75 @@
+"""Image files and their pixels: which files count as images, and the one way any image becomes RGB.
+
+Training, evaluation, prediction and the server all decode through :func:`upright` and convert through
+:func:`to_rgb`, so a file gives the same pixels whichever of them reads it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import FerkitError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+# What PIL raises on a truncated, corrupt or hostile file (UnidentifiedImageError is an OSError).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+ImageInput = str | os.PathLike | Image.Image | np.ndarray
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def list_images(folder: Path) -> list[Path]:
+    """The image files anywhere under ``folder``, sorted."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image decoded and turned as viewers show it: phone photos store their pixels sideways plus an EXIF
+    rotation, and face detection finds upright faces (whose boxes then match what users see)."""
+    return ImageOps.exif_transpose(image)
+
+
+def open_image(source: str | os.PathLike | BinaryIO) -> Image.Image:
+    """A file fully decoded (a truncated file fails here, not later) and upright; raises one of DECODE_ERRORS."""
+    with Image.open(source) as image:
+        return upright(image)
+
+
+def to_rgb(image: Image.Image | np.ndarray) -> Image.Image:
+    """Any PIL image (L, LA, P, RGBA, CMYK, 16-bit, float) or an HxW, HxWx3 or HxWx4 array as 8-bit RGB."""
+    if isinstance(image, np.ndarray):
+        if image.size == 0 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
+            raise FerkitError(f"expected an HxW, HxWx3 or HxWx4 image array, got shape {image.shape}")
+        rgb = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3]
+        return Image.fromarray(np.ascontiguousarray(rgb).astype(np.uint8, copy=False))
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit and float greyscale: scaled to 8 bits, which PIL's own conversion would clip instead.
+        pixels = np.asarray(image, dtype=np.float32)
+        span = max(float(pixels.max() - pixels.min()), 1e-6)
+        image = Image.fromarray(((pixels - pixels.min()) / span * 255).astype(np.uint8))
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def read_image(source: ImageInput) -> np.ndarray:
+    """RGB uint8 pixels (HxWx3) of a file, a PIL image or an array; an unreadable file is a FerkitError."""
+    if isinstance(source, np.ndarray):
+        return np.asarray(to_rgb(source))
+    if isinstance(source, Image.Image):
+        return np.asarray(to_rgb(upright(source)))
+    path = Path(source)
+    if not path.is_file():
+        raise FerkitError(f"{path} does not exist or is not a file")
+    try:
+        image = open_image(path)
+    except DECODE_ERRORS as e:
+        reason = "not an image PIL can decode" if isinstance(e, UnidentifiedImageError) else str(e)
+        raise FerkitError(f"cannot read {path}: {reason}; pass a JPEG, PNG, BMP, GIF, TIFF or WebP image") from None
+    return np.asarray(to_rgb(image))

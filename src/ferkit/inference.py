@@ -1,0 +1,102 @@
+"""Models ready to classify, from any file ferkit writes or a bundled model's name; evaluation, prediction
+and the server all load through :func:`load_for_inference`.
+
+``.pth`` checkpoints and ``.safetensors`` weights run in PyTorch; ``.onnx`` files (fp32 or int8) run in
+onnxruntime behind the ``nn.Module`` call interface, so that everything downstream (TTA, batching,
+metrics) treats both back ends alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .checkpoint import TRAINING_RECORD, load_model, model_path
+from .config import Config
+from .errors import FerkitError
+from .export import to_onnx_bytes
+
+BACKENDS = ("auto", "torch", "onnxruntime")
+
+
+class OnnxRuntimeModel(nn.Module):
+    """Runs an exported graph with onnxruntime behind the ``nn.Module`` call interface."""
+
+    def __init__(self, model: bytes | str | os.PathLike, threads: int = 0) -> None:
+        super().__init__()
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise FerkitError("--backend onnxruntime needs onnxruntime: pip install 'ferkit[onnx]'") from None
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        # onnxruntime's threads otherwise spin after each run and take the cores from the face detector
+        # that runs next: photo end to end went from 51 to 76 ms on 2 cores with spinning on.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        source = model if isinstance(model, bytes) else str(model)
+        try:
+            self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own untyped errors for unreadable graphs
+            raise FerkitError(f"cannot load ONNX model {model if not isinstance(model, bytes) else ''}: "
+                              f"{str(e).splitlines()[0]}; export it again with `ferkit export`") from None
+        self.meta = self.session.get_modelmeta().custom_metadata_map
+        self.precision = "int8" if "ferkit_quantization" in self.meta else "fp32"
+        self._input = self.session.get_inputs()[0].name
+
+    def forward(self, x: Tensor) -> Tensor:
+        array = np.ascontiguousarray(x.detach().cpu().float().numpy())
+        return torch.from_numpy(self.session.run(None, {self._input: array})[0])
+
+
+@dataclass
+class InferenceModel:
+    model: nn.Module
+    config: Config
+    classes: tuple[str, ...]
+    device: str  # where to run it: "cpu" for onnxruntime, else the one asked for
+    source: Path  # the file it was read from
+    record: dict[str, Any] = field(default_factory=dict)  # TRAINING_RECORD's entries in the file (none in ONNX)
+
+
+def load_for_inference(path: str | os.PathLike | None, backend: str = "auto", device: str = "auto"
+                       ) -> InferenceModel:
+    """Any model file ferkit writes, or a bundled model's name (``None``: the default bundled model).
+
+    ``backend``: ``auto`` runs ``.onnx`` files with onnxruntime and checkpoints with PyTorch;
+    ``onnxruntime`` exports PyTorch checkpoints in memory first. onnxruntime runs on the CPU here.
+    """
+    if backend not in BACKENDS:
+        raise FerkitError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    path = model_path(path)
+    is_onnx = path.suffix.lower() == ".onnx"
+    if is_onnx and backend == "torch":
+        raise FerkitError(f"{path} is an ONNX model; use --backend onnxruntime or a .pth checkpoint")
+    onnxruntime = is_onnx or backend == "onnxruntime"
+    if onnxruntime and device == "cuda":
+        raise FerkitError("the onnxruntime back end runs on the CPU; drop --device cuda or use --backend torch "
+                          "with a .pth checkpoint")
+    if is_onnx:
+        return load_onnx(path)
+    loaded = load_model(path)
+    record = {k: loaded.checkpoint[k] for k in TRAINING_RECORD if k in loaded.checkpoint}
+    model = OnnxRuntimeModel(to_onnx_bytes(loaded)) if onnxruntime else loaded.model
+    return InferenceModel(model, loaded.config, loaded.classes, "cpu" if onnxruntime else device, path, record)
+
+
+def load_onnx(path: Path) -> InferenceModel:
+    """An exported model with the config and classes stored in its metadata."""
+    if not path.is_file():
+        raise FerkitError(f"ONNX model {path} does not exist; write one with `ferkit export CKPT --format onnx`")
+    model = OnnxRuntimeModel(path)
+    if "ferkit_classes" not in model.meta:
+        raise FerkitError(f"{path} has no ferkit metadata (class names, preprocessing); "
+                          "export it with `ferkit export`")
+    config = Config.from_dict(json.loads(model.meta["ferkit_config"]))
+    return InferenceModel(model, config, tuple(json.loads(model.meta["ferkit_classes"])), "cpu", path)

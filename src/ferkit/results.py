@@ -1,0 +1,135 @@
+"""What prediction gives, and the forms it is written in: a table, CSV, JSON, boxes drawn on the image.
+
+:class:`Face` and :class:`Result` are the one type of ``ferkit predict``, the Python API and the server's
+``POST /predict`` (whose JSON schema is generated from them).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .faces import require_cv2
+
+
+@dataclass
+class Face:
+    # The server's schema (pydantic) takes its field descriptions from the docstrings under the fields.
+    __pydantic_config__ = {"use_attribute_docstrings": True}
+
+    box: list[int]
+    """[x, y, width, height] in the input image's pixels"""
+    label: str
+    """the most probable class"""
+    confidence: float
+    """the probability of that class"""
+    probabilities: dict[str, float]
+    """every class's probability; they sum to 1"""
+
+
+@dataclass
+class Result:
+    __pydantic_config__ = {"use_attribute_docstrings": True}
+
+    source: str
+    """the file (for the server: the uploaded file's name), or the video or camera"""
+    width: int = 0
+    height: int = 0
+    faces: list[Face] = field(default_factory=list)
+    """largest first; empty when no face was found"""
+    error: str | None = None
+    """why the image could not be read; the server answers a 4xx instead, so null there"""
+    frame: int | None = None
+    """video and camera only: the frame's index"""
+    time_s: float | None = None
+    """video and camera only: the frame's time in seconds"""
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None or k == "error"}
+
+
+def results_json(results: Sequence[Result], classes: Sequence[str]) -> str:
+    return json.dumps({"classes": list(classes), "results": [r.to_dict() for r in results]}, indent=2)
+
+
+def csv_rows(results: Iterable[Result], classes: Sequence[str]) -> Iterator[list]:
+    """One row per face (or one row with empty fields for an image without faces or with an error)."""
+    yield ["source", "frame", "time_s", "face", "x", "y", "width", "height", "label", "confidence",
+           *[f"p_{c}" for c in classes], "error"]
+    for r in results:
+        head = [r.source, "" if r.frame is None else r.frame, "" if r.time_s is None else r.time_s]
+        if not r.faces:
+            yield head + [""] * (7 + len(classes)) + [r.error or "no face found"]
+        for i, f in enumerate(r.faces):
+            yield head + [i, *f.box, f.label, round(f.confidence, 6),
+                          *[round(f.probabilities[c], 6) for c in classes], ""]
+
+
+def write_csv(results: Iterable[Result], classes: Sequence[str], out: io.TextIOBase) -> None:
+    csv.writer(out).writerows(csv_rows(results, classes))
+
+
+def format_table(results: Iterable[Result]) -> str:
+    lines = []
+    for r in results:
+        where = r.source + (f" frame {r.frame} ({r.time_s:.2f}s)" if r.frame is not None else "")
+        if r.error:
+            lines.append(f"{where}: error: {r.error}")
+        elif not r.faces:
+            lines.append(f"{where}: no face found")
+        for i, f in enumerate(r.faces):
+            top = sorted(f.probabilities.items(), key=lambda kv: kv[1], reverse=True)[1:3]
+            others = ", ".join(f"{c} {p:.0%}" for c, p in top)
+            lines.append(f"{where}: face {i} at {tuple(f.box)}: {f.label} {f.confidence:.1%} (then {others})")
+    return "\n".join(lines)
+
+
+def write_results(results: Sequence[Result], classes: Sequence[str], json_to: str | None = None,
+                  csv_to: str | None = None) -> None:
+    """JSON and CSV each to a file or, for ``"-"``, to stdout; the table on stdout unless one of them went there.
+
+    Without the table, the errors it would have listed go to stderr, so they are not lost in a pipe.
+    """
+    if json_to:
+        _write_text(json_to, results_json(results, classes) + "\n")
+    if csv_to:
+        buffer = io.StringIO()
+        write_csv(results, classes, buffer)
+        _write_text(csv_to, buffer.getvalue())
+    if "-" not in (json_to, csv_to):
+        print(format_table(results))
+        return
+    for r in results:
+        if r.error:
+            print(f"ferkit: warning: {r.error}", file=sys.stderr)
+
+
+def _write_text(target: str, text: str) -> None:
+    if target == "-":
+        sys.stdout.write(text)
+    else:
+        Path(target).write_text(text)
+
+
+def draw_faces(rgb: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+    """A copy of the image with each face's box and "label confidence" drawn on it."""
+    cv2 = require_cv2()
+    out = rgb.copy()
+    thickness = max(2, round(max(rgb.shape[:2]) / 400))
+    for face in faces:
+        x, y, w, h = face.box
+        cv2.rectangle(out, (x, y), (x + w, y + h), (0, 220, 0), thickness)
+        text = f"{face.label} {face.confidence:.0%}"
+        scale = max(0.4, w / 200)
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        top = max(y - th - base - 4, 0)
+        cv2.rectangle(out, (x, top), (x + tw + 4, top + th + base + 4), (0, 220, 0), -1)
+        cv2.putText(out, text, (x + 2, top + th + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return out

@@ -1,0 +1,73 @@
+"""One image module: one set of image suffixes, one decode-to-RGB path for training, prediction and the server."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ferkit.data import Sample, load_image, read_image_folder
+from ferkit.errors import FerkitError
+from ferkit.images import IMAGE_SUFFIXES, list_images, read_image
+from ferkit.transforms import ToRGB
+
+
+def _sideways_photo(path) -> np.ndarray:
+    """A JPEG stored as phones store portraits: pixels turned a quarter, EXIF orientation 6 to turn them back."""
+    upright = np.zeros((40, 24, 3), np.uint8)
+    upright[:10] = (250, 20, 20)  # a red band at the top, as viewers show it
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.rot90(upright).copy()).save(path, exif=exif, quality=95)
+    return upright
+
+
+def _sixteen_bit_png(path) -> None:
+    ramp = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
+    Image.fromarray(ramp).save(path)
+
+
+def _every_reader(path) -> list[np.ndarray]:
+    pixels = [read_image(path), np.asarray(ToRGB()(load_image(Sample(path, 0, str(path)))))]
+    serve = pytest.importorskip("ferkit.serve")
+    pixels.append(serve.decode_image(path.read_bytes(), path.name, 10**6))
+    return pixels
+
+
+def test_an_exif_rotated_photo_is_upright_for_every_reader(tmp_path):
+    upright = _sideways_photo(tmp_path / "phone.jpg")
+    for pixels in _every_reader(tmp_path / "phone.jpg"):
+        assert pixels.shape == upright.shape
+        assert pixels[:10, :, 0].mean() > 200 and pixels[-10:, :, 0].mean() < 50
+
+
+def test_a_sixteen_bit_image_is_scaled_alike_for_every_reader(tmp_path):
+    _sixteen_bit_png(tmp_path / "depth.png")
+    first, *others = _every_reader(tmp_path / "depth.png")
+    assert first.dtype == np.uint8 and first.shape == (32, 32, 3) and (first.min(), first.max()) == (0, 255)
+    for pixels in others:
+        assert np.array_equal(pixels, first)
+
+
+def test_datasets_and_prediction_take_the_same_image_files(tmp_path):
+    for split in ("train", "test"):
+        (tmp_path / split / "happy").mkdir(parents=True)
+    for suffix in sorted(IMAGE_SUFFIXES):
+        Image.new("L", (8, 8)).save(tmp_path / "train" / "happy" / f"a{suffix}", format=_format(suffix))
+    (tmp_path / "train" / "happy" / "notes.txt").write_text("not an image")
+    in_dataset = read_image_folder(tmp_path)["train"]["Happy"]
+    assert in_dataset == list_images(tmp_path / "train")
+    assert {p.suffix for p in in_dataset} == IMAGE_SUFFIXES
+
+
+def _format(suffix: str) -> str:
+    return {".jpg": "JPEG", ".tif": "TIFF", ".pgm": "PPM"}.get(suffix, suffix[1:].upper())
+
+
+def test_arrays_of_any_usual_layout_become_rgb_and_others_are_refused():
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    assert np.array_equal(read_image(grey), np.repeat(grey[..., None], 3, axis=2))
+    rgba = np.zeros((3, 4, 4), np.uint8)
+    assert read_image(rgba).shape == (3, 4, 3)
+    with pytest.raises(FerkitError, match=r"expected an HxW, HxWx3 or HxWx4 image array, got shape \(3, 4, 2\)"):
+        read_image(np.zeros((3, 4, 2), np.uint8))

@@ -1,0 +1,36 @@
+"""The one inference loader: any file ferkit writes, old ones included, with what training recorded."""
+
+from __future__ import annotations
+
+import pytest
+
+from ferkit.checkpoint import atomic_save, read_checkpoint, save_weights
+from ferkit.data import CLASSES
+from ferkit.errors import FerkitError
+from ferkit.inference import load_for_inference
+from ferkit.predict import Predictor
+
+
+def test_a_checkpoint_and_its_weights_load_with_the_training_record(untrained_checkpoint, tmp_path):
+    save_weights(read_checkpoint(untrained_checkpoint), tmp_path / "best.safetensors")
+    for path in (untrained_checkpoint, tmp_path / "best.safetensors"):
+        loaded = load_for_inference(path, device="cpu")
+        assert loaded.classes == CLASSES and loaded.config.image_size == 32 and loaded.source == path
+        assert loaded.record == {"epoch": 3, "metrics": {"accuracy": 0.5, "macro_f1": 0.25},
+                                 "select_split": "PublicTest"}
+    assert "preprocess" not in read_checkpoint(tmp_path / "best.safetensors")
+
+
+def test_a_checkpoint_that_still_carries_a_preprocess_copy_loads_as_before(untrained_checkpoint, tmp_path):
+    old = read_checkpoint(untrained_checkpoint)
+    old["preprocess"] = {"image_size": 32, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    atomic_save(old, tmp_path / "old.pth")
+    probs = Predictor.from_checkpoint(tmp_path / "old.pth").classify([pytest.importorskip("numpy").zeros((48, 48))])
+    assert probs.shape == (1, len(CLASSES))
+
+
+def test_the_bundled_model_loads_by_default_and_unknown_backends_are_refused():
+    loaded = load_for_inference(None, device="cpu")
+    assert loaded.source.name == "fer2013_resnet18.safetensors" and loaded.record["metrics"]["accuracy"] > 0.3
+    with pytest.raises(FerkitError, match="unknown backend 'tensorrt'; choose from auto, torch, onnxruntime"):
+        load_for_inference(None, backend="tensorrt")

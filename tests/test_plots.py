@@ -1,0 +1,35 @@
+"""Training curves that show a short run: markers, whole-number epochs, and the learning rate."""
+
+from __future__ import annotations
+
+import math
+
+from PIL import Image
+
+from ferkit.plots import plot_curves
+
+
+def history(epochs: int) -> list[dict]:
+    # Rows as a run written before the compute columns existed has them: only the keys the plot reads.
+    return [{"epoch": e, "lr": 1e-3 * (1 + math.cos(math.pi * e / epochs)) / 2 + 1e-6, "train_loss": 2 - e / 50,
+             "train_acc": 0.2 + e / 200, "select_loss": 1.9 - e / 60, "select_acc": 0.25 + e / 250}
+            for e in range(1, epochs + 1)]
+
+
+def test_a_one_epoch_run_draws_its_points_on_a_whole_epoch_with_the_learning_rate(tmp_path):
+    fig = plot_curves(history(1), tmp_path / "curves.png")
+    assert Image.open(tmp_path / "curves.png").size == (1400, 400)
+    assert [ax.get_title() for ax in fig.axes] == ["Loss", "Accuracy", "Learning rate"]
+    for ax in fig.axes:
+        assert ax.lines and all(line.get_marker() == "o" for line in ax.lines)
+        assert [tick for tick in ax.get_xticks() if ax.get_xlim()[0] <= tick <= ax.get_xlim()[1]] == [1]
+        assert ax.get_xlim() == (0.5, 1.5)
+    assert fig.axes[2].get_yscale() == "log" and list(fig.axes[2].lines[0].get_ydata()) == [history(1)[0]["lr"]]
+
+
+def test_a_long_run_has_whole_number_epoch_ticks(tmp_path):
+    fig = plot_curves(history(30), tmp_path / "curves.png")
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert len(ticks) > 3 and all(t == int(t) for t in ticks)
+        assert all(len(line.get_xdata()) == 30 for line in ax.lines)

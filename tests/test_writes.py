@@ -1,0 +1,84 @@
+"""Every file ferkit keeps goes through one atomic writer: a failed write leaves the file that was there."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from ferkit import export, fastdata
+from ferkit.atomic import write_atomically
+from ferkit.checkpoint import atomic_save, read_checkpoint, save_weights
+from ferkit.data import load_splits
+from ferkit.errors import FerkitError
+from ferkit.fastdata import decode_once
+
+
+def _no_space(fd: int) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _write_checkpoint(source: Path, target: Path) -> None:
+    atomic_save(read_checkpoint(source), target)
+
+
+def _write_weights(source: Path, target: Path) -> None:
+    save_weights(read_checkpoint(source), target)
+
+
+def _write_onnx(source: Path, target: Path) -> None:
+    export.export_onnx(source, target)
+
+
+WRITERS = {"checkpoint": (_write_checkpoint, "best.pth"), "safetensors": (_write_weights, "best.safetensors"),
+           "onnx": (_write_onnx, "best.onnx")}
+
+
+@pytest.mark.parametrize("writer", WRITERS, ids=list(WRITERS))
+def test_a_failed_write_leaves_the_earlier_file_and_no_temporary_one(writer, untrained_checkpoint, tmp_path,
+                                                                      monkeypatch):
+    write, name = WRITERS[writer]
+    monkeypatch.setattr(export, "to_onnx_bytes", lambda loaded: b"an ONNX graph")  # the export itself is tested elsewhere
+    target = tmp_path / name
+    target.write_bytes(b"the earlier file")
+    monkeypatch.setattr(os, "fsync", _no_space)
+    with pytest.raises(FerkitError, match=rf"cannot write .*{name}: No space left on device; "):
+        write(untrained_checkpoint, target)
+    assert target.read_bytes() == b"the earlier file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+    monkeypatch.undo()
+    monkeypatch.setattr(export, "to_onnx_bytes", lambda loaded: b"an ONNX graph")
+    write(untrained_checkpoint, target)
+    assert target.read_bytes() != b"the earlier file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_the_decode_cache_is_skipped_with_a_warning_when_it_cannot_be_written(image_folder, tmp_path, monkeypatch):
+    samples = load_splits(image_folder).train
+    warnings = []
+    # Recorded here rather than through logging: a training run earlier in the session owns the logger's handlers.
+    monkeypatch.setattr(fastdata.log, "warning", warnings.append)
+    monkeypatch.setattr(os, "fsync", _no_space)
+    decoded = decode_once(samples, tmp_path / "cache")
+    assert len(decoded.images) == len(samples)
+    assert len(warnings) == 1 and "could not write the decode cache" in warnings[0]
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    umask = os.umask(0)
+    os.umask(umask)
+    write_atomically(tmp_path / "model.onnx", lambda f: f.write(b"graph"))
+    assert stat.S_IMODE((tmp_path / "model.onnx").stat().st_mode) == 0o666 & ~umask
+
+
+def test_an_error_inside_the_write_is_raised_as_it_is(tmp_path):
+    def broken(f):
+        raise ValueError("not serialisable")
+
+    with pytest.raises(ValueError, match="not serialisable"):
+        write_atomically(tmp_path / "x.pth", broken)
+    assert list(tmp_path.iterdir()) == []
