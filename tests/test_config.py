@@ -1,11 +1,13 @@
 import json
 import math
+import re
+from dataclasses import fields
 
 import pytest
 import torch
 
 from ferkit.cli import build_parser
-from ferkit.config import PRESETS, Config, config_from_args
+from ferkit.config import GROUPS, PRESETS, Config, config_from_args, resumed_config
 from ferkit.errors import FerkitError
 from ferkit.model import build_model, resnet18, training_flops
 from ferkit.train import build_optimizer, build_scheduler
@@ -107,3 +109,31 @@ def test_cpu_presets_train_the_stride_2_network_at_48_within_their_compute_budge
     # The specification's values stay where the preset says nothing.
     assert (cfg.label_smoothing, cfg.weight_decay, cfg.crop_scale, cfg.rotation) == (0.1, 0.05, (0.8, 1.0), 20.0)
 
+
+def test_a_resumed_run_may_change_speed_and_epochs_and_nothing_else():
+    saved = Config(epochs=10, lr=2e-3, workers=4)
+    cfg, changes = resumed_config(saved, Config(epochs=12, lr=2e-3, workers=2, out="elsewhere"), 7, "runs/x")
+    assert cfg.epochs == 12 and cfg.workers == 2 and changes == ["--epochs 12 (was 10)", "--workers 2 (was 4)"]
+    with pytest.raises(FerkitError, match=r"^cannot resume runs/x with --lr 0.0005 --sync-bn --seed 1: the run was "
+                                          r"trained with lr 0.002, sync_bn False, seed 0; .* to change them$"):
+        resumed_config(saved, Config(epochs=10, lr=5e-4, seed=1, sync_bn=True, tensorboard=False), 7, "runs/x")
+    with pytest.raises(FerkitError, match="with --crop-scale 0.5 1.0: the run was trained with crop_scale 0.8 1.0;"):
+        resumed_config(saved, Config(epochs=10, lr=2e-3, crop_scale=(0.5, 1.0)), 7, "runs/x")
+    with pytest.raises(FerkitError, match="--epochs 6: the run is at epoch 7 already"):
+        resumed_config(saved, Config(epochs=6, lr=2e-3), 7, "runs/x")
+
+
+def test_train_help_groups_the_flags_by_topic(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    sections: dict[str, str] = {}
+    for line in capsys.readouterr().out.splitlines():
+        if line.endswith(":") and not line.startswith(" "):
+            heading = line[:-1]
+            sections[heading] = ""
+        elif sections:
+            sections[heading] += line + "\n"
+    assert [h for h in sections if h in GROUPS] == list(GROUPS)
+    for f in fields(Config):
+        assert re.search(f"^  --{f.name.replace('_', '-')}[ ,]", sections[f.metadata["group"]], re.M), f.name
+    assert "--resume" in sections["run"] and "--preset" in sections["run"] and "--nproc" in sections["speed"]

@@ -16,7 +16,8 @@ from ferkit.checkpoint import read_checkpoint
 from ferkit.config import Config
 from ferkit.model import build_model
 from ferkit.runtime import seed_everything
-from ferkit.train import EpochSampler, TrainingInterrupted, train
+from ferkit.feed import EpochSampler
+from ferkit.train import TrainingInterrupted, train
 
 # Augmentation and dropout off, so that both runs see the very same pixels; SyncBatchNorm, so that two
 # processes of 4 images normalise like one process of 8. The one process runs with it too: alone it is BatchNorm.

@@ -14,9 +14,9 @@ from ferkit.data import load_splits
 from ferkit.errors import FerkitError
 from ferkit.evaluate import evaluate_checkpoint
 from ferkit.model import resnet18
-from ferkit.runtime import cpu_has_native_bf16
-from ferkit.train import (DecodedBatches, TrainingInterrupted, build_optimizer, resolve_channels_last,
-                          resolve_data_pipeline, train)
+from ferkit.feed import DecodedBatches
+from ferkit.runtime import Speed, cpu_has_native_bf16, resolve_channels_last, resolve_data_pipeline
+from ferkit.train import TrainingInterrupted, build_optimizer, train
 
 
 def tiny(image_folder, tmp_path, name, **kw) -> Config:
@@ -56,7 +56,8 @@ def test_adamw_is_fused_only_on_cuda():
 
 def test_batched_batches_follow_the_sampler_and_replay_from_mid_epoch(image_folder, tmp_path):
     cfg = tiny(image_folder, tmp_path, "unused")
-    feed = DecodedBatches(load_splits(cfg.data).train, cfg, torch.device("cpu"), 4, torch.preserve_format)
+    speed = Speed(torch.device("cpu"), "fp32", "batched", channels_last=False, workers=0)
+    feed = DecodedBatches(load_splits(cfg.data).train, cfg, speed, 4)
     feed.set_epoch(1)
     whole = list(feed)
     order = list(feed.sampler)

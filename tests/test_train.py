@@ -1,9 +1,12 @@
 import csv
+import json
 import os
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
+import ferkit.rundir as rundir
 import ferkit.train as train_mod
 from conftest import sigint_after_optimizer_steps
 from ferkit.checkpoint import atomic_save, load_model, read_checkpoint
@@ -11,6 +14,7 @@ from ferkit.cli import main
 from ferkit.config import Config
 from ferkit.errors import FerkitError
 from ferkit.model import build_model, training_flops
+from ferkit.optim import lr_factor
 from ferkit.runtime import machine_description
 from ferkit.train import TrainingInterrupted, train
 
@@ -58,7 +62,7 @@ def test_best_checkpoint_written_only_on_improvement(image_folder, tmp_path, mon
         atomic_save(obj, path)
 
     monkeypatch.setattr(train_mod, "compute_metrics", scripted_metrics)
-    monkeypatch.setattr(train_mod, "atomic_save", recording_save)
+    monkeypatch.setattr(rundir, "atomic_save", recording_save)
     train(tiny(image_folder, tmp_path / "run", epochs=5))
     best_epochs = [epoch for name, epoch in saved if name == "best.pth"]
     assert best_epochs == [1, 2, 5]
@@ -68,18 +72,18 @@ def test_best_checkpoint_written_only_on_improvement(image_folder, tmp_path, mon
 
 def test_resume_after_a_crash_matches_an_uninterrupted_run(image_folder, tmp_path, monkeypatch):
     train(tiny(image_folder, tmp_path / "full"))
-    real_log = train_mod._log_epoch
+    real_write = rundir.EpochRecords.write
 
-    def crash_after_epoch_2(out, history, *args):
-        real_log(out, history, *args)
+    def crash_after_epoch_2(self, history, *args):
+        real_write(self, history, *args)
         if history[-1]["epoch"] == 2:
             raise RuntimeError("simulated crash")
 
-    monkeypatch.setattr(train_mod, "_log_epoch", crash_after_epoch_2)
+    monkeypatch.setattr(rundir.EpochRecords, "write", crash_after_epoch_2)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(tiny(image_folder, tmp_path / "resumed"))
     assert read_checkpoint(tmp_path / "resumed" / "last.pth")["state"]["epoch"] == 2
-    monkeypatch.setattr(train_mod, "_log_epoch", real_log)
+    monkeypatch.setattr(rundir.EpochRecords, "write", real_write)
     train(tiny(image_folder, tmp_path / "resumed"), resume=True)
     full, resumed = weights(tmp_path / "full" / "last.pth"), weights(tmp_path / "resumed" / "last.pth")
     assert full.keys() == resumed.keys()
@@ -224,3 +228,51 @@ def test_corrupt_image_during_training_is_one_clear_line(image_folder, tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err[-1].startswith("ferkit: error: cannot read image") and "Training_zz_bad.png" in err[-1]
+
+
+def test_resume_with_more_epochs_continues_the_schedule_over_the_new_total(image_folder, tmp_path):
+    run = tmp_path / "run"
+    train(tiny(image_folder, run, epochs=2))
+    # --image-size repeats the saved value: only changes count, so it is no conflict.
+    assert main(["train", "--resume", str(run), "--epochs", "3", "--image-size", "16"]) == 0
+    last = read_checkpoint(run / "last.pth")
+    assert last["state"]["epoch"] == 3 and last["config"]["epochs"] == 3
+    assert [row["epoch"] for row in last["state"]["history"]] == [1, 2, 3]
+    assert len((run / "metrics.csv").read_text().strip().splitlines()) == 4
+    assert json.loads((run / "report.json").read_text())["epochs"] == 3
+    # After 2 of 2 epochs the lr sat at min_lr; a 3-epoch schedule has it at its value 2 steps in.
+    cfg = tiny(image_folder, run, epochs=3)
+    lr_now = cfg.effective_lr() * lr_factor(cfg, steps_per_epoch=7)(2)
+    log = (run / "train.log").read_text()
+    assert "resumed at epoch 3 step 0 with --epochs 3 (was 2)\n" in log
+    assert (f"lr schedule: stretched to 3 epochs (was 2); the lr goes from {cfg.min_lr:.2e} to {lr_now:.2e} here "
+            f"and decays to {cfg.min_lr:.2e} by epoch 3") in log
+    assert "epoch 3/3" in log
+
+
+def test_resume_refuses_a_flag_that_would_change_the_recipe(image_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny(image_folder, run, epochs=2))
+    before = (run / "last.pth").read_bytes(), (run / "config.json").read_text()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--lr", "5e-4", "--workers", "1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"ferkit: error: cannot resume {run} with --lr 0.0005: the run was trained with lr 0.001; start a new run "
+        "(another --out) to change it"]
+    assert main(["train", "--resume", str(run), "--epochs", "1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"ferkit: error: cannot resume {run} with --epochs 1: the run is at epoch 2 already; give at least --epochs 2"]
+    assert ((run / "last.pth").read_bytes(), (run / "config.json").read_text()) == before
+
+
+def test_workers_are_cut_to_the_cores_in_one_log_line_without_pytorchs_warning(image_folder, tmp_path, monkeypatch,
+                                                                               recwarn):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})  # a one-core machine, as PyTorch sees it too
+    with pytest.warns(UserWarning, match="will create 2 worker processes"):
+        DataLoader(range(4), num_workers=2).check_worker_number_rationality()
+    recwarn.clear()
+    train(tiny(image_folder, tmp_path / "run", epochs=1, workers=2))
+    assert not [w for w in recwarn if "worker processes" in str(w.message)]
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert log.count("workers: --workers 2 lowered to 1, the cores this process may use") == 1
+    assert "workers data pipeline (1 DataLoader workers" in log

@@ -14,11 +14,16 @@ from .errors import FerkitError
 
 def _train(args: argparse.Namespace) -> int:
     from .distributed import is_main
+    from .rundir import saved_config
     from .train import TrainingInterrupted, train
 
     cfg = config_from_args(args)
-    if args.resume:
-        cfg = cfg.updated({"out": args.resume})
+    if args.resume is not None:
+        # The saved run is the base, so only what this command sets asks for a change (train() rules on it).
+        out = args.resume or cfg.out
+        if args.resume and getattr(args, "out", out) != out:
+            raise FerkitError(f"--resume {args.resume} and --out {args.out} name two run folders; give one")
+        cfg = config_from_args(args, base=saved_config(out)).updated({"out": out})
     if args.nproc > 1:
         return _train_processes(cfg, args)
     try:
@@ -148,13 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train the spec model (defaults are the specification's)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_config_arguments(p)
-    p.add_argument("--resume", nargs="?", const="", metavar="RUN_DIR",
-                   help="continue RUN_DIR (default: --out) from its last.pth, with its own config")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    p.add_argument("--nproc", type=int, default=1, metavar="N",
-                   help="train with N processes on this machine (torchrun, DistributedDataParallel; one GPU each); "
-                        "--batch-size stays the global batch")
+    groups = add_config_arguments(p)
+    groups["run"].add_argument("--resume", nargs="?", const="", metavar="RUN_DIR",
+                               help="continue RUN_DIR (default: --out) from its last.pth with its saved config; "
+                                    "flags given with it may raise --epochs and change what says so, and any other "
+                                    "change is refused")
+    groups["run"].add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    groups["speed"].add_argument("--nproc", type=int, default=1, metavar="N",
+                                 help="train with N processes on this machine (torchrun, DistributedDataParallel; "
+                                      "one GPU each); --batch-size stays the global batch")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="metrics of a checkpoint on a dataset split")

@@ -1,8 +1,10 @@
 """The typed training configuration: the single source of defaults (the specification's values).
 
-A config is built in layers: defaults, then a preset, then a config file (TOML or JSON), then
-command-line flags. It is stored in every checkpoint, so evaluation and prediction read the
-preprocessing a model was trained with instead of guessing it.
+A config is built in layers: defaults (a resumed run's saved config, on ``--resume``), then a
+preset, then a config file (TOML or JSON), then command-line flags. Each field carries its help,
+its topic in ``ferkit train --help`` (``group``) and whether a resumed run may change it
+(``resumable``; :func:`resumed_config` rules on a resume). It is stored in every checkpoint, so
+evaluation and prediction read the preprocessing a model was trained with instead of guessing it.
 """
 
 from __future__ import annotations
@@ -22,77 +24,100 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _opt(default: Any, help: str, **kw: Any) -> Any:
-    return field(default=default, metadata={"help": help, **kw})
+# The topics of ``ferkit train --help``, in order, each field's ``group``.
+GROUPS = {
+    "data": "what is trained and measured on",
+    "augmentation": "input size, the training augmentation (specification section 1, in pipeline order) and "
+                    "normalisation",
+    "model": "the network (specification section 2)",
+    "optimisation": "loss and optimizer (specification section 3)",
+    "schedule": "how long, and the learning rate over time",
+    "speed": "how a run is computed, never what it computes (bf16 rounds, so precision aside)",
+    "run": "the run folder, its records and what stops it",
+}
+
+
+def _opt(group: str, default: Any, help: str, resumable: bool = False, **kw: Any) -> Any:
+    # resumable: a setting of speed or input/output, free to differ from the saved run's on --resume.
+    return field(default=default, metadata={"group": group, "help": help, "resumable": resumable, **kw})
 
 
 @dataclass
 class Config:
-    # Data
-    data: str | None = _opt(None, "dataset: image-folder root or fer2013.csv (default: $FERKIT_DATA, then ./data/fer2013)")
-    protocol: str = _opt("spec", "spec: select and report on test/; clean: select on PublicTest, report PrivateTest",
-                         choices=("spec", "clean"))
-    limit_per_class: int = _opt(0, "use at most N images per class and split (0 = all; for smoke tests)")
-    workers: int = _opt(4, "DataLoader worker processes")
-    bad_images: str = _opt("stop", "an unreadable image stops the run, or is skipped and reported",
-                           choices=("stop", "skip"))
-    nonfinite: str = _opt("stop", "a NaN/inf loss stops the run (checked every 20 steps), or its step is skipped and "
-                          "counted (checked every step: one host-device synchronisation per step on a GPU)",
-                          choices=("stop", "skip"))
-    data_pipeline: str = _opt("auto", "workers: DataLoader workers decode and augment image by image every epoch; "
-                              "batched: decode once (cached), augment whole batches on the training device; "
-                              "auto: batched on CUDA, workers on CPU", choices=("auto", "workers", "batched"))
-    cache_dir: str | None = _opt(None, "folder of the batched pipeline's decoded-image cache "
-                                 "(None: $FERKIT_CACHE, else ~/.cache/ferkit)")
-    # Input and augmentation (specification section 1, in pipeline order)
-    image_size: int = _opt(96, "network input size (square)")
-    crop_scale: tuple[float, float] = _opt((0.8, 1.0), "RandomResizedCrop area range, suited to aligned face crops")
-    flip_p: float = _opt(0.5, "RandomHorizontalFlip probability")
-    jitter_p: float = _opt(0.8, "probability of applying ColorJitter")
-    brightness: float = _opt(0.4, "ColorJitter brightness strength")
-    contrast: float = _opt(0.4, "ColorJitter contrast strength")
-    saturation: float = _opt(0.4, "ColorJitter saturation strength")
-    hue: float = _opt(0.1, "ColorJitter hue strength")
-    grayscale_p: float = _opt(0.2, "RandomGrayscale probability")
-    rotation: float = _opt(20.0, "RandomRotation maximum degrees")
-    erasing_p: float = _opt(0.25, "RandomErasing probability")
-    mean: tuple[float, float, float] = _opt(IMAGENET_MEAN, "normalization mean (ImageNet)")
-    std: tuple[float, float, float] = _opt(IMAGENET_STD, "normalization std (ImageNet)")
-    # Model (specification section 2)
-    arch: str = _opt("resnet18", "architecture: resnet18 (the specification's, stem at stride 1) or resnet18s2 "
-                     "(stem at stride 2: a quarter of the FLOPs)", choices=("resnet18", "resnet18s2"))
-    width: int = _opt(64, "channels of the stem and layer1; each later stage doubles them (cost grows with its square)")
-    dropout: float = _opt(0.3, "parameter_dropout: dropout probability in the classification head")
-    hidden: int = _opt(256, "hidden width of the classification head")
-    # Optimisation (specification section 3)
-    epochs: int = _opt(100, "training epochs (the cosine schedule spans all of them)")
-    batch_size: int = _opt(32, "images per optimizer step, over all processes of a multi-process run")
-    lr: float = _opt(1e-3, "AdamW learning rate for a batch of 32 (scaled for other sizes by --lr-scaling)")
-    lr_scaling: str = _opt("sqrt", "rule that scales lr with batch_size/32", choices=("none", "sqrt", "linear"))
-    weight_decay: float = _opt(0.05, "AdamW decoupled weight decay")
-    min_lr: float = _opt(1e-6, "learning rate the cosine schedule decays to")
-    schedule_unit: str = _opt("epoch", "step the cosine schedule once per epoch (the spec) or once per batch",
-                              choices=("epoch", "step"))
-    warmup_epochs: float = _opt(0.0, "linear learning-rate warmup from lr/25 before the cosine decay, in epochs "
-                                "(fractions count with --schedule-unit step)")
-    label_smoothing: float = _opt(0.1, "cross-entropy label smoothing")
-    ema_decay: float = _opt(0.0, "keep an exponential moving average of the weights (decay per optimizer step, e.g. "
-                            "0.999); evaluation, best.pth and the report use it. 0: off")
-    # Run
-    out: str = _opt("runs/ferkit", "run folder: config, logs, checkpoints, plots")
-    seed: int = _opt(0, "random seed (data order, augmentation, initialisation)")
-    device: str = _opt("auto", "auto picks cuda when present", choices=("auto", "cpu", "cuda"))
-    precision: str = _opt("auto", "training precision; auto: bf16 autocast where the hardware has native bf16, "
-                          "else fp32", choices=("auto", "fp32", "bf16"))
-    eval_precision: str = _opt("fp32", "precision of every evaluation (selection, report): fp32 gives the same "
-                               "figures on every machine", choices=("fp32", "bf16"))
-    tensorboard: bool = _opt(True, "also log per-epoch metrics to TensorBoard")
-    sync_bn: bool = _opt(False, "with several processes, BatchNorm statistics over the global batch (SyncBatchNorm)")
-    channels_last: str = _opt("auto", "channels-last memory layout for the model and its inputs; auto: on for CUDA "
-                              "and for bf16 on CPUs with native bf16 (measured faster there, slower in fp32 on "
-                              "AVX2)", choices=("auto", "on", "off"))
-    compile: bool = _opt(False, "torch.compile the model: a minute or more of compiling at start, to be repaid by "
-                         "faster steps on long GPU runs (measured slower on CPUs)")
+    data: str | None = _opt("data", None, "dataset: image-folder root or fer2013.csv (default: $FERKIT_DATA, then "
+                            "./data/fer2013)", resumable=True)
+    protocol: str = _opt("data", "spec", "spec: select and report on test/; clean: select on PublicTest, report "
+                         "PrivateTest", choices=("spec", "clean"))
+    limit_per_class: int = _opt("data", 0, "use at most N images per class and split (0 = all; for smoke tests)")
+    bad_images: str = _opt("data", "stop", "an unreadable image stops the run, or is skipped and reported",
+                           resumable=True, choices=("stop", "skip"))
+    image_size: int = _opt("augmentation", 96, "network input size (square)")
+    crop_scale: tuple[float, float] = _opt("augmentation", (0.8, 1.0),
+                                           "RandomResizedCrop area range, suited to aligned face crops")
+    flip_p: float = _opt("augmentation", 0.5, "RandomHorizontalFlip probability")
+    jitter_p: float = _opt("augmentation", 0.8, "probability of applying ColorJitter")
+    brightness: float = _opt("augmentation", 0.4, "ColorJitter brightness strength")
+    contrast: float = _opt("augmentation", 0.4, "ColorJitter contrast strength")
+    saturation: float = _opt("augmentation", 0.4, "ColorJitter saturation strength")
+    hue: float = _opt("augmentation", 0.1, "ColorJitter hue strength")
+    grayscale_p: float = _opt("augmentation", 0.2, "RandomGrayscale probability")
+    rotation: float = _opt("augmentation", 20.0, "RandomRotation maximum degrees")
+    erasing_p: float = _opt("augmentation", 0.25, "RandomErasing probability")
+    mean: tuple[float, float, float] = _opt("augmentation", IMAGENET_MEAN, "normalization mean (ImageNet)")
+    std: tuple[float, float, float] = _opt("augmentation", IMAGENET_STD, "normalization std (ImageNet)")
+    arch: str = _opt("model", "resnet18", "architecture: resnet18 (the specification's, stem at stride 1) or "
+                     "resnet18s2 (stem at stride 2: a quarter of the FLOPs)", choices=("resnet18", "resnet18s2"))
+    width: int = _opt("model", 64, "channels of the stem and layer1; each later stage doubles them (cost grows with "
+                      "its square)")
+    dropout: float = _opt("model", 0.3, "parameter_dropout: dropout probability in the classification head")
+    hidden: int = _opt("model", 256, "hidden width of the classification head")
+    batch_size: int = _opt("optimisation", 32, "images per optimizer step, over all processes of a multi-process run")
+    lr: float = _opt("optimisation", 1e-3, "AdamW learning rate for a batch of 32 (scaled for other sizes by "
+                     "--lr-scaling)")
+    lr_scaling: str = _opt("optimisation", "sqrt", "rule that scales lr with batch_size/32",
+                           choices=("none", "sqrt", "linear"))
+    weight_decay: float = _opt("optimisation", 0.05, "AdamW decoupled weight decay")
+    label_smoothing: float = _opt("optimisation", 0.1, "cross-entropy label smoothing")
+    ema_decay: float = _opt("optimisation", 0.0, "keep an exponential moving average of the weights (decay per "
+                            "optimizer step, e.g. 0.999); evaluation, best.pth and the report use it. 0: off")
+    sync_bn: bool = _opt("optimisation", False, "with several processes, BatchNorm statistics over the global batch "
+                         "(SyncBatchNorm)")
+    epochs: int = _opt("schedule", 100, "training epochs (the cosine schedule spans all of them; --resume may raise "
+                       "it)")
+    min_lr: float = _opt("schedule", 1e-6, "learning rate the cosine schedule decays to")
+    schedule_unit: str = _opt("schedule", "epoch", "step the cosine schedule once per epoch (the spec) or once per "
+                              "batch", choices=("epoch", "step"))
+    warmup_epochs: float = _opt("schedule", 0.0, "linear learning-rate warmup from lr/25 before the cosine decay, in "
+                                "epochs (fractions count with --schedule-unit step)")
+    device: str = _opt("speed", "auto", "auto picks cuda when present", resumable=True,
+                       choices=("auto", "cpu", "cuda"))
+    precision: str = _opt("speed", "auto", "training precision; auto: bf16 autocast where the hardware has native "
+                          "bf16, else fp32", resumable=True, choices=("auto", "fp32", "bf16"))
+    eval_precision: str = _opt("speed", "fp32", "precision of every evaluation (selection, report): fp32 gives the "
+                               "same figures on every machine", resumable=True, choices=("fp32", "bf16"))
+    data_pipeline: str = _opt("speed", "auto", "workers: DataLoader workers decode and augment image by image every "
+                              "epoch; batched: decode once (cached), augment whole batches on the training device; "
+                              "auto: batched on CUDA, workers on CPU", resumable=True,
+                              choices=("auto", "workers", "batched"))
+    workers: int = _opt("speed", 4, "DataLoader worker processes per loader (at most the cores this process may use)",
+                        resumable=True)
+    cache_dir: str | None = _opt("speed", None, "folder of the batched pipeline's decoded-image cache "
+                                 "(None: $FERKIT_CACHE, else ~/.cache/ferkit)", resumable=True)
+    channels_last: str = _opt("speed", "auto", "channels-last memory layout for the model and its inputs; auto: on "
+                              "for CUDA and for bf16 on CPUs with native bf16 (measured faster there, slower in fp32 "
+                              "on AVX2)", resumable=True, choices=("auto", "on", "off"))
+    compile: bool = _opt("speed", False, "torch.compile the model: a minute or more of compiling at start, to be "
+                         "repaid by faster steps on long GPU runs (measured slower on CPUs)", resumable=True)
+    eval_batch_factor: int = _opt("speed", 2, "evaluation batch size as a multiple of the training batch (no "
+                                  "gradients are kept, so more images fit)", resumable=True)
+    out: str = _opt("run", "runs/ferkit", "run folder: config, logs, checkpoints, plots")
+    seed: int = _opt("run", 0, "random seed (data order, augmentation, initialisation)")
+    tensorboard: bool = _opt("run", True, "also log per-epoch metrics to TensorBoard", resumable=True)
+    log_interval: int = _opt("run", 20, "steps between progress-bar updates and checks of the loss for NaN/inf "
+                             "(each one synchronises with a GPU)", resumable=True)
+    nonfinite: str = _opt("run", "stop", "a NaN/inf loss stops the run (checked every --log-interval steps), or its "
+                          "step is skipped and counted (checked every step: one host-device synchronisation per step "
+                          "on a GPU)", resumable=True, choices=("stop", "skip"))
 
     def effective_lr(self) -> float:
         ratio = self.batch_size / 32
@@ -154,13 +179,20 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise FerkitError(f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {e}") from None
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per config field; only flags actually given override lower layers."""
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="spec", help="base set of values")
-    parser.add_argument("--config", help="TOML or JSON file of config values")
+def add_config_arguments(parser: argparse.ArgumentParser) -> dict[str, argparse._ArgumentGroup]:
+    """One flag per config field, under its group's heading; returns the groups, for the command's own flags.
+
+    Only flags actually given override lower layers.
+    """
+    groups = {name: parser.add_argument_group(name, description) for name, description in GROUPS.items()}
+    groups["run"].add_argument("--preset", choices=sorted(PRESETS), default="spec", help="base set of values")
+    groups["run"].add_argument("--config", help="TOML or JSON file of config values")
     for f in fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": f"{f.metadata['help']} (default: {f.default})"}
+        notes = [] if f.default is None else [f"default: {f.default}"]  # what None means, the help says
+        if f.metadata["resumable"]:
+            notes.append("--resume may change it")
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
+                              "help": f.metadata["help"] + (f" ({'; '.join(notes)})" if notes else "")}
         if isinstance(f.default, bool):
             kw["action"] = argparse.BooleanOptionalAction
         elif isinstance(f.default, tuple):
@@ -169,14 +201,50 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             kw["type"] = type(f.default) if f.default is not None else str
             if "choices" in f.metadata:
                 kw["choices"] = f.metadata["choices"]
-        parser.add_argument(flag, **kw)
+        groups[f.metadata["group"]].add_argument(_flag(f.name), **kw)
+    return groups
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
+def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
+    """``base`` (the defaults, or a resumed run's config) under the preset, config file and flags given."""
     names = {f.name for f in fields(Config)}
-    cfg = Config().updated(PRESETS[args.preset])
+    cfg = (base or Config()).updated(PRESETS[args.preset])
     if args.config:
         cfg = cfg.updated(load_config_file(args.config))
     return cfg.updated({k: v for k, v in vars(args).items() if k in names})
 
 
+def resumed_config(saved: Config, asked: Config, min_epochs: int, run: str) -> tuple[Config, list[str]]:
+    """The config a resumed run continues with, and its changes from the saved one (``--flag value (was value)``).
+
+    ``asked`` may differ from ``saved`` in resumable fields (speed, input/output), and in ``epochs`` down to
+    ``min_epochs``, the epoch the run is in; any other difference would train the rest of the run on another recipe
+    than its start, and is refused in one line naming the flags.
+    """
+    # ``out`` is the folder resumed, wherever it is now; the saved one may be where the run was started.
+    changed = [f for f in fields(Config) if f.name != "out" and getattr(asked, f.name) != getattr(saved, f.name)]
+    refused = [f for f in changed if not f.metadata["resumable"] and f.name != "epochs"]
+    if refused:
+        flags = " ".join(_given(f.name, getattr(asked, f.name)) for f in refused)
+        values = ", ".join(f"{f.name} {_value(getattr(saved, f.name))}" for f in refused)
+        raise FerkitError(f"cannot resume {run} with {flags}: the run was trained with {values}; start a new run "
+                          f"(another --out) to change {'it' if len(refused) == 1 else 'them'}")
+    if asked.epochs < min_epochs:
+        raise FerkitError(f"cannot resume {run} with --epochs {asked.epochs}: the run is at epoch {min_epochs} "
+                          f"already; give at least --epochs {min_epochs}")
+    return asked, [f"{_given(f.name, getattr(asked, f.name))} (was {_value(getattr(saved, f.name))})" for f in changed]
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _given(name: str, value: Any) -> str:
+    """The flag that sets ``name`` to ``value``."""
+    if isinstance(value, bool):
+        return _flag(name) if value else "--no-" + _flag(name)[2:]
+    return f"{_flag(name)} {_value(value)}"
+
+
+def _value(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)

@@ -1,0 +1,71 @@
+"""The optimisation recipe (specification section 3): AdamW, and the learning rate over the run.
+
+The schedule is a pure function of the config and the scheduler's step count, so a resumed run
+rebuilds it from the config and continues it from the count saved in last.pth.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from .config import Config
+
+
+def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.AdamW:
+    # Decay only weight matrices and kernels: decaying norm scales and biases only fights the normalisation.
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # One kernel for the whole update on CUDA. Elsewhere None keeps PyTorch's default (False would also turn
+    # off its multi-tensor path).
+    fused = True if decay[0].is_cuda else None
+    return torch.optim.AdamW(groups, lr=cfg.effective_lr(), fused=fused)
+
+
+def lr_factor(cfg: Config, steps_per_epoch: int) -> Callable[[int], float]:
+    """The lr after ``t`` scheduler steps, as a fraction of the effective lr.
+
+    Cosine annealing from the effective lr to min_lr over the whole run (in epochs or in steps). With
+    ``warmup_epochs`` the lr first rises linearly from lr/25 to the effective lr, and the cosine spans the rest.
+    """
+    per_epoch = steps_per_epoch if cfg.schedule_unit == "step" else 1
+    total, warmup = cfg.epochs * per_epoch, round(cfg.warmup_epochs * per_epoch)
+    floor = min(cfg.min_lr / cfg.effective_lr(), 1.0)
+
+    def factor(t: int) -> float:
+        if t < warmup:
+            return 1 / 25 + (1 - 1 / 25) * t / warmup
+        progress = min((t - warmup) / max(total - warmup, 1), 1.0)
+        return floor + (1 - floor) * (1 + math.cos(math.pi * progress)) / 2
+
+    return factor
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int) -> LambdaLR:
+    return LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
+
+
+def load_scheduler_state(scheduler: LambdaLR, state: dict) -> None:
+    # Checkpoints written before warmup existed hold CosineAnnealingLR's state: the same step count and base
+    # lrs, without LambdaLR's (unpicklable, hence None) lr_lambdas entry.
+    state.setdefault("lr_lambdas", [None] * len(scheduler.base_lrs))
+    scheduler.load_state_dict(state)
+
+
+def continue_schedule(scheduler: LambdaLR, cfg: Config, was_epochs: int) -> str:
+    """Move a resumed run onto the schedule of its new ``cfg.epochs`` at once; returns the train.log line saying so.
+
+    From the step reached, the lr follows the schedule a run planned for ``cfg.epochs`` would: it takes that
+    schedule's value there (higher, for more epochs) and decays to min_lr by the new last epoch.
+    """
+    groups = scheduler.optimizer.param_groups
+    before = groups[0]["lr"]
+    for group, base, factor in zip(groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    return (f"lr schedule: stretched to {cfg.epochs} epochs (was {was_epochs}); the lr goes from {before:.2e} to "
+            f"{groups[0]['lr']:.2e} here and decays to {cfg.min_lr:.2e} by epoch {cfg.epochs}")

@@ -1,0 +1,203 @@
+"""The run folder: preparing it, ``train.log``, each epoch's records, when checkpoints are written, and the
+stop signals after which a run saves ``last.pth`` and ends.
+
+Only the main process writes here; under torchrun the others log nothing and save nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import shutil
+import signal
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+from . import distributed as dist
+from .checkpoint import atomic_save, make_checkpoint, read_checkpoint
+from .config import Config
+from .errors import FerkitError
+from .plots import plot_curves
+
+log = logging.getLogger("ferkit")
+METRIC_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "select_loss", "select_acc", "select_macro_f1",
+                 "images_per_s", "epoch_seconds", "gflop_per_image", "pflop", "best"]
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@dataclass
+class TrainState:
+    """A run's progress, saved whole in last.pth (as ``state``) and read back on --resume."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # batches done in the epoch in progress (non-zero only after an interruption)
+    best_acc: float = -1.0
+    best_epoch: int = 0
+    seconds: float = 0.0
+    pflop: float = 0.0  # training compute spent so far (forward + backward FLOPs of every image trained on)
+    history: list[dict] = field(default_factory=list)
+    partial: dict = field(default_factory=dict)  # running sums of the interrupted epoch
+    skipped: list[str] = field(default_factory=list)  # unreadable images left out (--bad-images skip)
+    nonfinite_steps: list[str] = field(default_factory=list)  # "epoch:step" of steps skipped (--nonfinite skip)
+
+
+def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    # Every process checks, so that all of them stop with the error, before the main one changes anything.
+    if resume:
+        _last_checkpoint(out)
+    held = not resume and out.exists() and any(out.iterdir())
+    if held and not overwrite:
+        raise FerkitError(f"run folder {out} already holds a run; resume it with --resume, "
+                          "choose another --out, or pass --overwrite to replace it")
+    dist.barrier()
+    if not dist.is_main():
+        return
+    if resume:
+        for stale in out.glob(".*.tmp"):  # left by a process killed while writing a checkpoint
+            stale.unlink()
+        return
+    if held:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def saved_config(out: str | Path) -> Config:
+    """The config a run folder's last.pth was trained with: what ``--resume`` starts from."""
+    return Config.from_dict(read_checkpoint(_last_checkpoint(Path(out)))["config"])
+
+
+def _last_checkpoint(out: Path) -> Path:
+    if not (out / "last.pth").is_file():
+        raise FerkitError(f"cannot resume: {out}/last.pth does not exist; start the run without --resume")
+    return out / "last.pth"
+
+
+def setup_logging(out: Path) -> None:
+    log.setLevel(logging.INFO)
+    for h in list(log.handlers):
+        log.removeHandler(h)
+        h.close()
+    log.propagate = False
+    if not dist.is_main():  # the main process reports for all (what it needs from the others is gathered)
+        log.addHandler(logging.NullHandler())
+        return
+    file_handler = logging.FileHandler(out / "train.log")
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(file_handler)
+    log.addHandler(logging.StreamHandler(sys.stdout))
+
+
+@dataclass
+class Checkpoints:
+    """When each checkpoint is written: last.pth after every epoch and when a run stops early, best.pth whenever an
+    epoch's selection accuracy beats every earlier epoch's (the first epoch's always does).
+
+    last.pth holds everything a resume needs; best.pth the evaluated weights (the average, with --ema-decay) and
+    the epoch and metrics they were chosen on. Both are written atomically, by the main process only.
+    """
+
+    out: Path
+    cfg: Config
+    classes: tuple[str, ...]
+    select_split: str
+    model: nn.Module  # the trained weights, which a resume continues from
+    evaluated: nn.Module  # the weights measured each epoch
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: AveragedModel | None
+    state: TrainState
+
+    def after_epoch(self, row: dict[str, Any], metrics: dict) -> None:
+        """Record the epoch just finished (``row``, completed with the ``best`` flag) and write its checkpoints."""
+        state = self.state
+        improved = metrics["accuracy"] > state.best_acc
+        if improved:
+            state.best_acc, state.best_epoch = metrics["accuracy"], state.epoch
+        state.history.append({**row, "best": improved})
+        if improved:
+            self._save("best.pth", self.evaluated, epoch=state.epoch, select_split=self.select_split,
+                       metrics={k: metrics[k] for k in ("accuracy", "macro_f1")})
+        self.save_last()
+
+    def save_last(self, rng: dict | None = None) -> None:
+        """last.pth; ``rng``: the generators of a run stopped part-way through an epoch."""
+        averaged = {"ema": self.ema.state_dict()} if self.ema is not None else {}
+        self._save("last.pth", self.model, optimizer=self.optimizer.state_dict(),
+                   scheduler=self.scheduler.state_dict(), state=self.state.__dict__, rng=rng or {}, **averaged)
+
+    def _save(self, name: str, weights: nn.Module, **extra: Any) -> None:
+        if dist.is_main():
+            atomic_save(make_checkpoint(weights, self.cfg, self.classes, **extra), self.out / name)
+
+
+class EpochRecords:
+    """Each finished epoch in metrics.csv, curves.png, TensorBoard (--tensorboard) and a line of train.log."""
+
+    def __init__(self, out: Path, cfg: Config) -> None:
+        self.out, self.epochs = out, cfg.epochs
+        self.writer = _tensorboard(out) if cfg.tensorboard and dist.is_main() else None
+
+    def write(self, history: list[dict], select_label: str) -> None:
+        if not dist.is_main():
+            return
+        # Written whole from the history each epoch: a resumed run's file is always complete and has one header,
+        # even when it was started by a version of ferkit that recorded fewer columns.
+        with open(self.out / "metrics.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=METRIC_FIELDS, restval="")
+            w.writeheader()
+            w.writerows(history)
+        row = history[-1]
+        if self.writer is not None:
+            for key in METRIC_FIELDS[1:-1]:
+                self.writer.add_scalar(key, row[key], row["epoch"])
+            self.writer.flush()
+        log.info(f"epoch {row['epoch']}/{self.epochs}  lr {row['lr']:.2e}  train loss {row['train_loss']:.4f} "
+                 f"acc {row['train_acc']:.4f}  {select_label} loss {row['select_loss']:.4f} "
+                 f"acc {row['select_acc']:.4f} F1 {row['select_macro_f1']:.4f}  {row['images_per_s']:.1f} img/s  "
+                 f"{row['epoch_seconds']:.0f}s  {row['pflop']:.3f} PFLOP"
+                 + ("  (best, saved best.pth)" if row["best"] else ""))
+        plot_curves(history, self.out / "curves.png")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _tensorboard(out: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: workers leave SIGINT/SIGTERM to the main process."""
+    # Ctrl-C, and a SIGTERM sent to the process group (timeout, a job scheduler), reach the workers too. Only the
+    # main process handles them, so workers keep serving until it has saved; they exit when it shuts them down,
+    # or on their own when it dies (DataLoader workers watch their parent).
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
+@contextmanager
+def stop_requests() -> Iterator[list[int]]:
+    """Turn SIGINT/SIGTERM into a flag checked between steps, so a step is never cut in half."""
+    requested: list[int] = []
+    handler = lambda signum, _frame: requested.append(signum)  # noqa: E731
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    try:
+        yield requested
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def agreed_stop(stop: list[int]) -> int:
+    """The signal that stops the run (0: none), agreed so that every process stops after the same step."""
+    return dist.max_over_ranks(stop[0] if stop else 0)
