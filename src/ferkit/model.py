@@ -1,4 +1,4 @@
-"""The specification's ResNet18-like network for 96x96 faces (section 2 of SPEC.md), and a cheaper stem.
+"""The specification's ResNet18-like network for 96x96 faces (docs/recipe.md, section 2), and a cheaper stem.
 
 Unlike torchvision's ImageNet ResNet18, the specification's stem keeps full resolution (no stride,
 no max-pool), so layer1 runs at 96x96 and layer4 at 12x12, and the head is an MLP with dropout.

@@ -1,4 +1,4 @@
-"""The specification's training loop (SPEC.md section 3) with what users expect around it.
+"""The specification's training loop (docs/recipe.md, section 3) with what users expect around it.
 
 Per epoch: ``model.train()``, an AdamW step per batch on label-smoothed cross-entropy, then
 ``model.eval()`` under ``no_grad`` on the selection split, one cosine ``scheduler.step()``, metrics
