@@ -62,3 +62,19 @@ def test_parameters_follow_the_config():
 def test_any_pil_mode_is_accepted(mode):
     image = Image.new(mode, (60, 40))
     assert build_test_transform(Config())(image).shape == (3, 96, 96)
+
+
+def test_grey_input_shows_colour_photos_grey_and_leaves_grey_images_exactly_as_they_are():
+    from ferkit.fastdata import BatchTest
+
+    rng = np.random.default_rng(0)
+    colour = Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
+    grey = Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8), mode="L")
+    cfg = Config(image_size=16, grey_input=True, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    x = build_test_transform(cfg)(colour)
+    assert torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])
+    assert not torch.equal(x, build_test_transform(Config(image_size=16))(colour))
+    assert torch.equal(build_test_transform(cfg)(grey), build_test_transform(cfg.updated({"grey_input": False}))(grey))
+    batch = torch.from_numpy(np.asarray(colour)).permute(2, 0, 1)[None].contiguous()
+    y = BatchTest(cfg)(batch)
+    assert torch.equal(y[0, 0], y[0, 1]) and torch.equal(y[0, 1], y[0, 2])

@@ -61,6 +61,9 @@ class Config:
     saturation: float = _opt("augmentation", 0.4, "ColorJitter saturation strength")
     hue: float = _opt("augmentation", 0.1, "ColorJitter hue strength")
     grayscale_p: float = _opt("augmentation", 0.2, "RandomGrayscale probability")
+    grey_input: bool = _opt("augmentation", False, "convert every image to grey (3 equal channels) in training, "
+                            "evaluation and prediction: a model trained on a grey dataset (FER2013) then sees colour "
+                            "photos as it saw its training faces")
     rotation: float = _opt("augmentation", 20.0, "RandomRotation maximum degrees")
     erasing_p: float = _opt("augmentation", 0.25, "RandomErasing probability")
     mean: tuple[float, float, float] = _opt("augmentation", IMAGENET_MEAN, "normalization mean (ImageNet)")
@@ -145,7 +148,7 @@ class Config:
 # a per-step cosine, on the decode-once batched pipeline (no DataLoader processes competing for the cores).
 _CPU_RECIPE: dict[str, Any] = {"arch": "resnet18s2", "image_size": 48, "batch_size": 64, "lr": 2e-3,
                                "lr_scaling": "none", "schedule_unit": "step", "protocol": "clean",
-                               "data_pipeline": "batched"}
+                               "data_pipeline": "batched", "grey_input": True}
 PRESETS: dict[str, dict[str, Any]] = {
     "spec": {},
     # 0.485 PFLOP: half-width network (0.47 GFLOP a training image), 36 epochs.

@@ -219,7 +219,7 @@ class _NetworkInput(nn.Module):
 
     def __init__(self, cfg: Config) -> None:
         super().__init__()
-        self.size = cfg.image_size
+        self.size, self.grey = cfg.image_size, cfg.grey_input
         self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1), persistent=False)
 
@@ -227,7 +227,8 @@ class _NetworkInput(nn.Module):
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
             raise FerkitError(f"expected a uint8 batch [B, 1 or 3, H, W], got {images.dtype} {tuple(images.shape)}; "
                               "pass the tensor from decode_once/batches")
-        return images.float().div_(255)
+        x = images.float().div_(255)
+        return _grey(x) if self.grey else x
 
     def _normalize(self, x: Tensor) -> Tensor:
         return (x.expand(-1, 3, -1, -1) - self.mean) / self.std

@@ -16,17 +16,25 @@ from .images import to_rgb
 
 
 class ToRGB:
-    """The pipelines' first step: :func:`ferkit.images.to_rgb`, as a transform that names itself in a pipeline."""
+    """The pipelines' first step: :func:`ferkit.images.to_rgb`, as a transform that names itself in a pipeline.
+
+    With ``grey``, the image becomes grey in 3 equal channels: a network that only ever saw grey faces (FER2013)
+    reads colour as noise. PIL's integer luma leaves an image that is grey already exactly as it was.
+    """
+
+    def __init__(self, grey: bool = False) -> None:
+        self.grey = grey
 
     def __call__(self, image: Image.Image | np.ndarray) -> Image.Image:
-        return to_rgb(image)
+        rgb = to_rgb(image)
+        return rgb.convert("L").convert("RGB") if self.grey else rgb
 
     def __repr__(self) -> str:
-        return "ToRGB()"
+        return f"ToRGB(grey={self.grey})"
 
 
-def _to_rgb_tensor() -> list:
-    return [ToRGB(), v2.ToImage()]
+def _to_rgb_tensor(cfg: Config) -> list:
+    return [ToRGB(cfg.grey_input), v2.ToImage()]
 
 
 def _normalize(cfg: Config) -> list[v2.Transform]:
@@ -35,7 +43,7 @@ def _normalize(cfg: Config) -> list[v2.Transform]:
 
 def build_train_transform(cfg: Config) -> v2.Compose:
     return v2.Compose(
-        _to_rgb_tensor()
+        _to_rgb_tensor(cfg)
         + [
             v2.RandomResizedCrop(cfg.image_size, scale=tuple(cfg.crop_scale), antialias=True),
             v2.RandomHorizontalFlip(p=cfg.flip_p),
@@ -54,11 +62,11 @@ def build_train_transform(cfg: Config) -> v2.Compose:
 
 def build_test_transform(cfg: Config) -> v2.Compose:
     return v2.Compose(
-        _to_rgb_tensor() + [v2.Resize((cfg.image_size, cfg.image_size), antialias=True)] + _normalize(cfg)
+        _to_rgb_tensor(cfg) + [v2.Resize((cfg.image_size, cfg.image_size), antialias=True)] + _normalize(cfg)
     )
 
 
 def preprocessing(cfg: Config) -> dict:
     """The test transform's values for readers other than ferkit: runtimes fed an exported ONNX file, and the
     server's page, which sizes webcam snapshots by them."""
-    return {"image_size": cfg.image_size, "mean": list(cfg.mean), "std": list(cfg.std)}
+    return {"image_size": cfg.image_size, "mean": list(cfg.mean), "std": list(cfg.std), "grey": cfg.grey_input}
