@@ -4,10 +4,11 @@
     python benchmarks/fer2013_accuracy.py bundled      # the model shipped inside ferkit
     python benchmarks/fer2013_accuracy.py fer2013_resnet18.int8        # its int8 twin, also bundled
 
-Measures the run's best.pth (or a given .pth/.safetensors/.onnx file, or the bundled model) on PrivateTest (the clean protocol's figure when the run selected on
-PublicTest), on PublicTest, and on the whole test/ (PublicTest + PrivateTest: the specification's
-protocol, exact when the run selected on test/ or had a single epoch, otherwise the test/ accuracy
-of the clean-selected checkpoint). Prints the figures and writes JSON.
+Measures the run's best.pth (or a given .pth/.safetensors/.onnx file, or the bundled model) on
+PrivateTest (the clean protocol's figure when the run selected on PublicTest), on PublicTest, and on
+the whole test/ (PublicTest + PrivateTest: the specification's protocol, exact when the run selected
+on test/ or had a single epoch, otherwise the test/ accuracy of the clean-selected checkpoint).
+Prints the figures and writes JSON.
 """
 
 from __future__ import annotations
@@ -19,20 +20,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from common import DEFAULT_DATA  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
+
 from ferkit.checkpoint import BUNDLED, check_classes, model_path
-from ferkit.data import FerDataset, load_splits
-from ferkit.evaluate import collect_probs, compute_metrics, inference_precision, make_loader
-from ferkit.inference import load_for_inference
+from ferkit.data.datasets import FerDataset, load_splits, make_loader
+from ferkit.data.transforms import build_test_transform
+from ferkit.evaluation.metrics import compute_metrics
+from ferkit.evaluation.predictions import collect_probs, inference_precision
+from ferkit.inference.loading import load_for_inference
 from ferkit.runtime import machine_description, resolve_device
-from ferkit.transforms import build_test_transform
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path, help="a training run folder holding best.pth and report.json, "
-                        "a checkpoint file, or 'bundled'")
+    parser.add_argument(
+        "run", type=Path, help="a training run folder holding best.pth and report.json, a checkpoint file, or 'bundled'"
+    )
     parser.add_argument("--data", default=DEFAULT_DATA)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", type=Path, help="where to write the results (default: RUN/benchmark_accuracy.json)")
@@ -61,29 +64,54 @@ def main() -> None:
         ("PrivateTest", "clean", "none"): private,
         ("PrivateTest", "clean", "flip"): private_flip,
         ("PublicTest", "selection", "none"): public,
-        ("test (Public+Private)", "spec", "none"): (np.concatenate([public[0], private[0]]),
-                                                    np.concatenate([public[1], private[1]]), public[2] + private[2]),
+        ("test (Public+Private)", "spec", "none"): (
+            np.concatenate([public[0], private[0]]),
+            np.concatenate([public[1], private[1]]),
+            public[2] + private[2],
+        ),
     }
     results = []
     for (name, protocol, tta), (probs, labels, seconds) in cases.items():
         m = compute_metrics(labels, probs, classes)
-        results.append({"split": name, "protocol": protocol, "tta": tta, "images": m["images"],
-                        "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "per_class": m["per_class"],
-                        "confusion_matrix": m["confusion_matrix"], "eval_seconds": round(seconds, 1)})
-        print(f"{name:<22} {protocol:<9} TTA {tta:<5} images {m['images']:>5}  accuracy {m['accuracy']:.4f}  "
-              f"macro-F1 {m['macro_f1']:.4f}")
+        results.append(
+            {
+                "split": name,
+                "protocol": protocol,
+                "tta": tta,
+                "images": m["images"],
+                "accuracy": m["accuracy"],
+                "macro_f1": m["macro_f1"],
+                "per_class": m["per_class"],
+                "confusion_matrix": m["confusion_matrix"],
+                "eval_seconds": round(seconds, 1),
+            }
+        )
+        print(
+            f"{name:<22} {protocol:<9} TTA {tta:<5} images {m['images']:>5}  accuracy {m['accuracy']:.4f}  "
+            f"macro-F1 {m['macro_f1']:.4f}"
+        )
     report_file = args.run / "report.json"
     report = json.loads(report_file.read_text()) if report_file.is_file() else {}
     out = {
-        "run": str(args.run), "checkpoint": str(ckpt), "best_epoch": report.get("best_epoch"),
-        "epochs": report.get("epochs"), "train_seconds": report.get("train_seconds"),
+        "run": str(args.run),
+        "checkpoint": str(ckpt),
+        "best_epoch": report.get("best_epoch"),
+        "epochs": report.get("epochs"),
+        "train_seconds": report.get("train_seconds"),
         "config": cfg.to_dict(),
-        "machine": {"description": machine_description(), "torch": torch.__version__, "device": str(device),
-                    "precision": precision},
+        "machine": {
+            "description": machine_description(),
+            "torch": torch.__version__,
+            "device": str(device),
+            "precision": precision,
+        },
         "results": results,
     }
-    default = args.run / "benchmark_accuracy.json" if args.run.is_dir() else Path(
-        "benchmarks/results") / f"accuracy_{'bundled' if bundled else ckpt.stem}.json"
+    default = (
+        args.run / "benchmark_accuracy.json"
+        if args.run.is_dir()
+        else Path("benchmarks/results") / f"accuracy_{'bundled' if bundled else ckpt.stem}.json"
+    )
     path = args.json or default
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")

@@ -24,15 +24,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import DEFAULT_DATA  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
 from PIL import Image
 
-from common import DEFAULT_DATA  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
 from ferkit.checkpoint import BUNDLED_MODELS, LoadedModel, load_model, make_checkpoint
 from ferkit.config import Config
-from ferkit.export import calibration_images, quantize_int8, to_onnx_bytes
-from ferkit.inference import OnnxRuntimeModel
+from ferkit.inference.export import calibration_images, quantize_int8, to_onnx_bytes
+from ferkit.inference.loading import OnnxRuntimeModel
+from ferkit.inference.predict import Predictor
 from ferkit.model import build_model
-from ferkit.predict import Predictor
 from ferkit.runtime import cpu_has_native_bf16, machine_description
 
 
@@ -53,8 +53,9 @@ def spec_size_model(loaded: LoadedModel) -> LoadedModel:
     return LoadedModel(model, cfg, loaded.classes, make_checkpoint(model, cfg, loaded.classes))
 
 
-def measure(loaded: LoadedModel, photo: np.ndarray, repeats: int, data: str | None,
-            int8_file: Path | None = None) -> dict:
+def measure(
+    loaded: LoadedModel, photo: np.ndarray, repeats: int, data: str | None, int8_file: Path | None = None
+) -> dict:
     size = loaded.config.image_size
     onnx = to_onnx_bytes(loaded)
     backends = {
@@ -71,11 +72,16 @@ def measure(loaded: LoadedModel, photo: np.ndarray, repeats: int, data: str | No
         # Emulated bf16 (no AMX/AVX-512 BF16) is minutes per batch of 64: fewer repeats, no batch run.
         slow = name == "torch_bf16" and not cpu_has_native_bf16()
         reps = 5 if slow else repeats
-        one = median_ms(lambda: predictor.classify([face]), reps, warmup=1)
-        photo_ms = median_ms(lambda: predictor.predict(photo), max(5, reps // 2), warmup=1)
-        batch = None if slow else median_ms(lambda: predictor.classify([face] * 64), max(3, repeats // 10), warmup=1)
-        out[name] = {"batch1_ms": round(one, 2), "photo_end_to_end_ms": round(photo_ms, 2),
-                     "batch64_faces_per_s": None if batch is None else round(64 / batch * 1000, 1)}
+        one = median_ms(lambda p=predictor: p.classify([face]), reps, warmup=1)
+        photo_ms = median_ms(lambda p=predictor: p.predict(photo), max(5, reps // 2), warmup=1)
+        batch = None
+        if not slow:
+            batch = median_ms(lambda p=predictor: p.classify([face] * 64), max(3, repeats // 10), warmup=1)
+        out[name] = {
+            "batch1_ms": round(one, 2),
+            "photo_end_to_end_ms": round(photo_ms, 2),
+            "batch64_faces_per_s": None if batch is None else round(64 / batch * 1000, 1),
+        }
     detector = backends["torch_fp32"].detector
     out["detection_ms"] = round(median_ms(lambda: detector.detect(photo), repeats), 2)
     out["faces_found"] = len(backends["torch_fp32"].predict(photo).faces)
@@ -96,19 +102,29 @@ def main() -> None:
     loaded = load_model(args.checkpoint)
     data = args.data if Path(args.data).exists() else None
     if data is None:
-        print(f"no FER2013 at {args.data}: int8 of the 96x96 model{'' if args.checkpoint is None else ' and CKPT'} "
-              "skipped (quantizing needs calibration images; pass --data)")
+        print(
+            f"no FER2013 at {args.data}: int8 of the 96x96 model{'' if args.checkpoint is None else ' and CKPT'} "
+            "skipped (quantizing needs calibration images; pass --data)"
+        )
     # The bundled model's int8 row is its shipped twin, the file users run.
     int8_file = BUNDLED_MODELS["fer2013_resnet18.int8"] if args.checkpoint is None else None
-    results = {"machine": machine_description(), "torch_threads": torch.get_num_threads(),
-               "native_bf16": cpu_has_native_bf16(),
-               "date": time.strftime("%Y-%m-%d"), "photo": "skimage astronaut resized to 1024x1024",
-               "checkpoint": args.checkpoint or "bundled",
-               "models": [measure(loaded, photo, args.repeats, data, int8_file),
-                          measure(spec_size_model(loaded), photo, args.repeats, data)]}
+    results = {
+        "machine": machine_description(),
+        "torch_threads": torch.get_num_threads(),
+        "native_bf16": cpu_has_native_bf16(),
+        "date": time.strftime("%Y-%m-%d"),
+        "photo": "skimage astronaut resized to 1024x1024",
+        "checkpoint": args.checkpoint or "bundled",
+        "models": [
+            measure(loaded, photo, args.repeats, data, int8_file),
+            measure(spec_size_model(loaded), photo, args.repeats, data),
+        ],
+    }
     for m in results["models"]:
-        print(f"\nmodel input {m['image_size']}x{m['image_size']}: detection {m['detection_ms']:.1f} ms, "
-              f"faces found on the photo: {m['faces_found']}")
+        print(
+            f"\nmodel input {m['image_size']}x{m['image_size']}: detection {m['detection_ms']:.1f} ms, "
+            f"faces found on the photo: {m['faces_found']}"
+        )
         print(f"{'backend':<18}{'batch-1 ms':>12}{'faces/s @64':>13}{'1MP photo ms':>14}")
         for name in ("torch_fp32", "torch_bf16", "onnxruntime", "onnxruntime_int8"):
             if name not in m:

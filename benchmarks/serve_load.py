@@ -35,7 +35,7 @@ def untrained_checkpoint(folder: Path, image_size: int = 48) -> Path:
 
     from ferkit.checkpoint import atomic_save, make_checkpoint
     from ferkit.config import Config
-    from ferkit.data import CLASSES
+    from ferkit.data.datasets import CLASSES
     from ferkit.model import build_model
 
     torch.manual_seed(0)
@@ -62,8 +62,18 @@ def free_port() -> int:
 
 
 def start_server(checkpoint: Path, port: int, max_batch: int, log: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "ferkit", "serve", "--checkpoint", str(checkpoint), "--port", str(port),
-               "--max-batch", str(max_batch)]
+    command = [
+        sys.executable,
+        "-m",
+        "ferkit",
+        "serve",
+        "--checkpoint",
+        str(checkpoint),
+        "--port",
+        str(port),
+        "--max-batch",
+        str(max_batch),
+    ]
     process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300  # importing torch alone takes tens of seconds on a loaded 2-core machine
     while time.monotonic() < deadline:
@@ -101,13 +111,15 @@ async def load(url: str, image: bytes, name: str, clients: int, duration: float)
         latencies: list[float] = []
         errors = [f"warm-up HTTP {r.status_code}: {r.text[:200]}" for r in warm_up if r.status_code != 200]
         start = time.perf_counter()
-        await asyncio.gather(*(client(http, image, name, start + duration, latencies, errors)
-                               for _ in range(clients)))
+        await asyncio.gather(*(client(http, image, name, start + duration, latencies, errors) for _ in range(clients)))
         elapsed = time.perf_counter() - start
     ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
     return {
-        "requests": len(latencies), "errors": len(errors), "error_examples": sorted(set(errors))[:5],
-        "seconds": round(elapsed, 2), "requests_per_s": round(len(latencies) / elapsed, 3),
+        "requests": len(latencies),
+        "errors": len(errors),
+        "error_examples": sorted(set(errors))[:5],
+        "seconds": round(elapsed, 2),
+        "requests_per_s": round(len(latencies) / elapsed, 3),
         "latency_ms": {q: round(float(np.percentile(ms, int(q[1:]))), 1) for q in ("p50", "p95", "p99")}
         | {"mean": round(float(ms.mean()), 1), "max": round(float(ms.max()), 1)},
     }
@@ -126,8 +138,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint or untrained_checkpoint(Path(tmp))
         if args.checkpoint is None:
-            print(f"no --checkpoint: serving an untrained spec model at 48x48 ({checkpoint.name}); "
-                  "latency and throughput are those of a trained one, the labels are not")
+            print(
+                f"no --checkpoint: serving an untrained spec model at 48x48 ({checkpoint.name}); "
+                "latency and throughput are those of a trained one, the labels are not"
+            )
         image = args.image.read_bytes() if args.image else astronaut_png()
         name = args.image.name if args.image else "astronaut.png"
         port = free_port()
@@ -142,18 +156,27 @@ def main() -> None:
     report = {
         "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "checkpoint": str(args.checkpoint) if args.checkpoint else "untrained spec model, 48x48",
-        "image": name, "image_bytes": len(image), "clients": args.clients, "duration_s": args.duration,
-        "max_batch": args.max_batch, "machine": {"cpu": platform.processor() or platform.machine(),
-                                                 "cpus": os.cpu_count(), "python": platform.python_version(),
-                                                 "load_average_before": [round(v, 2) for v in load_before],
-                                                 "load_average_after": [round(v, 2) for v in os.getloadavg()]},
+        "image": name,
+        "image_bytes": len(image),
+        "clients": args.clients,
+        "duration_s": args.duration,
+        "max_batch": args.max_batch,
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_before": [round(v, 2) for v in load_before],
+            "load_average_after": [round(v, 2) for v in os.getloadavg()],
+        },
         **results,
     }
     lat = results["latency_ms"]
-    print(f"{args.clients} clients, {results['seconds']:.1f} s, --max-batch {args.max_batch}: "
-          f"{results['requests']} requests, {results['requests_per_s']:.2f} requests/s; "
-          f"latency p50 {lat['p50']:.0f} ms, "
-          f"p95 {lat['p95']:.0f} ms, p99 {lat['p99']:.0f} ms (max {lat['max']:.0f}); errors {results['errors']}")
+    print(
+        f"{args.clients} clients, {results['seconds']:.1f} s, --max-batch {args.max_batch}: "
+        f"{results['requests']} requests, {results['requests_per_s']:.2f} requests/s; "
+        f"latency p50 {lat['p50']:.0f} ms, "
+        f"p95 {lat['p95']:.0f} ms, p99 {lat['p99']:.0f} ms (max {lat['max']:.0f}); errors {results['errors']}"
+    )
     for example in results["error_examples"]:
         print(f"  error: {example}")
     if args.json:

@@ -26,8 +26,9 @@ import sys
 from pathlib import Path
 
 from common import DEFAULT_DATA  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
+
 from ferkit.cli import main as ferkit_main
-from ferkit.evaluate import evaluate_checkpoint
+from ferkit.inference.evaluate import evaluate_checkpoint
 from ferkit.runtime import machine_description
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -59,8 +60,14 @@ def run(name: str, train_args: list[str], data_default: str) -> dict:
     epochs = []
     for row in rows:
         minutes += float(row["epoch_seconds"]) / 60
-        epochs.append({"epoch": int(row["epoch"]), "pflop": float(row["pflop"]), "wall_minutes": round(minutes, 2),
-                       "public_test": float(row["select_acc"])})
+        epochs.append(
+            {
+                "epoch": int(row["epoch"]),
+                "pflop": float(row["pflop"]),
+                "wall_minutes": round(minutes, 2),
+                "public_test": float(row["select_acc"]),
+            }
+        )
     flip = evaluate_checkpoint(folder / "best.pth", data=config["data"], split="report", tta="flip", workers=2)
     result = {
         "name": name,
@@ -82,9 +89,11 @@ def run(name: str, train_args: list[str], data_default: str) -> dict:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"time_to_accuracy_{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{name}: PrivateTest {result['private_test']:.2%} (flip {result['private_test_flip']:.2%}), best PublicTest "
-          f"{result['public_test_best']:.2%} at epoch {result['best_epoch']}, {result['pflop']:.3f} PFLOP, "
-          f"{result['wall_minutes']:.1f} min on {result['machine']}; wrote {path}")
+    print(
+        f"{name}: PrivateTest {result['private_test']:.2%} (flip {result['private_test_flip']:.2%}), best PublicTest "
+        f"{result['public_test_best']:.2%} at epoch {result['best_epoch']}, {result['pflop']:.3f} PFLOP, "
+        f"{result['wall_minutes']:.1f} min on {result['machine']}; wrote {path}"
+    )
     return result
 
 
@@ -103,10 +112,12 @@ def plot(output: Path) -> None:
         cfg = r["config"]
         label = f"{r['name']}: {cfg['arch']} w{cfg.get('width', 64)} {cfg['image_size']}px, {cfg['epochs']} ep"
         final.scatter(r["pflop"], 100 * r["private_test"], s=40)
-        final.annotate(label, (r["pflop"], 100 * r["private_test"]), fontsize=7, xytext=(4, 4),
-                       textcoords="offset points")
-        curves.plot([e["pflop"] for e in r["epochs"]], [100 * e["public_test"] for e in r["epochs"]], marker=".",
-                    label=label)
+        final.annotate(
+            label, (r["pflop"], 100 * r["private_test"]), fontsize=7, xytext=(4, 4), textcoords="offset points"
+        )
+        curves.plot(
+            [e["pflop"] for e in r["epochs"]], [100 * e["public_test"] for e in r["epochs"]], marker=".", label=label
+        )
     for ax, title in ((final, "PrivateTest (best PublicTest epoch, no TTA)"), (curves, "PublicTest by epoch")):
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(ScalarFormatter())
@@ -116,8 +127,10 @@ def plot(output: Path) -> None:
         ax.set_title(title)
         ax.grid(alpha=0.3)
     curves.legend(fontsize=7)
-    fig.suptitle("FER2013: accuracy against training compute (commands in benchmarks/results/time_to_accuracy_*.json)",
-                 fontsize=10)
+    fig.suptitle(
+        "FER2013: accuracy against training compute (commands in benchmarks/results/time_to_accuracy_*.json)",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(output, dpi=110)
     print(f"wrote {output} ({len(results)} runs)")
@@ -125,8 +138,8 @@ def plot(output: Path) -> None:
 
 def main() -> None:
     argv = sys.argv[1:]
-    train_args = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
+    train_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="train (unless finished) and record; ferkit train arguments follow --")

@@ -13,7 +13,7 @@ from PIL import Image
 
 from ferkit.checkpoint import atomic_save, make_checkpoint
 from ferkit.config import Config
-from ferkit.data import CLASSES
+from ferkit.data.datasets import CLASSES
 from ferkit.model import build_model
 
 # Keep the suite light on the 2-core CI machine and repeatable.
@@ -28,8 +28,9 @@ def _face(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
     return np.clip(rng.normal(base, 20, (size, size)), 0, 255).astype(np.uint8)
 
 
-def make_image_folder(root: Path, per_class: int = 4, size: int = 20, folder_names=None,
-                      test_prefixes=("PublicTest_", "PrivateTest_")) -> Path:
+def make_image_folder(
+    root: Path, per_class: int = 4, size: int = 20, folder_names=None, test_prefixes=("PublicTest_", "PrivateTest_")
+) -> Path:
     rng = np.random.default_rng(0)
     names = folder_names or [c.lower() for c in CLASSES]
     for split in ("train", "test"):
@@ -79,8 +80,12 @@ def untrained_checkpoint(tmp_path_factory) -> Path:
         for _ in range(3):
             model(torch.randn(16, 3, 32, 32) * 1.5 + 0.3)
     path = tmp_path_factory.mktemp("ckpt") / "best.pth"
-    atomic_save(make_checkpoint(model.eval(), cfg, CLASSES, epoch=3, metrics={"accuracy": 0.5, "macro_f1": 0.25},
-                                select_split="PublicTest"), path)
+    atomic_save(
+        make_checkpoint(
+            model.eval(), cfg, CLASSES, epoch=3, metrics={"accuracy": 0.5, "macro_f1": 0.25}, select_split="PublicTest"
+        ),
+        path,
+    )
     return path
 
 

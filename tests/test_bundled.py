@@ -10,9 +10,9 @@ import pytest
 
 from ferkit.checkpoint import BUNDLED, BUNDLED_MODELS, load_model
 from ferkit.cli import main
-from ferkit.data import CLASSES
-from ferkit.evaluate import evaluate_checkpoint
-from ferkit.predict import Predictor
+from ferkit.data.datasets import CLASSES
+from ferkit.inference.evaluate import evaluate_checkpoint
+from ferkit.inference.predict import Predictor
 
 MODEL_CARD = Path(__file__).resolve().parents[1] / "MODEL_CARD.md"
 
@@ -87,8 +87,9 @@ def test_bundled_models_by_name_on_the_command_line(no_network, tmp_path, capsys
 def test_int8_twin_reproduces_the_model_cards_private_test_accuracy(no_network, real_data):
     pytest.importorskip("onnxruntime")
     correct, total = card_private_test_count("int8 ")
-    metrics = evaluate_checkpoint("fer2013_resnet18.int8", data=str(real_data), split="report", protocol="clean",
-                                  workers=0)
+    metrics = evaluate_checkpoint(
+        "fer2013_resnet18.int8", data=str(real_data), split="report", protocol="clean", workers=0
+    )
     assert metrics["images"] == total and metrics["precision"] == "int8"
     assert round(metrics["accuracy"] * total) == correct
 

@@ -10,7 +10,7 @@ from ferkit.cli import build_parser
 from ferkit.config import GROUPS, PRESETS, Config, config_from_args, resumed_config
 from ferkit.errors import FerkitError
 from ferkit.model import build_model, resnet18, training_flops
-from ferkit.train import build_optimizer, build_scheduler
+from ferkit.training.loop import build_optimizer, build_scheduler
 
 
 def test_defaults_are_the_specification():
@@ -31,7 +31,7 @@ def test_layers_preset_then_file_then_flags(tmp_path):
     assert parse().image_size == 96
     assert parse("--preset", "quick").image_size == 48
     f = tmp_path / "c.toml"
-    f.write_text('image_size = 64\nepochs = 7\ncrop_scale = [0.5, 1.0]\n')
+    f.write_text("image_size = 64\nepochs = 7\ncrop_scale = [0.5, 1.0]\n")
     cfg = parse("--preset", "quick", "--config", str(f), "--epochs", "3")
     assert (cfg.image_size, cfg.epochs, cfg.crop_scale, cfg.protocol) == (64, 3, (0.5, 1.0), "clean")
     j = tmp_path / "c.json"
@@ -100,7 +100,12 @@ def test_weight_decay_skips_norms_and_biases():
 def test_cpu_presets_train_the_stride_2_network_at_48_within_their_compute_budget(preset, budget):
     cfg = Config().updated(PRESETS[preset])
     assert (cfg.arch, cfg.image_size, cfg.protocol, cfg.schedule_unit, cfg.data_pipeline) == (
-        "resnet18s2", 48, "clean", "step", "batched")
+        "resnet18s2",
+        48,
+        "clean",
+        "step",
+        "batched",
+    )
     assert cfg.effective_lr() == 2e-3 and cfg.batch_size == 64 and cfg.warmup_epochs > 0
     # FER2013's 28,709 training images in full batches of 64, every epoch.
     images = 28709 // cfg.batch_size * cfg.batch_size * cfg.epochs
@@ -114,8 +119,11 @@ def test_a_resumed_run_may_change_speed_and_epochs_and_nothing_else():
     saved = Config(epochs=10, lr=2e-3, workers=4)
     cfg, changes = resumed_config(saved, Config(epochs=12, lr=2e-3, workers=2, out="elsewhere"), 7, "runs/x")
     assert cfg.epochs == 12 and cfg.workers == 2 and changes == ["--epochs 12 (was 10)", "--workers 2 (was 4)"]
-    with pytest.raises(FerkitError, match=r"^cannot resume runs/x with --lr 0.0005 --sync-bn --seed 1: the run was "
-                                          r"trained with lr 0.002, sync_bn False, seed 0; .* to change them$"):
+    with pytest.raises(
+        FerkitError,
+        match=r"^cannot resume runs/x with --lr 0.0005 --sync-bn --seed 1: the run was "
+        r"trained with lr 0.002, sync_bn False, seed 0; .* to change them$",
+    ):
         resumed_config(saved, Config(epochs=10, lr=5e-4, seed=1, sync_bn=True, tensorboard=False), 7, "runs/x")
     with pytest.raises(FerkitError, match="with --crop-scale 0.5 1.0: the run was trained with crop_scale 0.8 1.0;"):
         resumed_config(saved, Config(epochs=10, lr=2e-3, crop_scale=(0.5, 1.0)), 7, "runs/x")

@@ -1,12 +1,11 @@
 import numpy as np
 import pytest
+from conftest import make_csv, make_image_folder
 from PIL import Image
 
 from ferkit.cli import main
-from ferkit.data import CLASSES, FerDataset, canonical_class, check_dataset, load_splits, resolve_data_path
+from ferkit.data.datasets import CLASSES, FerDataset, canonical_class, check_dataset, load_splits, resolve_data_path
 from ferkit.errors import FerkitError
-
-from conftest import make_csv, make_image_folder
 
 
 def test_image_folder_spec_protocol(image_folder):

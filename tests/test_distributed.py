@@ -16,15 +16,29 @@ from ferkit.checkpoint import read_checkpoint
 from ferkit.config import Config
 from ferkit.model import build_model
 from ferkit.runtime import seed_everything
-from ferkit.feed import EpochSampler
-from ferkit.train import TrainingInterrupted, train
+from ferkit.training.feed import EpochSampler
+from ferkit.training.loop import TrainingInterrupted, train
 
 # Augmentation and dropout off, so that both runs see the very same pixels; SyncBatchNorm, so that two
 # processes of 4 images normalise like one process of 8. The one process runs with it too: alone it is BatchNorm.
-SAME_MATH = dict(image_size=16, batch_size=8, epochs=2, workers=0, tensorboard=False, seed=5, protocol="clean",
-                 precision="fp32",
-                 sync_bn=True, dropout=0.0, flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, rotation=0.0, erasing_p=0.0,
-                 crop_scale=(1.0, 1.0))
+SAME_MATH = dict(
+    image_size=16,
+    batch_size=8,
+    epochs=2,
+    workers=0,
+    tensorboard=False,
+    seed=5,
+    protocol="clean",
+    precision="fp32",
+    sync_bn=True,
+    dropout=0.0,
+    flip_p=0.0,
+    jitter_p=0.0,
+    grayscale_p=0.0,
+    rotation=0.0,
+    erasing_p=0.0,
+    crop_scale=(1.0, 1.0),
+)
 
 
 def flags(values: dict) -> list[str]:
@@ -46,9 +60,25 @@ def two_process_run(tmp_path_factory):
     data = make_image_folder(root / "fer", per_class=3)
     run = root / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "ferkit", "train", "--nproc", "2", "--data", str(data),
-                             "--out", str(run), *flags(SAME_MATH)],
-                            capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ferkit",
+            "train",
+            "--nproc",
+            "2",
+            "--data",
+            str(data),
+            "--out",
+            str(run),
+            *flags(SAME_MATH),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return data, run, result.stdout
 
@@ -61,7 +91,7 @@ def test_sampler_shards_make_up_the_global_batches_of_one_process():
     whole, parts = list(single), [list(s) for s in shards]
     assert len(parts[0]) == len(parts[1]) == len(shards[0]) == 11
     for k in range(len(whole) // 8):  # global batch 8 = 4 per process
-        assert sorted(parts[0][4 * k:4 * k + 4] + parts[1][4 * k:4 * k + 4]) == sorted(whole[8 * k:8 * k + 8])
+        assert sorted(parts[0][4 * k : 4 * k + 4] + parts[1][4 * k : 4 * k + 4]) == sorted(whole[8 * k : 8 * k + 8])
     shards[1].set_epoch(4, start=6)  # a resumed epoch, 6 images into this process's share
     assert list(shards[1]) == parts[1][6:] and len(shards[1]) == 5
 
@@ -90,9 +120,16 @@ def test_two_processes_train_like_one_process_over_the_global_batch(two_process_
 
 def test_two_processes_write_one_run_folder_and_count_every_image_once(two_process_run):
     _, run, stdout = two_process_run
-    assert sorted(p.name for p in run.iterdir()) == ["best.pth", "config.json", "curves.png", "last.pth",
-                                                     "metrics.csv", "report.json", "report_confusion.png",
-                                                     "train.log"]
+    assert sorted(p.name for p in run.iterdir()) == [
+        "best.pth",
+        "config.json",
+        "curves.png",
+        "last.pth",
+        "metrics.csv",
+        "report.json",
+        "report_confusion.png",
+        "train.log",
+    ]
     log = (run / "train.log").read_text()
     assert log.count("ferkit train: resnet18") == 1 and "batch 8 (4 per process x 2 processes)" in log
     assert log.count("PublicTest (14 images)") == 2  # one line per epoch, each over all 14 selection images
@@ -109,14 +146,23 @@ def free_port() -> int:
 
 
 def resume_worker(rank: int, port: int, data: str, tmp: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE="2")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2"
+    )
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo")  # train() joins a group its caller started
 
     def cfg(name):
-        return Config(data=data, out=os.path.join(tmp, name), image_size=16, batch_size=4, epochs=1, workers=0,
-                      tensorboard=False, seed=3)
+        return Config(
+            data=data,
+            out=os.path.join(tmp, name),
+            image_size=16,
+            batch_size=4,
+            epochs=1,
+            workers=0,
+            tensorboard=False,
+            seed=3,
+        )
 
     train(cfg("full"))
     real_step, calls = torch.optim.AdamW.step, [0]

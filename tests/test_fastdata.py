@@ -8,17 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_csv
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from ferkit import fastdata
 from ferkit.config import Config
-from ferkit.data import Sample, load_image, load_splits
+from ferkit.data import batched as fastdata
+from ferkit.data.batched import BatchAugment, BatchTest, batches, decode_once
+from ferkit.data.datasets import Sample, load_image, load_splits
+from ferkit.data.transforms import build_test_transform, build_train_transform
 from ferkit.errors import FerkitError
-from ferkit.fastdata import BatchAugment, BatchTest, batches, decode_once
-from ferkit.transforms import build_test_transform, build_train_transform
-
-from conftest import make_csv
 
 N_DRAWS = 400  # per pipeline: the fractions below then have a standard error of at most 0.025
 SOURCE = 24  # source side; outputs are 32x32 to keep the reference pipeline quick
@@ -175,8 +174,10 @@ def test_geometry_statistics_match_the_reference() -> None:
     """Crop area and rotation angle, read back from the gradients of a known image, follow the reference's law."""
     cfg = SMALL.updated({"flip_p": 0.0, "jitter_p": 0.0, "grayscale_p": 0.0, "erasing_p": 0.0})
     stats = {}
-    for name, outputs in (("reference", reference_outputs(cfg, geometry_image())),
-                          ("fast", fast_outputs(cfg, geometry_image()))):
+    for name, outputs in (
+        ("reference", reference_outputs(cfg, geometry_image())),
+        ("fast", fast_outputs(cfg, geometry_image())),
+    ):
         raw = unnormalize(outputs, cfg) * 255
         red, green = plane_gradients(raw[:, 0]), plane_gradients(raw[:, 1])
         # An output pixel spans box/size source pixels, each 8 levels: |gradient| = 8 * box / size.
@@ -199,8 +200,10 @@ def test_augmentation_statistics_match_the_reference() -> None:
     cfg = SMALL.updated({"flip_p": 0.3, "grayscale_p": 0.4, "erasing_p": 0.6})
     disc = central_disc(cfg.image_size)
     measured = {}
-    for name, outputs in (("reference", reference_outputs(cfg, gradient_image())),
-                          ("fast", fast_outputs(cfg, gradient_image()))):
+    for name, outputs in (
+        ("reference", reference_outputs(cfg, gradient_image())),
+        ("fast", fast_outputs(cfg, gradient_image())),
+    ):
         assert outputs.shape == (N_DRAWS, 3, 32, 32) and outputs.dtype == torch.float32
         erased_pixels = (outputs == 0).all(dim=1)  # RandomErasing writes 0 after normalisation
         erased = erased_pixels.any(dim=(1, 2))
@@ -245,8 +248,16 @@ def test_augmentation_statistics_match_the_reference() -> None:
 
 
 def test_without_randomness_it_is_the_test_transform() -> None:
-    cfg = SMALL.updated({"crop_scale": (1.0, 1.0), "flip_p": 0.0, "jitter_p": 0.0, "grayscale_p": 0.0,
-                         "rotation": 0.0, "erasing_p": 0.0})
+    cfg = SMALL.updated(
+        {
+            "crop_scale": (1.0, 1.0),
+            "flip_p": 0.0,
+            "jitter_p": 0.0,
+            "grayscale_p": 0.0,
+            "rotation": 0.0,
+            "erasing_p": 0.0,
+        }
+    )
     image = gradient_image()
     batch = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).repeat(4, 1, 1, 1)
     augmented = BatchAugment(cfg)(batch)
@@ -259,13 +270,25 @@ def test_without_randomness_it_is_the_test_transform() -> None:
 def test_warp_matches_torchvision_geometry() -> None:
     """One composed warp = resized_crop, horizontal_flip, then rotate (nearest, fill 0), up to interpolation."""
     source = torch.from_numpy(geometry_image()).permute(2, 0, 1).float().unsqueeze(0) / 255
-    for top, left, height, width, flip, angle in [(2, 2, 20, 22, False, 0.0), (0, 0, 24, 24, True, 15.0),
-                                                  (4, 1, 19, 23, True, -12.0), (1, 2, 21, 20, False, 7.5)]:
+    for top, left, height, width, flip, angle in [
+        (2, 2, 20, 22, False, 0.0),
+        (0, 0, 24, 24, True, 15.0),
+        (4, 1, 19, 23, True, -12.0),
+        (1, 2, 21, 20, False, 7.5),
+    ]:
         reference = TF.resized_crop(source, top, left, height, width, [32, 32], antialias=False)
         reference = TF.rotate(TF.horizontal_flip(reference) if flip else reference, angle)
         tensor = lambda value: torch.tensor([float(value)])  # noqa: E731
-        warped = fastdata._warp(source, tensor(top) / SOURCE, tensor(left) / SOURCE, tensor(height) / SOURCE,
-                                tensor(width) / SOURCE, torch.tensor([flip]), tensor(angle), 32)
+        warped = fastdata._warp(
+            source,
+            tensor(top) / SOURCE,
+            tensor(left) / SOURCE,
+            tensor(height) / SOURCE,
+            tensor(width) / SOURCE,
+            torch.tensor([flip]),
+            tensor(angle),
+            32,
+        )
         assert (warped - reference).abs().mean() < 0.01
         fill = lambda img: (img.sum(dim=1) == 0).sum().item()  # noqa: E731
         assert abs(fill(warped) - fill(reference)) <= 4

@@ -5,25 +5,35 @@ import os
 
 import pytest
 import torch
-
 from conftest import sigint_after_optimizer_steps
+
 from ferkit.checkpoint import load_model, read_checkpoint
 from ferkit.cli import build_parser
 from ferkit.config import Config, config_from_args
-from ferkit.data import load_splits
+from ferkit.data.datasets import load_splits
 from ferkit.errors import FerkitError
-from ferkit.evaluate import evaluate_checkpoint
+from ferkit.inference.evaluate import evaluate_checkpoint
 from ferkit.model import resnet18
-from ferkit.feed import DecodedBatches
 from ferkit.runtime import Speed, cpu_has_native_bf16, resolve_channels_last, resolve_data_pipeline
-from ferkit.train import TrainingInterrupted, build_optimizer, train
+from ferkit.training.feed import DecodedBatches
+from ferkit.training.loop import TrainingInterrupted, build_optimizer, train
 
 
 def tiny(image_folder, tmp_path, name, **kw) -> Config:
     # fp32 pinned: these tests compare numbers, which bf16 (auto on CPUs with native bf16) would round.
-    values = dict(data=str(image_folder), out=str(tmp_path / name), image_size=16, batch_size=4, epochs=2, workers=0,
-                  tensorboard=False, seed=3, data_pipeline="batched", cache_dir=str(tmp_path / "cache"),
-                  precision="fp32")
+    values = dict(
+        data=str(image_folder),
+        out=str(tmp_path / name),
+        image_size=16,
+        batch_size=4,
+        epochs=2,
+        workers=0,
+        tensorboard=False,
+        seed=3,
+        data_pipeline="batched",
+        cache_dir=str(tmp_path / "cache"),
+        precision="fp32",
+    )
     values.update(kw)
     return Config(**values)
 
@@ -33,12 +43,19 @@ def weights(run):
 
 
 def test_flags_and_what_auto_picks():
-    cfg = config_from_args(build_parser().parse_args(
-        ["train", "--data-pipeline", "batched", "--channels-last", "on", "--compile", "--cache-dir", "/tmp/c"]))
+    cfg = config_from_args(
+        build_parser().parse_args(
+            ["train", "--data-pipeline", "batched", "--channels-last", "on", "--compile", "--cache-dir", "/tmp/c"]
+        )
+    )
     assert (cfg.data_pipeline, cfg.channels_last, cfg.compile, cfg.cache_dir) == ("batched", "on", True, "/tmp/c")
     default = Config()
-    assert (default.data_pipeline, default.channels_last, default.compile, default.cache_dir) == ("auto", "auto",
-                                                                                                  False, None)
+    assert (default.data_pipeline, default.channels_last, default.compile, default.cache_dir) == (
+        "auto",
+        "auto",
+        False,
+        None,
+    )
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_data_pipeline("auto", cpu) == "workers" and resolve_data_pipeline("auto", cuda) == "batched"
     assert resolve_data_pipeline("batched", cpu) == "batched"
@@ -74,8 +91,9 @@ def test_batched_batches_follow_the_sampler_and_replay_from_mid_epoch(image_fold
 def test_batched_run_writes_the_same_run_folder(image_folder, tmp_path):
     workers = train(tiny(image_folder, tmp_path, "workers", data_pipeline="auto", protocol="clean"))
     batched = train(tiny(image_folder, tmp_path, "batched", protocol="clean"))
-    assert sorted(p.name for p in (tmp_path / "workers").iterdir()) == sorted(p.name for p in
-                                                                               (tmp_path / "batched").iterdir())
+    assert sorted(p.name for p in (tmp_path / "workers").iterdir()) == sorted(
+        p.name for p in (tmp_path / "batched").iterdir()
+    )
     assert batched["images"] == workers["images"] == 14
     log = (tmp_path / "batched" / "train.log").read_text()
     assert "speed: batched data pipeline (28 images decoded once, written to the cache" in log

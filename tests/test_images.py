@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ferkit.data import Sample, load_image, read_image_folder
+from ferkit.data.datasets import Sample, load_image, read_image_folder
+from ferkit.data.images import IMAGE_SUFFIXES, list_images, read_image
+from ferkit.data.transforms import ToRGB
 from ferkit.errors import FerkitError
-from ferkit.images import IMAGE_SUFFIXES, list_images, read_image
-from ferkit.transforms import ToRGB
 
 
 def _sideways_photo(path) -> np.ndarray:
@@ -29,7 +29,7 @@ def _sixteen_bit_png(path) -> None:
 
 def _every_reader(path) -> list[np.ndarray]:
     pixels = [read_image(path), np.asarray(ToRGB()(load_image(Sample(path, 0, str(path)))))]
-    serve = pytest.importorskip("ferkit.serve")
+    serve = pytest.importorskip("ferkit.serve.app")
     pixels.append(serve.decode_image(path.read_bytes(), path.name, 10**6))
     return pixels
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from ferkit.checkpoint import atomic_save, read_checkpoint, save_weights
-from ferkit.data import CLASSES
+from ferkit.data.datasets import CLASSES
 from ferkit.errors import FerkitError
-from ferkit.inference import load_for_inference
-from ferkit.predict import Predictor
+from ferkit.inference.loading import load_for_inference
+from ferkit.inference.predict import Predictor
 
 
 def test_a_checkpoint_and_its_weights_load_with_the_training_record(untrained_checkpoint, tmp_path):
@@ -16,8 +16,11 @@ def test_a_checkpoint_and_its_weights_load_with_the_training_record(untrained_ch
     for path in (untrained_checkpoint, tmp_path / "best.safetensors"):
         loaded = load_for_inference(path, device="cpu")
         assert loaded.classes == CLASSES and loaded.config.image_size == 32 and loaded.source == path
-        assert loaded.record == {"epoch": 3, "metrics": {"accuracy": 0.5, "macro_f1": 0.25},
-                                 "select_split": "PublicTest"}
+        assert loaded.record == {
+            "epoch": 3,
+            "metrics": {"accuracy": 0.5, "macro_f1": 0.25},
+            "select_split": "PublicTest",
+        }
     assert "preprocess" not in read_checkpoint(tmp_path / "best.safetensors")
 
 

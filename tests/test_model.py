@@ -3,8 +3,17 @@ import torch
 from torch import nn
 
 from ferkit.config import Config
-from ferkit.model import (Block, Downsample, ResNet, build_model, conv3x3, count_parameters, resnet18, resnet18s2,
-                          training_flops)
+from ferkit.model import (
+    Block,
+    Downsample,
+    ResNet,
+    build_model,
+    conv3x3,
+    count_parameters,
+    resnet18,
+    resnet18s2,
+    training_flops,
+)
 
 
 def test_factory_signature_and_defaults():
@@ -110,8 +119,14 @@ def test_stride_2_stem_layer_shapes_and_width():
         getattr(model, name).register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape)))
     with torch.no_grad():
         assert model(torch.randn(2, 3, 48, 48)).shape == (2, 7)
-    assert shapes == {"stem": (2, 32, 24, 24), "layer1": (2, 32, 24, 24), "layer2": (2, 64, 12, 12),
-                      "layer3": (2, 128, 6, 6), "layer4": (2, 256, 3, 3), "flatten": (2, 256)}
+    assert shapes == {
+        "stem": (2, 32, 24, 24),
+        "layer1": (2, 32, 24, 24),
+        "layer2": (2, 64, 12, 12),
+        "layer3": (2, 128, 6, 6),
+        "layer4": (2, 256, 3, 3),
+        "flatten": (2, 256),
+    }
     conv = model.stem[0]
     assert (conv.kernel_size, conv.stride, conv.padding) == ((3, 3), (2, 2), (1, 1))
     # The same blocks as the specification's network, so the same parameter count at the same width.

@@ -11,9 +11,17 @@ from ferkit.plots import plot_curves
 
 def history(epochs: int) -> list[dict]:
     # Rows as a run written before the compute columns existed has them: only the keys the plot reads.
-    return [{"epoch": e, "lr": 1e-3 * (1 + math.cos(math.pi * e / epochs)) / 2 + 1e-6, "train_loss": 2 - e / 50,
-             "train_acc": 0.2 + e / 200, "select_loss": 1.9 - e / 60, "select_acc": 0.25 + e / 250}
-            for e in range(1, epochs + 1)]
+    return [
+        {
+            "epoch": e,
+            "lr": 1e-3 * (1 + math.cos(math.pi * e / epochs)) / 2 + 1e-6,
+            "train_loss": 2 - e / 50,
+            "train_acc": 0.2 + e / 200,
+            "select_loss": 1.9 - e / 60,
+            "select_acc": 0.25 + e / 250,
+        }
+        for e in range(1, epochs + 1)
+    ]
 
 
 def test_a_one_epoch_run_draws_its_points_on_a_whole_epoch_with_the_learning_rate(tmp_path):

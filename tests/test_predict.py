@@ -13,11 +13,11 @@ from PIL import Image
 
 from ferkit.checkpoint import load_model
 from ferkit.cli import main
-from ferkit.data import CLASSES
+from ferkit.data.datasets import CLASSES
+from ferkit.data.images import read_image
 from ferkit.errors import FerkitError
-from ferkit.images import read_image
+from ferkit.inference.predict import Predictor, predict_source
 from ferkit.model import count_parameters
-from ferkit.predict import Predictor, predict_source
 
 cv2 = pytest.importorskip("cv2")
 skimage_data = pytest.importorskip("skimage.data")
@@ -125,8 +125,20 @@ def test_folder_of_fer2013_crops_without_detection_one_prediction_per_file(check
 
 def test_csv_and_annotated_image(checkpoint, photos, tmp_path, capsys):
     annotated = tmp_path / "annotated.png"
-    assert main(["predict", str(photos / "astronaut.png"), "--checkpoint", str(checkpoint), "--csv",
-                 "--annotate", str(annotated)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(photos / "astronaut.png"),
+                "--checkpoint",
+                str(checkpoint),
+                "--csv",
+                "--annotate",
+                str(annotated),
+            ]
+        )
+        == 0
+    )
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert len(rows) == 1 and rows[0]["label"] in CLASSES
     assert sum(float(rows[0][f"p_{c}"]) for c in CLASSES) == pytest.approx(1.0, abs=1e-4)
@@ -135,8 +147,9 @@ def test_csv_and_annotated_image(checkpoint, photos, tmp_path, capsys):
     assert drawn.shape == original.shape and (drawn != original).any()
 
 
-def test_annotated_folder_mirrors_the_input_and_decodes_each_image_once(checkpoint, photos, tmp_path, monkeypatch,
-                                                                        capsys):
+def test_annotated_folder_mirrors_the_input_and_decodes_each_image_once(
+    checkpoint, photos, tmp_path, monkeypatch, capsys
+):
     folder = tmp_path / "in"
     (folder / "sub").mkdir(parents=True)
     Image.open(photos / "astronaut.png").save(folder / "sub" / "astronaut.jpg")
@@ -164,8 +177,25 @@ def test_video_gives_per_frame_csv_plot_and_annotated_video(checkpoint, tmp_path
         writer.write(frame)
     writer.release()
     out_csv, plot, out_video = tmp_path / "frames.csv", tmp_path / "timeline.png", tmp_path / "annotated.avi"
-    assert main(["predict", str(video), "--checkpoint", str(checkpoint), "--every", "2", "--csv", str(out_csv),
-                 "--plot", str(plot), "--annotate", str(out_video)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(video),
+                "--checkpoint",
+                str(checkpoint),
+                "--every",
+                "2",
+                "--csv",
+                str(out_csv),
+                "--plot",
+                str(plot),
+                "--annotate",
+                str(out_video),
+            ]
+        )
+        == 0
+    )
     rows = list(csv.DictReader(out_csv.open()))
     assert [int(r["frame"]) for r in rows] == [0, 2, 4, 6, 8, 10]
     assert [float(r["time_s"]) for r in rows] == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
@@ -182,8 +212,7 @@ def test_missing_camera_is_a_clear_error(checkpoint, capsys):
     assert "cannot open camera 9" in capsys.readouterr().err
 
 
-def test_onnx_export_matches_pytorch_and_runs_alone_on_real_fer2013_images(checkpoint, real_data, tmp_path,
-                                                                           capsys):
+def test_onnx_export_matches_pytorch_and_runs_alone_on_real_fer2013_images(checkpoint, real_data, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     onnx_path = tmp_path / "model.onnx"
@@ -195,7 +224,11 @@ def test_onnx_export_matches_pytorch_and_runs_alone_on_real_fer2013_images(check
     assert onnx_predictor.classes == CLASSES and onnx_predictor.config.image_size == 32
     # For runtimes other than ferkit, the file states its preprocessing, derived from the config.
     assert json.loads(onnx_predictor.model.meta["ferkit_preprocess"]) == {
-        "image_size": 32, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "grey": False}
+        "image_size": 32,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "grey": False,
+    }
     onnx_probs = onnx_predictor.classify([Image.open(f) for f in files])
     assert onnx_probs.shape == (len(files), 7)  # dynamic batch: 70 faces in one call
     assert np.abs(onnx_probs - torch_probs).max() < 1e-4
@@ -203,8 +236,12 @@ def test_onnx_export_matches_pytorch_and_runs_alone_on_real_fer2013_images(check
     assert main(["predict", str(files[0]), "--no-detect", "--checkpoint", str(onnx_path), "--json"]) == 0
     face = json.loads(capsys.readouterr().out)["results"][0]["faces"][0]
     assert [face["probabilities"][c] for c in CLASSES] == pytest.approx(onnx_probs[0], abs=1e-6)
-    assert main(["evaluate", str(onnx_path), "--data", str(real_data), "--limit-per-class", "4", "--workers", "0",
-                 "--json"]) == 0
+    assert (
+        main(
+            ["evaluate", str(onnx_path), "--data", str(real_data), "--limit-per-class", "4", "--workers", "0", "--json"]
+        )
+        == 0
+    )
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["images"] == 28 and metrics["precision"] == "fp32"
     assert main(["predict", str(files[0]), "--checkpoint", str(onnx_path), "--device", "cuda"]) == 2
@@ -215,8 +252,21 @@ def test_int8_export_keeps_the_bundled_models_predictions(real_data, tmp_path, c
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     int8_path = tmp_path / "bundled.int8.onnx"
-    assert main(["export", "--int8", "--calibration-data", str(real_data), "--calibration-images", "128",
-                 "--out", str(int8_path)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--int8",
+                "--calibration-data",
+                str(real_data),
+                "--calibration-images",
+                "128",
+                "--out",
+                str(int8_path),
+            ]
+        )
+        == 0
+    )
     assert "int8" in capsys.readouterr().out
     proto = onnx.load(int8_path)
     assert "ferkit_quantization" in {p.key for p in proto.metadata_props}
@@ -230,8 +280,12 @@ def test_int8_export_keeps_the_bundled_models_predictions(real_data, tmp_path, c
     int8 = Predictor.from_checkpoint(int8_path).classify([Image.open(f) for f in files])
     assert (fp32.argmax(1) == int8.argmax(1)).mean() >= 0.9
     assert np.abs(fp32 - int8).mean() < 0.02
-    assert main(["evaluate", str(int8_path), "--data", str(real_data), "--limit-per-class", "2", "--workers", "0",
-                 "--json"]) == 0
+    assert (
+        main(
+            ["evaluate", str(int8_path), "--data", str(real_data), "--limit-per-class", "2", "--workers", "0", "--json"]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["precision"] == "int8"
 
 
@@ -250,14 +304,42 @@ def test_int8_export_on_synthetic_data_skips_a_corrupt_calibration_image(checkpo
     pytest.importorskip("onnxscript")
     (image_folder / "train" / "happy" / "Training_corrupt.png").write_bytes(b"\x89PNG truncated")
     out = tmp_path / "tiny.int8.onnx"
-    assert main(["export", str(checkpoint), "--int8", "--calibration-data", str(image_folder),
-                 "--calibration-images", "64", "--out", str(out)]) == 0  # 28 good images, 1 bad
+    assert (
+        main(
+            [
+                "export",
+                str(checkpoint),
+                "--int8",
+                "--calibration-data",
+                str(image_folder),
+                "--calibration-images",
+                "64",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )  # 28 good images, 1 bad
     crops = [Image.open(f) for f in sorted((image_folder / "test").rglob("*.png"))]
     int8 = Predictor.from_checkpoint(out)
     assert int8.model.precision == "int8"
     assert np.abs(int8.classify(crops) - Predictor.from_checkpoint(checkpoint).classify(crops)).max() < 0.05
-    assert main(["export", str(checkpoint), "--int8", "--calibration-data", str(image_folder),
-                 "--calibration-images", "0", "--out", str(tmp_path / "none.onnx")]) == 2
+    assert (
+        main(
+            [
+                "export",
+                str(checkpoint),
+                "--int8",
+                "--calibration-data",
+                str(image_folder),
+                "--calibration-images",
+                "0",
+                "--out",
+                str(tmp_path / "none.onnx"),
+            ]
+        )
+        == 2
+    )
     assert "--calibration-images must be at least 1" in capsys.readouterr().err
 
 

@@ -15,16 +15,33 @@ import ferkit.checkpoint as checkpoint_mod
 from ferkit.checkpoint import read_checkpoint
 from ferkit.config import Config
 from ferkit.errors import FerkitError
-from ferkit.train import train
+from ferkit.training.loop import train
 
-TRAIN_ARGS = ["--image-size", "16", "--batch-size", "4", "--epochs", "3", "--workers", "0", "--seed", "5",
-              "--no-tensorboard"]
+TRAIN_ARGS = [
+    "--image-size",
+    "16",
+    "--batch-size",
+    "4",
+    "--epochs",
+    "3",
+    "--workers",
+    "0",
+    "--seed",
+    "5",
+    "--no-tensorboard",
+]
 
 
 def run_cli(*args, **kw):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "ferkit", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ferkit", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
 
 
 def final_weights(run):
@@ -71,8 +88,19 @@ def test_a_signal_to_the_whole_process_group_still_saves(image_folder, tmp_path,
     # Ctrl-C in a terminal, `timeout` and job schedulers signal every process of the group, DataLoader workers
     # included; a worker dying of it first used to end the run with "DataLoader worker ... killed by signal".
     run = tmp_path / "run"
-    proc = run_cli("train", "--data", str(image_folder), "--out", str(run), *TRAIN_ARGS, "--epochs", "50",
-                   "--workers", "2", start_new_session=True)
+    proc = run_cli(
+        "train",
+        "--data",
+        str(image_folder),
+        "--out",
+        str(run),
+        *TRAIN_ARGS,
+        "--epochs",
+        "50",
+        "--workers",
+        "2",
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     while not (run / "last.pth").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -85,8 +113,15 @@ def test_a_signal_to_the_whole_process_group_still_saves(image_folder, tmp_path,
 
 
 def test_full_disk_keeps_earlier_checkpoints(image_folder, tmp_path, monkeypatch):
-    cfg = Config(data=str(image_folder), out=str(tmp_path / "run"), image_size=16, batch_size=4, epochs=2,
-                 workers=0, tensorboard=False)
+    cfg = Config(
+        data=str(image_folder),
+        out=str(tmp_path / "run"),
+        image_size=16,
+        batch_size=4,
+        epochs=2,
+        workers=0,
+        tensorboard=False,
+    )
     real_save = torch.save
     writes = {"n": 0}
 
@@ -106,8 +141,16 @@ def test_full_disk_keeps_earlier_checkpoints(image_folder, tmp_path, monkeypatch
 
 def test_unreadable_images_can_be_skipped_and_are_reported(image_folder, tmp_path):
     (image_folder / "train" / "fear" / "Training_zz_bad.png").write_bytes(b"garbage")
-    cfg = Config(data=str(image_folder), out=str(tmp_path / "run"), image_size=16, batch_size=4, epochs=1,
-                 workers=0, tensorboard=False, bad_images="skip")
+    cfg = Config(
+        data=str(image_folder),
+        out=str(tmp_path / "run"),
+        image_size=16,
+        batch_size=4,
+        epochs=1,
+        workers=0,
+        tensorboard=False,
+        bad_images="skip",
+    )
     train(cfg)
     state = read_checkpoint(tmp_path / "run" / "last.pth")["state"]
     assert [os.path.basename(p) for p in state["skipped"]] == ["Training_zz_bad.png"]
@@ -115,20 +158,27 @@ def test_unreadable_images_can_be_skipped_and_are_reported(image_folder, tmp_pat
 
 
 def test_out_of_memory_suggests_a_smaller_batch(image_folder, tmp_path, monkeypatch):
-    import ferkit.train as train_mod
+    import ferkit.training.loop as train_mod
 
     def no_memory(*a, **k):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(train_mod.F, "cross_entropy", no_memory)
-    cfg = Config(data=str(image_folder), out=str(tmp_path / "run"), image_size=16, batch_size=8, epochs=1,
-                 workers=0, tensorboard=False)
+    cfg = Config(
+        data=str(image_folder),
+        out=str(tmp_path / "run"),
+        image_size=16,
+        batch_size=8,
+        epochs=1,
+        workers=0,
+        tensorboard=False,
+    )
     with pytest.raises(FerkitError, match="out of memory on cpu with batch size 8 .* smaller --batch-size"):
         train(cfg)
 
 
 def test_non_finite_steps_can_be_skipped_and_counted(image_folder, tmp_path, monkeypatch):
-    import ferkit.train as train_mod
+    import ferkit.training.loop as train_mod
 
     real_ce = train_mod.F.cross_entropy
     calls = {"n": 0}
@@ -139,8 +189,16 @@ def test_non_finite_steps_can_be_skipped_and_counted(image_folder, tmp_path, mon
         return loss * float("nan") if calls["n"] % 3 == 0 else loss
 
     monkeypatch.setattr(train_mod.F, "cross_entropy", every_third_is_nan)
-    cfg = Config(data=str(image_folder), out=str(tmp_path / "run"), image_size=16, batch_size=4, epochs=1,
-                 workers=0, tensorboard=False, nonfinite="skip")
+    cfg = Config(
+        data=str(image_folder),
+        out=str(tmp_path / "run"),
+        image_size=16,
+        batch_size=4,
+        epochs=1,
+        workers=0,
+        tensorboard=False,
+        nonfinite="skip",
+    )
     train(cfg)
     last = read_checkpoint(tmp_path / "run" / "last.pth")
     assert last["state"]["nonfinite_steps"] == ["1:3", "1:6"]

@@ -21,9 +21,9 @@ from PIL import Image
 
 import ferkit.checkpoint as checkpoint_mod
 from ferkit.cli import main
-from ferkit.data import CLASSES
-from ferkit.predict import Predictor
-from ferkit.results import Face, Result
+from ferkit.data.datasets import CLASSES
+from ferkit.inference.predict import Predictor
+from ferkit.inference.results import Face, Result
 
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
@@ -31,15 +31,22 @@ pytest.importorskip("fastapi")
 pytest.importorskip("multipart")
 skimage_data = pytest.importorskip("skimage.data")
 
-from ferkit.serve import create_app, describe_model  # noqa: E402  (needs the serve extra checked above)
+from ferkit.serve.app import create_app, describe_model  # noqa: E402  (needs the serve extra checked above
 
 # The astronaut's face in scikit-image's 512x512 photo (x, y, w, h), as in test_predict.py.
 ASTRONAUT_FACE = (175, 60, 100, 105)
 MAX_UPLOAD = 600_000  # the astronaut PNG is about 425 kB
 MAX_PIXELS = 320_000  # the astronaut has 262,144, a webcam frame 307,200
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 
 def iou(a, b) -> float:
@@ -57,8 +64,10 @@ def png(array: np.ndarray) -> bytes:
 
 def png_claiming(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims ``width`` x ``height``: a decompression bomb's calling card."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     pixels = zlib.compress(b"\0" * 64)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
@@ -74,7 +83,7 @@ class LiveServer:
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
 
-    def __enter__(self) -> "LiveServer":
+    def __enter__(self) -> LiveServer:
         self.thread.start()
         deadline = time.monotonic() + 60
         while not self.server.started:
@@ -108,8 +117,7 @@ def astronaut(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(predictor, checkpoint):
-    app = create_app(predictor, describe_model(predictor), max_upload_bytes=MAX_UPLOAD,
-                     max_pixels=MAX_PIXELS)
+    app = create_app(predictor, describe_model(predictor), max_upload_bytes=MAX_UPLOAD, max_pixels=MAX_PIXELS)
     with LiveServer(app) as live:
         yield live
 
@@ -142,10 +150,12 @@ def test_astronaut_gives_one_face_on_her_face_as_predict_json_does(client, check
 
 def multipart_chunks(name: str, data: bytes, boundary: str = "ferkit-test"):
     """A multipart body sent with chunked transfer encoding, so no Content-Length announces its size."""
-    yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
-           "Content-Type: application/octet-stream\r\n\r\n").encode()
+    yield (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
     for start in range(0, len(data), 64_000):
-        yield data[start:start + 64_000]
+        yield data[start : start + 64_000]
     yield f"\r\n--{boundary}--\r\n".encode()
 
 
@@ -158,23 +168,46 @@ def _jpeg_head() -> bytes:
 BAD_INPUTS = {
     "empty body": (dict(), 400, "empty request body"),
     "empty file": (dict(files={"file": ("photo.jpg", b"", "image/jpeg")}), 400, "'photo.jpg' is empty"),
-    "not an image": (dict(files={"file": ("notes.jpg", b"this is not a picture", "image/jpeg")}), 415,
-                     "cannot decode 'notes.jpg' as an image (not an image format PIL can decode)"),
+    "not an image": (
+        dict(files={"file": ("notes.jpg", b"this is not a picture", "image/jpeg")}),
+        415,
+        "cannot decode 'notes.jpg' as an image (not an image format PIL can decode)",
+    ),
     "truncated JPEG": (dict(files={"file": ("cut.jpg", _jpeg_head(), "image/jpeg")}), 415, "cannot decode 'cut.jpg'"),
     "missing file field": (dict(files={"photo": ("a.png", b"x", "image/png")}), 422, "form field 'file'"),
-    "not multipart": (dict(content=b'{"image": "a.png"}', headers={"Content-Type": "application/json"}), 415,
-                      "expected multipart/form-data"),
-    "bad query parameter": (dict(files={"file": ("a.png", b"x", "image/png")}, params={"detect": "maybe"}), 422,
-                            "query.detect"),
-    "too large": (dict(files={"file": ("big.png", os.urandom(MAX_UPLOAD + 1), "image/png")}), 413,
-                  "larger than the 0.572 MB limit"),
-    "too large, chunked": (dict(content=multipart_chunks("big.png", os.urandom(3 * MAX_UPLOAD)),
-                                headers={"Content-Type": "multipart/form-data; boundary=ferkit-test"}), 413,
-                           "--max-upload-mb"),
-    "too many pixels": (dict(files={"file": ("wide.png", png(np.zeros((300, 1100), np.uint8)), "image/png")}), 413,
-                        "'wide.png' is 1100x300 = 330,000 pixels; the limit is 320,000 pixels"),
-    "decompression bomb": (dict(files={"file": ("bomb.png", png_claiming(30_000, 30_000), "image/png")}), 413,
-                           "--max-pixels"),
+    "not multipart": (
+        dict(content=b'{"image": "a.png"}', headers={"Content-Type": "application/json"}),
+        415,
+        "expected multipart/form-data",
+    ),
+    "bad query parameter": (
+        dict(files={"file": ("a.png", b"x", "image/png")}, params={"detect": "maybe"}),
+        422,
+        "query.detect",
+    ),
+    "too large": (
+        dict(files={"file": ("big.png", os.urandom(MAX_UPLOAD + 1), "image/png")}),
+        413,
+        "larger than the 0.572 MB limit",
+    ),
+    "too large, chunked": (
+        dict(
+            content=multipart_chunks("big.png", os.urandom(3 * MAX_UPLOAD)),
+            headers={"Content-Type": "multipart/form-data; boundary=ferkit-test"},
+        ),
+        413,
+        "--max-upload-mb",
+    ),
+    "too many pixels": (
+        dict(files={"file": ("wide.png", png(np.zeros((300, 1100), np.uint8)), "image/png")}),
+        413,
+        "'wide.png' is 1100x300 = 330,000 pixels; the limit is 320,000 pixels",
+    ),
+    "decompression bomb": (
+        dict(files={"file": ("bomb.png", png_claiming(30_000, 30_000), "image/png")}),
+        413,
+        "--max-pixels",
+    ),
 }
 
 
@@ -196,14 +229,23 @@ def test_the_server_still_predicts_after_every_bad_input(client, astronaut):
 
 def test_health_and_model_describe_the_server_and_the_checkpoint(client):
     health = client.get("/health").json()
-    assert health == {"status": "ok", "in_progress": 0, "max_upload_bytes": MAX_UPLOAD, "max_pixels": MAX_PIXELS,
-                      "max_batch": 8, "max_queue": 32}
+    assert health == {
+        "status": "ok",
+        "in_progress": 0,
+        "max_upload_bytes": MAX_UPLOAD,
+        "max_pixels": MAX_PIXELS,
+        "max_batch": 8,
+        "max_queue": 32,
+    }
     model = client.get("/model").json()
     assert model["checkpoint"] == "best.pth" and model["classes"] == list(CLASSES) and model["arch"] == "resnet18"
     assert model["config"]["image_size"] == 32 and model["config"]["label_smoothing"] == 0.1
     assert model["preprocess"] == {"image_size": 32, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-    assert (model["epoch"], model["metrics"], model["select_split"]) == (3, {"accuracy": 0.5, "macro_f1": 0.25},
-                                                                         "PublicTest")
+    assert (model["epoch"], model["metrics"], model["select_split"]) == (
+        3,
+        {"accuracy": 0.5, "macro_f1": 0.25},
+        "PublicTest",
+    )
 
 
 def test_openapi_schema_documents_what_the_endpoints_do(client):
@@ -256,8 +298,11 @@ class GatedPredictor(Predictor):
 def test_inference_runs_off_the_event_loop_and_concurrent_requests_are_batched_and_bounded(predictor, astronaut):
     gated = GatedPredictor(predictor)
     image = {"file": ("astronaut.png", astronaut.read_bytes())}
-    with LiveServer(create_app(gated, max_queue=3)) as live, httpx.Client(base_url=live.url, timeout=60) as c, \
-            ThreadPoolExecutor(3) as pool:
+    with (
+        LiveServer(create_app(gated, max_queue=3)) as live,
+        httpx.Client(base_url=live.url, timeout=60) as c,
+        ThreadPoolExecutor(3) as pool,
+    ):
         first = pool.submit(c.post, "/predict", files=image)
         assert gated.entered.wait(timeout=30)
         queued = [pool.submit(c.post, "/predict", files=image) for _ in range(2)]
@@ -280,7 +325,7 @@ def test_page_is_served_with_its_script(client):
     page = client.get("/")
     assert page.status_code == 200 and 'data-testid="file-input"' in page.text
     script = client.get("/static/app.js")
-    assert script.status_code == 200 and "fetchJson(\"predict\"" in script.text
+    assert script.status_code == 200 and 'fetchJson("predict"' in script.text
 
 
 @pytest.fixture(scope="module")
@@ -290,8 +335,10 @@ def browser():
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as p:
         # The fake camera lets the webcam path run headless; it shows a test pattern, not a face.
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            *CHROMIUM_ARGS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[*CHROMIUM_ARGS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"],
+        )
         yield browser
         browser.close()
 
@@ -320,11 +367,14 @@ def test_page_uploads_a_photo_and_draws_the_box_and_seven_bars(browser, server, 
     assert sum(shares) == pytest.approx(1.0, abs=1e-4)
     widths = [bars.nth(i).bounding_box()["width"] for i in range(7)]
     assert widths.index(max(widths)) == shares.index(max(shares))  # the bars are drawn to scale
-    size, left_edge, inside = page.evaluate("""([x, y, w, h]) => {
+    size, left_edge, inside = page.evaluate(
+        """([x, y, w, h]) => {
         const canvas = document.querySelector('[data-testid=canvas]');
         const pixel = (px, py) => Array.from(canvas.getContext('2d').getImageData(px, py, 1, 1).data);
         return [[canvas.width, canvas.height], pixel(x, y + h / 2), pixel(x + w / 2, y + h / 2)];
-    }""", box)
+    }""",
+        box,
+    )
     assert size == [512, 512]
     assert left_edge == [0, 220, 0, 255]  # the box's stroke, in the first face's colour
     assert inside != left_edge  # the photo itself is drawn under the box
@@ -335,8 +385,9 @@ def test_page_uploads_a_photo_and_draws_the_box_and_seven_bars(browser, server, 
 
 def test_page_shows_the_servers_error_message(browser, server):
     page, errors = open_page(browser, server)
-    page.set_input_files("[data-testid=file-input]",
-                         files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"not a picture"}])
+    page.set_input_files(
+        "[data-testid=file-input]", files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"not a picture"}]
+    )
     status = page.locator("[data-testid=status][data-state=error]")
     status.wait_for(timeout=30_000)
     assert "cannot decode 'notes.png' as an image" in status.text_content()
@@ -349,8 +400,9 @@ def test_page_takes_a_webcam_snapshot(browser, server):
     page.click("[data-testid=camera-button]")
     page.wait_for_function("document.querySelector('[data-testid=video]').videoWidth > 0", timeout=30_000)
     page.click("[data-testid=snapshot-button]")
-    page.wait_for_function("!/^(Camera on|Analysing)/.test(document.querySelector('[data-testid=status]').textContent)",
-                           timeout=30_000)
+    page.wait_for_function(
+        "!/^(Camera on|Analysing)/.test(document.querySelector('[data-testid=status]').textContent)", timeout=30_000
+    )
     status = page.locator("[data-testid=status]").text_content()
     assert "No face found in webcam.jpg" in status  # the fake camera's test pattern has no face
     assert page.evaluate("document.querySelector('[data-testid=canvas]').width") > 0 and errors == []
@@ -361,7 +413,7 @@ def test_ferkit_serve_command_serves_the_checkpoint(checkpoint, monkeypatch, cap
     # In process: a subprocess would spend most of a minute importing torch on the CI machine;
     # benchmarks/serve_load.py runs the real command.
     served = {}
-    monkeypatch.setattr("ferkit.serve.uvicorn.run", lambda app, **where: served.update(app=app, **where))
+    monkeypatch.setattr("ferkit.serve.app.uvicorn.run", lambda app, **where: served.update(app=app, **where))
     assert main(["serve", "--checkpoint", str(checkpoint), "--port", "8123", "--max-upload-mb", "2"]) == 0
     assert (served["host"], served["port"]) == ("127.0.0.1", 8123)
     assert "page at http://127.0.0.1:8123/" in capsys.readouterr().out
@@ -375,7 +427,7 @@ def test_ferkit_serve_reads_the_checkpoint_once(checkpoint, monkeypatch):
     real_read = checkpoint_mod.read_checkpoint
     monkeypatch.setattr(checkpoint_mod, "read_checkpoint", lambda path: reads.append(path) or real_read(path))
     served = {}
-    monkeypatch.setattr("ferkit.serve.uvicorn.run", lambda app, **where: served.update(app=app))
+    monkeypatch.setattr("ferkit.serve.app.uvicorn.run", lambda app, **where: served.update(app=app))
     assert main(["serve", "--checkpoint", str(checkpoint)]) == 0
     assert reads == [checkpoint]
     with LiveServer(served["app"]) as live:
@@ -386,7 +438,7 @@ def test_ferkit_serve_reads_the_checkpoint_once(checkpoint, monkeypatch):
 def test_ferkit_serve_without_a_checkpoint_serves_the_bundled_model(checkpoint, monkeypatch):
     monkeypatch.setattr("ferkit.checkpoint.BUNDLED", checkpoint)  # the real weights are tested in test_bundled.py
     served = {}
-    monkeypatch.setattr("ferkit.serve.uvicorn.run", lambda app, **where: served.update(app=app))
+    monkeypatch.setattr("ferkit.serve.app.uvicorn.run", lambda app, **where: served.update(app=app))
     assert main(["serve"]) == 0
     with LiveServer(served["app"]) as live:
         assert httpx.get(f"{live.url}/model").json()["checkpoint"] == "best.pth"
@@ -395,12 +447,13 @@ def test_ferkit_serve_without_a_checkpoint_serves_the_bundled_model(checkpoint, 
 def test_ferkit_serve_runs_the_bundled_int8_twin_by_name(monkeypatch, astronaut):
     pytest.importorskip("onnxruntime")
     served = {}
-    monkeypatch.setattr("ferkit.serve.uvicorn.run", lambda app, **where: served.update(app=app))
+    monkeypatch.setattr("ferkit.serve.app.uvicorn.run", lambda app, **where: served.update(app=app))
     assert main(["serve", "--checkpoint", "fer2013_resnet18.int8"]) == 0
     with LiveServer(served["app"]) as live:
         assert httpx.get(f"{live.url}/model").json()["checkpoint"] == "fer2013_resnet18.int8.onnx"
-        faces = httpx.post(f"{live.url}/predict", files={"file": ("a.png", astronaut.read_bytes(), "image/png")},
-                           timeout=60).json()["results"][0]["faces"]
+        faces = httpx.post(
+            f"{live.url}/predict", files={"file": ("a.png", astronaut.read_bytes(), "image/png")}, timeout=60
+        ).json()["results"][0]["faces"]
     assert len(faces) == 1 and faces[0]["label"] == "Happy"
 
 

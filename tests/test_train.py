@@ -4,24 +4,32 @@ import os
 
 import pytest
 import torch
+from conftest import sigint_after_optimizer_steps
 from torch.utils.data import DataLoader
 
-import ferkit.rundir as rundir
-import ferkit.train as train_mod
-from conftest import sigint_after_optimizer_steps
+import ferkit.training.loop as train_mod
+import ferkit.training.rundir as rundir
 from ferkit.checkpoint import atomic_save, load_model, read_checkpoint
 from ferkit.cli import main
 from ferkit.config import Config
 from ferkit.errors import FerkitError
 from ferkit.model import build_model, training_flops
-from ferkit.optim import lr_factor
 from ferkit.runtime import machine_description
-from ferkit.train import TrainingInterrupted, train
+from ferkit.training.loop import TrainingInterrupted, train
+from ferkit.training.optim import lr_factor
 
 
 def tiny(image_folder, out, **kw) -> Config:
-    values = dict(data=str(image_folder), out=str(out), image_size=16, batch_size=4, epochs=3, workers=0,
-                  tensorboard=False, seed=3)
+    values = dict(
+        data=str(image_folder),
+        out=str(out),
+        image_size=16,
+        batch_size=4,
+        epochs=3,
+        workers=0,
+        tensorboard=False,
+        seed=3,
+    )
     values.update(kw)
     return Config(**values)
 
@@ -33,8 +41,16 @@ def weights(path):
 def test_run_folder_holds_everything(image_folder, tmp_path):
     report = train(tiny(image_folder, tmp_path / "run", tensorboard=True, protocol="clean"))
     run = tmp_path / "run"
-    for name in ("config.json", "train.log", "metrics.csv", "curves.png", "last.pth", "best.pth", "report.json",
-                 "report_confusion.png"):
+    for name in (
+        "config.json",
+        "train.log",
+        "metrics.csv",
+        "curves.png",
+        "last.pth",
+        "best.pth",
+        "report.json",
+        "report_confusion.png",
+    ):
         assert (run / name).is_file(), name
     assert any((run / "tensorboard").iterdir())
     assert report["split"] == "PrivateTest" and report["images"] == 14
@@ -185,21 +201,71 @@ def test_evaluate_refuses_data_with_other_classes(image_folder, tmp_path, capsys
 @pytest.mark.realdata
 def test_cli_end_to_end_on_real_fer2013(real_data, tmp_path, capsys):
     run = tmp_path / "run"
-    code = main(["train", "--preset", "quick", "--data", str(real_data), "--limit-per-class", "12",
-                 "--image-size", "32", "--batch-size", "16", "--epochs", "2", "--workers", "2",
-                 "--out", str(run), "--no-tensorboard"])
+    code = main(
+        [
+            "train",
+            "--preset",
+            "quick",
+            "--data",
+            str(real_data),
+            "--limit-per-class",
+            "12",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "16",
+            "--epochs",
+            "2",
+            "--workers",
+            "2",
+            "--out",
+            str(run),
+            "--no-tensorboard",
+        ]
+    )
     assert code == 0
     report = read_checkpoint(run / "best.pth")
     assert report["config"]["protocol"] == "clean"
-    assert main(["evaluate", str(run / "best.pth"), "--tta", "flip", "--limit-per-class", "12",
-                 "--workers", "2", "--out", str(tmp_path / "eval"), "--json"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(run / "best.pth"),
+                "--tta",
+                "flip",
+                "--limit-per-class",
+                "12",
+                "--workers",
+                "2",
+                "--out",
+                str(tmp_path / "eval"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert '"split": "PrivateTest"' in out and '"tta": "flip"' in out
     assert (tmp_path / "eval" / "eval_PrivateTest_flip.json").is_file()
     assert (tmp_path / "eval" / "eval_PrivateTest_flip_confusion.png").is_file()
     assert (run / "report.json").is_file() and (run / "curves.png").is_file()
-    assert main(["evaluate", str(run / "best.pth"), "--tta", "tencrop", "--split", "select",
-                 "--limit-per-class", "5", "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(run / "best.pth"),
+                "--tta",
+                "tencrop",
+                "--split",
+                "select",
+                "--limit-per-class",
+                "5",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert "PublicTest (clean protocol, TTA tencrop, fp32): images 35" in capsys.readouterr().out
 
 
@@ -223,8 +289,24 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(image_folder, 
 
 def test_corrupt_image_during_training_is_one_clear_line(image_folder, tmp_path, capsys):
     (image_folder / "train" / "fear" / "Training_zz_bad.png").write_bytes(b"garbage")
-    code = main(["train", "--data", str(image_folder), "--out", str(tmp_path / "run"), "--image-size", "16",
-                 "--batch-size", "4", "--epochs", "1", "--workers", "1", "--no-tensorboard"])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(image_folder),
+            "--out",
+            str(tmp_path / "run"),
+            "--image-size",
+            "16",
+            "--batch-size",
+            "4",
+            "--epochs",
+            "1",
+            "--workers",
+            "1",
+            "--no-tensorboard",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err[-1].startswith("ferkit: error: cannot read image") and "Training_zz_bad.png" in err[-1]
@@ -245,8 +327,10 @@ def test_resume_with_more_epochs_continues_the_schedule_over_the_new_total(image
     lr_now = cfg.effective_lr() * lr_factor(cfg, steps_per_epoch=7)(2)
     log = (run / "train.log").read_text()
     assert "resumed at epoch 3 step 0 with --epochs 3 (was 2)\n" in log
-    assert (f"lr schedule: stretched to 3 epochs (was 2); the lr goes from {cfg.min_lr:.2e} to {lr_now:.2e} here "
-            f"and decays to {cfg.min_lr:.2e} by epoch 3") in log
+    assert (
+        f"lr schedule: stretched to 3 epochs (was 2); the lr goes from {cfg.min_lr:.2e} to {lr_now:.2e} here "
+        f"and decays to {cfg.min_lr:.2e} by epoch 3"
+    ) in log
     assert "epoch 3/3" in log
 
 
@@ -258,15 +342,18 @@ def test_resume_refuses_a_flag_that_would_change_the_recipe(image_folder, tmp_pa
     assert main(["train", "--resume", str(run), "--lr", "5e-4", "--workers", "1"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"ferkit: error: cannot resume {run} with --lr 0.0005: the run was trained with lr 0.001; start a new run "
-        "(another --out) to change it"]
+        "(another --out) to change it"
+    ]
     assert main(["train", "--resume", str(run), "--epochs", "1"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"ferkit: error: cannot resume {run} with --epochs 1: the run is at epoch 2 already; give at least --epochs 2"]
+        f"ferkit: error: cannot resume {run} with --epochs 1: the run is at epoch 2 already; give at least --epochs 2"
+    ]
     assert ((run / "last.pth").read_bytes(), (run / "config.json").read_text()) == before
 
 
-def test_workers_are_cut_to_the_cores_in_one_log_line_without_pytorchs_warning(image_folder, tmp_path, monkeypatch,
-                                                                               recwarn):
+def test_workers_are_cut_to_the_cores_in_one_log_line_without_pytorchs_warning(
+    image_folder, tmp_path, monkeypatch, recwarn
+):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})  # a one-core machine, as PyTorch sees it too
     with pytest.warns(UserWarning, match="will create 2 worker processes"):
         DataLoader(range(4), num_workers=2).check_worker_number_rationality()

@@ -5,14 +5,24 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from ferkit.config import Config
-from ferkit.transforms import ToRGB, build_test_transform, build_train_transform
+from ferkit.data.transforms import ToRGB, build_test_transform, build_train_transform
 
 
 def test_train_pipeline_is_the_specification_in_order():
     t = build_train_transform(Config()).transforms
     kinds = [type(x) for x in t]
-    assert kinds == [ToRGB, v2.ToImage, v2.RandomResizedCrop, v2.RandomHorizontalFlip, v2.RandomApply,
-                     v2.RandomGrayscale, v2.RandomRotation, v2.ToDtype, v2.Normalize, v2.RandomErasing]
+    assert kinds == [
+        ToRGB,
+        v2.ToImage,
+        v2.RandomResizedCrop,
+        v2.RandomHorizontalFlip,
+        v2.RandomApply,
+        v2.RandomGrayscale,
+        v2.RandomRotation,
+        v2.ToDtype,
+        v2.Normalize,
+        v2.RandomErasing,
+    ]
     crop, flip, jitter, gray, rot, _, norm, erase = t[2:]
     assert crop.size == (96, 96) and crop.scale == (0.8, 1.0)
     assert flip.p == 0.5
@@ -65,7 +75,7 @@ def test_any_pil_mode_is_accepted(mode):
 
 
 def test_grey_input_shows_colour_photos_grey_and_leaves_grey_images_exactly_as_they_are():
-    from ferkit.fastdata import BatchTest
+    from ferkit.data.batched import BatchTest
 
     rng = np.random.default_rng(0)
     colour = Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))

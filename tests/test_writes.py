@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from ferkit import export, fastdata
 from ferkit.atomic import write_atomically
 from ferkit.checkpoint import atomic_save, read_checkpoint, save_weights
-from ferkit.data import load_splits
+from ferkit.data import batched as fastdata
+from ferkit.data.batched import decode_once
+from ferkit.data.datasets import load_splits
 from ferkit.errors import FerkitError
-from ferkit.fastdata import decode_once
+from ferkit.inference import export
 
 
 def _no_space(fd: int) -> None:
@@ -33,15 +34,21 @@ def _write_onnx(source: Path, target: Path) -> None:
     export.export_onnx(source, target)
 
 
-WRITERS = {"checkpoint": (_write_checkpoint, "best.pth"), "safetensors": (_write_weights, "best.safetensors"),
-           "onnx": (_write_onnx, "best.onnx")}
+WRITERS = {
+    "checkpoint": (_write_checkpoint, "best.pth"),
+    "safetensors": (_write_weights, "best.safetensors"),
+    "onnx": (_write_onnx, "best.onnx"),
+}
 
 
 @pytest.mark.parametrize("writer", WRITERS, ids=list(WRITERS))
-def test_a_failed_write_leaves_the_earlier_file_and_no_temporary_one(writer, untrained_checkpoint, tmp_path,
-                                                                      monkeypatch):
+def test_a_failed_write_leaves_the_earlier_file_and_no_temporary_one(
+    writer, untrained_checkpoint, tmp_path, monkeypatch
+):
     write, name = WRITERS[writer]
-    monkeypatch.setattr(export, "to_onnx_bytes", lambda loaded: b"an ONNX graph")  # the export itself is tested elsewhere
+    monkeypatch.setattr(
+        export, "to_onnx_bytes", lambda loaded: b"an ONNX graph"
+    )  # the export itself is tested elsewhere
     target = tmp_path / name
     target.write_bytes(b"the earlier file")
     monkeypatch.setattr(os, "fsync", _no_space)

@@ -1,7 +1,7 @@
 """ferkit: facial expression recognition with the specified ResNet18-style recipe."""
 
 from .config import Config
-from .data import CLASSES
+from .data.datasets import CLASSES
 from .errors import FerkitError
 
 __version__ = "0.1.0"

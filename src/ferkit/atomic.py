@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from .errors import FerkitError
 
 
-def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object],
-                     advice: str = "the file that was there is unchanged; check the folder's permissions and space"
-                     ) -> None:
+def write_atomically(
+    path: str | os.PathLike,
+    write: Callable[[BinaryIO], object],
+    advice: str = "the file that was there is unchanged; check the folder's permissions and space",
+) -> None:
     """Call ``write`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
 
     The temporary file sits in the same folder because a rename is atomic only within one file system, and

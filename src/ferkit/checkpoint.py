@@ -31,9 +31,12 @@ VERSION = 1
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` through the atomic writer: a crash or a full disk leaves the earlier file in place."""
     path = Path(path)
-    write_atomically(path, lambda f: torch.save(obj, f),
-                     advice=f"earlier checkpoints in {path.parent} are intact; free disk space (or fix the "
-                            "folder's permissions), then --resume")
+    write_atomically(
+        path,
+        lambda f: torch.save(obj, f),
+        advice=f"earlier checkpoints in {path.parent} are intact; free disk space (or fix the "
+        "folder's permissions), then --resume",
+    )
 
 
 def make_checkpoint(model: nn.Module, cfg: Config, classes: tuple[str, ...], **extra: Any) -> dict[str, Any]:
@@ -92,8 +95,9 @@ def _read_weights(path: Path) -> dict[str, Any]:
     if meta.get("format") != FORMAT:
         raise FerkitError(f"{path} is not a ferkit weights file (no '{FORMAT}' marker in its header)")
     ckpt = {k: json.loads(v) for k, v in meta.items() if k != "format"}
-    ckpt.update(format=FORMAT, version=VERSION,
-                model={k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
+    ckpt.update(
+        format=FORMAT, version=VERSION, model={k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    )
     return ckpt
 
 
@@ -101,16 +105,20 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load and check a ferkit checkpoint (.pth, or .safetensors weights); any failure is one clear line."""
     path = Path(path)
     if not path.is_file():
-        raise FerkitError(f"checkpoint {path} does not exist; pass the best.pth or last.pth of a training run, "
-                          f"or a bundled model: {', '.join(BUNDLED_MODELS)}")
+        raise FerkitError(
+            f"checkpoint {path} does not exist; pass the best.pth or last.pth of a training run, "
+            f"or a bundled model: {', '.join(BUNDLED_MODELS)}"
+        )
     if path.suffix == ".safetensors":
         return _read_weights(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FerkitError(f"checkpoint {path} is truncated or not a ferkit checkpoint ({first}); "
-                          "use another checkpoint of the run (best.pth or last.pth)") from None
+        raise FerkitError(
+            f"checkpoint {path} is truncated or not a ferkit checkpoint ({first}); "
+            "use another checkpoint of the run (best.pth or last.pth)"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise FerkitError(f"{path} is not a ferkit checkpoint (no '{FORMAT}' marker); train one with `ferkit train`")
     if ckpt.get("version", 0) > VERSION:
@@ -134,8 +142,7 @@ def check_classes(path: str | os.PathLike, have: tuple[str, ...], expected: tupl
         )
 
 
-def load_model(path: str | os.PathLike | None = None, expected_classes: tuple[str, ...] | None = None
-               ) -> LoadedModel:
+def load_model(path: str | os.PathLike | None = None, expected_classes: tuple[str, ...] | None = None) -> LoadedModel:
     """A checkpoint's model in eval mode; ``path=None`` loads the model bundled with the package."""
     path = model_path(path)
     ckpt = read_checkpoint(path)
@@ -147,7 +154,9 @@ def load_model(path: str | os.PathLike | None = None, expected_classes: tuple[st
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise FerkitError(f"checkpoint {path} does not fit architecture {ckpt['arch']!r} "
-                          f"({str(e).splitlines()[0]}); it was made by another model definition") from None
+        raise FerkitError(
+            f"checkpoint {path} does not fit architecture {ckpt['arch']!r} "
+            f"({str(e).splitlines()[0]}); it was made by another model definition"
+        ) from None
     model.eval()
     return LoadedModel(model, cfg, classes, ckpt)

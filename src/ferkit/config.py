@@ -13,10 +13,11 @@ import argparse
 import dataclasses
 import json
 import math
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from .errors import FerkitError
 
@@ -28,7 +29,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 GROUPS = {
     "data": "what is trained and measured on",
     "augmentation": "input size, the training augmentation (specification section 1, in pipeline order) and "
-                    "normalisation",
+    "normalisation",
     "model": "the network (specification section 2)",
     "optimisation": "loss and optimizer (specification section 3)",
     "schedule": "how long, and the learning rate over time",
@@ -44,16 +45,30 @@ def _opt(group: str, default: Any, help: str, resumable: bool = False, **kw: Any
 
 @dataclass
 class Config:
-    data: str | None = _opt("data", None, "dataset: image-folder root or fer2013.csv (default: $FERKIT_DATA, then "
-                            "./data/fer2013)", resumable=True)
-    protocol: str = _opt("data", "spec", "spec: select and report on test/; clean: select on PublicTest, report "
-                         "PrivateTest", choices=("spec", "clean"))
+    data: str | None = _opt(
+        "data",
+        None,
+        "dataset: image-folder root or fer2013.csv (default: $FERKIT_DATA, then ./data/fer2013)",
+        resumable=True,
+    )
+    protocol: str = _opt(
+        "data",
+        "spec",
+        "spec: select and report on test/; clean: select on PublicTest, report PrivateTest",
+        choices=("spec", "clean"),
+    )
     limit_per_class: int = _opt("data", 0, "use at most N images per class and split (0 = all; for smoke tests)")
-    bad_images: str = _opt("data", "stop", "an unreadable image stops the run, or is skipped and reported",
-                           resumable=True, choices=("stop", "skip"))
+    bad_images: str = _opt(
+        "data",
+        "stop",
+        "an unreadable image stops the run, or is skipped and reported",
+        resumable=True,
+        choices=("stop", "skip"),
+    )
     image_size: int = _opt("augmentation", 96, "network input size (square)")
-    crop_scale: tuple[float, float] = _opt("augmentation", (0.8, 1.0),
-                                           "RandomResizedCrop area range, suited to aligned face crops")
+    crop_scale: tuple[float, float] = _opt(
+        "augmentation", (0.8, 1.0), "RandomResizedCrop area range, suited to aligned face crops"
+    )
     flip_p: float = _opt("augmentation", 0.5, "RandomHorizontalFlip probability")
     jitter_p: float = _opt("augmentation", 0.8, "probability of applying ColorJitter")
     brightness: float = _opt("augmentation", 0.4, "ColorJitter brightness strength")
@@ -61,66 +76,136 @@ class Config:
     saturation: float = _opt("augmentation", 0.4, "ColorJitter saturation strength")
     hue: float = _opt("augmentation", 0.1, "ColorJitter hue strength")
     grayscale_p: float = _opt("augmentation", 0.2, "RandomGrayscale probability")
-    grey_input: bool = _opt("augmentation", False, "convert every image to grey (3 equal channels) in training, "
-                            "evaluation and prediction: a model trained on a grey dataset (FER2013) then sees colour "
-                            "photos as it saw its training faces")
+    grey_input: bool = _opt(
+        "augmentation",
+        False,
+        "convert every image to grey (3 equal channels) in training, "
+        "evaluation and prediction: a model trained on a grey dataset (FER2013) then sees colour "
+        "photos as it saw its training faces",
+    )
     rotation: float = _opt("augmentation", 20.0, "RandomRotation maximum degrees")
     erasing_p: float = _opt("augmentation", 0.25, "RandomErasing probability")
     mean: tuple[float, float, float] = _opt("augmentation", IMAGENET_MEAN, "normalization mean (ImageNet)")
     std: tuple[float, float, float] = _opt("augmentation", IMAGENET_STD, "normalization std (ImageNet)")
-    arch: str = _opt("model", "resnet18", "architecture: resnet18 (the specification's, stem at stride 1) or "
-                     "resnet18s2 (stem at stride 2: a quarter of the FLOPs)", choices=("resnet18", "resnet18s2"))
-    width: int = _opt("model", 64, "channels of the stem and layer1; each later stage doubles them (cost grows with "
-                      "its square)")
+    arch: str = _opt(
+        "model",
+        "resnet18",
+        "architecture: resnet18 (the specification's, stem at stride 1) or "
+        "resnet18s2 (stem at stride 2: a quarter of the FLOPs)",
+        choices=("resnet18", "resnet18s2"),
+    )
+    width: int = _opt(
+        "model", 64, "channels of the stem and layer1; each later stage doubles them (cost grows with its square)"
+    )
     dropout: float = _opt("model", 0.3, "parameter_dropout: dropout probability in the classification head")
     hidden: int = _opt("model", 256, "hidden width of the classification head")
     batch_size: int = _opt("optimisation", 32, "images per optimizer step, over all processes of a multi-process run")
-    lr: float = _opt("optimisation", 1e-3, "AdamW learning rate for a batch of 32 (scaled for other sizes by "
-                     "--lr-scaling)")
-    lr_scaling: str = _opt("optimisation", "sqrt", "rule that scales lr with batch_size/32",
-                           choices=("none", "sqrt", "linear"))
+    lr: float = _opt(
+        "optimisation", 1e-3, "AdamW learning rate for a batch of 32 (scaled for other sizes by --lr-scaling)"
+    )
+    lr_scaling: str = _opt(
+        "optimisation", "sqrt", "rule that scales lr with batch_size/32", choices=("none", "sqrt", "linear")
+    )
     weight_decay: float = _opt("optimisation", 0.05, "AdamW decoupled weight decay")
     label_smoothing: float = _opt("optimisation", 0.1, "cross-entropy label smoothing")
-    ema_decay: float = _opt("optimisation", 0.0, "keep an exponential moving average of the weights (decay per "
-                            "optimizer step, e.g. 0.999); evaluation, best.pth and the report use it. 0: off")
-    sync_bn: bool = _opt("optimisation", False, "with several processes, BatchNorm statistics over the global batch "
-                         "(SyncBatchNorm)")
-    epochs: int = _opt("schedule", 100, "training epochs (the cosine schedule spans all of them; --resume may raise "
-                       "it)")
+    ema_decay: float = _opt(
+        "optimisation",
+        0.0,
+        "keep an exponential moving average of the weights (decay per "
+        "optimizer step, e.g. 0.999); evaluation, best.pth and the report use it. 0: off",
+    )
+    sync_bn: bool = _opt(
+        "optimisation", False, "with several processes, BatchNorm statistics over the global batch (SyncBatchNorm)"
+    )
+    epochs: int = _opt(
+        "schedule", 100, "training epochs (the cosine schedule spans all of them; --resume may raise it)"
+    )
     min_lr: float = _opt("schedule", 1e-6, "learning rate the cosine schedule decays to")
-    schedule_unit: str = _opt("schedule", "epoch", "step the cosine schedule once per epoch (the spec) or once per "
-                              "batch", choices=("epoch", "step"))
-    warmup_epochs: float = _opt("schedule", 0.0, "linear learning-rate warmup from lr/25 before the cosine decay, in "
-                                "epochs (fractions count with --schedule-unit step)")
-    device: str = _opt("speed", "auto", "auto picks cuda when present", resumable=True,
-                       choices=("auto", "cpu", "cuda"))
-    precision: str = _opt("speed", "auto", "training precision; auto: bf16 autocast where the hardware has native "
-                          "bf16, else fp32", resumable=True, choices=("auto", "fp32", "bf16"))
-    eval_precision: str = _opt("speed", "fp32", "precision of every evaluation (selection, report): fp32 gives the "
-                               "same figures on every machine", resumable=True, choices=("fp32", "bf16"))
-    data_pipeline: str = _opt("speed", "auto", "workers: DataLoader workers decode and augment image by image every "
-                              "epoch; batched: decode once (cached), augment whole batches on the training device; "
-                              "auto: batched on CUDA, workers on CPU", resumable=True,
-                              choices=("auto", "workers", "batched"))
-    workers: int = _opt("speed", 4, "DataLoader worker processes per loader (at most the cores this process may use)",
-                        resumable=True)
-    cache_dir: str | None = _opt("speed", None, "folder of the batched pipeline's decoded-image cache "
-                                 "(None: $FERKIT_CACHE, else ~/.cache/ferkit)", resumable=True)
-    channels_last: str = _opt("speed", "auto", "channels-last memory layout for the model and its inputs; auto: on "
-                              "for CUDA and for bf16 on CPUs with native bf16 (measured faster there, slower in fp32 "
-                              "on AVX2)", resumable=True, choices=("auto", "on", "off"))
-    compile: bool = _opt("speed", False, "torch.compile the model: a minute or more of compiling at start, to be "
-                         "repaid by faster steps on long GPU runs (measured slower on CPUs)", resumable=True)
-    eval_batch_factor: int = _opt("speed", 2, "evaluation batch size as a multiple of the training batch (no "
-                                  "gradients are kept, so more images fit)", resumable=True)
+    schedule_unit: str = _opt(
+        "schedule",
+        "epoch",
+        "step the cosine schedule once per epoch (the spec) or once per batch",
+        choices=("epoch", "step"),
+    )
+    warmup_epochs: float = _opt(
+        "schedule",
+        0.0,
+        "linear learning-rate warmup from lr/25 before the cosine decay, in "
+        "epochs (fractions count with --schedule-unit step)",
+    )
+    device: str = _opt("speed", "auto", "auto picks cuda when present", resumable=True, choices=("auto", "cpu", "cuda"))
+    precision: str = _opt(
+        "speed",
+        "auto",
+        "training precision; auto: bf16 autocast where the hardware has native bf16, else fp32",
+        resumable=True,
+        choices=("auto", "fp32", "bf16"),
+    )
+    eval_precision: str = _opt(
+        "speed",
+        "fp32",
+        "precision of every evaluation (selection, report): fp32 gives the same figures on every machine",
+        resumable=True,
+        choices=("fp32", "bf16"),
+    )
+    data_pipeline: str = _opt(
+        "speed",
+        "auto",
+        "workers: DataLoader workers decode and augment image by image every "
+        "epoch; batched: decode once (cached), augment whole batches on the training device; "
+        "auto: batched on CUDA, workers on CPU",
+        resumable=True,
+        choices=("auto", "workers", "batched"),
+    )
+    workers: int = _opt(
+        "speed", 4, "DataLoader worker processes per loader (at most the cores this process may use)", resumable=True
+    )
+    cache_dir: str | None = _opt(
+        "speed",
+        None,
+        "folder of the batched pipeline's decoded-image cache (None: $FERKIT_CACHE, else ~/.cache/ferkit)",
+        resumable=True,
+    )
+    channels_last: str = _opt(
+        "speed",
+        "auto",
+        "channels-last memory layout for the model and its inputs; auto: on "
+        "for CUDA and for bf16 on CPUs with native bf16 (measured faster there, slower in fp32 "
+        "on AVX2)",
+        resumable=True,
+        choices=("auto", "on", "off"),
+    )
+    compile: bool = _opt(
+        "speed",
+        False,
+        "torch.compile the model: a minute or more of compiling at start, to be "
+        "repaid by faster steps on long GPU runs (measured slower on CPUs)",
+        resumable=True,
+    )
+    eval_batch_factor: int = _opt(
+        "speed",
+        2,
+        "evaluation batch size as a multiple of the training batch (no gradients are kept, so more images fit)",
+        resumable=True,
+    )
     out: str = _opt("run", "runs/ferkit", "run folder: config, logs, checkpoints, plots")
     seed: int = _opt("run", 0, "random seed (data order, augmentation, initialisation)")
     tensorboard: bool = _opt("run", True, "also log per-epoch metrics to TensorBoard", resumable=True)
-    log_interval: int = _opt("run", 20, "steps between progress-bar updates and checks of the loss for NaN/inf "
-                             "(each one synchronises with a GPU)", resumable=True)
-    nonfinite: str = _opt("run", "stop", "a NaN/inf loss stops the run (checked every --log-interval steps), or its "
-                          "step is skipped and counted (checked every step: one host-device synchronisation per step "
-                          "on a GPU)", resumable=True, choices=("stop", "skip"))
+    log_interval: int = _opt(
+        "run",
+        20,
+        "steps between progress-bar updates and checks of the loss for NaN/inf (each one synchronises with a GPU)",
+        resumable=True,
+    )
+    nonfinite: str = _opt(
+        "run",
+        "stop",
+        "a NaN/inf loss stops the run (checked every --log-interval steps), or its "
+        "step is skipped and counted (checked every step: one host-device synchronisation per step "
+        "on a GPU)",
+        resumable=True,
+        choices=("stop", "skip"),
+    )
 
     def effective_lr(self) -> float:
         ratio = self.batch_size / 32
@@ -146,9 +231,17 @@ class Config:
 # Everything not listed keeps the specification's value. Both train at FER2013's native 48x48 (upsampling to 96
 # buys no accuracy for 4x the FLOPs) with the stride-2 stem, batch 64, a 2e-3 peak reached by linear warmup and
 # a per-step cosine, on the decode-once batched pipeline (no DataLoader processes competing for the cores).
-_CPU_RECIPE: dict[str, Any] = {"arch": "resnet18s2", "image_size": 48, "batch_size": 64, "lr": 2e-3,
-                               "lr_scaling": "none", "schedule_unit": "step", "protocol": "clean",
-                               "data_pipeline": "batched", "grey_input": True}
+_CPU_RECIPE: dict[str, Any] = {
+    "arch": "resnet18s2",
+    "image_size": 48,
+    "batch_size": 64,
+    "lr": 2e-3,
+    "lr_scaling": "none",
+    "schedule_unit": "step",
+    "protocol": "clean",
+    "data_pipeline": "batched",
+    "grey_input": True,
+}
 PRESETS: dict[str, dict[str, Any]] = {
     "spec": {},
     # 0.485 PFLOP: half-width network (0.47 GFLOP a training image), 36 epochs.
@@ -179,7 +272,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     try:
         return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-        raise FerkitError(f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {e}") from None
+        raise FerkitError(
+            f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {e}"
+        ) from None
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> dict[str, argparse._ArgumentGroup]:
@@ -194,8 +289,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> dict[str, argparse.
         notes = [] if f.default is None else [f"default: {f.default}"]  # what None means, the help says
         if f.metadata["resumable"]:
             notes.append("--resume may change it")
-        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                              "help": f.metadata["help"] + (f" ({'; '.join(notes)})" if notes else "")}
+        kw: dict[str, Any] = {
+            "dest": f.name,
+            "default": argparse.SUPPRESS,
+            "help": f.metadata["help"] + (f" ({'; '.join(notes)})" if notes else ""),
+        }
         if isinstance(f.default, bool):
             kw["action"] = argparse.BooleanOptionalAction
         elif isinstance(f.default, tuple):
@@ -230,11 +328,15 @@ def resumed_config(saved: Config, asked: Config, min_epochs: int, run: str) -> t
     if refused:
         flags = " ".join(_given(f.name, getattr(asked, f.name)) for f in refused)
         values = ", ".join(f"{f.name} {_value(getattr(saved, f.name))}" for f in refused)
-        raise FerkitError(f"cannot resume {run} with {flags}: the run was trained with {values}; start a new run "
-                          f"(another --out) to change {'it' if len(refused) == 1 else 'them'}")
+        raise FerkitError(
+            f"cannot resume {run} with {flags}: the run was trained with {values}; start a new run "
+            f"(another --out) to change {'it' if len(refused) == 1 else 'them'}"
+        )
     if asked.epochs < min_epochs:
-        raise FerkitError(f"cannot resume {run} with --epochs {asked.epochs}: the run is at epoch {min_epochs} "
-                          f"already; give at least --epochs {min_epochs}")
+        raise FerkitError(
+            f"cannot resume {run} with --epochs {asked.epochs}: the run is at epoch {min_epochs} "
+            f"already; give at least --epochs {min_epochs}"
+        )
     return asked, [f"{_given(f.name, getattr(asked, f.name))} (was {_value(getattr(saved, f.name))})" for f in changed]
 
 

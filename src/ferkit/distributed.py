@@ -8,8 +8,9 @@ change nothing.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -62,8 +63,10 @@ def process_device(device: torch.device) -> torch.device:
         return device
     local_rank, count = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
     if local_rank >= count:
-        raise FerkitError(f"process {local_rank} on this machine has no GPU of its own ({count} visible); "
-                          f"start at most {count} processes per machine (--nproc-per-node / --nproc)")
+        raise FerkitError(
+            f"process {local_rank} on this machine has no GPU of its own ({count} visible); "
+            f"start at most {count} processes per machine (--nproc-per-node / --nproc)"
+        )
     device = torch.device("cuda", local_rank)
     torch.cuda.set_device(device)
     return device
@@ -72,8 +75,10 @@ def process_device(device: torch.device) -> torch.device:
 def local_batch_size(batch_size: int) -> int:
     """``--batch-size`` is the global batch: each of the N processes takes an N-th of it per step."""
     if batch_size % world_size():
-        raise FerkitError(f"--batch-size {batch_size} (the global batch) does not split evenly over "
-                          f"{world_size()} processes; use a multiple of {world_size()}")
+        raise FerkitError(
+            f"--batch-size {batch_size} (the global batch) does not split evenly over "
+            f"{world_size()} processes; use a multiple of {world_size()}"
+        )
     return batch_size // world_size()
 
 

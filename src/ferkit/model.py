@@ -47,7 +47,9 @@ class Block(nn.Module):
         self.conv2 = conv3x3(out_channels, out_channels)
         self.bn2 = nn.BatchNorm2d(out_channels)
         needs_projection = stride != 1 or in_channels != out_channels
-        self.downsample: nn.Module = Downsample(in_channels, out_channels, stride) if needs_projection else nn.Identity()
+        self.downsample: nn.Module = (
+            Downsample(in_channels, out_channels, stride) if needs_projection else nn.Identity()
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -56,8 +58,15 @@ class Block(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, layers: tuple[int, ...] = (2, 2, 2, 2), num_classes: int = 7,
-                 parameter_dropout: float = 0.3, hidden: int = 256, width: int = 64, stem_stride: int = 1) -> None:
+    def __init__(
+        self,
+        layers: tuple[int, ...] = (2, 2, 2, 2),
+        num_classes: int = 7,
+        parameter_dropout: float = 0.3,
+        hidden: int = 256,
+        width: int = 64,
+        stem_stride: int = 1,
+    ) -> None:
         super().__init__()
         self.stem = nn.Sequential(conv3x3(3, width, stem_stride), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
         widths = (width, width * 2, width * 4, width * 8)
@@ -130,4 +139,14 @@ def training_flops(model: nn.Module, image_size: int) -> float:
     return counter.get_total_flops() / 2
 
 
-__all__ = ["conv3x3", "Block", "Downsample", "ResNet", "resnet18", "resnet18s2", "build_model", "count_parameters", "training_flops"]
+__all__ = [
+    "conv3x3",
+    "Block",
+    "Downsample",
+    "ResNet",
+    "resnet18",
+    "resnet18s2",
+    "build_model",
+    "count_parameters",
+    "training_flops",
+]

@@ -79,8 +79,13 @@ class Speed:
     def resolve(cls, cfg: Config) -> Speed:
         device = dist.process_device(resolve_device(cfg.device))
         precision = resolve_precision(cfg.precision, device)
-        return cls(device, precision, resolve_data_pipeline(cfg.data_pipeline, device),
-                   resolve_channels_last(cfg.channels_last, device, precision), min(cfg.workers, usable_cores()))
+        return cls(
+            device,
+            precision,
+            resolve_data_pipeline(cfg.data_pipeline, device),
+            resolve_channels_last(cfg.channels_last, device, precision),
+            min(cfg.workers, usable_cores()),
+        )
 
     @property
     def memory_format(self) -> torch.memory_format:

@@ -39,10 +39,10 @@ import logging
 import math
 import os
 from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -50,10 +50,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from .atomic import write_atomically
-from .config import Config
-from .data import Sample, load_image
-from .errors import FerkitError
+from ..atomic import write_atomically
+from ..config import Config
+from ..errors import FerkitError
+from .datasets import Sample, load_image
 from .images import to_rgb
 
 log = logging.getLogger("ferkit")
@@ -85,8 +85,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("FERKIT_CACHE") or Path.home() / ".cache" / "ferkit")
 
 
-def decode_once(samples: list[Sample], cache_dir: str | os.PathLike | None = None,
-                skip_bad: bool = False) -> DecodedImages:
+def decode_once(
+    samples: list[Sample], cache_dir: str | os.PathLike | None = None, skip_bad: bool = False
+) -> DecodedImages:
     """Every sample decoded into one uint8 tensor, reusing the on-disk cache when the files are unchanged.
 
     Images whose size differs from the most common one are resized (bilinear) to it, so one tensor
@@ -112,8 +113,10 @@ def decode_once(samples: list[Sample], cache_dir: str | os.PathLike | None = Non
         blob = {"version": CACHE_VERSION, "images": decoded.images, "bad": bad}
         write_atomically(cache_file, lambda f: torch.save(blob, f))
     except (OSError, FerkitError):
-        log.warning(f"could not write the decode cache {cache_file}; continuing without it "
-                    "(set $FERKIT_CACHE to a writable folder with space)")
+        log.warning(
+            f"could not write the decode cache {cache_file}; continuing without it "
+            "(set $FERKIT_CACHE to a writable folder with space)"
+        )
     decoded.cache_file = cache_file
     return decoded
 
@@ -172,8 +175,10 @@ def _decode(samples: list[Sample], skip_bad: bool) -> tuple[DecodedImages, dict[
     if not arrays:
         raise FerkitError("no readable image among the samples; run `ferkit data check` on the dataset")
     height, width = Counter(a.shape[:2] for a in arrays).most_common(1)[0][0]
-    arrays = [a if a.shape[:2] == (height, width)
-              else np.asarray(Image.fromarray(a).resize((width, height), Image.BILINEAR)) for a in arrays]
+    arrays = [
+        a if a.shape[:2] == (height, width) else np.asarray(Image.fromarray(a).resize((width, height), Image.BILINEAR))
+        for a in arrays
+    ]
     if all(a.ndim == 2 for a in arrays):
         images = torch.from_numpy(np.stack(arrays))[:, None]
     else:
@@ -186,8 +191,15 @@ def _decode(samples: list[Sample], skip_bad: bool) -> tuple[DecodedImages, dict[
 # Batches
 
 
-def batches(images: Tensor, labels: Tensor, order: Tensor, batch_size: int, device: torch.device,
-            pin: bool = True, drop_last: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+def batches(
+    images: Tensor,
+    labels: Tensor,
+    order: Tensor,
+    batch_size: int,
+    device: torch.device,
+    pin: bool = True,
+    drop_last: bool = False,
+) -> Iterator[tuple[Tensor, Tensor]]:
     """uint8 image and label batches in ``order`` (indices into ``images``), on ``device``.
 
     Indexing happens where ``images`` lives: put the decoded tensor on the GPU once when it fits
@@ -198,7 +210,7 @@ def batches(images: Tensor, labels: Tensor, order: Tensor, batch_size: int, devi
     crossing = pin and images.device.type == "cpu" and device.type == "cuda"
     stop = len(order) - len(order) % batch_size if drop_last else len(order)
     for start in range(0, stop, batch_size):
-        index = order[start:start + batch_size]
+        index = order[start : start + batch_size]
         if crossing:
             # PyTorch's pinned-memory cache does not reuse a block until its copy has finished.
             x = torch.empty((len(index), *images.shape[1:]), dtype=images.dtype, pin_memory=True)
@@ -225,8 +237,10 @@ class _NetworkInput(nn.Module):
 
     def _unit_float(self, images: Tensor) -> Tensor:
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise FerkitError(f"expected a uint8 batch [B, 1 or 3, H, W], got {images.dtype} {tuple(images.shape)}; "
-                              "pass the tensor from decode_once/batches")
+            raise FerkitError(
+                f"expected a uint8 batch [B, 1 or 3, H, W], got {images.dtype} {tuple(images.shape)}; "
+                "pass the tensor from decode_once/batches"
+            )
         x = images.float().div_(255)
         return _grey(x) if self.grey else x
 
@@ -273,15 +287,27 @@ class BatchAugment(_NetworkInput):
         x = self._color(x, top, left, box_h, box_w, rand)
         flip = rand(n) < cfg.flip_p
         angle = (rand(n) * 2 - 1) * cfg.rotation
-        x = _warp(_resize(x, self.size) if max(height, width) > self.size else x,
-                  top / height, left / width, box_h / height, box_w / width, flip, angle, self.size)
+        x = _warp(
+            _resize(x, self.size) if max(height, width) > self.size else x,
+            top / height,
+            left / width,
+            box_h / height,
+            box_w / width,
+            flip,
+            angle,
+            self.size,
+        )
         return _erase(self._normalize(x), rand(n) < cfg.erasing_p, rand)
 
     def _color(self, x: Tensor, top: Tensor, left: Tensor, box_h: Tensor, box_w: Tensor, rand: Rand) -> Tensor:
         cfg, n = self.cfg, x.shape[0]
         jitter = rand(n) < cfg.jitter_p
-        factors = [_factor_range(cfg.brightness, rand(n)), _factor_range(cfg.contrast, rand(n)),
-                   _factor_range(cfg.saturation, rand(n)), (rand(n) * 2 - 1) * cfg.hue]
+        factors = [
+            _factor_range(cfg.brightness, rand(n)),
+            _factor_range(cfg.contrast, rand(n)),
+            _factor_range(cfg.saturation, rand(n)),
+            (rand(n) * 2 - 1) * cfg.hue,
+        ]
         # torchvision draws a random order of the four ops for every image; so does this, per sample.
         order = rand(n, 4).argsort(dim=1)
         grey = (rand(n) < cfg.grayscale_p).view(-1, 1, 1, 1)
@@ -344,8 +370,16 @@ def _shift_hue(x: Tensor, shift: Tensor) -> Tensor:
     return value - chroma * torch.minimum(k, 4 - k).clamp(0, 1)
 
 
-def _boxes(n: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
-           fit_height: int, fit_width: int, rand: Rand) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _boxes(
+    n: int,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    fit_height: int,
+    fit_width: int,
+    rand: Rand,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """torchvision's box rule, for every sample at once: (top, left, h, w, found) in integer pixels.
 
     Up to 10 draws of an area (uniform in ``scale`` of the image) and a width/height ratio
@@ -365,8 +399,9 @@ def _boxes(n: int, height: int, width: int, scale: tuple[float, float], ratio: t
     return top, left, h, w, fits.any(dim=1)
 
 
-def _crop_boxes(n: int, height: int, width: int, scale: tuple[float, float], rand: Rand
-                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _crop_boxes(
+    n: int, height: int, width: int, scale: tuple[float, float], rand: Rand
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """RandomResizedCrop's boxes; where no draw fits, torchvision's fallback: the largest centred box in ratio."""
     top, left, h, w, found = _boxes(n, height, width, scale, CROP_RATIO, height, width, rand)
     in_ratio = width / height
@@ -379,8 +414,9 @@ def _crop_boxes(n: int, height: int, width: int, scale: tuple[float, float], ran
     return top, left, h, w
 
 
-def _warp(x: Tensor, top: Tensor, left: Tensor, box_h: Tensor, box_w: Tensor, flip: Tensor, angle: Tensor,
-          size: int) -> Tensor:
+def _warp(
+    x: Tensor, top: Tensor, left: Tensor, box_h: Tensor, box_w: Tensor, flip: Tensor, angle: Tensor, size: int
+) -> Tensor:
     """Crop box (as fractions of the source) resized to size x size, then flipped, then rotated, in one warp.
 
     Output pixel p (normalised coordinates, align_corners=False) reads the cropped-and-flipped image
@@ -396,8 +432,13 @@ def _warp(x: Tensor, top: Tensor, left: Tensor, box_h: Tensor, box_w: Tensor, fl
     qx, qy = cos * u - sin * v, sin * u + cos * v
     inside = ((qx.abs() <= 1) & (qy.abs() <= 1)).unsqueeze(1)
     mirror = torch.where(flip, -1.0, 1.0).view(-1, 1, 1)
-    grid = torch.stack([qx * (box_w.view(-1, 1, 1) * mirror) + (2 * left + box_w - 1).view(-1, 1, 1),
-                        qy * box_h.view(-1, 1, 1) + (2 * top + box_h - 1).view(-1, 1, 1)], dim=-1)
+    grid = torch.stack(
+        [
+            qx * (box_w.view(-1, 1, 1) * mirror) + (2 * left + box_w - 1).view(-1, 1, 1),
+            qy * box_h.view(-1, 1, 1) + (2 * top + box_h - 1).view(-1, 1, 1),
+        ],
+        dim=-1,
+    )
     warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return warped * inside
 

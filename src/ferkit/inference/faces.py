@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FerkitError
+from ..errors import FerkitError
+from .opencv import require_cv2
 
 # alt2 finds the astronaut's face without the false "face" on her helmet that the default cascade
 # reports at higher resolutions, at a similar cost.
@@ -26,7 +27,7 @@ class Box:
     w: int
     h: int
 
-    def expanded(self, margin: float, width: int, height: int) -> "Box":
+    def expanded(self, margin: float, width: int, height: int) -> Box:
         """The box grown by ``margin`` of its size on every side, clipped to the image."""
         dx, dy = round(self.w * margin), round(self.h * margin)
         x0, y0 = max(self.x - dx, 0), max(self.y - dy, 0)
@@ -37,14 +38,12 @@ class Box:
         return [self.x, self.y, self.w, self.h]
 
 
-def require_cv2():
-    try:
-        import cv2
-    except ImportError:
-        raise FerkitError("face detection needs OpenCV: pip install 'opencv-python-headless<5'") from None
+def require_cascades():
+    cv2 = require_cv2()
     if not hasattr(cv2, "CascadeClassifier"):
-        raise FerkitError(f"OpenCV {cv2.__version__} has no Haar cascades (removed in 5.x); "
-                          "pip install 'opencv-python-headless<5'")
+        raise FerkitError(
+            f"OpenCV {cv2.__version__} has no Haar cascades (removed in 5.x); pip install 'opencv-python-headless<5'"
+        )
     return cv2
 
 
@@ -57,9 +56,15 @@ class FaceDetector:
     would cost more (384 px: +25% time) without finding smaller faces.
     """
 
-    def __init__(self, max_side: int = 320, min_face: float = 0.06, scale_factor: float = 1.2,
-                 min_neighbors: int = 5, cascade: str = DEFAULT_CASCADE) -> None:
-        cv2 = require_cv2()
+    def __init__(
+        self,
+        max_side: int = 320,
+        min_face: float = 0.06,
+        scale_factor: float = 1.2,
+        min_neighbors: int = 5,
+        cascade: str = DEFAULT_CASCADE,
+    ) -> None:
+        cv2 = require_cascades()
         path = Path(cascade) if Path(cascade).is_file() else Path(cv2.data.haarcascades) / cascade
         self._cascade = cv2.CascadeClassifier(str(path))
         if self._cascade.empty():
@@ -76,7 +81,8 @@ class FaceDetector:
             grey = cv2.resize(grey, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
         grey = cv2.equalizeHist(grey)
         smallest = max(round(min(grey.shape) * self.min_face), 20)
-        found = self._cascade.detectMultiScale(grey, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
-                                               minSize=(smallest, smallest))
+        found = self._cascade.detectMultiScale(
+            grey, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(smallest, smallest)
+        )
         boxes = [Box(round(x / scale), round(y / scale), round(w / scale), round(h / scale)) for x, y, w, h in found]
         return sorted(boxes, key=lambda b: b.w * b.h, reverse=True)

@@ -10,13 +10,13 @@ import csv
 import io
 import json
 import sys
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .faces import require_cv2
+from .opencv import require_cv2
 
 
 @dataclass
@@ -61,15 +61,33 @@ def results_json(results: Sequence[Result], classes: Sequence[str]) -> str:
 
 def csv_rows(results: Iterable[Result], classes: Sequence[str]) -> Iterator[list]:
     """One row per face (or one row with empty fields for an image without faces or with an error)."""
-    yield ["source", "frame", "time_s", "face", "x", "y", "width", "height", "label", "confidence",
-           *[f"p_{c}" for c in classes], "error"]
+    yield [
+        "source",
+        "frame",
+        "time_s",
+        "face",
+        "x",
+        "y",
+        "width",
+        "height",
+        "label",
+        "confidence",
+        *[f"p_{c}" for c in classes],
+        "error",
+    ]
     for r in results:
         head = [r.source, "" if r.frame is None else r.frame, "" if r.time_s is None else r.time_s]
         if not r.faces:
             yield head + [""] * (7 + len(classes)) + [r.error or "no face found"]
         for i, f in enumerate(r.faces):
-            yield head + [i, *f.box, f.label, round(f.confidence, 6),
-                          *[round(f.probabilities[c], 6) for c in classes], ""]
+            yield head + [
+                i,
+                *f.box,
+                f.label,
+                round(f.confidence, 6),
+                *[round(f.probabilities[c], 6) for c in classes],
+                "",
+            ]
 
 
 def write_csv(results: Iterable[Result], classes: Sequence[str], out: io.TextIOBase) -> None:
@@ -91,8 +109,9 @@ def format_table(results: Iterable[Result]) -> str:
     return "\n".join(lines)
 
 
-def write_results(results: Sequence[Result], classes: Sequence[str], json_to: str | None = None,
-                  csv_to: str | None = None) -> None:
+def write_results(
+    results: Sequence[Result], classes: Sequence[str], json_to: str | None = None, csv_to: str | None = None
+) -> None:
     """JSON and CSV each to a file or, for ``"-"``, to stdout; the table on stdout unless one of them went there.
 
     Without the table, the errors it would have listed go to stderr, so they are not lost in a pipe.

@@ -23,10 +23,11 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, NoReturn
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -36,19 +37,20 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from . import distributed as dist
-from .checkpoint import check_classes, load_model, read_checkpoint
-from .config import Config, resumed_config
-from .data import FerDataset, Sample, Splits, collate_skipping, load_splits
-from .errors import FerkitError
-from .evaluate import collect_probs, compute_metrics, format_metrics, make_loader, write_report
+from .. import distributed as dist
+from ..checkpoint import check_classes, load_model, read_checkpoint
+from ..config import Config, resumed_config
+from ..data.datasets import FerDataset, Sample, Splits, collate_skipping, load_splits, make_loader
+from ..data.transforms import build_test_transform
+from ..errors import FerkitError
+from ..evaluation.metrics import compute_metrics, format_metrics, write_report
+from ..evaluation.predictions import collect_probs
+from ..model import build_model, count_parameters, training_flops
+from ..runtime import Speed, autocast, machine_description, seed_everything
 from .feed import TrainBatches, open_batches, restore_rng, rng_state
-from .model import build_model, count_parameters, training_flops
 from .optim import build_optimizer, build_scheduler, continue_schedule, load_scheduler_state
-from .rundir import (Checkpoints, EpochRecords, TrainState, agreed_stop, ignore_stop_signals, prepare_run_dir,
-                     setup_logging, stop_requests)
-from .runtime import Speed, autocast, machine_description, seed_everything
-from .transforms import build_test_transform
+from .rundir import Checkpoints, EpochRecords, TrainState, prepare_run_dir, setup_logging
+from .signals import agreed_stop, ignore_stop_signals, stop_requests
 
 __all__ = ["TrainState", "Training", "TrainingInterrupted", "build_optimizer", "build_scheduler", "train"]
 log = logging.getLogger("ferkit")
@@ -81,9 +83,17 @@ class Training:
 
     def __post_init__(self) -> None:
         self.checkpoints = Checkpoints(
-            out=self.out, cfg=self.cfg, classes=self.splits.classes, select_split=self.splits.names["select"],
-            model=self.model, evaluated=self.eval_model, optimizer=self.optimizer, scheduler=self.scheduler,
-            ema=self.ema, state=self.state)
+            out=self.out,
+            cfg=self.cfg,
+            classes=self.splits.classes,
+            select_split=self.splits.names["select"],
+            model=self.model,
+            evaluated=self.eval_model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            ema=self.ema,
+            state=self.state,
+        )
         self.records = EpochRecords(self.out, self.cfg)
 
 
@@ -111,8 +121,10 @@ def _fit(t: Training) -> dict:
             if signum := agreed_stop(stop):
                 _save_and_stop(t, signum, sums)
             if sums["seen"] == 0:
-                raise FerkitError(f"no batch of epoch {state.epoch + 1} could be trained on (every image "
-                                  "unreadable, or batches of one image); check the data or raise --batch-size")
+                raise FerkitError(
+                    f"no batch of epoch {state.epoch + 1} could be trained on (every image "
+                    "unreadable, or batches of one image); check the data or raise --batch-size"
+                )
             if t.cfg.schedule_unit == "epoch":
                 t.scheduler.step()
             dist.broadcast_buffers(t.eval_model)
@@ -161,8 +173,10 @@ def _train_step(t: Training, images: torch.Tensor, targets: torch.Tensor, sums: 
         loss = F.cross_entropy(logits.float(), targets, label_smoothing=t.cfg.label_smoothing)
     if t.cfg.nonfinite == "skip" and not dist.all_ranks(bool(torch.isfinite(loss))):
         t.state.nonfinite_steps.append(f"{t.state.epoch + 1}:{t.state.step}")
-        log.warning(f"skipped step {t.state.step} of epoch {t.state.epoch + 1}: non-finite loss "
-                    f"({len(t.state.nonfinite_steps)} skipped so far)")
+        log.warning(
+            f"skipped step {t.state.step} of epoch {t.state.epoch + 1}: non-finite loss "
+            f"({len(t.state.nonfinite_steps)} skipped so far)"
+        )
         return
     t.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -191,10 +205,13 @@ class _RunningSums:
         self.timed += images
 
     def over_ranks(self) -> dict:
-        loss, correct, seen, timed = dist.sum_over_ranks([float(self.loss), float(self.correct), self.seen,
-                                                          self.timed])
-        return {"loss": loss, "correct": int(correct), "seen": int(seen),
-                "images_per_s": timed / max(time.perf_counter() - self.t0, 1e-9)}
+        loss, correct, seen, timed = dist.sum_over_ranks([float(self.loss), float(self.correct), self.seen, self.timed])
+        return {
+            "loss": loss,
+            "correct": int(correct),
+            "seen": int(seen),
+            "images_per_s": timed / max(time.perf_counter() - self.t0, 1e-9),
+        }
 
 
 def _check_progress(t: Training, sums: _RunningSums, bar: tqdm) -> None:
@@ -202,26 +219,42 @@ def _check_progress(t: Training, sums: _RunningSums, bar: tqdm) -> None:
     # the epoch's end, so a diverged model never overwrites a good one.
     so_far = sums.over_ranks()
     if not math.isfinite(so_far["loss"]):
-        raise FerkitError(f"non-finite loss at epoch {t.state.epoch + 1} step {t.state.step}; the last good "
-                          "checkpoint is kept; lower --lr or check the data, then --resume (or --nonfinite skip)")
+        raise FerkitError(
+            f"non-finite loss at epoch {t.state.epoch + 1} step {t.state.step}; the last good "
+            "checkpoint is kept; lower --lr or check the data, then --resume (or --nonfinite skip)"
+        )
     if so_far["seen"]:
-        bar.set_postfix(loss=f"{so_far['loss'] / so_far['seen']:.3f}", acc=f"{so_far['correct'] / so_far['seen']:.3f}",
-                        img_s=f"{so_far['images_per_s']:.1f}")
+        bar.set_postfix(
+            loss=f"{so_far['loss'] / so_far['seen']:.3f}",
+            acc=f"{so_far['correct'] / so_far['seen']:.3f}",
+            img_s=f"{so_far['images_per_s']:.1f}",
+        )
 
 
 def _progress_bar(t: Training) -> tqdm:
-    return tqdm(total=t.steps_per_epoch, initial=t.state.step, desc=f"epoch {t.state.epoch + 1}/{t.cfg.epochs}",
-                leave=False, mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr,
-                disable=not dist.is_main())
+    return tqdm(
+        total=t.steps_per_epoch,
+        initial=t.state.step,
+        desc=f"epoch {t.state.epoch + 1}/{t.cfg.epochs}",
+        leave=False,
+        mininterval=1.0 if sys.stderr.isatty() else 30.0,
+        file=sys.stderr,
+        disable=not dist.is_main(),
+    )
 
 
 def _measure(t: Training, model: nn.Module, samples: list[Sample]) -> dict:
     """Metrics over all of ``samples``, each image counted once: every process predicts its own unpadded share."""
     cfg, speed = t.cfg, t.speed
-    dataset = FerDataset(samples[dist.rank()::dist.world_size()], build_test_transform(cfg),
-                         cfg.bad_images == "skip")
-    loader = make_loader(dataset, dist.local_batch_size(cfg.batch_size) * cfg.eval_batch_factor, speed.workers,
-                         speed.device, worker_init_fn=ignore_stop_signals, collate_fn=collate_skipping)
+    dataset = FerDataset(samples[dist.rank() :: dist.world_size()], build_test_transform(cfg), cfg.bad_images == "skip")
+    loader = make_loader(
+        dataset,
+        dist.local_batch_size(cfg.batch_size) * cfg.eval_batch_factor,
+        speed.workers,
+        speed.device,
+        worker_init_fn=ignore_stop_signals,
+        collate_fn=collate_skipping,
+    )
     shares = dist.gather(collect_probs(model, loader, speed.device, cfg.eval_precision))
     probs, labels = np.concatenate([p for p, _ in shares]), np.concatenate([y for _, y in shares])
     return compute_metrics(labels, probs, t.splits.classes)
@@ -229,20 +262,31 @@ def _measure(t: Training, model: nn.Module, samples: list[Sample]) -> dict:
 
 def _epoch_row(t: Training, sums: dict, metrics: dict, seconds: float) -> dict:
     """The finished epoch's line of metrics.csv (the checkpoint policy adds ``best``)."""
-    return {"epoch": t.state.epoch, "lr": t.optimizer.param_groups[0]["lr"],
-            "train_loss": sums["loss"] / sums["seen"], "train_acc": sums["correct"] / sums["seen"],
-            "select_loss": metrics["loss"], "select_acc": metrics["accuracy"],
-            "select_macro_f1": metrics["macro_f1"], "images_per_s": sums["images_per_s"], "epoch_seconds": seconds,
-            "gflop_per_image": t.gflop_per_image, "pflop": t.state.pflop}
+    return {
+        "epoch": t.state.epoch,
+        "lr": t.optimizer.param_groups[0]["lr"],
+        "train_loss": sums["loss"] / sums["seen"],
+        "train_acc": sums["correct"] / sums["seen"],
+        "select_loss": metrics["loss"],
+        "select_acc": metrics["accuracy"],
+        "select_macro_f1": metrics["macro_f1"],
+        "images_per_s": sums["images_per_s"],
+        "epoch_seconds": seconds,
+        "gflop_per_image": t.gflop_per_image,
+        "pflop": t.state.pflop,
+    }
 
 
 def _save_and_stop(t: Training, signum: int, sums: dict) -> NoReturn:
     t.state.partial = sums
     t.checkpoints.save_last(rng=rng_state())
-    again = (f"ferkit train --resume {t.out}" if dist.world_size() == 1
-             else f"the same launch command with --resume {t.out}")
-    raise TrainingInterrupted(f"interrupted by {signal.Signals(signum).name} at epoch {t.state.epoch + 1} step "
-                              f"{t.state.step}; state saved to {t.out}/last.pth; continue with: {again}")
+    again = (
+        f"ferkit train --resume {t.out}" if dist.world_size() == 1 else f"the same launch command with --resume {t.out}"
+    )
+    raise TrainingInterrupted(
+        f"interrupted by {signal.Signals(signum).name} at epoch {t.state.epoch + 1} step "
+        f"{t.state.step}; state saved to {t.out}/last.pth; continue with: {again}"
+    )
 
 
 @contextmanager
@@ -250,9 +294,11 @@ def _suggest_smaller_batch(t: Training) -> Iterator[None]:
     try:
         yield
     except torch.cuda.OutOfMemoryError:
-        raise FerkitError(f"out of memory on {t.speed.device} with batch size {t.cfg.batch_size}{_per_process(t.cfg)} "
-                          f"at {t.cfg.image_size}x{t.cfg.image_size}; retry with a smaller --batch-size (the learning "
-                          "rate is rescaled for it)") from None
+        raise FerkitError(
+            f"out of memory on {t.speed.device} with batch size {t.cfg.batch_size}{_per_process(t.cfg)} "
+            f"at {t.cfg.image_size}x{t.cfg.image_size}; retry with a smaller --batch-size (the learning "
+            "rate is rescaled for it)"
+        ) from None
 
 
 def _per_process(cfg: Config) -> str:
@@ -291,8 +337,10 @@ def _start(cfg: Config, resume: bool, overwrite: bool) -> Training:
         restore_rng(ckpt["rng"])
     _log_start(t)
     if ckpt is not None:
-        log.info(f"resumed at epoch {state.epoch + 1} step {state.step}"
-                 + (f" with {', '.join(changes)}" if changes else " with the saved config"))
+        log.info(
+            f"resumed at epoch {state.epoch + 1} step {state.step}"
+            + (f" with {', '.join(changes)}" if changes else " with the saved config")
+        )
     if cfg.epochs != saved.epochs:
         log.info(continue_schedule(t.scheduler, cfg, saved.epochs))
     unrecorded = [name for name in t.batches.skipped if name not in state.skipped]  # a resumed run has them
@@ -313,13 +361,17 @@ def _assemble(cfg: Config, out: Path, splits: Splits, state: TrainState, ckpt: d
     model = model.to(speed.device, memory_format=speed.memory_format)
     optimizer = build_optimizer(model, cfg)
     # The average's weights are what evaluation, best.pth and the report see; training steps the raw weights.
-    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-           if cfg.ema_decay else None)
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        if cfg.ema_decay
+        else None
+    )
     batches = open_batches(splits.train, cfg, speed, dist.local_batch_size(cfg.batch_size))
     steps_per_epoch = batches.size // cfg.batch_size
     if steps_per_epoch == 0:
-        raise FerkitError(f"{batches.size} training images are fewer than one batch of {cfg.batch_size}; "
-                          "lower --batch-size")
+        raise FerkitError(
+            f"{batches.size} training images are fewer than one batch of {cfg.batch_size}; lower --batch-size"
+        )
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -331,30 +383,50 @@ def _assemble(cfg: Config, out: Path, splits: Splits, state: TrainState, ckpt: d
     train_model = dist.wrap(model, speed.device)
     if cfg.compile:
         train_model = torch.compile(train_model)
-    return Training(cfg=cfg, out=out, splits=splits, speed=speed, model=model, train_model=train_model,
-                    eval_model=ema.module if ema is not None else model, ema=ema, optimizer=optimizer,
-                    scheduler=scheduler, batches=batches, steps_per_epoch=steps_per_epoch,
-                    gflop_per_image=gflop_per_image, state=state)
+    return Training(
+        cfg=cfg,
+        out=out,
+        splits=splits,
+        speed=speed,
+        model=model,
+        train_model=train_model,
+        eval_model=ema.module if ema is not None else model,
+        ema=ema,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        batches=batches,
+        steps_per_epoch=steps_per_epoch,
+        gflop_per_image=gflop_per_image,
+        state=state,
+    )
 
 
 def _log_start(t: Training) -> None:
     cfg, speed, splits = t.cfg, t.speed, t.splits
-    log.info(f"ferkit train: {cfg.arch} ({count_parameters(t.model) / 1e6:.2f}M parameters) at "
-             f"{cfg.image_size}x{cfg.image_size}, {cfg.epochs} epochs, batch {cfg.batch_size}{_per_process(cfg)}, "
-             f"lr {cfg.effective_lr():.2e} ({cfg.lr_scaling} scaling of {cfg.lr:.2e} for batch 32), "
-             f"device {speed.device}")
-    log.info(f"data: {len(splits.train)} train, {len(splits.select)} {splits.names['select']} (selection), "
-             f"{len(splits.report)} {splits.names['report']} (report); protocol {cfg.protocol}; run folder {t.out}")
-    log.info(f"speed: {t.batches.description()}; {speed.precision} training precision, {cfg.eval_precision} "
-             f"evaluation; {'channels_last' if speed.channels_last else 'contiguous'} memory layout; "
-             f"torch.compile {'on' if cfg.compile else 'off'}")
+    log.info(
+        f"ferkit train: {cfg.arch} ({count_parameters(t.model) / 1e6:.2f}M parameters) at "
+        f"{cfg.image_size}x{cfg.image_size}, {cfg.epochs} epochs, batch {cfg.batch_size}{_per_process(cfg)}, "
+        f"lr {cfg.effective_lr():.2e} ({cfg.lr_scaling} scaling of {cfg.lr:.2e} for batch 32), "
+        f"device {speed.device}"
+    )
+    log.info(
+        f"data: {len(splits.train)} train, {len(splits.select)} {splits.names['select']} (selection), "
+        f"{len(splits.report)} {splits.names['report']} (report); protocol {cfg.protocol}; run folder {t.out}"
+    )
+    log.info(
+        f"speed: {t.batches.description()}; {speed.precision} training precision, {cfg.eval_precision} "
+        f"evaluation; {'channels_last' if speed.channels_last else 'contiguous'} memory layout; "
+        f"torch.compile {'on' if cfg.compile else 'off'}"
+    )
     if speed.workers < cfg.workers:
         # In place of PyTorch's warning, which each loader would print: more workers than cores only compete.
         log.info(f"workers: --workers {cfg.workers} lowered to {speed.workers}, the cores this process may use")
     epoch_pflop = t.gflop_per_image * t.steps_per_epoch * cfg.batch_size / 1e6
-    log.info(f"compute: {t.gflop_per_image:.3f} GFLOP per training image (forward + backward), {epoch_pflop:.4f} "
-             f"PFLOP an epoch, {epoch_pflop * cfg.epochs:.3f} PFLOP for {cfg.epochs} epochs; machine: "
-             f"{machine_description()}")
+    log.info(
+        f"compute: {t.gflop_per_image:.3f} GFLOP per training image (forward + backward), {epoch_pflop:.4f} "
+        f"PFLOP an epoch, {epoch_pflop * cfg.epochs:.3f} PFLOP for {cfg.epochs} epochs; machine: "
+        f"{machine_description()}"
+    )
 
 
 def final_report(t: Training) -> dict:
@@ -362,19 +434,35 @@ def final_report(t: Training) -> dict:
     cfg, state, splits, out = t.cfg, t.state, t.splits, t.out
     model = load_model(out / "best.pth", splits.classes).model.to(t.speed.device)
     metrics = _measure(t, model, splits.report)
-    metrics.update(protocol=cfg.protocol, split=splits.names["report"], selected_on=splits.names["select"],
-                   best_epoch=state.best_epoch, epochs=cfg.epochs, train_seconds=round(state.seconds, 1),
-                   train_minutes=round(state.seconds / 60, 2), pflop=state.pflop,
-                   gflop_per_image=state.history[-1].get("gflop_per_image") if state.history else None,
-                   precision=cfg.eval_precision, train_precision=t.speed.precision, machine=machine_description(),
-                   checkpoint=str(out / "best.pth"))
+    metrics.update(
+        protocol=cfg.protocol,
+        split=splits.names["report"],
+        selected_on=splits.names["select"],
+        best_epoch=state.best_epoch,
+        epochs=cfg.epochs,
+        train_seconds=round(state.seconds, 1),
+        train_minutes=round(state.seconds / 60, 2),
+        pflop=state.pflop,
+        gflop_per_image=state.history[-1].get("gflop_per_image") if state.history else None,
+        precision=cfg.eval_precision,
+        train_precision=t.speed.precision,
+        machine=machine_description(),
+        checkpoint=str(out / "best.pth"),
+    )
     if dist.is_main():
-        write_report(metrics, splits.classes, out, "report",
-                     f"{metrics['split']} ({cfg.protocol} protocol), best epoch {state.best_epoch}: "
-                     f"acc {metrics['accuracy']:.3f}")
-    log.info(f"report: {metrics['split']} with best.pth from epoch {state.best_epoch} "
-             f"(selected on {metrics['selected_on']}), {cfg.eval_precision} evaluation\n"
-             + format_metrics(metrics, splits.classes)
-             + f"\ncost: {state.pflop:.3f} PFLOP of training, {state.seconds / 60:.1f} min wall "
-               f"({t.speed.precision} training) on {machine_description()}")
+        write_report(
+            metrics,
+            splits.classes,
+            out,
+            "report",
+            f"{metrics['split']} ({cfg.protocol} protocol), best epoch {state.best_epoch}: "
+            f"acc {metrics['accuracy']:.3f}",
+        )
+    log.info(
+        f"report: {metrics['split']} with best.pth from epoch {state.best_epoch} "
+        f"(selected on {metrics['selected_on']}), {cfg.eval_precision} evaluation\n"
+        + format_metrics(metrics, splits.classes)
+        + f"\ncost: {state.pflop:.3f} PFLOP of training, {state.seconds / 60:.1f} min wall "
+        f"({t.speed.precision} training) on {machine_description()}"
+    )
     return metrics

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from .config import Config
+from ..config import Config
 from .images import to_rgb
 
 
@@ -48,8 +48,11 @@ def build_train_transform(cfg: Config) -> v2.Compose:
             v2.RandomResizedCrop(cfg.image_size, scale=tuple(cfg.crop_scale), antialias=True),
             v2.RandomHorizontalFlip(p=cfg.flip_p),
             v2.RandomApply(
-                [v2.ColorJitter(brightness=cfg.brightness, contrast=cfg.contrast,
-                                saturation=cfg.saturation, hue=cfg.hue)],
+                [
+                    v2.ColorJitter(
+                        brightness=cfg.brightness, contrast=cfg.contrast, saturation=cfg.saturation, hue=cfg.hue
+                    )
+                ],
                 p=cfg.jitter_p,
             ),
             v2.RandomGrayscale(p=cfg.grayscale_p),

@@ -8,24 +8,24 @@ faces are classified in batches by a PyTorch or onnxruntime model (:mod:`ferkit.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
-from .config import Config
-from .errors import FerkitError
-from .evaluate import predict_probs
+from ..config import Config
+from ..data.images import IMAGE_SUFFIXES, ImageInput, list_images, read_image
+from ..data.transforms import build_test_transform
+from ..errors import FerkitError
+from ..evaluation.predictions import predict_probs
+from ..plots import plot_timeline
+from ..runtime import resolve_device
 from .faces import Box, FaceDetector
-from .images import IMAGE_SUFFIXES, ImageInput, list_images, read_image
-from .inference import load_for_inference
-from .plots import plot_timeline
+from .loading import load_for_inference
 from .results import Face, Result, draw_faces
-from .runtime import resolve_device
-from .transforms import build_test_transform
 from .video import VideoWriter, is_video, read_video, video_fps
 
 
@@ -37,10 +37,20 @@ class Predictor:
     >>> [(face.label, face.confidence) for face in result.faces]
     """
 
-    def __init__(self, model: nn.Module, config: Config, classes: Sequence[str], device: str = "auto",
-                 tta: str = "none", detector: FaceDetector | None = None, margin: float = 0.1,
-                 batch_size: int = 64, precision: str = "fp32", source: Path | None = None,
-                 record: dict | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        config: Config,
+        classes: Sequence[str],
+        device: str = "auto",
+        tta: str = "none",
+        detector: FaceDetector | None = None,
+        margin: float = 0.1,
+        batch_size: int = 64,
+        precision: str = "fp32",
+        source: Path | None = None,
+        record: dict | None = None,
+    ) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.config, self.classes = config, tuple(classes)
@@ -53,18 +63,25 @@ class Predictor:
         self.source, self.record = source, record or {}
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike | None = None, backend: str = "auto", **kw) -> "Predictor":
+    def from_checkpoint(cls, path: str | os.PathLike | None = None, backend: str = "auto", **kw) -> Predictor:
         """A ``.pth`` from ``ferkit train``, ``.safetensors`` or ``.onnx`` from ``ferkit export``;
         ``None`` is the model bundled with ferkit.
 
         ``backend="onnxruntime"`` with PyTorch weights exports them in memory first.
         """
         loaded = load_for_inference(path, backend, kw.pop("device", "auto"))
-        return cls(loaded.model, loaded.config, loaded.classes, device=loaded.device, source=loaded.source,
-                   record=loaded.record, **kw)
+        return cls(
+            loaded.model,
+            loaded.config,
+            loaded.classes,
+            device=loaded.device,
+            source=loaded.source,
+            record=loaded.record,
+            **kw,
+        )
 
     @classmethod
-    def default(cls, **kw) -> "Predictor":
+    def default(cls, **kw) -> Predictor:
         """The FER2013 model that ships inside the package (MODEL_CARD.md); no download."""
         return cls.from_checkpoint(None, **kw)
 
@@ -78,7 +95,7 @@ class Predictor:
         """Probabilities (N x classes) for face crops, preprocessed as the checkpoint's test transform."""
         out = []
         for start in range(0, len(crops), self.batch_size):
-            batch = torch.stack([self.transform(c) for c in crops[start:start + self.batch_size]])
+            batch = torch.stack([self.transform(c) for c in crops[start : start + self.batch_size]])
             out.append(predict_probs(self.model, batch.to(self.device), self.precision, self.tta).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), dtype=np.float32)
 
@@ -90,18 +107,26 @@ class Predictor:
         crops = []
         for box in boxes:
             b = box.expanded(self.margin, width, height)
-            crops.append(rgb[b.y:b.y + b.h, b.x:b.x + b.w])
+            crops.append(rgb[b.y : b.y + b.h, b.x : b.x + b.w])
         return boxes, crops
 
     def _to_faces(self, boxes: list[Box], probs: np.ndarray) -> list[Face]:
-        return [Face(box.as_list(), self.classes[int(p.argmax())], float(p.max()),
-                     {c: float(v) for c, v in zip(self.classes, p)}) for box, p in zip(boxes, probs)]
+        return [
+            Face(
+                box.as_list(),
+                self.classes[int(p.argmax())],
+                float(p.max()),
+                {c: float(v) for c, v in zip(self.classes, p)},
+            )
+            for box, p in zip(boxes, probs)
+        ]
 
     def predict(self, image: ImageInput, detect: bool = True) -> Result:
         return self.predict_batch([image], detect)[0]
 
-    def predict_batch(self, images: Sequence[ImageInput], detect: bool = True,
-                      names: Sequence[str] | None = None) -> list[Result]:
+    def predict_batch(
+        self, images: Sequence[ImageInput], detect: bool = True, names: Sequence[str] | None = None
+    ) -> list[Result]:
         """One result per image; the faces of all images are classified together in batches.
 
         Images that cannot be read get ``error`` set instead of stopping the others.
@@ -122,24 +147,38 @@ class Predictor:
         probs = self.classify(crops)
         start = 0
         for result, boxes in zip(results, boxes_of):
-            result.faces = self._to_faces(boxes, probs[start:start + len(boxes)])
+            result.faces = self._to_faces(boxes, probs[start : start + len(boxes)])
             start += len(boxes)
         return results
 
-    def predict_frames(self, frames: Iterable[tuple[int, float, np.ndarray]], detect: bool = True,
-                       source: str = "") -> Iterator[tuple[Result, np.ndarray]]:
+    def predict_frames(
+        self, frames: Iterable[tuple[int, float, np.ndarray]], detect: bool = True, source: str = ""
+    ) -> Iterator[tuple[Result, np.ndarray]]:
         """Results for (index, time, RGB frame) tuples, yielded with their frame for annotation."""
         for index, time_s, rgb in frames:
             boxes, crops = self._faces(rgb, detect)
-            result = Result(source, rgb.shape[1], rgb.shape[0], self._to_faces(boxes, self.classify(crops)),
-                            frame=index, time_s=round(time_s, 3))
+            result = Result(
+                source,
+                rgb.shape[1],
+                rgb.shape[0],
+                self._to_faces(boxes, self.classify(crops)),
+                frame=index,
+                time_s=round(time_s, 3),
+            )
             yield result, rgb
 
 
-def predict_source(predictor: Predictor, source: str | os.PathLike | None = None, camera: int | None = None, *,
-                   detect: bool = True, every: int = 1, annotate: str | os.PathLike | None = None,
-                   plot: str | os.PathLike | None = None,
-                   on_frame: Callable[[Result], None] | None = None) -> list[Result]:
+def predict_source(
+    predictor: Predictor,
+    source: str | os.PathLike | None = None,
+    camera: int | None = None,
+    *,
+    detect: bool = True,
+    every: int = 1,
+    annotate: str | os.PathLike | None = None,
+    plot: str | os.PathLike | None = None,
+    on_frame: Callable[[Result], None] | None = None,
+) -> list[Result]:
     """Results for an image file, a folder of images, a video file, or camera number ``camera`` (until Ctrl-C).
 
     ``annotate`` draws the boxes and labels: to an image file for one image, a folder mirroring a folder
@@ -168,13 +207,14 @@ def image_files(path: Path) -> list[Path]:
     return [path]
 
 
-def predict_images(predictor: Predictor, path: Path, detect: bool = True,
-                   annotate: str | os.PathLike | None = None) -> list[Result]:
+def predict_images(
+    predictor: Predictor, path: Path, detect: bool = True, annotate: str | os.PathLike | None = None
+) -> list[Result]:
     """One result per image of ``path`` (a file or a folder), read and classified a batch at a time."""
     files = image_files(path)
     results = []
     for start in range(0, len(files), predictor.batch_size):
-        chunk = files[start:start + predictor.batch_size]
+        chunk = files[start : start + predictor.batch_size]
         # Decoded once, for prediction and drawing alike; unreadable files go in as paths, so the predictor
         # reports them in its results like any other error.
         images = [_decoded_or_path(f) for f in chunk] if annotate else chunk
@@ -203,9 +243,15 @@ def _draw_images(results: list[Result], images: list, root: Path, out: Path) -> 
         Image.fromarray(draw_faces(rgb, r.faces)).save(target)
 
 
-def predict_video(predictor: Predictor, source: str | int, detect: bool = True, every: int = 1,
-                  annotate: str | os.PathLike | None = None, plot: str | os.PathLike | None = None,
-                  on_frame: Callable[[Result], None] | None = None) -> list[Result]:
+def predict_video(
+    predictor: Predictor,
+    source: str | int,
+    detect: bool = True,
+    every: int = 1,
+    annotate: str | os.PathLike | None = None,
+    plot: str | os.PathLike | None = None,
+    on_frame: Callable[[Result], None] | None = None,
+) -> list[Result]:
     """One result per ``every``-th frame of a video file or a camera (by number); Ctrl-C ends a camera's stream."""
     writer = None
     if annotate:

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import write_atomically
-from .checkpoint import BUNDLED, LoadedModel, check_classes, load_model, model_path
-from .data import FerDataset, load_splits
-from .errors import FerkitError
-from .transforms import build_test_transform, preprocessing
+from ..atomic import write_atomically
+from ..checkpoint import BUNDLED, LoadedModel, check_classes, load_model, model_path
+from ..data.datasets import FerDataset, load_splits
+from ..data.transforms import build_test_transform, preprocessing
+from ..errors import FerkitError
 
 # Opset 18 is what torch.export-based exporting targets natively; onnxruntime >= 1.14 runs it.
 OPSET = 18
@@ -46,14 +46,23 @@ def to_onnx_bytes(loaded: LoadedModel) -> bytes:
     example = (torch.zeros(2, 3, size, size),)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(loaded.model.eval().cpu(), example, input_names=["image"],
-                                    output_names=["logits"], opset_version=OPSET, dynamo=True, verbose=False,
-                                    dynamic_shapes=({0: torch.export.Dim("batch")},))
+        program = torch.onnx.export(
+            loaded.model.eval().cpu(),
+            example,
+            input_names=["image"],
+            output_names=["logits"],
+            opset_version=OPSET,
+            dynamo=True,
+            verbose=False,
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+        )
     proto = program.model_proto
-    meta = {"ferkit_classes": json.dumps(list(loaded.classes)),
-            "ferkit_preprocess": json.dumps(preprocessing(loaded.config)),
-            "ferkit_config": json.dumps(loaded.config.to_dict()),
-            "ferkit_arch": loaded.checkpoint["arch"]}
+    meta = {
+        "ferkit_classes": json.dumps(list(loaded.classes)),
+        "ferkit_preprocess": json.dumps(preprocessing(loaded.config)),
+        "ferkit_config": json.dumps(loaded.config.to_dict()),
+        "ferkit_arch": loaded.checkpoint["arch"],
+    }
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -74,15 +83,17 @@ def calibration_images(loaded: LoadedModel, data: str | os.PathLike | None, coun
     try:
         splits = load_splits(data, cfg.protocol)
     except FerkitError as e:
-        raise FerkitError(f"int8 calibration needs training images: {e} (for export: --calibration-data PATH)"
-                          ) from None
+        raise FerkitError(
+            f"int8 calibration needs training images: {e} (for export: --calibration-data PATH)"
+        ) from None
     check_classes(data or "the calibration data", loaded.classes, splits.classes)
     picked = np.random.default_rng(cfg.seed).permutation(len(splits.train))[:count]
     dataset = FerDataset([splits.train[i] for i in picked], build_test_transform(cfg), skip_bad=True)
     images = [image.numpy() for image, _ in (dataset[i] for i in range(len(dataset))) if image is not None]
     if not images:
-        raise FerkitError(f"none of the {len(picked)} calibration images could be read; check the dataset "
-                          "with `ferkit data check`")
+        raise FerkitError(
+            f"none of the {len(picked)} calibration images could be read; check the dataset with `ferkit data check`"
+        )
     return np.stack(images)
 
 
@@ -90,7 +101,7 @@ class _Batches:
     """The calibration images in batches, as onnxruntime's CalibrationDataReader protocol asks."""
 
     def __init__(self, images: np.ndarray, input_name: str, batch_size: int = 64) -> None:
-        self._batches = iter([{input_name: images[i:i + batch_size]} for i in range(0, len(images), batch_size)])
+        self._batches = iter([{input_name: images[i : i + batch_size]} for i in range(0, len(images), batch_size)])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
@@ -100,7 +111,13 @@ def quantize_int8(model: bytes, images: np.ndarray) -> bytes:
     """A statically quantized copy of an fp32 ONNX graph; the metadata travels with it."""
     onnx = _onnx_modules()
     try:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
+        from onnxruntime.quantization import (
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quant_pre_process,
+            quantize_static,
+        )
     except ImportError:
         raise FerkitError("int8 export needs onnxruntime: pip install 'ferkit[onnx]'") from None
     with tempfile.TemporaryDirectory() as tmp:
@@ -110,13 +127,23 @@ def quantize_int8(model: bytes, images: np.ndarray) -> bytes:
         graph = onnx.load(prepared).graph
         convs = [n.name for n in graph.node if n.op_type == "Conv"]
         head = [n.name for n in graph.node if n.op_type in ("Gemm", "MatMul")]
-        quantize_static(prepared, out, _Batches(images, graph.input[0].name), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=convs[:1] + head)
+        quantize_static(
+            prepared,
+            out,
+            _Batches(images, graph.input[0].name),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=convs[:1] + head,
+        )
         proto = onnx.load(out)
     entry = proto.metadata_props.add()
-    entry.key, entry.value = "ferkit_quantization", json.dumps(
-        {"type": "int8 static QDQ, per-channel weights", "calibration_images": len(images)})
+    entry.key, entry.value = (
+        "ferkit_quantization",
+        json.dumps({"type": "int8 static QDQ, per-channel weights", "calibration_images": len(images)}),
+    )
     return proto.SerializeToString()
 
 
@@ -128,12 +155,17 @@ def output_path(checkpoint: str | os.PathLike | None, suffix: str) -> Path:
     return folder / (source.stem + suffix)
 
 
-def export_onnx(checkpoint: str | os.PathLike | None, out: str | os.PathLike | None = None, int8: bool = False,
-                calibration_data: str | os.PathLike | None = None, calibration_count: int = 1024) -> Path:
+def export_onnx(
+    checkpoint: str | os.PathLike | None,
+    out: str | os.PathLike | None = None,
+    int8: bool = False,
+    calibration_data: str | os.PathLike | None = None,
+    calibration_count: int = 1024,
+) -> Path:
     """Write ``checkpoint`` (``None``: the bundled model) as ONNX and return the path.
 
-    The default path is ``output_path`` with ``.onnx`` (``.int8.onnx`` for int8). int8 calibrates on ``calibration_count`` training images of
-    ``calibration_data`` (default: the dataset the checkpoint was trained on).
+    The default path is ``output_path`` with ``.onnx`` (``.int8.onnx`` for int8). int8 calibrates on
+    ``calibration_count`` training images of ``calibration_data`` (default: the dataset the checkpoint was trained on).
     """
     out = Path(out) if out is not None else output_path(checkpoint, ".int8.onnx" if int8 else ".onnx")
     loaded = load_model(checkpoint)

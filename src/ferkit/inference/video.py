@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from .errors import FerkitError
-from .faces import require_cv2
+from ..errors import FerkitError
+from .opencv import require_cv2
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 
@@ -57,8 +57,9 @@ class VideoWriter:
         cv2 = require_cv2()
         if self._writer is None:
             codec = "mp4v" if self.path.suffix.lower() in (".mp4", ".mov", ".m4v") else "MJPG"
-            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*codec), self.fps,
-                                           (rgb.shape[1], rgb.shape[0]))
+            self._writer = cv2.VideoWriter(
+                str(self.path), cv2.VideoWriter_fourcc(*codec), self.fps, (rgb.shape[1], rgb.shape[0])
+            )
             if not self._writer.isOpened():
                 raise FerkitError(f"cannot write video {self.path}; use a .mp4 or .avi file name")
         self._writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import TRAINING_RECORD, load_model, model_path
-from .config import Config
-from .errors import FerkitError
+from ..checkpoint import TRAINING_RECORD, load_model, model_path
+from ..config import Config
+from ..errors import FerkitError
 from .export import to_onnx_bytes
 
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -44,8 +44,10 @@ class OnnxRuntimeModel(nn.Module):
         try:
             self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own untyped errors for unreadable graphs
-            raise FerkitError(f"cannot load ONNX model {model if not isinstance(model, bytes) else ''}: "
-                              f"{str(e).splitlines()[0]}; export it again with `ferkit export`") from None
+            raise FerkitError(
+                f"cannot load ONNX model {model if not isinstance(model, bytes) else ''}: "
+                f"{str(e).splitlines()[0]}; export it again with `ferkit export`"
+            ) from None
         self.meta = self.session.get_modelmeta().custom_metadata_map
         self.precision = "int8" if "ferkit_quantization" in self.meta else "fp32"
         self._input = self.session.get_inputs()[0].name
@@ -65,8 +67,7 @@ class InferenceModel:
     record: dict[str, Any] = field(default_factory=dict)  # TRAINING_RECORD's entries in the file (none in ONNX)
 
 
-def load_for_inference(path: str | os.PathLike | None, backend: str = "auto", device: str = "auto"
-                       ) -> InferenceModel:
+def load_for_inference(path: str | os.PathLike | None, backend: str = "auto", device: str = "auto") -> InferenceModel:
     """Any model file ferkit writes, or a bundled model's name (``None``: the default bundled model).
 
     ``backend``: ``auto`` runs ``.onnx`` files with onnxruntime and checkpoints with PyTorch;
@@ -80,8 +81,9 @@ def load_for_inference(path: str | os.PathLike | None, backend: str = "auto", de
         raise FerkitError(f"{path} is an ONNX model; use --backend onnxruntime or a .pth checkpoint")
     onnxruntime = is_onnx or backend == "onnxruntime"
     if onnxruntime and device == "cuda":
-        raise FerkitError("the onnxruntime back end runs on the CPU; drop --device cuda or use --backend torch "
-                          "with a .pth checkpoint")
+        raise FerkitError(
+            "the onnxruntime back end runs on the CPU; drop --device cuda or use --backend torch with a .pth checkpoint"
+        )
     if is_onnx:
         return load_onnx(path)
     loaded = load_model(path)
@@ -96,7 +98,6 @@ def load_onnx(path: Path) -> InferenceModel:
         raise FerkitError(f"ONNX model {path} does not exist; write one with `ferkit export CKPT --format onnx`")
     model = OnnxRuntimeModel(path)
     if "ferkit_classes" not in model.meta:
-        raise FerkitError(f"{path} has no ferkit metadata (class names, preprocessing); "
-                          "export it with `ferkit export`")
+        raise FerkitError(f"{path} has no ferkit metadata (class names, preprocessing); export it with `ferkit export`")
     config = Config.from_dict(json.loads(model.meta["ferkit_config"]))
     return InferenceModel(model, config, tuple(json.loads(model.meta["ferkit_classes"])), "cpu", path)

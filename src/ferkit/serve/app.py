@@ -28,12 +28,12 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import __version__
-from .errors import FerkitError
-from .images import to_rgb, upright
-from .predict import Predictor
-from .results import Result, results_json
-from .transforms import preprocessing
+from .. import __version__
+from ..data.images import to_rgb, upright
+from ..data.transforms import preprocessing
+from ..errors import FerkitError
+from ..inference.predict import Predictor
+from ..inference.results import Result, results_json
 
 STATIC = Path(__file__).parent / "static"
 MB = 1024 * 1024
@@ -108,8 +108,10 @@ class _BodyLimit:
         self.app, self.limit = app, limit
 
     def _message(self) -> str:
-        return (f"upload is larger than the {self.limit / MB:.3g} MB limit; send a smaller image "
-                "(or start the server with a larger --max-upload-mb)")
+        return (
+            f"upload is larger than the {self.limit / MB:.3g} MB limit; send a smaller image "
+            "(or start the server with a larger --max-upload-mb)"
+        )
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
         response = JSONResponse({"detail": self._message()}, status_code=413, headers={"Connection": "close"})
@@ -148,8 +150,11 @@ async def _client_gone() -> Message:
 
 def _too_many_pixels(name: str, max_pixels: int, size: tuple[int, int] | None = None) -> HTTPException:
     what = f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels" if size else "too large to decode"
-    return HTTPException(413, f"{name!r} is {what}; the limit is {max_pixels:,} pixels: send a smaller image "
-                              "(or start the server with a larger --max-pixels)")
+    return HTTPException(
+        413,
+        f"{name!r} is {what}; the limit is {max_pixels:,} pixels: send a smaller image "
+        "(or start the server with a larger --max-pixels)",
+    )
 
 
 def decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
@@ -199,8 +204,9 @@ class MicroBatcher:
 
     async def predict(self, rgb: np.ndarray, detect: bool):
         if self._task is None:
-            raise RuntimeError("the app's lifespan did not run; serve it with uvicorn "
-                               "(or use TestClient as a context manager)")
+            raise RuntimeError(
+                "the app's lifespan did not run; serve it with uvicorn (or use TestClient as a context manager)"
+            )
         future = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((rgb, detect, future))
         return await future
@@ -231,7 +237,8 @@ class MicroBatcher:
 
 def _is_empty(request: Request) -> bool:
     return request.headers.get("content-length") == "0" or (
-        "content-length" not in request.headers and "transfer-encoding" not in request.headers)
+        "content-length" not in request.headers and "transfer-encoding" not in request.headers
+    )
 
 
 async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -252,14 +259,20 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return JSONResponse({"detail": f"internal error ({type(exc).__name__}: {first}); see the server log"},
-                        status_code=500)
+    return JSONResponse(
+        {"detail": f"internal error ({type(exc).__name__}: {first}); see the server log"}, status_code=500
+    )
 
 
 def _errors(*codes: int) -> dict:
-    why = {400: "empty body or empty file", 413: "upload or image too large", 415: "not a decodable image",
-           422: "no file in form field 'file', or a bad query parameter", 503: "too many requests in progress",
-           500: "unexpected server error"}
+    why = {
+        400: "empty body or empty file",
+        413: "upload or image too large",
+        415: "not a decodable image",
+        422: "no file in form field 'file', or a bad query parameter",
+        503: "too many requests in progress",
+        500: "unexpected server error",
+    }
     return {code: {"model": Error, "description": why[code]} for code in codes}
 
 
@@ -270,9 +283,15 @@ def _warm_up(predictor: Predictor) -> None:
     predictor.predict(blank, detect=False)
 
 
-def create_app(predictor: Predictor, model_info: dict | None = None, *,
-               max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB * MB, max_pixels: int = DEFAULT_MAX_PIXELS,
-               max_batch: int = DEFAULT_MAX_BATCH, max_queue: int = DEFAULT_MAX_QUEUE) -> FastAPI:
+def create_app(
+    predictor: Predictor,
+    model_info: dict | None = None,
+    *,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB * MB,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+) -> FastAPI:
     """The ASGI app; ``model_info`` (what /model answers) defaults to ``describe_model(predictor)``."""
     info = ModelInfo(**(model_info or describe_model(predictor)))
     batcher = MicroBatcher(predictor, max_batch)
@@ -285,21 +304,33 @@ def create_app(predictor: Predictor, model_info: dict | None = None, *,
         yield
         await batcher.stop()
 
-    app = FastAPI(title="ferkit", version=__version__, lifespan=lifespan,
-                  description="Facial expression recognition: upload a photo, get every face's box and "
-                              f"the probabilities of {', '.join(predictor.classes)}.")
+    app = FastAPI(
+        title="ferkit",
+        version=__version__,
+        lifespan=lifespan,
+        description="Facial expression recognition: upload a photo, get every face's box and "
+        f"the probabilities of {', '.join(predictor.classes)}.",
+    )
     app.add_middleware(_BodyLimit, limit=max_upload_bytes)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(Exception, _internal_error)
 
-    @app.post("/predict", response_model=Predictions, responses=_errors(400, 413, 415, 422, 503, 500),
-              operation_id="predict", summary="Expressions of the faces in an uploaded image")
-    async def predict(file: Annotated[UploadFile, File(description=f"the image: {FORMATS}")],
-                      detect: Annotated[bool, Query(description="false: the image is already one face crop")] = True):
+    @app.post(
+        "/predict",
+        response_model=Predictions,
+        responses=_errors(400, 413, 415, 422, 503, 500),
+        operation_id="predict",
+        summary="Expressions of the faces in an uploaded image",
+    )
+    async def predict(
+        file: Annotated[UploadFile, File(description=f"the image: {FORMATS}")],
+        detect: Annotated[bool, Query(description="false: the image is already one face crop")] = True,
+    ):
         nonlocal in_progress
         if in_progress >= max_queue:
-            raise HTTPException(503, f"server busy: {in_progress} requests in progress; retry shortly",
-                                headers={"Retry-After": "1"})
+            raise HTTPException(
+                503, f"server busy: {in_progress} requests in progress; retry shortly", headers={"Retry-After": "1"}
+            )
         in_progress += 1
         try:
             name = file.filename or "upload"
@@ -313,11 +344,21 @@ def create_app(predictor: Predictor, model_info: dict | None = None, *,
 
     @app.get("/health", response_model=Health, operation_id="health", summary="Liveness and the server's limits")
     async def health():
-        return Health(status="ok", in_progress=in_progress, max_upload_bytes=max_upload_bytes,
-                      max_pixels=max_pixels, max_batch=max_batch, max_queue=max_queue)
+        return Health(
+            status="ok",
+            in_progress=in_progress,
+            max_upload_bytes=max_upload_bytes,
+            max_pixels=max_pixels,
+            max_batch=max_batch,
+            max_queue=max_queue,
+        )
 
-    @app.get("/model", response_model=ModelInfo, operation_id="model",
-             summary="Classes, architecture, training config and metrics")
+    @app.get(
+        "/model",
+        response_model=ModelInfo,
+        operation_id="model",
+        summary="Classes, architecture, training config and metrics",
+    )
     async def model():
         return info
 
@@ -329,19 +370,39 @@ def create_app(predictor: Predictor, model_info: dict | None = None, *,
     return app
 
 
-def run(checkpoint: str | os.PathLike | None = None, host: str = "127.0.0.1", port: int = 8000, *,
-        max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_pixels: int = DEFAULT_MAX_PIXELS,
-        max_batch: int = DEFAULT_MAX_BATCH, max_queue: int = DEFAULT_MAX_QUEUE,
-        backend: str = "auto", device: str = "auto") -> None:
+def run(
+    checkpoint: str | os.PathLike | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    backend: str = "auto",
+    device: str = "auto",
+) -> None:
     """Load the checkpoint (default: the model bundled with ferkit) and serve it with uvicorn until Ctrl-C."""
-    for flag, value in (("--max-upload-mb", max_upload_mb), ("--max-pixels", max_pixels),
-                        ("--max-batch", max_batch), ("--max-queue", max_queue)):
+    for flag, value in (
+        ("--max-upload-mb", max_upload_mb),
+        ("--max-pixels", max_pixels),
+        ("--max-batch", max_batch),
+        ("--max-queue", max_queue),
+    ):
         if value <= 0:
             raise FerkitError(f"{flag} must be positive, got {value}")
     predictor = Predictor.from_checkpoint(checkpoint, backend=backend, device=device)
-    app = create_app(predictor, max_upload_bytes=round(max_upload_mb * MB), max_pixels=max_pixels,
-                     max_batch=max_batch, max_queue=max_queue)
+    app = create_app(
+        predictor,
+        max_upload_bytes=round(max_upload_mb * MB),
+        max_pixels=max_pixels,
+        max_batch=max_batch,
+        max_queue=max_queue,
+    )
     shown = "localhost" if host in ("0.0.0.0", "::") else host
-    print(f"ferkit serve: {predictor.config.arch} ({len(predictor.classes)} classes) from {predictor.source}; "
-          f"page at http://{shown}:{port}/ , API docs at http://{shown}:{port}/docs", flush=True)
+    print(
+        f"ferkit serve: {predictor.config.arch} ({len(predictor.classes)} classes) from {predictor.source}; "
+        f"page at http://{shown}:{port}/ , API docs at http://{shown}:{port}/docs",
+        flush=True,
+    )
     uvicorn.run(app, host=host, port=port)

@@ -1,5 +1,4 @@
-"""The run folder: preparing it, ``train.log``, each epoch's records, when checkpoints are written, and the
-stop signals after which a run saves ``last.pth`` and ends.
+"""The run folder: preparing it, ``train.log``, each epoch's records, and when checkpoints are written.
 
 Only the main process writes here; under torchrun the others log nothing and save nothing.
 """
@@ -9,27 +8,36 @@ from __future__ import annotations
 import csv
 import logging
 import shutil
-import signal
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from . import distributed as dist
-from .checkpoint import atomic_save, make_checkpoint, read_checkpoint
-from .config import Config
-from .errors import FerkitError
-from .plots import plot_curves
+from .. import distributed as dist
+from ..checkpoint import atomic_save, make_checkpoint, read_checkpoint
+from ..config import Config
+from ..errors import FerkitError
+from ..plots import plot_curves
 
 log = logging.getLogger("ferkit")
-METRIC_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "select_loss", "select_acc", "select_macro_f1",
-                 "images_per_s", "epoch_seconds", "gflop_per_image", "pflop", "best"]
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+METRIC_FIELDS = [
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "select_loss",
+    "select_acc",
+    "select_macro_f1",
+    "images_per_s",
+    "epoch_seconds",
+    "gflop_per_image",
+    "pflop",
+    "best",
+]
 
 
 @dataclass
@@ -54,8 +62,10 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
         _last_checkpoint(out)
     held = not resume and out.exists() and any(out.iterdir())
     if held and not overwrite:
-        raise FerkitError(f"run folder {out} already holds a run; resume it with --resume, "
-                          "choose another --out, or pass --overwrite to replace it")
+        raise FerkitError(
+            f"run folder {out} already holds a run; resume it with --resume, "
+            "choose another --out, or pass --overwrite to replace it"
+        )
     dist.barrier()
     if not dist.is_main():
         return
@@ -122,15 +132,27 @@ class Checkpoints:
             state.best_acc, state.best_epoch = metrics["accuracy"], state.epoch
         state.history.append({**row, "best": improved})
         if improved:
-            self._save("best.pth", self.evaluated, epoch=state.epoch, select_split=self.select_split,
-                       metrics={k: metrics[k] for k in ("accuracy", "macro_f1")})
+            self._save(
+                "best.pth",
+                self.evaluated,
+                epoch=state.epoch,
+                select_split=self.select_split,
+                metrics={k: metrics[k] for k in ("accuracy", "macro_f1")},
+            )
         self.save_last()
 
     def save_last(self, rng: dict | None = None) -> None:
         """last.pth; ``rng``: the generators of a run stopped part-way through an epoch."""
         averaged = {"ema": self.ema.state_dict()} if self.ema is not None else {}
-        self._save("last.pth", self.model, optimizer=self.optimizer.state_dict(),
-                   scheduler=self.scheduler.state_dict(), state=self.state.__dict__, rng=rng or {}, **averaged)
+        self._save(
+            "last.pth",
+            self.model,
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            state=self.state.__dict__,
+            rng=rng or {},
+            **averaged,
+        )
 
     def _save(self, name: str, weights: nn.Module, **extra: Any) -> None:
         if dist.is_main():
@@ -158,11 +180,13 @@ class EpochRecords:
             for key in METRIC_FIELDS[1:-1]:
                 self.writer.add_scalar(key, row[key], row["epoch"])
             self.writer.flush()
-        log.info(f"epoch {row['epoch']}/{self.epochs}  lr {row['lr']:.2e}  train loss {row['train_loss']:.4f} "
-                 f"acc {row['train_acc']:.4f}  {select_label} loss {row['select_loss']:.4f} "
-                 f"acc {row['select_acc']:.4f} F1 {row['select_macro_f1']:.4f}  {row['images_per_s']:.1f} img/s  "
-                 f"{row['epoch_seconds']:.0f}s  {row['pflop']:.3f} PFLOP"
-                 + ("  (best, saved best.pth)" if row["best"] else ""))
+        log.info(
+            f"epoch {row['epoch']}/{self.epochs}  lr {row['lr']:.2e}  train loss {row['train_loss']:.4f} "
+            f"acc {row['train_acc']:.4f}  {select_label} loss {row['select_loss']:.4f} "
+            f"acc {row['select_acc']:.4f} F1 {row['select_macro_f1']:.4f}  {row['images_per_s']:.1f} img/s  "
+            f"{row['epoch_seconds']:.0f}s  {row['pflop']:.3f} PFLOP"
+            + ("  (best, saved best.pth)" if row["best"] else "")
+        )
         plot_curves(history, self.out / "curves.png")
 
     def close(self) -> None:
@@ -174,30 +198,3 @@ def _tensorboard(out: Path):
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(str(out / "tensorboard"))
-
-
-def ignore_stop_signals(_worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: workers leave SIGINT/SIGTERM to the main process."""
-    # Ctrl-C, and a SIGTERM sent to the process group (timeout, a job scheduler), reach the workers too. Only the
-    # main process handles them, so workers keep serving until it has saved; they exit when it shuts them down,
-    # or on their own when it dies (DataLoader workers watch their parent).
-    for s in STOP_SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
-
-
-@contextmanager
-def stop_requests() -> Iterator[list[int]]:
-    """Turn SIGINT/SIGTERM into a flag checked between steps, so a step is never cut in half."""
-    requested: list[int] = []
-    handler = lambda signum, _frame: requested.append(signum)  # noqa: E731
-    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
-    try:
-        yield requested
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def agreed_stop(stop: list[int]) -> int:
-    """The signal that stops the run (0: none), agreed so that every process stops after the same step."""
-    return dist.max_over_ranks(stop[0] if stop else 0)

@@ -15,15 +15,16 @@ from __future__ import annotations
 import csv
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Union
 
 import numpy as np
+import torch
 from PIL import Image
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
-from .errors import FerkitError
+from ..errors import FerkitError
 from .images import DECODE_ERRORS, is_image_file, open_image
 
 CLASSES: tuple[str, ...] = ("Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise")
@@ -45,7 +46,7 @@ WHERE_TO_GET = (
     "PATH/train/<class>/*.jpg + PATH/test/<class>/*.jpg, or a fer2013.csv with emotion,pixels,Usage columns"
 )
 
-Source = Union[Path, np.ndarray]
+Source = Path | np.ndarray
 
 
 @dataclass
@@ -144,10 +145,7 @@ def _class_dirs(split_dir: Path) -> dict[str, Path]:
 
 
 def _folder_split(split_dir: Path) -> dict[str, list[Path]]:
-    return {
-        cls: sorted(p for p in d.iterdir() if is_image_file(p))
-        for cls, d in _class_dirs(split_dir).items()
-    }
+    return {cls: sorted(p for p in d.iterdir() if is_image_file(p)) for cls, d in _class_dirs(split_dir).items()}
 
 
 def read_image_folder(root: Path) -> dict[str, dict[str, list[Path]]]:
@@ -286,3 +284,14 @@ def check_dataset(path: str | os.PathLike | None) -> dict:
             if pixels.max() == 0:
                 report["black"].append(s.name)
     return report
+
+
+def make_loader(dataset: FerDataset, batch_size: int, workers: int, device: torch.device, **kw) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        **kw,
+    )

@@ -13,20 +13,19 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from . import distributed as dist
-from .config import Config
-from .data import FerDataset, Sample, collate_skipping
-from .evaluate import make_loader
-from .fastdata import BatchAugment, DecodedImages, batches, decode_once
-from .rundir import ignore_stop_signals
-from .runtime import Speed
-from .transforms import build_train_transform
+from .. import distributed as dist
+from ..config import Config
+from ..data.batched import BatchAugment, DecodedImages, batches, decode_once
+from ..data.datasets import FerDataset, Sample, collate_skipping, make_loader
+from ..data.transforms import build_train_transform
+from ..runtime import Speed
+from .signals import ignore_stop_signals
 
 
 class EpochSampler(Sampler[int]):
@@ -47,7 +46,7 @@ class EpochSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.size, generator=g)[: self.size - self.size % self.world_size]
-        return iter(order[self.rank::self.world_size][self.start:].tolist())
+        return iter(order[self.rank :: self.world_size][self.start :].tolist())
 
     def __len__(self) -> int:
         return self.size // self.world_size - self.start
@@ -90,9 +89,17 @@ class WorkerBatches(TrainBatches):
         super().__init__(len(samples), cfg, speed, batch_size)
         dataset = FerDataset(samples, build_train_transform(cfg), cfg.bad_images == "skip")
         self.generator = torch.Generator()
-        self.loader = make_loader(dataset, batch_size, speed.workers, speed.device, sampler=self.sampler,
-                                  drop_last=True, generator=self.generator, worker_init_fn=ignore_stop_signals,
-                                  collate_fn=collate_skipping)
+        self.loader = make_loader(
+            dataset,
+            batch_size,
+            speed.workers,
+            speed.device,
+            sampler=self.sampler,
+            drop_last=True,
+            generator=self.generator,
+            worker_init_fn=ignore_stop_signals,
+            collate_fn=collate_skipping,
+        )
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         super().set_epoch(epoch, start_step)
@@ -124,9 +131,13 @@ class DecodedBatches(TrainBatches):
         self.images, self.labels = decoded.images.to(speed.device), decoded.labels.to(speed.device)
         self.augment = BatchAugment(cfg).to(speed.device)
         self.generator = torch.Generator(speed.device)
-        self.origin = (f"read from the cache {decoded.cache_file}" if decoded.reused
-                       else f"written to the cache {decoded.cache_file}" if decoded.cache_file
-                       else "kept in memory, as CSV rows need no cache")
+        self.origin = (
+            f"read from the cache {decoded.cache_file}"
+            if decoded.reused
+            else f"written to the cache {decoded.cache_file}"
+            if decoded.cache_file
+            else "kept in memory, as CSV rows need no cache"
+        )
 
     def __iter__(self) -> Iterator[Batch]:
         order = torch.tensor(list(self.sampler), dtype=torch.int64)
@@ -136,8 +147,10 @@ class DecodedBatches(TrainBatches):
             yield self.augment(images, self.generator).to(memory_format=self.speed.memory_format), targets, []
 
     def description(self) -> str:
-        return (f"batched data pipeline ({self.size} images decoded once, {self.origin}; "
-                f"augmented a batch at a time on {self.speed.device})")
+        return (
+            f"batched data pipeline ({self.size} images decoded once, {self.origin}; "
+            f"augmented a batch at a time on {self.speed.device})"
+        )
 
 
 def open_batches(samples: list[Sample], cfg: Config, speed: Speed, batch_size: int) -> TrainBatches:

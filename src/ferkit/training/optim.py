@@ -7,13 +7,13 @@ rebuilds it from the config and continues it from the count saved in last.pth.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from .config import Config
+from ..config import Config
 
 
 def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.AdamW:
@@ -67,5 +67,7 @@ def continue_schedule(scheduler: LambdaLR, cfg: Config, was_epochs: int) -> str:
     before = groups[0]["lr"]
     for group, base, factor in zip(groups, scheduler.base_lrs, scheduler.lr_lambdas):
         group["lr"] = base * factor(scheduler.last_epoch)
-    return (f"lr schedule: stretched to {cfg.epochs} epochs (was {was_epochs}); the lr goes from {before:.2e} to "
-            f"{groups[0]['lr']:.2e} here and decays to {cfg.min_lr:.2e} by epoch {cfg.epochs}")
+    return (
+        f"lr schedule: stretched to {cfg.epochs} epochs (was {was_epochs}); the lr goes from {before:.2e} to "
+        f"{groups[0]['lr']:.2e} here and decays to {cfg.min_lr:.2e} by epoch {cfg.epochs}"
+    )
