@@ -91,9 +91,7 @@ class Config:
     grey_input: bool = _opt(
         "augmentation",
         False,
-        "convert every image to grey (3 equal channels) in training, "
-        "evaluation and prediction: a model trained on a grey dataset (FER2013) then sees colour "
-        "photos as it saw its training faces",
+        "read every image as grey, in training, evaluation and prediction",
     )
     rotation: float = _opt("augmentation", 20.0, "RandomRotation maximum degrees", bounds="[0, 180]")
     erasing_p: float = _opt("augmentation", 0.25, "RandomErasing probability", bounds="[0, 1]")
@@ -106,8 +104,7 @@ class Config:
     arch: str = _opt(
         "model",
         "resnet18",
-        "architecture: resnet18 (the specification's, stem at stride 1) or "
-        "resnet18s2 (stem at stride 2: a quarter of the FLOPs)",
+        "architecture: resnet18 (the specification's) or resnet18s2 (stride-2 stem, a quarter of the FLOPs)",
         choices=tuple(ARCHITECTURES),
     )
     width: int = _opt(
@@ -137,8 +134,7 @@ class Config:
     ema_decay: float = _opt(
         "optimisation",
         0.0,
-        "keep an exponential moving average of the weights (decay per "
-        "optimizer step, e.g. 0.999); evaluation, best.pth and the report use it. 0: off",
+        "per-step decay of an exponential moving average of the weights, which evaluation uses (0: off)",
         bounds="[0, 1)",
     )
     sync_bn: bool = _opt(
@@ -160,31 +156,28 @@ class Config:
     warmup_epochs: float = _opt(
         "schedule",
         0.0,
-        "linear learning-rate warmup from lr/25 before the cosine decay, in "
-        "epochs (fractions count with --schedule-unit step)",
+        "epochs of linear learning-rate warmup from lr/25 before the cosine decay",
         bounds="[0, inf)",
     )
     device: str = _opt("speed", "auto", "auto picks cuda when present", resumable=True, choices=DEVICES)
     precision: str = _opt(
         "speed",
         "auto",
-        "training precision; auto: bf16 autocast where the hardware has native bf16, else fp32",
+        "training precision; auto: bf16 where the hardware has native bf16",
         resumable=True,
         choices=("auto", "fp32", "bf16"),
     )
     eval_precision: str = _opt(
         "speed",
         "fp32",
-        "precision of every evaluation (selection, report): fp32 gives the same figures on every machine",
+        "precision of every evaluation (selection, report)",
         resumable=True,
         choices=EVAL_PRECISIONS,
     )
     data_pipeline: str = _opt(
         "speed",
         "auto",
-        "workers: DataLoader workers decode and augment image by image every "
-        "epoch; batched: decode once (cached), augment whole batches on the training device; "
-        "auto: batched on CUDA, workers on CPU",
+        "workers: per-image DataLoader workers; batched: decode once, augment batches on the device",
         resumable=True,
         choices=("auto", "workers", "batched"),
     )
@@ -204,17 +197,14 @@ class Config:
     channels_last: str = _opt(
         "speed",
         "auto",
-        "channels-last memory layout for the model and its inputs; auto: on "
-        "for CUDA and for bf16 on CPUs with native bf16 (measured faster there, slower in fp32 "
-        "on AVX2)",
+        "channels-last memory layout for the model and its inputs",
         resumable=True,
         choices=("auto", "on", "off"),
     )
     compile: bool = _opt(
         "speed",
         False,
-        "torch.compile the model: a minute or more of compiling at start, to be "
-        "repaid by faster steps on long GPU runs (measured slower on CPUs)",
+        "torch.compile the model",
         resumable=True,
     )
     eval_batch_factor: int = _opt(
@@ -230,16 +220,14 @@ class Config:
     log_interval: int = _opt(
         "run",
         20,
-        "steps between progress-bar updates and checks of the loss for NaN/inf (each one synchronises with a GPU)",
+        "steps between progress-bar updates and checks of the loss for NaN/inf",
         resumable=True,
         bounds="[1, inf)",
     )
     nonfinite: str = _opt(
         "run",
         "stop",
-        "a NaN/inf loss stops the run (checked every --log-interval steps), or its "
-        "step is skipped and counted (checked every step: one host-device synchronisation per step "
-        "on a GPU)",
+        "a NaN/inf loss stops the run, or its step is skipped and counted",
         resumable=True,
         choices=("stop", "skip"),
     )
