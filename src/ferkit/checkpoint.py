@@ -114,9 +114,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # The weights-only unpickler's message is a paragraph on PyTorch's defaults, not on this file.
+        lines = [] if isinstance(e, pickle.UnpicklingError) else str(e).strip().splitlines()
+        reason = lines[0] if lines else "no PyTorch tensors"
         raise FerkitError(
-            f"checkpoint {path} is truncated or not a ferkit checkpoint ({first}); "
+            f"checkpoint {path} is truncated or not a ferkit checkpoint ({reason}); "
             "use another checkpoint of the run (best.pth or last.pth)"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

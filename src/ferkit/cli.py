@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .checkpoint import BUNDLED_MODELS
-from .config import Config, add_config_arguments, config_from_args
+from .config import DEVICES, EVAL_PRECISIONS, PROTOCOLS, Config, add_config_arguments, config_from_args
 from .errors import FerkitError
 
 
@@ -182,167 +183,160 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-CHECKPOINT_HELP = (
-    f"a .pth from ferkit train, a .safetensors/.onnx from ferkit export, or a bundled model: "
-    f"{', '.join(BUNDLED_MODELS)} (int8 ONNX, fastest on CPU) (default: {next(iter(BUNDLED_MODELS))})"
-)
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends each option's default, as the library defines it, unless its help says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        shown = action.default not in (None, argparse.SUPPRESS) and action.default is not False
+        if not action.help or not shown or "default:" in action.help:
+            return action.help
+        return f"{action.help} (default: {action.default})"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ferkit", description="Facial expression recognition toolkit")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser(
-        "train",
-        help="train the spec model (defaults are the specification's)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+# Options several commands share, each defined once.
+def _checkpoint(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.add_argument(
+        name,
+        nargs="?" if not name.startswith("-") else None,
+        help=f"a .pth from ferkit train, a .safetensors/.onnx from ferkit export, or a bundled model: "
+        f"{', '.join(BUNDLED_MODELS)} (default: {next(iter(BUNDLED_MODELS))})",
     )
+
+
+def _device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto picks cuda when present")
+
+
+def _backend(parser: argparse.ArgumentParser) -> None:
+    from .inference.loading import BACKENDS
+
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="auto", help="auto: onnxruntime for .onnx files, PyTorch otherwise"
+    )
+
+
+def _tta(parser: argparse.ArgumentParser, modes: tuple[str, ...]) -> None:
+    parser.add_argument("--tta", choices=modes, default="none", help="test-time augmentation")
+
+
+def _json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON instead")
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
     groups = add_config_arguments(p)
     groups["run"].add_argument(
-        "--resume",
-        nargs="?",
-        const="",
-        metavar="RUN_DIR",
-        help="continue RUN_DIR (default: --out) from its last.pth with its saved config; "
-        "flags given with it may raise --epochs and change what says so, and any other "
-        "change is refused",
+        "--resume", nargs="?", const="", metavar="RUN_DIR", help="continue RUN_DIR (default: --out) from its last.pth"
     )
     groups["run"].add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     groups["speed"].add_argument(
-        "--nproc",
-        type=int,
-        default=1,
-        metavar="N",
-        help="train with N processes on this machine (torchrun, DistributedDataParallel; "
-        "one GPU each); --batch-size stays the global batch",
+        "--nproc", type=int, default=1, metavar="N", help="train with N processes on this machine (torchrun)"
     )
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("evaluate", help="metrics of a checkpoint on a dataset split")
-    p.add_argument("checkpoint", nargs="?", help=CHECKPOINT_HELP)
+
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    from .evaluation.predictions import TTA_MODES
+    from .inference.evaluate import BATCH_SIZE, SPLITS
+
+    _checkpoint(p, "checkpoint")
     p.add_argument("--data", help="dataset (default: the one the checkpoint was trained on)")
-    p.add_argument(
-        "--split",
-        choices=("report", "select", "train"),
-        default="report",
-        help="report: PrivateTest (clean) or test/ (spec); select: PublicTest (clean) (default: report)",
-    )
-    p.add_argument("--protocol", choices=("spec", "clean"), help="default: the checkpoint's")
-    p.add_argument("--tta", choices=("none", "flip", "tencrop"), default="none", help="test-time augmentation")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument(
-        "--precision",
-        choices=("fp32", "bf16"),
-        help="default: the checkpoint's evaluation precision (fp32: the same figures on every machine)",
-    )
-    p.add_argument("--limit-per-class", type=int, default=0, help="at most N images per class (0 = all)")
+    p.add_argument("--split", choices=SPLITS, default=SPLITS[0], help="which split of the protocol")
+    p.add_argument("--protocol", choices=PROTOCOLS, help="default: the checkpoint's")
+    _tta(p, TTA_MODES)
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="images per forward pass")
+    p.add_argument("--workers", type=int, default=Config.workers, help="DataLoader worker processes")
+    _device(p)
+    p.add_argument("--precision", choices=EVAL_PRECISIONS, help="default: the checkpoint's evaluation precision")
+    p.add_argument("--limit-per-class", type=int, default=0, help="at most N images per class; 0: all")
     p.add_argument("--out", help="folder for the JSON report and confusion-matrix PNG")
-    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    _json(p)
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("predict", help="expressions of the faces in images, a folder, a video or a camera")
+
+def add_predict_arguments(p: argparse.ArgumentParser) -> None:
+    from .inference.predict import BATCH_SIZE, MARGIN, TTA_MODES
+
     p.add_argument("input", nargs="?", help="image file, folder of images, or video file")
-    p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
+    _checkpoint(p, "--checkpoint")
     p.add_argument("--camera", type=int, metavar="N", help="read frames from camera N instead (Ctrl-C stops)")
     p.add_argument("--no-detect", action="store_true", help="inputs are already face crops (like FER2013)")
-    p.add_argument("--margin", type=float, default=0.1, help="grow each face box by this fraction per side")
-    p.add_argument("--tta", choices=("none", "flip"), default="none", help="test-time augmentation")
-    p.add_argument(
-        "--backend",
-        choices=("auto", "torch", "onnxruntime"),
-        default="auto",
-        help="auto: onnxruntime for .onnx files, PyTorch otherwise",
-    )
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--batch-size", type=int, default=64, help="faces classified per forward pass")
+    p.add_argument("--margin", type=float, default=MARGIN, help="grow each face box by this fraction per side")
+    _tta(p, TTA_MODES)
+    _backend(p)
+    _device(p)
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="faces classified per forward pass")
     p.add_argument("--every", type=int, default=1, metavar="N", help="video: use every Nth frame")
     p.add_argument("--json", nargs="?", const="-", metavar="FILE", help="JSON to FILE (default: stdout)")
     p.add_argument("--csv", nargs="?", const="-", metavar="FILE", help="one row per face to FILE (default: stdout)")
-    p.add_argument(
-        "--annotate",
-        metavar="OUT",
-        help="draw boxes and labels: an image file for one image, a folder for a folder, a video file for a video",
-    )
+    p.add_argument("--annotate", metavar="OUT", help="draw boxes and labels into OUT (same kind as the input)")
     p.add_argument("--plot", metavar="PNG", help="video: plot the expression probabilities over time")
     p.set_defaults(func=_predict)
 
-    p = sub.add_parser("export", help="export a checkpoint for deployment")
-    p.add_argument(
-        "checkpoint", nargs="?", help="a .pth written by ferkit train (default: the model bundled with ferkit)"
-    )
-    p.add_argument(
-        "--format",
-        choices=("onnx", "safetensors"),
-        default="onnx",
-        help="onnx: for onnxruntime and other runtimes; safetensors: fp16 weights ferkit loads directly",
-    )
-    p.add_argument(
-        "--int8",
-        action="store_true",
-        help="onnx: quantize to int8 (static, calibrated on training images): about 2x faster on CPU",
-    )
-    p.add_argument(
-        "--calibration-data",
-        metavar="PATH",
-        help="--int8: dataset whose training images calibrate it (default: the checkpoint's)",
-    )
-    p.add_argument(
-        "--calibration-images",
-        type=int,
-        default=1024,
-        metavar="N",
-        help="--int8: training images used for calibration (default: 1024)",
-    )
-    p.add_argument(
-        "--out",
-        help="output file (default: the checkpoint's path with the format's suffix, "
-        ".int8.onnx for --int8; the bundled model's: in the current folder)",
-    )
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    from .inference.export import CALIBRATION_IMAGES
+
+    p.add_argument("checkpoint", nargs="?", help="a .pth written by ferkit train (default: the bundled model)")
+    p.add_argument("--format", choices=("onnx", "safetensors"), default="onnx", help="what to write")
+    p.add_argument("--int8", action="store_true", help="onnx: quantize to int8, calibrated on training images")
+    p.add_argument("--calibration-data", metavar="PATH", help="--int8: dataset (default: the checkpoint's)")
+    p.add_argument("--calibration-images", type=int, default=CALIBRATION_IMAGES, metavar="N", help="--int8: how many")
+    p.add_argument("--out", help="output file (default: beside the checkpoint, with the format's suffix)")
     p.set_defaults(func=_export)
 
-    p = sub.add_parser("serve", help="HTTP API and web page for photos and webcam snapshots")
-    p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
-    p.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="address to listen on; 0.0.0.0 for every interface (default: 127.0.0.1, this machine only)",
-    )
-    p.add_argument("--port", type=int, default=8000, help="(default: 8000)")
-    p.add_argument("--max-upload-mb", type=float, default=10, help="largest request body accepted (default: 10)")
-    p.add_argument(
-        "--max-pixels", type=int, default=40_000_000, help="largest image accepted, in pixels (default: 40000000)"
-    )
-    p.add_argument(
-        "--max-batch",
-        type=int,
-        default=8,
-        help="most concurrent uploads classified in one batch; 1 turns micro-batching off (default: 8)",
-    )
-    p.add_argument(
-        "--max-queue", type=int, default=32, help="requests in progress beyond which /predict answers 503 (default: 32)"
-    )
-    p.add_argument(
-        "--backend",
-        choices=("auto", "torch", "onnxruntime"),
-        default="auto",
-        help="auto: onnxruntime for .onnx files, PyTorch otherwise",
-    )
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    from .serve import limits
+
+    _checkpoint(p, "--checkpoint")
+    p.add_argument("--host", default=limits.HOST, help="address to listen on; 0.0.0.0 for every interface")
+    p.add_argument("--port", type=int, default=limits.PORT, help="port to listen on")
+    p.add_argument("--max-upload-mb", type=float, default=limits.MAX_UPLOAD_MB, help="largest request body accepted")
+    p.add_argument("--max-pixels", type=int, default=limits.MAX_PIXELS, help="largest image accepted, in pixels")
+    p.add_argument("--max-batch", type=int, default=limits.MAX_BATCH, help="most concurrent uploads in one batch")
+    p.add_argument("--max-queue", type=int, default=limits.MAX_QUEUE, help="requests in progress before 503")
+    _backend(p)
+    _device(p)
     p.set_defaults(func=_serve)
 
-    p = sub.add_parser("data", help="dataset tools")
-    data_sub = p.add_subparsers(dest="data_command", required=True)
-    c = data_sub.add_parser("check", help="per-split, per-class counts; unreadable and all-black images")
-    c.add_argument("path", nargs="?", help="dataset (default: $FERKIT_DATA, then ./data/fer2013)")
-    c.add_argument("--json", action="store_true")
-    c.set_defaults(func=_data_check)
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    check = p.add_subparsers(dest="data_command", required=True).add_parser(
+        "check", help="per-split, per-class counts; unreadable and all-black images", formatter_class=_HelpFormatter
+    )
+    check.add_argument("path", nargs="?", help="dataset (default: $FERKIT_DATA, then ./data/fer2013)")
+    _json(check)
+    check.set_defaults(func=_data_check)
+
+
+# docs/recipe.md ("The command line") has what each option does in full.
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "train": ("train a model (defaults: the specification's)", add_train_arguments),
+    "evaluate": ("metrics of a checkpoint on a dataset split", add_evaluate_arguments),
+    "predict": ("expressions of the faces in images, a folder, a video or a camera", add_predict_arguments),
+    "export": ("export a checkpoint for deployment", add_export_arguments),
+    "serve": ("HTTP API and web page for photos and webcam snapshots", add_serve_arguments),
+    "data": ("dataset tools", add_data_arguments),
+}
+
+
+def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The ``ferkit`` parser; only ``commands`` (default: all) get their options, so a run imports what its
+    command needs."""
+    parser = argparse.ArgumentParser(prog="ferkit", description="Facial expression recognition toolkit")
+    sub = parser.add_subparsers(dest="command", required=True)
+    chosen = set(COMMANDS if commands is None else commands)
+    for name, (help, add_arguments) in COMMANDS.items():
+        p = sub.add_parser(name, help=help, formatter_class=_HelpFormatter)
+        if name in chosen:
+            add_arguments(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv[:1]).parse_args(argv)
     try:
         return args.func(args)
     except FerkitError as e:

@@ -2,9 +2,11 @@
 
 A config is built in layers: defaults (a resumed run's saved config, on ``--resume``), then a
 preset, then a config file (TOML or JSON), then command-line flags. Each field carries its help,
-its topic in ``ferkit train --help`` (``group``) and whether a resumed run may change it
-(``resumable``; :func:`resumed_config` rules on a resume). It is stored in every checkpoint, so
-evaluation and prediction read the preprocessing a model was trained with instead of guessing it.
+its topic in ``ferkit train --help`` (``group``), whether a resumed run may change it
+(``resumable``; :func:`resumed_config` rules on a resume) and the values it accepts (``choices``, or
+``bounds``: an interval such as ``[0, 1)``), which every config meets however it was made. It is
+stored in every checkpoint, so evaluation and prediction read the preprocessing a model was trained
+with instead of guessing it.
 """
 
 from __future__ import annotations
@@ -20,9 +22,14 @@ from typing import Any
 import tomllib
 
 from .errors import FerkitError
+from .model import ARCHITECTURES, min_image_size
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Choices the commands that read a checkpoint offer too.
+DEVICES = ("auto", "cpu", "cuda")
+PROTOCOLS = ("spec", "clean")
+EVAL_PRECISIONS = ("fp32", "bf16")
 
 
 # The topics of ``ferkit train --help``, in order, each field's ``group``.
@@ -55,9 +62,11 @@ class Config:
         "data",
         "spec",
         "spec: select and report on test/; clean: select on PublicTest, report PrivateTest",
-        choices=("spec", "clean"),
+        choices=PROTOCOLS,
     )
-    limit_per_class: int = _opt("data", 0, "use at most N images per class and split (0 = all; for smoke tests)")
+    limit_per_class: int = _opt(
+        "data", 0, "use at most N images per class and split (0 = all; for smoke tests)", bounds="[0, inf)"
+    )
     bad_images: str = _opt(
         "data",
         "stop",
@@ -65,62 +74,79 @@ class Config:
         resumable=True,
         choices=("stop", "skip"),
     )
-    image_size: int = _opt("augmentation", 96, "network input size (square)")
+    image_size: int = _opt("augmentation", 96, "network input size (square; at least the architecture's stride)")
     crop_scale: tuple[float, float] = _opt(
-        "augmentation", (0.8, 1.0), "RandomResizedCrop area range, suited to aligned face crops"
+        "augmentation",
+        (0.8, 1.0),
+        "RandomResizedCrop area range, suited to aligned face crops",
+        bounds="(0, 1]",
     )
-    flip_p: float = _opt("augmentation", 0.5, "RandomHorizontalFlip probability")
-    jitter_p: float = _opt("augmentation", 0.8, "probability of applying ColorJitter")
-    brightness: float = _opt("augmentation", 0.4, "ColorJitter brightness strength")
-    contrast: float = _opt("augmentation", 0.4, "ColorJitter contrast strength")
-    saturation: float = _opt("augmentation", 0.4, "ColorJitter saturation strength")
-    hue: float = _opt("augmentation", 0.1, "ColorJitter hue strength")
-    grayscale_p: float = _opt("augmentation", 0.2, "RandomGrayscale probability")
+    flip_p: float = _opt("augmentation", 0.5, "RandomHorizontalFlip probability", bounds="[0, 1]")
+    jitter_p: float = _opt("augmentation", 0.8, "probability of applying ColorJitter", bounds="[0, 1]")
+    brightness: float = _opt("augmentation", 0.4, "ColorJitter brightness strength", bounds="[0, inf)")
+    contrast: float = _opt("augmentation", 0.4, "ColorJitter contrast strength", bounds="[0, inf)")
+    saturation: float = _opt("augmentation", 0.4, "ColorJitter saturation strength", bounds="[0, inf)")
+    hue: float = _opt("augmentation", 0.1, "ColorJitter hue strength", bounds="[0, 0.5]")
+    grayscale_p: float = _opt("augmentation", 0.2, "RandomGrayscale probability", bounds="[0, 1]")
     grey_input: bool = _opt(
         "augmentation",
         False,
-        "convert every image to grey (3 equal channels) in training, "
-        "evaluation and prediction: a model trained on a grey dataset (FER2013) then sees colour "
-        "photos as it saw its training faces",
+        "read every image as grey, in training, evaluation and prediction",
     )
-    rotation: float = _opt("augmentation", 20.0, "RandomRotation maximum degrees")
-    erasing_p: float = _opt("augmentation", 0.25, "RandomErasing probability")
-    mean: tuple[float, float, float] = _opt("augmentation", IMAGENET_MEAN, "normalization mean (ImageNet)")
-    std: tuple[float, float, float] = _opt("augmentation", IMAGENET_STD, "normalization std (ImageNet)")
+    rotation: float = _opt("augmentation", 20.0, "RandomRotation maximum degrees", bounds="[0, 180]")
+    erasing_p: float = _opt("augmentation", 0.25, "RandomErasing probability", bounds="[0, 1]")
+    mean: tuple[float, float, float] = _opt(
+        "augmentation", IMAGENET_MEAN, "normalization mean (ImageNet)", bounds="[0, 1]"
+    )
+    std: tuple[float, float, float] = _opt(
+        "augmentation", IMAGENET_STD, "normalization std (ImageNet)", bounds="(0, inf)"
+    )
     arch: str = _opt(
         "model",
         "resnet18",
-        "architecture: resnet18 (the specification's, stem at stride 1) or "
-        "resnet18s2 (stem at stride 2: a quarter of the FLOPs)",
-        choices=("resnet18", "resnet18s2"),
+        "architecture: resnet18 (the specification's) or resnet18s2 (stride-2 stem, a quarter of the FLOPs)",
+        choices=tuple(ARCHITECTURES),
     )
     width: int = _opt(
-        "model", 64, "channels of the stem and layer1; each later stage doubles them (cost grows with its square)"
+        "model",
+        64,
+        "channels of the stem and layer1; each later stage doubles them (cost grows with its square)",
+        bounds="[1, inf)",
     )
-    dropout: float = _opt("model", 0.3, "parameter_dropout: dropout probability in the classification head")
-    hidden: int = _opt("model", 256, "hidden width of the classification head")
-    batch_size: int = _opt("optimisation", 32, "images per optimizer step, over all processes of a multi-process run")
+    dropout: float = _opt(
+        "model", 0.3, "parameter_dropout: dropout probability in the classification head", bounds="[0, 1)"
+    )
+    hidden: int = _opt("model", 256, "hidden width of the classification head", bounds="[1, inf)")
+    batch_size: int = _opt(
+        "optimisation", 32, "images per optimizer step, over all processes of a multi-process run", bounds="[1, inf)"
+    )
     lr: float = _opt(
-        "optimisation", 1e-3, "AdamW learning rate for a batch of 32 (scaled for other sizes by --lr-scaling)"
+        "optimisation",
+        1e-3,
+        "AdamW learning rate for a batch of 32 (scaled for other sizes by --lr-scaling)",
+        bounds="(0, inf)",
     )
     lr_scaling: str = _opt(
         "optimisation", "sqrt", "rule that scales lr with batch_size/32", choices=("none", "sqrt", "linear")
     )
-    weight_decay: float = _opt("optimisation", 0.05, "AdamW decoupled weight decay")
-    label_smoothing: float = _opt("optimisation", 0.1, "cross-entropy label smoothing")
+    weight_decay: float = _opt("optimisation", 0.05, "AdamW decoupled weight decay", bounds="[0, inf)")
+    label_smoothing: float = _opt("optimisation", 0.1, "cross-entropy label smoothing", bounds="[0, 1)")
     ema_decay: float = _opt(
         "optimisation",
         0.0,
-        "keep an exponential moving average of the weights (decay per "
-        "optimizer step, e.g. 0.999); evaluation, best.pth and the report use it. 0: off",
+        "per-step decay of an exponential moving average of the weights, which evaluation uses (0: off)",
+        bounds="[0, 1)",
     )
     sync_bn: bool = _opt(
         "optimisation", False, "with several processes, BatchNorm statistics over the global batch (SyncBatchNorm)"
     )
     epochs: int = _opt(
-        "schedule", 100, "training epochs (the cosine schedule spans all of them; --resume may raise it)"
+        "schedule",
+        100,
+        "training epochs (the cosine schedule spans all of them; --resume may raise it)",
+        bounds="[1, inf)",
     )
-    min_lr: float = _opt("schedule", 1e-6, "learning rate the cosine schedule decays to")
+    min_lr: float = _opt("schedule", 1e-6, "learning rate the cosine schedule decays to", bounds="[0, inf)")
     schedule_unit: str = _opt(
         "schedule",
         "epoch",
@@ -130,35 +156,37 @@ class Config:
     warmup_epochs: float = _opt(
         "schedule",
         0.0,
-        "linear learning-rate warmup from lr/25 before the cosine decay, in "
-        "epochs (fractions count with --schedule-unit step)",
+        "epochs of linear learning-rate warmup from lr/25 before the cosine decay",
+        bounds="[0, inf)",
     )
-    device: str = _opt("speed", "auto", "auto picks cuda when present", resumable=True, choices=("auto", "cpu", "cuda"))
+    device: str = _opt("speed", "auto", "auto picks cuda when present", resumable=True, choices=DEVICES)
     precision: str = _opt(
         "speed",
         "auto",
-        "training precision; auto: bf16 autocast where the hardware has native bf16, else fp32",
+        "training precision; auto: bf16 where the hardware has native bf16",
         resumable=True,
         choices=("auto", "fp32", "bf16"),
     )
     eval_precision: str = _opt(
         "speed",
         "fp32",
-        "precision of every evaluation (selection, report): fp32 gives the same figures on every machine",
+        "precision of every evaluation (selection, report)",
         resumable=True,
-        choices=("fp32", "bf16"),
+        choices=EVAL_PRECISIONS,
     )
     data_pipeline: str = _opt(
         "speed",
         "auto",
-        "workers: DataLoader workers decode and augment image by image every "
-        "epoch; batched: decode once (cached), augment whole batches on the training device; "
-        "auto: batched on CUDA, workers on CPU",
+        "workers: per-image DataLoader workers; batched: decode once, augment batches on the device",
         resumable=True,
         choices=("auto", "workers", "batched"),
     )
     workers: int = _opt(
-        "speed", 4, "DataLoader worker processes per loader (at most the cores this process may use)", resumable=True
+        "speed",
+        4,
+        "DataLoader worker processes per loader (at most the cores this process may use)",
+        resumable=True,
+        bounds="[0, inf)",
     )
     cache_dir: str | None = _opt(
         "speed",
@@ -169,17 +197,14 @@ class Config:
     channels_last: str = _opt(
         "speed",
         "auto",
-        "channels-last memory layout for the model and its inputs; auto: on "
-        "for CUDA and for bf16 on CPUs with native bf16 (measured faster there, slower in fp32 "
-        "on AVX2)",
+        "channels-last memory layout for the model and its inputs",
         resumable=True,
         choices=("auto", "on", "off"),
     )
     compile: bool = _opt(
         "speed",
         False,
-        "torch.compile the model: a minute or more of compiling at start, to be "
-        "repaid by faster steps on long GPU runs (measured slower on CPUs)",
+        "torch.compile the model",
         resumable=True,
     )
     eval_batch_factor: int = _opt(
@@ -187,25 +212,37 @@ class Config:
         2,
         "evaluation batch size as a multiple of the training batch (no gradients are kept, so more images fit)",
         resumable=True,
+        bounds="[1, inf)",
     )
     out: str = _opt("run", "runs/ferkit", "run folder: config, logs, checkpoints, plots")
-    seed: int = _opt("run", 0, "random seed (data order, augmentation, initialisation)")
+    seed: int = _opt("run", 0, "random seed (data order, augmentation, initialisation)", bounds="[0, inf)")
     tensorboard: bool = _opt("run", True, "also log per-epoch metrics to TensorBoard", resumable=True)
     log_interval: int = _opt(
         "run",
         20,
-        "steps between progress-bar updates and checks of the loss for NaN/inf (each one synchronises with a GPU)",
+        "steps between progress-bar updates and checks of the loss for NaN/inf",
         resumable=True,
+        bounds="[1, inf)",
     )
     nonfinite: str = _opt(
         "run",
         "stop",
-        "a NaN/inf loss stops the run (checked every --log-interval steps), or its "
-        "step is skipped and counted (checked every step: one host-device synchronisation per step "
-        "on a GPU)",
+        "a NaN/inf loss stops the run, or its step is skipped and counted",
         resumable=True,
         choices=("stop", "skip"),
     )
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _check(f, getattr(self, f.name))
+        smallest = min_image_size(self.arch)
+        if self.image_size < smallest:
+            raise FerkitError(
+                f"--image-size must be >= {smallest} for --arch {self.arch}, which downsamples by {smallest} "
+                f"(got {self.image_size})"
+            )
+        if self.crop_scale[0] > self.crop_scale[1]:
+            raise FerkitError(f"--crop-scale must be MIN MAX with MIN <= MAX (got {_value(self.crop_scale)})")
 
     def effective_lr(self) -> float:
         ratio = self.batch_size / 32
@@ -256,11 +293,52 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
         value = tuple(float(v) for v in value)
         if len(value) != len(f.default):
             raise FerkitError(f"config key {f.name!r} needs {len(f.default)} numbers, got {len(value)}")
-        return value
-    choices = f.metadata.get("choices")
-    if choices and value not in choices:
-        raise FerkitError(f"config key {f.name!r} must be one of {list(choices)}, got {value!r}")
     return value
+
+
+def _check(f: dataclasses.Field, value: Any) -> None:
+    """One line naming the flag, what it accepts and the value, for a value of the wrong type or out of range."""
+    flag = _flag(f.name)
+    choices, bounds = f.metadata.get("choices"), f.metadata.get("bounds")
+    if choices:
+        if value not in choices:
+            raise FerkitError(f"{flag} must be one of {', '.join(choices)} (got {value!r})")
+        return
+    kind = type(f.default[0]) if isinstance(f.default, tuple) else type(f.default)
+    values = value if isinstance(f.default, tuple) and isinstance(value, (tuple, list)) else (value,)
+    accepted, words = _TYPES[kind]
+    for v in values:
+        if v is None and f.default is None:
+            continue
+        # bool is an int to Python, but --epochs true is no number of epochs.
+        if not isinstance(v, accepted) or (kind is not bool and isinstance(v, bool)):
+            raise FerkitError(f"{flag} must be {words} (got {v!r})")
+        if bounds and not _within(v, bounds):
+            raise FerkitError(f"{flag} must be {_range_text(bounds)} (got {_value(value)})")
+
+
+# What a field of each default's type accepts, and the words for it.
+_TYPES: dict[type, tuple[tuple[type, ...], str]] = {
+    bool: ((bool,), "true or false"),
+    int: ((int,), "a whole number"),
+    float: ((int, float), "a number"),
+    str: ((str,), "a string"),
+    type(None): ((str,), "a string"),
+}
+
+
+def _within(value: float, bounds: str) -> bool:
+    low, high = (float(end) for end in bounds[1:-1].split(","))
+    above = value > low if bounds[0] == "(" else value >= low
+    below = value < high if bounds[-1] == ")" else value <= high
+    return above and below  # NaN is neither
+
+
+def _range_text(bounds: str) -> str:
+    low, high = (end.strip() for end in bounds[1:-1].split(","))
+    if high == "inf":
+        return f"{'>' if bounds[0] == '(' else '>='} {low}"
+    return f"in {bounds}"
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ layer1's channels; each later stage doubles them, and the cost scales with its s
 from __future__ import annotations
 
 import copy
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,6 +20,17 @@ from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from .config import Config
+
+
+# layer1 keeps the stem's resolution; each later stage halves it.
+STAGE_STRIDES = (1, 2, 2, 2)
+# The specification's stem keeps full resolution; resnet18s2's halves it.
+STEM_STRIDES = {"resnet18": 1, "resnet18s2": 2}
+
+
+def min_image_size(arch: str) -> int:
+    """The architecture's total stride: below it layer4 has less than one cell of image, the rest is padding."""
+    return STEM_STRIDES[arch] * math.prod(STAGE_STRIDES)
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -71,8 +83,7 @@ class ResNet(nn.Module):
         self.stem = nn.Sequential(conv3x3(3, width, stem_stride), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
         widths = (width, width * 2, width * 4, width * 8)
         in_channels = width
-        for index, (width, blocks) in enumerate(zip(widths, layers), start=1):
-            stride = 1 if index == 1 else 2
+        for index, (width, blocks, stride) in enumerate(zip(widths, layers, STAGE_STRIDES), start=1):
             stage = [Block(in_channels, width, stride)] + [Block(width, width) for _ in range(blocks - 1)]
             self.add_module(f"layer{index}", nn.Sequential(*stage))
             in_channels = width
@@ -104,12 +115,12 @@ class ResNet(nn.Module):
 
 def resnet18(num_classes: int = 7, parameter_dropout: float = 0.3, hidden: int = 256, width: int = 64) -> ResNet:
     """The specification's network: stem at stride 1, layer1 at the input's full resolution."""
-    return ResNet((2, 2, 2, 2), num_classes, parameter_dropout, hidden, width, stem_stride=1)
+    return ResNet((2, 2, 2, 2), num_classes, parameter_dropout, hidden, width, STEM_STRIDES["resnet18"])
 
 
 def resnet18s2(num_classes: int = 7, parameter_dropout: float = 0.3, hidden: int = 256, width: int = 64) -> ResNet:
     """The specification's network with a stride-2 stem: layer1 at half the input's resolution."""
-    return ResNet((2, 2, 2, 2), num_classes, parameter_dropout, hidden, width, stem_stride=2)
+    return ResNet((2, 2, 2, 2), num_classes, parameter_dropout, hidden, width, STEM_STRIDES["resnet18s2"])
 
 
 ARCHITECTURES = {"resnet18": resnet18, "resnet18s2": resnet18s2}

@@ -6,12 +6,17 @@ import os
 from pathlib import Path
 
 from ..checkpoint import check_classes
+from ..config import Config
 from ..data.datasets import FerDataset, load_splits, make_loader
 from ..data.transforms import build_test_transform
 from ..evaluation.metrics import compute_metrics, write_report
 from ..evaluation.predictions import collect_probs, inference_precision
 from ..runtime import resolve_device
 from .loading import load_for_inference
+
+SPLITS = ("report", "select", "train")
+# No gradients are kept, so a batch several times a training batch fits.
+BATCH_SIZE = 256
 
 
 def evaluate_checkpoint(
@@ -20,8 +25,8 @@ def evaluate_checkpoint(
     split: str = "report",
     protocol: str | None = None,
     tta: str = "none",
-    batch_size: int = 256,
-    workers: int = 4,
+    batch_size: int = BATCH_SIZE,
+    workers: int = Config.workers,
     device: str = "auto",
     limit_per_class: int = 0,
     out_dir: str | os.PathLike | None = None,

@@ -28,6 +28,7 @@ from ..errors import FerkitError
 
 # Opset 18 is what torch.export-based exporting targets natively; onnxruntime >= 1.14 runs it.
 OPSET = 18
+CALIBRATION_IMAGES = 1024
 
 
 def _onnx_modules():
@@ -160,7 +161,7 @@ def export_onnx(
     out: str | os.PathLike | None = None,
     int8: bool = False,
     calibration_data: str | os.PathLike | None = None,
-    calibration_count: int = 1024,
+    calibration_count: int = CALIBRATION_IMAGES,
 ) -> Path:
     """Write ``checkpoint`` (``None``: the bundled model) as ONNX and return the path.
 

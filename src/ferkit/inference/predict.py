@@ -28,6 +28,11 @@ from .loading import load_for_inference
 from .results import Face, Result, draw_faces
 from .video import VideoWriter, is_video, read_video, video_fps
 
+# Faces are often classified live, so tencrop's ten forward passes a face are left to evaluation.
+TTA_MODES = ("none", "flip")
+MARGIN = 0.1
+BATCH_SIZE = 64
+
 
 class Predictor:
     """Per-face expression probabilities from a trained model.
@@ -45,8 +50,8 @@ class Predictor:
         device: str = "auto",
         tta: str = "none",
         detector: FaceDetector | None = None,
-        margin: float = 0.1,
-        batch_size: int = 64,
+        margin: float = MARGIN,
+        batch_size: int = BATCH_SIZE,
         precision: str = "fp32",
         source: Path | None = None,
         record: dict | None = None,

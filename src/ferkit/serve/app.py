@@ -34,13 +34,10 @@ from ..data.transforms import preprocessing
 from ..errors import FerkitError
 from ..inference.predict import Predictor
 from ..inference.results import Result, results_json
+from .limits import HOST, MAX_BATCH, MAX_PIXELS, MAX_QUEUE, MAX_UPLOAD_MB, PORT
 
 STATIC = Path(__file__).parent / "static"
 MB = 1024 * 1024
-DEFAULT_MAX_UPLOAD_MB = 10
-DEFAULT_MAX_PIXELS = 40_000_000
-DEFAULT_MAX_BATCH = 8
-DEFAULT_MAX_QUEUE = 32
 FORMATS = "JPEG, PNG, BMP, GIF, TIFF or WebP"
 HOW_TO_SEND = "send the image as multipart/form-data field 'file' (curl -F file=@photo.jpg URL/predict)"
 
@@ -287,10 +284,10 @@ def create_app(
     predictor: Predictor,
     model_info: dict | None = None,
     *,
-    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB * MB,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    max_batch: int = DEFAULT_MAX_BATCH,
-    max_queue: int = DEFAULT_MAX_QUEUE,
+    max_upload_bytes: int = MAX_UPLOAD_MB * MB,
+    max_pixels: int = MAX_PIXELS,
+    max_batch: int = MAX_BATCH,
+    max_queue: int = MAX_QUEUE,
 ) -> FastAPI:
     """The ASGI app; ``model_info`` (what /model answers) defaults to ``describe_model(predictor)``."""
     info = ModelInfo(**(model_info or describe_model(predictor)))
@@ -372,13 +369,13 @@ def create_app(
 
 def run(
     checkpoint: str | os.PathLike | None = None,
-    host: str = "127.0.0.1",
-    port: int = 8000,
+    host: str = HOST,
+    port: int = PORT,
     *,
-    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    max_batch: int = DEFAULT_MAX_BATCH,
-    max_queue: int = DEFAULT_MAX_QUEUE,
+    max_upload_mb: float = MAX_UPLOAD_MB,
+    max_pixels: int = MAX_PIXELS,
+    max_batch: int = MAX_BATCH,
+    max_queue: int = MAX_QUEUE,
     backend: str = "auto",
     device: str = "auto",
 ) -> None:

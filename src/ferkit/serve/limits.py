@@ -1,0 +1,8 @@
+"""The server's defaults, readable without the serve extra (``ferkit serve --help`` shows them)."""
+
+HOST = "127.0.0.1"
+PORT = 8000
+MAX_UPLOAD_MB = 10
+MAX_PIXELS = 40_000_000
+MAX_BATCH = 8
+MAX_QUEUE = 32

@@ -1,0 +1,89 @@
+import subprocess
+import sys
+
+import pytest
+
+from ferkit.cli import build_parser, main
+from ferkit.config import Config
+from ferkit.errors import FerkitError
+from ferkit.evaluation.predictions import TTA_MODES
+from ferkit.inference import evaluate, export, predict
+from ferkit.inference.loading import BACKENDS
+from ferkit.serve import limits
+
+
+def test_config_refuses_a_value_out_of_range_in_one_line_naming_it():
+    with pytest.raises(FerkitError, match=r"^--lr must be > 0 \(got -1\)$"):
+        Config(lr=-1)
+    with pytest.raises(FerkitError, match=r"^--label-smoothing must be in \[0, 1\) \(got 1.0\)$"):
+        Config(label_smoothing=1.0)
+    with pytest.raises(FerkitError, match=r"^--epochs must be a whole number \(got 2.5\)$"):
+        Config().updated({"epochs": 2.5})
+    # The stride-2 stem doubles the total stride, so the smallest input doubles too.
+    with pytest.raises(FerkitError, match=r"^--image-size must be >= 16 for --arch resnet18s2, .* \(got 8\)$"):
+        Config(arch="resnet18s2", image_size=8)
+    assert Config(image_size=8).image_size == 8 and Config(arch="resnet18s2", image_size=16).image_size == 16
+
+
+def _ferkit(*argv):
+    return subprocess.run([sys.executable, "-m", "ferkit", *argv], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--lr", "-1"], "ferkit: error: --lr must be > 0 (got -1.0)"),
+        (["train", "--image-size", "7"], "ferkit: error: --image-size must be >= 8 for --arch resnet18"),
+    ],
+)
+def test_train_refuses_bad_values_before_training_in_one_line(argv, message, tmp_path, capsys):
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_of_a_file_that_is_no_checkpoint_prints_one_line(tmp_path):
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_text("garbage\n")
+    done = _ferkit("evaluate", str(garbage))
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "weights_only" not in done.stderr
+    assert done.stderr.startswith(f"ferkit: error: checkpoint {garbage} is truncated or not a ferkit checkpoint")
+
+
+def _option(command, flag):
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    return next(a for a in sub._actions if flag in a.option_strings or a.dest == flag)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict", "serve"])
+def test_shared_options_carry_the_library_defaults(command):
+    device = _option(command, "--device")
+    assert (device.choices, device.default) == (("auto", "cpu", "cuda"), Config().device)
+    assert "fer2013_resnet18.int8" in _option(command, "checkpoint").help
+    if command != "evaluate":
+        assert _option(command, "--backend").choices == BACKENDS
+    if command != "serve":
+        tta = _option(command, "--tta")
+        assert tta.default == "none" and tta.choices == (TTA_MODES if command == "evaluate" else predict.TTA_MODES)
+
+
+def test_command_defaults_are_the_library_functions():
+    assert _option("evaluate", "--batch-size").default == evaluate.BATCH_SIZE
+    assert _option("evaluate", "--workers").default == Config().workers
+    assert _option("predict", "--batch-size").default == predict.BATCH_SIZE
+    assert _option("predict", "--margin").default == predict.MARGIN
+    assert _option("export", "--calibration-images").default == export.CALIBRATION_IMAGES
+    for flag, value in [("--max-batch", limits.MAX_BATCH), ("--max-queue", limits.MAX_QUEUE), ("--port", limits.PORT)]:
+        assert _option("serve", flag).default == value
+
+
+def test_help_and_the_parser_load_neither_the_server_nor_onnx():
+    code = (
+        "import sys; from ferkit.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('fastapi', 'onnx', 'onnxruntime', 'uvicorn') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]"
