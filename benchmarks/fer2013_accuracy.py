@@ -97,7 +97,7 @@ def main() -> None:
         "checkpoint": str(ckpt),
         "best_epoch": report.get("best_epoch"),
         "epochs": report.get("epochs"),
-        "train_seconds": report.get("train_seconds"),
+        "train_minutes": report.get("train_minutes"),
         "config": cfg.to_dict(),
         "machine": {
             "description": machine_description(),

@@ -81,7 +81,7 @@ import json
 for p in ("fp32", "bf16"):
     r = json.load(open(f"runs/parity_{p}/report.json"))
     print(f"parity {p}: {r['split']} ({r['images']} images) accuracy {r['accuracy']:.4f} macro-F1 {r['macro_f1']:.4f}, "
-          f"{r['train_seconds']} s of training")
+          f"{r['train_minutes']} min of training")
 EOF
   [ -n "${THROUGHPUT:-}" ] || return 0  # 2-3 more minutes of device time
   local steps=(--steps 30 --warmup 5)

@@ -50,7 +50,7 @@ from ferkit.data.datasets import FerDataset, Sample, load_splits
 from ferkit.data.transforms import ToRGB
 from ferkit.model import build_model
 from ferkit.runtime import autocast, machine_description, resolve_device, resolve_precision
-from ferkit.training.loop import build_optimizer
+from ferkit.training.optim import build_optimizer
 
 MODIFIERS = ("channels_last", "compile", "bf16")
 

@@ -10,7 +10,7 @@ from ferkit.cli import build_parser
 from ferkit.config import GROUPS, PRESETS, Config, config_from_args, resumed_config
 from ferkit.errors import FerkitError
 from ferkit.model import build_model, resnet18, training_flops
-from ferkit.training.loop import build_optimizer, build_scheduler
+from ferkit.training.optim import build_optimizer, build_scheduler
 
 
 def test_defaults_are_the_specification():

@@ -16,7 +16,8 @@ from ferkit.inference.evaluate import evaluate_checkpoint
 from ferkit.model import resnet18
 from ferkit.runtime import Speed, cpu_has_native_bf16, resolve_channels_last, resolve_data_pipeline
 from ferkit.training.feed import DecodedBatches
-from ferkit.training.loop import TrainingInterrupted, build_optimizer, train
+from ferkit.training.loop import TrainingInterrupted, train
+from ferkit.training.optim import build_optimizer
 
 
 def tiny(image_folder, tmp_path, name, **kw) -> Config:

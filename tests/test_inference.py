@@ -37,3 +37,11 @@ def test_the_bundled_model_loads_by_default_and_unknown_backends_are_refused():
     assert loaded.source.name == "fer2013_resnet18.safetensors" and loaded.record["metrics"]["accuracy"] > 0.3
     with pytest.raises(FerkitError, match="unknown backend 'tensorrt'; choose from auto, torch, onnxruntime"):
         load_for_inference(None, backend="tensorrt")
+
+
+def test_a_checkpoint_of_an_older_format_is_refused_in_one_line(untrained_checkpoint, tmp_path):
+    old = read_checkpoint(untrained_checkpoint)
+    old["version"] = 1
+    atomic_save(old, tmp_path / "old.pth")
+    with pytest.raises(FerkitError, match="older format version 1.*retrain, or use the ferkit version that wrote it"):
+        read_checkpoint(tmp_path / "old.pth")

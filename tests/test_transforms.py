@@ -75,7 +75,7 @@ def test_any_pil_mode_is_accepted(mode):
 
 
 def test_grey_input_shows_colour_photos_grey_and_leaves_grey_images_exactly_as_they_are():
-    from ferkit.data.batched import BatchTest
+    from ferkit.data.batched import BatchAugment
 
     rng = np.random.default_rng(0)
     colour = Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
@@ -86,5 +86,5 @@ def test_grey_input_shows_colour_photos_grey_and_leaves_grey_images_exactly_as_t
     assert not torch.equal(x, build_test_transform(Config(image_size=16))(colour))
     assert torch.equal(build_test_transform(cfg)(grey), build_test_transform(cfg.updated({"grey_input": False}))(grey))
     batch = torch.from_numpy(np.asarray(colour)).permute(2, 0, 1)[None].contiguous()
-    y = BatchTest(cfg)(batch)
+    y = BatchAugment(cfg)(batch)
     assert torch.equal(y[0, 0], y[0, 1]) and torch.equal(y[0, 1], y[0, 2])

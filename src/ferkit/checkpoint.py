@@ -2,8 +2,7 @@
 
 A checkpoint holds the model weights together with the config and class names it was trained with,
 so evaluation and prediction never have to be told them again: the config is the one record of the
-preprocessing (``transforms.build_test_transform`` reads it). Files written before this held a
-``preprocess`` copy of it too, which loads and is ignored.
+preprocessing (``transforms.build_test_transform`` reads it).
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from .errors import FerkitError
 from .model import build_model
 
 FORMAT = "ferkit-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: no "arch" (it is config.arch), no best score beside the history in last.pth's state
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
@@ -43,7 +42,6 @@ def make_checkpoint(model: nn.Module, cfg: Config, classes: tuple[str, ...], **e
     return {
         "format": FORMAT,
         "version": VERSION,
-        "arch": cfg.arch,
         "classes": list(classes),
         "config": cfg.to_dict(),
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -58,7 +56,7 @@ BUNDLED = WEIGHTS / "fer2013_resnet18.safetensors"
 BUNDLED_MODELS = {"fer2013_resnet18": BUNDLED, "fer2013_resnet18.int8": WEIGHTS / "fer2013_resnet18.int8.onnx"}
 # What training records beside the weights that describes them to users (the server's /model shows it).
 TRAINING_RECORD = ("epoch", "metrics", "select_split")
-_META_KEYS = ("arch", "classes", "config", *TRAINING_RECORD, "trained_with")
+_META_KEYS = ("classes", "config", *TRAINING_RECORD, "trained_with")
 
 
 def save_weights(ckpt: dict[str, Any], path: str | os.PathLike, **info: Any) -> None:
@@ -95,6 +93,8 @@ def _read_weights(path: Path) -> dict[str, Any]:
     if meta.get("format") != FORMAT:
         raise FerkitError(f"{path} is not a ferkit weights file (no '{FORMAT}' marker in its header)")
     ckpt = {k: json.loads(v) for k, v in meta.items() if k != "format"}
+    # The header holds only weights, config, classes and the training record, which no version has changed: every
+    # such file reads as the current version, the bundled ones included.
     ckpt.update(
         format=FORMAT, version=VERSION, model={k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     )
@@ -125,6 +125,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise FerkitError(f"{path} is not a ferkit checkpoint (no '{FORMAT}' marker); train one with `ferkit train`")
     if ckpt.get("version", 0) > VERSION:
         raise FerkitError(f"checkpoint {path} has format version {ckpt['version']}; upgrade ferkit to read it")
+    if ckpt.get("version", 0) < VERSION:
+        raise FerkitError(
+            f"checkpoint {path} has the older format version {ckpt.get('version', 0)} (this ferkit reads {VERSION}); "
+            "retrain, or use the ferkit version that wrote it"
+        )
     return ckpt
 
 
@@ -157,7 +162,7 @@ def load_model(path: str | os.PathLike | None = None, expected_classes: tuple[st
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise FerkitError(
-            f"checkpoint {path} does not fit architecture {ckpt['arch']!r} "
+            f"checkpoint {path} does not fit architecture {cfg.arch!r} "
             f"({str(e).splitlines()[0]}); it was made by another model definition"
         ) from None
     model.eval()

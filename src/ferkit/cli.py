@@ -16,19 +16,20 @@ from .errors import FerkitError
 def _train(args: argparse.Namespace) -> int:
     from .distributed import is_main
     from .training.loop import TrainingInterrupted, train
-    from .training.rundir import saved_config
+    from .training.rundir import read_last
 
-    cfg = config_from_args(args)
+    cfg, last = config_from_args(args), None
     if args.resume is not None:
         # The saved run is the base, so only what this command sets asks for a change (train() rules on it).
         out = args.resume or cfg.out
         if args.resume and getattr(args, "out", out) != out:
             raise FerkitError(f"--resume {args.resume} and --out {args.out} name two run folders; give one")
-        cfg = config_from_args(args, base=saved_config(out)).updated({"out": out})
+        last = read_last(out)  # read once: its config is the base here, the rest is what train() resumes from
+        cfg = config_from_args(args, base=Config.from_dict(last["config"])).updated({"out": out})
     if args.nproc > 1:
         return _train_processes(cfg, args)
     try:
-        train(cfg, resume=args.resume is not None, overwrite=args.overwrite)
+        train(cfg, resume=args.resume is not None, overwrite=args.overwrite, last=last)
     except TrainingInterrupted as e:
         if is_main():  # every process of a multi-process run stops with this same message
             print(f"ferkit: {e}", file=sys.stderr)

@@ -226,28 +226,6 @@ def batches(
 # Batched transforms
 
 
-class _NetworkInput(nn.Module):
-    """Shared tail of both pipelines: 3 channels, ImageNet normalisation; buffers follow .to(device)."""
-
-    def __init__(self, cfg: Config) -> None:
-        super().__init__()
-        self.size, self.grey = cfg.image_size, cfg.grey_input
-        self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1), persistent=False)
-
-    def _unit_float(self, images: Tensor) -> Tensor:
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise FerkitError(
-                f"expected a uint8 batch [B, 1 or 3, H, W], got {images.dtype} {tuple(images.shape)}; "
-                "pass the tensor from decode_once/batches"
-            )
-        x = images.float().div_(255)
-        return _grey(x) if self.grey else x
-
-    def _normalize(self, x: Tensor) -> Tensor:
-        return (x.expand(-1, 3, -1, -1) - self.mean) / self.std
-
-
 def _resize(x: Tensor, size: int) -> Tensor:
     """Bilinear resize to size x size, antialiased as torchvision's Resize(antialias=True)."""
     if x.shape[-2:] == (size, size):
@@ -255,14 +233,7 @@ def _resize(x: Tensor, size: int) -> Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
-class BatchTest(_NetworkInput):
-    """The test transform (resize to image_size, normalise) for a uint8 batch: float [B, 3, S, S]."""
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self._normalize(_resize(self._unit_float(images), self.size))
-
-
-class BatchAugment(_NetworkInput):
+class BatchAugment(nn.Module):
     """The specification's training augmentations for a uint8 batch, with per-sample parameters.
 
     ``forward(images, generator=None)``: uint8 ``[B, C, h, w]`` (C 1 or 3) on any device to the
@@ -272,8 +243,11 @@ class BatchAugment(_NetworkInput):
     """
 
     def __init__(self, cfg: Config) -> None:
-        super().__init__(cfg)
-        self.cfg = cfg
+        super().__init__()
+        self.cfg, self.size, self.grey = cfg, cfg.image_size, cfg.grey_input
+        # Buffers, so that they follow .to(device).
+        self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         cfg, n = self.cfg, images.shape[0]
@@ -298,6 +272,18 @@ class BatchAugment(_NetworkInput):
             self.size,
         )
         return _erase(self._normalize(x), rand(n) < cfg.erasing_p, rand)
+
+    def _unit_float(self, images: Tensor) -> Tensor:
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise FerkitError(
+                f"expected a uint8 batch [B, 1 or 3, H, W], got {images.dtype} {tuple(images.shape)}; "
+                "pass the tensor from decode_once/batches"
+            )
+        x = images.float().div_(255)
+        return _grey(x) if self.grey else x
+
+    def _normalize(self, x: Tensor) -> Tensor:
+        return (x.expand(-1, 3, -1, -1) - self.mean) / self.std
 
     def _color(self, x: Tensor, top: Tensor, left: Tensor, box_h: Tensor, box_w: Tensor, rand: Rand) -> Tensor:
         cfg, n = self.cfg, x.shape[0]

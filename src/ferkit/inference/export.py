@@ -62,7 +62,7 @@ def to_onnx_bytes(loaded: LoadedModel) -> bytes:
         "ferkit_classes": json.dumps(list(loaded.classes)),
         "ferkit_preprocess": json.dumps(preprocessing(loaded.config)),
         "ferkit_config": json.dumps(loaded.config.to_dict()),
-        "ferkit_arch": loaded.checkpoint["arch"],
+        "ferkit_arch": loaded.config.arch,
     }
     for key, value in meta.items():
         entry = proto.metadata_props.add()

@@ -190,6 +190,5 @@ def rng_state() -> dict:
 def restore_rng(rng: dict) -> None:
     """Put back the global generator a run stopped part-way through an epoch with (see :func:`rng_state`)."""
     states = rng["torch"]
-    states = states if isinstance(states, list) else [states]  # written before multi-process training existed
     # On another number of processes the data order is kept; only this epoch's augmentation draws differ.
     torch.set_rng_state(states[dist.rank() % len(states)])

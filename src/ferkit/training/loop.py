@@ -4,9 +4,10 @@ Per epoch: ``model.train()``, an AdamW step per batch on label-smoothed cross-en
 ``model.eval()`` under ``no_grad`` on the selection split, one cosine ``scheduler.step()``, metrics
 to CSV/TensorBoard/PNG, ``last.pth`` always and ``best.pth`` only on improvement (both atomic).
 
-The loop is :func:`_fit` and :func:`_train_epoch`; around it, :mod:`ferkit.feed` delivers the batches
-(sampler, pipelines, seeds), :mod:`ferkit.optim` holds the optimizer and learning-rate schedule,
-:mod:`ferkit.rundir` the run folder, records, checkpoint policy and stop signals, and
+The loop is :func:`_fit` and :func:`_train_epoch`, and it alone changes the run's :class:`TrainState` (the
+history, and with it the best epoch); around it, :mod:`.feed` delivers the batches (sampler, pipelines,
+seeds), :mod:`.optim` holds the optimizer and learning-rate schedule, :mod:`.rundir` the run folder, its
+records and the checkpoint writer, :mod:`.signals` the stop signals, and
 :func:`ferkit.config.resumed_config` decides what a resumed run may change.
 
 Under torchrun every process runs this same loop on its share of each global batch, with
@@ -38,7 +39,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from .. import distributed as dist
-from ..checkpoint import check_classes, load_model, read_checkpoint
+from ..checkpoint import check_classes, load_model
 from ..config import Config, resumed_config
 from ..data.datasets import FerDataset, Sample, Splits, collate_skipping, load_splits, make_loader
 from ..data.transforms import build_test_transform
@@ -48,11 +49,10 @@ from ..evaluation.predictions import collect_probs
 from ..model import build_model, count_parameters, training_flops
 from ..runtime import Speed, autocast, machine_description, seed_everything
 from .feed import TrainBatches, open_batches, restore_rng, rng_state
-from .optim import build_optimizer, build_scheduler, continue_schedule, load_scheduler_state
-from .rundir import Checkpoints, EpochRecords, TrainState, prepare_run_dir, setup_logging
+from .optim import build_optimizer, build_scheduler, continue_schedule
+from .rundir import Checkpoints, EpochRecords, prepare_run_dir, read_last, setup_logging
 from .signals import agreed_stop, ignore_stop_signals, stop_requests
 
-__all__ = ["TrainState", "Training", "TrainingInterrupted", "build_optimizer", "build_scheduler", "train"]
 log = logging.getLogger("ferkit")
 
 
@@ -61,16 +61,35 @@ class TrainingInterrupted(FerkitError):
 
 
 @dataclass
+class TrainState:
+    """A run's progress, kept by the loop alone; saved whole in last.pth (as ``state``) and read back on --resume."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # batches done in the epoch in progress (non-zero only after an interruption)
+    seconds: float = 0.0
+    pflop: float = 0.0  # training compute spent so far (forward + backward FLOPs of every image trained on)
+    history: list[dict] = field(default_factory=list)  # metrics.csv's rows, each flagged ``best`` or not
+    partial: dict = field(default_factory=dict)  # running sums of the interrupted epoch
+    skipped: list[str] = field(default_factory=list)  # unreadable images left out (--bad-images skip)
+    nonfinite_steps: list[str] = field(default_factory=list)  # "epoch:step" of steps skipped (--nonfinite skip)
+
+    def improves(self, accuracy: float) -> bool:
+        """Whether best.pth should take this selection accuracy: it beats every earlier epoch's (the first always)."""
+        return accuracy > max((row["select_acc"] for row in self.history), default=-1.0)
+
+    def best_epoch(self) -> int:
+        return max((row["epoch"] for row in self.history if row["best"]), default=0)
+
+
+@dataclass
 class Training:
-    """One run's live objects, built by :func:`_start`; the loop and its steps find everything here."""
+    """One run's live objects, built by :func:`_start`; the loop and its steps find them here."""
 
     cfg: Config
-    out: Path
     splits: Splits
     speed: Speed
     model: nn.Module  # the weights checkpoints hold, without DDP or compile wrappers
     train_model: nn.Module  # ``model`` as the steps call it (under DDP, torch.compile)
-    eval_model: nn.Module  # what evaluation and best.pth see: the weight average with --ema-decay, else ``model``
     ema: AveragedModel | None
     optimizer: torch.optim.Optimizer
     scheduler: LambdaLR
@@ -78,43 +97,35 @@ class Training:
     steps_per_epoch: int
     gflop_per_image: float
     state: TrainState
-    checkpoints: Checkpoints = field(init=False)
-    records: EpochRecords = field(init=False)
+    checkpoints: Checkpoints
+    records: EpochRecords
 
-    def __post_init__(self) -> None:
-        self.checkpoints = Checkpoints(
-            out=self.out,
-            cfg=self.cfg,
-            classes=self.splits.classes,
-            select_split=self.splits.names["select"],
-            model=self.model,
-            evaluated=self.eval_model,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            ema=self.ema,
-            state=self.state,
-        )
-        self.records = EpochRecords(self.out, self.cfg)
+    @property
+    def evaluated(self) -> nn.Module:
+        """What evaluation and best.pth see: the weight average with --ema-decay, else ``model``."""
+        return self.ema.module if self.ema is not None else self.model
 
 
-def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
+def train(cfg: Config, resume: bool = False, overwrite: bool = False, last: dict | None = None) -> dict:
     """Run (or resume) training; returns the final report. Everything lands in ``cfg.out``.
 
     With ``resume``, ``cfg`` continues the run in ``cfg.out``: it may differ from the run's saved config only as
-    :func:`~ferkit.config.resumed_config` allows (speed and input/output settings, the epoch count).
+    :func:`~ferkit.config.resumed_config` allows (speed and input/output settings, the epoch count). ``last`` is
+    that run's last.pth when the caller has read it already (:func:`~ferkit.training.rundir.read_last`; the CLI
+    does, for the saved config), so that a resume reads the file once.
     Launched by torchrun, every process calls this, and together they train one model.
     """
     with dist.process_group():
-        return _fit(_start(cfg, resume, overwrite))
+        return _fit(_start(cfg, resume, overwrite, last))
 
 
 def _fit(t: Training) -> dict:
     """Train an epoch, measure it on the selection split, record and checkpoint it; then report on best.pth."""
-    state = t.state
+    cfg, state = t.cfg, t.state
     with stop_requests() as stop:
-        while state.epoch < t.cfg.epochs:
+        while state.epoch < cfg.epochs:
             t0, skipped_before = time.perf_counter(), len(state.skipped)
-            with _suggest_smaller_batch(t):
+            with _suggest_smaller_batch(t.speed.device, cfg.batch_size, cfg.image_size):
                 sums = _train_epoch(t, stop)
             _gather_skipped(state, skipped_before)
             state.seconds += time.perf_counter() - t0
@@ -125,19 +136,24 @@ def _fit(t: Training) -> dict:
                     f"no batch of epoch {state.epoch + 1} could be trained on (every image "
                     "unreadable, or batches of one image); check the data or raise --batch-size"
                 )
-            if t.cfg.schedule_unit == "epoch":
+            if cfg.schedule_unit == "epoch":
                 t.scheduler.step()
-            dist.broadcast_buffers(t.eval_model)
-            metrics = _measure(t, t.eval_model, t.splits.select)
+            dist.broadcast_buffers(t.evaluated)
+            metrics = _measure(t.evaluated, t.splits.select, t.splits.classes, cfg, t.speed)
+            improved = state.improves(metrics["accuracy"])
             state.epoch, state.step, state.partial = state.epoch + 1, 0, {}
             state.pflop += t.gflop_per_image * sums["seen"] / 1e6
-            t.checkpoints.after_epoch(_epoch_row(t, sums, metrics, time.perf_counter() - t0), metrics)
+            lr, seconds = t.optimizer.param_groups[0]["lr"], time.perf_counter() - t0
+            state.history.append(_epoch_row(state, lr, sums, metrics, seconds, t.gflop_per_image, improved))
+            if improved:
+                t.checkpoints.save_best(t.evaluated, state.epoch, metrics)
+            _save_last(t)
             t.records.write(state.history, f"{t.splits.names['select']} ({metrics['images']} images)")
             if state.skipped:
                 log.info(f"{len(state.skipped)} unreadable images skipped so far (listed above in train.log)")
     t.records.close()
     dist.barrier()  # the report reads best.pth: every process waits until the main one has written it
-    return final_report(t)
+    return final_report(cfg, t.splits, state, t.speed)
 
 
 def _train_epoch(t: Training, stop: list[int]) -> dict:
@@ -146,7 +162,8 @@ def _train_epoch(t: Training, stop: list[int]) -> dict:
     t.batches.set_epoch(state.epoch, state.step)
     t.train_model.train()
     sums = _RunningSums(state.partial, t.speed.device)
-    with _progress_bar(t) as bar:  # closing the bar on any exit keeps error messages on a line of their own
+    # Closing the bar on any exit keeps error messages on a line of their own.
+    with _progress_bar(t.steps_per_epoch, state.step, f"epoch {state.epoch + 1}/{t.cfg.epochs}") as bar:
         for images, targets, bad in t.batches:
             state.step += 1
             bar.update(1)
@@ -159,7 +176,7 @@ def _train_epoch(t: Training, stop: list[int]) -> dict:
             if t.cfg.schedule_unit == "step":
                 t.scheduler.step()
             if state.step % t.cfg.log_interval == 0 or state.step == t.steps_per_epoch:
-                _check_progress(t, sums, bar)
+                _check_progress(sums, bar, state)
             if agreed_stop(stop):
                 break
     return sums.over_ranks()
@@ -214,13 +231,13 @@ class _RunningSums:
         }
 
 
-def _check_progress(t: Training, sums: _RunningSums, bar: tqdm) -> None:
+def _check_progress(sums: _RunningSums, bar: tqdm, state: TrainState) -> None:
     # Checked where the progress bar synchronises anyway; checkpoints are only written after this check passes at
     # the epoch's end, so a diverged model never overwrites a good one.
     so_far = sums.over_ranks()
     if not math.isfinite(so_far["loss"]):
         raise FerkitError(
-            f"non-finite loss at epoch {t.state.epoch + 1} step {t.state.step}; the last good "
+            f"non-finite loss at epoch {state.epoch + 1} step {state.step}; the last good "
             "checkpoint is kept; lower --lr or check the data, then --resume (or --nonfinite skip)"
         )
     if so_far["seen"]:
@@ -231,11 +248,11 @@ def _check_progress(t: Training, sums: _RunningSums, bar: tqdm) -> None:
         )
 
 
-def _progress_bar(t: Training) -> tqdm:
+def _progress_bar(total: int, initial: int, desc: str) -> tqdm:
     return tqdm(
-        total=t.steps_per_epoch,
-        initial=t.state.step,
-        desc=f"epoch {t.state.epoch + 1}/{t.cfg.epochs}",
+        total=total,
+        initial=initial,
+        desc=desc,
         leave=False,
         mininterval=1.0 if sys.stderr.isatty() else 30.0,
         file=sys.stderr,
@@ -243,9 +260,8 @@ def _progress_bar(t: Training) -> tqdm:
     )
 
 
-def _measure(t: Training, model: nn.Module, samples: list[Sample]) -> dict:
+def _measure(model: nn.Module, samples: list[Sample], classes: tuple[str, ...], cfg: Config, speed: Speed) -> dict:
     """Metrics over all of ``samples``, each image counted once: every process predicts its own unpadded share."""
-    cfg, speed = t.cfg, t.speed
     dataset = FerDataset(samples[dist.rank() :: dist.world_size()], build_test_transform(cfg), cfg.bad_images == "skip")
     loader = make_loader(
         dataset,
@@ -257,14 +273,16 @@ def _measure(t: Training, model: nn.Module, samples: list[Sample]) -> dict:
     )
     shares = dist.gather(collect_probs(model, loader, speed.device, cfg.eval_precision))
     probs, labels = np.concatenate([p for p, _ in shares]), np.concatenate([y for _, y in shares])
-    return compute_metrics(labels, probs, t.splits.classes)
+    return compute_metrics(labels, probs, classes)
 
 
-def _epoch_row(t: Training, sums: dict, metrics: dict, seconds: float) -> dict:
-    """The finished epoch's line of metrics.csv (the checkpoint policy adds ``best``)."""
+def _epoch_row(
+    state: TrainState, lr: float, sums: dict, metrics: dict, seconds: float, gflop_per_image: float, best: bool
+) -> dict:
+    """The finished epoch's line of metrics.csv."""
     return {
-        "epoch": t.state.epoch,
-        "lr": t.optimizer.param_groups[0]["lr"],
+        "epoch": state.epoch,
+        "lr": lr,
         "train_loss": sums["loss"] / sums["seen"],
         "train_acc": sums["correct"] / sums["seen"],
         "select_loss": metrics["loss"],
@@ -272,39 +290,46 @@ def _epoch_row(t: Training, sums: dict, metrics: dict, seconds: float) -> dict:
         "select_macro_f1": metrics["macro_f1"],
         "images_per_s": sums["images_per_s"],
         "epoch_seconds": seconds,
-        "gflop_per_image": t.gflop_per_image,
-        "pflop": t.state.pflop,
+        "gflop_per_image": gflop_per_image,
+        "pflop": state.pflop,
+        "best": best,
     }
+
+
+def _save_last(t: Training, rng: dict | None = None) -> None:
+    """last.pth; ``rng``: the generators of a run stopped part-way through an epoch."""
+    t.checkpoints.save_last(
+        t.model, optimizer=t.optimizer, scheduler=t.scheduler, ema=t.ema, state=vars(t.state), rng=rng or {}
+    )
 
 
 def _save_and_stop(t: Training, signum: int, sums: dict) -> NoReturn:
     t.state.partial = sums
-    t.checkpoints.save_last(rng=rng_state())
-    again = (
-        f"ferkit train --resume {t.out}" if dist.world_size() == 1 else f"the same launch command with --resume {t.out}"
-    )
+    _save_last(t, rng_state())
+    out = t.checkpoints.out
+    again = f"ferkit train --resume {out}" if dist.world_size() == 1 else f"the same launch command with --resume {out}"
     raise TrainingInterrupted(
         f"interrupted by {signal.Signals(signum).name} at epoch {t.state.epoch + 1} step "
-        f"{t.state.step}; state saved to {t.out}/last.pth; continue with: {again}"
+        f"{t.state.step}; state saved to {out}/last.pth; continue with: {again}"
     )
 
 
 @contextmanager
-def _suggest_smaller_batch(t: Training) -> Iterator[None]:
+def _suggest_smaller_batch(device: torch.device, batch_size: int, image_size: int) -> Iterator[None]:
     try:
         yield
     except torch.cuda.OutOfMemoryError:
         raise FerkitError(
-            f"out of memory on {t.speed.device} with batch size {t.cfg.batch_size}{_per_process(t.cfg)} "
-            f"at {t.cfg.image_size}x{t.cfg.image_size}; retry with a smaller --batch-size (the learning "
+            f"out of memory on {device} with batch size {batch_size}{_per_process(batch_size)} "
+            f"at {image_size}x{image_size}; retry with a smaller --batch-size (the learning "
             "rate is rescaled for it)"
         ) from None
 
 
-def _per_process(cfg: Config) -> str:
+def _per_process(batch_size: int) -> str:
     if dist.world_size() == 1:
         return ""
-    return f" ({dist.local_batch_size(cfg.batch_size)} per process x {dist.world_size()} processes)"
+    return f" ({dist.local_batch_size(batch_size)} per process x {dist.world_size()} processes)"
 
 
 def _gather_skipped(state: TrainState, since: int) -> None:
@@ -316,11 +341,11 @@ def _gather_skipped(state: TrainState, since: int) -> None:
     state.skipped[since:] = [name for names in per_process for name in names]
 
 
-def _start(cfg: Config, resume: bool, overwrite: bool) -> Training:
+def _start(cfg: Config, resume: bool, overwrite: bool, last: dict | None) -> Training:
     """A run ready to train: its folder prepared, its config decided, its objects new or as last.pth left them."""
     out = Path(cfg.out)
+    ckpt = (last or read_last(out)) if resume else None
     prepare_run_dir(out, resume, overwrite)
-    ckpt = read_checkpoint(out / "last.pth") if resume else None
     state = TrainState(**ckpt["state"]) if ckpt else TrainState()
     saved = Config.from_dict(ckpt["config"]) if ckpt else cfg  # a new run has nothing to differ from
     cfg, changes = resumed_config(saved, cfg, state.epoch + bool(state.step), str(out))
@@ -330,7 +355,7 @@ def _start(cfg: Config, resume: bool, overwrite: bool) -> Training:
     splits = load_splits(cfg.data, cfg.protocol, cfg.limit_per_class)
     if ckpt is not None:
         check_classes(out / "last.pth", tuple(ckpt["classes"]), splits.classes)
-    t = _assemble(cfg, out, splits, state, ckpt)
+    t = _assemble(cfg, splits, state, ckpt)
     if not dist.is_main():
         state.partial = {}  # the interrupted epoch's sums are totals over all processes: one carries them on
     if state.step:
@@ -350,7 +375,7 @@ def _start(cfg: Config, resume: bool, overwrite: bool) -> Training:
     return t
 
 
-def _assemble(cfg: Config, out: Path, splits: Splits, state: TrainState, ckpt: dict | None) -> Training:
+def _assemble(cfg: Config, splits: Splits, state: TrainState, ckpt: dict | None) -> Training:
     """The model, optimizer, schedule, weight average and batches of a run; with ``ckpt``, as it left them."""
     speed = Speed.resolve(cfg)
     seed_everything(cfg.seed)
@@ -376,21 +401,20 @@ def _assemble(cfg: Config, out: Path, splits: Splits, state: TrainState, ckpt: d
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        load_scheduler_state(scheduler, ckpt["scheduler"])
+        scheduler.load_state_dict(ckpt["scheduler"])
         if ema is not None:
             ema.load_state_dict(ckpt["ema"])
     # DDP first, then compile: PyTorch's guidance, so that the compiler splits the graph at DDP's gradient buckets.
     train_model = dist.wrap(model, speed.device)
     if cfg.compile:
         train_model = torch.compile(train_model)
+    out = Path(cfg.out)
     return Training(
         cfg=cfg,
-        out=out,
         splits=splits,
         speed=speed,
         model=model,
         train_model=train_model,
-        eval_model=ema.module if ema is not None else model,
         ema=ema,
         optimizer=optimizer,
         scheduler=scheduler,
@@ -398,6 +422,8 @@ def _assemble(cfg: Config, out: Path, splits: Splits, state: TrainState, ckpt: d
         steps_per_epoch=steps_per_epoch,
         gflop_per_image=gflop_per_image,
         state=state,
+        checkpoints=Checkpoints(out, cfg, splits.classes, splits.names["select"]),
+        records=EpochRecords(out, cfg),
     )
 
 
@@ -405,13 +431,15 @@ def _log_start(t: Training) -> None:
     cfg, speed, splits = t.cfg, t.speed, t.splits
     log.info(
         f"ferkit train: {cfg.arch} ({count_parameters(t.model) / 1e6:.2f}M parameters) at "
-        f"{cfg.image_size}x{cfg.image_size}, {cfg.epochs} epochs, batch {cfg.batch_size}{_per_process(cfg)}, "
+        f"{cfg.image_size}x{cfg.image_size}, {cfg.epochs} epochs, "
+        f"batch {cfg.batch_size}{_per_process(cfg.batch_size)}, "
         f"lr {cfg.effective_lr():.2e} ({cfg.lr_scaling} scaling of {cfg.lr:.2e} for batch 32), "
         f"device {speed.device}"
     )
     log.info(
         f"data: {len(splits.train)} train, {len(splits.select)} {splits.names['select']} (selection), "
-        f"{len(splits.report)} {splits.names['report']} (report); protocol {cfg.protocol}; run folder {t.out}"
+        f"{len(splits.report)} {splits.names['report']} (report); protocol {cfg.protocol}; "
+        f"run folder {t.checkpoints.out}"
     )
     log.info(
         f"speed: {t.batches.description()}; {speed.precision} training precision, {cfg.eval_precision} "
@@ -429,40 +457,39 @@ def _log_start(t: Training) -> None:
     )
 
 
-def final_report(t: Training) -> dict:
+def final_report(cfg: Config, splits: Splits, state: TrainState, speed: Speed) -> dict:
     """Measure best.pth once on the report split (PrivateTest under the clean protocol), with the run's cost."""
-    cfg, state, splits, out = t.cfg, t.state, t.splits, t.out
-    model = load_model(out / "best.pth", splits.classes).model.to(t.speed.device)
-    metrics = _measure(t, model, splits.report)
+    best = Path(cfg.out) / "best.pth"
+    model = load_model(best, splits.classes).model.to(speed.device)
+    metrics = _measure(model, splits.report, splits.classes, cfg, speed)
+    best_epoch = state.best_epoch()
     metrics.update(
         protocol=cfg.protocol,
         split=splits.names["report"],
         selected_on=splits.names["select"],
-        best_epoch=state.best_epoch,
+        best_epoch=best_epoch,
         epochs=cfg.epochs,
-        train_seconds=round(state.seconds, 1),
         train_minutes=round(state.seconds / 60, 2),
         pflop=state.pflop,
         gflop_per_image=state.history[-1].get("gflop_per_image") if state.history else None,
         precision=cfg.eval_precision,
-        train_precision=t.speed.precision,
+        train_precision=speed.precision,
         machine=machine_description(),
-        checkpoint=str(out / "best.pth"),
+        checkpoint=str(best),
     )
     if dist.is_main():
         write_report(
             metrics,
             splits.classes,
-            out,
+            best.parent,
             "report",
-            f"{metrics['split']} ({cfg.protocol} protocol), best epoch {state.best_epoch}: "
-            f"acc {metrics['accuracy']:.3f}",
+            f"{metrics['split']} ({cfg.protocol} protocol), best epoch {best_epoch}: acc {metrics['accuracy']:.3f}",
         )
     log.info(
-        f"report: {metrics['split']} with best.pth from epoch {state.best_epoch} "
+        f"report: {metrics['split']} with best.pth from epoch {best_epoch} "
         f"(selected on {metrics['selected_on']}), {cfg.eval_precision} evaluation\n"
         + format_metrics(metrics, splits.classes)
         + f"\ncost: {state.pflop:.3f} PFLOP of training, {state.seconds / 60:.1f} min wall "
-        f"({t.speed.precision} training) on {machine_description()}"
+        f"({speed.precision} training) on {machine_description()}"
     )
     return metrics

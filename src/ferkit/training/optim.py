@@ -50,13 +50,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epo
     return LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
 
 
-def load_scheduler_state(scheduler: LambdaLR, state: dict) -> None:
-    # Checkpoints written before warmup existed hold CosineAnnealingLR's state: the same step count and base
-    # lrs, without LambdaLR's (unpicklable, hence None) lr_lambdas entry.
-    state.setdefault("lr_lambdas", [None] * len(scheduler.base_lrs))
-    scheduler.load_state_dict(state)
-
-
 def continue_schedule(scheduler: LambdaLR, cfg: Config, was_epochs: int) -> str:
     """Move a resumed run onto the schedule of its new ``cfg.epochs`` at once; returns the train.log line saying so.
 

@@ -1,4 +1,4 @@
-"""The run folder: preparing it, ``train.log``, each epoch's records, and when checkpoints are written.
+"""The run folder: preparing it, reading last.pth back, ``train.log``, each epoch's records, and the checkpoints.
 
 Only the main process writes here; under torchrun the others log nothing and save nothing.
 """
@@ -9,7 +9,7 @@ import csv
 import logging
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,26 +40,8 @@ METRIC_FIELDS = [
 ]
 
 
-@dataclass
-class TrainState:
-    """A run's progress, saved whole in last.pth (as ``state``) and read back on --resume."""
-
-    epoch: int = 0  # completed epochs
-    step: int = 0  # batches done in the epoch in progress (non-zero only after an interruption)
-    best_acc: float = -1.0
-    best_epoch: int = 0
-    seconds: float = 0.0
-    pflop: float = 0.0  # training compute spent so far (forward + backward FLOPs of every image trained on)
-    history: list[dict] = field(default_factory=list)
-    partial: dict = field(default_factory=dict)  # running sums of the interrupted epoch
-    skipped: list[str] = field(default_factory=list)  # unreadable images left out (--bad-images skip)
-    nonfinite_steps: list[str] = field(default_factory=list)  # "epoch:step" of steps skipped (--nonfinite skip)
-
-
 def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     # Every process checks, so that all of them stop with the error, before the main one changes anything.
-    if resume:
-        _last_checkpoint(out)
     held = not resume and out.exists() and any(out.iterdir())
     if held and not overwrite:
         raise FerkitError(
@@ -78,15 +60,12 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def saved_config(out: str | Path) -> Config:
-    """The config a run folder's last.pth was trained with: what ``--resume`` starts from."""
-    return Config.from_dict(read_checkpoint(_last_checkpoint(Path(out)))["config"])
-
-
-def _last_checkpoint(out: Path) -> Path:
-    if not (out / "last.pth").is_file():
-        raise FerkitError(f"cannot resume: {out}/last.pth does not exist; start the run without --resume")
-    return out / "last.pth"
+def read_last(out: str | Path) -> dict:
+    """A run folder's last.pth, read and checked: everything ``--resume`` continues from, its config included."""
+    last = Path(out) / "last.pth"
+    if not last.is_file():
+        raise FerkitError(f"cannot resume: {last} does not exist; start the run without --resume")
+    return read_checkpoint(last)
 
 
 def setup_logging(out: Path) -> None:
@@ -106,51 +85,39 @@ def setup_logging(out: Path) -> None:
 
 @dataclass
 class Checkpoints:
-    """When each checkpoint is written: last.pth after every epoch and when a run stops early, best.pth whenever an
-    epoch's selection accuracy beats every earlier epoch's (the first epoch's always does).
+    """Writes a run's checkpoints, atomically and from the main process only; the loop decides when.
 
     last.pth holds everything a resume needs; best.pth the evaluated weights (the average, with --ema-decay) and
-    the epoch and metrics they were chosen on. Both are written atomically, by the main process only.
+    the epoch and metrics they were chosen on.
     """
 
     out: Path
     cfg: Config
     classes: tuple[str, ...]
     select_split: str
-    model: nn.Module  # the trained weights, which a resume continues from
-    evaluated: nn.Module  # the weights measured each epoch
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    ema: AveragedModel | None
-    state: TrainState
 
-    def after_epoch(self, row: dict[str, Any], metrics: dict) -> None:
-        """Record the epoch just finished (``row``, completed with the ``best`` flag) and write its checkpoints."""
-        state = self.state
-        improved = metrics["accuracy"] > state.best_acc
-        if improved:
-            state.best_acc, state.best_epoch = metrics["accuracy"], state.epoch
-        state.history.append({**row, "best": improved})
-        if improved:
-            self._save(
-                "best.pth",
-                self.evaluated,
-                epoch=state.epoch,
-                select_split=self.select_split,
-                metrics={k: metrics[k] for k in ("accuracy", "macro_f1")},
-            )
-        self.save_last()
+    def save_best(self, evaluated: nn.Module, epoch: int, metrics: dict) -> None:
+        record = {k: metrics[k] for k in ("accuracy", "macro_f1")}
+        self._save("best.pth", evaluated, epoch=epoch, select_split=self.select_split, metrics=record)
 
-    def save_last(self, rng: dict | None = None) -> None:
-        """last.pth; ``rng``: the generators of a run stopped part-way through an epoch."""
-        averaged = {"ema": self.ema.state_dict()} if self.ema is not None else {}
+    def save_last(
+        self,
+        model: nn.Module,
+        *,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        ema: AveragedModel | None,
+        state: dict,
+        rng: dict,
+    ) -> None:
+        averaged = {"ema": ema.state_dict()} if ema is not None else {}
         self._save(
             "last.pth",
-            self.model,
-            optimizer=self.optimizer.state_dict(),
-            scheduler=self.scheduler.state_dict(),
-            state=self.state.__dict__,
-            rng=rng or {},
+            model,
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            state=state,
+            rng=rng,
             **averaged,
         )
 
