@@ -71,3 +71,18 @@ def test_arrays_of_any_usual_layout_become_rgb_and_others_are_refused():
     assert read_image(rgba).shape == (3, 4, 3)
     with pytest.raises(FerkitError, match=r"expected an HxW, HxWx3 or HxWx4 image array, got shape \(3, 4, 2\)"):
         read_image(np.zeros((3, 4, 2), np.uint8))
+
+
+def test_a_file_that_is_not_an_image_is_explained_alike_by_every_reader(tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_bytes(b"not a picture")
+    reason = "not an image format PIL can decode"
+    with pytest.raises(FerkitError, match=rf"cannot read .*notes\.png: {reason}; pass a JPEG"):
+        read_image(path)
+    with pytest.raises(FerkitError, match=rf"cannot read image .*notes\.png: {reason}; delete or replace it"):
+        load_image(Sample(path, 0, str(path)))
+    serve = pytest.importorskip("ferkit.serve.app")
+    with pytest.raises(serve.HTTPException) as refused:
+        serve.decode_image(path.read_bytes(), path.name, 10**6)
+    assert refused.value.status_code == 415
+    assert f"cannot decode 'notes.png' as an image ({reason})" in refused.value.detail
