@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import save_sideways
 from PIL import Image
 
 from ferkit.data.datasets import Sample, load_image, read_image_folder
@@ -13,12 +14,10 @@ from ferkit.errors import FerkitError
 
 
 def _sideways_photo(path) -> np.ndarray:
-    """A JPEG stored as phones store portraits: pixels turned a quarter, EXIF orientation 6 to turn them back."""
+    """A JPEG stored as phones store portraits, of a picture with a red band at the top."""
     upright = np.zeros((40, 24, 3), np.uint8)
     upright[:10] = (250, 20, 20)  # a red band at the top, as viewers show it
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    Image.fromarray(np.rot90(upright).copy()).save(path, exif=exif, quality=95)
+    save_sideways(upright, path)
     return upright
 
 
