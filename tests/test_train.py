@@ -179,6 +179,8 @@ def test_evaluate_refuses_data_with_other_classes(image_folder, tmp_path, capsys
     assert "trained for classes" in capsys.readouterr().err
 
 
+# slow: DataLoader worker processes, two commands end to end.
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_cli_end_to_end_on_real_fer2013(real_data, tmp_path, capsys):
     run = tmp_path / "run"
