@@ -1,4 +1,5 @@
-"""Shared fixtures: small synthetic datasets in both formats, and the real FER2013 when present."""
+"""Shared fixtures and helpers: small synthetic datasets in both formats, the tiny training configuration, an
+untrained checkpoint, and the real FER2013 when present (tests that read it are marked ``realdata``)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,20 @@ import pytest
 import torch
 from PIL import Image
 
-from ferkit.checkpoint import atomic_save, make_checkpoint
-from ferkit.config import Config
+from ferkit.checkpoint import atomic_save, make_checkpoint, read_checkpoint
+from ferkit.config import Config, _given
 from ferkit.data.datasets import CLASSES
 from ferkit.model import build_model
 
 # Keep the suite light on the 2-core CI machine and repeatable.
 torch.set_num_threads(1)
+
+# The smallest training run that still exercises everything: 16x16 images through a width-8 network (1/64 of the
+# specification's convolution cost), 7 batches of 4 an epoch on the 28 images of make_image_folder.
+TINY = dict(image_size=16, width=8, batch_size=4, epochs=3, workers=0, tensorboard=False, seed=3)
+
+# The astronaut's face in scikit-image's 512x512 photo (x, y, w, h), checked by eye.
+ASTRONAUT_FACE = (175, 60, 100, 105)
 
 REAL_DATA = Path(os.environ.get("FERKIT_TEST_DATA", Path(__file__).resolve().parents[2] / "shared/data/fer2013"))
 
@@ -54,6 +62,47 @@ def make_csv(path: Path, per_class: int = 3, size: int = 48) -> Path:
     return path
 
 
+def tiny(data, out, **kw) -> Config:
+    """The TINY configuration training on ``data`` into ``out``, with ``kw`` changed."""
+    return Config(**{"data": str(data), "out": str(out), **TINY, **kw})
+
+
+def flags(values: dict) -> list[str]:
+    """The command-line words that set these config values, as ``ferkit train`` takes them."""
+    return [word for name, value in values.items() for word in _given(name, value).split()]
+
+
+def weights(path: Path) -> dict:
+    """The model weights of a checkpoint file, or of a run folder's last.pth."""
+    path = Path(path)
+    return read_checkpoint(path / "last.pth" if path.is_dir() else path)["model"]
+
+
+def iou(a, b) -> float:
+    """Intersection over union of two (x, y, w, h) boxes."""
+    ax1, ay1, bx1, by1 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
+    w = max(0, min(ax1, bx1) - max(a[0], b[0]))
+    h = max(0, min(ay1, by1) - max(a[1], b[1]))
+    return w * h / (a[2] * a[3] + b[2] * b[3] - w * h)
+
+
+def save_sideways(upright: np.ndarray, path: Path) -> Path:
+    """``upright`` as a phone stores a portrait: a JPEG of the pixels turned a quarter, EXIF orientation 6 to turn
+    them back."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.rot90(upright).copy()).save(path, exif=exif, quality=95)
+    return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that reads FER2013 says so, so that ``-m "not realdata"`` runs without it."""
+    reads = [item for item in items if "real_data" in getattr(item, "fixturenames", ())]
+    unmarked = [item.nodeid for item in reads if not item.get_closest_marker("realdata")]
+    if unmarked:
+        raise pytest.UsageError("tests reading FER2013 without @pytest.mark.realdata: " + ", ".join(unmarked))
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "fer")
@@ -68,12 +117,12 @@ def real_data() -> Path:
 
 @pytest.fixture(scope="session")
 def untrained_checkpoint(tmp_path_factory) -> Path:
-    """An untrained spec model at 32x32 with non-trivial BatchNorm statistics and a training record.
+    """An untrained spec model (width 8) at 32x32 with non-trivial BatchNorm statistics and a training record.
 
     Prediction, export and serving tests need a checkpoint, not a good one; training one takes minutes.
     """
     torch.manual_seed(0)
-    cfg = Config().updated({"image_size": 32})
+    cfg = Config().updated({"image_size": 32, "width": TINY["width"]})
     model = build_model(cfg, len(CLASSES))
     model.train()
     with torch.no_grad():

@@ -52,6 +52,9 @@ def test_astronaut_is_one_happy_face_with_the_default_model(no_network, tmp_path
     assert ": Happy" in capsys.readouterr().out
 
 
+# slow: evaluates all 3,589 PrivateTest images.
+@pytest.mark.slow
+@pytest.mark.realdata
 def test_bundled_model_reproduces_the_model_cards_private_test_accuracy(no_network, real_data):
     correct, total = card_private_test_count()
     metrics = evaluate_checkpoint(None, data=str(real_data), split="report", protocol="clean", workers=0)
@@ -84,6 +87,9 @@ def test_bundled_models_by_name_on_the_command_line(no_network, tmp_path, capsys
     assert "bundled model: fer2013_resnet18, fer2013_resnet18.int8" in capsys.readouterr().err
 
 
+# slow: evaluates all 3,589 PrivateTest images.
+@pytest.mark.slow
+@pytest.mark.realdata
 def test_int8_twin_reproduces_the_model_cards_private_test_accuracy(no_network, real_data):
     pytest.importorskip("onnxruntime")
     correct, total = card_private_test_count("int8 ")

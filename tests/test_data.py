@@ -119,6 +119,8 @@ def test_cli_reports_one_line_errors(tmp_path, capsys):
     assert err.startswith("ferkit: error: dataset path") and "\n" not in err
 
 
+# slow: decodes all 35,887 files.
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_real_fer2013_counts_and_quirks(real_data):
     report = check_dataset(real_data)

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import make_image_folder
+from conftest import TINY, flags, make_image_folder, tiny
 
 from ferkit.checkpoint import read_checkpoint
 from ferkit.config import Config
@@ -21,35 +21,22 @@ from ferkit.training.loop import TrainingInterrupted, train
 
 # Augmentation and dropout off, so that both runs see the very same pixels; SyncBatchNorm, so that two
 # processes of 4 images normalise like one process of 8. The one process runs with it too: alone it is BatchNorm.
-SAME_MATH = dict(
-    image_size=16,
-    batch_size=8,
-    epochs=2,
-    workers=0,
-    tensorboard=False,
-    seed=5,
-    protocol="clean",
-    precision="fp32",
-    sync_bn=True,
-    dropout=0.0,
-    flip_p=0.0,
-    jitter_p=0.0,
-    grayscale_p=0.0,
-    rotation=0.0,
-    erasing_p=0.0,
-    crop_scale=(1.0, 1.0),
-)
-
-
-def flags(values: dict) -> list[str]:
-    out = []
-    for key, value in values.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            out.append(flag if value else "--no-" + flag[2:])
-        else:
-            out += [flag, *map(str, value if isinstance(value, tuple) else [value])]
-    return out
+SAME_MATH = {
+    **TINY,
+    "batch_size": 8,
+    "epochs": 2,
+    "seed": 5,
+    "protocol": "clean",
+    "precision": "fp32",
+    "sync_bn": True,
+    "dropout": 0.0,
+    "flip_p": 0.0,
+    "jitter_p": 0.0,
+    "grayscale_p": 0.0,
+    "rotation": 0.0,
+    "erasing_p": 0.0,
+    "crop_scale": (1.0, 1.0),
+}
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +83,7 @@ def test_sampler_shards_make_up_the_global_batches_of_one_process():
     assert list(shards[1]) == parts[1][6:] and len(shards[1]) == 5
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_process_over_the_global_batch(two_process_run, tmp_path):
     data, run, _ = two_process_run
     one = train(Config(data=str(data), out=str(tmp_path / "one"), **SAME_MATH))
@@ -105,7 +93,7 @@ def test_two_processes_train_like_one_process_over_the_global_batch(two_process_
     for a, b in zip(single["state"]["history"], double["state"]["history"], strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
     seed_everything(SAME_MATH["seed"])
-    start = build_model(Config(dropout=0.0), 7).state_dict()
+    start = build_model(Config(**SAME_MATH), 7).state_dict()
     keys = [k for k, v in start.items() if v.is_floating_point()]
 
     def flat(weights):
@@ -118,6 +106,7 @@ def test_two_processes_train_like_one_process_over_the_global_batch(two_process_
     assert gap.norm() / moved.norm() < 1e-2
 
 
+@pytest.mark.slow
 def test_two_processes_write_one_run_folder_and_count_every_image_once(two_process_run):
     _, run, stdout = two_process_run
     assert sorted(p.name for p in run.iterdir()) == [
@@ -153,16 +142,7 @@ def resume_worker(rank: int, port: int, data: str, tmp: str) -> None:
     torch.distributed.init_process_group("gloo")  # train() joins a group its caller started
 
     def cfg(name):
-        return Config(
-            data=data,
-            out=os.path.join(tmp, name),
-            image_size=16,
-            batch_size=4,
-            epochs=1,
-            workers=0,
-            tensorboard=False,
-            seed=3,
-        )
+        return tiny(data, os.path.join(tmp, name), epochs=1)
 
     train(cfg("full"))
     real_step, calls = torch.optim.AdamW.step, [0]
@@ -188,6 +168,7 @@ def resume_worker(rank: int, port: int, data: str, tmp: str) -> None:
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_interrupted_two_process_run_resumes_exactly(image_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     mp.spawn(resume_worker, args=(free_port(), str(image_folder), str(tmp_path)), nprocs=2)

@@ -335,6 +335,7 @@ def test_on_cuda_matches_cpu_statistics() -> None:
     assert abs(out.std().item() - cpu.std().item()) < 0.05
 
 
+@pytest.mark.realdata
 def test_real_fer2013_decodes_as_grey(real_data: Path, tmp_path: Path) -> None:
     samples = load_splits(real_data).train[:64]
     decoded = decode_once(samples, cache_dir=tmp_path)

@@ -3,9 +3,10 @@
 import functools
 import os
 
+import conftest
 import pytest
 import torch
-from conftest import sigint_after_optimizer_steps
+from conftest import sigint_after_optimizer_steps, weights
 
 from ferkit.checkpoint import load_model, read_checkpoint
 from ferkit.cli import build_parser
@@ -22,25 +23,8 @@ from ferkit.training.optim import build_optimizer
 
 def tiny(image_folder, tmp_path, name, **kw) -> Config:
     # fp32 pinned: these tests compare numbers, which bf16 (auto on CPUs with native bf16) would round.
-    values = dict(
-        data=str(image_folder),
-        out=str(tmp_path / name),
-        image_size=16,
-        batch_size=4,
-        epochs=2,
-        workers=0,
-        tensorboard=False,
-        seed=3,
-        data_pipeline="batched",
-        cache_dir=str(tmp_path / "cache"),
-        precision="fp32",
-    )
-    values.update(kw)
-    return Config(**values)
-
-
-def weights(run):
-    return read_checkpoint(run / "last.pth")["model"]
+    fast = dict(epochs=2, data_pipeline="batched", cache_dir=str(tmp_path / "cache"), precision="fp32")
+    return conftest.tiny(image_folder, tmp_path / name, **{**fast, **kw})
 
 
 def test_flags_and_what_auto_picks():

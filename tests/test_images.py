@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import save_sideways
 from PIL import Image
 
 from ferkit.data.datasets import Sample, load_image, read_image_folder
@@ -13,12 +14,10 @@ from ferkit.errors import FerkitError
 
 
 def _sideways_photo(path) -> np.ndarray:
-    """A JPEG stored as phones store portraits: pixels turned a quarter, EXIF orientation 6 to turn them back."""
+    """A JPEG stored as phones store portraits, of a picture with a red band at the top."""
     upright = np.zeros((40, 24, 3), np.uint8)
     upright[:10] = (250, 20, 20)  # a red band at the top, as viewers show it
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    Image.fromarray(np.rot90(upright).copy()).save(path, exif=exif, quality=95)
+    save_sideways(upright, path)
     return upright
 
 
@@ -71,3 +70,18 @@ def test_arrays_of_any_usual_layout_become_rgb_and_others_are_refused():
     assert read_image(rgba).shape == (3, 4, 3)
     with pytest.raises(FerkitError, match=r"expected an HxW, HxWx3 or HxWx4 image array, got shape \(3, 4, 2\)"):
         read_image(np.zeros((3, 4, 2), np.uint8))
+
+
+def test_a_file_that_is_not_an_image_is_explained_alike_by_every_reader(tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_bytes(b"not a picture")
+    reason = "not an image format PIL can decode"
+    with pytest.raises(FerkitError, match=rf"cannot read .*notes\.png: {reason}; pass a JPEG"):
+        read_image(path)
+    with pytest.raises(FerkitError, match=rf"cannot read image .*notes\.png: {reason}; delete or replace it"):
+        load_image(Sample(path, 0, str(path)))
+    serve = pytest.importorskip("ferkit.serve.app")
+    with pytest.raises(serve.HTTPException) as refused:
+        serve.decode_image(path.read_bytes(), path.name, 10**6)
+    assert refused.value.status_code == 415
+    assert f"cannot decode 'notes.png' as an image ({reason})" in refused.value.detail

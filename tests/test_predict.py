@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ASTRONAUT_FACE, iou, save_sideways
 from PIL import Image
 
 from ferkit.checkpoint import load_model
@@ -21,16 +22,6 @@ from ferkit.model import count_parameters
 
 cv2 = pytest.importorskip("cv2")
 skimage_data = pytest.importorskip("skimage.data")
-
-# The astronaut's face in scikit-image's 512x512 photo (x, y, w, h), checked by eye.
-ASTRONAUT_FACE = (175, 60, 100, 105)
-
-
-def iou(a, b) -> float:
-    ax1, ay1, bx1, by1 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
-    w = max(0, min(ax1, bx1) - max(a[0], b[0]))
-    h = max(0, min(ay1, by1) - max(a[1], b[1]))
-    return w * h / (a[2] * a[3] + b[2] * b[3] - w * h)
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +67,7 @@ def test_path_pil_and_numpy_inputs_agree(checkpoint, photos):
         assert other.faces[0].probabilities == pytest.approx(by_path.faces[0].probabilities, abs=1e-6)
 
 
+@pytest.mark.realdata
 def test_batched_prediction_equals_one_by_one(checkpoint, real_data):
     files = sorted((real_data / "test" / "happy").glob("PrivateTest_*"))[:5]
     predictor = Predictor.from_checkpoint(checkpoint, batch_size=2)
@@ -104,6 +96,7 @@ def test_non_image_gives_a_clear_error(tmp_path):
         read_image(bad)
 
 
+@pytest.mark.realdata
 def test_folder_of_fer2013_crops_without_detection_one_prediction_per_file(checkpoint, real_data, tmp_path, capsys):
     folder = tmp_path / "crops"
     folder.mkdir()
@@ -212,6 +205,8 @@ def test_missing_camera_is_a_clear_error(checkpoint, capsys):
     assert "cannot open camera 9" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+@pytest.mark.realdata
 def test_onnx_export_matches_pytorch_and_runs_alone_on_real_fer2013_images(checkpoint, real_data, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
@@ -248,6 +243,8 @@ def test_onnx_export_matches_pytorch_and_runs_alone_on_real_fer2013_images(check
     assert "onnxruntime back end runs on the CPU" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+@pytest.mark.realdata
 def test_int8_export_keeps_the_bundled_models_predictions(real_data, tmp_path, capsys):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
@@ -299,6 +296,7 @@ def test_int8_export_without_calibration_data_says_what_to_pass(checkpoint, tmp_
     assert not list(tmp_path.glob("*.onnx")) and not list(checkpoint.parent.glob("*.onnx"))
 
 
+@pytest.mark.slow
 def test_int8_export_on_synthetic_data_skips_a_corrupt_calibration_image(checkpoint, image_folder, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
@@ -345,16 +343,13 @@ def test_int8_export_on_synthetic_data_skips_a_corrupt_calibration_image(checkpo
 
 def test_exif_rotated_photo_is_read_upright(checkpoint, photos, tmp_path):
     upright = Predictor.from_checkpoint(checkpoint).predict(photos / "astronaut.png")
-    # As a phone stores a portrait shot: pixels turned a quarter, EXIF orientation 6 to turn them back.
-    sideways = Image.fromarray(np.rot90(skimage_data.astronaut()).copy())
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    sideways.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    save_sideways(skimage_data.astronaut(), tmp_path / "phone.jpg")
     result = Predictor.from_checkpoint(checkpoint).predict(tmp_path / "phone.jpg")
     assert len(result.faces) == 1
     assert iou(result.faces[0].box, upright.faces[0].box) > 0.8
 
 
+@pytest.mark.slow
 def test_onnx_backend_from_a_pth_and_wrong_backend_errors(checkpoint, photos, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")

@@ -10,26 +10,16 @@ import time
 
 import pytest
 import torch
+from conftest import TINY, flags, make_image_folder, tiny, weights
 
 import ferkit.checkpoint as checkpoint_mod
 from ferkit.checkpoint import read_checkpoint
-from ferkit.config import Config
 from ferkit.errors import FerkitError
 from ferkit.training.loop import train
 
-TRAIN_ARGS = [
-    "--image-size",
-    "16",
-    "--batch-size",
-    "4",
-    "--epochs",
-    "3",
-    "--workers",
-    "0",
-    "--seed",
-    "5",
-    "--no-tensorboard",
-]
+# Enough epochs that a kill after epoch 1 to EPOCHS - 3 always lands before the run finishes, on any machine.
+EPOCHS = 8
+TRAIN_ARGS = flags({**TINY, "epochs": EPOCHS, "seed": 5})
 
 
 def run_cli(*args, **kw):
@@ -44,32 +34,49 @@ def run_cli(*args, **kw):
     )
 
 
-def final_weights(run):
-    return read_checkpoint(run / "last.pth")["model"]
+def epochs_done(run) -> int:
+    """Rows of metrics.csv: one per finished epoch."""
+    metrics = run / "metrics.csv"
+    return max(metrics.read_text().count("\n") - 1, 0) if metrics.exists() else 0
 
 
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """The data, and an uninterrupted run on it that every killed run must end up matching."""
+    root = tmp_path_factory.mktemp("sigkill")
+    data = make_image_folder(root / "fer")
+    assert run_cli("train", "--data", str(data), "--out", str(root / "reference"), *TRAIN_ARGS).wait() == 0
+    return data, root / "reference"
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_sigkill_at_a_random_moment_loses_nothing(image_folder, tmp_path, seed):
-    reference = tmp_path / "reference"
-    assert run_cli("train", "--data", str(image_folder), "--out", str(reference), *TRAIN_ARGS).wait() == 0
+def test_sigkill_at_a_random_moment_loses_nothing(reference_run, tmp_path, seed):
+    data, reference = reference_run
     run = tmp_path / "killed"
-    proc = run_cli("train", "--data", str(image_folder), "--out", str(run), *TRAIN_ARGS)
-    # Kill somewhere between start-up and the end of the last epoch (a few seconds on any machine).
-    deadline = time.monotonic() + 120
-    while not (run / "last.pth").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(random.Random(seed).uniform(0.0, 1.5))
+    proc = run_cli("train", "--data", str(data), "--out", str(run), *TRAIN_ARGS)
+    # Kill at a random moment of a random epoch after the first: counted in epochs, so that a fast machine does
+    # not finish the run before the kill, with at least two epochs and the report still to go.
+    rng = random.Random(seed)
+    after = rng.randint(1, EPOCHS - 3)
+    deadline = time.monotonic() + 300
+    while epochs_done(run) < after and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(rng.uniform(0.0, 0.5))
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    read_checkpoint(run / "last.pth")  # a completed epoch's state, never a half-written file
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, out[-2000:]  # died by the kill, not of its own accord
+    assert not (run / "report.json").exists()  # before training finished
+    assert read_checkpoint(run / "last.pth")["state"]["epoch"] < EPOCHS  # a completed epoch's, never half-written
     if (run / "best.pth").exists():
         read_checkpoint(run / "best.pth")
     assert run_cli("train", "--resume", str(run)).wait() == 0
     assert not [p.name for p in run.iterdir() if p.suffix == ".tmp"]  # stale temporary files are cleared
-    ref, got = final_weights(reference), final_weights(run)
+    ref, got = weights(reference), weights(run)
     assert all(torch.equal(ref[k], got[k]) for k in ref)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_prints_how_to_resume(image_folder, tmp_path):
     run = tmp_path / "run"
     proc = run_cli("train", "--data", str(image_folder), "--out", str(run), *TRAIN_ARGS, "--epochs", "50")
@@ -83,6 +90,7 @@ def test_sigterm_saves_and_prints_how_to_resume(image_folder, tmp_path):
     assert read_checkpoint(run / "last.pth")["state"]["epoch"] >= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_to_the_whole_process_group_still_saves(image_folder, tmp_path, signum):
     # Ctrl-C in a terminal, `timeout` and job schedulers signal every process of the group, DataLoader workers
@@ -113,15 +121,7 @@ def test_a_signal_to_the_whole_process_group_still_saves(image_folder, tmp_path,
 
 
 def test_full_disk_keeps_earlier_checkpoints(image_folder, tmp_path, monkeypatch):
-    cfg = Config(
-        data=str(image_folder),
-        out=str(tmp_path / "run"),
-        image_size=16,
-        batch_size=4,
-        epochs=2,
-        workers=0,
-        tensorboard=False,
-    )
+    cfg = tiny(image_folder, tmp_path / "run", epochs=2)
     real_save = torch.save
     writes = {"n": 0}
 
@@ -141,16 +141,7 @@ def test_full_disk_keeps_earlier_checkpoints(image_folder, tmp_path, monkeypatch
 
 def test_unreadable_images_can_be_skipped_and_are_reported(image_folder, tmp_path):
     (image_folder / "train" / "fear" / "Training_zz_bad.png").write_bytes(b"garbage")
-    cfg = Config(
-        data=str(image_folder),
-        out=str(tmp_path / "run"),
-        image_size=16,
-        batch_size=4,
-        epochs=1,
-        workers=0,
-        tensorboard=False,
-        bad_images="skip",
-    )
+    cfg = tiny(image_folder, tmp_path / "run", epochs=1, bad_images="skip")
     train(cfg)
     state = read_checkpoint(tmp_path / "run" / "last.pth")["state"]
     assert [os.path.basename(p) for p in state["skipped"]] == ["Training_zz_bad.png"]
@@ -164,15 +155,7 @@ def test_out_of_memory_suggests_a_smaller_batch(image_folder, tmp_path, monkeypa
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(train_mod.F, "cross_entropy", no_memory)
-    cfg = Config(
-        data=str(image_folder),
-        out=str(tmp_path / "run"),
-        image_size=16,
-        batch_size=8,
-        epochs=1,
-        workers=0,
-        tensorboard=False,
-    )
+    cfg = tiny(image_folder, tmp_path / "run", batch_size=8, epochs=1)
     with pytest.raises(FerkitError, match="out of memory on cpu with batch size 8 .* smaller --batch-size"):
         train(cfg)
 
@@ -189,16 +172,7 @@ def test_non_finite_steps_can_be_skipped_and_counted(image_folder, tmp_path, mon
         return loss * float("nan") if calls["n"] % 3 == 0 else loss
 
     monkeypatch.setattr(train_mod.F, "cross_entropy", every_third_is_nan)
-    cfg = Config(
-        data=str(image_folder),
-        out=str(tmp_path / "run"),
-        image_size=16,
-        batch_size=4,
-        epochs=1,
-        workers=0,
-        tensorboard=False,
-        nonfinite="skip",
-    )
+    cfg = tiny(image_folder, tmp_path / "run", epochs=1, nonfinite="skip")
     train(cfg)
     last = read_checkpoint(tmp_path / "run" / "last.pth")
     assert last["state"]["nonfinite_steps"] == ["1:3", "1:6"]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ASTRONAUT_FACE, iou
 from PIL import Image
 
 import ferkit.checkpoint as checkpoint_mod
@@ -33,8 +34,6 @@ skimage_data = pytest.importorskip("skimage.data")
 
 from ferkit.serve.app import create_app, describe_model  # noqa: E402  (needs the serve extra checked above
 
-# The astronaut's face in scikit-image's 512x512 photo (x, y, w, h), as in test_predict.py.
-ASTRONAUT_FACE = (175, 60, 100, 105)
 MAX_UPLOAD = 600_000  # the astronaut PNG is about 425 kB
 MAX_PIXELS = 320_000  # the astronaut has 262,144, a webcam frame 307,200
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
@@ -47,13 +46,6 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
-
-
-def iou(a, b) -> float:
-    ax1, ay1, bx1, by1 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
-    w = max(0, min(ax1, bx1) - max(a[0], b[0]))
-    h = max(0, min(ay1, by1) - max(a[1], b[1]))
-    return w * h / (a[2] * a[3] + b[2] * b[3] - w * h)
 
 
 def png(array: np.ndarray) -> bytes:
@@ -352,6 +344,7 @@ def open_page(browser, server):
     return page, errors
 
 
+@pytest.mark.slow
 def test_page_uploads_a_photo_and_draws_the_box_and_seven_bars(browser, server, astronaut):
     page, errors = open_page(browser, server)
     page.set_input_files("[data-testid=file-input]", str(astronaut))
@@ -383,6 +376,7 @@ def test_page_uploads_a_photo_and_draws_the_box_and_seven_bars(browser, server, 
     page.close()
 
 
+@pytest.mark.slow
 def test_page_shows_the_servers_error_message(browser, server):
     page, errors = open_page(browser, server)
     page.set_input_files(
@@ -395,6 +389,7 @@ def test_page_shows_the_servers_error_message(browser, server):
     page.close()
 
 
+@pytest.mark.slow
 def test_page_takes_a_webcam_snapshot(browser, server):
     page, errors = open_page(browser, server)
     page.click("[data-testid=camera-button]")

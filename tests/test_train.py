@@ -4,7 +4,7 @@ import os
 
 import pytest
 import torch
-from conftest import sigint_after_optimizer_steps
+from conftest import TINY, sigint_after_optimizer_steps, tiny, weights
 from torch.utils.data import DataLoader
 
 import ferkit.training.loop as train_mod
@@ -17,25 +17,6 @@ from ferkit.model import build_model, training_flops
 from ferkit.runtime import machine_description
 from ferkit.training.loop import TrainingInterrupted, train
 from ferkit.training.optim import lr_factor
-
-
-def tiny(image_folder, out, **kw) -> Config:
-    values = dict(
-        data=str(image_folder),
-        out=str(out),
-        image_size=16,
-        batch_size=4,
-        epochs=3,
-        workers=0,
-        tensorboard=False,
-        seed=3,
-    )
-    values.update(kw)
-    return Config(**values)
-
-
-def weights(path):
-    return read_checkpoint(path)["model"]
 
 
 def test_run_folder_holds_everything(image_folder, tmp_path):
@@ -140,7 +121,7 @@ def test_ema_weights_are_evaluated_saved_and_resumed_exactly(image_folder, tmp_p
 
 def test_report_and_metrics_record_training_compute_and_machine(image_folder, tmp_path):
     report = train(tiny(image_folder, tmp_path / "run", epochs=2, protocol="clean"))
-    gflop = training_flops(build_model(Config(image_size=16), 7), 16) / 1e9
+    gflop = training_flops(build_model(Config(**TINY), 7), 16) / 1e9
     with open(tmp_path / "run" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     # 28 training images, 7 batches of 4, every epoch.
@@ -198,6 +179,8 @@ def test_evaluate_refuses_data_with_other_classes(image_folder, tmp_path, capsys
     assert "trained for classes" in capsys.readouterr().err
 
 
+# slow: DataLoader worker processes, two commands end to end.
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_cli_end_to_end_on_real_fer2013(real_data, tmp_path, capsys):
     run = tmp_path / "run"

@@ -25,7 +25,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..errors import FerkitError
-from .images import DECODE_ERRORS, is_image_file, open_image
+from .images import UndecodableImage, is_image_file, open_image
 
 CLASSES: tuple[str, ...] = ("Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise")
 
@@ -76,9 +76,10 @@ def load_image(sample: Sample) -> Image.Image:
         return Image.fromarray(sample.source)
     try:
         return open_image(sample.source)
-    except DECODE_ERRORS as e:
+    except UndecodableImage as e:
         raise FerkitError(
-            f"cannot read image {sample.name}: {e}; delete or replace it (`ferkit data check` lists every bad file)"
+            f"cannot read image {sample.name}: {e.reason}; "
+            "delete or replace it (`ferkit data check` lists every bad file)"
         ) from None
 
 

@@ -16,8 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import FerkitError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
-# What PIL raises on a truncated, corrupt or hostile file (UnidentifiedImageError is an OSError).
-DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+FORMATS = "JPEG, PNG, BMP, GIF, TIFF or WebP"
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
@@ -37,10 +36,45 @@ def upright(image: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(image)
 
 
-def open_image(source: str | os.PathLike | BinaryIO) -> Image.Image:
-    """A file fully decoded (a truncated file fails here, not later) and upright; raises one of DECODE_ERRORS."""
-    with Image.open(source) as image:
-        return upright(image)
+class UndecodableImage(FerkitError):
+    """A file that is not a usable image; ``reason`` says why in one line, for the caller to name the file."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TooManyPixels(UndecodableImage):
+    """An image refused for its size alone; ``size`` is (width, height) when its header gave them."""
+
+    def __init__(self, reason: str, size: tuple[int, int] | None = None) -> None:
+        super().__init__(reason)
+        self.size = size
+
+
+def open_image(source: str | os.PathLike | BinaryIO, max_pixels: int | None = None) -> Image.Image:
+    """A file fully decoded (a truncated file fails here, not later) and upright, or an :class:`UndecodableImage`.
+
+    With ``max_pixels`` an image is refused by its header's size before its pixels are decoded.
+    """
+    try:
+        with Image.open(source) as image:
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise TooManyPixels(f"{image.width}x{image.height} pixels", image.size)
+            return upright(image)
+    except UndecodableImage:
+        raise
+    except Image.DecompressionBombError as e:
+        raise TooManyPixels(_first_line(e)) from None
+    except Exception as e:  # decoders fail on hostile bytes in many ways; all mean "not a usable image"
+        if isinstance(e, UnidentifiedImageError):
+            raise UndecodableImage("not an image format PIL can decode") from None
+        raise UndecodableImage(_first_line(e)) from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def to_rgb(image: Image.Image | np.ndarray) -> Image.Image:
@@ -69,7 +103,6 @@ def read_image(source: ImageInput) -> np.ndarray:
         raise FerkitError(f"{path} does not exist or is not a file")
     try:
         image = open_image(path)
-    except DECODE_ERRORS as e:
-        reason = "not an image PIL can decode" if isinstance(e, UnidentifiedImageError) else str(e)
-        raise FerkitError(f"cannot read {path}: {reason}; pass a JPEG, PNG, BMP, GIF, TIFF or WebP image") from None
+    except UndecodableImage as e:
+        raise FerkitError(f"cannot read {path}: {e.reason}; pass a {FORMATS} image") from None
     return np.asarray(to_rgb(image))

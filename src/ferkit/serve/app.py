@@ -23,13 +23,12 @@ from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
-from ..data.images import to_rgb, upright
+from ..data.images import FORMATS, TooManyPixels, UndecodableImage, open_image, to_rgb
 from ..data.transforms import preprocessing
 from ..errors import FerkitError
 from ..inference.predict import Predictor
@@ -38,7 +37,6 @@ from .limits import HOST, MAX_BATCH, MAX_PIXELS, MAX_QUEUE, MAX_UPLOAD_MB, PORT
 
 STATIC = Path(__file__).parent / "static"
 MB = 1024 * 1024
-FORMATS = "JPEG, PNG, BMP, GIF, TIFF or WebP"
 HOW_TO_SEND = "send the image as multipart/form-data field 'file' (curl -F file=@photo.jpg URL/predict)"
 
 
@@ -159,21 +157,13 @@ def decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     if not data:
         raise HTTPException(400, f"the uploaded file {name!r} is empty; choose an image file")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            # The header gives the size, so an oversized image is refused before its pixels are decoded.
-            if image.width * image.height > max_pixels:
-                raise _too_many_pixels(name, max_pixels, image.size)
-            return np.asarray(to_rgb(upright(image)))  # the page draws photos rotated by their EXIF: boxes match
-    except Image.DecompressionBombError:
-        raise _too_many_pixels(name, max_pixels) from None
-    except HTTPException:
-        raise
-    except Exception as e:  # decoders fail on hostile bytes in many ways; all mean "not a usable image"
-        if isinstance(e, UnidentifiedImageError):
-            reason = "not an image format PIL can decode"
-        else:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise HTTPException(415, f"cannot decode {name!r} as an image ({reason}); send a {FORMATS} file") from None
+        # The header gives the size, so an oversized image is refused before its pixels are decoded.
+        image = open_image(io.BytesIO(data), max_pixels=max_pixels)
+    except TooManyPixels as e:
+        raise _too_many_pixels(name, max_pixels, e.size) from None
+    except UndecodableImage as e:
+        raise HTTPException(415, f"cannot decode {name!r} as an image ({e.reason}); send a {FORMATS} file") from None
+    return np.asarray(to_rgb(image))  # upright: the page draws photos rotated by their EXIF, so boxes match
 
 
 class MicroBatcher:

@@ -1,0 +1,117 @@
+"""The package's layers, read from its source: which subpackage may import which (docs/architecture.md).
+
+Shared modules at the top (config, model, checkpoint, ...) import no subpackage; data is below evaluation; training
+and inference sit on both and never import each other; serve is on top; the CLI imports anything, lazily.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PACKAGE = SRC / "ferkit"
+SHARED = {"config", "model", "checkpoint", "runtime", "distributed", "plots", "atomic", "errors"}
+# What each layer may import besides the shared modules and itself.
+ALLOWED = {
+    "shared": set(),
+    "data": set(),
+    "evaluation": {"data"},
+    "training": {"data", "evaluation"},
+    "inference": {"data", "evaluation"},
+    "serve": {"data", "evaluation", "inference"},
+    # The package root re-exports CLASSES for `from ferkit import CLASSES`.
+    "root": {"data"},
+    "cli": {"data", "evaluation", "training", "inference", "serve"},
+    "__main__": {"cli"},
+}
+# Imported at the import of ferkit.training and of ferkit.cli, these would make `ferkit train` pay for deployment.
+HEAVY = ("onnx", "onnxruntime", "onnxscript", "fastapi", "uvicorn")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def is_module(name: str) -> bool:
+    path = SRC.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def layer(name: str) -> str:
+    """The layer of a ferkit module: a subpackage's name, "shared", "root", "cli" or "__main__"."""
+    parts = name.split(".")
+    if len(parts) == 1:
+        return "root"
+    if parts[1] in SHARED:
+        return "shared"
+    return parts[1]
+
+
+def ferkit_imports(path: Path) -> list[tuple[str, int, bool]]:
+    """(module, line, at module level) for every ferkit import in a file, those inside functions included."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    tree = ast.parse(path.read_text(), str(path))
+    top_level = {id(node) for node in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            # `from ferkit.data import images` imports a module; `from .. import __version__` a name.
+            targets = [f"{source}.{a.name}" if is_module(f"{source}.{a.name}") else source for a in node.names]
+        else:
+            continue
+        found += [(t, node.lineno, id(node) in top_level) for t in targets if t.split(".")[0] == "ferkit"]
+    return found
+
+
+MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+def test_every_module_is_in_a_known_layer():
+    assert MODULES, PACKAGE
+    assert {layer(module_name(p)) for p in MODULES} <= set(ALLOWED)
+
+
+@pytest.mark.parametrize("path", MODULES, ids=[module_name(p) for p in MODULES])
+def test_imports_follow_the_layers(path):
+    importer = layer(module_name(path))
+    allowed = ALLOWED[importer] | {"shared", "root", importer}  # any import of ferkit loads the root first
+    wrong = [
+        f"{path.relative_to(SRC)}:{line} imports {target} ({layer(target)})"
+        for target, line, _ in ferkit_imports(path)
+        if layer(target) not in allowed
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_cli_imports_only_shared_modules_at_start_up():
+    eager = [
+        f"cli.py:{line} imports {target} at module level; import it inside the command that needs it"
+        for target, line, top in ferkit_imports(PACKAGE / "cli.py")
+        if top and layer(target) != "shared"
+    ]
+    assert not eager, "\n".join(eager)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module", ["ferkit.training", "ferkit.cli"])
+def test_importing_leaves_export_and_serving_unloaded(module):
+    code = f"import sys, {module}; print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [], f"import {module} loads {result.stdout.strip()}"
