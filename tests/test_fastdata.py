@@ -293,6 +293,7 @@ def test_warp_matches_torchvision_geometry() -> None:
             tensor(width) / SOURCE,
             torch.tensor([flip]),
             tensor(angle),
+            (torch.ones(1), torch.zeros(1, 2)),
             32,
         )
         assert (warped - reference).abs().mean() < 0.01
