@@ -30,6 +30,13 @@ statistically:
   op (a bias of up to ~1/255 per op that this pipeline does not reproduce).
 - Sources larger than the output are first downscaled with antialiasing to the output size (the
   warp alone would alias); the crop box is drawn in the original pixels either way.
+- The photo ops (off by default, and then drawing nothing, so the default draws are unchanged):
+  reframing is folded into the same warp (the reference resamples the reframed image once more
+  before its crop, a little softer), and contrast then averages the crop box's part inside the
+  source, without the repeated edge pixels the reference also sees; gamma runs with the colour
+  ops; blur (torchvision's kernel and reflect padding, one sigma per sample) and noise (each
+  channel apart, as torchvision's) run on the output before the normalisation, as in the
+  reference. JPEG is refused: no codec runs on a batch on the device.
 """
 
 from __future__ import annotations
