@@ -188,8 +188,10 @@ def people_video(frames: int = 80, width: int = 640, height: int = 480, size: in
 
     0 and 1 walk the same row in opposite directions and cross (1 in front, hiding 0 for 0.6 s at 10 fps);
     2 stands at the bottom, then leaves downwards; 3 enters from the right half-way and walks in. A face more than
-    half hidden (by another or the frame's edge) is not in the truth, as a detector would miss it.
+    half hidden (by another or the frame's edge) is not in the truth, as a detector would miss it. Each frame has
+    its own sensor noise, as a camera's do, so a classifier's probabilities move from frame to frame.
     """
+    rng = np.random.default_rng(0)
     faces = portraits(size)
     top, bottom = 60, height - size - 40
     out, truth = [], []
@@ -216,7 +218,7 @@ def people_video(frames: int = 80, width: int = 640, height: int = 480, size: in
                 visible[person] = [x0, y0, x1 - x0, y1 - y0]
         if 1 in visible and 0 in visible and iou(visible[0], visible[1]) > 0.5:
             del visible[0]
-        out.append(frame)
+        out.append(np.clip(frame + rng.normal(0, 6, frame.shape), 0, 255).astype(np.uint8))
         truth.append(visible)
     return out, truth
 
