@@ -83,7 +83,7 @@ def main() -> None:
     load_before = os.getloadavg()
     report = {"checkpoint": args.checkpoint, "machine": machine_description(), "fps_640x480": {}, "peak_rss_mb": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        # Three full-size busts do not fit side by side; the Haar cascade finds the smaller ones in most frames.
+        # Three full-size busts do not fit side by side in 640 pixels.
         for people, scale in ((1, 1.0), (3, 0.8)):
             video = write_people(Path(tmp) / f"{people}.avi", people, 640, 480, 25.0, args.seconds, scale)
             report["fps_640x480"][f"{people} face{'s' * (people > 1)}"] = fps(predictor, video)

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from conftest import ASTRONAUT_FACE, iou, people_video, write_video
 
+import ferkit.inference.faces as faces_mod
 from ferkit.cli import main
 from ferkit.data.datasets import CLASSES
-from ferkit.inference.faces import Box, FaceDetector
+from ferkit.inference.faces import Detection
 from ferkit.inference.predict import Predictor, predict_video, predict_videos
 from ferkit.inference.tracking import SMOOTH_S, Tracker, iou_matrix
 
@@ -166,7 +167,7 @@ class TrueBoxes:
         self.frames = iter(truth)
 
     def detect(self, rgb):
-        return [Box(*box) for box in next(self.frames).values()]
+        return [Detection(tuple(box)) for box in next(self.frames).values()]
 
 
 def label_changes(video: Path, truth: list[dict], smooth: float) -> float:
@@ -184,16 +185,21 @@ def test_smoothing_cuts_label_changes_and_zero_turns_it_off(tmp_path):
 
 
 def test_ctrl_c_writes_the_frames_done_so_far(untrained_checkpoint, crossing, tmp_path, monkeypatch, capsys):
-    real = FaceDetector.detect
-    calls = {"n": 0}
+    real = faces_mod.build_detector()
 
-    def detect_then_interrupt(self, rgb):
-        calls["n"] += 1
-        if calls["n"] == 11:
-            raise KeyboardInterrupt
-        return real(self, rgb)
+    class InterruptedAtFrame10:
+        calls = 0
 
-    monkeypatch.setattr(FaceDetector, "detect", detect_then_interrupt)
+        def __init__(self, *args):
+            pass
+
+        def detect(self, rgb):
+            self.calls += 1
+            if self.calls == 11:
+                raise KeyboardInterrupt
+            return real.detect(rgb)
+
+    monkeypatch.setattr(faces_mod, "build_detector", InterruptedAtFrame10)
     out_csv, out_json, summary = tmp_path / "f.csv", tmp_path / "f.json", tmp_path / "s.json"
     argv = ["predict", str(crossing), "--checkpoint", str(untrained_checkpoint), "--csv", str(out_csv)]
     assert main(argv + ["--json", str(out_json), "--summary", str(summary)]) == 130

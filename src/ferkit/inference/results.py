@@ -30,10 +30,18 @@ class Face:
     """the probability of that class"""
     probabilities: dict[str, float]
     """every class's probability; they sum to 1"""
+    landmarks: list[list[float]] | None = None
+    """[x, y] of the eye on the image's left, the other eye, the nose tip, the left and right mouth corners;
+    null from detectors without landmarks (haar) and for ready crops"""
+    score: float | None = None
+    """the face detector's probability that this is a face; null where it gives none"""
     track: int | None = None
     """video and camera only: the person's id, kept while they stay in view"""
     smoothed: dict[str, float] | None = None
     """video and camera only: the track's probabilities smoothed over time; label and confidence come from these"""
+
+
+VIDEO_ONLY = ("track", "smoothed")
 
 
 @dataclass
@@ -55,7 +63,8 @@ class Result:
 
     def to_dict(self) -> dict:
         out = {k: v for k, v in asdict(self).items() if v is not None or k == "error"}
-        out["faces"] = [{k: v for k, v in f.items() if v is not None} for f in out["faces"]]
+        # Photos have no tracks: their faces leave the video-only fields out instead of writing nulls.
+        out["faces"] = [{k: v for k, v in f.items() if v is not None or k not in VIDEO_ONLY} for f in out["faces"]]
         return out
 
 
@@ -168,13 +177,15 @@ def write_results(
 
 
 def draw_faces(rgb: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
-    """A copy of the image with each face's box and "label confidence" drawn on it."""
+    """A copy of the image with each face's box, landmarks (small dots) and "label confidence" drawn on it."""
     cv2 = require_cv2()
     out = rgb.copy()
     thickness = max(2, round(max(rgb.shape[:2]) / 400))
     for face in faces:
         x, y, w, h = face.box
         cv2.rectangle(out, (x, y), (x + w, y + h), (0, 220, 0), thickness)
+        for px, py in face.landmarks or []:
+            cv2.circle(out, (round(px), round(py)), max(thickness, round(w / 40)), (255, 80, 0), -1, cv2.LINE_AA)
         text = f"{face.label} {face.confidence:.0%}" if face.track is None else f"#{face.track} {face.label}"
         scale = max(0.4, w / 200)
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)

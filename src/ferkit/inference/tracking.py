@@ -1,7 +1,7 @@
 """People over time: a track id per face across video frames, smoothed probabilities, and a summary per track.
 
 Tracking works on boxes alone ([x, y, w, h]), so it does not depend on which detector found them: each track's
-box is predicted forward at its last velocity, predictions and detections are paired by IoU with the optimal
+box is carried forward at its centre's last velocity, predictions and detections are paired by IoU with the optimal
 assignment (:func:`scipy.optimize.linear_sum_assignment`), and a track survives unmatched up to ``max_age_s``.
 Everything is in seconds, not frames, so ``--every N`` and a camera's irregular frame rate need no special case.
 """
@@ -18,7 +18,9 @@ from scipy.optimize import linear_sum_assignment
 from .results import Face, Result
 
 MAX_AGE_S = 1.0
-MIN_IOU = 0.2
+# Low, because a face coming out from behind another is detected by its visible part only, which lags behind
+# where its track predicts the whole face.
+MIN_IOU = 0.1
 SMOOTH_S = 0.5
 # Shortest run of one label that the summary lists as a segment.
 SEGMENT_S = 1.0
@@ -38,12 +40,15 @@ class _Track:
     id: int
     box: np.ndarray
     time_s: float
-    velocity: np.ndarray = field(default_factory=lambda: np.zeros(4))
+    velocity: np.ndarray = field(default_factory=lambda: np.zeros(2))  # of the box's centre, pixels a second
     dt: float = 0.0
     probs: np.ndarray | None = None
 
     def predicted(self, time_s: float) -> np.ndarray:
-        return self.box + self.velocity * (time_s - self.time_s)
+        # The centre moves on, the size stays: a face half hidden while it leaves shrinks, and extrapolating
+        # that shrinking would leave nothing to match when it comes out again.
+        shift = self.velocity * (time_s - self.time_s)
+        return np.concatenate([self.box[:2] + shift, self.box[2:]])
 
 
 class Tracker:
@@ -85,7 +90,8 @@ class Tracker:
         track.dt = time_s - track.time_s
         if track.dt > 0:
             # Half old, half new: one jittery detection should not throw the prediction off.
-            track.velocity = 0.5 * track.velocity + 0.5 * (box - track.box) / track.dt
+            moved = (box[:2] + box[2:] / 2) - (track.box[:2] + track.box[2:] / 2)
+            track.velocity = 0.5 * track.velocity + 0.5 * moved / track.dt
         track.box, track.time_s = box, time_s
 
     def update(self, time_s: float, faces: Sequence[Face]) -> None:
