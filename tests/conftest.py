@@ -152,3 +152,82 @@ def sigint_after_optimizer_steps(monkeypatch, n: int):
 
     monkeypatch.setattr(torch.optim.AdamW, "step", step_then_interrupt)
     return real_step
+
+
+FACES_DEV = REAL_DATA.parent / "faces-dev"
+
+
+def portraits(size: int = 110) -> list[np.ndarray]:
+    """Four real faces (RGB, ``size`` square, a little margin): the astronaut, her mirror image, and the two largest
+    annotated faces of faces-dev (when absent, two more astronauts, darker, so the video is still four people)."""
+    from skimage.data import astronaut
+
+    x, y, w, h = ASTRONAUT_FACE
+    face = astronaut()[y - 15 : y + h + 15, x - 15 : x + w + 15]
+    faces = [face, face[:, ::-1]]
+    boxes = []
+    if (FACES_DEV / "training.xml").is_file():
+        import xml.etree.ElementTree as ET
+
+        for image in ET.parse(FACES_DEV / "training.xml").getroot().iter("image"):
+            for b in image.iter("box"):
+                bx, by, bw, bh = (int(b.get(k)) for k in ("left", "top", "width", "height"))
+                boxes.append((bw * bh, image.get("file"), bx, by, bw, bh))
+        for _, file, bx, by, bw, bh in sorted(boxes, reverse=True)[:2]:
+            photo = np.asarray(Image.open(FACES_DEV / file).convert("RGB"))
+            m = bw // 5
+            faces.append(photo[max(by - m, 0) : by + bh + m, max(bx - m, 0) : bx + bw + m])
+    else:
+        faces += [(face * 0.7).astype(np.uint8), (face[:, ::-1] * 0.8).astype(np.uint8)]
+    return [np.asarray(Image.fromarray(f).resize((size, size), Image.BICUBIC)) for f in faces]
+
+
+def people_video(frames: int = 80, width: int = 640, height: int = 480, size: int = 110):
+    """Frames of four people on a plain background, and where each shows: (frames, truth), truth[i] a dict
+    person -> visible [x, y, w, h] of frame i.
+
+    0 and 1 walk the same row in opposite directions and cross (1 in front, hiding 0 for 0.6 s at 10 fps);
+    2 stands at the bottom, then leaves downwards; 3 enters from the right half-way and walks in. A face more than
+    half hidden (by another or the frame's edge) is not in the truth, as a detector would miss it. Each frame has
+    its own sensor noise, as a camera's do, so a classifier's probabilities move from frame to frame.
+    """
+    rng = np.random.default_rng(0)
+    faces = portraits(size)
+    top, bottom = 60, height - size - 40
+    out, truth = [], []
+    for i in range(frames):
+        t = i / (frames - 1)
+        places = {
+            0: (round(20 + t * (width - size - 40)), top),
+            1: (round(width - size - 20 - t * (width - size - 40)), top),
+            2: (80, round(bottom + max(0.0, i - 20) * 8)),
+        }
+        if i >= 40:
+            places[3] = (round(width - 10 - (i - 40) * 6), bottom)
+        frame = np.full((height, width, 3), 128, np.uint8)
+        visible = {}
+        for person in (0, 2, 3, 1):  # 1 last: in front of 0 where they cross
+            if person not in places:
+                continue
+            x, y = places[person]
+            x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + size, width), min(y + size, height)
+            if x1 <= x0 or y1 <= y0:
+                continue
+            frame[y0:y1, x0:x1] = faces[person][y0 - y : y1 - y, x0 - x : x1 - x]
+            if (x1 - x0) * (y1 - y0) >= size * size / 2:
+                visible[person] = [x0, y0, x1 - x0, y1 - y0]
+        if 1 in visible and 0 in visible and iou(visible[0], visible[1]) > 0.5:
+            del visible[0]
+        out.append(np.clip(frame + rng.normal(0, 6, frame.shape), 0, 255).astype(np.uint8))
+        truth.append(visible)
+    return out, truth
+
+
+def write_video(frames: list[np.ndarray], path: Path, fps: float = 10.0) -> Path:
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, frames[0].shape[1::-1])
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path

@@ -32,7 +32,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("multipart")
 skimage_data = pytest.importorskip("skimage.data")
 
-from ferkit.serve.app import create_app, describe_model  # noqa: E402  (needs the serve extra checked above
+from ferkit.serve.app import Sessions, create_app, describe_model  # noqa: E402  (needs the serve extra checked above
 
 MAX_UPLOAD = 600_000  # the astronaut PNG is about 425 kB
 MAX_PIXELS = 320_000  # the astronaut has 262,144, a webcam frame 307,200
@@ -392,6 +392,8 @@ def test_page_shows_the_servers_error_message(browser, server):
 @pytest.mark.slow
 def test_page_takes_a_webcam_snapshot(browser, server):
     page, errors = open_page(browser, server)
+    urls = []
+    page.on("request", lambda request: urls.append(request.url))
     page.click("[data-testid=camera-button]")
     page.wait_for_function("document.querySelector('[data-testid=video]').videoWidth > 0", timeout=30_000)
     page.click("[data-testid=snapshot-button]")
@@ -400,6 +402,7 @@ def test_page_takes_a_webcam_snapshot(browser, server):
     )
     status = page.locator("[data-testid=status]").text_content()
     assert "No face found in webcam.jpg" in status  # the fake camera's test pattern has no face
+    assert any("/predict?session=" in url for url in urls)  # camera frames are tracked in this tab's session
     assert page.evaluate("document.querySelector('[data-testid=canvas]').width") > 0 and errors == []
     page.close()
 
@@ -457,3 +460,36 @@ def test_ferkit_serve_refuses_bad_limits_and_missing_checkpoints(checkpoint, tmp
     assert "--max-batch must be positive, got 0" in capsys.readouterr().err
     assert main(["serve", "--checkpoint", str(tmp_path / "missing.pth")]) == 2
     assert "missing.pth does not exist" in capsys.readouterr().err
+
+
+def test_live_sessions_keep_tracks_per_tab_and_apart(client, astronaut):
+    photo = skimage_data.astronaut()
+    moved = png(np.roll(photo, -150, axis=1))  # her face where it was not before: a new person to a tracker
+
+    def tracks(image: bytes, session: str | None) -> list:
+        params = {"session": session} if session else {}
+        response = client.post("/predict", params=params, files={"file": ("frame.png", image, "image/png")})
+        assert response.status_code == 200, response.text
+        return [f.get("track") for f in response.json()["results"][0]["faces"]]
+
+    assert tracks(astronaut.read_bytes(), "tab-a") == [1]
+    assert tracks(astronaut.read_bytes(), "tab-a") == [1]  # the same person, still in view
+    assert tracks(moved, "tab-b") == [1]  # another tab starts its own tracks
+    assert tracks(moved, "tab-a") == [2]
+    assert tracks(astronaut.read_bytes(), None) == [None]  # an upload is not tracked
+    assert client.post("/predict?session=a%20b", files={"file": ("f.png", moved, "image/png")}).status_code == 422
+
+
+def test_sessions_expire_after_their_idle_time_and_beyond_the_limit():
+    now = [0.0]
+    sessions = Sessions(idle_s=60, limit=2, clock=lambda: now[0])
+    face = Face([10, 10, 50, 50], "Happy", 0.9, {c: 1 / len(CLASSES) for c in CLASSES})
+    sessions.track("a", [face])
+    now[0] = 30.0
+    sessions.track("b", [face])
+    now[0] = 70.0
+    sessions.track("b", [face])
+    assert len(sessions) == 1  # a: 70 s without a frame
+    sessions.track("c", [face])
+    sessions.track("d", [face])
+    assert len(sessions) == 2

@@ -111,7 +111,7 @@ def _data_check(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .inference.predict import Predictor, predict_source
+    from .inference.predict import Predictor, predict_source, predict_videos, video_sources
     from .inference.results import format_table, write_results
 
     predictor = Predictor.from_checkpoint(
@@ -123,20 +123,35 @@ def _predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         detector=None if args.no_detect else _built_detector(args),
     )
-    live = args.camera is not None and not (args.json or args.csv)  # a camera's frames are printed as they come
-    results = predict_source(
+    videos = [args.camera] if args.camera is not None else video_sources(args.input) if args.input else None
+    if videos is None:
+        if args.summary:
+            raise FerkitError("--summary applies to videos and cameras, whose faces are tracked")
+        results = predict_source(predictor, args.input, detect=not args.no_detect, annotate=args.annotate)
+        write_results(results, predictor.classes, args.json, args.csv)
+        return 1 if any(r.error for r in results) else 0
+    to_stdout = "-" in (args.json, args.csv)
+    live = args.camera is not None and not to_stdout  # a camera's frames are printed as they come
+    summary, interrupted = predict_videos(
         predictor,
-        args.input,
-        args.camera,
+        videos,
         detect=not args.no_detect,
         every=args.every,
+        smooth=args.smooth,
         annotate=args.annotate,
         plot=args.plot,
+        json_to=args.json,
+        csv_to=args.csv,
         on_frame=(lambda r: print(format_table([r]), flush=True)) if live else None,
+        root=args.input,
     )
-    if not live:
-        write_results(results, predictor.classes, args.json, args.csv)
-    return 1 if any(r.error for r in results) else 0
+    if args.summary:
+        Path(args.summary).write_text(summary.to_json() + "\n")
+    print(summary.format_table(), file=sys.stderr if to_stdout else sys.stdout)
+    if interrupted and args.camera is None:
+        print("ferkit: interrupted; the outputs hold the frames done so far", file=sys.stderr)
+        return 130
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -275,8 +290,9 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     from .inference.predict import BATCH_SIZE, MARGIN, TTA_MODES
+    from .inference.tracking import SMOOTH_S
 
-    p.add_argument("input", nargs="?", help="image file, folder of images, or video file")
+    p.add_argument("input", nargs="?", help="image file, folder of images, video file, or folder of videos")
     _checkpoint(p, "--checkpoint")
     p.add_argument("--camera", type=int, metavar="N", help="read frames from camera N instead (Ctrl-C stops)")
     p.add_argument("--no-detect", action="store_true", help="inputs are already face crops (like FER2013)")
@@ -286,11 +302,21 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     _backend(p)
     _device(p)
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="faces classified per forward pass")
-    p.add_argument("--every", type=int, default=1, metavar="N", help="video: use every Nth frame")
+    p.add_argument(
+        "--every", type=int, default=1, metavar="N", help="video: use every Nth frame (tracks age by the time between)"
+    )
+    p.add_argument(
+        "--smooth",
+        type=float,
+        default=SMOOTH_S,
+        metavar="SECONDS",
+        help="video: half-life of each track's smoothed probabilities, which give its label; 0: off",
+    )
+    p.add_argument("--summary", metavar="FILE", help="video: per-track summary as JSON to FILE (a table is printed)")
     p.add_argument("--json", nargs="?", const="-", metavar="FILE", help="JSON to FILE (default: stdout)")
     p.add_argument("--csv", nargs="?", const="-", metavar="FILE", help="one row per face to FILE (default: stdout)")
     p.add_argument("--annotate", metavar="OUT", help="draw boxes and labels into OUT (same kind as the input)")
-    p.add_argument("--plot", metavar="PNG", help="video: plot the expression probabilities over time")
+    p.add_argument("--plot", metavar="PNG", help="video: each track's smoothed probabilities over time")
     p.set_defaults(func=_predict)
 
 

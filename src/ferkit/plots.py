@@ -67,19 +67,24 @@ def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path
     plt.close(fig)
 
 
-def plot_timeline(results: Sequence, classes: Sequence[str], path: Path) -> None:
-    """Probabilities of the largest face in each video frame over time (gaps where no face was found)."""
-    times = [r.time_s for r in results]
-    probs = np.full((len(results), len(classes)), np.nan)
-    for i, r in enumerate(results):
-        if r.faces:
-            probs[i] = [r.faces[0].probabilities[c] for c in classes]
-    fig, ax = plt.subplots(figsize=(10, 4))
-    for j, c in enumerate(classes):
-        ax.plot(times, probs[:, j], label=c)
-    ax.set(xlabel="time (s)", ylabel="probability", ylim=(0, 1), title="Expression of the largest face")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper right", ncol=len(classes), fontsize=8)
+# More panels than this would be too small to read; the longest tracks are the people, short ones mostly stray boxes.
+TIMELINE_PANELS = 6
+
+
+def plot_timeline(tracks: Sequence[tuple[str, np.ndarray, np.ndarray]], classes: Sequence[str], path: Path) -> None:
+    """One panel per (title, times, probabilities N x classes) track, the first :data:`TIMELINE_PANELS` of them."""
+    shown = list(tracks[:TIMELINE_PANELS])
+    fig, axes = plt.subplots(max(len(shown), 1), 1, figsize=(10, 1 + 2.2 * max(len(shown), 1)), squeeze=False)
+    for ax, (title, times, probs) in zip(axes[:, 0], shown):
+        for j, c in enumerate(classes):
+            ax.plot(times, probs[:, j], ".-" if len(times) < 3 else "-", label=c)
+        ax.set(ylabel="probability", ylim=(0, 1), title=title)
+        ax.grid(alpha=0.3)
+    if not shown:
+        axes[0, 0].set(title="no face was tracked")
+    more = f" ({len(tracks) - len(shown)} shorter tracks not shown)" if len(tracks) > len(shown) else ""
+    axes[-1, 0].set_xlabel("time (s)" + more)
+    axes[0, 0].legend(loc="upper right", ncol=len(classes), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,9 @@ from ..runtime import resolve_device
 from .align import face_crop
 from .faces import Detection, Detector, build_detector
 from .loading import load_for_inference
-from .results import Face, Result, draw_faces
-from .video import VideoWriter, is_video, read_video, video_fps
+from .results import Face, Result, ResultStream, draw_faces
+from .tracking import SMOOTH_S, Summary, Tracker
+from .video import VideoWriter, frame_count, is_video, list_videos, read_video, video_fps
 
 # Faces are often classified live, so tencrop's ten forward passes a face are left to evaluation.
 TTA_MODES = ("none", "flip")
@@ -156,20 +158,20 @@ class Predictor:
         return results
 
     def predict_frames(
-        self, frames: Iterable[tuple[int, float, np.ndarray]], detect: bool = True, source: str = ""
+        self,
+        frames: Iterable[tuple[int, float, np.ndarray]],
+        detect: bool = True,
+        source: str = "",
+        tracker: Tracker | None = None,
     ) -> Iterator[tuple[Result, np.ndarray]]:
-        """Results for (index, time, RGB frame) tuples, yielded with their frame for annotation."""
+        """Results for (index, time, RGB frame) tuples, yielded with their frame for annotation; with a
+        ``tracker``, each face carries its track id and smoothed probabilities."""
         for index, time_s, rgb in frames:
             boxes, crops = self._faces(rgb, detect)
-            result = Result(
-                source,
-                rgb.shape[1],
-                rgb.shape[0],
-                self._to_faces(boxes, self.classify(crops)),
-                frame=index,
-                time_s=round(time_s, 3),
-            )
-            yield result, rgb
+            faces = self._to_faces(boxes, self.classify(crops))
+            if tracker is not None:
+                tracker.update(time_s, faces)
+            yield Result(source, rgb.shape[1], rgb.shape[0], faces, frame=index, time_s=round(time_s, 3)), rgb
 
 
 def predict_source(
@@ -179,6 +181,7 @@ def predict_source(
     *,
     detect: bool = True,
     every: int = 1,
+    smooth: float = SMOOTH_S,
     annotate: str | os.PathLike | None = None,
     plot: str | os.PathLike | None = None,
     on_frame: Callable[[Result], None] | None = None,
@@ -186,16 +189,17 @@ def predict_source(
     """Results for an image file, a folder of images, a video file, or camera number ``camera`` (until Ctrl-C).
 
     ``annotate`` draws the boxes and labels: to an image file for one image, a folder mirroring a folder
-    (as PNG), a video file for a video. Video only: ``every`` takes every N-th frame, ``plot`` draws the
-    largest face's probabilities over time, and ``on_frame`` is called with each frame's result as it comes.
+    (as PNG), a video file for a video. Video only: faces are tracked, ``smooth`` is the half-life in seconds
+    of each track's smoothed probabilities (0: off), ``every`` takes every N-th frame, ``plot`` draws each
+    track's probabilities over time, and ``on_frame`` is called with each frame's result as it comes.
     """
     if camera is not None:
-        return predict_video(predictor, camera, detect, every, annotate, plot, on_frame)
+        return predict_video(predictor, camera, detect, every, smooth, annotate, plot, on_frame)
     if source is None:
         raise FerkitError("give an image, folder or video to predict on, or --camera N")
     path = Path(source)
     if path.is_file() and is_video(path):
-        return predict_video(predictor, str(path), detect, every, annotate, plot, on_frame)
+        return predict_video(predictor, str(path), detect, every, smooth, annotate, plot, on_frame)
     return predict_images(predictor, path, detect, annotate)
 
 
@@ -247,36 +251,126 @@ def _draw_images(results: list[Result], images: list, root: Path, out: Path) -> 
         Image.fromarray(draw_faces(rgb, r.faces)).save(target)
 
 
+def stream_video(
+    predictor: Predictor,
+    source: str | int,
+    detect: bool = True,
+    every: int = 1,
+    smooth: float = SMOOTH_S,
+    annotate: str | os.PathLike | None = None,
+) -> Iterator[Result]:
+    """Tracked results for every ``every``-th frame of a video file or a camera (by number), one at a time.
+
+    Frames in between are not read as results: the tracks age by their time, so ``every`` changes neither how
+    long a missed person is kept nor the smoothing's half-life.
+    """
+    writer = VideoWriter(Path(annotate), frame_rate(source) / every) if annotate else None
+    tracker = Tracker(smooth_s=smooth)
+    try:
+        for result, rgb in predictor.predict_frames(read_video(source, every), detect, _name(source), tracker):
+            if writer:
+                writer.write(draw_faces(rgb, result.faces))
+            yield result
+    finally:
+        if writer:
+            writer.close()
+
+
+def frame_rate(source: str | int) -> float:
+    # A camera's reported rate is often wrong or zero; 25 is what most webcams deliver indoors.
+    return video_fps(source) if isinstance(source, str) else 25.0
+
+
 def predict_video(
     predictor: Predictor,
     source: str | int,
     detect: bool = True,
     every: int = 1,
+    smooth: float = SMOOTH_S,
     annotate: str | os.PathLike | None = None,
     plot: str | os.PathLike | None = None,
     on_frame: Callable[[Result], None] | None = None,
 ) -> list[Result]:
-    """One result per ``every``-th frame of a video file or a camera (by number); Ctrl-C ends a camera's stream."""
-    writer = None
-    if annotate:
-        fps = video_fps(source) if isinstance(source, str) else 25.0
-        writer = VideoWriter(Path(annotate), fps / every)
-    name = source if isinstance(source, str) else f"camera {source}"
+    """All tracked results of a video file or a camera as a list; Ctrl-C ends a camera's stream.
+
+    A long video is better streamed (:func:`stream_video`, or :func:`predict_videos` as ``ferkit predict`` does).
+    """
     results = []
-    try:
-        for result, rgb in predictor.predict_frames(read_video(source, every), detect, name):
-            results.append(result)
-            if writer:
-                writer.write(draw_faces(rgb, result.faces))
-            if on_frame:
-                on_frame(result)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if writer:
-            writer.close()
+
+    def keep(result: Result) -> None:
+        results.append(result)
+        if on_frame:
+            on_frame(result)
+
+    predict_videos(
+        predictor, [source], detect=detect, every=every, smooth=smooth, annotate=annotate, plot=plot, on_frame=keep
+    )
     if not results:
-        raise FerkitError(f"no frames could be read from {name}")
-    if plot:
-        plot_timeline(results, predictor.classes, Path(plot))
+        raise FerkitError(f"no frames could be read from {_name(source)}")
     return results
+
+
+def _name(source: str | int) -> str:
+    return source if isinstance(source, str) else f"camera {source}"
+
+
+def video_sources(path: str | os.PathLike) -> list[str] | None:
+    """The videos to track for ``path``: itself if a video file, the videos in a folder of videos; None otherwise."""
+    path = Path(path)
+    if path.is_file():
+        return [str(path)] if is_video(path) else None
+    videos = list_videos(path) if path.is_dir() else []
+    if videos and list_images(path):
+        raise FerkitError(f"{path} holds both images and videos; give them as separate folders")
+    return [str(v) for v in videos] or None
+
+
+def predict_videos(
+    predictor: Predictor,
+    sources: Sequence[str | int],
+    *,
+    detect: bool = True,
+    every: int = 1,
+    smooth: float = SMOOTH_S,
+    annotate: str | os.PathLike | None = None,
+    plot: str | os.PathLike | None = None,
+    json_to: str | None = None,
+    csv_to: str | None = None,
+    on_frame: Callable[[Result], None] | None = None,
+    root: str | os.PathLike | None = None,
+) -> tuple[Summary, bool]:
+    """Videos (or a camera) streamed frame by frame into ``json_to`` / ``csv_to`` and a per-track summary, with a
+    progress bar over all the files' frames; memory does not grow with the length of a video.
+
+    Returns the summary and whether Ctrl-C ended it early; what was done so far is written either way.
+    ``annotate``: a video file for one source, else a folder mirroring ``root`` (an .mp4 per video).
+    """
+    from tqdm import tqdm
+
+    summary = Summary(predictor.classes, smooth, timelines=bool(plot))
+    out = ResultStream(predictor.classes, json_to, csv_to, tracked=True)
+    files = [s for s in sources if isinstance(s, str)]
+    bar = tqdm(total=sum(frame_count(f) for f in files) or None, unit="frame", disable=None if files else True)
+    interrupted = False
+    try:
+        for source in sources:
+            target = annotate
+            if annotate and len(sources) > 1:
+                target = Path(annotate) / Path(source).relative_to(root).with_suffix(".mp4")
+                target.parent.mkdir(parents=True, exist_ok=True)
+            summary.start(_name(source), every / frame_rate(source))
+            with closing(stream_video(predictor, source, detect, every, smooth, target)) as stream:
+                for result in stream:
+                    out.write(result)
+                    summary.add(result)
+                    bar.update(every)
+                    if on_frame:
+                        on_frame(result)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+        out.close()
+        if plot:
+            plot_timeline(summary.tracks(), predictor.classes, Path(plot))
+    return summary, interrupted

@@ -7,12 +7,10 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -37,6 +35,13 @@ class Face:
     null from detectors without landmarks (haar) and for ready crops"""
     score: float | None = None
     """the face detector's probability that this is a face; null where it gives none"""
+    track: int | None = None
+    """video and camera only: the person's id, kept while they stay in view"""
+    smoothed: dict[str, float] | None = None
+    """video and camera only: the track's probabilities smoothed over time; label and confidence come from these"""
+
+
+VIDEO_ONLY = ("track", "smoothed")
 
 
 @dataclass
@@ -57,46 +62,42 @@ class Result:
     """video and camera only: the frame's time in seconds"""
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None or k == "error"}
+        out = {k: v for k, v in asdict(self).items() if v is not None or k == "error"}
+        # Photos have no tracks: their faces leave the video-only fields out instead of writing nulls.
+        out["faces"] = [{k: v for k, v in f.items() if v is not None or k not in VIDEO_ONLY} for f in out["faces"]]
+        return out
 
 
 def results_json(results: Sequence[Result], classes: Sequence[str]) -> str:
     return json.dumps({"classes": list(classes), "results": [r.to_dict() for r in results]}, indent=2)
 
 
-def csv_rows(results: Iterable[Result], classes: Sequence[str]) -> Iterator[list]:
-    """One row per face (or one row with empty fields for an image without faces or with an error)."""
-    yield [
-        "source",
-        "frame",
-        "time_s",
-        "face",
-        "x",
-        "y",
-        "width",
-        "height",
-        "label",
-        "confidence",
-        *[f"p_{c}" for c in classes],
-        "error",
-    ]
+def csv_header(classes: Sequence[str], tracked: bool = False) -> list[str]:
+    """``tracked`` (video): a ``track`` column and the smoothed probabilities after the raw ones."""
+    head = ["source", "frame", "time_s", "face", *(["track"] if tracked else []), "x", "y", "width", "height"]
+    smoothed = [f"smooth_{c}" for c in classes] if tracked else []
+    return head + ["label", "confidence", *[f"p_{c}" for c in classes], *smoothed, "error"]
+
+
+def csv_rows(results: Iterable[Result], classes: Sequence[str], tracked: bool = False) -> Iterator[list]:
+    """One row per face (or one row with empty fields for an image without faces or with an error); no header."""
     for r in results:
         head = [r.source, "" if r.frame is None else r.frame, "" if r.time_s is None else r.time_s]
         if not r.faces:
-            yield head + [""] * (7 + len(classes)) + [r.error or "no face found"]
+            blank = 7 + len(classes) * (2 if tracked else 1) + tracked
+            yield head + [""] * blank + [r.error or "no face found"]
         for i, f in enumerate(r.faces):
+            smoothed = [round(f.smoothed[c], 6) for c in classes] if tracked else []
             yield head + [
                 i,
+                *([f.track] if tracked else []),
                 *f.box,
                 f.label,
                 round(f.confidence, 6),
                 *[round(f.probabilities[c], 6) for c in classes],
+                *smoothed,
                 "",
             ]
-
-
-def write_csv(results: Iterable[Result], classes: Sequence[str], out: io.TextIOBase) -> None:
-    csv.writer(out).writerows(csv_rows(results, classes))
 
 
 def format_table(results: Iterable[Result]) -> str:
@@ -110,8 +111,50 @@ def format_table(results: Iterable[Result]) -> str:
         for i, f in enumerate(r.faces):
             top = sorted(f.probabilities.items(), key=lambda kv: kv[1], reverse=True)[1:3]
             others = ", ".join(f"{c} {p:.0%}" for c, p in top)
-            lines.append(f"{where}: face {i} at {tuple(f.box)}: {f.label} {f.confidence:.1%} (then {others})")
+            who = f"face {i}" if f.track is None else f"track {f.track}"
+            lines.append(f"{where}: {who} at {tuple(f.box)}: {f.label} {f.confidence:.1%} (then {others})")
     return "\n".join(lines)
+
+
+class ResultStream:
+    """JSON and CSV written as results come (each to a file or, for ``"-"``, stdout), so a long video holds no
+    results in memory and an interruption keeps what was done; :meth:`close` ends the JSON document.
+
+    The JSON is ``{"classes": [...], "results": [...]}`` with one result a line.
+    """
+
+    def __init__(
+        self, classes: Sequence[str], json_to: str | None = None, csv_to: str | None = None, tracked: bool = False
+    ) -> None:
+        self.classes, self.tracked = classes, tracked
+        self._json, self._csv, self._count = _open(json_to), _open(csv_to), 0
+        if self._csv:
+            self._rows = csv.writer(self._csv)
+            self._rows.writerow(csv_header(classes, tracked))
+        if self._json:
+            self._json.write(f'{{"classes": {json.dumps(list(classes))}, "results": [')
+
+    def write(self, result: Result) -> None:
+        if self._json:
+            self._json.write(("," if self._count else "") + "\n" + json.dumps(result.to_dict()))
+        if self._csv:
+            self._rows.writerows(csv_rows([result], self.classes, self.tracked))
+        self._count += 1
+
+    def close(self) -> None:
+        if self._json:
+            self._json.write("\n]}\n")
+        for out in (self._json, self._csv):
+            if out is sys.stdout:
+                out.flush()
+            elif out:
+                out.close()
+
+
+def _open(target: str | None):
+    if not target:
+        return None
+    return sys.stdout if target == "-" else open(target, "w", newline="")  # noqa: SIM115 (closed by close())
 
 
 def write_results(
@@ -121,25 +164,16 @@ def write_results(
 
     Without the table, the errors it would have listed go to stderr, so they are not lost in a pipe.
     """
-    if json_to:
-        _write_text(json_to, results_json(results, classes) + "\n")
-    if csv_to:
-        buffer = io.StringIO()
-        write_csv(results, classes, buffer)
-        _write_text(csv_to, buffer.getvalue())
+    stream = ResultStream(classes, json_to, csv_to)
+    for r in results:
+        stream.write(r)
+    stream.close()
     if "-" not in (json_to, csv_to):
         print(format_table(results))
         return
     for r in results:
         if r.error:
             print(f"ferkit: warning: {r.error}", file=sys.stderr)
-
-
-def _write_text(target: str, text: str) -> None:
-    if target == "-":
-        sys.stdout.write(text)
-    else:
-        Path(target).write_text(text)
 
 
 def draw_faces(rgb: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
@@ -152,7 +186,7 @@ def draw_faces(rgb: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         cv2.rectangle(out, (x, y), (x + w, y + h), (0, 220, 0), thickness)
         for px, py in face.landmarks or []:
             cv2.circle(out, (round(px), round(py)), max(thickness, round(w / 40)), (255, 80, 0), -1, cv2.LINE_AA)
-        text = f"{face.label} {face.confidence:.0%}"
+        text = f"{face.label} {face.confidence:.0%}" if face.track is None else f"#{face.track} {face.label}"
         scale = max(0.4, w / 200)
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
         top = max(y - th - base - 4, 0)

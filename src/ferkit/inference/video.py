@@ -28,23 +28,43 @@ def read_video(source: str | int, every: int = 1) -> Iterator[tuple[int, float, 
     index = 0
     try:
         while True:
+            if index % every:
+                # Skipped frames are only grabbed: no conversion to an image, and nothing for the tracker.
+                if not capture.grab():
+                    break
+                index += 1
+                continue
             ok, bgr = capture.read()
             if not ok:
                 break
-            if index % every == 0:
-                time_s = index / fps if fps > 0 else capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
-                yield index, time_s, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            time_s = index / fps if fps > 0 else capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
+            yield index, time_s, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             index += 1
     finally:
         capture.release()
 
 
-def video_fps(path: str) -> float:
+def list_videos(folder: Path) -> list[Path]:
+    """The video files in a folder (any depth), sorted."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_video(p))
+
+
+def _property(path: str, which: str) -> float:
     cv2 = require_cv2()
     capture = cv2.VideoCapture(path)
-    fps = capture.get(cv2.CAP_PROP_FPS)
+    value = capture.get(getattr(cv2, which))
     capture.release()
+    return value
+
+
+def video_fps(path: str) -> float:
+    fps = _property(path, "CAP_PROP_FPS")
     return fps if fps and fps > 0 else 25.0
+
+
+def frame_count(path: str) -> int:
+    """The frame count the container states (0 when it does not), for a progress bar."""
+    return max(int(_property(path, "CAP_PROP_FRAME_COUNT")), 0)
 
 
 class VideoWriter:

@@ -13,6 +13,9 @@ on the model.
 import asyncio
 import io
 import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -33,8 +36,9 @@ from ..data.transforms import preprocessing
 from ..errors import FerkitError
 from ..inference.faces import Detector
 from ..inference.predict import Predictor
-from ..inference.results import Result, results_json
-from .limits import HOST, MAX_BATCH, MAX_PIXELS, MAX_QUEUE, MAX_UPLOAD_MB, PORT
+from ..inference.results import Face, Result, results_json
+from ..inference.tracking import Tracker
+from .limits import HOST, MAX_BATCH, MAX_PIXELS, MAX_QUEUE, MAX_SESSIONS, MAX_UPLOAD_MB, PORT, SESSION_IDLE_S
 
 STATIC = Path(__file__).parent / "static"
 MB = 1024 * 1024
@@ -223,6 +227,33 @@ class MicroBatcher:
                 future.set_result(result)
 
 
+class Sessions:
+    """A face tracker per live session (the page: one per browser tab), so tabs do not share tracks.
+
+    A session is dropped after ``idle_s`` without a frame, and the least recently used beyond ``limit``, so
+    tabs closed without a word cost nothing for long. Times are the server's clock at each frame's arrival.
+    """
+
+    def __init__(
+        self, idle_s: float = SESSION_IDLE_S, limit: int = MAX_SESSIONS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.idle_s, self.limit, self.clock = idle_s, limit, clock
+        self._trackers: OrderedDict[str, tuple[Tracker, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._trackers)
+
+    def track(self, session: str, faces: list[Face]) -> None:
+        now = self.clock()
+        while self._trackers and now - next(iter(self._trackers.values()))[1] > self.idle_s:
+            self._trackers.popitem(last=False)
+        tracker = self._trackers.pop(session, (Tracker(), now))[0]
+        tracker.update(now, faces)
+        self._trackers[session] = (tracker, now)
+        while len(self._trackers) > self.limit:
+            self._trackers.popitem(last=False)
+
+
 def _is_empty(request: Request) -> bool:
     return request.headers.get("content-length") == "0" or (
         "content-length" not in request.headers and "transfer-encoding" not in request.headers
@@ -283,6 +314,7 @@ def create_app(
     """The ASGI app; ``model_info`` (what /model answers) defaults to ``describe_model(predictor)``."""
     info = ModelInfo(**(model_info or describe_model(predictor)))
     batcher = MicroBatcher(predictor, max_batch)
+    sessions = Sessions()
     in_progress = 0
 
     @asynccontextmanager
@@ -313,6 +345,15 @@ def create_app(
     async def predict(
         file: Annotated[UploadFile, File(description=f"the image: {FORMATS}")],
         detect: Annotated[bool, Query(description="false: the image is already one face crop")] = True,
+        session: Annotated[
+            str | None,
+            Query(
+                description="a live session's id (the page: one per tab): its faces get track ids and smoothed "
+                f"labels across requests; forgotten after {SESSION_IDLE_S:.0f} s without a frame",
+                max_length=64,
+                pattern=r"^[A-Za-z0-9_-]+$",
+            ),
+        ] = None,
     ):
         nonlocal in_progress
         if in_progress >= max_queue:
@@ -327,6 +368,8 @@ def create_app(
         finally:
             in_progress -= 1
         result.source = name
+        if session:
+            sessions.track(session, result.faces)
         # The very JSON of `ferkit predict --json`; the response model documents it.
         return Response(results_json([result], predictor.classes), media_type="application/json")
 

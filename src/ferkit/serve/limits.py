@@ -6,3 +6,6 @@ MAX_UPLOAD_MB = 10
 MAX_PIXELS = 40_000_000
 MAX_BATCH = 8
 MAX_QUEUE = 32
+# A live session (a browser tab's tracks) is forgotten after this long without a frame; at most this many are kept.
+SESSION_IDLE_S = 60.0
+MAX_SESSIONS = 256

@@ -18,6 +18,8 @@ let maxUploadBytes = Infinity;
 let stream = null;
 let current = null; // AbortController of the request whose answer the page will show
 let liveRunning = false;
+// One id per tab: the server keeps this tab's face tracks (and smoothed labels) apart from other tabs'.
+const sessionId = Array.from(crypto.getRandomValues(new Uint8Array(12)), (b) => b.toString(16).padStart(2, "0")).join("");
 
 const percent = (p) => `${(100 * p).toFixed(1)}%`;
 const megabytes = (bytes) => (bytes / 1024 / 1024).toFixed(1);
@@ -95,7 +97,7 @@ function draw(bitmap, result) {
       ctx.arc(px, py, Math.max(line, w / 40), 0, 2 * Math.PI);
       ctx.fill();
     });
-    const text = `${i + 1}: ${face.label} ${percent(face.confidence)}`;
+    const text = `${who(face, i)}: ${face.label} ${percent(face.confidence)}`;
     const textHeight = fontSize + 6;
     const top = y - line / 2 - textHeight >= 0 ? y - line / 2 - textHeight : y + h + line / 2; // below if no room above
     ctx.fillStyle = colour;
@@ -103,6 +105,11 @@ function draw(bitmap, result) {
     ctx.fillStyle = "#000";
     ctx.fillText(text, x - line / 2 + 4, top + 3);
   });
+}
+
+// Camera frames carry track ids, so a person keeps their number across frames; an upload numbers its faces.
+function who(face, i) {
+  return face.track ? `#${face.track}` : `${i + 1}`;
 }
 
 function barRow(name, p, isTop) {
@@ -139,16 +146,17 @@ function showFaces(result, classes) {
     card.setAttribute("data-testid", "face");
     card.dataset.box = JSON.stringify(face.box);
     card.dataset.label = face.label;
+    if (face.track) card.dataset.track = String(face.track);
     card.style.setProperty("--colour", COLOURS[i % COLOURS.length]);
     const title = document.createElement("h2");
-    title.textContent = `Face ${i + 1}: ${face.label} ${percent(face.confidence)}`;
+    title.textContent = `${face.track ? "Person" : "Face"} ${who(face, i)}: ${face.label} ${percent(face.confidence)}`;
     card.append(title, ...classes.map((name) => barRow(name, face.probabilities[name], name === face.label)));
     facesPanel.append(card);
   });
 }
 
 // Returns whether a result was shown, so live mode can stop on errors instead of repeating them.
-async function analyse(blob, name) {
+async function analyse(blob, name, tracked = false) {
   if (blob.size > maxUploadBytes) {
     setStatus(`${name} is ${megabytes(blob.size)} MB; this server accepts up to ${megabytes(maxUploadBytes)} MB`, true);
     return false;
@@ -162,7 +170,7 @@ async function analyse(blob, name) {
   try {
     const [bitmap, body] = await Promise.all([
       createImageBitmap(blob).catch(() => null),
-      fetchJson("predict", { method: "POST", body: form, signal: controller.signal }),
+      fetchJson("predict" + (tracked ? `?session=${sessionId}` : ""), { method: "POST", body: form, signal: controller.signal }),
     ]);
     if (current !== controller) return false;
     const result = body.results[0];
@@ -228,7 +236,7 @@ async function snapshot() {
   grab.height = video.videoHeight;
   grab.getContext("2d").drawImage(video, 0, 0);
   const blob = await new Promise((resolve) => grab.toBlob(resolve, "image/jpeg", 0.9));
-  return analyse(blob, "webcam.jpg");
+  return analyse(blob, "webcam.jpg", true);
 }
 
 async function live() {

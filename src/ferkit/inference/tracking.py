@@ -1,0 +1,233 @@
+"""People over time: a track id per face across video frames, smoothed probabilities, and a summary per track.
+
+Tracking works on boxes alone ([x, y, w, h]), so it does not depend on which detector found them: each track's
+box is carried forward at its centre's last velocity, predictions and detections are paired by IoU with the optimal
+assignment (:func:`scipy.optimize.linear_sum_assignment`), and a track survives unmatched up to ``max_age_s``.
+Everything is in seconds, not frames, so ``--every N`` and a camera's irregular frame rate need no special case.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from .results import Face, Result
+
+MAX_AGE_S = 1.0
+# Low, because a face coming out from behind another is detected by its visible part only, which lags behind
+# where its track predicts the whole face.
+MIN_IOU = 0.1
+SMOOTH_S = 0.5
+# Shortest run of one label that the summary lists as a segment.
+SEGMENT_S = 1.0
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of every box in ``a`` (N x 4, x y w h) with every box in ``b`` (M x 4)."""
+    a0, a1 = a[:, None, :2], a[:, None, :2] + a[:, None, 2:]
+    b0, b1 = b[None, :, :2], b[None, :, :2] + b[None, :, 2:]
+    inter = np.clip(np.minimum(a1, b1) - np.maximum(a0, b0), 0, None).prod(axis=2)
+    union = a[:, None, 2:].prod(axis=2) + b[None, :, 2:].prod(axis=2) - inter
+    return inter / np.maximum(union, 1e-9)
+
+
+@dataclass
+class _Track:
+    id: int
+    box: np.ndarray
+    time_s: float
+    velocity: np.ndarray = field(default_factory=lambda: np.zeros(2))  # of the box's centre, pixels a second
+    dt: float = 0.0
+    probs: np.ndarray | None = None
+
+    def predicted(self, time_s: float) -> np.ndarray:
+        # The centre moves on, the size stays: a face half hidden while it leaves shrinks, and extrapolating
+        # that shrinking would leave nothing to match when it comes out again.
+        shift = self.velocity * (time_s - self.time_s)
+        return np.concatenate([self.box[:2] + shift, self.box[2:]])
+
+
+class Tracker:
+    """Track ids for the boxes of successive frames, and each track's exponentially smoothed probabilities.
+
+    ``smooth_s`` is the half-life in seconds (0: no smoothing): a frame ``dt`` seconds after the track's last
+    one moves the smoothed probabilities ``1 - 0.5 ** (dt / smooth_s)`` of the way to the new ones. A person
+    missed for longer than ``max_age_s`` (or who leaves and comes back) gets a new id.
+    """
+
+    def __init__(self, max_age_s: float = MAX_AGE_S, min_iou: float = MIN_IOU, smooth_s: float = SMOOTH_S) -> None:
+        self.max_age_s, self.min_iou, self.smooth_s = max_age_s, min_iou, smooth_s
+        self.tracks: list[_Track] = []
+        self._next_id = 1
+
+    def assign(self, time_s: float, boxes: Sequence[Sequence[float]]) -> list[int]:
+        """The track id of each box seen at ``time_s``; new ids for boxes no live track explains."""
+        self.tracks = [t for t in self.tracks if time_s - t.time_s <= self.max_age_s]
+        found = np.asarray(boxes, dtype=float).reshape(-1, 4)
+        ids = [0] * len(found)
+        matched = set()
+        if self.tracks and len(found):
+            predicted = np.stack([t.predicted(time_s) for t in self.tracks])
+            overlap = iou_matrix(predicted, found)
+            for ti, bi in zip(*linear_sum_assignment(overlap, maximize=True)):
+                if overlap[ti, bi] >= self.min_iou:
+                    self._move(self.tracks[ti], found[bi], time_s)
+                    ids[bi] = self.tracks[ti].id
+                    matched.add(bi)
+        for bi in range(len(found)):
+            if bi not in matched:
+                self.tracks.append(_Track(self._next_id, found[bi], time_s))
+                ids[bi] = self._next_id
+                self._next_id += 1
+        return ids
+
+    @staticmethod
+    def _move(track: _Track, box: np.ndarray, time_s: float) -> None:
+        track.dt = time_s - track.time_s
+        if track.dt > 0:
+            # Half old, half new: one jittery detection should not throw the prediction off.
+            moved = (box[:2] + box[2:] / 2) - (track.box[:2] + track.box[2:] / 2)
+            track.velocity = 0.5 * track.velocity + 0.5 * moved / track.dt
+        track.box, track.time_s = box, time_s
+
+    def update(self, time_s: float, faces: Sequence[Face]) -> None:
+        """Sets each face's ``track`` and ``smoothed``, and its label and confidence from the smoothed probabilities."""
+        ids = self.assign(time_s, [f.box for f in faces])
+        by_id = {t.id: t for t in self.tracks}
+        for face, track_id in zip(faces, ids):
+            track = by_id[track_id]
+            classes = list(face.probabilities)
+            raw = np.array([face.probabilities[c] for c in classes])
+            if track.probs is None or self.smooth_s <= 0:
+                track.probs = raw
+            else:
+                weight = 1 - 0.5 ** (track.dt / self.smooth_s)
+                track.probs = track.probs + weight * (raw - track.probs)
+            face.track = track_id
+            face.smoothed = {c: float(p) for c, p in zip(classes, track.probs)}
+            face.label = classes[int(track.probs.argmax())]
+            face.confidence = float(track.probs.max())
+
+
+@dataclass
+class _Run:
+    """What the summary keeps of one track: O(1) in its length but for the segments (and the timeline, on request)."""
+
+    source: str
+    track: int
+    first_s: float
+    last_s: float
+    frames: int = 0
+    changes: int = 0
+    per_label: dict[str, int] = field(default_factory=dict)
+    segments: list[dict] = field(default_factory=list)
+    label: str = ""
+    since_s: float = 0.0
+    timeline: list[tuple[float, list[float]]] = field(default_factory=list)
+
+
+def _held(run: _Run, step: float) -> list[dict]:
+    """The run's current label as a segment, if it held long enough (a one-frame step counts to its end)."""
+    end = run.last_s + step
+    if end - run.since_s < SEGMENT_S - 1e-9:
+        return []
+    return [{"label": run.label, "start_s": round(run.since_s, 3), "end_s": round(end, 3)}]
+
+
+class Summary:
+    """Per track of every video: first and last time, seconds in view, share of time per expression, the dominant
+    one, and the segments where one (smoothed) label held for at least :data:`SEGMENT_S`.
+
+    Fed one result at a time (:meth:`add`), so a long video costs a few numbers per track. ``step_s`` is the time
+    one result stands for (``every`` frames); ``timelines`` keeps each track's smoothed probabilities for a plot.
+    """
+
+    def __init__(self, classes: Sequence[str], smooth_s: float = SMOOTH_S, timelines: bool = False) -> None:
+        self.classes, self.smooth_s, self.timelines = list(classes), smooth_s, timelines
+        self._runs: dict[tuple[str, int], _Run] = {}
+        self._steps: dict[str, float] = {}
+
+    def start(self, source: str, step_s: float) -> None:
+        self._steps[source] = step_s
+
+    def add(self, result: Result) -> None:
+        step = self._steps.get(result.source, 0.0)
+        for face in result.faces:
+            if face.track is None:
+                continue
+            run = self._runs.get((result.source, face.track))
+            if run is None:
+                run = self._runs[(result.source, face.track)] = _Run(
+                    result.source, face.track, result.time_s, result.time_s, label=face.label, since_s=result.time_s
+                )
+            elif face.label != run.label:
+                run.segments += _held(run, step)
+                run.changes += 1
+                run.label, run.since_s = face.label, result.time_s
+            run.last_s = result.time_s
+            run.frames += 1
+            run.per_label[face.label] = run.per_label.get(face.label, 0) + 1
+            if self.timelines:
+                run.timeline.append((result.time_s, [face.smoothed[c] for c in self.classes]))
+
+    def rows(self) -> list[dict]:
+        out = []
+        for run in self._runs.values():
+            step = self._steps.get(run.source, 0.0)
+            seconds = run.frames * step
+            segments = run.segments + _held(run, step)
+            share = {c: round(run.per_label.get(c, 0) / run.frames, 4) for c in self.classes}
+            out.append(
+                {
+                    "source": run.source,
+                    "track": run.track,
+                    "first_s": round(run.first_s, 3),
+                    "last_s": round(run.last_s, 3),
+                    "seconds": round(seconds, 3),
+                    "frames": run.frames,
+                    "dominant": max(share, key=share.get),
+                    "share": share,
+                    "label_changes": run.changes,
+                    "segments": segments,
+                }
+            )
+        return out
+
+    def tracks(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """(title, times, smoothed probabilities) per track, longest first, for :func:`ferkit.plots.plot_timeline`."""
+        runs = sorted(self._runs.values(), key=lambda r: r.frames, reverse=True)
+        return [
+            (f"{r.source} track {r.track}", np.array([t for t, _ in r.timeline]), np.array([p for _, p in r.timeline]))
+            for r in runs
+        ]
+
+    def changes_per_second(self) -> float:
+        """Label changes per track-second over all tracks: how much labels flicker."""
+        rows = self.rows()
+        seconds = sum(r["seconds"] for r in rows)
+        return sum(r["label_changes"] for r in rows) / seconds if seconds else 0.0
+
+    def to_json(self) -> str:
+        return json.dumps({"classes": self.classes, "smooth_s": self.smooth_s, "tracks": self.rows()}, indent=2)
+
+    def format_table(self) -> str:
+        rows = self.rows()
+        if not rows:
+            return "no face was tracked"
+        head = f"{'source':<24} {'track':>5} {'first':>8} {'last':>8} {'in view':>8}  {'dominant':<16} then  segments"
+        lines = [head]
+        for r in rows:
+            ranked = sorted(r["share"].items(), key=lambda kv: kv[1], reverse=True)
+            others = ", ".join(f"{c} {p:.0%}" for c, p in ranked[1:3] if p > 0) or "-"
+            held = [f"{s['label']} {s['start_s']:.1f}-{s['end_s']:.1f}s" for s in r["segments"]]
+            more = f" +{len(held) - 3} more" if len(held) > 3 else ""
+            lines.append(
+                f"{r['source'][-24:]:<24} {r['track']:>5} {r['first_s']:>7.2f}s {r['last_s']:>7.2f}s "
+                f"{r['seconds']:>7.1f}s  {r['dominant'] + f' {ranked[0][1]:.0%}':<16} {others}  "
+                f"{', '.join(held[:3]) or '-'}{more}"
+            )
+        return "\n".join(lines)
