@@ -170,6 +170,10 @@ def test_photo_presets_are_their_base_preset_plus_the_photo_ops():
         ({"jpeg_quality": (90, 40)}, "--jpeg-quality must be MIN MAX with MIN <= MAX (got 90.0 40.0)"),
         ({"noise_std": -0.1}, "--noise-std must be in [0, 1] (got -0.1)"),
         ({"mixup_alpha": -1.0}, "--mixup-alpha must be >= 0 (got -1.0)"),
+        (
+            {"image_size": 8, "blur_p": 0.5, "blur_sigma": (0.1, 3.0)},
+            "--blur-sigma up to 3.0 needs --image-size above 9 (got 8); lower the sigma or raise the size",
+        ),
     ],
 )
 def test_new_augmentation_values_are_checked(values, message):

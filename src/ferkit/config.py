@@ -297,6 +297,12 @@ class Config:
             low, high = getattr(self, name)
             if low > high:
                 raise FerkitError(f"{_flag(name)} must be MIN MAX with MIN <= MAX (got {_value((low, high))})")
+        # The blur kernel reaches 3 sigma to each side, and reflect padding needs the image to be wider than that.
+        if self.blur_p and math.ceil(3 * self.blur_sigma[1]) >= self.image_size:
+            raise FerkitError(
+                f"--blur-sigma up to {self.blur_sigma[1]} needs --image-size above {math.ceil(3 * self.blur_sigma[1])} "
+                f"(got {self.image_size}); lower the sigma or raise the size"
+            )
 
     def effective_lr(self) -> float:
         ratio = self.batch_size / 32
