@@ -103,12 +103,14 @@ def _calibrate(args: argparse.Namespace) -> int:
         workers=args.workers,
         device=args.device,
         precision=args.precision,
+        temperature=args.temperature,
     )
     if args.json:
         print(json.dumps(fit, indent=2))
     else:
         print(
-            f"wrote temperature {fit['temperature']:.4f} into {fit['checkpoint']} "
+            f"wrote {'fitted' if fit['fitted'] else 'given'} temperature {fit['temperature']:.4f} "
+            f"into {fit['checkpoint']} "
             f"(was {fit['temperature_before']:.4f}); "
             f"{fit['split']} ({fit['images']} images, {fit['precision']}): NLL {fit['nll_before']:.4f} -> "
             f"{fit['nll_after']:.4f}, ECE {fit['ece_before']:.4f} -> {fit['ece_after']:.4f}"
@@ -298,6 +300,7 @@ def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=Config.workers, help="DataLoader worker processes")
     _device(p)
     p.add_argument("--precision", choices=EVAL_PRECISIONS, help="default: the checkpoint's evaluation precision")
+    p.add_argument("--temperature", type=float, metavar="T", help="write T instead of fitting (e.g. fp32's on int8)")
     _json(p)
     p.set_defaults(func=_calibrate)
 

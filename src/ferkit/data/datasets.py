@@ -174,7 +174,7 @@ def is_whole_folder(root: Path) -> bool:
     return no_splits and any(canonical_class(n) for n in names)
 
 
-def read_whole_folder(root: Path, classes: tuple[str, ...]) -> tuple[list[Sample], list[str]]:
+def read_whole_folder(root: Path, classes: tuple[str, ...], limit_per_class: int = 0) -> tuple[list[Sample], list[str]]:
     """Every image under ``root/<class>/``, labelled by its index in ``classes``, and one line per folder left out.
 
     A folder whose name is no FER2013 class (CK+'s contempt), or a class the model lacks, is left out
@@ -192,7 +192,7 @@ def read_whole_folder(root: Path, classes: tuple[str, ...]) -> tuple[list[Sample
             left_out.append(f"{root.name}/{cls}: {reason}; its {len(files)} images are left out")
     if not samples:
         raise FerkitError(f"{root} has no images in folders named for the model's classes {list(classes)}")
-    return samples, left_out
+    return _limit(samples, limit_per_class), left_out
 
 
 def _folder_files(root: Path) -> dict[str, list[Path]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
-from ..plots import plot_confusion, plot_reliability
+from ..plots import plot_confusion
 
 # Guo et al. (2017): 15 equal-width confidence bins, the figure papers on calibration compare.
 ECE_BINS = 15
@@ -76,7 +76,6 @@ def write_report(metrics: dict, classes: Sequence[str], out_dir: Path, stem: str
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{stem}.json").write_text(json.dumps(metrics, indent=2) + "\n")
     plot_confusion(metrics["confusion_matrix"], classes, out_dir / f"{stem}_confusion.png", title)
-    plot_reliability(metrics["reliability"], out_dir / f"{stem}_reliability.png", f"{title}, ECE {metrics['ece']:.3f}")
 
 
 def format_metrics(metrics: dict, classes: Sequence[str]) -> str:

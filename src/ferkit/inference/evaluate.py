@@ -4,6 +4,7 @@ calibrate``)."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from ..errors import FerkitError
 from ..evaluation.calibration import fit_temperature, temper
 from ..evaluation.metrics import compute_metrics, write_report
 from ..evaluation.predictions import collect_probs, inference_precision
+from ..plots import plot_reliability
 from ..runtime import resolve_device
 from .export import store_onnx_temperature
 from .loading import InferenceModel, load_for_inference
@@ -73,7 +75,7 @@ def evaluate_checkpoint(
     root = resolve_data_path(data if data is not None else cfg.data)
     left_out: list[str] = []
     if is_whole_folder(root):
-        samples, left_out = read_whole_folder(root, classes)
+        samples, left_out = read_whole_folder(root, classes, limit_per_class)
         split_name, protocol_name = WHOLE, "none"
     else:
         splits = load_splits(root, protocol or cfg.protocol, limit_per_class)
@@ -92,13 +94,11 @@ def evaluate_checkpoint(
     )
     if out_dir is not None:
         stem = f"eval_{metrics['split']}" + ("" if tta == "none" else f"_{tta}")
-        write_report(
-            metrics,
-            classes,
-            Path(out_dir),
-            stem,
-            f"{metrics['split']} ({protocol_name} protocol, TTA {tta}): acc {metrics['accuracy']:.3f}",
-        )
+        title = f"{metrics['split']} ({protocol_name} protocol, TTA {tta}): acc {metrics['accuracy']:.3f}"
+        write_report(metrics, classes, Path(out_dir), stem, title)
+        # Only here, not in training's report: a run folder's files stay what they were.
+        reliability_title = f"{title}, T {loaded.temperature:.3f}, ECE {metrics['ece']:.3f}"
+        plot_reliability(metrics["reliability"], Path(out_dir) / f"{stem}_reliability.png", reliability_title)
     return metrics
 
 
@@ -109,12 +109,14 @@ def calibrate_checkpoint(
     workers: int = Config.workers,
     device: str = "auto",
     precision: str | None = None,
+    temperature: float | None = None,
 ) -> dict:
     """Fit the temperature of a model file on its protocol's selection split and write it into the file.
 
-    The fit starts from the file's own temperature (re-calibrating refines it), through the back end that
-    will run the file, so an int8 ONNX file gets the temperature of its own logits.
-    Returns the temperatures before and after and the selection-split NLL at each.
+    The fit is on the file's raw logits (whatever temperature it stores is ignored, so calibrating twice gives
+    the same T), through the back end that will run the file. ``temperature`` writes that value instead of
+    fitting one: the fp32 model's T onto its int8 twin, whose weights stay untouched.
+    Returns the temperatures before and after, and the selection-split NLL and ECE at each.
     """
     loaded = load_for_inference(checkpoint, device=device)
     root = resolve_data_path(data if data is not None else loaded.config.data)
@@ -124,22 +126,25 @@ def calibrate_checkpoint(
         )
     splits = load_splits(root, loaded.config.protocol)
     check_classes(loaded.source, loaded.classes, splits.classes)
-    probs, labels, precision = _probs(loaded, splits.select, batch_size, workers, precision, "none")
-    further = fit_temperature(probs, labels)
-    temperature = loaded.temperature * further
-    after = compute_metrics(labels, temper(probs, further), loaded.classes)
-    before = compute_metrics(labels, probs, loaded.classes)
+    raw = replace(loaded, model=loaded.model.model, temperature=1.0)
+    probs, labels, precision = _probs(raw, splits.select, batch_size, workers, precision, "none")
+    fitted = fit_temperature(probs, labels) if temperature is None else temperature
+    if not fitted > 0:
+        raise FerkitError(f"--temperature {temperature} is not positive; give a T > 0 or leave it out to fit one")
+    before = compute_metrics(labels, temper(probs, loaded.temperature), loaded.classes)
+    after = compute_metrics(labels, temper(probs, fitted), loaded.classes)
     if loaded.source.suffix.lower() == ".onnx":
-        store_onnx_temperature(loaded.source, temperature)
+        store_onnx_temperature(loaded.source, fitted)
     else:
-        store_temperature(loaded.source, temperature)
+        store_temperature(loaded.source, fitted)
     return {
         "checkpoint": str(loaded.source),
         "split": splits.names.get("select", "select"),
         "images": int(len(labels)),
         "precision": precision,
+        "fitted": temperature is None,
         "temperature_before": loaded.temperature,
-        "temperature": temperature,
+        "temperature": fitted,
         "ece_before": before["ece"],
         "ece_after": after["ece"],
         "nll_before": before["loss"],
