@@ -36,9 +36,10 @@ WHOLE = "all"  # the split name of a folder of class folders evaluated whole
 BATCH_SIZE = 256
 
 
-def _probs(
+def sample_probs(
     loaded: InferenceModel, samples: list[Sample], batch_size: int, workers: int, precision: str | None, tta: str
 ) -> tuple[np.ndarray, np.ndarray, str]:
+    """Probabilities, labels and the precision they were computed in, for ``samples`` through ``loaded``."""
     dev = resolve_device(loaded.device)
     precision = inference_precision(loaded.model, loaded.config, precision)
     dataset = FerDataset(samples, build_test_transform(loaded.config))
@@ -81,7 +82,7 @@ def evaluate_checkpoint(
         splits = load_splits(root, protocol or cfg.protocol, limit_per_class)
         check_classes(loaded.source, classes, splits.classes)
         samples, split_name, protocol_name = getattr(splits, split), splits.names.get(split, split), splits.protocol
-    probs, labels, precision = _probs(loaded, samples, batch_size, workers, precision, tta)
+    probs, labels, precision = sample_probs(loaded, samples, batch_size, workers, precision, tta)
     metrics = compute_metrics(labels, probs, classes, min_support)
     metrics.update(
         split=split_name,
@@ -127,7 +128,7 @@ def calibrate_checkpoint(
     splits = load_splits(root, loaded.config.protocol)
     check_classes(loaded.source, loaded.classes, splits.classes)
     raw = replace(loaded, model=loaded.model.model, temperature=1.0)
-    probs, labels, precision = _probs(raw, splits.select, batch_size, workers, precision, "none")
+    probs, labels, precision = sample_probs(raw, splits.select, batch_size, workers, precision, "none")
     fitted = fit_temperature(probs, labels) if temperature is None else temperature
     if not fitted > 0:
         raise FerkitError(f"--temperature {temperature} is not positive; give a T > 0 or leave it out to fit one")
