@@ -145,3 +145,33 @@ def test_train_help_groups_the_flags_by_topic(capsys):
     for f in fields(Config):
         assert re.search(f"^  --{f.name.replace('_', '-')}[ ,]", sections[f.metadata["group"]], re.M), f.name
     assert "--resume" in sections["run"] and "--preset" in sections["run"] and "--nproc" in sections["speed"]
+
+
+def test_photo_presets_are_their_base_preset_plus_the_photo_ops():
+    for name in ("quick", "bundled"):
+        photos = Config().updated(PRESETS[f"{name}-photos"])
+        base = Config().updated(PRESETS[name])
+        assert photos.frame_scale == (0.85, 1.15) and photos.frame_shift == 0.05 and photos.blur_p > 0
+        changed = {f.name for f in fields(Config) if getattr(photos, f.name) != getattr(base, f.name)}
+        assert changed == {"frame_scale", "frame_shift", "gamma", "blur_p", "noise_p"}
+    # Every new op is off by default, so the specification's chain is unchanged.
+    spec = Config()
+    assert spec.frame_scale == (1.0, 1.0) and spec.frame_shift == spec.gamma == 0
+    assert spec.blur_p == spec.jpeg_p == spec.noise_p == spec.mixup_alpha == spec.cutmix_alpha == 0
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"frame_scale": (1.2, 0.9)}, "--frame-scale must be MIN MAX with MIN <= MAX (got 1.2 0.9)"),
+        ({"frame_scale": (0.4, 1.0)}, "--frame-scale must be in [0.5, 2] (got 0.4 1.0)"),
+        ({"frame_shift": 0.6}, "--frame-shift must be in [0, 0.5] (got 0.6)"),
+        ({"blur_sigma": (0.0, 1.0)}, "--blur-sigma must be in (0, 3] (got 0.0 1.0)"),
+        ({"jpeg_quality": (90, 40)}, "--jpeg-quality must be MIN MAX with MIN <= MAX (got 90.0 40.0)"),
+        ({"noise_std": -0.1}, "--noise-std must be in [0, 1] (got -0.1)"),
+        ({"mixup_alpha": -1.0}, "--mixup-alpha must be >= 0 (got -1.0)"),
+    ],
+)
+def test_new_augmentation_values_are_checked(values, message):
+    with pytest.raises(FerkitError, match=f"^{re.escape(message)}$"):
+        Config().updated(values)

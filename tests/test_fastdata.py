@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -158,22 +159,25 @@ def unnormalize(out: torch.Tensor, cfg: Config) -> torch.Tensor:
     return out * torch.tensor(cfg.std).view(1, 3, 1, 1) + torch.tensor(cfg.mean).view(1, 3, 1, 1)
 
 
-def central_disc(size: int) -> torch.Tensor:
+def central_disc(size: int, radius: float = 0.35) -> torch.Tensor:
     """Pixels no rotation up to 45 degrees can fill, and no crop makes read past the source's edge."""
     coords = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
     yy, xx = torch.meshgrid(coords, coords, indexing="ij")
-    return (xx**2 + yy**2) <= (0.35 * size) ** 2
+    return (xx**2 + yy**2) <= (radius * size) ** 2
 
 
-def plane_gradients(channel: torch.Tensor) -> torch.Tensor:
-    """Least-squares d/dx and d/dy of each image [N, S, S] over its central disc."""
+def plane_fit(channel: torch.Tensor, radius: float = 0.35) -> torch.Tensor:
+    """Least-squares value at the centre, d/dx and d/dy of each image [N, S, S] over its central disc."""
     size = channel.shape[-1]
     coords = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
     yy, xx = torch.meshgrid(coords, coords, indexing="ij")
-    disc = central_disc(size)
+    disc = central_disc(size, radius)
     design = torch.stack([torch.ones_like(xx[disc]), xx[disc], yy[disc]], dim=1)
-    solution = torch.linalg.lstsq(design.expand(len(channel), -1, -1), channel[:, disc].unsqueeze(-1)).solution
-    return solution[:, 1:, 0]
+    return torch.linalg.lstsq(design.expand(len(channel), -1, -1), channel[:, disc].unsqueeze(-1)).solution[..., 0]
+
+
+def plane_gradients(channel: torch.Tensor) -> torch.Tensor:
+    return plane_fit(channel)[:, 1:]
 
 
 def test_geometry_statistics_match_the_reference() -> None:
@@ -199,6 +203,108 @@ def test_geometry_statistics_match_the_reference() -> None:
     assert abs(ref["area"].std() - fast["area"].std()) < 0.015
     assert abs(fast["angle"].mean()) < 2.0
     assert abs(ref["angle"].std() - fast["angle"].std()) < 1.5  # uniform on +-20 degrees: std 11.5
+
+
+# Only the op under test: no crop, flip, colour, rotation or erasing.
+STILL = SMALL.updated(
+    {"crop_scale": (1.0, 1.0), "flip_p": 0.0, "jitter_p": 0.0, "grayscale_p": 0.0, "rotation": 0.0, "erasing_p": 0.0}
+)
+
+
+def test_framing_statistics_match_the_reference() -> None:
+    """Face scale and shift, read back from the gradients and centre value of a known image, follow the same law."""
+    cfg = STILL.updated({"frame_scale": (0.8, 1.2), "frame_shift": 0.1})
+    stats = {}
+    for name, outputs in (
+        ("reference", reference_outputs(cfg, geometry_image())),
+        ("fast", fast_outputs(cfg, geometry_image())),
+    ):
+        raw = unnormalize(outputs, cfg) * 255
+        # The disc stays on the source even at scale 0.8 shifted by 10%; the repeated edges beyond have no gradient.
+        red, green = plane_fit(raw[:, 0], 0.2), plane_fit(raw[:, 1], 0.2)
+        # An output pixel spans SOURCE / (scale * size) source pixels, each 8 levels.
+        scale = torch.cat([SOURCE * 8 / (cfg.image_size * red[:, 1]), SOURCE * 8 / (cfg.image_size * green[:, 2])])
+        # The output's centre reads the source at its centre plus the shift, 20 + 8 * (pixel index) in each channel.
+        shift = torch.cat([red[:, 0], green[:, 0]]).sub(20).div(8).add(0.5).div(SOURCE).sub(0.5)
+        stats[name] = {"scale": scale, "shift": shift}
+    for name, s in stats.items():
+        assert 0.77 < s["scale"].min() < 0.83 and 1.17 < s["scale"].max() < 1.23, name
+        assert s["shift"].abs().max() < 0.1 + 1 / SOURCE, name  # the reference rounds its box to whole pixels
+    ref, fast = stats["reference"], stats["fast"]
+    assert abs(ref["scale"].mean() - fast["scale"].mean()) < 0.01
+    assert abs(ref["scale"].std() - fast["scale"].std()) < 0.01  # uniform on 0.8-1.2: std 0.115
+    assert abs(fast["shift"].mean()) < 0.008
+    assert abs(ref["shift"].std() - fast["shift"].std()) < 0.006  # uniform on +-0.1: std 0.058
+
+
+@pytest.mark.parametrize("pipeline", [reference_outputs, fast_outputs])
+def test_zooming_out_repeats_the_edge_pixels(pipeline) -> None:
+    cfg = STILL.updated({"frame_scale": (0.6, 0.6)})
+    raw = unnormalize(pipeline(cfg, geometry_image(), 4), cfg) * 255
+    source = torch.from_numpy(geometry_image()).permute(2, 0, 1).float()
+    # The source fills the middle 60%; all around it, the colours of its nearest edge, never black.
+    border = round(cfg.image_size * 0.2) - 1
+    assert (raw[:, :, :border, :border] - source[:, :1, :1]).abs().max() < 1
+    assert (raw[:, :, -border:, -border:] - source[:, -1:, -1:]).abs().max() < 1
+    # Above the source, its top row repeated: green (which grows downwards) at the top row's value.
+    assert (raw[:, 1, :border] - source[1, 0, 0]).abs().max() < 1
+    assert raw.min() > 15
+
+
+def uniform_grey(value: int) -> np.ndarray:
+    return np.full((SOURCE, SOURCE, 3), value, np.uint8)
+
+
+def test_gamma_statistics_match_the_reference() -> None:
+    cfg = STILL.updated({"image_size": SOURCE, "gamma": 0.5})
+    logs = {}
+    for name, pipeline in (("reference", reference_outputs), ("fast", fast_outputs)):
+        value = unnormalize(pipeline(cfg, uniform_grey(128)), cfg).mean(dim=(1, 2, 3))
+        logs[name] = torch.log(torch.log(value) / math.log(128 / 255))  # log gamma, uniform on +-0.5
+    for name, log_gamma in logs.items():
+        assert -0.53 < log_gamma.min() < -0.45 and 0.45 < log_gamma.max() < 0.53, name
+        # The mean's standard error is 0.014; the reference's uint8 truncation adds about +0.006.
+        assert abs(log_gamma.mean()) < 0.05 and abs(log_gamma.std() - 0.5 / math.sqrt(3)) < 0.02, name
+
+
+def test_blur_and_noise_statistics_match_the_reference() -> None:
+    """A blur lowers the contrast of fine stripes by its sigma; noise raises a flat image's spread by its std."""
+    columns = np.arange(SOURCE) // 2 % 2 * 200 + 20  # stripes two pixels wide
+    stripes = np.broadcast_to(columns[None, :, None], (SOURCE, SOURCE, 3))
+    cfg = STILL.updated({"image_size": SOURCE, "blur_p": 0.6, "blur_sigma": (0.3, 1.5)})
+    contrast = {
+        name: unnormalize(pipeline(cfg, stripes.astype(np.uint8)), cfg)[:, 0, 4:-4, 4:-4].std(dim=(1, 2))
+        for name, pipeline in (("reference", reference_outputs), ("fast", fast_outputs))
+    }
+    sharp = contrast["reference"].max()
+    for name, c in contrast.items():
+        # Sigma 0.3 leaves the stripes nearly as they are; 1.5 all but erases them.
+        assert abs((c < 0.9 * sharp).float().mean() - 0.6 * 0.85) < 0.1, name
+    for q in (0.1, 0.3, 0.5, 0.7):
+        assert abs(contrast["reference"].quantile(q) - contrast["fast"].quantile(q)) < 0.03, q
+
+    cfg = STILL.updated({"image_size": SOURCE, "noise_p": 0.4, "noise_std": 0.05})
+    for name, pipeline in (("reference", reference_outputs), ("fast", fast_outputs)):
+        raw = unnormalize(pipeline(cfg, uniform_grey(128)), cfg)
+        spread = raw.std(dim=(2, 3))
+        noisy = spread.mean(dim=1) > 0.01
+        assert abs(noisy.float().mean() - cfg.noise_p) < 0.08, name
+        assert abs(spread[noisy].mean() - cfg.noise_std) < 0.003, name
+        # Each channel gets noise of its own, as torchvision's GaussianNoise draws it, grey input or not.
+        assert (raw[noisy, 0] - raw[noisy, 1]).abs().mean() > 0.02, name
+
+
+def test_blur_matches_torchvision() -> None:
+    image = torch.rand(3, 3, 20, 20, generator=torch.Generator().manual_seed(4))
+    sigmas = [0.4, 1.0, 2.0]
+    blurred = fastdata._blur(image, torch.tensor(sigmas), 13)
+    for one, sigma, got in zip(image, sigmas, blurred):
+        assert torch.allclose(got, TF.gaussian_blur(one, [13, 13], [sigma, sigma]), atol=1e-5)
+
+
+def test_jpeg_is_refused_in_one_line_naming_the_workers_pipeline() -> None:
+    with pytest.raises(FerkitError, match="^--jpeg-p needs --data-pipeline workers: .*codec$"):
+        BatchAugment(SMALL.updated({"jpeg_p": 0.3}))
 
 
 def test_augmentation_statistics_match_the_reference() -> None:
@@ -293,6 +399,7 @@ def test_warp_matches_torchvision_geometry() -> None:
             tensor(width) / SOURCE,
             torch.tensor([flip]),
             tensor(angle),
+            (torch.ones(1), torch.zeros(1, 2)),
             32,
         )
         assert (warped - reference).abs().mean() < 0.01

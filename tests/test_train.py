@@ -100,6 +100,32 @@ def test_sigint_mid_epoch_saves_and_resumes_exactly(image_folder, tmp_path, monk
     assert all(torch.equal(full[k], resumed[k]) for k in full)
 
 
+@pytest.mark.parametrize("pipeline", ["workers", "batched"])
+def test_photo_augmentation_and_batch_mixing_train_and_resume_exactly(image_folder, tmp_path, monkeypatch, pipeline):
+    # Mixing draws from the global generator, like dropout: a resumed epoch must replay it from last.pth.
+    photos = dict(
+        data_pipeline=pipeline,
+        epochs=1,
+        frame_scale=(0.85, 1.15),
+        frame_shift=0.05,
+        gamma=0.25,
+        blur_p=0.5,
+        noise_p=0.5,
+        mixup_alpha=0.4,
+        cutmix_alpha=1.0,
+    )
+    train(tiny(image_folder, tmp_path / "full", **photos))
+    real_step = sigint_after_optimizer_steps(monkeypatch, 3)
+    with pytest.raises(TrainingInterrupted):
+        train(tiny(image_folder, tmp_path / "cut", **photos))
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    train(tiny(image_folder, tmp_path / "cut", **photos), resume=True)
+    full, resumed = weights(tmp_path / "full"), weights(tmp_path / "cut")
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    history = list(csv.DictReader(open(tmp_path / "full" / "metrics.csv")))
+    assert 0 <= float(history[0]["train_acc"]) <= 1 and float(history[0]["train_loss"]) > 0
+
+
 def test_ema_weights_are_evaluated_saved_and_resumed_exactly(image_folder, tmp_path, monkeypatch):
     train(tiny(image_folder, tmp_path / "full", epochs=1, ema_decay=0.9))
     last, best = read_checkpoint(tmp_path / "full" / "last.pth"), read_checkpoint(tmp_path / "full" / "best.pth")

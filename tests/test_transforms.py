@@ -5,7 +5,14 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from ferkit.config import Config
-from ferkit.data.transforms import ToRGB, build_test_transform, build_train_transform
+from ferkit.data.transforms import (
+    RandomGamma,
+    RandomReframe,
+    ToRGB,
+    build_batch_mix,
+    build_test_transform,
+    build_train_transform,
+)
 
 
 def test_train_pipeline_is_the_specification_in_order():
@@ -88,3 +95,73 @@ def test_grey_input_shows_colour_photos_grey_and_leaves_grey_images_exactly_as_t
     batch = torch.from_numpy(np.asarray(colour)).permute(2, 0, 1)[None].contiguous()
     y = BatchAugment(cfg)(batch)
     assert torch.equal(y[0, 0], y[0, 1]) and torch.equal(y[0, 1], y[0, 2])
+
+
+PHOTO_OPS = dict(
+    frame_scale=(0.9, 1.1), frame_shift=0.04, gamma=0.3, blur_p=0.2, jpeg_p=0.3, jpeg_quality=(50, 90), noise_p=0.1
+)
+
+
+def test_new_ops_sit_in_the_chain_in_order_with_their_parameters():
+    t = build_train_transform(Config(**PHOTO_OPS)).transforms
+    kinds = [type(x).__name__ for x in t]
+    assert kinds == [
+        "ToRGB",
+        "ToImage",
+        "RandomReframe",
+        "RandomResizedCrop",
+        "RandomHorizontalFlip",
+        "RandomApply",
+        "RandomGrayscale",
+        "RandomGamma",
+        "RandomRotation",
+        "RandomApply",
+        "RandomApply",
+        "ToDtype",
+        "RandomApply",
+        "Normalize",
+        "RandomErasing",
+    ]
+    reframe, gamma, blur, jpeg, noise = t[2], t[7], t[9], t[10], t[12]
+    assert reframe.scale == (0.9, 1.1) and reframe.shift == 0.04 and gamma.strength == 0.3
+    assert blur.p == 0.2 and blur.transforms[0].kernel_size == (7, 7) and blur.transforms[0].sigma == [0.1, 1.0]
+    assert jpeg.p == 0.3 and jpeg.transforms[0].quality == [50, 90]
+    assert noise.p == 0.1 and noise.transforms[0].sigma == 0.03
+
+
+def test_framing_and_gamma_at_strength_zero_are_the_identity():
+    image = torch.randint(0, 256, (3, 20, 20), dtype=torch.uint8)
+    assert torch.equal(RandomReframe((1.0, 1.0), 0.0)(image), image)
+    assert torch.equal(RandomGamma(0.0)(image), image)
+
+
+def test_framing_moves_the_face_within_its_shift_range():
+    # A 1-pixel dot in the middle of the frame: where it lands gives the shift (the scale: tests/test_fastdata.py).
+    image = torch.zeros(1, 41, 41, dtype=torch.uint8)
+    image[0, 20, 20] = 255
+    torch.manual_seed(0)
+    centres = []
+    for _ in range(200):
+        out = RandomReframe((0.7, 1.3), 0.1)(image)[0].float()
+        ys, xs = torch.nonzero(out > 0, as_tuple=True)
+        centres.append(((xs.float().mean() - 20) / 41, (ys.float().mean() - 20) / 41))
+    shifts = torch.tensor(centres)
+    # The face moves opposite to the box, by up to scale * shift of the side.
+    assert shifts.abs().max() <= 1.3 * 0.1 + 1.5 / 41 and shifts.std() > 0.04
+
+
+def test_batch_mix_gives_label_probabilities_that_the_smoothed_loss_takes():
+    assert build_batch_mix(Config(), 7) is None
+    assert isinstance(build_batch_mix(Config(mixup_alpha=0.2), 7), v2.MixUp)
+    assert isinstance(build_batch_mix(Config(cutmix_alpha=1.0), 7), v2.CutMix)
+    both = build_batch_mix(Config(mixup_alpha=0.2, cutmix_alpha=1.0), 7)
+    assert isinstance(both, v2.RandomChoice)
+    images, labels = torch.rand(8, 3, 16, 16), torch.arange(8) % 7
+    mixed, targets = both(images, labels)
+    assert mixed.shape == images.shape and targets.shape == (8, 7)
+    assert torch.allclose(targets.sum(dim=1), torch.ones(8)) and (targets > 0).sum(dim=1).max() <= 2
+    # Label probabilities that are one-hot give the loss of the class indices, smoothing included.
+    logits = torch.randn(8, 7)
+    one_hot = torch.nn.functional.one_hot(labels, 7).float()
+    soft = torch.nn.functional.cross_entropy(logits, one_hot, label_smoothing=0.1)
+    assert torch.allclose(soft, torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1))

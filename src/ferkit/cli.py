@@ -149,6 +149,7 @@ def _predict(args: argparse.Namespace) -> int:
         tta=args.tta,
         margin=args.margin,
         batch_size=args.batch_size,
+        detector=None if args.no_detect else _built_detector(args),
     )
     live = args.camera is not None and not (args.json or args.csv)  # a camera's frames are printed as they come
     results = predict_source(
@@ -208,6 +209,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         backend=args.backend,
         device=args.device,
+        detector=_built_detector(args),
     )
     return 0
 
@@ -242,6 +244,22 @@ def _backend(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend", choices=BACKENDS, default="auto", help="auto: onnxruntime for .onnx files, PyTorch otherwise"
     )
+
+
+def _detector(parser: argparse.ArgumentParser) -> None:
+    from .inference.faces import DETECTOR, DETECTORS, MIN_FACE, SCORE_THRESHOLD
+
+    parser.add_argument("--detector", choices=DETECTORS, default=DETECTOR, help="the face detector")
+    parser.add_argument("--min-face", type=float, default=MIN_FACE, metavar="PX", help="smallest face side to find")
+    parser.add_argument(
+        "--face-threshold", type=float, default=SCORE_THRESHOLD, help="retinaface: lowest face score kept"
+    )
+
+
+def _built_detector(args: argparse.Namespace):
+    from .inference.faces import build_detector
+
+    return build_detector(args.detector, args.min_face, args.face_threshold)
 
 
 def _tta(parser: argparse.ArgumentParser, modes: tuple[str, ...]) -> None:
@@ -312,7 +330,8 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     _checkpoint(p, "--checkpoint")
     p.add_argument("--camera", type=int, metavar="N", help="read frames from camera N instead (Ctrl-C stops)")
     p.add_argument("--no-detect", action="store_true", help="inputs are already face crops (like FER2013)")
-    p.add_argument("--margin", type=float, default=MARGIN, help="grow each face box by this fraction per side")
+    _detector(p)
+    p.add_argument("--margin", type=float, default=MARGIN, help="haar: grow each face box by this fraction per side")
     _tta(p, TTA_MODES)
     _backend(p)
     _device(p)
@@ -347,6 +366,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-pixels", type=int, default=limits.MAX_PIXELS, help="largest image accepted, in pixels")
     p.add_argument("--max-batch", type=int, default=limits.MAX_BATCH, help="most concurrent uploads in one batch")
     p.add_argument("--max-queue", type=int, default=limits.MAX_QUEUE, help="requests in progress before 503")
+    _detector(p)
     _backend(p)
     _device(p)
     p.set_defaults(func=_serve)

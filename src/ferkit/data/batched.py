@@ -30,6 +30,13 @@ statistically:
   op (a bias of up to ~1/255 per op that this pipeline does not reproduce).
 - Sources larger than the output are first downscaled with antialiasing to the output size (the
   warp alone would alias); the crop box is drawn in the original pixels either way.
+- The photo ops (off by default, and then drawing nothing, so the default draws are unchanged):
+  reframing is folded into the same warp (the reference resamples the reframed image once more
+  before its crop, a little softer), and contrast then averages the crop box's part inside the
+  source, without the repeated edge pixels the reference also sees; gamma runs with the colour
+  ops; blur (torchvision's kernel and reflect padding, one sigma per sample) and noise (each
+  channel apart, as torchvision's) run on the output before the normalisation, as in the
+  reference. JPEG is refused: no codec runs on a batch on the device.
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ from ..config import Config
 from ..errors import FerkitError
 from .datasets import Sample, load_image
 from .images import to_rgb
+from .transforms import blur_kernel_size, reframes
 
 log = logging.getLogger("ferkit")
 
@@ -66,6 +74,7 @@ CROP_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop default
 ATTEMPTS = 10  # torchvision's tries at a crop or erase box before its fallback
 
 Rand = Callable[..., Tensor]  # rand(*shape): uniform [0, 1) on the batch's device, from the caller's generator
+Frame = tuple[Tensor, Tensor]  # per-sample face scale [B] and shift (x, y) as fractions of the side [B, 2]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,6 +253,8 @@ class BatchAugment(nn.Module):
 
     def __init__(self, cfg: Config) -> None:
         super().__init__()
+        if cfg.jpeg_p > 0:
+            raise FerkitError("--jpeg-p needs --data-pipeline workers: the batched pipeline has no JPEG codec")
         self.cfg, self.size, self.grey = cfg, cfg.image_size, cfg.grey_input
         # Buffers, so that they follow .to(device).
         self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
@@ -258,7 +269,8 @@ class BatchAugment(nn.Module):
             return torch.rand(shape, generator=generator, device=x.device)
 
         top, left, box_h, box_w = _crop_boxes(n, height, width, tuple(cfg.crop_scale), rand)
-        x = self._color(x, top, left, box_h, box_w, rand)
+        frame = self._frames(n, x.device, rand)
+        x = self._color(x, *_source_box(top, left, box_h, box_w, frame, height, width), rand)
         flip = rand(n) < cfg.flip_p
         angle = (rand(n) * 2 - 1) * cfg.rotation
         x = _warp(
@@ -269,9 +281,35 @@ class BatchAugment(nn.Module):
             box_w / width,
             flip,
             angle,
+            frame,
             self.size,
         )
+        x = self._degrade(x, rand, generator)
         return _erase(self._normalize(x), rand(n) < cfg.erasing_p, rand)
+
+    def _frames(self, n: int, device: torch.device, rand: Rand) -> Frame:
+        """Per-sample face scale and shift (fractions of the side) of RandomReframe; drawn only when on, so that
+        with framing off every other draw is the one it always was."""
+        cfg = self.cfg
+        if not reframes(cfg):
+            return torch.ones(n, device=device), torch.zeros(n, 2, device=device)
+        low, high = cfg.frame_scale
+        return low + (high - low) * rand(n), (rand(n, 2) * 2 - 1) * cfg.frame_shift
+
+    def _degrade(self, x: Tensor, rand: Rand, generator: torch.Generator | None) -> Tensor:
+        """Blur, then noise, at the output size, as the reference runs them after its rotation."""
+        cfg, n = self.cfg, x.shape[0]
+        if cfg.blur_p > 0:
+            apply = (rand(n) < cfg.blur_p).view(-1, 1, 1, 1)
+            low, high = cfg.blur_sigma
+            x = torch.where(apply, _blur(x, low + (high - low) * rand(n), blur_kernel_size(high)), x)
+        if cfg.noise_p > 0:
+            apply = (rand(n) < cfg.noise_p).view(-1, 1, 1, 1)
+            # The reference adds noise to each of the three channels of a grey image apart.
+            x = x.expand(-1, 3, -1, -1)
+            noise = torch.randn(x.shape, generator=generator, device=x.device) * cfg.noise_std
+            x = torch.where(apply, (x + noise).clamp_(0, 1), x)
+        return x
 
     def _unit_float(self, images: Tensor) -> Tensor:
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
@@ -311,7 +349,10 @@ class BatchAugment(nn.Module):
                     continue
                 chosen = (jitter & (order[:, position] == index)).view(-1, 1, 1, 1)
                 x = torch.where(chosen, op(x, factors[index]), x)
-        return torch.where(grey, _grey(x).expand_as(x), x) if colour else x
+        x = torch.where(grey, _grey(x).expand_as(x), x) if colour else x
+        if cfg.gamma > 0:
+            x = x.pow(torch.exp((rand(n) * 2 - 1) * cfg.gamma).view(-1, 1, 1, 1))
+        return x
 
 
 def _factor_range(strength: float, u: Tensor) -> Tensor:
@@ -333,13 +374,27 @@ def _grey(x: Tensor) -> Tensor:
 
 
 def _box_mean(grey: Tensor, top: Tensor, left: Tensor, box_h: Tensor, box_w: Tensor) -> Tensor:
-    """Per-sample mean of ``grey`` over its crop box: what torchvision's contrast sees after cropping."""
+    """Per-sample mean of ``grey`` over the part of its crop box inside the image: what torchvision's contrast
+    sees after cropping (less, on a reframed image, the border's repeated edge pixels)."""
     rows = torch.arange(grey.shape[-2], device=grey.device)
     cols = torch.arange(grey.shape[-1], device=grey.device)
     in_rows = ((rows >= top[:, None]) & (rows < (top + box_h)[:, None])).float()
     in_cols = ((cols >= left[:, None]) & (cols < (left + box_w)[:, None])).float()
     total = torch.einsum("bhw,bh,bw->b", grey[:, 0], in_rows, in_cols)
-    return (total / (box_h * box_w)).view(-1, 1, 1, 1)
+    return (total / (in_rows.sum(dim=1) * in_cols.sum(dim=1)).clamp_(min=1)).view(-1, 1, 1, 1)
+
+
+def _source_box(
+    top: Tensor, left: Tensor, box_h: Tensor, box_w: Tensor, frame: Frame, height: int, width: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A crop box of the reframed image in the source's pixels (the same box when framing is off)."""
+    scale, shift = frame
+    return (
+        (top - height / 2) / scale + height / 2 + shift[:, 1] * height,
+        (left - width / 2) / scale + width / 2 + shift[:, 0] * width,
+        box_h / scale,
+        box_w / scale,
+    )
 
 
 def _shift_hue(x: Tensor, shift: Tensor) -> Tensor:
@@ -401,16 +456,27 @@ def _crop_boxes(
 
 
 def _warp(
-    x: Tensor, top: Tensor, left: Tensor, box_h: Tensor, box_w: Tensor, flip: Tensor, angle: Tensor, size: int
+    x: Tensor,
+    top: Tensor,
+    left: Tensor,
+    box_h: Tensor,
+    box_w: Tensor,
+    flip: Tensor,
+    angle: Tensor,
+    frame: Frame,
+    size: int,
 ) -> Tensor:
-    """Crop box (as fractions of the source) resized to size x size, then flipped, then rotated, in one warp.
+    """Reframe, crop box (as fractions of the reframed image) resized to size x size, flip, rotate, in one warp.
 
     Output pixel p (normalised coordinates, align_corners=False) reads the cropped-and-flipped image
     at q = R p (torchvision's rotation, counter-clockwise on screen for a positive angle), which
-    reads the source at A F q + t, with F the mirror, A the box's scale and t its centre. Where q
-    falls outside the image the rotation's fill (0) is used; elsewhere the source's edge pixels
-    are repeated, as torchvision's resize does at a crop touching the border.
+    reads the reframed image at y = A F q + t, with F the mirror, A the box's scale and t its centre,
+    which reads the source at y / s + 2 d (RandomReframe's face scale s and shift d, fractions of the
+    side). Where q falls outside the image the rotation's fill (0) is used; elsewhere the source's edge
+    pixels are repeated, as torchvision's resize does at a crop touching the border and RandomReframe
+    beyond it. With s = 1 and d = 0 the last step changes no bit.
     """
+    scale, shift = frame
     radians = torch.deg2rad(angle).view(-1, 1, 1)
     cos, sin = torch.cos(radians), torch.sin(radians)
     centres = (torch.arange(size, device=x.device) * 2 + 1) / size - 1  # pixel centres, align_corners=False
@@ -425,8 +491,24 @@ def _warp(
         ],
         dim=-1,
     )
+    grid = grid / scale.view(-1, 1, 1, 1) + 2 * shift.view(-1, 1, 1, 2)
     warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return warped * inside
+
+
+def _blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
+    """torchvision's gaussian_blur (its kernel, reflect padding) with one sigma per sample, as two 1-d passes."""
+    n, channels = x.shape[:2]
+    half = (kernel_size - 1) / 2
+    taps = torch.linspace(-half, half, kernel_size, device=x.device)
+    kernel = torch.exp(-0.5 * (taps / sigma[:, None]) ** 2)
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)
+    # Each (sample, channel) is a group of its own, so one convolution blurs every sample with its own sigma.
+    flat = x.reshape(1, n * channels, *x.shape[-2:])
+    pad = kernel_size // 2
+    for padding, shape in (((pad, pad, 0, 0), (1, kernel_size)), ((0, 0, pad, pad), (kernel_size, 1))):
+        flat = F.conv2d(F.pad(flat, padding, mode="reflect"), kernel.view(-1, 1, *shape), groups=len(kernel))
+    return flat.view_as(x)
 
 
 def _erase(x: Tensor, apply: Tensor, rand: Rand) -> Tensor:

@@ -1,8 +1,9 @@
 """Which faces show which expression: photos, folders, video and camera frames.
 
 Each image goes through face detection (or is taken as one face crop with ``detect=False``), each
-face is cropped with a margin, preprocessed exactly as the checkpoint's test transform, and all
-faces are classified in batches by a PyTorch or onnxruntime model (:mod:`ferkit.inference`).
+face is turned upright and framed as FER2013's faces are (:mod:`.align`), preprocessed exactly as the
+checkpoint's test transform, and all faces are classified in batches by a PyTorch or onnxruntime
+model (:mod:`.loading`).
 """
 
 from __future__ import annotations
@@ -23,14 +24,15 @@ from ..errors import FerkitError
 from ..evaluation.predictions import predict_probs
 from ..plots import plot_timeline
 from ..runtime import resolve_device
-from .faces import Box, FaceDetector
+from .align import face_crop
+from .faces import Detection, Detector, build_detector
 from .loading import load_for_inference
 from .results import Face, Result, draw_faces
 from .video import VideoWriter, is_video, read_video, video_fps
 
 # Faces are often classified live, so tencrop's ten forward passes a face are left to evaluation.
 TTA_MODES = ("none", "flip")
-MARGIN = 0.1
+MARGIN = 0.1  # for detectors without landmarks (Haar), whose boxes are cut out as they are
 BATCH_SIZE = 64
 
 
@@ -49,7 +51,7 @@ class Predictor:
         classes: Sequence[str],
         device: str = "auto",
         tta: str = "none",
-        detector: FaceDetector | None = None,
+        detector: Detector | None = None,
         margin: float = MARGIN,
         batch_size: int = BATCH_SIZE,
         precision: str = "fp32",
@@ -91,9 +93,9 @@ class Predictor:
         return cls.from_checkpoint(None, **kw)
 
     @property
-    def detector(self) -> FaceDetector:
+    def detector(self) -> Detector:
         if self._detector is None:
-            self._detector = FaceDetector()
+            self._detector = build_detector()
         return self._detector
 
     def classify(self, crops: Sequence[Image.Image | np.ndarray]) -> np.ndarray:
@@ -104,26 +106,23 @@ class Predictor:
             out.append(predict_probs(self.model, batch.to(self.device), self.precision, self.tta).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), dtype=np.float32)
 
-    def _faces(self, rgb: np.ndarray, detect: bool) -> tuple[list[Box], list[np.ndarray]]:
-        height, width = rgb.shape[:2]
+    def _faces(self, rgb: np.ndarray, detect: bool) -> tuple[list[Detection], list[np.ndarray]]:
         if not detect:
-            return [Box(0, 0, width, height)], [rgb]
-        boxes = self.detector.detect(rgb)
-        crops = []
-        for box in boxes:
-            b = box.expanded(self.margin, width, height)
-            crops.append(rgb[b.y : b.y + b.h, b.x : b.x + b.w])
-        return boxes, crops
+            return [Detection((0.0, 0.0, float(rgb.shape[1]), float(rgb.shape[0])))], [rgb]
+        found = self.detector.detect(rgb)
+        return found, [face_crop(rgb, face, self.margin) for face in found]
 
-    def _to_faces(self, boxes: list[Box], probs: np.ndarray) -> list[Face]:
+    def _to_faces(self, found: list[Detection], probs: np.ndarray) -> list[Face]:
         return [
             Face(
-                box.as_list(),
+                [round(v) for v in face.box],
                 self.classes[int(p.argmax())],
                 float(p.max()),
                 {c: float(v) for c, v in zip(self.classes, p)},
+                landmarks=None if face.landmarks is None else np.round(face.landmarks.astype(float), 1).tolist(),
+                score=None if face.score is None else round(face.score, 4),
             )
-            for box, p in zip(boxes, probs)
+            for face, p in zip(found, probs)
         ]
 
     def predict(self, image: ImageInput, detect: bool = True) -> Result:

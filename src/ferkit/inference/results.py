@@ -32,6 +32,11 @@ class Face:
     """the probability of that class"""
     probabilities: dict[str, float]
     """every class's probability; they sum to 1"""
+    landmarks: list[list[float]] | None = None
+    """[x, y] of the eye on the image's left, the other eye, the nose tip, the left and right mouth corners;
+    null from detectors without landmarks (haar) and for ready crops"""
+    score: float | None = None
+    """the face detector's probability that this is a face; null where it gives none"""
 
 
 @dataclass
@@ -138,13 +143,15 @@ def _write_text(target: str, text: str) -> None:
 
 
 def draw_faces(rgb: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
-    """A copy of the image with each face's box and "label confidence" drawn on it."""
+    """A copy of the image with each face's box, landmarks (small dots) and "label confidence" drawn on it."""
     cv2 = require_cv2()
     out = rgb.copy()
     thickness = max(2, round(max(rgb.shape[:2]) / 400))
     for face in faces:
         x, y, w, h = face.box
         cv2.rectangle(out, (x, y), (x + w, y + h), (0, 220, 0), thickness)
+        for px, py in face.landmarks or []:
+            cv2.circle(out, (round(px), round(py)), max(thickness, round(w / 40)), (255, 80, 0), -1, cv2.LINE_AA)
         text = f"{face.label} {face.confidence:.0%}"
         scale = max(0.4, w / 200)
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)

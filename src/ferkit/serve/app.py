@@ -31,6 +31,7 @@ from .. import __version__
 from ..data.images import FORMATS, TooManyPixels, UndecodableImage, open_image, to_rgb
 from ..data.transforms import preprocessing
 from ..errors import FerkitError
+from ..inference.faces import Detector
 from ..inference.predict import Predictor
 from ..inference.results import Result, results_json
 from .limits import HOST, MAX_BATCH, MAX_PIXELS, MAX_QUEUE, MAX_UPLOAD_MB, PORT
@@ -368,6 +369,7 @@ def run(
     max_queue: int = MAX_QUEUE,
     backend: str = "auto",
     device: str = "auto",
+    detector: Detector | None = None,
 ) -> None:
     """Load the checkpoint (default: the model bundled with ferkit) and serve it with uvicorn until Ctrl-C."""
     for flag, value in (
@@ -378,7 +380,7 @@ def run(
     ):
         if value <= 0:
             raise FerkitError(f"{flag} must be positive, got {value}")
-    predictor = Predictor.from_checkpoint(checkpoint, backend=backend, device=device)
+    predictor = Predictor.from_checkpoint(checkpoint, backend=backend, device=device, detector=detector)
     app = create_app(
         predictor,
         max_upload_bytes=round(max_upload_mb * MB),

@@ -22,8 +22,8 @@ from torch.utils.data import Sampler
 from .. import distributed as dist
 from ..config import Config
 from ..data.batched import BatchAugment, DecodedImages, batches, decode_once
-from ..data.datasets import FerDataset, Sample, collate_skipping, make_loader
-from ..data.transforms import build_train_transform
+from ..data.datasets import CLASSES, FerDataset, Sample, collate_skipping, make_loader
+from ..data.transforms import build_batch_mix, build_train_transform
 from ..runtime import Speed
 from .signals import ignore_stop_signals
 
@@ -66,6 +66,7 @@ class TrainBatches(ABC):
         self.sampler = EpochSampler(size, cfg.seed, dist.rank(), dist.world_size())
         self.epoch, self.start_step = 0, 0
         self.skipped: list[str] = []  # unreadable files left out before training (the batched pipeline)
+        self.mix = build_batch_mix(cfg, len(CLASSES))
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         """Start ``epoch`` at ``start_step``; at its first step also seed the global generator, which drives dropout
@@ -75,8 +76,19 @@ class TrainBatches(ABC):
         if not start_step:
             torch.manual_seed(_augmentation_seed(self.cfg, epoch))
 
+    def __iter__(self) -> Iterator[Batch]:
+        """The pipeline's batches; under --mixup-alpha / --cutmix-alpha mixed, with label probabilities as targets.
+
+        Mixing draws from the global generator, which set_epoch seeds and last.pth keeps, as it does dropout's.
+        """
+        for images, targets, bad in self._batches():
+            if self.mix is not None and images is not None:
+                images, targets = self.mix(images, targets)
+                images = images.to(memory_format=self.speed.memory_format)
+            yield images, targets, bad
+
     @abstractmethod
-    def __iter__(self) -> Iterator[Batch]: ...
+    def _batches(self) -> Iterator[Batch]: ...
 
     @abstractmethod
     def description(self) -> str: ...
@@ -105,7 +117,7 @@ class WorkerBatches(TrainBatches):
         super().set_epoch(epoch, start_step)
         self.generator.manual_seed(_augmentation_seed(self.cfg, epoch))  # seeds the workers' augmentation
 
-    def __iter__(self) -> Iterator[Batch]:
+    def _batches(self) -> Iterator[Batch]:
         for images, targets, bad in self.loader:
             if images is not None:
                 # From pinned memory on CUDA, so the copy overlaps the previous step's compute.
@@ -125,11 +137,12 @@ class DecodedBatches(TrainBatches):
     """
 
     def __init__(self, samples: list[Sample], cfg: Config, speed: Speed, batch_size: int) -> None:
+        augment = BatchAugment(cfg).to(speed.device)  # first: it refuses what it cannot do before any decoding
         decoded = _decode_first_per_machine(samples, cfg)
         super().__init__(len(decoded.labels), cfg, speed, batch_size)
         self.skipped = decoded.skipped
         self.images, self.labels = decoded.images.to(speed.device), decoded.labels.to(speed.device)
-        self.augment = BatchAugment(cfg).to(speed.device)
+        self.augment = augment
         self.generator = torch.Generator(speed.device)
         self.origin = (
             f"read from the cache {decoded.cache_file}"
@@ -139,7 +152,7 @@ class DecodedBatches(TrainBatches):
             else "kept in memory, as CSV rows need no cache"
         )
 
-    def __iter__(self) -> Iterator[Batch]:
+    def _batches(self) -> Iterator[Batch]:
         order = torch.tensor(list(self.sampler), dtype=torch.int64)
         steps = batches(self.images, self.labels, order, self.batch_size, self.speed.device, drop_last=True)
         for step, (images, targets) in enumerate(steps, start=self.start_step):

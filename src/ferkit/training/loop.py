@@ -200,7 +200,8 @@ def _train_step(t: Training, images: torch.Tensor, targets: torch.Tensor, sums: 
     t.optimizer.step()
     if t.ema is not None:
         t.ema.update_parameters(t.model)
-    sums.add(loss.detach(), (logits.argmax(dim=1) == targets).sum(), len(targets))
+    labels = targets.argmax(dim=1) if targets.ndim == 2 else targets  # mixed batches: their larger part
+    sums.add(loss.detach(), (logits.argmax(dim=1) == labels).sum(), len(targets))
 
 
 class _RunningSums:

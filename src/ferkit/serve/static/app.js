@@ -89,6 +89,12 @@ function draw(bitmap, result) {
     ctx.lineWidth = line;
     ctx.strokeStyle = colour;
     ctx.strokeRect(x, y, w, h);
+    ctx.fillStyle = colour; // landmarks: small dots at the eyes, nose tip and mouth corners
+    (face.landmarks || []).forEach(([px, py]) => {
+      ctx.beginPath();
+      ctx.arc(px, py, Math.max(line, w / 40), 0, 2 * Math.PI);
+      ctx.fill();
+    });
     const text = `${i + 1}: ${face.label} ${percent(face.confidence)}`;
     const textHeight = fontSize + 6;
     const top = y - line / 2 - textHeight >= 0 ? y - line / 2 - textHeight : y + h + line / 2; // below if no room above
