@@ -151,7 +151,7 @@ def test_a_folder_of_class_folders_is_evaluated_whole_and_says_what_it_leaves_ou
     assert main(["evaluate", str(untrained_checkpoint), "--data", str(folder), "--workers", "0"]) == 0
     out = capsys.readouterr().out
     assert "ckplus/contempt: no FER2013 class; its 2 images are left out" in out
-    assert out.splitlines()[1].startswith("all (none protocol")
+    assert out.splitlines()[1].startswith("all (whole folder, TTA none, fp32): images 8")
     metrics = evaluate_checkpoint(untrained_checkpoint, data=str(folder), workers=0)
     assert metrics["split"] == "all" and metrics["images"] == 8
     assert {c: m["support"] for c, m in metrics["per_class"].items()} == dict.fromkeys(CLASSES, 0) | {

@@ -86,10 +86,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         for line in metrics["left_out"]:
             print(line)
-        print(
-            f"{metrics['split']} ({metrics['protocol']} protocol, TTA {metrics['tta']}, {metrics['precision']}, "
-            f"temperature {metrics['temperature']:.3f}): " + format_metrics(metrics, list(metrics["per_class"]))
-        )
+        setting = ["whole folder" if metrics["protocol"] == "none" else f"{metrics['protocol']} protocol"]
+        setting += [f"TTA {metrics['tta']}", metrics["precision"]]
+        if metrics["temperature"] != 1.0:  # an uncalibrated file reads as it always did
+            setting.append(f"temperature {metrics['temperature']:.3f}")
+        print(f"{metrics['split']} ({', '.join(setting)}): " + format_metrics(metrics, list(metrics["per_class"])))
     return 0
 
 
