@@ -218,7 +218,7 @@ def test_onnx_export_matches_pytorch_and_runs_alone_on_real_fer2013_images(check
     onnx_predictor = Predictor.from_checkpoint(onnx_path)
     assert onnx_predictor.classes == CLASSES and onnx_predictor.config.image_size == 32
     # For runtimes other than ferkit, the file states its preprocessing, derived from the config.
-    assert json.loads(onnx_predictor.model.meta["ferkit_preprocess"]) == {
+    assert json.loads(onnx_predictor.model.model.meta["ferkit_preprocess"]) == {
         "image_size": 32,
         "mean": [0.485, 0.456, 0.406],
         "std": [0.229, 0.224, 0.225],

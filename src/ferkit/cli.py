@@ -79,13 +79,42 @@ def _evaluate(args: argparse.Namespace) -> int:
         limit_per_class=args.limit_per_class,
         out_dir=args.out,
         precision=args.precision,
+        min_support=args.min_support,
     )
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
+        for line in metrics["left_out"]:
+            print(line)
+        setting = ["whole folder" if metrics["protocol"] == "none" else f"{metrics['protocol']} protocol"]
+        setting += [f"TTA {metrics['tta']}", metrics["precision"]]
+        if metrics["temperature"] != 1.0:  # an uncalibrated file reads as it always did
+            setting.append(f"temperature {metrics['temperature']:.3f}")
+        print(f"{metrics['split']} ({', '.join(setting)}): " + format_metrics(metrics, list(metrics["per_class"])))
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from .inference.evaluate import calibrate_checkpoint
+
+    fit = calibrate_checkpoint(
+        args.checkpoint,
+        data=args.data,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        precision=args.precision,
+        temperature=args.temperature,
+    )
+    if args.json:
+        print(json.dumps(fit, indent=2))
+    else:
         print(
-            f"{metrics['split']} ({metrics['protocol']} protocol, TTA {metrics['tta']}, {metrics['precision']}): "
-            + format_metrics(metrics, list(metrics["per_class"]))
+            f"wrote {'fitted' if fit['fitted'] else 'given'} temperature {fit['temperature']:.4f} "
+            f"into {fit['checkpoint']} "
+            f"(was {fit['temperature_before']:.4f}); "
+            f"{fit['split']} ({fit['images']} images, {fit['precision']}): NLL {fit['nll_before']:.4f} -> "
+            f"{fit['nll_after']:.4f}, ECE {fit['ece_before']:.4f} -> {fit['ece_after']:.4f}"
         )
     return 0
 
@@ -275,7 +304,12 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
     _checkpoint(p, "checkpoint")
     p.add_argument("--data", help="dataset (default: the one the checkpoint was trained on)")
-    p.add_argument("--split", choices=SPLITS, default=SPLITS[0], help="which split of the protocol")
+    p.add_argument(
+        "--split",
+        choices=SPLITS,
+        default=SPLITS[0],
+        help="which split of the protocol; a folder of class folders with no splits is evaluated whole",
+    )
     p.add_argument("--protocol", choices=PROTOCOLS, help="default: the checkpoint's")
     _tta(p, TTA_MODES)
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="images per forward pass")
@@ -283,9 +317,26 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     _device(p)
     p.add_argument("--precision", choices=EVAL_PRECISIONS, help="default: the checkpoint's evaluation precision")
     p.add_argument("--limit-per-class", type=int, default=0, help="at most N images per class; 0: all")
-    p.add_argument("--out", help="folder for the JSON report and confusion-matrix PNG")
+    p.add_argument(
+        "--min-support", type=int, default=1, metavar="N", help="macro recall over the classes with >= N images"
+    )
+    p.add_argument("--out", help="folder for the JSON report, confusion-matrix and reliability-diagram PNGs")
     _json(p)
     p.set_defaults(func=_evaluate)
+
+
+def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
+    from .inference.evaluate import BATCH_SIZE
+
+    p.add_argument("checkpoint", help="a .pth, .safetensors or .onnx file to write the fitted temperature into")
+    p.add_argument("--data", help="dataset whose selection split T is fitted on (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="images per forward pass")
+    p.add_argument("--workers", type=int, default=Config.workers, help="DataLoader worker processes")
+    _device(p)
+    p.add_argument("--precision", choices=EVAL_PRECISIONS, help="default: the checkpoint's evaluation precision")
+    p.add_argument("--temperature", type=float, metavar="T", help="write T instead of fitting (e.g. fp32's on int8)")
+    _json(p)
+    p.set_defaults(func=_calibrate)
 
 
 def add_predict_arguments(p: argparse.ArgumentParser) -> None:
@@ -361,6 +412,7 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "train": ("train a model (defaults: the specification's)", add_train_arguments),
     "evaluate": ("metrics of a checkpoint on a dataset split", add_evaluate_arguments),
+    "calibrate": ("fit a checkpoint's temperature on its selection split", add_calibrate_arguments),
     "predict": ("expressions of the faces in images, a folder, a video or a camera", add_predict_arguments),
     "export": ("export a checkpoint for deployment", add_export_arguments),
     "serve": ("HTTP API and web page for photos and webcam snapshots", add_serve_arguments),

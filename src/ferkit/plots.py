@@ -1,4 +1,5 @@
-"""PNG figures: training curves, confusion matrices and video timelines (matplotlib, no display needed)."""
+"""PNG figures: training curves, confusion matrices, reliability diagrams and video timelines (matplotlib, no
+display needed)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,26 @@ def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path
                 color="white" if rates[i, j] > 0.5 else "black",
             )
     fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_reliability(bins: Sequence[dict], path: Path, title: str = "") -> None:
+    """Accuracy against confidence per bin (``evaluation.metrics.reliability_bins``); the diagonal is perfect
+    calibration, bars below it overconfidence. Each bar is labelled with its number of images."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    filled = [b for b in bins if b["count"]]
+    width = bins[0]["upper"] - bins[0]["lower"]
+    centres = [(b["lower"] + b["upper"]) / 2 for b in filled]
+    ax.bar(centres, [b["accuracy"] for b in filled], width=width * 0.9, color="tab:blue", label="accuracy")
+    ax.plot(centres, [b["confidence"] for b in filled], "o", color="tab:orange", label="mean confidence")
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    for x, b in zip(centres, filled):
+        ax.text(x, 0.01, str(b["count"]), ha="center", va="bottom", fontsize=7, rotation=90, color="white")
+    ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=title or "Reliability diagram")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -165,6 +165,40 @@ def read_image_folder(root: Path) -> dict[str, dict[str, list[Path]]]:
     return splits
 
 
+def is_whole_folder(root: Path) -> bool:
+    """A folder of class folders with no train/test split (CK+48, webfaces-dev): evaluated whole."""
+    if not root.is_dir():
+        return False
+    names = [p.name for p in root.iterdir() if p.is_dir()]
+    no_splits = not {"train", "test"} & {n.lower() for n in names}
+    return no_splits and any(canonical_class(n) for n in names)
+
+
+def read_whole_folder(root: Path, classes: tuple[str, ...], limit_per_class: int = 0) -> tuple[list[Sample], list[str]]:
+    """Every image under ``root/<class>/``, labelled by its index in ``classes``, and one line per folder left out.
+
+    A folder whose name is no FER2013 class (CK+'s contempt), or a class the model lacks, is left out
+    and said so: mapping it onto a near class would change what the figures mean.
+    """
+    index = {c: i for i, c in enumerate(classes)}
+    samples: list[Sample] = []
+    left_out: list[str] = []
+    for cls, files in sorted(_folder_files(root).items()):
+        canonical = canonical_class(cls)
+        if canonical in index:
+            samples += [Sample(p, index[canonical], str(p)) for p in files]
+        else:
+            reason = "no FER2013 class" if canonical is None else f"{canonical} is not a class of this model"
+            left_out.append(f"{root.name}/{cls}: {reason}; its {len(files)} images are left out")
+    if not samples:
+        raise FerkitError(f"{root} has no images in folders named for the model's classes {list(classes)}")
+    return _limit(samples, limit_per_class), left_out
+
+
+def _folder_files(root: Path) -> dict[str, list[Path]]:
+    return {d.name: sorted(p for p in d.iterdir() if is_image_file(p)) for d in root.iterdir() if d.is_dir()}
+
+
 def read_fer_csv(path: Path) -> dict[str, list[Sample]]:
     """Usage value (Training, PublicTest, PrivateTest) -> samples with decoded 48x48 pixels."""
     usages: dict[str, list[Sample]] = {}

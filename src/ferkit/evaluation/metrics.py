@@ -1,4 +1,5 @@
-"""The metrics users report (accuracy, macro-F1, per-class figures, the confusion matrix) and their written forms."""
+"""The metrics users report (accuracy, macro-F1, macro recall, per-class figures, the confusion matrix, the
+calibration error) and their written forms."""
 
 from __future__ import annotations
 
@@ -7,26 +8,67 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from ..plots import plot_confusion
 
+# Guo et al. (2017): 15 equal-width confidence bins, the figure papers on calibration compare.
+ECE_BINS = 15
 
-def compute_metrics(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict:
+
+def reliability_bins(labels: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> list[dict]:
+    """Per equal-width bin (lower, upper] of top-class confidence: image count, mean confidence, accuracy."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    # side="left" on the inner edges puts a confidence equal to an edge in the bin below it: (lower, upper].
+    index = np.searchsorted(edges[1:-1], confidence, side="left")
+    rows = []
+    for b in range(bins):
+        inside = index == b
+        count = int(inside.sum())
+        rows.append(
+            {
+                "lower": float(edges[b]),
+                "upper": float(edges[b + 1]),
+                "count": count,
+                "confidence": float(confidence[inside].mean()) if count else None,
+                "accuracy": float(correct[inside].mean()) if count else None,
+            }
+        )
+    return rows
+
+
+def expected_calibration_error(bins: Sequence[dict]) -> float:
+    """The image-weighted mean gap between accuracy and confidence over the bins of :func:`reliability_bins`."""
+    total = sum(b["count"] for b in bins)
+    gaps = sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in bins if b["count"])
+    return float(gaps / total) if total else 0.0
+
+
+def compute_metrics(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], min_support: int = 1) -> dict:
+    """``macro_recall`` and ``macro_f1`` average over the classes with at least ``min_support`` images: a class the
+    data does not have (Neutral in CK+) has no recall to average, and a handful of images none worth reading."""
     predicted = probs.argmax(axis=1)
     indices = list(range(len(classes)))
     precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=indices, zero_division=0)
+    counted = [i for i in indices if support[i] >= max(min_support, 1)]
     picked = np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)
+    bins = reliability_bins(labels, probs)
     return {
         "images": int(len(labels)),
         "accuracy": float(accuracy_score(labels, predicted)),
-        "macro_f1": float(f1_score(labels, predicted, labels=indices, average="macro", zero_division=0)),
+        "macro_f1": float(np.mean(f1[counted])) if counted else 0.0,
+        "macro_recall": float(np.mean(recall[counted])) if counted else 0.0,
+        "macro_classes": [classes[i] for i in counted],
         "loss": float(-np.log(picked).mean()),
+        "ece": expected_calibration_error(bins),
         "per_class": {
             c: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
             for c, p, r, f, s in zip(classes, precision, recall, f1, support)
         },
         "confusion_matrix": confusion_matrix(labels, predicted, labels=indices).tolist(),
+        "reliability": bins,
     }
 
 
@@ -37,8 +79,11 @@ def write_report(metrics: dict, classes: Sequence[str], out_dir: Path, stem: str
 
 
 def format_metrics(metrics: dict, classes: Sequence[str]) -> str:
+    macro = metrics["macro_classes"]
+    over = "all classes" if len(macro) == len(classes) else f"{len(macro)} classes: {', '.join(macro)}"
     lines = [
-        f"images {metrics['images']}  accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}",
+        f"images {metrics['images']}  accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
+        f"macro recall {metrics['macro_recall']:.4f} ({over})  ECE {metrics['ece']:.4f}",
         f"{'class':<10}{'precision':>10}{'recall':>8}{'f1':>8}{'support':>9}",
     ]
     for c in classes:

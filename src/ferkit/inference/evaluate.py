@@ -1,22 +1,51 @@
-"""A model file measured on a labelled dataset: what ``ferkit evaluate`` runs."""
+"""A model file measured on a labelled dataset (``ferkit evaluate``), and its temperature fitted (``ferkit
+calibrate``)."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
-from ..checkpoint import check_classes
+import numpy as np
+
+from ..checkpoint import check_classes, store_temperature
 from ..config import Config
-from ..data.datasets import FerDataset, load_splits, make_loader
+from ..data.datasets import (
+    FerDataset,
+    Sample,
+    is_whole_folder,
+    load_splits,
+    make_loader,
+    read_whole_folder,
+    resolve_data_path,
+)
 from ..data.transforms import build_test_transform
+from ..errors import FerkitError
+from ..evaluation.calibration import fit_temperature, temper
 from ..evaluation.metrics import compute_metrics, write_report
 from ..evaluation.predictions import collect_probs, inference_precision
+from ..plots import plot_reliability
 from ..runtime import resolve_device
-from .loading import load_for_inference
+from .export import store_onnx_temperature
+from .loading import InferenceModel, load_for_inference
 
 SPLITS = ("report", "select", "train")
+WHOLE = "all"  # the split name of a folder of class folders evaluated whole
 # No gradients are kept, so a batch several times a training batch fits.
 BATCH_SIZE = 256
+
+
+def sample_probs(
+    loaded: InferenceModel, samples: list[Sample], batch_size: int, workers: int, precision: str | None, tta: str
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Probabilities, labels and the precision they were computed in, for ``samples`` through ``loaded``."""
+    dev = resolve_device(loaded.device)
+    precision = inference_precision(loaded.model, loaded.config, precision)
+    dataset = FerDataset(samples, build_test_transform(loaded.config))
+    loader = make_loader(dataset, batch_size, workers, dev)
+    probs, labels = collect_probs(loaded.model.to(dev), loader, dev, precision, tta)
+    return probs, labels, precision
 
 
 def evaluate_checkpoint(
@@ -31,37 +60,94 @@ def evaluate_checkpoint(
     limit_per_class: int = 0,
     out_dir: str | os.PathLike | None = None,
     precision: str | None = None,
+    min_support: int = 1,
 ) -> dict:
-    """Metrics of a checkpoint on a split of any supported dataset, with its own preprocessing.
+    """Metrics of a checkpoint on a split of any supported dataset, with its own preprocessing and temperature.
 
     ``split`` is ``report`` (PrivateTest under the clean protocol, test/ under spec), ``select`` or ``train``;
+    a folder of class folders with no splits (CK+48, webfaces-dev) is evaluated whole, as split ``all``, its
+    folders without a class of the model left out (``metrics["left_out"]`` says which).
     ``checkpoint`` is a ``.pth``, ``.safetensors`` or ``.onnx`` (fp32 or int8) file; ``None`` evaluates
     the model bundled with ferkit. ``precision`` (fp32 or bf16) defaults to the checkpoint's evaluation precision.
+    ``min_support``: macro recall averages the classes with at least this many images.
     """
     loaded = load_for_inference(checkpoint, device=device)
     cfg, classes = loaded.config, loaded.classes
-    splits = load_splits(data if data is not None else cfg.data, protocol or cfg.protocol, limit_per_class)
-    check_classes(loaded.source, classes, splits.classes)
-    dev = resolve_device(loaded.device)
-    precision = inference_precision(loaded.model, cfg, precision)
-    model = loaded.model.to(dev)
-    dataset = FerDataset(getattr(splits, split), build_test_transform(cfg))
-    probs, labels = collect_probs(model, make_loader(dataset, batch_size, workers, dev), dev, precision, tta)
-    metrics = compute_metrics(labels, probs, classes)
+    root = resolve_data_path(data if data is not None else cfg.data)
+    left_out: list[str] = []
+    if is_whole_folder(root):
+        samples, left_out = read_whole_folder(root, classes, limit_per_class)
+        split_name, protocol_name = WHOLE, "none"
+    else:
+        splits = load_splits(root, protocol or cfg.protocol, limit_per_class)
+        check_classes(loaded.source, classes, splits.classes)
+        samples, split_name, protocol_name = getattr(splits, split), splits.names.get(split, split), splits.protocol
+    probs, labels, precision = sample_probs(loaded, samples, batch_size, workers, precision, tta)
+    metrics = compute_metrics(labels, probs, classes, min_support)
     metrics.update(
-        split=splits.names.get(split, split),
-        protocol=splits.protocol,
+        split=split_name,
+        protocol=protocol_name,
         tta=tta,
         checkpoint=str(loaded.source),
         precision=precision,
+        temperature=loaded.temperature,
+        left_out=left_out,
     )
     if out_dir is not None:
         stem = f"eval_{metrics['split']}" + ("" if tta == "none" else f"_{tta}")
-        write_report(
-            metrics,
-            classes,
-            Path(out_dir),
-            stem,
-            f"{metrics['split']} ({splits.protocol} protocol, TTA {tta}): acc {metrics['accuracy']:.3f}",
-        )
+        title = f"{metrics['split']} ({protocol_name} protocol, TTA {tta}): acc {metrics['accuracy']:.3f}"
+        write_report(metrics, classes, Path(out_dir), stem, title)
+        # Only here, not in training's report: a run folder's files stay what they were.
+        reliability_title = f"{title}, T {loaded.temperature:.3f}, ECE {metrics['ece']:.3f}"
+        plot_reliability(metrics["reliability"], Path(out_dir) / f"{stem}_reliability.png", reliability_title)
     return metrics
+
+
+def calibrate_checkpoint(
+    checkpoint: str | os.PathLike,
+    data: str | None = None,
+    batch_size: int = BATCH_SIZE,
+    workers: int = Config.workers,
+    device: str = "auto",
+    precision: str | None = None,
+    temperature: float | None = None,
+) -> dict:
+    """Fit the temperature of a model file on its protocol's selection split and write it into the file.
+
+    The fit is on the file's raw logits (whatever temperature it stores is ignored, so calibrating twice gives
+    the same T), through the back end that will run the file. ``temperature`` writes that value instead of
+    fitting one: the fp32 model's T onto its int8 twin, whose weights stay untouched.
+    Returns the temperatures before and after, and the selection-split NLL and ECE at each.
+    """
+    loaded = load_for_inference(checkpoint, device=device)
+    root = resolve_data_path(data if data is not None else loaded.config.data)
+    if is_whole_folder(root):
+        raise FerkitError(
+            f"{root} has no selection split to fit a temperature on; pass the dataset the model was trained on"
+        )
+    splits = load_splits(root, loaded.config.protocol)
+    check_classes(loaded.source, loaded.classes, splits.classes)
+    raw = replace(loaded, model=loaded.model.model, temperature=1.0)
+    probs, labels, precision = sample_probs(raw, splits.select, batch_size, workers, precision, "none")
+    fitted = fit_temperature(probs, labels) if temperature is None else temperature
+    if not fitted > 0:
+        raise FerkitError(f"--temperature {temperature} is not positive; give a T > 0 or leave it out to fit one")
+    before = compute_metrics(labels, temper(probs, loaded.temperature), loaded.classes)
+    after = compute_metrics(labels, temper(probs, fitted), loaded.classes)
+    if loaded.source.suffix.lower() == ".onnx":
+        store_onnx_temperature(loaded.source, fitted)
+    else:
+        store_temperature(loaded.source, fitted)
+    return {
+        "checkpoint": str(loaded.source),
+        "split": splits.names.get("select", "select"),
+        "images": int(len(labels)),
+        "precision": precision,
+        "fitted": temperature is None,
+        "temperature_before": loaded.temperature,
+        "temperature": fitted,
+        "ece_before": before["ece"],
+        "ece_after": after["ece"],
+        "nll_before": before["loss"],
+        "nll_after": after["loss"],
+    }

@@ -29,6 +29,7 @@ from ..errors import FerkitError
 # Opset 18 is what torch.export-based exporting targets natively; onnxruntime >= 1.14 runs it.
 OPSET = 18
 CALIBRATION_IMAGES = 1024
+TEMPERATURE_KEY = "ferkit_temperature"
 
 
 def _onnx_modules():
@@ -64,11 +65,29 @@ def to_onnx_bytes(loaded: LoadedModel) -> bytes:
         "ferkit_config": json.dumps(loaded.config.to_dict()),
         "ferkit_arch": loaded.config.arch,
     }
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
+    if "temperature" in loaded.checkpoint:
+        meta[TEMPERATURE_KEY] = json.dumps(loaded.checkpoint["temperature"])
+    set_metadata(proto, meta)
     onnx.checker.check_model(proto)
     return proto.SerializeToString()
+
+
+def set_metadata(proto, meta: dict[str, str]) -> None:
+    """Set ``meta`` in an ONNX model's metadata, replacing entries of the same keys."""
+    kept = [(e.key, e.value) for e in proto.metadata_props if e.key not in meta]
+    del proto.metadata_props[:]
+    for key, value in [*kept, *meta.items()]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def store_onnx_temperature(path: Path, temperature: float) -> None:
+    """Write ``temperature`` into an ONNX file's metadata, atomically; the graph and its weights are untouched."""
+    onnx = _onnx_modules()
+    proto = onnx.load(str(path))
+    set_metadata(proto, {TEMPERATURE_KEY: json.dumps(temperature)})
+    data = proto.SerializeToString()
+    write_atomically(path, lambda f: f.write(data))
 
 
 def calibration_images(loaded: LoadedModel, data: str | os.PathLike | None, count: int) -> np.ndarray:
@@ -140,11 +159,8 @@ def quantize_int8(model: bytes, images: np.ndarray) -> bytes:
             nodes_to_exclude=convs[:1] + head,
         )
         proto = onnx.load(out)
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = (
-        "ferkit_quantization",
-        json.dumps({"type": "int8 static QDQ, per-channel weights", "calibration_images": len(images)}),
-    )
+    quantization = {"type": "int8 static QDQ, per-channel weights", "calibration_images": len(images)}
+    set_metadata(proto, {"ferkit_quantization": json.dumps(quantization)})
     return proto.SerializeToString()
 
 

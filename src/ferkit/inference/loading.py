@@ -3,7 +3,9 @@ and the server all load through :func:`load_for_inference`.
 
 ``.pth`` checkpoints and ``.safetensors`` weights run in PyTorch; ``.onnx`` files (fp32 or int8) run in
 onnxruntime behind the ``nn.Module`` call interface, so that everything downstream (TTA, batching,
-metrics) treats both back ends alike.
+metrics) treats both back ends alike. Every model comes wrapped in its stored temperature
+(:class:`~ferkit.evaluation.calibration.Tempered`; 1 when the file has none), so every caller reads calibrated
+probabilities.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from torch import Tensor, nn
 from ..checkpoint import TRAINING_RECORD, load_model, model_path
 from ..config import Config
 from ..errors import FerkitError
-from .export import to_onnx_bytes
+from ..evaluation.calibration import Tempered
+from .export import TEMPERATURE_KEY, to_onnx_bytes
 
 BACKENDS = ("auto", "torch", "onnxruntime")
 
@@ -65,6 +68,7 @@ class InferenceModel:
     device: str  # where to run it: "cpu" for onnxruntime, else the one asked for
     source: Path  # the file it was read from
     record: dict[str, Any] = field(default_factory=dict)  # TRAINING_RECORD's entries in the file (none in ONNX)
+    temperature: float = 1.0  # what ``model`` divides its logits by
 
 
 def load_for_inference(path: str | os.PathLike | None, backend: str = "auto", device: str = "auto") -> InferenceModel:
@@ -89,7 +93,16 @@ def load_for_inference(path: str | os.PathLike | None, backend: str = "auto", de
     loaded = load_model(path)
     record = {k: loaded.checkpoint[k] for k in TRAINING_RECORD if k in loaded.checkpoint}
     model = OnnxRuntimeModel(to_onnx_bytes(loaded)) if onnxruntime else loaded.model
-    return InferenceModel(model, loaded.config, loaded.classes, "cpu" if onnxruntime else device, path, record)
+    temperature = float(loaded.checkpoint.get("temperature", 1.0))
+    return InferenceModel(
+        Tempered(model, temperature),
+        loaded.config,
+        loaded.classes,
+        "cpu" if onnxruntime else device,
+        path,
+        record,
+        temperature,
+    )
 
 
 def load_onnx(path: Path) -> InferenceModel:
@@ -100,4 +113,6 @@ def load_onnx(path: Path) -> InferenceModel:
     if "ferkit_classes" not in model.meta:
         raise FerkitError(f"{path} has no ferkit metadata (class names, preprocessing); export it with `ferkit export`")
     config = Config.from_dict(json.loads(model.meta["ferkit_config"]))
-    return InferenceModel(model, config, tuple(json.loads(model.meta["ferkit_classes"])), "cpu", path)
+    temperature = float(model.meta.get(TEMPERATURE_KEY, 1.0))
+    classes = tuple(json.loads(model.meta["ferkit_classes"]))
+    return InferenceModel(Tempered(model, temperature), config, classes, "cpu", path, temperature=temperature)

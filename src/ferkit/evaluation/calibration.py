@@ -1,0 +1,70 @@
+"""Temperature scaling: one number T that makes a model's confidence match how often it is right.
+
+Probabilities become ``softmax(logits / T)``; dividing every logit by the same positive T changes no
+argmax, so accuracy is untouched. T is fitted on the selection split (never the report split) by
+minimising the negative log-likelihood, and stored with the model (``temperature``; ONNX metadata
+``ferkit_temperature``); a file without one means T = 1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import FerkitError
+
+# A deterministic grid over log T, refined around its best point: the NLL is smooth and unimodal in log T,
+# so the grid finds the minimum without LBFGS's dependence on a start point and a learning rate.
+LOG_T_RANGE = (-3.0, 3.0)
+GRID_POINTS = 121
+REFINEMENTS = 4
+
+
+def _log(probs: np.ndarray) -> np.ndarray:
+    return np.log(np.clip(probs.astype(np.float64), 1e-300, None))
+
+
+def nll(log_probs: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    scaled = torch.from_numpy(log_probs).double() / temperature
+    return float(nn.functional.cross_entropy(scaled, torch.from_numpy(labels).long()))
+
+
+def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
+    """The T minimising the NLL of ``softmax(log(probs) / T)`` on these labels.
+
+    ``log(probs)`` is the logits less a per-row constant, which a softmax ignores, so fitting on
+    probabilities is exact and works for any back end (a model already scaled by T0 yields T / T0).
+    """
+    if len(labels) == 0:
+        raise FerkitError("cannot fit a temperature on no images; pass a dataset whose selection split has images")
+    log_probs = _log(probs)
+    low, high = LOG_T_RANGE
+    for _ in range(REFINEMENTS):
+        grid = np.linspace(low, high, GRID_POINTS)
+        best = grid[int(np.argmin([nll(log_probs, labels, float(np.exp(g))) for g in grid]))]
+        step = grid[1] - grid[0]
+        low, high = best - step, best + step
+    return float(np.exp(best))
+
+
+def temper(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """``softmax(log(probs) / T)``: probabilities as the same model divided by a further ``temperature`` gives them."""
+    scaled = torch.from_numpy(_log(probs)) / temperature
+    return scaled.softmax(dim=1).numpy()
+
+
+class Tempered(nn.Module):
+    """A classifier whose logits are divided by its temperature, for every caller of the ``nn.Module``."""
+
+    def __init__(self, model: nn.Module, temperature: float) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise FerkitError(f"temperature {temperature} is not positive; run `ferkit calibrate` on the model again")
+        self.model = model
+        self.temperature = float(temperature)
+        # An ONNX model's precision is fixed in its file; inference_precision reads it through the wrapper.
+        self.precision = getattr(model, "precision", None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x) / self.temperature

@@ -1,0 +1,186 @@
+"""Temperature scaling, the calibration error and cross-dataset evaluation of folders without splits."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import _face
+
+from ferkit.checkpoint import read_checkpoint, save_weights, store_temperature
+from ferkit.cli import main
+from ferkit.data.datasets import CLASSES
+from ferkit.evaluation.calibration import fit_temperature
+from ferkit.evaluation.metrics import compute_metrics, expected_calibration_error, reliability_bins
+from ferkit.inference.evaluate import evaluate_checkpoint
+from ferkit.inference.loading import load_for_inference
+
+CKPLUS = Path(__file__).resolve().parents[2] / "shared/data/ckplus48"
+
+
+def test_ece_of_a_hand_made_case():
+    probs = np.array([[0.9, 0.05, 0.05], [0.9, 0.05, 0.05], [0.62, 0.3, 0.08], [0.2, 0.5, 0.3], [0.0, 1.0, 0.0]])
+    labels = np.array([0, 1, 0, 1, 1])
+    bins = reliability_bins(labels, probs)
+    # 0.9 twice in bin 13 (accuracy 1/2), 0.62 in bin 9, 0.5 in bin 7, 1.0 in the last bin (its upper edge is in).
+    assert [b["count"] for b in bins] == [0] * 7 + [1, 0, 1, 0, 0, 0, 2, 1]
+    by_hand = (2 * abs(0.5 - 0.9) + abs(1 - 0.62) + abs(1 - 0.5) + abs(1 - 1.0)) / 5
+    assert expected_calibration_error(bins) == pytest.approx(by_hand)
+    assert compute_metrics(labels, probs, ("a", "b", "c"))["ece"] == pytest.approx(by_hand)
+
+
+def test_the_fitted_temperature_is_the_one_the_labels_were_drawn_with():
+    rng = np.random.default_rng(0)
+    logits = torch.from_numpy(rng.normal(0, 3, (20000, 7)))
+    labels = torch.multinomial((logits / 2.0).softmax(dim=1), 1).squeeze(1).numpy()
+    assert fit_temperature(logits.softmax(dim=1).numpy(), labels) == pytest.approx(2.0, rel=0.05)
+    # A model already divided by 2 needs no further temperature.
+    assert fit_temperature((logits / 2).softmax(dim=1).numpy(), labels) == pytest.approx(1.0, rel=0.05)
+
+
+def _probs_and_raw(path: Path, backend: str, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    loaded = load_for_inference(path, backend=backend)
+    with torch.no_grad():
+        return loaded.model(images).softmax(1), loaded.model.model(images), loaded.temperature
+
+
+def _stored_copy(untrained_checkpoint: Path, tmp_path: Path, temperature: float = 2.5) -> Path:
+    path = tmp_path / "best.pth"
+    shutil.copy(untrained_checkpoint, path)
+    store_temperature(path, temperature)
+    return path
+
+
+def test_temperature_is_stored_and_applied_in_pytorch_without_changing_an_argmax(untrained_checkpoint, tmp_path):
+    path = _stored_copy(untrained_checkpoint, tmp_path)
+    assert read_checkpoint(path)["temperature"] == 2.5
+    images = torch.randn(16, 3, 32, 32)
+    probs, logits, temperature = _probs_and_raw(path, "torch", images)
+    assert temperature == 2.5
+    torch.testing.assert_close(probs, (logits / 2.5).softmax(1))
+    assert torch.equal(probs.argmax(1), logits.argmax(1))
+    _, untempered, none = _probs_and_raw(untrained_checkpoint, "torch", images)
+    assert none == 1.0 and torch.equal(untempered, logits)
+
+
+def test_safetensors_gets_the_temperature_with_its_tensor_bytes_unchanged(untrained_checkpoint, tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_weights(read_checkpoint(untrained_checkpoint), path)
+    before = path.read_bytes()
+    store_temperature(path, 1.7)
+    after = path.read_bytes()
+
+    def tensor_bytes(raw: bytes) -> tuple[dict, bytes]:
+        size = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8 : 8 + size])
+        header.pop("__metadata__")
+        return header, raw[8 + size :]
+
+    assert tensor_bytes(after) == tensor_bytes(before)
+    assert load_for_inference(path).temperature == 1.7
+
+
+@pytest.mark.slow
+def test_temperature_travels_into_onnx_and_onnxruntime_applies_it(untrained_checkpoint, tmp_path):
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    path = _stored_copy(untrained_checkpoint, tmp_path)
+    images = torch.randn(8, 3, 32, 32)
+    torch_probs, _, _ = _probs_and_raw(path, "torch", images)
+    in_memory, logits, temperature = _probs_and_raw(path, "onnxruntime", images)
+    assert temperature == 2.5
+    torch.testing.assert_close(in_memory, torch_probs, atol=1e-4, rtol=1e-3)
+    onnx_path = tmp_path / "model.onnx"
+    assert main(["export", str(path), "--out", str(onnx_path)]) == 0
+    probs, file_logits, temperature = _probs_and_raw(onnx_path, "auto", images)
+    assert temperature == 2.5
+    torch.testing.assert_close(probs, (file_logits / 2.5).softmax(1))
+    assert torch.equal(probs.argmax(1), file_logits.argmax(1))
+    weights = [t.SerializeToString() for t in onnx.load(str(onnx_path)).graph.initializer]
+    from ferkit.inference.export import store_onnx_temperature
+
+    store_onnx_temperature(onnx_path, 1.25)
+    assert [t.SerializeToString() for t in onnx.load(str(onnx_path)).graph.initializer] == weights
+    assert load_for_inference(onnx_path).temperature == 1.25
+
+
+def test_ferkit_calibrate_fits_on_the_selection_split_and_writes_the_file(
+    untrained_checkpoint, image_folder, tmp_path, capsys
+):
+    path = tmp_path / "best.pth"
+    shutil.copy(untrained_checkpoint, path)
+    args = ["--data", str(image_folder), "--workers", "0", "--json"]
+    assert main(["calibrate", str(path), *args]) == 0
+    fit = json.loads(capsys.readouterr().out)
+    stored = read_checkpoint(path)["temperature"]
+    assert fit["fitted"] and fit["temperature"] == stored and stored != 1.0 and fit["temperature_before"] == 1.0
+    assert fit["nll_after"] <= fit["nll_before"]
+    metrics = evaluate_checkpoint(path, data=str(image_folder), split="select", workers=0)
+    assert metrics["temperature"] == stored
+    # The fit reads the raw logits, so calibrating again finds the same T.
+    assert main(["calibrate", str(path), *args]) == 0
+    assert json.loads(capsys.readouterr().out)["temperature"] == read_checkpoint(path)["temperature"] == stored
+    # A given T (the fp32 model's, for its int8 twin) is written as it is, the weights untouched.
+    weights = read_checkpoint(path)["model"]
+    assert main(["calibrate", str(path), *args, "--temperature", "1.5"]) == 0
+    assert not json.loads(capsys.readouterr().out)["fitted"]
+    after = read_checkpoint(path)
+    assert after["temperature"] == 1.5 and all(torch.equal(weights[k], after["model"][k]) for k in weights)
+
+
+def make_class_folder(root: Path, counts: dict[str, int]) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label, (name, count) in enumerate(counts.items()):
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(_face(rng, label, 20), mode="L").save(root / name / f"{i}.png")
+    return root
+
+
+def test_a_folder_of_class_folders_is_evaluated_whole_and_says_what_it_leaves_out(
+    untrained_checkpoint, tmp_path, capsys
+):
+    folder = make_class_folder(tmp_path / "ckplus", {"anger": 3, "contempt": 2, "happiness": 4, "sadness": 1})
+    assert main(["evaluate", str(untrained_checkpoint), "--data", str(folder), "--workers", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "ckplus/contempt: no FER2013 class; its 2 images are left out" in out
+    assert out.splitlines()[1].startswith("all (whole folder, TTA none, fp32): images 8")
+    metrics = evaluate_checkpoint(untrained_checkpoint, data=str(folder), workers=0)
+    assert metrics["split"] == "all" and metrics["images"] == 8
+    assert {c: m["support"] for c, m in metrics["per_class"].items()} == dict.fromkeys(CLASSES, 0) | {
+        "Angry": 3,
+        "Happy": 4,
+        "Sad": 1,
+    }
+    recalls = [metrics["per_class"][c]["recall"] for c in ("Angry", "Happy", "Sad")]
+    assert metrics["macro_classes"] == ["Angry", "Happy", "Sad"]
+    assert metrics["macro_recall"] == pytest.approx(np.mean(recalls))
+    fewer = evaluate_checkpoint(untrained_checkpoint, data=str(folder), workers=0, min_support=3)
+    assert fewer["macro_classes"] == ["Angry", "Happy"]
+
+
+def test_calibrating_on_a_folder_without_a_selection_split_is_refused(untrained_checkpoint, tmp_path, capsys):
+    folder = make_class_folder(tmp_path / "web", {"happiness": 2})
+    path = tmp_path / "best.pth"
+    shutil.copy(untrained_checkpoint, path)
+    assert main(["calibrate", str(path), "--data", str(folder), "--workers", "0"]) == 2
+    assert "has no selection split to fit a temperature on" in capsys.readouterr().err
+    assert "temperature" not in read_checkpoint(path)
+
+
+@pytest.mark.realdata
+def test_ckplus48_leaves_contempt_out_and_has_no_neutral(untrained_checkpoint, capsys):
+    if not CKPLUS.is_dir():
+        pytest.skip(f"CK+48 not found at {CKPLUS} (the project's shared data folder)")
+    assert main(["evaluate", str(untrained_checkpoint), "--data", str(CKPLUS), "--workers", "0", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["left_out"] == ["ckplus48/contempt: no FER2013 class; its 54 images are left out"]
+    assert metrics["images"] == 927 and metrics["per_class"]["Neutral"]["support"] == 0
+    assert "Neutral" not in metrics["macro_classes"]
