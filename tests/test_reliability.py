@@ -16,6 +16,7 @@ import ferkit.checkpoint as checkpoint_mod
 from ferkit.checkpoint import read_checkpoint
 from ferkit.errors import FerkitError
 from ferkit.training.loop import train
+from ferkit.training.signals import leave_stop_signals_to_the_main_process
 
 # Enough epochs that a kill after epoch 1 to EPOCHS - 3 always lands before the run finishes, on any machine.
 EPOCHS = 8
@@ -177,3 +178,21 @@ def test_non_finite_steps_can_be_skipped_and_counted(image_folder, tmp_path, mon
     last = read_checkpoint(tmp_path / "run" / "last.pth")
     assert last["state"]["nonfinite_steps"] == ["1:3", "1:6"]
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+
+
+class _WorkerSignals(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int) -> tuple[int, bool]:
+        return os.getpgrp(), signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_training_workers_are_outside_the_signalled_group_and_can_still_be_terminated():
+    # A group signal must reach only the main process (which saves), while PyTorch's SIGTERM to a worker that
+    # missed its shutdown message must still end it: an immune worker left the main process waiting at exit.
+    loader = torch.utils.data.DataLoader(
+        _WorkerSignals(), num_workers=1, worker_init_fn=leave_stop_signals_to_the_main_process, batch_size=None
+    )
+    ((group, terminable),) = list(loader)
+    assert group != os.getpgrp() and terminable

@@ -25,7 +25,7 @@ from ..data.batched import BatchAugment, DecodedImages, batches, decode_once
 from ..data.datasets import CLASSES, FerDataset, Sample, collate_skipping, make_loader
 from ..data.transforms import build_batch_mix, build_train_transform
 from ..runtime import Speed
-from .signals import ignore_stop_signals
+from .signals import leave_stop_signals_to_the_main_process
 
 
 class EpochSampler(Sampler[int]):
@@ -109,7 +109,7 @@ class WorkerBatches(TrainBatches):
             sampler=self.sampler,
             drop_last=True,
             generator=self.generator,
-            worker_init_fn=ignore_stop_signals,
+            worker_init_fn=leave_stop_signals_to_the_main_process,
             collate_fn=collate_skipping,
         )
 

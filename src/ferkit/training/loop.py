@@ -51,7 +51,7 @@ from ..runtime import Speed, autocast, machine_description, seed_everything
 from .feed import TrainBatches, open_batches, restore_rng, rng_state
 from .optim import build_optimizer, build_scheduler, continue_schedule
 from .rundir import Checkpoints, EpochRecords, prepare_run_dir, read_last, setup_logging
-from .signals import agreed_stop, ignore_stop_signals, stop_requests
+from .signals import agreed_stop, leave_stop_signals_to_the_main_process, stop_requests
 
 log = logging.getLogger("ferkit")
 
@@ -269,7 +269,7 @@ def _measure(model: nn.Module, samples: list[Sample], classes: tuple[str, ...], 
         dist.local_batch_size(cfg.batch_size) * cfg.eval_batch_factor,
         speed.workers,
         speed.device,
-        worker_init_fn=ignore_stop_signals,
+        worker_init_fn=leave_stop_signals_to_the_main_process,
         collate_fn=collate_skipping,
     )
     shares = dist.gather(collect_probs(model, loader, speed.device, cfg.eval_precision))
