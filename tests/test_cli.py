@@ -43,6 +43,7 @@ def test_train_refuses_bad_values_before_training_in_one_line(argv, message, tmp
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # a subprocess
 def test_evaluate_of_a_file_that_is_no_checkpoint_prints_one_line(tmp_path):
     garbage = tmp_path / "garbage.pth"
     garbage.write_text("garbage\n")
@@ -80,6 +81,7 @@ def test_command_defaults_are_the_library_functions():
         assert _option("serve", flag).default == value
 
 
+@pytest.mark.slow  # a subprocess
 def test_help_and_the_parser_load_neither_the_server_nor_onnx():
     code = (
         "import sys; from ferkit.cli import build_parser; build_parser(); "

@@ -125,6 +125,7 @@ def test_channels_last_trains_and_its_checkpoints_load_in_a_plain_model(image_fo
     assert torch.isfinite(model(torch.randn(2, 3, 16, 16))).all()
 
 
+@pytest.mark.slow  # torch.compile compiles for seconds
 def test_compile_trains_and_saves_plain_weights(image_folder, tmp_path, monkeypatch):
     # Inductor spends over a minute compiling even this model on a 2-core CPU; the eager backend runs the same
     # wiring (compiled module in training, plain module saved and evaluated) in seconds.
