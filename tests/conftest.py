@@ -3,6 +3,7 @@ untrained checkpoint, and the real FER2013 when present (tests that read it are 
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 from pathlib import Path
@@ -182,6 +183,7 @@ def portraits(size: int = 110) -> list[np.ndarray]:
     return [np.asarray(Image.fromarray(f).resize((size, size), Image.BICUBIC)) for f in faces]
 
 
+@functools.cache  # drawing 80 noisy frames takes a second; the tests only read them
 def people_video(frames: int = 80, width: int = 640, height: int = 480, size: int = 110):
     """Frames of four people on a plain background, and where each shows: (frames, truth), truth[i] a dict
     person -> visible [x, y, w, h] of frame i.
@@ -220,7 +222,7 @@ def people_video(frames: int = 80, width: int = 640, height: int = 480, size: in
             del visible[0]
         out.append(np.clip(frame + rng.normal(0, 6, frame.shape), 0, 255).astype(np.uint8))
         truth.append(visible)
-    return out, truth
+    return tuple(out), tuple(truth)
 
 
 def write_video(frames: list[np.ndarray], path: Path, fps: float = 10.0) -> Path:

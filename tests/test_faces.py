@@ -113,11 +113,12 @@ def test_a_missing_model_file_is_one_line(monkeypatch, tmp_path):
 
 
 def test_haar_without_cascades_is_one_line(monkeypatch):
-    monkeypatch.delattr(cv2, "CascadeClassifier")
+    monkeypatch.delattr(cv2, "CascadeClassifier", raising=False)  # OpenCV 5 has none already
     with pytest.raises(FerkitError, match="has no Haar cascades"):
         build_detector("haar")
 
 
+@pytest.mark.skipif(not hasattr(cv2, "CascadeClassifier"), reason=f"OpenCV {cv2.__version__} has no Haar cascades")
 def test_haar_still_finds_the_astronaut(astronaut):
     (face,) = build_detector("haar").detect(astronaut)
     assert iou(face.box, ASTRONAUT_FACE) > 0.6 and face.landmarks is None and face.score is None

@@ -283,15 +283,17 @@ def test_blur_and_noise_statistics_match_the_reference() -> None:
     for q in (0.1, 0.3, 0.5, 0.7):
         assert abs(contrast["reference"].quantile(q) - contrast["fast"].quantile(q)) < 0.03, q
 
-    cfg = STILL.updated({"image_size": SOURCE, "noise_p": 0.4, "noise_std": 0.05})
-    for name, pipeline in (("reference", reference_outputs), ("fast", fast_outputs)):
-        raw = unnormalize(pipeline(cfg, uniform_grey(128)), cfg)
-        spread = raw.std(dim=(2, 3))
-        noisy = spread.mean(dim=1) > 0.01
-        assert abs(noisy.float().mean() - cfg.noise_p) < 0.08, name
-        assert abs(spread[noisy].mean() - cfg.noise_std) < 0.003, name
-        # Each channel gets noise of its own, as torchvision's GaussianNoise draws it, grey input or not.
-        assert (raw[noisy, 0] - raw[noisy, 1]).abs().mean() > 0.02, name
+    for grey in (False, True):
+        cfg = STILL.updated({"image_size": SOURCE, "noise_p": 0.4, "noise_std": 0.05, "grey_input": grey})
+        for name, pipeline in (("reference", reference_outputs), ("fast", fast_outputs)):
+            raw = unnormalize(pipeline(cfg, uniform_grey(128)), cfg)
+            spread = raw.std(dim=(2, 3))
+            noisy = spread.mean(dim=1) > 0.01
+            assert abs(noisy.float().mean() - cfg.noise_p) < 0.08, name
+            assert abs(spread[noisy].mean() - cfg.noise_std) < 0.003, name
+            # A colour sensor's channels each draw noise of their own; a grey input stays grey.
+            across = (raw[noisy, 0] - raw[noisy, 1]).abs().mean()
+            assert across < 1e-5 if grey else across > 0.02, (name, grey)
 
 
 def test_blur_matches_torchvision() -> None:

@@ -209,11 +209,12 @@ def test_ctrl_c_writes_the_frames_done_so_far(untrained_checkpoint, crossing, tm
     assert "interrupted" in capsys.readouterr().err
 
 
-def test_a_folder_of_videos_gives_a_summary_row_per_track_per_video(untrained_checkpoint, crossing, tmp_path):
+def test_a_folder_of_videos_gives_a_summary_row_per_track_per_video(untrained_checkpoint, tmp_path):
     folder = tmp_path / "videos"
     (folder / "b").mkdir(parents=True)
-    shutil.copy(crossing, folder / "a.avi")
-    shutil.copy(crossing, folder / "b" / "c.avi")
+    start = crossing_busts()[0][:8]  # both people in view, apart
+    write_video(start, folder / "a.avi", 25.0)
+    shutil.copy(folder / "a.avi", folder / "b" / "c.avi")
     summary = tmp_path / "s.json"
     argv = ["predict", str(folder), "--checkpoint", str(untrained_checkpoint), "--summary", str(summary)]
     assert main(argv + ["--annotate", str(tmp_path / "annotated")]) == 0

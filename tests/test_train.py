@@ -88,14 +88,21 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(image_folder, tmp_pat
 
 
 def test_sigint_mid_epoch_saves_and_resumes_exactly(image_folder, tmp_path, monkeypatch):
-    train(tiny(image_folder, tmp_path / "full", epochs=2))
+    train(tiny(image_folder, tmp_path / "full", epochs=3))
     real_step = sigint_after_optimizer_steps(monkeypatch, 9)  # 7 batches per epoch: epoch 2, second batch
+    drawn = []  # the epochs curves.png shows, each time it is drawn
+    real_plot = rundir.plot_curves
+    monkeypatch.setattr(
+        rundir, "plot_curves", lambda history, path: drawn.append(len(history)) or real_plot(history, path)
+    )
     with pytest.raises(TrainingInterrupted, match="--resume"):
-        train(tiny(image_folder, tmp_path / "cut", epochs=2))
+        train(tiny(image_folder, tmp_path / "cut", epochs=3))
     state = read_checkpoint(tmp_path / "cut" / "last.pth")["state"]
     assert (state["epoch"], state["step"]) == (1, 2)
+    assert drawn == [1] and (tmp_path / "cut" / "curves.png").is_file()  # the stop draws what it has
     monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
-    train(tiny(image_folder, tmp_path / "cut", epochs=2), resume=True)
+    train(tiny(image_folder, tmp_path / "cut", epochs=3), resume=True)
+    assert drawn == [1, 3]  # epochs seconds apart are drawn once, at the end
     full, resumed = weights(tmp_path / "full" / "last.pth"), weights(tmp_path / "cut" / "last.pth")
     assert all(torch.equal(full[k], resumed[k]) for k in full)
 

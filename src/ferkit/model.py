@@ -139,12 +139,13 @@ def training_flops(model: nn.Module, image_size: int) -> float:
     """FLOPs to train on one image (forward and backward, as PyTorch's FlopCounterMode counts them).
 
     Counted on a copy in training mode with a batch of two (BatchNorm needs two), so the model's weights,
-    statistics and gradients are untouched. Does not depend on precision or machine: the budget unit.
+    statistics and gradients are untouched. Does not depend on precision or machine: the budget unit. The copy
+    lives on the meta device: shapes alone decide the count, and the spec network's pass would take a second.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    probe = copy.deepcopy(model).cpu().float().train()
-    images = torch.zeros(2, 3, image_size, image_size)
+    probe = copy.deepcopy(model).to("meta").float().train()
+    images = torch.zeros(2, 3, image_size, image_size, device="meta")
     with FlopCounterMode(display=False) as counter:
         probe(images).sum().backward()
     return counter.get_total_flops() / 2

@@ -305,8 +305,9 @@ class BatchAugment(nn.Module):
             x = torch.where(apply, _blur(x, low + (high - low) * rand(n), blur_kernel_size(high)), x)
         if cfg.noise_p > 0:
             apply = (rand(n) < cfg.noise_p).view(-1, 1, 1, 1)
-            # The reference adds noise to each of the three channels of a grey image apart.
-            x = x.expand(-1, 3, -1, -1)
+            # As SensorNoise: one draw for a grey input's single channel, else one per channel (a grey image of a
+            # dataset read in colour gets three, as the reference gives it).
+            x = x if self.grey else x.expand(-1, 3, -1, -1)
             noise = torch.randn(x.shape, generator=generator, device=x.device) * cfg.noise_std
             x = torch.where(apply, (x + noise).clamp_(0, 1), x)
         return x

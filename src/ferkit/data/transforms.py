@@ -76,6 +76,24 @@ class RandomGamma:
         return f"RandomGamma(strength={self.strength})"
 
 
+class SensorNoise:
+    """Gaussian noise of std ``sigma`` on a float image in [0, 1], clipped back to it.
+
+    With ``grey`` one draw is shared by the three channels, so a grey image stays grey, as the grey inputs the
+    model is trained for and meets are; otherwise each channel draws its own, as a colour sensor's do.
+    """
+
+    def __init__(self, sigma: float, grey: bool = False) -> None:
+        self.sigma, self.grey = sigma, grey
+
+    def __call__(self, image: Tensor) -> Tensor:
+        shape = (1, *image.shape[-2:]) if self.grey else image.shape
+        return (image + torch.randn(shape) * self.sigma).clamp_(0, 1)
+
+    def __repr__(self) -> str:
+        return f"SensorNoise(sigma={self.sigma}, grey={self.grey})"
+
+
 def blur_kernel_size(sigma_max: float) -> int:
     """Odd and 3 sigmas either side of the centre, where the Gaussian has fallen to 1%."""
     return 2 * math.ceil(3 * sigma_max) + 1
@@ -103,7 +121,7 @@ def build_train_transform(cfg: Config) -> v2.Compose:
         cfg.jpeg_p, v2.JPEG([int(q) for q in cfg.jpeg_quality])
     )
     # GaussianNoise takes float images; the ops before it stay on uint8, which is cheaper.
-    noise = _sometimes(cfg.noise_p, v2.GaussianNoise(sigma=cfg.noise_std))
+    noise = _sometimes(cfg.noise_p, SensorNoise(cfg.noise_std, cfg.grey_input))
     to_float, normalize = _normalize(cfg)
     return v2.Compose(
         _to_rgb_tensor(cfg)

@@ -307,6 +307,7 @@ def _save_last(t: Training, rng: dict | None = None) -> None:
 def _save_and_stop(t: Training, signum: int, sums: dict) -> NoReturn:
     t.state.partial = sums
     _save_last(t, rng_state())
+    t.records.close()
     out = t.checkpoints.out
     again = f"ferkit train --resume {out}" if dist.world_size() == 1 else f"the same launch command with --resume {out}"
     raise TrainingInterrupted(
@@ -381,9 +382,9 @@ def _assemble(cfg: Config, splits: Splits, state: TrainState, ckpt: dict | None)
     speed = Speed.resolve(cfg)
     seed_everything(cfg.seed)
     model = build_model(cfg, len(splits.classes))
+    gflop_per_image = training_flops(model, cfg.image_size) / 1e9  # before SyncBatchNorm, whose probe would sync
     if cfg.sync_bn:
         model = dist.convert_sync_batchnorm(model, speed.device)
-    gflop_per_image = training_flops(model, cfg.image_size) / 1e9
     model = model.to(speed.device, memory_format=speed.memory_format)
     optimizer = build_optimizer(model, cfg)
     # The average's weights are what evaluation, best.pth and the report see; training steps the raw weights.

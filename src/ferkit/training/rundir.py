@@ -9,6 +9,7 @@ import csv
 import logging
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ from ..errors import FerkitError
 from ..plots import plot_curves
 
 log = logging.getLogger("ferkit")
+# Drawing curves.png takes about half a second: every epoch of a run whose epochs take seconds (a GPU, a small
+# model) would add a tenth or more to its time. Epochs further apart than this are all drawn.
+CURVES_EVERY_S = 30.0
 METRIC_FIELDS = [
     "epoch",
     "lr",
@@ -127,11 +131,14 @@ class Checkpoints:
 
 
 class EpochRecords:
-    """Each finished epoch in metrics.csv, curves.png, TensorBoard (--tensorboard) and a line of train.log."""
+    """Each finished epoch in metrics.csv, TensorBoard (--tensorboard) and a line of train.log; curves.png at most
+    every ``CURVES_EVERY_S`` seconds, after the last epoch and when the run stops (:meth:`close`)."""
 
     def __init__(self, out: Path, cfg: Config) -> None:
         self.out, self.epochs = out, cfg.epochs
         self.writer = _tensorboard(out) if cfg.tensorboard and dist.is_main() else None
+        self._undrawn: list[dict] | None = None
+        self._drawn_at = time.monotonic()
 
     def write(self, history: list[dict], select_label: str) -> None:
         if not dist.is_main():
@@ -154,9 +161,18 @@ class EpochRecords:
             f"{row['epoch_seconds']:.0f}s  {row['pflop']:.3f} PFLOP"
             + ("  (best, saved best.pth)" if row["best"] else "")
         )
-        plot_curves(history, self.out / "curves.png")
+        self._undrawn = history
+        if row["epoch"] >= self.epochs or time.monotonic() - self._drawn_at >= CURVES_EVERY_S:
+            self.draw()
+
+    def draw(self) -> None:
+        """Bring curves.png up to the last recorded epoch."""
+        if self._undrawn and dist.is_main():
+            plot_curves(self._undrawn, self.out / "curves.png")
+            self._undrawn, self._drawn_at = None, time.monotonic()
 
     def close(self) -> None:
+        self.draw()
         if self.writer is not None:
             self.writer.close()
 
