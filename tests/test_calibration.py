@@ -36,7 +36,8 @@ def test_ece_of_a_hand_made_case():
 def test_the_fitted_temperature_is_the_one_the_labels_were_drawn_with():
     rng = np.random.default_rng(0)
     logits = torch.from_numpy(rng.normal(0, 3, (20000, 7)))
-    labels = torch.multinomial((logits / 2.0).softmax(dim=1), 1).squeeze(1).numpy()
+    drawn = torch.multinomial((logits / 2.0).softmax(dim=1), 1, generator=torch.Generator().manual_seed(0))
+    labels = drawn.squeeze(1).numpy()
     assert fit_temperature(logits.softmax(dim=1).numpy(), labels) == pytest.approx(2.0, rel=0.05)
     # A model already divided by 2 needs no further temperature.
     assert fit_temperature((logits / 2).softmax(dim=1).numpy(), labels) == pytest.approx(1.0, rel=0.05)

@@ -1,5 +1,6 @@
 import csv
 import json
+import multiprocessing
 import os
 
 import pytest
@@ -326,6 +327,8 @@ def test_corrupt_image_during_training_is_one_clear_line(image_folder, tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err[-1].startswith("ferkit: error: cannot read image") and "Training_zz_bad.png" in err[-1]
+    # The stopped epoch's DataLoader worker is gone already, not left for the garbage collector to wait 5 s on.
+    assert multiprocessing.active_children() == []
 
 
 def test_resume_with_more_epochs_continues_the_schedule_over_the_new_total(image_folder, tmp_path):

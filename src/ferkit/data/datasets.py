@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -330,3 +330,19 @@ def make_loader(dataset: FerDataset, batch_size: int, workers: int, device: torc
         persistent_workers=False,
         **kw,
     )
+
+
+def batches_of(loader: DataLoader) -> Iterator:
+    """The loader's batches, its worker processes shut down as soon as the iteration ends, however it ends.
+
+    An iterator that an error stops (an unreadable image) stays referenced from the error's traceback; freed later
+    by the garbage collector, after its own queues, it can no longer tell its workers to exit, and PyTorch waits
+    5 s for each before ending it: a run stopped by an error would keep the command waiting that long.
+    """
+    batches = iter(loader)
+    try:
+        yield from batches
+    finally:
+        shutdown = getattr(batches, "_shutdown_workers", None)  # PyTorch's own clean-up; a no-op once done
+        if shutdown is not None:
+            shutdown()

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as TF
 
 from ..config import Config
+from ..data.datasets import batches_of
 from ..runtime import autocast
 
 TTA_MODES = ("none", "flip", "tencrop")
@@ -45,7 +46,7 @@ def collect_probs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities and labels for a whole loader (gathered on the device, copied once)."""
     probs, labels = [], []
-    for images, targets, *_ in loader:
+    for images, targets, *_ in batches_of(loader):
         if images is None:
             continue
         probs.append(predict_probs(model, images.to(device, non_blocking=True), precision, tta))

@@ -22,7 +22,7 @@ from torch.utils.data import Sampler
 from .. import distributed as dist
 from ..config import Config
 from ..data.batched import BatchAugment, DecodedImages, batches, decode_once
-from ..data.datasets import CLASSES, FerDataset, Sample, collate_skipping, make_loader
+from ..data.datasets import CLASSES, FerDataset, Sample, batches_of, collate_skipping, make_loader
 from ..data.transforms import build_batch_mix, build_train_transform
 from ..runtime import Speed
 from .signals import leave_stop_signals_to_the_main_process
@@ -118,7 +118,7 @@ class WorkerBatches(TrainBatches):
         self.generator.manual_seed(_augmentation_seed(self.cfg, epoch))  # seeds the workers' augmentation
 
     def _batches(self) -> Iterator[Batch]:
-        for images, targets, bad in self.loader:
+        for images, targets, bad in batches_of(self.loader):
             if images is not None:
                 # From pinned memory on CUDA, so the copy overlaps the previous step's compute.
                 images = images.to(self.speed.device, non_blocking=True, memory_format=self.speed.memory_format)
