@@ -2,10 +2,12 @@ import csv
 import json
 import multiprocessing
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, sigint_after_optimizer_steps, tiny, weights
+from conftest import TINY, make_image_folder, sigint_after_optimizer_steps, tiny, weights
 from torch.utils.data import DataLoader
 
 import ferkit.training.loop as train_mod
@@ -20,9 +22,17 @@ from ferkit.training.loop import TrainingInterrupted, train
 from ferkit.training.optim import lr_factor
 
 
-def test_run_folder_holds_everything(image_folder, tmp_path):
-    report = train(tiny(image_folder, tmp_path / "run", tensorboard=True, protocol="clean"))
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> tuple[Path, dict]:
+    """One tiny 3-epoch run under the clean protocol, TensorBoard on, and its report: for the tests that only read a
+    finished run, which would otherwise each train their own."""
+    root = tmp_path_factory.mktemp("finished")
+    report = train(tiny(make_image_folder(root / "fer"), root / "run", tensorboard=True, protocol="clean"))
+    return root / "run", report
+
+
+def test_run_folder_holds_everything(finished_run):
+    run, report = finished_run
     for name in (
         "config.json",
         "train.log",
@@ -153,18 +163,18 @@ def test_ema_weights_are_evaluated_saved_and_resumed_exactly(image_folder, tmp_p
     assert all(torch.equal(last["ema"][k], resumed[k]) for k in last["ema"])
 
 
-def test_report_and_metrics_record_training_compute_and_machine(image_folder, tmp_path):
-    report = train(tiny(image_folder, tmp_path / "run", epochs=2, protocol="clean"))
+def test_report_and_metrics_record_training_compute_and_machine(finished_run):
+    run, report = finished_run
     gflop = training_flops(build_model(Config(**TINY), 7), 16) / 1e9
-    with open(tmp_path / "run" / "metrics.csv") as f:
+    with open(run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     # 28 training images, 7 batches of 4, every epoch.
-    assert [float(r["gflop_per_image"]) for r in rows] == pytest.approx([gflop, gflop])
-    assert [float(r["pflop"]) for r in rows] == pytest.approx([28 * gflop / 1e6, 56 * gflop / 1e6])
-    assert report["pflop"] == pytest.approx(56 * gflop / 1e6) and report["gflop_per_image"] == pytest.approx(gflop)
+    assert [float(r["gflop_per_image"]) for r in rows] == pytest.approx([gflop] * 3)
+    assert [float(r["pflop"]) for r in rows] == pytest.approx([n * 28 * gflop / 1e6 for n in (1, 2, 3)])
+    assert report["pflop"] == pytest.approx(84 * gflop / 1e6) and report["gflop_per_image"] == pytest.approx(gflop)
     assert report["machine"] == machine_description() and report["precision"] == "fp32"
     assert report["train_precision"] in ("fp32", "bf16") and report["train_minutes"] >= 0
-    log = (tmp_path / "run" / "train.log").read_text()
+    log = (run / "train.log").read_text()
     assert f"compute: {gflop:.3f} GFLOP per training image" in log and "machine: " in log
     assert "PFLOP of training" in log.splitlines()[-1] or "PFLOP of training" in log
 
@@ -181,9 +191,8 @@ def test_existing_run_folder_is_not_clobbered(image_folder, tmp_path):
         train(tiny(image_folder, tmp_path / "other"), resume=True)
 
 
-def test_bad_checkpoints_give_clear_errors(image_folder, tmp_path):
-    train(tiny(image_folder, tmp_path / "run", epochs=1))
-    good = tmp_path / "run" / "best.pth"
+def test_bad_checkpoints_give_clear_errors(finished_run, tmp_path):
+    good = finished_run[0] / "best.pth"
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(good.read_bytes()[:5000])
     with pytest.raises(FerkitError, match="truncated.pth is truncated or not a ferkit checkpoint"):
@@ -202,14 +211,12 @@ def test_bad_checkpoints_give_clear_errors(image_folder, tmp_path):
         load_model(other_arch)
 
 
-def test_evaluate_refuses_data_with_other_classes(image_folder, tmp_path, capsys):
-    train(tiny(image_folder, tmp_path / "run", epochs=1))
-    for name in ("disgust",):
-        for split in ("train", "test"):
-            for f in (image_folder / split / name).iterdir():
-                f.unlink()
-            (image_folder / split / name).rmdir()
-    assert main(["evaluate", str(tmp_path / "run" / "best.pth"), "--workers", "0"]) == 2
+def test_evaluate_refuses_data_with_other_classes(finished_run, tmp_path, capsys):
+    run = finished_run[0]
+    data = Path(shutil.copytree(run.parent / "fer", tmp_path / "fer"))
+    for split in ("train", "test"):
+        shutil.rmtree(data / split / "disgust")
+    assert main(["evaluate", str(run / "best.pth"), "--data", str(data), "--workers", "0"]) == 2
     assert "trained for classes" in capsys.readouterr().err
 
 
@@ -353,9 +360,8 @@ def test_resume_with_more_epochs_continues_the_schedule_over_the_new_total(image
     assert "epoch 3/3" in log
 
 
-def test_resume_refuses_a_flag_that_would_change_the_recipe(image_folder, tmp_path, capsys):
-    run = tmp_path / "run"
-    train(tiny(image_folder, run, epochs=2))
+def test_resume_refuses_a_flag_that_would_change_the_recipe(finished_run, capsys):
+    run = finished_run[0]
     before = (run / "last.pth").read_bytes(), (run / "config.json").read_text()
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "--lr", "5e-4", "--workers", "1"]) == 2
@@ -365,7 +371,7 @@ def test_resume_refuses_a_flag_that_would_change_the_recipe(image_folder, tmp_pa
     ]
     assert main(["train", "--resume", str(run), "--epochs", "1"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"ferkit: error: cannot resume {run} with --epochs 1: the run is at epoch 2 already; give at least --epochs 2"
+        f"ferkit: error: cannot resume {run} with --epochs 1: the run is at epoch 3 already; give at least --epochs 3"
     ]
     assert ((run / "last.pth").read_bytes(), (run / "config.json").read_text()) == before
 
