@@ -92,7 +92,7 @@ def test_grey_input_shows_colour_photos_grey_and_leaves_grey_images_exactly_as_t
     assert torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])
     assert not torch.equal(x, build_test_transform(Config(image_size=16))(colour))
     assert torch.equal(build_test_transform(cfg)(grey), build_test_transform(cfg.updated({"grey_input": False}))(grey))
-    batch = torch.from_numpy(np.asarray(colour)).permute(2, 0, 1)[None].contiguous()
+    batch = torch.from_numpy(np.array(colour)).permute(2, 0, 1)[None].contiguous()
     y = BatchAugment(cfg)(batch)
     assert torch.equal(y[0, 0], y[0, 1]) and torch.equal(y[0, 1], y[0, 2])
 
