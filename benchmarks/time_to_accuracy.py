@@ -10,7 +10,8 @@ folder that already holds a finished run (report.json) is not trained again, onl
 by hand, or continued with ``--resume`` over several sessions, are recorded the same way. It writes
 ``benchmarks/results/time_to_accuracy_NAME.json``: the command, machine, GFLOP per training image, per
 epoch the cumulative PFLOP, wall minutes and PublicTest accuracy (selection split), and once at the end
-PrivateTest (best PublicTest epoch, fp32, no TTA; flip TTA beside).
+PrivateTest (best PublicTest epoch, fp32, no TTA; flip TTA beside), its ECE before and after a temperature
+fitted on PublicTest, and the real-photo collections beside FER2013 (webfaces-dev, CK+48).
 
 ``plot`` draws ``benchmarks/results/accuracy_vs_compute.png`` from those files: PrivateTest against
 PFLOP, one point per run, and each run's PublicTest curve over its epochs.
@@ -22,13 +23,15 @@ import argparse
 import csv
 import json
 import shlex
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from common import DEFAULT_DATA  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
 
 from ferkit.cli import main as ferkit_main
-from ferkit.inference.evaluate import evaluate_checkpoint
+from ferkit.inference.evaluate import calibrate_checkpoint, evaluate_checkpoint
 from ferkit.runtime import machine_description
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -70,6 +73,7 @@ def run(name: str, train_args: list[str], data_default: str) -> dict:
         )
     flip = evaluate_checkpoint(folder / "best.pth", data=config["data"], split="report", tta="flip", workers=2)
     real = real_photo_figures(folder / "best.pth", Path(config["data"]))
+    calibration = calibrated_figures(folder / "best.pth", config["data"])
     result = {
         "name": name,
         "command": "ferkit train " + shlex.join(train_args),
@@ -86,6 +90,7 @@ def run(name: str, train_args: list[str], data_default: str) -> dict:
         "private_test": report["accuracy"],
         "private_test_macro_f1": report["macro_f1"],
         "private_test_flip": flip["accuracy"],
+        "calibration": calibration,
         **real,
     }
     RESULTS.mkdir(exist_ok=True)
@@ -96,10 +101,31 @@ def run(name: str, train_args: list[str], data_default: str) -> dict:
         f"{result['public_test_best']:.2%} at epoch {result['best_epoch']}, {result['pflop']:.3f} PFLOP, "
         f"{result['wall_minutes']:.1f} min on {result['machine']}; wrote {path}"
     )
+    print(
+        f"  PrivateTest ECE {calibration['private_test_ece']:.4f} -> {calibration['private_test_ece_calibrated']:.4f} "
+        f"at T {calibration['temperature']:.3f} fitted on PublicTest"
+    )
     for key, figures in real.items():
         recalls = ", ".join(f"{c} {r:.2f}" for c, r in figures["recall"].items())
         print(f"  {key}: accuracy {figures['accuracy']:.2%}, macro recall {figures['macro_recall']:.3f} ({recalls})")
     return result
+
+
+def calibrated_figures(checkpoint: Path, data: str) -> dict:
+    """PrivateTest ECE before and after a temperature fitted on PublicTest, on a copy (the run's best.pth stays)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / checkpoint.name
+        shutil.copy(checkpoint, copy)
+        before = evaluate_checkpoint(copy, data=data, split="report", workers=2)
+        fit = calibrate_checkpoint(copy, data=data, workers=2)
+        after = evaluate_checkpoint(copy, data=data, split="report", workers=2)
+    return {
+        "temperature": fit["temperature"],
+        "private_test_ece": before["ece"],
+        "private_test_ece_calibrated": after["ece"],
+        "private_test_nll": before["loss"],
+        "private_test_nll_calibrated": after["loss"],
+    }
 
 
 # Real photos beside FER2013, each image whole as the face: webfaces-dev (to choose recipes on, with PublicTest)

@@ -179,3 +179,20 @@ def test_photo_presets_are_their_base_preset_plus_the_photo_ops():
 def test_new_augmentation_values_are_checked(values, message):
     with pytest.raises(FerkitError, match=f"^{re.escape(message)}$"):
         Config().updated(values)
+
+
+def test_teacher_checkpoints_are_a_list_of_paths_everywhere(tmp_path):
+    cfg = parse("--distill-from", "a/best.pth", "b.safetensors", "--distill-weight", "0.7")
+    assert cfg.distill_from == ("a/best.pth", "b.safetensors") and cfg.distill_weight == 0.7
+    assert Config.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    f = tmp_path / "c.toml"
+    f.write_text('distill_from = "one.pth"\n')
+    assert parse("--config", str(f)).distill_from == ("one.pth",)
+    assert parse().distill_from == ()
+    with pytest.raises(FerkitError, match=r"--distill-from must be a string \(got 3\)"):
+        Config(distill_from=(3,))
+    with pytest.raises(FerkitError, match=r"--distill-weight must be in \[0, 1\]"):
+        Config(distill_weight=1.5)
+    # Other teachers would change the targets part-way through the run.
+    with pytest.raises(FerkitError, match="with --distill-from c.pth: the run was trained with distill_from a.pth"):
+        resumed_config(Config(distill_from=("a.pth",)), Config(distill_from=("c.pth",)), 1, "runs/x")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY, make_image_folder, sigint_after_optimizer_steps, tiny, weights
+from PIL import Image
 from torch.utils.data import DataLoader
 
 import ferkit.training.loop as train_mod
@@ -15,8 +16,10 @@ import ferkit.training.rundir as rundir
 from ferkit.checkpoint import atomic_save, load_model, read_checkpoint
 from ferkit.cli import main
 from ferkit.config import Config
+from ferkit.data.transforms import build_test_transform
 from ferkit.errors import FerkitError
-from ferkit.model import build_model, training_flops
+from ferkit.evaluation.predictions import predict_probs
+from ferkit.model import build_model, inference_flops, training_flops
 from ferkit.runtime import machine_description
 from ferkit.training.loop import TrainingInterrupted, train
 from ferkit.training.optim import lr_factor
@@ -388,3 +391,55 @@ def test_workers_are_cut_to_the_cores_in_one_log_line_without_pytorchs_warning(
     log = (tmp_path / "run" / "train.log").read_text()
     assert log.count("workers: --workers 2 lowered to 1, the cores this process may use") == 1
     assert "workers data pipeline (1 DataLoader workers" in log
+
+
+@pytest.mark.parametrize("pipeline", ["workers", "batched"])
+def test_distillation_trains_on_the_teachers_probabilities_once(finished_run, tmp_path, pipeline):
+    teacher_run, _ = finished_run
+    teacher = tmp_path / "teacher.pth"
+    shutil.copy(teacher_run / "best.pth", teacher)
+    data = teacher_run.parent / "fer"
+    cfg = tiny(
+        data, tmp_path / "student", epochs=1, data_pipeline=pipeline, mixup_alpha=0.2, distill_from=(str(teacher),) * 2
+    )
+    report = train(cfg)
+
+    saved = torch.load(tmp_path / "student" / "teachers.pt", weights_only=True)
+    probs = saved["probs"]
+    assert probs.shape == (28, 7) and torch.allclose(probs.sum(dim=1), torch.ones(28))
+    # Two copies of one teacher average to that teacher's own flip-averaged probabilities.
+    loaded = load_model(teacher)
+    first = build_test_transform(loaded.config)(Image.open(saved["names"][0]))[None]
+    assert torch.allclose(probs[0], predict_probs(loaded.model, first, tta="flip")[0], atol=1e-5)
+    student = gflop_per_image(cfg) * 28 / 1e6
+    labelling = 2 * 2 * 28 * inference_flops(loaded.model, 16) / 1e15
+    assert report["pflop"] == pytest.approx(student + labelling)
+    assert "teachers labelled 28 training images" in (tmp_path / "student" / "train.log").read_text()
+
+    # A resumed run reads the probabilities back: the teacher may be gone, and nothing is counted twice.
+    teacher.unlink()
+    resumed = train(Config.from_dict({**cfg.to_dict(), "epochs": 2}), resume=True)
+    assert resumed["pflop"] == pytest.approx(2 * student + labelling)
+
+
+def test_distillation_at_weight_zero_is_training_on_the_labels(finished_run, tmp_path):
+    teacher_run, _ = finished_run
+    data = teacher_run.parent / "fer"
+    train(tiny(data, tmp_path / "plain", epochs=1))
+    train(tiny(data, tmp_path / "taught", epochs=1, distill_from=(str(teacher_run / "best.pth"),), distill_weight=0.0))
+    plain, taught = weights(tmp_path / "plain"), weights(tmp_path / "taught")
+    assert all(torch.allclose(plain[k].float(), taught[k].float(), atol=1e-5) for k in plain)
+
+
+def test_distillation_refuses_a_teacher_of_other_classes(finished_run, tmp_path):
+    teacher_run, _ = finished_run
+    other = read_checkpoint(teacher_run / "best.pth")
+    other["classes"] = [c.upper() for c in other["classes"]]
+    atomic_save(other, tmp_path / "other.pth")
+    cfg = tiny(teacher_run.parent / "fer", tmp_path / "student", epochs=1, distill_from=(str(tmp_path / "other.pth"),))
+    with pytest.raises(FerkitError, match="other.pth was trained for classes"):
+        train(cfg)
+
+
+def gflop_per_image(cfg: Config) -> float:
+    return training_flops(build_model(cfg, 7), cfg.image_size) / 1e9

@@ -189,6 +189,20 @@ class Config:
         "per-step decay of an exponential moving average of the weights, which evaluation uses (0: off)",
         bounds="[0, 1)",
     )
+    distill_from: tuple[str, ...] = _opt(
+        "optimisation",
+        (),
+        "teacher checkpoints (knowledge distillation): their probabilities for each training image and its mirror, "
+        "averaged and each at its calibrated temperature, computed once before the first epoch and kept in the "
+        "run folder as teachers.pt, become part of that image's target (none: off)",
+        paths=True,
+    )
+    distill_weight: float = _opt(
+        "optimisation",
+        0.5,
+        "share of the teachers' probabilities in each target with --distill-from; the label has the rest",
+        bounds="[0, 1]",
+    )
     sync_bn: bool = _opt(
         "optimisation", False, "with several processes, BatchNorm statistics over the global batch (SyncBatchNorm)"
     )
@@ -363,6 +377,8 @@ PRESETS.update({f"{name}-photos": {**PRESETS[name], **_PHOTOS} for name in ("qui
 
 
 def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    if f.metadata.get("paths"):
+        return (value,) if isinstance(value, str) else tuple(value)
     if isinstance(f.default, tuple):
         value = tuple(float(v) for v in value)
         if len(value) != len(f.default):
@@ -378,7 +394,7 @@ def _check(f: dataclasses.Field, value: Any) -> None:
         if value not in choices:
             raise FerkitError(f"{flag} must be one of {', '.join(choices)} (got {value!r})")
         return
-    kind = type(f.default[0]) if isinstance(f.default, tuple) else type(f.default)
+    kind = str if f.metadata.get("paths") else type(f.default[0]) if isinstance(f.default, tuple) else type(f.default)
     values = value if isinstance(f.default, tuple) and isinstance(value, (tuple, list)) else (value,)
     accepted, words = _TYPES[kind]
     for v in values:
@@ -448,6 +464,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> dict[str, argparse.
         }
         if isinstance(f.default, bool):
             kw["action"] = argparse.BooleanOptionalAction
+        elif f.metadata.get("paths"):
+            kw.update(nargs="+", type=str, metavar="CKPT")
         elif isinstance(f.default, tuple):
             kw.update(nargs=len(f.default), type=float, metavar="X")
         else:

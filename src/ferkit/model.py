@@ -142,12 +142,23 @@ def training_flops(model: nn.Module, image_size: int) -> float:
     statistics and gradients are untouched. Does not depend on precision or machine: the budget unit. The copy
     lives on the meta device: shapes alone decide the count, and the spec network's pass would take a second.
     """
+    return _flops(model, image_size, backward=True)
+
+
+def inference_flops(model: nn.Module, image_size: int) -> float:
+    """FLOPs of one image's forward pass in eval mode (a teacher labelling an image), counted as training_flops."""
+    return _flops(model, image_size, backward=False)
+
+
+def _flops(model: nn.Module, image_size: int, backward: bool) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
-    probe = copy.deepcopy(model).to("meta").float().train()
+    probe = copy.deepcopy(model).to("meta").float().train(backward)
     images = torch.zeros(2, 3, image_size, image_size, device="meta")
     with FlopCounterMode(display=False) as counter:
-        probe(images).sum().backward()
+        out = probe(images)
+        if backward:
+            out.sum().backward()
     return counter.get_total_flops() / 2
 
 
@@ -161,4 +172,5 @@ __all__ = [
     "build_model",
     "count_parameters",
     "training_flops",
+    "inference_flops",
 ]

@@ -209,7 +209,8 @@ def batches(
     pin: bool = True,
     drop_last: bool = False,
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """uint8 image and label batches in ``order`` (indices into ``images``), on ``device``.
+    """uint8 image and label batches in ``order`` (indices into ``images``), on ``device``; ``labels`` may be class
+    indices [N] or probabilities [N, classes].
 
     Indexing happens where ``images`` lives: put the decoded tensor on the GPU once when it fits
     (FER2013: 66 MB) and no step copies anything from the host. From host memory to a GPU, each
@@ -223,7 +224,7 @@ def batches(
         if crossing:
             # PyTorch's pinned-memory cache does not reuse a block until its copy has finished.
             x = torch.empty((len(index), *images.shape[1:]), dtype=images.dtype, pin_memory=True)
-            y = torch.empty(len(index), dtype=labels.dtype, pin_memory=True)
+            y = torch.empty((len(index), *labels.shape[1:]), dtype=labels.dtype, pin_memory=True)
             torch.index_select(images, 0, index, out=x)
             torch.index_select(labels, 0, index, out=y)
         else:

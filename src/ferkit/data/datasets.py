@@ -84,12 +84,22 @@ def load_image(sample: Sample) -> Image.Image:
 
 
 class FerDataset(Dataset):
-    """(image, label) pairs; with ``skip_bad`` an unreadable file yields None for `collate_skipping` to drop."""
+    """(image, label) pairs; with ``skip_bad`` an unreadable file yields None for `collate_skipping` to drop.
 
-    def __init__(self, samples: list[Sample], transform: Callable | None = None, skip_bad: bool = False) -> None:
+    ``targets`` ([len(samples), classes] probabilities, e.g. distillation's) replace the labels when given.
+    """
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        transform: Callable | None = None,
+        skip_bad: bool = False,
+        targets: torch.Tensor | None = None,
+    ) -> None:
         self.samples = samples
         self.transform = transform
         self.skip_bad = skip_bad
+        self.targets = targets
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -102,7 +112,8 @@ class FerDataset(Dataset):
             if self.skip_bad:
                 return None, sample.name
             raise
-        return (self.transform(image) if self.transform else image), sample.label
+        target = sample.label if self.targets is None else self.targets[index]
+        return (self.transform(image) if self.transform else image), target
 
 
 def collate_skipping(batch: list) -> tuple:

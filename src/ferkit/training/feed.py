@@ -97,9 +97,11 @@ class TrainBatches(ABC):
 class WorkerBatches(TrainBatches):
     """DataLoader workers decode every image and run the torchvision reference augmentations on it, every epoch."""
 
-    def __init__(self, samples: list[Sample], cfg: Config, speed: Speed, batch_size: int) -> None:
+    def __init__(
+        self, samples: list[Sample], cfg: Config, speed: Speed, batch_size: int, targets: torch.Tensor | None = None
+    ) -> None:
         super().__init__(len(samples), cfg, speed, batch_size)
-        dataset = FerDataset(samples, build_train_transform(cfg), cfg.bad_images == "skip")
+        dataset = FerDataset(samples, build_train_transform(cfg), cfg.bad_images == "skip", targets)
         self.generator = torch.Generator()
         self.loader = make_loader(
             dataset,
@@ -136,12 +138,18 @@ class DecodedBatches(TrainBatches):
     (seed, epoch, process, step), so a resumed epoch replays its remaining steps' draws with no state saved.
     """
 
-    def __init__(self, samples: list[Sample], cfg: Config, speed: Speed, batch_size: int) -> None:
+    def __init__(
+        self, samples: list[Sample], cfg: Config, speed: Speed, batch_size: int, targets: torch.Tensor | None = None
+    ) -> None:
         augment = BatchAugment(cfg).to(speed.device)  # first: it refuses what it cannot do before any decoding
         decoded = _decode_first_per_machine(samples, cfg)
         super().__init__(len(decoded.labels), cfg, speed, batch_size)
         self.skipped = decoded.skipped
-        self.images, self.labels = decoded.images.to(speed.device), decoded.labels.to(speed.device)
+        labels = decoded.labels
+        if targets is not None:  # the decoded images leave the unreadable ones out
+            skipped = set(decoded.skipped)
+            labels = targets[[i for i, s in enumerate(samples) if s.name not in skipped]]
+        self.images, self.labels = decoded.images.to(speed.device), labels.to(speed.device)
         self.augment = augment
         self.generator = torch.Generator(speed.device)
         self.origin = (
@@ -166,10 +174,15 @@ class DecodedBatches(TrainBatches):
         )
 
 
-def open_batches(samples: list[Sample], cfg: Config, speed: Speed, batch_size: int) -> TrainBatches:
-    """The training batches of ``speed.pipeline``; ``batch_size`` is this process's share of the global batch."""
+def open_batches(
+    samples: list[Sample], cfg: Config, speed: Speed, batch_size: int, targets: torch.Tensor | None = None
+) -> TrainBatches:
+    """The training batches of ``speed.pipeline``; ``batch_size`` is this process's share of the global batch.
+
+    ``targets`` (probabilities [len(samples), classes], distillation's) replace the samples' labels.
+    """
     feed = DecodedBatches if speed.pipeline == "batched" else WorkerBatches
-    return feed(samples, cfg, speed, batch_size)
+    return feed(samples, cfg, speed, batch_size, targets)
 
 
 def _decode_first_per_machine(samples: list[Sample], cfg: Config) -> DecodedImages:

@@ -48,6 +48,7 @@ from ..evaluation.metrics import compute_metrics, format_metrics, write_report
 from ..evaluation.predictions import collect_probs
 from ..model import build_model, count_parameters, training_flops
 from ..runtime import Speed, autocast, machine_description, seed_everything
+from .distill import soft_targets
 from .feed import TrainBatches, open_batches, restore_rng, rng_state
 from .optim import build_optimizer, build_scheduler, continue_schedule
 from .rundir import Checkpoints, EpochRecords, prepare_run_dir, read_last, setup_logging
@@ -393,7 +394,12 @@ def _assemble(cfg: Config, splits: Splits, state: TrainState, ckpt: dict | None)
         if cfg.ema_decay
         else None
     )
-    batches = open_batches(splits.train, cfg, speed, dist.local_batch_size(cfg.batch_size))
+    taught = soft_targets(splits.train, splits.classes, cfg, speed, resume=ckpt is not None)
+    if taught is not None and ckpt is None:
+        state.pflop += taught[1]  # the teachers' labelling is part of what this run spends
+    batches = open_batches(
+        splits.train, cfg, speed, dist.local_batch_size(cfg.batch_size), taught[0] if taught is not None else None
+    )
     steps_per_epoch = batches.size // cfg.batch_size
     if steps_per_epoch == 0:
         raise FerkitError(

@@ -1,0 +1,110 @@
+"""Knowledge distillation from finished runs: each training image's target is part its label, part what teachers say.
+
+The teachers (``--distill-from``) are read once, before the first epoch: each predicts every training image and its
+mirror with its own preprocessing and calibrated temperature, and their probabilities are averaged. That costs one
+forward pass per teacher and view, once (counted in the run's PFLOP), instead of a teacher pass every step, so an
+ensemble teaches for a small share of a run's compute; the price is that a target describes the image before its
+augmentation. The probabilities are kept in the run folder (``teachers.pt``), so a resumed run needs neither the
+teachers nor their time again, and an unreadable image (``--bad-images skip``) keeps its plain label.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import distributed as dist
+from ..checkpoint import atomic_save, load_model
+from ..config import Config
+from ..data.datasets import FerDataset, Sample, collate_skipping, make_loader
+from ..data.transforms import build_test_transform
+from ..errors import FerkitError
+from ..evaluation.calibration import Tempered
+from ..evaluation.predictions import collect_probs
+from ..model import inference_flops
+from ..runtime import Speed
+
+log = logging.getLogger("ferkit")
+
+TEACHERS_FILE = "teachers.pt"
+VIEWS = "flip"  # each image and its mirror: training flips, so both are images the student learns from
+BATCH_SIZE = 256
+
+
+def soft_targets(
+    samples: list[Sample], classes: tuple[str, ...], cfg: Config, speed: Speed, resume: bool
+) -> tuple[Tensor, float] | None:
+    """Each sample's target, ``(1 - w) * one-hot label + w * teachers' mean probabilities``, [N, classes], and the
+    PFLOP this run spent labelling (0 when a resumed run reads them back); None without --distill-from.
+
+    The label smoothing of the loss applies on top, as to plain labels.
+    """
+    if not cfg.distill_from:
+        return None
+    path = Path(cfg.out) / TEACHERS_FILE
+    if not resume and dist.is_main():
+        probs, pflop = teacher_probs(cfg.distill_from, samples, classes, speed, cfg.bad_images == "skip")
+        atomic_save({"names": [s.name for s in samples], "probs": probs, "teachers": list(cfg.distill_from)}, path)
+    dist.barrier()
+    if resume or not dist.is_main():
+        probs, pflop = _read(path, samples), 0.0
+    labels = F.one_hot(torch.tensor([s.label for s in samples]), len(classes)).float()
+    return (1 - cfg.distill_weight) * labels + cfg.distill_weight * probs, pflop
+
+
+def teacher_probs(
+    paths: tuple[str, ...], samples: list[Sample], classes: tuple[str, ...], speed: Speed, skip_bad: bool
+) -> tuple[Tensor, float]:
+    """The teachers' mean probabilities for every sample and its mirror, [N, classes] on the CPU, and their PFLOP.
+
+    An unreadable sample (with ``skip_bad``; else it stops here, named) keeps its one-hot label as its row.
+    """
+    t0, flops = time.perf_counter(), 0.0
+    total = torch.zeros(len(samples), len(classes))
+    for path in paths:
+        loaded = load_model(path, classes)
+        model = Tempered(loaded.model, float(loaded.checkpoint.get("temperature", 1.0))).to(speed.device)
+        dataset = _Indexed(samples, build_test_transform(loaded.config), skip_bad)
+        loader = make_loader(dataset, BATCH_SIZE, speed.workers, speed.device, collate_fn=collate_skipping)
+        probs, index = collect_probs(model, loader, speed.device, "fp32", VIEWS)
+        total[torch.from_numpy(index)] += torch.from_numpy(probs)
+        flops += 2 * len(index) * inference_flops(loaded.model, loaded.config.image_size)
+    read = total.sum(dim=1) > 0
+    probs = F.one_hot(torch.tensor([s.label for s in samples]), len(classes)).float()
+    probs[read] = total[read] / len(paths)
+    agree = (probs.argmax(dim=1) == torch.tensor([s.label for s in samples]))[read].float().mean()
+    log.info(
+        f"distillation: {len(paths)} teacher{'s' if len(paths) > 1 else ''} labelled {int(read.sum())} training images "
+        f"and their mirrors in {time.perf_counter() - t0:.0f} s ({flops / 1e15:.4f} PFLOP); their mean agrees with "
+        f"the label on {float(agree):.1%} of them"
+    )
+    return probs, flops / 1e15
+
+
+class _Indexed(FerDataset):
+    """A sample's position instead of its label, so that probabilities land on their rows past skipped images."""
+
+    def __getitem__(self, index: int):
+        image, label = super().__getitem__(index)
+        return (image, index) if image is not None else (image, label)
+
+
+def _read(path: Path, samples: list[Sample]) -> Tensor:
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as e:
+        raise FerkitError(
+            f"cannot read the teachers' probabilities {path} ({str(e).splitlines()[0]}); start the run again "
+            "(another --out) to label the training images anew"
+        ) from None
+    if saved["names"] != [s.name for s in samples]:
+        raise FerkitError(
+            f"{path} labels other training images than the data has now; resume with the data the run started "
+            "with, or start a new run (another --out)"
+        )
+    return saved["probs"]
