@@ -10,6 +10,7 @@ from ferkit.model import (
     build_model,
     conv3x3,
     count_parameters,
+    inference_flops,
     resnet18,
     resnet18s2,
     training_flops,
@@ -98,6 +99,7 @@ def test_flop_count_matches_a_count_by_hand_on_a_tiny_network():
     linear = 2 * (4 * 8 * 8) * 7
     # Backward: the first conv needs only its weight gradient (the image needs none); the linear layer needs both.
     assert training_flops(net, 8) == conv * 2 + linear * 3
+    assert inference_flops(net, 8) == conv + linear  # a teacher's pass: forward only
 
 
 def test_flop_counts_of_the_spec_network_and_the_stride_2_stem():
