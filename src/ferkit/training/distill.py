@@ -67,6 +67,7 @@ def teacher_probs(
     t0, flops = time.perf_counter(), 0.0
     total = torch.zeros(len(samples), len(classes))
     for path in paths:
+        log.info(f"distillation: teacher {path} labels {len(samples)} training images and their mirrors")
         loaded = load_model(path, classes)
         model = Tempered(loaded.model, float(loaded.checkpoint.get("temperature", 1.0))).to(speed.device)
         dataset = _Indexed(samples, build_test_transform(loaded.config), skip_bad)
