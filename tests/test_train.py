@@ -16,11 +16,13 @@ import ferkit.training.rundir as rundir
 from ferkit.checkpoint import atomic_save, load_model, read_checkpoint
 from ferkit.cli import main
 from ferkit.config import Config
+from ferkit.data.datasets import CLASSES, load_splits
 from ferkit.data.transforms import build_test_transform
 from ferkit.errors import FerkitError
 from ferkit.evaluation.predictions import predict_probs
 from ferkit.model import build_model, inference_flops, training_flops
-from ferkit.runtime import machine_description
+from ferkit.runtime import Speed, machine_description
+from ferkit.training.distill import teacher_probs
 from ferkit.training.loop import TrainingInterrupted, train
 from ferkit.training.optim import lr_factor
 
@@ -443,3 +445,10 @@ def test_distillation_refuses_a_teacher_of_other_classes(finished_run, tmp_path)
 
 def gflop_per_image(cfg: Config) -> float:
     return training_flops(build_model(cfg, 7), cfg.image_size) / 1e9
+
+
+def test_the_bundled_model_teaches_by_its_name(image_folder):
+    samples = load_splits(str(image_folder), "clean").train
+    probs, pflop = teacher_probs(("fer2013_resnet18",), samples, CLASSES, Speed.resolve(Config(workers=0)), False)
+    assert probs.shape == (28, 7) and torch.allclose(probs.sum(dim=1), torch.ones(28))
+    assert pflop == pytest.approx(2 * 28 * inference_flops(load_model().model, 48) / 1e15)
