@@ -53,8 +53,7 @@ def soft_targets(
     dist.barrier()
     if resume or not dist.is_main():
         probs, pflop = _read(path, samples), 0.0
-    labels = F.one_hot(torch.tensor([s.label for s in samples]), len(classes)).float()
-    return (1 - cfg.distill_weight) * labels + cfg.distill_weight * probs, pflop
+    return (1 - cfg.distill_weight) * _one_hot(samples, classes) + cfg.distill_weight * probs, pflop
 
 
 def teacher_probs(
@@ -76,15 +75,20 @@ def teacher_probs(
         total[torch.from_numpy(index)] += torch.from_numpy(probs)
         flops += 2 * len(index) * inference_flops(loaded.model, loaded.config.image_size)
     read = total.sum(dim=1) > 0
-    probs = F.one_hot(torch.tensor([s.label for s in samples]), len(classes)).float()
+    labels = _one_hot(samples, classes)
+    probs = labels.clone()
     probs[read] = total[read] / len(paths)
-    agree = (probs.argmax(dim=1) == torch.tensor([s.label for s in samples]))[read].float().mean()
+    agree = (probs.argmax(dim=1) == labels.argmax(dim=1))[read].float().mean()
     log.info(
         f"distillation: {len(paths)} teacher{'s' if len(paths) > 1 else ''} labelled {int(read.sum())} training images "
         f"and their mirrors in {time.perf_counter() - t0:.0f} s ({flops / 1e15:.4f} PFLOP); their mean agrees with "
         f"the label on {float(agree):.1%} of them"
     )
     return probs, flops / 1e15
+
+
+def _one_hot(samples: list[Sample], classes: tuple[str, ...]) -> Tensor:
+    return F.one_hot(torch.tensor([s.label for s in samples]), len(classes)).float()
 
 
 class _Indexed(FerDataset):
