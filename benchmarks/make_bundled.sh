@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The bundled model and its int8 twin from FER2013 alone, in one command (issue 20): a teacher, a student
+# distilled from it, both at the `bundled` preset, then the two files ferkit ships, calibrated, and their figures.
+#
+#   bash benchmarks/make_bundled.sh [RUNS]        # RUNS: where the two runs live (default runs/make_bundled)
+#
+# Compute: teacher 1.935 + its labelling of the training images 0.020 + student 1.935 = 3.89 PFLOP (issue 20's
+# budget for the bundled model is 4). About 2 hours a run with 2 threads on a 2-core Zen 4, so the whole takes
+# longer than one sitting: run it again and it picks up where it stopped (a finished run, one with report.json,
+# is kept; a stopped one continues with --resume; Ctrl-C or SIGTERM saves its state).
+#
+# Environment: FER2013 (default ../shared/data/fer2013), WEIGHTS (default src/ferkit/weights, the files the
+# package ships), SEED (the student's, default 0; the teacher keeps the preset's). Extra arguments go to both
+# `ferkit train` calls (e.g. --workers 1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-runs/make_bundled}
+shift $(($# > 0 ? 1 : 0))
+FER2013=${FER2013:-../shared/data/fer2013}
+WEIGHTS=${WEIGHTS:-src/ferkit/weights}
+SEED=${SEED:-0}
+FP32="$WEIGHTS/fer2013_resnet18.safetensors"
+INT8="$WEIGHTS/fer2013_resnet18.int8.onnx"
+
+train() {  # train NAME ARGS...: finished runs are kept, stopped ones resumed
+    local run="$RUNS/$1"
+    shift
+    if [[ -f "$run/report.json" ]]; then
+        echo "make_bundled: $run is finished; kept"
+    elif [[ -f "$run/last.pth" ]]; then
+        ferkit train --resume "$run"
+    else
+        ferkit train --preset bundled --data "$FER2013" --out "$run" "$@"
+    fi
+}
+
+train teacher "$@"
+train student --seed "$SEED" --distill-from "$RUNS/teacher/best.pth" "$@"
+
+# fp16 safetensors with the config, classes and training record in its header; T fitted on PublicTest and
+# written into both files (the int8 twin gets fp32's T, so the two report the same confidences).
+ferkit export "$RUNS/student/best.pth" --format safetensors --out "$FP32"
+temperature=$(ferkit calibrate "$FP32" --data "$FER2013" --workers 2 --json | python -c 'import json, sys; print(json.load(sys.stdin)["temperature"])')
+ferkit export "$FP32" --int8 --calibration-data "$FER2013" --out "$INT8"
+ferkit calibrate "$INT8" --data "$FER2013" --workers 2 --temperature "$temperature"
+
+# The figures MODEL_CARD.md gives: FER2013 under both protocols, calibration, webfaces-dev and CK+48, framing.
+python benchmarks/fer2013_accuracy.py "$FP32" --data "$FER2013" --json benchmarks/results/accuracy_bundled.json
+python benchmarks/fer2013_accuracy.py "$INT8" --data "$FER2013" --json benchmarks/results/accuracy_fer2013_resnet18.int8.json
+python benchmarks/calibration_transfer.py "$FP32" "$INT8" --data "$(dirname "$FER2013")"
+python benchmarks/framing_robustness.py --checkpoint "$FP32" --name bundled --data "$(dirname "$FER2013")/webfaces-dev"
