@@ -74,9 +74,14 @@ def run(name: str, train_args: list[str], data_default: str) -> dict:
     flip = evaluate_checkpoint(folder / "best.pth", data=config["data"], split="report", tta="flip", workers=2)
     real = real_photo_figures(folder / "best.pth", Path(config["data"]))
     calibration = calibrated_figures(folder / "best.pth", config["data"])
+    command = "ferkit train " + shlex.join(train_args)
+    path = RESULTS / f"time_to_accuracy_{name}.json"
+    if "--resume" in train_args and path.is_file():
+        # Measuring a run again (or finishing it) keeps the command that started it.
+        command = json.loads(path.read_text())["command"]
     result = {
         "name": name,
-        "command": "ferkit train " + shlex.join(train_args),
+        "command": command,
         "machine": report.get("machine") or machine_description(),
         "train_precision": report.get("train_precision"),
         "eval_precision": report.get("precision", "fp32"),
@@ -94,7 +99,6 @@ def run(name: str, train_args: list[str], data_default: str) -> dict:
         **real,
     }
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"time_to_accuracy_{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(
         f"{name}: PrivateTest {result['private_test']:.2%} (flip {result['private_test_flip']:.2%}), best PublicTest "
@@ -103,7 +107,8 @@ def run(name: str, train_args: list[str], data_default: str) -> dict:
     )
     print(
         f"  PrivateTest ECE {calibration['private_test_ece']:.4f} -> {calibration['private_test_ece_calibrated']:.4f} "
-        f"at T {calibration['temperature']:.3f} fitted on PublicTest"
+        f"at T {calibration['temperature']:.3f} fitted on PublicTest; bins after it (confidence: accuracy): "
+        + ", ".join(f"{conf:.2f}: {acc:.2f}" for _, conf, acc in calibration["private_test_reliability_calibrated"])
     )
     for key, figures in real.items():
         recalls = ", ".join(f"{c} {r:.2f}" for c, r in figures["recall"].items())
@@ -125,6 +130,10 @@ def calibrated_figures(checkpoint: Path, data: str) -> dict:
         "private_test_ece_calibrated": after["ece"],
         "private_test_nll": before["loss"],
         "private_test_nll_calibrated": after["loss"],
+        # Where one temperature cannot reach: the bins' (images, mean confidence, accuracy) after it.
+        "private_test_reliability_calibrated": [
+            [b["count"], round(b["confidence"], 4), round(b["accuracy"], 4)] for b in after["reliability"] if b["count"]
+        ],
     }
 
 
