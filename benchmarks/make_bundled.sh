@@ -10,8 +10,8 @@
 # is kept; a stopped one continues with --resume; Ctrl-C or SIGTERM saves its state).
 #
 # Environment: FER2013 (default ../shared/data/fer2013), WEIGHTS (default src/ferkit/weights, the files the
-# package ships), SEED (the student's, default 0; the teacher keeps the preset's). Extra arguments go to both
-# `ferkit train` calls (e.g. --workers 1).
+# package ships), SEED (the student's, default 0; the teacher keeps the preset's), STUDENT (a finished run
+# folder to ship instead of training one). Extra arguments go to both `ferkit train` calls (e.g. --workers 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-runs/make_bundled}
@@ -34,12 +34,15 @@ train() {  # train NAME ARGS...: finished runs are kept, stopped ones resumed
     fi
 }
 
-train teacher "$@"
-train student --seed "$SEED" --distill-from "$RUNS/teacher/best.pth" "$@"
+if [[ -z "${STUDENT:-}" ]]; then
+    train teacher "$@"
+    train student --seed "$SEED" --distill-from "$RUNS/teacher/best.pth" "$@"
+    STUDENT="$RUNS/student"
+fi
 
 # fp16 safetensors with the config, classes and training record in its header; T fitted on PublicTest and
 # written into both files (the int8 twin gets fp32's T, so the two report the same confidences).
-ferkit export "$RUNS/student/best.pth" --format safetensors --out "$FP32"
+ferkit export "$STUDENT/best.pth" --format safetensors --out "$FP32"
 temperature=$(ferkit calibrate "$FP32" --data "$FER2013" --workers 2 --json | python -c 'import json, sys; print(json.load(sys.stdin)["temperature"])')
 ferkit export "$FP32" --int8 --calibration-data "$FER2013" --out "$INT8"
 ferkit calibrate "$INT8" --data "$FER2013" --workers 2 --temperature "$temperature"
