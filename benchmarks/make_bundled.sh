@@ -40,12 +40,11 @@ if [[ -z "${STUDENT:-}" ]]; then
     STUDENT="$RUNS/student"
 fi
 
-# fp16 safetensors with the config, classes and training record in its header; T fitted on PublicTest and
-# written into both files (the int8 twin gets fp32's T, so the two report the same confidences).
+# fp16 safetensors with the config, classes and training record in its header; T fitted on PublicTest. The int8
+# twin is exported from that file and carries its T, so the two report the same confidences.
 ferkit export "$STUDENT/best.pth" --format safetensors --out "$FP32"
-temperature=$(ferkit calibrate "$FP32" --data "$FER2013" --workers 2 --json | python -c 'import json, sys; print(json.load(sys.stdin)["temperature"])')
+ferkit calibrate "$FP32" --data "$FER2013" --workers 2
 ferkit export "$FP32" --int8 --calibration-data "$FER2013" --out "$INT8"
-ferkit calibrate "$INT8" --data "$FER2013" --workers 2 --temperature "$temperature"
 
 # The figures MODEL_CARD.md gives: FER2013 under both protocols, calibration, webfaces-dev and CK+48, framing.
 python benchmarks/fer2013_accuracy.py "$FP32" --data "$FER2013" --json benchmarks/results/accuracy_bundled.json
