@@ -45,6 +45,15 @@ def out_dir(train_args: list[str]) -> Path:
     return Path(train_args[train_args.index("--out") + 1])
 
 
+def first_command(folder: Path) -> str | None:
+    """The command that started the run (train.log heads each sitting's part with its command), else None."""
+    with open(folder / "train.log") as f:
+        for line in f:
+            if " command: ferkit " in line:
+                return line.split(" command: ", 1)[1].strip()
+    return None
+
+
 def run(name: str, train_args: list[str], data_default: str) -> dict:
     if "--data" not in train_args and "--resume" not in train_args:
         train_args = [*train_args, "--data", data_default]
@@ -74,11 +83,12 @@ def run(name: str, train_args: list[str], data_default: str) -> dict:
     flip = evaluate_checkpoint(folder / "best.pth", data=config["data"], split="report", tta="flip", workers=2)
     real = real_photo_figures(folder / "best.pth", Path(config["data"]))
     calibration = calibrated_figures(folder / "best.pth", config["data"])
-    command = "ferkit train " + shlex.join(train_args)
     path = RESULTS / f"time_to_accuracy_{name}.json"
-    if "--resume" in train_args and path.is_file():
-        # Measuring a run again (or finishing it) keeps the command that started it.
-        command = json.loads(path.read_text())["command"]
+    command = first_command(folder)
+    if command is None:  # a run from before train.log recorded its commands
+        command = "ferkit train " + shlex.join(train_args)
+        if "--resume" in train_args and path.is_file():
+            command = json.loads(path.read_text())["command"]
     result = {
         "name": name,
         "command": command,

@@ -96,6 +96,23 @@ def test_weight_decay_skips_norms_and_biases():
     assert plain["weight_decay"] == 0.0 and all(p.ndim == 1 for p in plain["params"])
 
 
+def test_sgd_takes_nesterov_steps_with_its_weight_decay_as_an_l2_term():
+    layer = torch.nn.Linear(1, 1, bias=False)
+    layer.weight.data.fill_(1.0)
+    cfg = Config(optimizer="sgd", momentum=0.9, lr=0.1, lr_scaling="none", weight_decay=0.5)
+    optimizer = build_optimizer(layer, cfg)
+    assert isinstance(optimizer, torch.optim.SGD)
+    w, velocity = 1.0, 0.0
+    for _ in range(3):
+        optimizer.zero_grad()
+        layer(torch.ones(1, 1)).sum().backward()  # gradient 1 whatever the weight
+        g = 1.0 + 0.5 * w
+        velocity = 0.9 * velocity + g
+        w -= 0.1 * (g + 0.9 * velocity)
+        optimizer.step()
+        assert layer.weight.item() == pytest.approx(w, rel=1e-6)
+
+
 @pytest.mark.parametrize("preset, budget", [("quick", 0.5), ("bundled", 2.0)])
 def test_cpu_presets_train_the_stride_2_network_at_48_within_their_compute_budget(preset, budget):
     cfg = Config().updated(PRESETS[preset])

@@ -121,6 +121,7 @@ def test_two_processes_write_one_run_folder_and_count_every_image_once(two_proce
     ]
     log = (run / "train.log").read_text()
     assert log.count("ferkit train: resnet18") == 1 and "batch 8 (4 per process x 2 processes)" in log
+    assert log.count(" command: ") == 1 and " command: ferkit train --nproc 2 --data " in log  # the user's command
     assert log.count("PublicTest (14 images)") == 2  # one line per epoch, each over all 14 selection images
     assert len((run / "metrics.csv").read_text().strip().splitlines()) == 1 + SAME_MATH["epochs"]
     report = json.loads((run / "report.json").read_text())

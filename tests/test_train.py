@@ -2,6 +2,7 @@ import csv
 import json
 import multiprocessing
 import os
+import shlex
 import shutil
 from pathlib import Path
 
@@ -358,6 +359,10 @@ def test_resume_with_more_epochs_continues_the_schedule_over_the_new_total(image
     lr_now = cfg.effective_lr() * lr_factor(cfg, steps_per_epoch=7)(2)
     log = (run / "train.log").read_text()
     assert "resumed at epoch 3 step 0 with --epochs 3 (was 2)\n" in log
+    # Each sitting's part of train.log starts with its command (the first sitting called train() from Python).
+    assert [line.split(" command: ")[1] for line in log.splitlines() if " command: " in line] == [
+        shlex.join(["ferkit", "train", "--resume", str(run), "--epochs", "3", "--image-size", "16"])
+    ]
     assert (
         f"lr schedule: stretched to 3 epochs (was 2); the lr goes from {cfg.min_lr:.2e} to {lr_now:.2e} here "
         f"and decays to {cfg.min_lr:.2e} by epoch 3"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -12,12 +14,16 @@ from .checkpoint import BUNDLED_MODELS
 from .config import DEVICES, EVAL_PRECISIONS, PROTOCOLS, Config, add_config_arguments, config_from_args
 from .errors import FerkitError
 
+COMMAND_ENV = "FERKIT_COMMAND"
+
 
 def _train(args: argparse.Namespace) -> int:
     from .distributed import is_main
     from .training.loop import TrainingInterrupted, train
     from .training.rundir import read_last
 
+    # torchrun's processes (--nproc) are started with an internal command; the one the user typed reaches them here.
+    command = os.environ.get(COMMAND_ENV, args.command)
     cfg, last = config_from_args(args), None
     if args.resume is not None:
         # The saved run is the base, so only what this command sets asks for a change (train() rules on it).
@@ -29,7 +35,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.nproc > 1:
         return _train_processes(cfg, args)
     try:
-        train(cfg, resume=args.resume is not None, overwrite=args.overwrite, last=last)
+        train(cfg, resume=args.resume is not None, overwrite=args.overwrite, last=last, command=command)
     except TrainingInterrupted as e:
         if is_main():  # every process of a multi-process run stops with this same message
             print(f"ferkit: {e}", file=sys.stderr)
@@ -39,7 +45,6 @@ def _train(args: argparse.Namespace) -> int:
 
 def _train_processes(cfg: Config, args: argparse.Namespace) -> int:
     """``--nproc N``: torchrun starts N processes on this machine, each running ``ferkit train`` on ``cfg``."""
-    import os
     import tempfile
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -54,12 +59,15 @@ def _train_processes(cfg: Config, args: argparse.Namespace) -> int:
         config.write_text(json.dumps(cfg.to_dict()))
         command = ["--standalone", f"--nproc-per-node={args.nproc}", "-m", "ferkit", "train", "--config", str(config)]
         command += ["--resume"] * (args.resume is not None) + ["--overwrite"] * args.overwrite
+        os.environ[COMMAND_ENV] = args.command  # torchrun's processes inherit this process's environment
         try:
             run(parse_args(command))
         except ChildFailedError as e:
             return max(e.get_first_failure()[1].exitcode, 1)  # the processes printed their own errors
         except SignalException:  # Ctrl-C: torchrun passed it on and the processes saved their state
             return 130
+        finally:
+            del os.environ[COMMAND_ENV]
     return 0
 
 
@@ -436,6 +444,7 @@ def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentPars
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv[:1]).parse_args(argv)
+    args.command = shlex.join(["ferkit", *argv])
     try:
         return args.func(args)
     except FerkitError as e:

@@ -160,16 +160,28 @@ class Config:
     batch_size: int = _opt(
         "optimisation", 32, "images per optimizer step, over all processes of a multi-process run", bounds="[1, inf)"
     )
+    optimizer: str = _opt(
+        "optimisation",
+        "adamw",
+        "adamw (the specification's) or sgd (SGD with Nesterov momentum, --momentum)",
+        choices=("adamw", "sgd"),
+    )
+    momentum: float = _opt("optimisation", 0.9, "SGD's Nesterov momentum (--optimizer sgd)", bounds="[0, 1)")
     lr: float = _opt(
         "optimisation",
         1e-3,
-        "AdamW learning rate for a batch of 32 (scaled for other sizes by --lr-scaling)",
+        "peak learning rate for a batch of 32 (scaled for other sizes by --lr-scaling)",
         bounds="(0, inf)",
     )
     lr_scaling: str = _opt(
         "optimisation", "sqrt", "rule that scales lr with batch_size/32", choices=("none", "sqrt", "linear")
     )
-    weight_decay: float = _opt("optimisation", 0.05, "AdamW decoupled weight decay", bounds="[0, inf)")
+    weight_decay: float = _opt(
+        "optimisation",
+        0.05,
+        "weight decay: decoupled for AdamW; for SGD added to the gradient (an L2 term: about 5e-4 suits it)",
+        bounds="[0, inf)",
+    )
     label_smoothing: float = _opt("optimisation", 0.1, "cross-entropy label smoothing", bounds="[0, 1)")
     mixup_alpha: float = _opt(
         "optimisation",

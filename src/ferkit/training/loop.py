@@ -107,17 +107,20 @@ class Training:
         return self.ema.module if self.ema is not None else self.model
 
 
-def train(cfg: Config, resume: bool = False, overwrite: bool = False, last: dict | None = None) -> dict:
+def train(
+    cfg: Config, resume: bool = False, overwrite: bool = False, last: dict | None = None, command: str | None = None
+) -> dict:
     """Run (or resume) training; returns the final report. Everything lands in ``cfg.out``.
 
     With ``resume``, ``cfg`` continues the run in ``cfg.out``: it may differ from the run's saved config only as
     :func:`~ferkit.config.resumed_config` allows (speed and input/output settings, the epoch count). ``last`` is
     that run's last.pth when the caller has read it already (:func:`~ferkit.training.rundir.read_last`; the CLI
-    does, for the saved config), so that a resume reads the file once.
+    does, for the saved config), so that a resume reads the file once. ``command``, the command line that started
+    this call, heads its part of train.log, so that a run continued over several sittings keeps how it began.
     Launched by torchrun, every process calls this, and together they train one model.
     """
     with dist.process_group():
-        return _fit(_start(cfg, resume, overwrite, last))
+        return _fit(_start(cfg, resume, overwrite, last, command))
 
 
 def _fit(t: Training) -> dict:
@@ -344,7 +347,7 @@ def _gather_skipped(state: TrainState, since: int) -> None:
     state.skipped[since:] = [name for names in per_process for name in names]
 
 
-def _start(cfg: Config, resume: bool, overwrite: bool, last: dict | None) -> Training:
+def _start(cfg: Config, resume: bool, overwrite: bool, last: dict | None, command: str | None) -> Training:
     """A run ready to train: its folder prepared, its config decided, its objects new or as last.pth left them."""
     out = Path(cfg.out)
     ckpt = (last or read_last(out)) if resume else None
@@ -353,6 +356,8 @@ def _start(cfg: Config, resume: bool, overwrite: bool, last: dict | None) -> Tra
     saved = Config.from_dict(ckpt["config"]) if ckpt else cfg  # a new run has nothing to differ from
     cfg, changes = resumed_config(saved, cfg, state.epoch + bool(state.step), str(out))
     setup_logging(out)
+    if command:
+        log.info(f"command: {command}")
     if dist.is_main():
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     splits = load_splits(cfg.data, cfg.protocol, cfg.limit_per_class)

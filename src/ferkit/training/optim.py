@@ -1,4 +1,4 @@
-"""The optimisation recipe (specification section 3): AdamW, and the learning rate over the run.
+"""The optimisation recipe (specification section 3): AdamW (or SGD), and the learning rate over the run.
 
 The schedule is a pure function of the config and the scheduler's step count, so a resumed run
 rebuilds it from the config and continues it from the count saved in last.pth.
@@ -16,7 +16,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from ..config import Config
 
 
-def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     # Decay only weight matrices and kernels: decaying norm scales and biases only fights the normalisation.
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
@@ -24,6 +24,10 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.AdamW:
     # One kernel for the whole update on CUDA. Elsewhere None keeps PyTorch's default (False would also turn
     # off its multi-tensor path).
     fused = True if decay[0].is_cuda else None
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            groups, lr=cfg.effective_lr(), momentum=cfg.momentum, nesterov=cfg.momentum > 0, fused=fused
+        )
     return torch.optim.AdamW(groups, lr=cfg.effective_lr(), fused=fused)
 
 
