@@ -167,6 +167,34 @@ def test_a_folder_of_class_folders_is_evaluated_whole_and_says_what_it_leaves_ou
     assert fewer["macro_classes"] == ["Angry", "Happy"]
 
 
+def test_detected_faces_are_read_as_predict_reads_a_photo(tmp_path, capsys):
+    from PIL import Image
+    from skimage.data import astronaut
+
+    from ferkit.data.datasets import Sample
+    from ferkit.inference.evaluate import detected_faces
+    from ferkit.inference.faces import build_detector
+    from ferkit.inference.predict import Predictor
+
+    photo = astronaut()
+    (tmp_path / "web" / "happy").mkdir(parents=True)
+    (tmp_path / "web" / "sad").mkdir()
+    Image.fromarray(photo).save(tmp_path / "web" / "happy" / "astronaut.png")
+    Image.fromarray(np.full((200, 200), 128, np.uint8)).save(tmp_path / "web" / "sad" / "grey.png")
+    detector = build_detector()
+    faces, found = detected_faces([Sample(tmp_path / "web" / "happy" / "astronaut.png", 3, "astronaut")], detector)
+    predictor = Predictor.default(detector=detector)
+    crop = predictor._faces(photo, detect=True)[1][0]
+    assert found == 1 and faces[0].label == 3 and np.array_equal(faces[0].source, crop)
+    assert main(["evaluate", "--data", str(tmp_path / "web"), "--faces", "detected", "--workers", "0"]) == 0
+    out = capsys.readouterr().out
+    # The grey frame has no face and is read whole; the astronaut's aligned face is the bundled model's Happy.
+    assert "faces detected in 1 of 2 images" in out.splitlines()[0]
+    metrics = evaluate_checkpoint(data=str(tmp_path / "web"), workers=0, detector=detector)
+    assert (metrics["faces"], metrics["faces_found"], metrics["per_class"]["Happy"]["recall"]) == ("detected", 1, 1.0)
+    assert evaluate_checkpoint(data=str(tmp_path / "web"), workers=0)["faces_found"] is None
+
+
 def test_calibrating_on_a_folder_without_a_selection_split_is_refused(untrained_checkpoint, tmp_path, capsys):
     folder = make_class_folder(tmp_path / "web", {"happiness": 2})
     path = tmp_path / "best.pth"

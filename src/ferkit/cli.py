@@ -88,6 +88,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         out_dir=args.out,
         precision=args.precision,
         min_support=args.min_support,
+        detector=_built_detector(args) if args.faces == "detected" else None,
     )
     if args.json:
         print(json.dumps(metrics, indent=2))
@@ -95,6 +96,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         for line in metrics["left_out"]:
             print(line)
         setting = ["whole folder" if metrics["protocol"] == "none" else f"{metrics['protocol']} protocol"]
+        if metrics["faces_found"] is not None:
+            setting.append(f"faces detected in {metrics['faces_found']} of {metrics['images']} images")
         setting += [f"TTA {metrics['tta']}", metrics["precision"]]
         if metrics["temperature"] != 1.0:  # an uncalibrated file reads as it always did
             setting.append(f"temperature {metrics['temperature']:.3f}")
@@ -308,7 +311,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     from .evaluation.predictions import TTA_MODES
-    from .inference.evaluate import BATCH_SIZE, SPLITS
+    from .inference.evaluate import BATCH_SIZE, FACES, SPLITS
 
     _checkpoint(p, "checkpoint")
     p.add_argument("--data", help="dataset (default: the one the checkpoint was trained on)")
@@ -319,6 +322,14 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
         help="which split of the protocol; a folder of class folders with no splits is evaluated whole",
     )
     p.add_argument("--protocol", choices=PROTOCOLS, help="default: the checkpoint's")
+    p.add_argument(
+        "--faces",
+        choices=FACES,
+        default=FACES[0],
+        help="given: each image is the face; detected: each photo's largest face, found and aligned as `ferkit "
+        "predict` does (a photo without one is read whole)",
+    )
+    _detector(p)
     _tta(p, TTA_MODES)
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="images per forward pass")
     p.add_argument("--workers", type=int, default=Config.workers, help="DataLoader worker processes")

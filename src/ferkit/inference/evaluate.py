@@ -15,6 +15,7 @@ from ..data.datasets import (
     FerDataset,
     Sample,
     is_whole_folder,
+    load_image,
     load_splits,
     make_loader,
     read_whole_folder,
@@ -27,11 +28,16 @@ from ..evaluation.metrics import compute_metrics, write_report
 from ..evaluation.predictions import collect_probs, inference_precision
 from ..plots import plot_reliability
 from ..runtime import resolve_device
+from .align import face_crop
 from .export import store_onnx_temperature
+from .faces import Detector
 from .loading import InferenceModel, load_for_inference
+from .predict import MARGIN
 
 SPLITS = ("report", "select", "train")
 WHOLE = "all"  # the split name of a folder of class folders evaluated whole
+# given: each image is the face, as FER2013's crops are; detected: each photo is read as `ferkit predict` reads it.
+FACES = ("given", "detected")
 # No gradients are kept, so a batch several times a training batch fits.
 BATCH_SIZE = 256
 
@@ -48,6 +54,20 @@ def sample_probs(
     return probs, labels, precision
 
 
+def detected_faces(samples: list[Sample], detector: Detector) -> tuple[list[Sample], int]:
+    """Each photo's largest face as the product classifies it: found, turned upright and framed as FER2013's faces
+    are. A photo where no face is found is read whole, so every photo keeps its label in the figures; returns the
+    samples and how many of them had a face."""
+    faces, found = [], 0
+    for sample in samples:
+        rgb = np.asarray(load_image(sample).convert("RGB"))
+        detections = detector.detect(rgb)
+        found += bool(detections)
+        crop = face_crop(rgb, detections[0], MARGIN) if detections else rgb
+        faces.append(Sample(np.ascontiguousarray(crop), sample.label, sample.name))
+    return faces, found
+
+
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike | None = None,
     data: str | None = None,
@@ -61,6 +81,7 @@ def evaluate_checkpoint(
     out_dir: str | os.PathLike | None = None,
     precision: str | None = None,
     min_support: int = 1,
+    detector: Detector | None = None,
 ) -> dict:
     """Metrics of a checkpoint on a split of any supported dataset, with its own preprocessing and temperature.
 
@@ -69,7 +90,9 @@ def evaluate_checkpoint(
     folders without a class of the model left out (``metrics["left_out"]`` says which).
     ``checkpoint`` is a ``.pth``, ``.safetensors`` or ``.onnx`` (fp32 or int8) file; ``None`` evaluates
     the model bundled with ferkit. ``precision`` (fp32 or bf16) defaults to the checkpoint's evaluation precision.
-    ``min_support``: macro recall averages the classes with at least this many images.
+    ``min_support``: macro recall averages the classes with at least this many images. With a ``detector``, each
+    image is read as ``ferkit predict`` reads a photo (:func:`detected_faces`; ``metrics["faces_found"]`` counts
+    the photos with a face), instead of being taken as the face itself.
     """
     loaded = load_for_inference(checkpoint, device=device)
     cfg, classes = loaded.config, loaded.classes
@@ -82,11 +105,16 @@ def evaluate_checkpoint(
         splits = load_splits(root, protocol or cfg.protocol, limit_per_class)
         check_classes(loaded.source, classes, splits.classes)
         samples, split_name, protocol_name = getattr(splits, split), splits.names.get(split, split), splits.protocol
+    found = None
+    if detector is not None:
+        samples, found = detected_faces(samples, detector)
     probs, labels, precision = sample_probs(loaded, samples, batch_size, workers, precision, tta)
     metrics = compute_metrics(labels, probs, classes, min_support)
     metrics.update(
         split=split_name,
         protocol=protocol_name,
+        faces=FACES[detector is not None],
+        faces_found=found,
         tta=tta,
         checkpoint=str(loaded.source),
         precision=precision,
@@ -94,7 +122,7 @@ def evaluate_checkpoint(
         left_out=left_out,
     )
     if out_dir is not None:
-        stem = f"eval_{metrics['split']}" + ("" if tta == "none" else f"_{tta}")
+        stem = f"eval_{metrics['split']}" + ("" if tta == "none" else f"_{tta}") + ("_detected" if detector else "")
         title = f"{metrics['split']} ({protocol_name} protocol, TTA {tta}): acc {metrics['accuracy']:.3f}"
         write_report(metrics, classes, Path(out_dir), stem, title)
         # Only here, not in training's report: a run folder's files stay what they were.
