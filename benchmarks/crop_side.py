@@ -29,12 +29,12 @@ from PIL import Image
 from ferkit.data.datasets import load_image, load_splits, read_whole_folder
 from ferkit.evaluation.metrics import compute_metrics
 from ferkit.inference import Predictor
-from ferkit.inference.align import FER2013, aligned_crop
+from ferkit.inference.align import FER2013, FER2013_MEDIAN, aligned_crop
 from ferkit.inference.faces import build_detector
 from ferkit.runtime import machine_description
 
 RESULTS = Path(__file__).resolve().parent / "results"
-MEDIAN_SIDE = 2.663  # FER2013's median framing in units (ferkit.inference.align)
+MEDIAN_SIDE = FER2013_MEDIAN.side
 FACTORS = (0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2)
 MIN_SUPPORT = 50
 
@@ -56,7 +56,7 @@ def sweep(predictor: Predictor, samples, enlarge: int | None = None, batch: int 
             faces = detector.detect(rgb)
             found += bool(faces)
             for f in FACTORS:
-                framing = replace(FER2013, side=MEDIAN_SIDE * f)
+                framing = replace(FER2013_MEDIAN, side=MEDIAN_SIDE * f)
                 crops[f].append(aligned_crop(rgb, faces[0].landmarks, framing) if faces else rgb)
         for f in FACTORS:
             probs[f].append(predictor.classify(crops[f]))
