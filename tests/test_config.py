@@ -10,7 +10,7 @@ from ferkit.cli import build_parser
 from ferkit.config import GROUPS, PRESETS, Config, config_from_args, resumed_config
 from ferkit.errors import FerkitError
 from ferkit.model import build_model, resnet18, training_flops
-from ferkit.training.optim import build_optimizer, build_scheduler
+from ferkit.training.optim import build_optimizer, build_scheduler, sharpness_aware_gradient
 
 
 def test_defaults_are_the_specification():
@@ -111,6 +111,37 @@ def test_sgd_takes_nesterov_steps_with_its_weight_decay_as_an_l2_term():
         w -= 0.1 * (g + 0.9 * velocity)
         optimizer.step()
         assert layer.weight.item() == pytest.approx(w, rel=1e-6)
+
+
+def test_sam_takes_the_gradient_at_the_weights_moved_rho_up_the_gradient_and_puts_them_back():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1))
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+
+    def backward() -> None:
+        torch.nn.functional.mse_loss(model(x), y).backward()
+
+    weights = [p.detach().clone() for p in model.parameters()]
+    backward()
+    after_first_pass = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "batches" in k}
+    grads = [p.grad.clone() for p in model.parameters()]
+    norm = torch.sqrt(sum((g**2).sum() for g in grads))
+    # The same network at w + rho g / |g|, built by hand: its gradient is what SAM must leave in .grad.
+    moved = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1))
+    moved.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for p, w, g in zip(moved.parameters(), weights, grads):
+            p.copy_(w + 0.05 * g / norm)
+    torch.nn.functional.mse_loss(moved(x), y).backward()
+
+    sharpness_aware_gradient(model, 0.05, backward)
+    for p, w, m in zip(model.parameters(), weights, moved.parameters()):
+        assert torch.equal(p, w)  # back exactly where the step started
+        assert torch.allclose(p.grad, m.grad, atol=1e-6) and not torch.allclose(m.grad, torch.zeros_like(m.grad))
+    assert not all(torch.allclose(p.grad, g) for p, g in zip(model.parameters(), grads))
+    # BatchNorm's running statistics keep the first pass's update only.
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in after_first_pass.items())
 
 
 @pytest.mark.parametrize("preset, budget", [("quick", 0.5), ("bundled", 2.0)])

@@ -185,6 +185,17 @@ def test_report_and_metrics_record_training_compute_and_machine(finished_run):
     assert "PFLOP of training" in log.splitlines()[-1] or "PFLOP of training" in log
 
 
+def test_sam_training_counts_two_passes_an_image_and_changes_the_steps(image_folder, tmp_path):
+    plain = train(tiny(image_folder, tmp_path / "plain", epochs=1))
+    sam = train(tiny(image_folder, tmp_path / "sam", epochs=1, sam_rho=0.05))
+    assert sam["gflop_per_image"] == pytest.approx(2 * plain["gflop_per_image"])
+    assert sam["pflop"] == pytest.approx(2 * plain["pflop"])
+    assert "two forward + backward passes (SAM)" in (tmp_path / "sam" / "train.log").read_text()
+    # Same seed and batches: only the sharpness-aware gradient can make the weights differ.
+    a, b = weights(tmp_path / "plain" / "last.pth"), weights(tmp_path / "sam" / "last.pth")
+    assert not all(torch.equal(a[k], b[k]) for k in a if k.endswith("weight"))
+
+
 def test_existing_run_folder_is_not_clobbered(image_folder, tmp_path):
     cfg = tiny(image_folder, tmp_path / "run", epochs=1)
     train(cfg)

@@ -195,6 +195,13 @@ class Config:
         "CutMix of whole batches, pasted area ~ Beta(A, A); with --mixup-alpha, one of the two per batch (0: off)",
         bounds="[0, inf)",
     )
+    sam_rho: float = _opt(
+        "optimisation",
+        0.0,
+        "sharpness-aware minimization: each step takes the gradient at the weights moved a distance RHO up the "
+        "batch's gradient, so two passes a batch, both counted in the PFLOP (about 0.05; 0: off)",
+        bounds="[0, inf)",
+    )
     ema_decay: float = _opt(
         "optimisation",
         0.0,

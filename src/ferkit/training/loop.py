@@ -1,8 +1,9 @@
 """The specification's training loop (docs/recipe.md, section 3) with what users expect around it.
 
-Per epoch: ``model.train()``, an AdamW step per batch on label-smoothed cross-entropy, then
-``model.eval()`` under ``no_grad`` on the selection split, one cosine ``scheduler.step()``, metrics
-to CSV/TensorBoard/PNG, ``last.pth`` always and ``best.pth`` only on improvement (both atomic).
+Per epoch: ``model.train()``, an AdamW step per batch on label-smoothed cross-entropy (with ``--sam-rho``, on
+the gradient of a second, sharpness-aware pass), then ``model.eval()`` under ``no_grad`` on the selection split,
+one cosine ``scheduler.step()``, metrics to CSV/TensorBoard/PNG, ``last.pth`` always and ``best.pth`` only on
+improvement (both atomic).
 
 The loop is :func:`_fit` and :func:`_train_epoch`, and it alone changes the run's :class:`TrainState` (the
 history, and with it the best epoch); around it, :mod:`.feed` delivers the batches (sampler, pipelines,
@@ -50,7 +51,7 @@ from ..model import build_model, count_parameters, training_flops
 from ..runtime import Speed, autocast, machine_description, seed_everything
 from .distill import soft_targets
 from .feed import TrainBatches, open_batches, restore_rng, rng_state
-from .optim import build_optimizer, build_scheduler, continue_schedule
+from .optim import build_optimizer, build_scheduler, continue_schedule, sharpness_aware_gradient
 from .rundir import Checkpoints, EpochRecords, prepare_run_dir, read_last, setup_logging
 from .signals import agreed_stop, leave_stop_signals_to_the_main_process, stop_requests
 
@@ -189,9 +190,13 @@ def _train_epoch(t: Training, stop: list[int]) -> dict:
 def _train_step(t: Training, images: torch.Tensor, targets: torch.Tensor, sums: _RunningSums) -> None:
     """One optimizer step and the weight average's update; under --nonfinite skip, a step whose loss is not finite
     in some process is counted and changes nothing."""
-    with autocast(t.speed.device, t.speed.precision):
-        logits = t.train_model(images)
-        loss = F.cross_entropy(logits.float(), targets, label_smoothing=t.cfg.label_smoothing)
+
+    def forward() -> tuple[torch.Tensor, torch.Tensor]:
+        with autocast(t.speed.device, t.speed.precision):
+            logits = t.train_model(images)
+            return logits, F.cross_entropy(logits.float(), targets, label_smoothing=t.cfg.label_smoothing)
+
+    logits, loss = forward()
     if t.cfg.nonfinite == "skip" and not dist.all_ranks(bool(torch.isfinite(loss))):
         t.state.nonfinite_steps.append(f"{t.state.epoch + 1}:{t.state.step}")
         log.warning(
@@ -201,6 +206,8 @@ def _train_step(t: Training, images: torch.Tensor, targets: torch.Tensor, sums: 
         return
     t.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if t.cfg.sam_rho:
+        sharpness_aware_gradient(t.model, t.cfg.sam_rho, lambda: forward()[1].backward())
     t.optimizer.step()
     if t.ema is not None:
         t.ema.update_parameters(t.model)
@@ -388,7 +395,8 @@ def _assemble(cfg: Config, splits: Splits, state: TrainState, ckpt: dict | None)
     speed = Speed.resolve(cfg)
     seed_everything(cfg.seed)
     model = build_model(cfg, len(splits.classes))
-    gflop_per_image = training_flops(model, cfg.image_size) / 1e9  # before SyncBatchNorm, whose probe would sync
+    # Before SyncBatchNorm, whose probe would sync; SAM passes every image through forward and backward twice.
+    gflop_per_image = training_flops(model, cfg.image_size) / 1e9 * (2 if cfg.sam_rho else 1)
     if cfg.sync_bn:
         model = dist.convert_sync_batchnorm(model, speed.device)
     model = model.to(speed.device, memory_format=speed.memory_format)
@@ -464,7 +472,8 @@ def _log_start(t: Training) -> None:
         log.info(f"workers: --workers {cfg.workers} lowered to {speed.workers}, the cores this process may use")
     epoch_pflop = t.gflop_per_image * t.steps_per_epoch * cfg.batch_size / 1e6
     log.info(
-        f"compute: {t.gflop_per_image:.3f} GFLOP per training image (forward + backward), {epoch_pflop:.4f} "
+        f"compute: {t.gflop_per_image:.3f} GFLOP per training image "
+        f"({'two forward + backward passes (SAM)' if cfg.sam_rho else 'forward + backward'}), {epoch_pflop:.4f} "
         f"PFLOP an epoch, {epoch_pflop * cfg.epochs:.3f} PFLOP for {cfg.epochs} epochs; machine: "
         f"{machine_description()}"
     )

@@ -1,4 +1,5 @@
-"""The optimisation recipe (specification section 3): AdamW (or SGD), and the learning rate over the run.
+"""The optimisation recipe (specification section 3): AdamW (or SGD), optionally sharpness-aware, and the learning
+rate over the run.
 
 The schedule is a pure function of the config and the scheduler's step count, so a resumed run
 rebuilds it from the config and continues it from the count saved in last.pth.
@@ -7,7 +8,8 @@ rebuilds it from the config and continues it from the count saved in last.pth.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -29,6 +31,42 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
             groups, lr=cfg.effective_lr(), momentum=cfg.momentum, nesterov=cfg.momentum > 0, fused=fused
         )
     return torch.optim.AdamW(groups, lr=cfg.effective_lr(), fused=fused)
+
+
+def sharpness_aware_gradient(model: nn.Module, rho: float, backward: Callable[[], object]) -> None:
+    """Replace the gradients in ``model`` by those at the nearby weights where the loss rises fastest (SAM).
+
+    The weights move ``rho`` along the current gradient (normalised over all parameters), ``backward()`` runs the
+    batch's loss again there and back-propagates it, and the weights return, so the optimizer's step that follows
+    takes the gradient of that neighbourhood's worst point. BatchNorm's running statistics keep the first pass's
+    update only: the second pass sees the same batch at weights nobody evaluates.
+    """
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    scale = rho / (norm + 1e-12)  # a tensor: reading it as a number would wait for the GPU every step
+    start = [p.detach().clone() for p in params]  # restored exactly: w + e - e may round away from w
+    with torch.no_grad():
+        for p in params:
+            p.add_(p.grad * scale)
+            p.grad = None
+    with _running_stats_frozen(model):
+        backward()
+    with torch.no_grad():
+        for p, w in zip(params, start):
+            p.copy_(w)
+
+
+@contextmanager
+def _running_stats_frozen(model: nn.Module) -> Iterator[None]:
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
+    try:
+        yield
+    finally:
+        for m, (mean, var, count) in zip(norms, saved):
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(count)
 
 
 def lr_factor(cfg: Config, steps_per_epoch: int) -> Callable[[int], float]:
