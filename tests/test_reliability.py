@@ -180,6 +180,25 @@ def test_non_finite_steps_can_be_skipped_and_counted(image_folder, tmp_path, mon
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
 
 
+def test_a_non_finite_loss_at_sams_second_pass_skips_the_step(image_folder, tmp_path, monkeypatch):
+    import ferkit.training.loop as train_mod
+
+    real_ce = train_mod.F.cross_entropy
+    calls = {"n": 0}
+
+    def second_pass_of_step_2_is_nan(*a, **k):
+        calls["n"] += 1  # two calls a step: the weights' own loss, then SAM's at the moved weights
+        loss = real_ce(*a, **k)
+        return loss * float("nan") if calls["n"] == 4 else loss
+
+    monkeypatch.setattr(train_mod.F, "cross_entropy", second_pass_of_step_2_is_nan)
+    train(tiny(image_folder, tmp_path / "run", epochs=1, nonfinite="skip", sam_rho=0.05))
+    last = read_checkpoint(tmp_path / "run" / "last.pth")
+    assert last["state"]["nonfinite_steps"] == ["1:2"]
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+    assert "non-finite loss at SAM's second pass" in (tmp_path / "run" / "train.log").read_text()
+
+
 class _WorkerSignals(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return 1

@@ -197,22 +197,36 @@ def _train_step(t: Training, images: torch.Tensor, targets: torch.Tensor, sums: 
             return logits, F.cross_entropy(logits.float(), targets, label_smoothing=t.cfg.label_smoothing)
 
     logits, loss = forward()
-    if t.cfg.nonfinite == "skip" and not dist.all_ranks(bool(torch.isfinite(loss))):
-        t.state.nonfinite_steps.append(f"{t.state.epoch + 1}:{t.state.step}")
-        log.warning(
-            f"skipped step {t.state.step} of epoch {t.state.epoch + 1}: non-finite loss "
-            f"({len(t.state.nonfinite_steps)} skipped so far)"
-        )
+    if _skips_nonfinite(t, loss):
         return
     t.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if t.cfg.sam_rho:
-        sharpness_aware_gradient(t.model, t.cfg.sam_rho, lambda: forward()[1].backward())
+        worst = sharpness_aware_gradient(t.model, t.cfg.sam_rho, lambda: _backward(forward()[1]))
+        if _skips_nonfinite(t, worst, " at SAM's second pass"):
+            return
     t.optimizer.step()
     if t.ema is not None:
         t.ema.update_parameters(t.model)
     labels = targets.argmax(dim=1) if targets.ndim == 2 else targets  # mixed batches: their larger part
     sums.add(loss.detach(), (logits.argmax(dim=1) == labels).sum(), len(targets))
+
+
+def _backward(loss: torch.Tensor) -> torch.Tensor:
+    loss.backward()
+    return loss
+
+
+def _skips_nonfinite(t: Training, loss: torch.Tensor, where: str = "") -> bool:
+    """Under --nonfinite skip, whether this step is skipped because ``loss`` is not finite in some process."""
+    if t.cfg.nonfinite != "skip" or dist.all_ranks(bool(torch.isfinite(loss))):
+        return False
+    t.state.nonfinite_steps.append(f"{t.state.epoch + 1}:{t.state.step}")
+    log.warning(
+        f"skipped step {t.state.step} of epoch {t.state.epoch + 1}: non-finite loss{where} "
+        f"({len(t.state.nonfinite_steps)} skipped so far)"
+    )
+    return True
 
 
 class _RunningSums:

@@ -10,12 +10,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from ..config import Config
+
+T = TypeVar("T")
 
 
 def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
@@ -33,8 +36,9 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.effective_lr(), fused=fused)
 
 
-def sharpness_aware_gradient(model: nn.Module, rho: float, backward: Callable[[], object]) -> None:
-    """Replace the gradients in ``model`` by those at the nearby weights where the loss rises fastest (SAM).
+def sharpness_aware_gradient(model: nn.Module, rho: float, backward: Callable[[], T]) -> T:
+    """Replace the gradients in ``model`` by those at the nearby weights where the loss rises fastest (SAM); returns
+    what ``backward()`` returned (the loss there).
 
     The weights move ``rho`` along the current gradient (normalised over all parameters), ``backward()`` runs the
     batch's loss again there and back-propagates it, and the weights return, so the optimizer's step that follows
@@ -50,10 +54,11 @@ def sharpness_aware_gradient(model: nn.Module, rho: float, backward: Callable[[]
             p.add_(p.grad * scale)
             p.grad = None
     with _running_stats_frozen(model):
-        backward()
+        result = backward()
     with torch.no_grad():
         for p, w in zip(params, start):
             p.copy_(w)
+    return result
 
 
 @contextmanager
