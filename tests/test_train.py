@@ -190,7 +190,7 @@ def test_sam_training_counts_two_passes_an_image_and_changes_the_steps(image_fol
     sam = train(tiny(image_folder, tmp_path / "sam", epochs=1, sam_rho=0.05))
     assert sam["gflop_per_image"] == pytest.approx(2 * plain["gflop_per_image"])
     assert sam["pflop"] == pytest.approx(2 * plain["pflop"])
-    assert "two forward + backward passes (SAM)" in (tmp_path / "sam" / "train.log").read_text()
+    assert "GFLOP per training image (forward + backward, twice: SAM)" in (tmp_path / "sam" / "train.log").read_text()
     # Same seed and batches: only the sharpness-aware gradient can make the weights differ.
     a, b = weights(tmp_path / "plain" / "last.pth"), weights(tmp_path / "sam" / "last.pth")
     assert not all(torch.equal(a[k], b[k]) for k in a if k.endswith("weight"))

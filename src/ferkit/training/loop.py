@@ -487,7 +487,7 @@ def _log_start(t: Training) -> None:
     epoch_pflop = t.gflop_per_image * t.steps_per_epoch * cfg.batch_size / 1e6
     log.info(
         f"compute: {t.gflop_per_image:.3f} GFLOP per training image "
-        f"({'two forward + backward passes (SAM)' if cfg.sam_rho else 'forward + backward'}), {epoch_pflop:.4f} "
+        f"({'forward + backward, twice: SAM' if cfg.sam_rho else 'forward + backward'}), {epoch_pflop:.4f} "
         f"PFLOP an epoch, {epoch_pflop * cfg.epochs:.3f} PFLOP for {cfg.epochs} epochs; machine: "
         f"{machine_description()}"
     )
