@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ASTRONAUT_FACE, CAMERAMAN_FACE, iou, people_video, write_video
+from conftest import ASTRONAUT_FACE, CAMERAMAN_FACE, iou, people_video, portraits, write_video
 from PIL import Image
 
 import ferkit.inference.faces as faces_mod
@@ -180,14 +180,12 @@ def label_changes(video: Path, truth: list[dict], smooth: float) -> float:
 def flicker_video(frames: int = 30, every: int = 3) -> tuple[tuple, tuple]:
     """One person standing still whose face is the astronaut's (Happy to the bundled model) but the cameraman's
     (Sad) on every ``every``-th frame: what a glance away or a passing shadow does to a frame-by-frame reading."""
-    from skimage.data import astronaut, camera
+    from skimage.data import camera
 
-    x, y, w, h = ASTRONAUT_FACE
-    happy = astronaut()[y - 15 : y + h + 15, x - 15 : x + w + 15]
+    size = 120
     x, y, w, h = CAMERAMAN_FACE
     sad = np.repeat(camera()[y - 10 : y + h + 10, x - 10 : x + w + 10, None], 3, axis=2)
-    size = 120
-    faces = [np.asarray(Image.fromarray(f).resize((size, size), Image.BICUBIC)) for f in (happy, sad)]
+    faces = [portraits(size)[0], np.asarray(Image.fromarray(sad).resize((size, size), Image.BICUBIC))]
     box = [100, 80, size, size]
     out = []
     for i in range(frames):
