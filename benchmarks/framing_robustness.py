@@ -3,6 +3,7 @@
     python benchmarks/framing_robustness.py                                   # the bundled model
     python benchmarks/framing_robustness.py --checkpoint runs/x/best.pth --name x
     python benchmarks/framing_robustness.py --faces detected --name bundled_detected   # as `ferkit predict` reads
+    python benchmarks/framing_robustness.py --tta flip --name bundled_flip             # each photo and its mirror
 
 Each photo is taken whole as the face (as ``ferkit evaluate --data webfaces-dev`` does) after reframing it about
 its centre: a box of F times the photo's sides, cut out at F < 1 (a tighter face) and padded with the edge
@@ -29,6 +30,7 @@ from ferkit.evaluation.metrics import compute_metrics
 from ferkit.inference import Predictor
 from ferkit.inference.evaluate import FACES, detected_faces
 from ferkit.inference.faces import Detector, build_detector
+from ferkit.inference.predict import TTA_MODES
 from ferkit.runtime import machine_description
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -56,8 +58,10 @@ def faces_of(photos: list[np.ndarray], detector: Detector | None) -> tuple[list[
     return [s.source for s in faces], found
 
 
-def measure(checkpoint: str | None, data: Path, detector: Detector | None = None, batch: int = 256) -> dict:
-    predictor = Predictor.from_checkpoint(checkpoint)
+def measure(
+    checkpoint: str | None, data: Path, detector: Detector | None = None, tta: str = "none", batch: int = 256
+) -> dict:
+    predictor = Predictor.from_checkpoint(checkpoint, tta=tta)
     samples, _ = read_whole_folder(data, tuple(predictor.classes))
     labels = np.array([s.label for s in samples])
     probs = {f: [] for f in FRAMINGS}
@@ -103,6 +107,9 @@ def main() -> None:
         help="given: each photo whole is the face; detected: its largest face, found and aligned by the default "
         "detector as `ferkit predict` does",
     )
+    parser.add_argument(
+        "--tta", choices=TTA_MODES, default="none", help="test-time augmentation, as `ferkit predict`'s"
+    )
     args = parser.parse_args()
     t0 = time.perf_counter()
     detector = build_detector() if args.faces == "detected" else None
@@ -111,8 +118,9 @@ def main() -> None:
         "checkpoint": args.checkpoint or "bundled",
         "data": str(args.data),
         "faces": args.faces,
+        "tta": args.tta,
         "machine": machine_description(),
-        **measure(args.checkpoint, args.data, detector),
+        **measure(args.checkpoint, args.data, detector, args.tta),
     }
     result["seconds"] = round(time.perf_counter() - t0, 1)
     print(f"{args.name} on {result['images']} photos of {args.data.name} ({result['machine']}, {result['seconds']} s)")

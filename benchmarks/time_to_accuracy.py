@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import shlex
 import shutil
 import sys
@@ -182,15 +183,21 @@ def plot(output: Path) -> None:
     if not results:
         sys.exit(f"time_to_accuracy: no results in {RESULTS}; run the 'run' subcommand first")
     fig, (final, chosen, curves) = plt.subplots(1, 3, figsize=(20, 6))
+    # Runs of one budget (same PFLOP to 10%) are named in one line, else their names overprint each other.
+    budgets: dict[int, list[dict]] = {}
     for r in results:
         cfg = r["config"]
         label = f"{r['name']}: {cfg['arch']} w{cfg.get('width', 64)} {cfg['image_size']}px, {cfg['epochs']} ep"
         final.scatter(r["pflop"], 100 * r["private_test"], s=40)
-        final.annotate(
-            label, (r["pflop"], 100 * r["private_test"]), fontsize=7, xytext=(4, 4), textcoords="offset points"
-        )
+        budgets.setdefault(round(20 * math.log10(r["pflop"])), []).append(r | {"label": label})
         curves.plot(
             [e["pflop"] for e in r["epochs"]], [100 * e["public_test"] for e in r["epochs"]], marker=".", label=label
+        )
+    for runs in budgets.values():
+        top = max(runs, key=lambda r: r["private_test"])
+        text = top["label"] if len(runs) == 1 else f"{len(runs)} runs, best {top['name']}"
+        final.annotate(
+            text, (top["pflop"], 100 * top["private_test"]), fontsize=7, xytext=(4, 4), textcoords="offset points"
         )
     # Recipes are chosen on PublicTest and on real photos together (issue 20): the runs measured on both.
     both = [r for r in results if r.get("webfaces_dev")]
