@@ -301,43 +301,20 @@ def test_int8_export_on_synthetic_data_skips_a_corrupt_calibration_image(checkpo
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     (image_folder / "train" / "happy" / "Training_corrupt.png").write_bytes(b"\x89PNG truncated")
-    out = tmp_path / "tiny.int8.onnx"
-    assert (
-        main(
-            [
-                "export",
-                str(checkpoint),
-                "--int8",
-                "--calibration-data",
-                str(image_folder),
-                "--calibration-images",
-                "64",
-                "--out",
-                str(out),
-            ]
+
+    def export_int8(images: int, out: Path) -> int:
+        return main(
+            ["export", str(checkpoint), "--int8", "--calibration-data", str(image_folder)]
+            + ["--calibration-images", str(images), "--out", str(out)]
         )
-        == 0
-    )  # 28 good images, 1 bad
+
+    out = tmp_path / "tiny.int8.onnx"
+    assert export_int8(64, out) == 0  # 28 good images, 1 bad
     crops = [Image.open(f) for f in sorted((image_folder / "test").rglob("*.png"))]
     int8 = Predictor.from_checkpoint(out)
     assert int8.model.precision == "int8"
     assert np.abs(int8.classify(crops) - Predictor.from_checkpoint(checkpoint).classify(crops)).max() < 0.05
-    assert (
-        main(
-            [
-                "export",
-                str(checkpoint),
-                "--int8",
-                "--calibration-data",
-                str(image_folder),
-                "--calibration-images",
-                "0",
-                "--out",
-                str(tmp_path / "none.onnx"),
-            ]
-        )
-        == 2
-    )
+    assert export_int8(0, tmp_path / "none.onnx") == 2
     assert "--calibration-images must be at least 1" in capsys.readouterr().err
 
 
