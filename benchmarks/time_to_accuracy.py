@@ -183,7 +183,7 @@ def plot(output: Path) -> None:
     if not results:
         sys.exit(f"time_to_accuracy: no results in {RESULTS}; run the 'run' subcommand first")
     fig, (final, chosen, curves) = plt.subplots(1, 3, figsize=(20, 6))
-    # Runs of one budget (same PFLOP to 10%) are named in one line, else their names overprint each other.
+    # Runs of one budget (the same PFLOP to about 12%) are named in one line, else their names overprint each other.
     budgets: dict[int, list[dict]] = {}
     for r in results:
         cfg = r["config"]
