@@ -23,7 +23,8 @@ import torch
 from common import DEFAULT_DATA  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
 
 from ferkit.checkpoint import BUNDLED, check_classes, model_path
-from ferkit.data.datasets import FerDataset, load_splits, make_loader
+from ferkit.data.datasets import FerDataset, load_splits
+from ferkit.data.loaders import make_loader
 from ferkit.data.transforms import build_test_transform
 from ferkit.evaluation.metrics import compute_metrics
 from ferkit.evaluation.predictions import collect_probs, inference_precision

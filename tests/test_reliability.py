@@ -6,17 +6,20 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 import torch
+import torch.utils.data._utils.signal_handling as worker_signals
 from conftest import TINY, flags, make_image_folder, tiny, weights
 
 import ferkit.checkpoint as checkpoint_mod
 from ferkit.checkpoint import read_checkpoint
+from ferkit.data.loaders import batches_of, leave_stop_signals_to_the_main_process, make_loader, stop_signals_held
 from ferkit.errors import FerkitError
 from ferkit.training.loop import train
-from ferkit.training.signals import leave_stop_signals_to_the_main_process
+from ferkit.training.signals import stop_requests
 
 # Enough epochs that a kill after epoch 1 to EPOCHS - 3 always lands before the run finishes, on any machine.
 EPOCHS = 8
@@ -215,3 +218,29 @@ def test_training_workers_are_outside_the_signalled_group_and_can_still_be_termi
     )
     ((group, terminable),) = list(loader)
     assert group != os.getpgrp() and terminable
+
+
+def test_a_group_signal_while_the_workers_start_reaches_only_the_main_process(monkeypatch):
+    # PyTorch gives a worker a SIGTERM handler that kills it before the worker leaves the group; a group signal in
+    # that window (a scheduler's, 0.5 s into an epoch) used to end a run with "DataLoader worker exited
+    # unexpectedly" instead of saving. The worker here signals itself in that window, as the group signal would.
+    set_handlers = worker_signals._set_worker_signal_handlers
+
+    def signalled_while_starting() -> None:
+        set_handlers()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(worker_signals, "_set_worker_signal_handlers", signalled_while_starting)
+    loader = make_loader(_WorkerSignals(), None, 1, torch.device("cpu"))
+    ((group, terminable),) = list(batches_of(loader))
+    assert group != os.getpgrp() and terminable
+    assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # the main process holds nothing after
+
+
+def test_stop_signals_held_while_workers_fork_arrive_afterwards():
+    # Sent to this thread: a signal sent to the process may be taken by another thread (PyTorch's) meanwhile.
+    with stop_requests() as requested:
+        with stop_signals_held():
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+            assert requested == []
+        assert requested == [signal.SIGTERM]

@@ -15,14 +15,14 @@ from __future__ import annotations
 import csv
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import Dataset, default_collate
 
 from ..errors import FerkitError
 from .images import UndecodableImage, is_image_file, open_image
@@ -330,30 +330,3 @@ def check_dataset(path: str | os.PathLike | None) -> dict:
             if pixels.max() == 0:
                 report["black"].append(s.name)
     return report
-
-
-def make_loader(dataset: FerDataset, batch_size: int, workers: int, device: torch.device, **kw) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-        **kw,
-    )
-
-
-def batches_of(loader: DataLoader) -> Iterator:
-    """The loader's batches, its worker processes shut down as soon as the iteration ends, however it ends.
-
-    An iterator that an error stops (an unreadable image) stays referenced from the error's traceback; freed later
-    by the garbage collector, after its own queues, it can no longer tell its workers to exit, and PyTorch waits
-    5 s for each before ending it: a run stopped by an error would keep the command waiting that long.
-    """
-    batches = iter(loader)
-    try:
-        yield from batches
-    finally:
-        shutdown = getattr(batches, "_shutdown_workers", None)  # PyTorch's own clean-up; a no-op once done
-        if shutdown is not None:
-            shutdown()

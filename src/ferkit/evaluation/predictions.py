@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as TF
 
 from ..config import Config
-from ..data.datasets import batches_of
+from ..data.loaders import batches_of
 from ..runtime import autocast
 
 TTA_MODES = ("none", "flip", "tencrop")

@@ -17,10 +17,10 @@ from ..data.datasets import (
     is_whole_folder,
     load_image,
     load_splits,
-    make_loader,
     read_whole_folder,
     resolve_data_path,
 )
+from ..data.loaders import make_loader
 from ..data.transforms import build_test_transform
 from ..errors import FerkitError
 from ..evaluation.calibration import fit_temperature, temper

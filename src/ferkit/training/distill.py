@@ -21,7 +21,8 @@ from torch import Tensor
 from .. import distributed as dist
 from ..checkpoint import atomic_save, load_model
 from ..config import Config
-from ..data.datasets import FerDataset, Sample, collate_skipping, make_loader
+from ..data.datasets import FerDataset, Sample, collate_skipping
+from ..data.loaders import make_loader
 from ..data.transforms import build_test_transform
 from ..errors import FerkitError
 from ..evaluation.calibration import Tempered

@@ -22,10 +22,10 @@ from torch.utils.data import Sampler
 from .. import distributed as dist
 from ..config import Config
 from ..data.batched import BatchAugment, DecodedImages, batches, decode_once
-from ..data.datasets import CLASSES, FerDataset, Sample, batches_of, collate_skipping, make_loader
+from ..data.datasets import CLASSES, FerDataset, Sample, collate_skipping
+from ..data.loaders import batches_of, make_loader
 from ..data.transforms import build_batch_mix, build_train_transform
 from ..runtime import Speed
-from .signals import leave_stop_signals_to_the_main_process
 
 
 class EpochSampler(Sampler[int]):
@@ -111,7 +111,6 @@ class WorkerBatches(TrainBatches):
             sampler=self.sampler,
             drop_last=True,
             generator=self.generator,
-            worker_init_fn=leave_stop_signals_to_the_main_process,
             collate_fn=collate_skipping,
         )
 

@@ -42,7 +42,8 @@ from tqdm import tqdm
 from .. import distributed as dist
 from ..checkpoint import check_classes, load_model
 from ..config import Config, resumed_config
-from ..data.datasets import FerDataset, Sample, Splits, collate_skipping, load_splits, make_loader
+from ..data.datasets import FerDataset, Sample, Splits, collate_skipping, load_splits
+from ..data.loaders import make_loader
 from ..data.transforms import build_test_transform
 from ..errors import FerkitError
 from ..evaluation.metrics import compute_metrics, format_metrics, write_report
@@ -53,7 +54,7 @@ from .distill import soft_targets
 from .feed import TrainBatches, open_batches, restore_rng, rng_state
 from .optim import build_optimizer, build_scheduler, continue_schedule, sharpness_aware_gradient
 from .rundir import Checkpoints, EpochRecords, prepare_run_dir, read_last, setup_logging
-from .signals import agreed_stop, leave_stop_signals_to_the_main_process, stop_requests
+from .signals import agreed_stop, stop_requests
 
 log = logging.getLogger("ferkit")
 
@@ -294,7 +295,6 @@ def _measure(model: nn.Module, samples: list[Sample], classes: tuple[str, ...], 
         dist.local_batch_size(cfg.batch_size) * cfg.eval_batch_factor,
         speed.workers,
         speed.device,
-        worker_init_fn=leave_stop_signals_to_the_main_process,
         collate_fn=collate_skipping,
     )
     shares = dist.gather(collect_probs(model, loader, speed.device, cfg.eval_precision))
