@@ -182,7 +182,10 @@ def plot(output: Path) -> None:
     results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("time_to_accuracy_*.json"))]
     if not results:
         sys.exit(f"time_to_accuracy: no results in {RESULTS}; run the 'run' subcommand first")
-    fig, (final, chosen, curves) = plt.subplots(1, 3, figsize=(20, 6))
+    # The curves' legend names every run, so it gets a cell of its own.
+    fig = plt.figure(figsize=(20, 13))
+    grid = fig.add_gridspec(2, 2)
+    final, chosen, curves = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, 0])
     # Runs of one budget (the same PFLOP to about 12%) are named in one line, else their names overprint each other.
     budgets: dict[int, list[dict]] = {}
     for r in results:
@@ -220,6 +223,7 @@ def plot(output: Path) -> None:
     chosen.set_xlabel("PublicTest accuracy (%), best epoch")
     chosen.set_ylabel("webfaces-dev macro recall (5 classes, whole photo)")
     chosen.set_title("The two figures recipes are chosen by")
+    chosen.margins(x=0.1)  # room for the names of the rightmost runs
     chosen.grid(alpha=0.3)
     for ax, title in ((final, "PrivateTest (best PublicTest epoch, no TTA)"), (curves, "PublicTest by epoch")):
         ax.set_xscale("log")
@@ -229,7 +233,9 @@ def plot(output: Path) -> None:
         ax.set_ylabel("accuracy (%)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    curves.legend(fontsize=7)
+    names = fig.add_subplot(grid[1, 1])
+    names.axis("off")
+    names.legend(*curves.get_legend_handles_labels(), fontsize=8, ncol=2, loc="upper left", title="PublicTest by epoch")
     fig.suptitle(
         "FER2013 and real photos against training compute (commands in benchmarks/results/time_to_accuracy_*.json)",
         fontsize=10,
