@@ -361,9 +361,11 @@ def test_augmentation_statistics_match_the_reference() -> None:
     assert (ref["pixel_std"] - fast["pixel_std"]).abs().mean() < 0.1
 
 
-def test_without_randomness_it_is_the_test_transform() -> None:
+@pytest.mark.parametrize("equalize", [False, True])
+def test_without_randomness_it_is_the_test_transform(equalize: bool) -> None:
     cfg = SMALL.updated(
         {
+            "equalize": equalize,
             "crop_scale": (1.0, 1.0),
             "flip_p": 0.0,
             "jitter_p": 0.0,
@@ -379,6 +381,8 @@ def test_without_randomness_it_is_the_test_transform() -> None:
     assert torch.allclose(augmented, tested, atol=1e-5)
     reference = build_test_transform(cfg)(Image.fromarray(image))
     assert (tested[0] - reference).abs().max() < 1.5 / 255 / min(cfg.std)  # the reference rounds to uint8
+    plain = build_test_transform(cfg.updated({"equalize": False}))(Image.fromarray(image))
+    assert equalize == bool((reference - plain).abs().max() > 0.1)  # equalizing moves the gradient's levels
 
 
 def test_warp_matches_torchvision_geometry() -> None:

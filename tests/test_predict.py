@@ -223,6 +223,7 @@ def test_onnx_export_matches_pytorch_and_runs_alone_on_real_fer2013_images(check
         "mean": [0.485, 0.456, 0.406],
         "std": [0.229, 0.224, 0.225],
         "grey": False,
+        "equalize": False,
     }
     onnx_probs = onnx_predictor.classify([Image.open(f) for f in files])
     assert onnx_probs.shape == (len(files), 7)  # dynamic batch: 70 faces in one call

@@ -97,6 +97,36 @@ def test_grey_input_shows_colour_photos_grey_and_leaves_grey_images_exactly_as_t
     assert torch.equal(y[0, 0], y[0, 1]) and torch.equal(y[0, 1], y[0, 2])
 
 
+def test_equalize_shows_a_face_at_one_contrast_however_it_was_exposed(untrained_checkpoint, tmp_path):
+    from ferkit.checkpoint import make_checkpoint, read_checkpoint
+    from ferkit.inference import Predictor
+    from ferkit.model import build_model
+
+    # The same face in four grey levels, dim and bright: only the levels' order and counts survive equalization.
+    face = np.random.default_rng(0).integers(0, 4, (20, 20)).astype(np.uint8)
+    dim, bright = (Image.fromarray(np.uint8(base + step * face), mode="L") for base, step in ((90, 10), (30, 70)))
+    cfg = Config(image_size=16, grey_input=True, equalize=True)
+    assert torch.equal(build_test_transform(cfg)(dim), build_test_transform(cfg)(bright))
+    plain = cfg.updated({"equalize": False})
+    assert not torch.equal(build_test_transform(plain)(dim), build_test_transform(plain)(bright))
+    # Training sees what evaluation sees: with no random op left, the train chain is the test chain.
+    off = ("flip_p", "jitter_p", "grayscale_p", "rotation", "erasing_p")
+    still = cfg.updated({"image_size": 20, "crop_scale": (1.0, 1.0)} | dict.fromkeys(off, 0.0))
+    assert torch.equal(build_train_transform(still)(dim), build_test_transform(still)(bright))
+    # A checkpoint trained with it equalizes every photo it is given.
+    ckpt = read_checkpoint(untrained_checkpoint)
+    model_cfg = Config.from_dict(ckpt["config"]).updated({"equalize": True})
+    model = build_model(model_cfg, 7)
+    model.load_state_dict(ckpt["model"])
+    path = tmp_path / "equalized.pth"
+    torch.save(make_checkpoint(model.eval(), model_cfg, ckpt["classes"], epoch=1, metrics={}), path)
+    predictor = Predictor.from_checkpoint(path)
+    assert predictor.config.equalize
+    np.testing.assert_allclose(*predictor.classify([dim, bright]), atol=1e-6)
+    plain_probs = Predictor.from_checkpoint(untrained_checkpoint).classify([dim, bright])
+    assert np.abs(plain_probs[0] - plain_probs[1]).max() > 1e-4
+
+
 PHOTO_OPS = dict(
     frame_scale=(0.9, 1.1), frame_shift=0.04, gamma=0.3, blur_p=0.2, jpeg_p=0.3, jpeg_quality=(50, 90), noise_p=0.1
 )

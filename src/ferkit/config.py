@@ -107,6 +107,12 @@ class Config:
         False,
         "read every image as grey, in training, evaluation and prediction",
     )
+    equalize: bool = _opt(
+        "augmentation",
+        False,
+        "histogram-equalize every image as it is read, in training, evaluation and prediction: faces then meet the "
+        "network at one contrast, however the photo was exposed",
+    )
     gamma: float = _opt(
         "augmentation",
         0.0,

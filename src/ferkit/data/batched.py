@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
+from torchvision.transforms.v2 import functional as TF
 
 from ..atomic import write_atomically
 from ..config import Config
@@ -320,7 +321,10 @@ class BatchAugment(nn.Module):
                 "pass the tensor from decode_once/batches"
             )
         x = images.float().div_(255)
-        return _grey(x) if self.grey else x
+        x = _grey(x) if self.grey else x
+        if self.cfg.equalize:  # on uint8 levels after the grey conversion, as the reference equalizes
+            x = TF.equalize(x.mul(255).round_().to(torch.uint8)).float().div_(255)
+        return x
 
     def _normalize(self, x: Tensor) -> Tensor:
         return (x.expand(-1, 3, -1, -1) - self.mean) / self.std

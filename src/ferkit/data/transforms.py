@@ -104,7 +104,8 @@ def reframes(cfg: Config) -> bool:
 
 
 def _to_rgb_tensor(cfg: Config) -> list:
-    return [ToRGB(cfg.grey_input), v2.ToImage()]
+    # TF.equalize itself, not RandomEqualize(p=1), which would take a draw from the generator.
+    return [ToRGB(cfg.grey_input), v2.ToImage()] + ([v2.Lambda(TF.equalize)] if cfg.equalize else [])
 
 
 def _normalize(cfg: Config) -> list[v2.Transform]:
@@ -174,4 +175,10 @@ def build_test_transform(cfg: Config) -> v2.Compose:
 def preprocessing(cfg: Config) -> dict:
     """The test transform's values for readers other than ferkit: runtimes fed an exported ONNX file, and the
     server's page, which sizes webcam snapshots by them."""
-    return {"image_size": cfg.image_size, "mean": list(cfg.mean), "std": list(cfg.std), "grey": cfg.grey_input}
+    return {
+        "image_size": cfg.image_size,
+        "mean": list(cfg.mean),
+        "std": list(cfg.std),
+        "grey": cfg.grey_input,
+        "equalize": cfg.equalize,
+    }
