@@ -1,1 +1,1 @@
-"""Input: datasets and their protocols, image files, the per-image transforms and the batched pipeline."""
+"""Input: datasets and their protocols, image files, the loaders, the per-image transforms and the batched pipeline."""
