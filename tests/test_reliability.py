@@ -1,6 +1,7 @@
 """Faults a real run meets: SIGKILL at any moment, a full disk, unreadable images."""
 
 import errno
+import multiprocessing
 import os
 import random
 import signal
@@ -235,6 +236,27 @@ def test_a_group_signal_while_the_workers_start_reaches_only_the_main_process(mo
     ((group, terminable),) = list(batches_of(loader))
     assert group != os.getpgrp() and terminable
     assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # the main process holds nothing after
+
+
+class _Parent(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int) -> tuple[int]:
+        return (os.getppid(),)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers are forked on Linux only")
+def test_workers_are_forked_from_the_main_process_whatever_python_starts_by_default():
+    # Python 3.14 starts processes from a fork server by default, and a worker started there inherits none of the
+    # signals the main process holds while its workers start.
+    before = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method("forkserver", force=True)
+    try:
+        ((parent,),) = list(batches_of(make_loader(_Parent(), None, 1, torch.device("cpu"))))
+    finally:
+        multiprocessing.set_start_method(before, force=True)
+    assert parent == os.getpid()
 
 
 def test_stop_signals_held_while_workers_fork_arrive_afterwards():

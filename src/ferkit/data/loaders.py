@@ -5,13 +5,15 @@ such a signal would end a run with "DataLoader worker ... killed by signal" befo
 so each worker leaves the group as it starts. A signal can still arrive between the fork and that moment (PyTorch
 installs a SIGTERM handler in the worker that kills it first), so the main process holds the stop signals while
 it forks the workers: they reach the main process as soon as the workers exist, and each worker drops the ones
-sent to the group it has left.
+sent to the group it has left. On Linux the workers are forked from the main process even where Python's default
+start method is another (forkserver from Python 3.14): a worker started by a fork server inherits no held signals.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -23,6 +25,8 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device, **kw) -> DataLoader:
     """A loader for :func:`batches_of`; its workers leave the stop signals to the main process."""
+    if workers > 0 and sys.platform.startswith("linux"):
+        kw.setdefault("multiprocessing_context", "fork")
     return DataLoader(
         dataset,
         batch_size=batch_size,
