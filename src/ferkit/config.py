@@ -74,6 +74,22 @@ class Config:
         resumable=True,
         choices=("stop", "skip"),
     )
+    watch: tuple[str, ...] = _opt(
+        "data",
+        (),
+        "folders of class folders (real photos such as webfaces-dev, or CK+48) measured every epoch as inference "
+        "reads them, in metrics.csv beside the selection split; they never choose best.pth (none: off)",
+        resumable=True,
+        paths=True,
+        metavar="DIR",
+    )
+    watch_min_support: int = _opt(
+        "data",
+        1,
+        "a --watch folder's macro recall averages its classes with at least this many images",
+        resumable=True,
+        bounds="[1, inf)",
+    )
     image_size: int = _opt("augmentation", 96, "network input size (square; at least the architecture's stride)")
     crop_scale: tuple[float, float] = _opt(
         "augmentation",
@@ -221,6 +237,7 @@ class Config:
         "averaged and each at its calibrated temperature, computed once before the first epoch and kept in the "
         "run folder as teachers.pt, become part of that image's target (none: off)",
         paths=True,
+        metavar="CKPT",
     )
     distill_weight: float = _opt(
         "optimisation",
@@ -490,7 +507,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> dict[str, argparse.
         if isinstance(f.default, bool):
             kw["action"] = argparse.BooleanOptionalAction
         elif f.metadata.get("paths"):
-            kw.update(nargs="+", type=str, metavar="CKPT")
+            kw.update(nargs="+", type=str, metavar=f.metadata["metavar"])
         elif isinstance(f.default, tuple):
             kw.update(nargs=len(f.default), type=float, metavar="X")
         else:

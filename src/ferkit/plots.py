@@ -18,7 +18,7 @@ EPOCH_POINTS = {"marker": "o", "markersize": 4}  # each epoch a visible point, e
 
 
 def plot_curves(history: Sequence[dict], path: Path) -> Figure:
-    """Loss, accuracy and learning rate per epoch, as a PNG; returns the (closed) figure.
+    """Loss, accuracy (with any --watch folder's) and learning rate per epoch, as a PNG; returns the (closed) figure.
 
     Every epoch is a marker, so a one-epoch run shows its points, and the epoch axis has whole-number ticks.
     """
@@ -28,7 +28,13 @@ def plot_curves(history: Sequence[dict], path: Path) -> Figure:
         ax.plot(epochs, [r[f"train_{key}"] for r in history], **EPOCH_POINTS, label="train")
         ax.plot(epochs, [r[f"select_{key}"] for r in history], **EPOCH_POINTS, label="selection split")
         ax.set(ylabel=title.lower(), title=title)
-        ax.legend()
+    # Watched folders' accuracies (``<folder>_acc``), from the epoch each was first watched.
+    columns = dict.fromkeys(k for r in history for k in r)
+    for key in [k for k in columns if k.endswith("_acc") and k not in ("train_acc", "select_acc")]:
+        rows = [r for r in history if r.get(key) not in (None, "")]
+        ax_acc.plot([r["epoch"] for r in rows], [r[key] for r in rows], **EPOCH_POINTS, label=f"{key[:-4]} (watched)")
+    ax_loss.legend()
+    ax_acc.legend()
     ax_lr.plot(epochs, [r["lr"] for r in history], **EPOCH_POINTS, color="tab:green")
     # Log scale: the cosine's tail (down to 1e-6) would otherwise look like zero.
     ax_lr.set(ylabel="learning rate at the epoch's end", title="Learning rate", yscale="log")

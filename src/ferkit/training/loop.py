@@ -53,8 +53,9 @@ from ..runtime import Speed, autocast, machine_description, seed_everything
 from .distill import soft_targets
 from .feed import TrainBatches, open_batches, restore_rng, rng_state
 from .optim import build_optimizer, build_scheduler, continue_schedule, sharpness_aware_gradient
-from .rundir import Checkpoints, EpochRecords, prepare_run_dir, read_last, setup_logging
+from .rundir import Checkpoints, EpochRecords, is_watched, prepare_run_dir, read_last, setup_logging
 from .signals import agreed_stop, stop_requests
+from .watch import Watched, load_watched, measure_watched
 
 log = logging.getLogger("ferkit")
 
@@ -102,6 +103,7 @@ class Training:
     state: TrainState
     checkpoints: Checkpoints
     records: EpochRecords
+    watched: list[Watched]  # --watch folders, measured every epoch beside the selection split
 
     @property
     def evaluated(self) -> nn.Module:
@@ -146,11 +148,13 @@ def _fit(t: Training) -> dict:
                 t.scheduler.step()
             dist.broadcast_buffers(t.evaluated)
             metrics = _measure(t.evaluated, t.splits.select, t.splits.classes, cfg, t.speed)
+            watched = measure_watched(t.evaluated, t.watched, t.splits.classes, cfg, t.speed)
             improved = state.improves(metrics["accuracy"])
             state.epoch, state.step, state.partial = state.epoch + 1, 0, {}
             state.pflop += t.gflop_per_image * sums["seen"] / 1e6
             lr, seconds = t.optimizer.param_groups[0]["lr"], time.perf_counter() - t0
-            state.history.append(_epoch_row(state, lr, sums, metrics, seconds, t.gflop_per_image, improved))
+            row = _epoch_row(state, lr, sums, metrics, seconds, t.gflop_per_image, improved)
+            state.history.append({**row, **watched})
             if improved:
                 t.checkpoints.save_best(t.evaluated, state.epoch, metrics)
             _save_last(t)
@@ -407,6 +411,7 @@ def _start(cfg: Config, resume: bool, overwrite: bool, last: dict | None, comman
 def _assemble(cfg: Config, splits: Splits, state: TrainState, ckpt: dict | None) -> Training:
     """The model, optimizer, schedule, weight average and batches of a run; with ``ckpt``, as it left them."""
     speed = Speed.resolve(cfg)
+    watched = load_watched(cfg, splits.classes, speed)  # before the teachers' labelling: a wrong folder stops at once
     seed_everything(cfg.seed)
     model = build_model(cfg, len(splits.classes))
     # Before SyncBatchNorm, whose probe would sync; SAM passes every image through forward and backward twice.
@@ -459,6 +464,7 @@ def _assemble(cfg: Config, splits: Splits, state: TrainState, ckpt: dict | None)
         state=state,
         checkpoints=Checkpoints(out, cfg, splits.classes, splits.names["select"]),
         records=EpochRecords(out, cfg),
+        watched=watched,
     )
 
 
@@ -499,6 +505,8 @@ def final_report(cfg: Config, splits: Splits, state: TrainState, speed: Speed) -
     model = load_model(best, splits.classes).model.to(speed.device)
     metrics = _measure(model, splits.report, splits.classes, cfg, speed)
     best_epoch = state.best_epoch()
+    # best.pth holds that epoch's evaluated weights, so its row already measured them on the watched folders.
+    watched = {k: v for row in state.history if row["epoch"] == best_epoch for k, v in row.items() if is_watched(k)}
     metrics.update(
         protocol=cfg.protocol,
         split=splits.names["report"],
@@ -512,6 +520,7 @@ def final_report(cfg: Config, splits: Splits, state: TrainState, speed: Speed) -
         train_precision=speed.precision,
         machine=machine_description(),
         checkpoint=str(best),
+        watched=watched,
     )
     if dist.is_main():
         write_report(
@@ -525,6 +534,7 @@ def final_report(cfg: Config, splits: Splits, state: TrainState, speed: Speed) -
         f"report: {metrics['split']} with best.pth from epoch {best_epoch} "
         f"(selected on {metrics['selected_on']}), {cfg.eval_precision} evaluation\n"
         + format_metrics(metrics, splits.classes)
+        + "".join(f"\n{name} (watched, best epoch): {value:.4f}" for name, value in watched.items())
         + f"\ncost: {state.pflop:.3f} PFLOP of training, {state.seconds / 60:.1f} min wall "
         f"({speed.precision} training) on {machine_description()}"
     )

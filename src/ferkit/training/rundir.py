@@ -44,6 +44,19 @@ METRIC_FIELDS = [
 ]
 
 
+def is_watched(column: str) -> bool:
+    """Whether a history column is a --watch folder's figure (``<folder>_acc``, ``<folder>_macro_recall``)."""
+    return column not in METRIC_FIELDS
+
+
+def _watched_label(column: str) -> str:
+    """``webfaces-dev_macro_recall`` as train.log says it: ``webfaces-dev macro recall``."""
+    for suffix in ("_acc", "_macro_recall"):
+        if column.endswith(suffix):
+            return column[: -len(suffix)] + suffix.replace("_", " ")
+    return column
+
+
 def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     # Every process checks, so that all of them stop with the error, before the main one changes anything.
     held = not resume and out.exists() and any(out.iterdir())
@@ -145,13 +158,15 @@ class EpochRecords:
             return
         # Written whole from the history each epoch: a resumed run's file is always complete and has one header,
         # even when it was started by a version of ferkit that recorded fewer columns.
+        # A --watch folder added on --resume gets its column, empty in the epochs before it.
+        watched = list(dict.fromkeys(k for r in history for k in r if is_watched(k)))
         with open(self.out / "metrics.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=METRIC_FIELDS, restval="")
+            w = csv.DictWriter(f, fieldnames=METRIC_FIELDS + watched, restval="")
             w.writeheader()
             w.writerows(history)
         row = history[-1]
         if self.writer is not None:
-            for key in METRIC_FIELDS[1:-1]:
+            for key in METRIC_FIELDS[1:-1] + [k for k in row if is_watched(k)]:
                 self.writer.add_scalar(key, row[key], row["epoch"])
             self.writer.flush()
         log.info(
@@ -159,6 +174,7 @@ class EpochRecords:
             f"acc {row['train_acc']:.4f}  {select_label} loss {row['select_loss']:.4f} "
             f"acc {row['select_acc']:.4f} F1 {row['select_macro_f1']:.4f}  {row['images_per_s']:.1f} img/s  "
             f"{row['epoch_seconds']:.0f}s  {row['pflop']:.3f} PFLOP"
+            + "".join(f"  {_watched_label(k)} {v:.4f}" for k, v in row.items() if is_watched(k))
             + ("  (best, saved best.pth)" if row["best"] else "")
         )
         self._undrawn = history
