@@ -35,6 +35,7 @@ from common import DEFAULT_DATA  # benchmarks/common.py (scripts run with benchm
 from ferkit.cli import main as ferkit_main
 from ferkit.inference.evaluate import calibrate_checkpoint, evaluate_checkpoint
 from ferkit.runtime import machine_description
+from ferkit.training.rundir import is_watched
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -80,6 +81,8 @@ def run(name: str, train_args: list[str], data_default: str) -> dict:
                 "pflop": float(row["pflop"]),
                 "wall_minutes": round(minutes, 2),
                 "public_test": float(row["select_acc"]),
+                # --watch folders' figures (webfaces-dev, CK+48), where the run watched them
+                **{k: float(v) for k, v in row.items() if is_watched(k) and v != ""},
             }
         )
     flip = evaluate_checkpoint(folder / "best.pth", data=config["data"], split="report", tta="flip", workers=2)

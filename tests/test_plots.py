@@ -1,4 +1,4 @@
-"""Training curves that show a short run: markers, whole-number epochs, and the learning rate."""
+"""Training curves that show a short run: markers, whole-number epochs, the learning rate and watched folders."""
 
 from __future__ import annotations
 
@@ -41,3 +41,16 @@ def test_a_long_run_has_whole_number_epoch_ticks(tmp_path):
         ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
         assert len(ticks) > 3 and all(t == int(t) for t in ticks)
         assert all(len(line.get_xdata()) == 30 for line in ax.lines)
+
+
+def test_a_watched_folder_is_drawn_beside_the_selection_split_from_its_first_epoch(tmp_path):
+    rows = history(4)
+    for row in rows[1:]:  # watched from a resume at epoch 2 on; metrics.csv leaves the epoch before it empty
+        row.update({"webfaces-dev_acc": 0.5 + row["epoch"] / 100, "webfaces-dev_macro_recall": 0.4})
+    rows[0]["webfaces-dev_acc"] = ""
+    fig = plot_curves(rows, tmp_path / "curves.png")
+    accuracy = fig.axes[1]
+    assert [line.get_label() for line in accuracy.lines] == ["train", "selection split", "webfaces-dev (watched)"]
+    assert list(accuracy.lines[2].get_xdata()) == [2, 3, 4]
+    assert list(accuracy.lines[2].get_ydata()) == [0.52, 0.53, 0.54]
+    assert len(fig.axes[0].lines) == 2  # recall is no loss: the loss panel is unchanged

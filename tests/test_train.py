@@ -6,6 +6,7 @@ import shlex
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY, make_image_folder, sigint_after_optimizer_steps, tiny, weights
@@ -21,6 +22,7 @@ from ferkit.data.datasets import CLASSES, load_splits
 from ferkit.data.transforms import build_test_transform
 from ferkit.errors import FerkitError
 from ferkit.evaluation.predictions import predict_probs
+from ferkit.inference.evaluate import evaluate_checkpoint
 from ferkit.model import build_model, inference_flops, training_flops
 from ferkit.runtime import Speed, machine_description
 from ferkit.training.distill import teacher_probs
@@ -468,3 +470,60 @@ def test_the_bundled_model_teaches_by_its_name(image_folder):
     probs, pflop = teacher_probs(("fer2013_resnet18",), samples, CLASSES, Speed.resolve(Config(workers=0)), False)
     assert probs.shape == (28, 7) and torch.allclose(probs.sum(dim=1), torch.ones(28))
     assert pflop == pytest.approx(2 * 28 * inference_flops(load_model().model, 48) / 1e15)
+
+
+def make_photo_folder(root: Path, counts: dict[str, int], size: int = 40) -> Path:
+    """A folder of class folders with no splits (as webfaces-dev, CK+48), ``counts`` images in each."""
+    rng = np.random.default_rng(5)
+    for label, (name, count) in enumerate(counts.items()):
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            pixels = np.clip(rng.normal(30 + 30 * label, 20, (size, size)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels, mode="L").save(root / name / f"{i}.jpg")
+    return root
+
+
+def test_watched_folders_are_measured_every_epoch_as_evaluate_reads_them_and_choose_nothing(image_folder, tmp_path):
+    # CK+'s folder names; contempt has no FER2013 class, and one Sad photo is below the macro recall's support.
+    photos = make_photo_folder(tmp_path / "photos", {"anger": 3, "contempt": 2, "happy": 4, "sadness": 1})
+    plain = train(tiny(image_folder, tmp_path / "plain", epochs=2))
+    report = train(tiny(image_folder, tmp_path / "run", epochs=2, watch=(str(photos),), watch_min_support=2))
+
+    # Watching changes nothing of the training, the choice of best.pth or the report on PrivateTest.
+    unwatched, watched = weights(tmp_path / "plain"), weights(tmp_path / "run")
+    assert all(torch.equal(unwatched[k], watched[k]) for k in unwatched)
+    assert report["best_epoch"] == plain["best_epoch"] and report["accuracy"] == plain["accuracy"]
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[-2:] == ["photos_acc", "photos_macro_recall"] and len(rows) == 2
+    best = rows[report["best_epoch"] - 1]
+    # best.pth holds the best epoch's weights: `ferkit evaluate` on them gives that epoch's watched figures.
+    evaluated = evaluate_checkpoint(tmp_path / "run" / "best.pth", str(photos), workers=0, min_support=2)
+    assert evaluated["images"] == 8 and evaluated["macro_classes"] == ["Angry", "Happy"]
+    assert float(best["photos_acc"]) == pytest.approx(evaluated["accuracy"])
+    assert float(best["photos_macro_recall"]) == pytest.approx(evaluated["macro_recall"])
+    assert report["watched"] == {
+        "photos_acc": pytest.approx(evaluated["accuracy"]),
+        "photos_macro_recall": pytest.approx(evaluated["macro_recall"]),
+    }
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "--watch photos/contempt: no FER2013 class; its 2 images are left out" in log
+    assert f"photos acc {float(rows[1]['photos_acc']):.4f}  photos macro recall" in log
+
+
+def test_a_folder_watched_from_a_resume_on_has_its_column_from_there(image_folder, tmp_path):
+    photos = make_photo_folder(tmp_path / "photos", {"angry": 2, "happy": 2})
+    train(tiny(image_folder, tmp_path / "run", epochs=1))
+    train(tiny(image_folder, tmp_path / "run", epochs=2, watch=(str(photos),)), resume=True)
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["photos_acc"] == "" and 0 <= float(rows[1]["photos_acc"]) <= 1
+
+
+def test_watching_a_wrong_folder_stops_before_training_in_one_line(image_folder, tmp_path):
+    with pytest.raises(FerkitError, match="not a folder of class folders with no train/test split"):
+        train(tiny(image_folder, tmp_path / "split", watch=(str(image_folder),)))
+    twins = [make_photo_folder(tmp_path / side / "photos", {"happy": 1}) for side in ("a", "b")]
+    with pytest.raises(FerkitError, match="photos is given twice"):
+        train(tiny(image_folder, tmp_path / "twins", watch=tuple(map(str, twins))))
+    assert not (tmp_path / "split" / "last.pth").exists() and not (tmp_path / "twins" / "last.pth").exists()
