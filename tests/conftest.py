@@ -54,6 +54,16 @@ def make_image_folder(
     return root
 
 
+def make_photo_folder(root: Path, counts: dict[str, int], size: int = 40) -> Path:
+    """A folder of class folders with no splits (as webfaces-dev, CK+48), ``counts`` images in each."""
+    rng = np.random.default_rng(5)
+    for label, (name, count) in enumerate(counts.items()):
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(_face(rng, label, size), mode="L").save(root / name / f"{i}.jpg")
+    return root
+
+
 def make_csv(path: Path, per_class: int = 3, size: int = 48) -> Path:
     rng = np.random.default_rng(1)
     rows = ["emotion,pixels,Usage"]

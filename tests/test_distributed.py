@@ -10,14 +10,18 @@ import sys
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import TINY, flags, make_image_folder, tiny
+from conftest import TINY, flags, make_image_folder, make_photo_folder, tiny
 
+from ferkit import distributed as dist
 from ferkit.checkpoint import read_checkpoint
 from ferkit.config import Config
+from ferkit.data.datasets import CLASSES
+from ferkit.inference.evaluate import evaluate_checkpoint
 from ferkit.model import build_model
-from ferkit.runtime import seed_everything
+from ferkit.runtime import Speed, seed_everything
 from ferkit.training.feed import EpochSampler
 from ferkit.training.loop import TrainingInterrupted, train
+from ferkit.training.watch import load_watched
 
 # Augmentation and dropout off, so that both runs see the very same pixels; SyncBatchNorm, so that two
 # processes of 4 images normalise like one process of 8. The one process runs with it too: alone it is BatchNorm.
@@ -45,6 +49,7 @@ def two_process_run(tmp_path_factory):
     an evaluation padded to equal shares would count one image twice)."""
     root = tmp_path_factory.mktemp("dist")
     data = make_image_folder(root / "fer", per_class=3)
+    photos = make_photo_folder(root / "photos", {"angry": 2, "happy": 3})  # odd: shares of 3 and 2
     run = root / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
@@ -60,6 +65,8 @@ def two_process_run(tmp_path_factory):
             "--out",
             str(run),
             *flags(SAME_MATH),
+            "--watch",
+            str(photos),
         ],
         capture_output=True,
         text=True,
@@ -127,6 +134,9 @@ def test_two_processes_write_one_run_folder_and_count_every_image_once(two_proce
     report = json.loads((run / "report.json").read_text())
     assert report["images"] == 7 and sum(map(sum, report["confusion_matrix"])) == 7
     assert stdout.count("report: PrivateTest") == 1 and stdout.count("images 7  accuracy") == 1
+    # The watched folder's five photos, split 3 and 2 between the processes, are each counted once.
+    watched = evaluate_checkpoint(run / "best.pth", str(run.parent / "photos"), workers=0)
+    assert report["watched"]["photos_acc"] == pytest.approx(watched["accuracy"]) and watched["images"] == 5
 
 
 def free_port() -> int:
@@ -177,3 +187,15 @@ def test_interrupted_two_process_run_resumes_exactly(image_folder, tmp_path, mon
     assert all(torch.equal(full["model"][k], resumed["model"][k]) for k in full["model"])
     # The epoch's loss sums are added up in another order across the interruption.
     assert full["state"]["history"][-1]["train_loss"] == pytest.approx(resumed["state"]["history"][-1]["train_loss"])
+
+
+def test_each_process_preprocesses_only_its_share_of_a_watched_folder(tmp_path, monkeypatch):
+    photos = make_photo_folder(tmp_path / "photos", {"angry": 2, "happy": 3})
+    cfg = tiny(tmp_path, tmp_path / "run", watch=(str(photos),))
+    monkeypatch.setattr(dist, "world_size", lambda: 2)
+    shares = []
+    for rank in range(2):
+        monkeypatch.setattr(dist, "rank", lambda rank=rank: rank)
+        shares += load_watched(cfg, CLASSES, Speed.resolve(cfg))
+    assert [len(w.images) for w in shares] == [3, 2] and shares[0].images.shape[1:] == (3, 16, 16)
+    assert sorted(torch.cat([w.labels for w in shares]).tolist()) == [0, 0, 3, 3, 3]  # Angry twice, Happy three times

@@ -6,10 +6,9 @@ import shlex
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from conftest import TINY, make_image_folder, sigint_after_optimizer_steps, tiny, weights
+from conftest import TINY, make_image_folder, make_photo_folder, sigint_after_optimizer_steps, tiny, weights
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -470,17 +469,6 @@ def test_the_bundled_model_teaches_by_its_name(image_folder):
     probs, pflop = teacher_probs(("fer2013_resnet18",), samples, CLASSES, Speed.resolve(Config(workers=0)), False)
     assert probs.shape == (28, 7) and torch.allclose(probs.sum(dim=1), torch.ones(28))
     assert pflop == pytest.approx(2 * 28 * inference_flops(load_model().model, 48) / 1e15)
-
-
-def make_photo_folder(root: Path, counts: dict[str, int], size: int = 40) -> Path:
-    """A folder of class folders with no splits (as webfaces-dev, CK+48), ``counts`` images in each."""
-    rng = np.random.default_rng(5)
-    for label, (name, count) in enumerate(counts.items()):
-        (root / name).mkdir(parents=True)
-        for i in range(count):
-            pixels = np.clip(rng.normal(30 + 30 * label, 20, (size, size)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels, mode="L").save(root / name / f"{i}.jpg")
-    return root
 
 
 def test_watched_folders_are_measured_every_epoch_as_evaluate_reads_them_and_choose_nothing(image_folder, tmp_path):

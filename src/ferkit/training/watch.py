@@ -50,7 +50,7 @@ def load_watched(cfg: Config, classes: tuple[str, ...], speed: Speed) -> list[Wa
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise FerkitError(
-            f"--watch folders must have different names, which head their columns in metrics.csv; "
+            "--watch folders must have different names, which head their columns in metrics.csv; "
             f"{', '.join(repeated)} is given twice"
         )
     return [_load_one(Path(path), cfg, classes, speed) for path in cfg.watch]
@@ -77,8 +77,9 @@ def _load_one(root: Path, cfg: Config, classes: tuple[str, ...], speed: Speed) -
     if skipped:
         log.warning(f"--watch {root}: unreadable images left out (--bad-images skip): {', '.join(skipped)}")
     log.info(f"watching {root} ({len(samples)} images) every epoch; it does not choose best.pth")
-    if not images:  # more processes than images, or none readable
-        return Watched(root.name, torch.empty(0, 3, cfg.image_size, cfg.image_size), torch.empty(0, dtype=torch.int64))
+    # Empty starts: a process may hold no image (more processes than images, or none readable).
+    images.insert(0, torch.empty(0, 3, cfg.image_size, cfg.image_size))
+    labels.insert(0, torch.empty(0, dtype=torch.int64))
     return Watched(root.name, torch.cat(images), torch.cat(labels))
 
 
@@ -91,13 +92,10 @@ def measure_watched(
     row: dict[str, float] = {}
     size = cfg.batch_size * cfg.eval_batch_factor
     for w in watched:
-        probs = (
-            [torch.zeros(0, len(classes))]
-            + [  # the empty start: a process may hold no image
-                predict_probs(model, w.images[i : i + size].to(speed.device), cfg.eval_precision).cpu()
-                for i in range(0, len(w.images), size)
-            ]
-        )
+        probs = [torch.zeros(0, len(classes))] + [
+            predict_probs(model, w.images[i : i + size].to(speed.device), cfg.eval_precision).cpu()
+            for i in range(0, len(w.images), size)
+        ]
         shares = dist.gather((torch.cat(probs).numpy(), w.labels.numpy()))
         probs_all = np.concatenate([p for p, _ in shares])
         labels_all = np.concatenate([y for _, y in shares])
