@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import _face
 
-from ferkit.checkpoint import read_checkpoint, save_weights, store_temperature
+from ferkit.checkpoint import read_checkpoint, save_weights, store_calibration
 from ferkit.cli import main
 from ferkit.data.datasets import CLASSES
 from ferkit.evaluation.calibration import fit_temperature
@@ -52,7 +52,7 @@ def _probs_and_raw(path: Path, backend: str, images: torch.Tensor) -> tuple[torc
 def _stored_copy(untrained_checkpoint: Path, tmp_path: Path, temperature: float = 2.5) -> Path:
     path = tmp_path / "best.pth"
     shutil.copy(untrained_checkpoint, path)
-    store_temperature(path, temperature)
+    store_calibration(path, temperature)
     return path
 
 
@@ -72,7 +72,7 @@ def test_safetensors_gets_the_temperature_with_its_tensor_bytes_unchanged(untrai
     path = tmp_path / "model.safetensors"
     save_weights(read_checkpoint(untrained_checkpoint), path)
     before = path.read_bytes()
-    store_temperature(path, 1.7)
+    store_calibration(path, 1.7)
     after = path.read_bytes()
 
     def tensor_bytes(raw: bytes) -> tuple[dict, bytes]:
@@ -103,9 +103,9 @@ def test_temperature_travels_into_onnx_and_onnxruntime_applies_it(untrained_chec
     torch.testing.assert_close(probs, (file_logits / 2.5).softmax(1))
     assert torch.equal(probs.argmax(1), file_logits.argmax(1))
     weights = [t.SerializeToString() for t in onnx.load(str(onnx_path)).graph.initializer]
-    from ferkit.inference.export import store_onnx_temperature
+    from ferkit.inference.export import store_onnx_calibration
 
-    store_onnx_temperature(onnx_path, 1.25)
+    store_onnx_calibration(onnx_path, 1.25)
     assert [t.SerializeToString() for t in onnx.load(str(onnx_path)).graph.initializer] == weights
     assert load_for_inference(onnx_path).temperature == 1.25
 

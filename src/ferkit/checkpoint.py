@@ -56,7 +56,7 @@ BUNDLED = WEIGHTS / "fer2013_resnet18.safetensors"
 BUNDLED_MODELS = {"fer2013_resnet18": BUNDLED, "fer2013_resnet18.int8": WEIGHTS / "fer2013_resnet18.int8.onnx"}
 # What training records beside the weights that describes them to users (the server's /model shows it).
 TRAINING_RECORD = ("epoch", "metrics", "select_split")
-_META_KEYS = ("classes", "config", *TRAINING_RECORD, "trained_with", "temperature")
+_META_KEYS = ("classes", "config", *TRAINING_RECORD, "trained_with", "temperature", "class_counts")
 
 
 def save_weights(ckpt: dict[str, Any], path: str | os.PathLike, **info: Any) -> None:
@@ -72,23 +72,25 @@ def save_weights(ckpt: dict[str, Any], path: str | os.PathLike, **info: Any) -> 
     write_atomically(path, lambda f: f.write(data))
 
 
-def store_temperature(path: str | os.PathLike, temperature: float) -> None:
-    """Record ``temperature`` (:mod:`ferkit.evaluation.calibration`) in a ``.pth`` or ``.safetensors`` file.
+def store_calibration(path: str | os.PathLike, temperature: float, class_counts: dict[str, int] | None = None) -> None:
+    """Record ``temperature`` (:mod:`ferkit.evaluation.calibration`) and, when given, the training split's images
+    per class (``class_counts``, :mod:`ferkit.evaluation.prior`) in a ``.pth`` or ``.safetensors`` file.
 
     A safetensors file gets a new header in front of its tensor bytes, copied unchanged: the weights stay
     bit for bit what they were, whatever precision they are stored in.
     """
     path = Path(path)
+    values = {"temperature": temperature, **({"class_counts": class_counts} if class_counts is not None else {})}
     if path.suffix != ".safetensors":
         ckpt = read_checkpoint(path)
-        ckpt["temperature"] = temperature
+        ckpt.update(values)
         atomic_save(ckpt, path)
         return
     read_checkpoint(path)  # the same checks as any load: a ferkit weights file, readable
     raw = path.read_bytes()
     size = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8 : 8 + size])
-    header["__metadata__"]["temperature"] = json.dumps(temperature)
+    header["__metadata__"].update({k: json.dumps(v) for k, v in values.items()})
     encoded = json.dumps(header, separators=(",", ":")).encode()
     # The format pads the header with spaces so that the tensor bytes start 8-byte aligned.
     encoded += b" " * (-len(encoded) % 8)

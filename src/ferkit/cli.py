@@ -89,6 +89,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         precision=args.precision,
         min_support=args.min_support,
         detector=_built_detector(args) if args.faces == "detected" else None,
+        prior=args.prior,
     )
     if args.json:
         print(json.dumps(metrics, indent=2))
@@ -101,6 +102,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         setting += [f"TTA {metrics['tta']}", metrics["precision"]]
         if metrics["temperature"] != 1.0:  # an uncalibrated file reads as it always did
             setting.append(f"temperature {metrics['temperature']:.3f}")
+        if metrics["prior"] != "model":
+            setting.append(f"prior {metrics['prior']}")
         print(f"{metrics['split']} ({', '.join(setting)}): " + format_metrics(metrics, list(metrics["per_class"])))
     return 0
 
@@ -162,6 +165,7 @@ def _predict(args: argparse.Namespace) -> int:
         margin=args.margin,
         batch_size=args.batch_size,
         detector=None if args.no_detect else _built_detector(args),
+        prior=args.prior,
     )
     videos = [args.camera] if args.camera is not None else video_sources(args.input) if args.input else None
     if videos is None:
@@ -237,6 +241,7 @@ def _serve(args: argparse.Namespace) -> int:
         backend=args.backend,
         device=args.device,
         detector=_built_detector(args),
+        prior=args.prior,
     )
     return 0
 
@@ -293,6 +298,19 @@ def _tta(parser: argparse.ArgumentParser, modes: tuple[str, ...]) -> None:
     parser.add_argument("--tta", choices=modes, default="none", help="test-time augmentation")
 
 
+def _prior(parser: argparse.ArgumentParser, default: str) -> None:
+    from .evaluation.prior import PRIORS
+
+    parser.add_argument(
+        "--prior",
+        default=default,
+        metavar="{" + ",".join(PRIORS) + ",CLASS=WEIGHT,...}",
+        help="the class mix to read for: photos (everyday photos of faces, as AffectNet's labels have them), model "
+        "(its training data's: FER2013's for the bundled model), uniform, or your own weights for every class; "
+        "auto: photos when the model records its training data's mix",
+    )
+
+
 def _json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead")
 
@@ -311,6 +329,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     from .evaluation.predictions import TTA_MODES
+    from .evaluation.prior import DEFAULT_PRIOR
     from .inference.evaluate import BATCH_SIZE, FACES, SPLITS
 
     _checkpoint(p, "checkpoint")
@@ -339,6 +358,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--min-support", type=int, default=1, metavar="N", help="macro recall over the classes with >= N images"
     )
+    _prior(p, DEFAULT_PRIOR)
     p.add_argument("--out", help="folder for the JSON report, confusion-matrix and reliability-diagram PNGs")
     _json(p)
     p.set_defaults(func=_evaluate)
@@ -359,6 +379,7 @@ def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_predict_arguments(p: argparse.ArgumentParser) -> None:
+    from .evaluation.prior import PHOTO_PRIOR
     from .inference.predict import BATCH_SIZE, MARGIN, TTA_MODES
     from .inference.tracking import SMOOTH_S
 
@@ -369,6 +390,7 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     _detector(p)
     p.add_argument("--margin", type=float, default=MARGIN, help="haar: grow each face box by this fraction per side")
     _tta(p, TTA_MODES)
+    _prior(p, PHOTO_PRIOR)
     _backend(p)
     _device(p)
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="faces classified per forward pass")
@@ -403,6 +425,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    from .evaluation.prior import PHOTO_PRIOR
     from .serve import limits
 
     _checkpoint(p, "--checkpoint")
@@ -413,6 +436,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=int, default=limits.MAX_BATCH, help="most concurrent uploads in one batch")
     p.add_argument("--max-queue", type=int, default=limits.MAX_QUEUE, help="requests in progress before 503")
     _detector(p)
+    _prior(p, PHOTO_PRIOR)
     _backend(p)
     _device(p)
     p.set_defaults(func=_serve)

@@ -55,9 +55,10 @@ def temper(probs: np.ndarray, temperature: float) -> np.ndarray:
 
 
 class Tempered(nn.Module):
-    """A classifier whose logits are divided by its temperature, for every caller of the ``nn.Module``."""
+    """A classifier whose logits are divided by its temperature, for every caller of the ``nn.Module``; ``shift``
+    then moves them to another class mix (:func:`ferkit.evaluation.prior.resolve_prior`)."""
 
-    def __init__(self, model: nn.Module, temperature: float) -> None:
+    def __init__(self, model: nn.Module, temperature: float, shift: np.ndarray | None = None) -> None:
         super().__init__()
         if not temperature > 0:
             raise FerkitError(f"temperature {temperature} is not positive; run `ferkit calibrate` on the model again")
@@ -65,6 +66,8 @@ class Tempered(nn.Module):
         self.temperature = float(temperature)
         # An ONNX model's precision is fixed in its file; inference_precision reads it through the wrapper.
         self.precision = getattr(model, "precision", None)
+        self.register_buffer("shift", None if shift is None else torch.as_tensor(shift, dtype=torch.float32), False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.model(x) / self.temperature
+        logits = self.model(x) / self.temperature
+        return logits if self.shift is None else logits + self.shift

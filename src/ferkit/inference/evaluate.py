@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import check_classes, store_temperature
+from ..checkpoint import check_classes, store_calibration
 from ..config import Config
 from ..data.datasets import (
     FerDataset,
@@ -26,10 +26,11 @@ from ..errors import FerkitError
 from ..evaluation.calibration import fit_temperature, temper
 from ..evaluation.metrics import compute_metrics, write_report
 from ..evaluation.predictions import collect_probs, inference_precision
+from ..evaluation.prior import DEFAULT_PRIOR, PRIORS, class_counts
 from ..plots import plot_reliability
 from ..runtime import resolve_device
 from .align import face_crop
-from .export import store_onnx_temperature
+from .export import store_onnx_calibration
 from .faces import Detector
 from .loading import InferenceModel, load_for_inference
 from .predict import MARGIN
@@ -82,6 +83,7 @@ def evaluate_checkpoint(
     precision: str | None = None,
     min_support: int = 1,
     detector: Detector | None = None,
+    prior: str = DEFAULT_PRIOR,
 ) -> dict:
     """Metrics of a checkpoint on a split of any supported dataset, with its own preprocessing and temperature.
 
@@ -92,9 +94,10 @@ def evaluate_checkpoint(
     the model bundled with ferkit. ``precision`` (fp32 or bf16) defaults to the checkpoint's evaluation precision.
     ``min_support``: macro recall averages the classes with at least this many images. With a ``detector``, each
     image is read as ``ferkit predict`` reads a photo (:func:`detected_faces`; ``metrics["faces_found"]`` counts
-    the photos with a face), instead of being taken as the face itself.
+    the photos with a face), instead of being taken as the face itself. ``prior``: the class mix the model's
+    probabilities are read for (:mod:`ferkit.evaluation.prior`); by default its training data's own.
     """
-    loaded = load_for_inference(checkpoint, device=device)
+    loaded = load_for_inference(checkpoint, device=device, prior=prior)
     cfg, classes = loaded.config, loaded.classes
     root = resolve_data_path(data if data is not None else cfg.data)
     left_out: list[str] = []
@@ -119,10 +122,13 @@ def evaluate_checkpoint(
         checkpoint=str(loaded.source),
         precision=precision,
         temperature=loaded.temperature,
+        prior=loaded.prior,
         left_out=left_out,
     )
     if out_dir is not None:
+        prior = "" if loaded.prior == "model" else f"_prior_{loaded.prior if loaded.prior in PRIORS else 'given'}"
         stem = f"eval_{metrics['split']}" + ("" if tta == "none" else f"_{tta}") + ("_detected" if detector else "")
+        stem += prior
         title = f"{metrics['split']} ({protocol_name} protocol, TTA {tta}): acc {metrics['accuracy']:.3f}"
         write_report(metrics, classes, Path(out_dir), stem, title)
         # Only here, not in training's report: a run folder's files stay what they were.
@@ -140,7 +146,8 @@ def calibrate_checkpoint(
     precision: str | None = None,
     temperature: float | None = None,
 ) -> dict:
-    """Fit the temperature of a model file on its protocol's selection split and write it into the file.
+    """Fit the temperature of a model file on its protocol's selection split and write it into the file, with
+    the training split's images per class (the class mix its probabilities carry, :mod:`ferkit.evaluation.prior`).
 
     The fit is on the file's raw logits (whatever temperature it stores is ignored, so calibrating twice gives
     the same T), through the back end that will run the file. ``temperature`` writes that value instead of
@@ -162,10 +169,11 @@ def calibrate_checkpoint(
         raise FerkitError(f"--temperature {temperature} is not positive; give a T > 0 or leave it out to fit one")
     before = compute_metrics(labels, temper(probs, loaded.temperature), loaded.classes)
     after = compute_metrics(labels, temper(probs, fitted), loaded.classes)
+    counts = class_counts([s.label for s in splits.train], splits.classes)
     if loaded.source.suffix.lower() == ".onnx":
-        store_onnx_temperature(loaded.source, fitted)
+        store_onnx_calibration(loaded.source, fitted, counts)
     else:
-        store_temperature(loaded.source, fitted)
+        store_calibration(loaded.source, fitted, counts)
     return {
         "checkpoint": str(loaded.source),
         "split": splits.names.get("select", "select"),
@@ -174,6 +182,7 @@ def calibrate_checkpoint(
         "fitted": temperature is None,
         "temperature_before": loaded.temperature,
         "temperature": fitted,
+        "class_counts": counts,
         "ece_before": before["ece"],
         "ece_after": after["ece"],
         "nll_before": before["loss"],

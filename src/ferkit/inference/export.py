@@ -30,6 +30,7 @@ from ..errors import FerkitError
 OPSET = 18
 CALIBRATION_IMAGES = 1024
 TEMPERATURE_KEY = "ferkit_temperature"
+CLASS_COUNTS_KEY = "ferkit_class_counts"
 
 
 def _onnx_modules():
@@ -65,8 +66,9 @@ def to_onnx_bytes(loaded: LoadedModel) -> bytes:
         "ferkit_config": json.dumps(loaded.config.to_dict()),
         "ferkit_arch": loaded.config.arch,
     }
-    if "temperature" in loaded.checkpoint:
-        meta[TEMPERATURE_KEY] = json.dumps(loaded.checkpoint["temperature"])
+    for key, onnx_key in (("temperature", TEMPERATURE_KEY), ("class_counts", CLASS_COUNTS_KEY)):
+        if key in loaded.checkpoint:
+            meta[onnx_key] = json.dumps(loaded.checkpoint[key])
     set_metadata(proto, meta)
     onnx.checker.check_model(proto)
     return proto.SerializeToString()
@@ -81,11 +83,15 @@ def set_metadata(proto, meta: dict[str, str]) -> None:
         entry.key, entry.value = key, value
 
 
-def store_onnx_temperature(path: Path, temperature: float) -> None:
-    """Write ``temperature`` into an ONNX file's metadata, atomically; the graph and its weights are untouched."""
+def store_onnx_calibration(path: Path, temperature: float, class_counts: dict[str, int] | None = None) -> None:
+    """Write ``temperature`` and, when given, ``class_counts`` into an ONNX file's metadata, atomically; the graph
+    and its weights are untouched."""
     onnx = _onnx_modules()
     proto = onnx.load(str(path))
-    set_metadata(proto, {TEMPERATURE_KEY: json.dumps(temperature)})
+    meta = {TEMPERATURE_KEY: json.dumps(temperature)}
+    if class_counts is not None:
+        meta[CLASS_COUNTS_KEY] = json.dumps(class_counts)
+    set_metadata(proto, meta)
     data = proto.SerializeToString()
     write_atomically(path, lambda f: f.write(data))
 

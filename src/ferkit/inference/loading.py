@@ -5,7 +5,7 @@ and the server all load through :func:`load_for_inference`.
 onnxruntime behind the ``nn.Module`` call interface, so that everything downstream (TTA, batching,
 metrics) treats both back ends alike. Every model comes wrapped in its stored temperature
 (:class:`~ferkit.evaluation.calibration.Tempered`; 1 when the file has none), so every caller reads calibrated
-probabilities.
+probabilities, read for the class mix asked for (``prior``, :mod:`ferkit.evaluation.prior`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from ..checkpoint import TRAINING_RECORD, load_model, model_path
 from ..config import Config
 from ..errors import FerkitError
 from ..evaluation.calibration import Tempered
-from .export import TEMPERATURE_KEY, to_onnx_bytes
+from ..evaluation.prior import DEFAULT_PRIOR, resolve_prior
+from .export import CLASS_COUNTS_KEY, TEMPERATURE_KEY, to_onnx_bytes
 
 BACKENDS = ("auto", "torch", "onnxruntime")
 
@@ -69,13 +70,18 @@ class InferenceModel:
     source: Path  # the file it was read from
     record: dict[str, Any] = field(default_factory=dict)  # TRAINING_RECORD's entries in the file (none in ONNX)
     temperature: float = 1.0  # what ``model`` divides its logits by
+    prior: str = "model"  # the class mix its probabilities are read for (``auto`` resolved)
+    class_counts: dict[str, int] | None = None  # its training split's images per class, when the file records them
 
 
-def load_for_inference(path: str | os.PathLike | None, backend: str = "auto", device: str = "auto") -> InferenceModel:
+def load_for_inference(
+    path: str | os.PathLike | None, backend: str = "auto", device: str = "auto", prior: str = DEFAULT_PRIOR
+) -> InferenceModel:
     """Any model file ferkit writes, or a bundled model's name (``None``: the default bundled model).
 
     ``backend``: ``auto`` runs ``.onnx`` files with onnxruntime and checkpoints with PyTorch;
     ``onnxruntime`` exports PyTorch checkpoints in memory first. onnxruntime runs on the CPU here.
+    ``prior``: the class mix to read for (:mod:`ferkit.evaluation.prior`); the default keeps the model's own.
     """
     if backend not in BACKENDS:
         raise FerkitError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
@@ -89,23 +95,27 @@ def load_for_inference(path: str | os.PathLike | None, backend: str = "auto", de
             "the onnxruntime back end runs on the CPU; drop --device cuda or use --backend torch with a .pth checkpoint"
         )
     if is_onnx:
-        return load_onnx(path)
+        return load_onnx(path, prior)
     loaded = load_model(path)
     record = {k: loaded.checkpoint[k] for k in TRAINING_RECORD if k in loaded.checkpoint}
     model = OnnxRuntimeModel(to_onnx_bytes(loaded)) if onnxruntime else loaded.model
     temperature = float(loaded.checkpoint.get("temperature", 1.0))
+    counts = loaded.checkpoint.get("class_counts")
+    used, shift = resolve_prior(prior, loaded.classes, counts, path)
     return InferenceModel(
-        Tempered(model, temperature),
+        Tempered(model, temperature, shift),
         loaded.config,
         loaded.classes,
         "cpu" if onnxruntime else device,
         path,
         record,
         temperature,
+        used,
+        counts,
     )
 
 
-def load_onnx(path: Path) -> InferenceModel:
+def load_onnx(path: Path, prior: str = DEFAULT_PRIOR) -> InferenceModel:
     """An exported model with the config and classes stored in its metadata."""
     if not path.is_file():
         raise FerkitError(f"ONNX model {path} does not exist; write one with `ferkit export CKPT --format onnx`")
@@ -115,4 +125,8 @@ def load_onnx(path: Path) -> InferenceModel:
     config = Config.from_dict(json.loads(model.meta["ferkit_config"]))
     temperature = float(model.meta.get(TEMPERATURE_KEY, 1.0))
     classes = tuple(json.loads(model.meta["ferkit_classes"]))
-    return InferenceModel(Tempered(model, temperature), config, classes, "cpu", path, temperature=temperature)
+    counts = json.loads(model.meta[CLASS_COUNTS_KEY]) if CLASS_COUNTS_KEY in model.meta else None
+    used, shift = resolve_prior(prior, classes, counts, path)
+    return InferenceModel(
+        Tempered(model, temperature, shift), config, classes, "cpu", path, {}, temperature, used, counts
+    )

@@ -23,6 +23,7 @@ from ..data.images import IMAGE_SUFFIXES, ImageInput, list_images, read_image
 from ..data.transforms import build_test_transform
 from ..errors import FerkitError
 from ..evaluation.predictions import predict_probs
+from ..evaluation.prior import PHOTO_PRIOR
 from ..plots import plot_timeline
 from ..runtime import resolve_device
 from .align import face_crop
@@ -59,6 +60,7 @@ class Predictor:
         precision: str = "fp32",
         source: Path | None = None,
         record: dict | None = None,
+        prior: str = "model",
     ) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
@@ -70,15 +72,19 @@ class Predictor:
         self._detector = detector
         # Where the model came from and what training recorded with it, for whoever describes it (the server).
         self.source, self.record = source, record or {}
+        self.prior = prior  # the class mix ``model``'s probabilities are read for (ferkit.evaluation.prior)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike | None = None, backend: str = "auto", **kw) -> Predictor:
+    def from_checkpoint(
+        cls, path: str | os.PathLike | None = None, backend: str = "auto", prior: str = PHOTO_PRIOR, **kw
+    ) -> Predictor:
         """A ``.pth`` from ``ferkit train``, ``.safetensors`` or ``.onnx`` from ``ferkit export``;
         ``None`` is the model bundled with ferkit.
 
-        ``backend="onnxruntime"`` with PyTorch weights exports them in memory first.
+        ``backend="onnxruntime"`` with PyTorch weights exports them in memory first. ``prior``: the class mix to
+        read the photos for (:mod:`ferkit.evaluation.prior`); ``auto`` reads everyday photos' when it can.
         """
-        loaded = load_for_inference(path, backend, kw.pop("device", "auto"))
+        loaded = load_for_inference(path, backend, kw.pop("device", "auto"), prior)
         return cls(
             loaded.model,
             loaded.config,
@@ -86,6 +92,7 @@ class Predictor:
             device=loaded.device,
             source=loaded.source,
             record=loaded.record,
+            prior=loaded.prior,
             **kw,
         )
 

@@ -34,6 +34,7 @@ from .. import __version__
 from ..data.images import FORMATS, TooManyPixels, UndecodableImage, open_image, to_rgb
 from ..data.transforms import preprocessing
 from ..errors import FerkitError
+from ..evaluation.prior import PHOTO_PRIOR
 from ..inference.faces import Detector
 from ..inference.predict import Predictor
 from ..inference.results import Face, Result, results_json
@@ -76,6 +77,7 @@ class ModelInfo(BaseModel):
     epoch: int | None = Field(description="the epoch the checkpoint was saved after, when recorded")
     metrics: dict[str, Any] | None = Field(description="selection-split metrics recorded with the checkpoint")
     select_split: str | None = Field(description="the split those metrics were measured on")
+    prior: str = Field(description="the class mix the probabilities are read for (ferkit.evaluation.prior)")
 
 
 class Error(BaseModel):
@@ -94,6 +96,7 @@ def describe_model(predictor: Predictor) -> dict:
         "epoch": predictor.record.get("epoch"),
         "metrics": predictor.record.get("metrics"),
         "select_split": predictor.record.get("select_split"),
+        "prior": predictor.prior,
     }
 
 
@@ -413,6 +416,7 @@ def run(
     backend: str = "auto",
     device: str = "auto",
     detector: Detector | None = None,
+    prior: str = PHOTO_PRIOR,
 ) -> None:
     """Load the checkpoint (default: the model bundled with ferkit) and serve it with uvicorn until Ctrl-C."""
     for flag, value in (
@@ -423,7 +427,7 @@ def run(
     ):
         if value <= 0:
             raise FerkitError(f"{flag} must be positive, got {value}")
-    predictor = Predictor.from_checkpoint(checkpoint, backend=backend, device=device, detector=detector)
+    predictor = Predictor.from_checkpoint(checkpoint, backend=backend, device=device, detector=detector, prior=prior)
     app = create_app(
         predictor,
         max_upload_bytes=round(max_upload_mb * MB),

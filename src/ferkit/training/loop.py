@@ -48,6 +48,7 @@ from ..data.transforms import build_test_transform
 from ..errors import FerkitError
 from ..evaluation.metrics import compute_metrics, format_metrics, write_report
 from ..evaluation.predictions import collect_probs
+from ..evaluation.prior import class_counts
 from ..model import build_model, count_parameters, training_flops
 from ..runtime import Speed, autocast, machine_description, seed_everything
 from .distill import soft_targets
@@ -449,6 +450,7 @@ def _assemble(cfg: Config, splits: Splits, state: TrainState, ckpt: dict | None)
     if cfg.compile:
         train_model = torch.compile(train_model)
     out = Path(cfg.out)
+    counts = class_counts([s.label for s in splits.train], splits.classes)
     return Training(
         cfg=cfg,
         splits=splits,
@@ -462,7 +464,7 @@ def _assemble(cfg: Config, splits: Splits, state: TrainState, ckpt: dict | None)
         steps_per_epoch=steps_per_epoch,
         gflop_per_image=gflop_per_image,
         state=state,
-        checkpoints=Checkpoints(out, cfg, splits.classes, splits.names["select"]),
+        checkpoints=Checkpoints(out, cfg, splits.classes, splits.names["select"], counts),
         records=EpochRecords(out, cfg),
         watched=watched,
     )

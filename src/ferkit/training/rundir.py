@@ -112,6 +112,7 @@ class Checkpoints:
     cfg: Config
     classes: tuple[str, ...]
     select_split: str
+    class_counts: dict[str, int]  # the training split's, which the model's probabilities carry (evaluation.prior)
 
     def save_best(self, evaluated: nn.Module, epoch: int, metrics: dict) -> None:
         record = {k: metrics[k] for k in ("accuracy", "macro_f1")}
@@ -140,7 +141,8 @@ class Checkpoints:
 
     def _save(self, name: str, weights: nn.Module, **extra: Any) -> None:
         if dist.is_main():
-            atomic_save(make_checkpoint(weights, self.cfg, self.classes, **extra), self.out / name)
+            checkpoint = make_checkpoint(weights, self.cfg, self.classes, class_counts=self.class_counts, **extra)
+            atomic_save(checkpoint, self.out / name)
 
 
 class EpochRecords:
