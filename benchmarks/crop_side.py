@@ -80,7 +80,8 @@ def main() -> None:
     parser.add_argument("--data", default=DEFAULT_DATA, help="FER2013; webfaces-dev is looked for beside it")
     parser.add_argument("--limit", type=int, default=0, help="at most N photos per class of each collection")
     args = parser.parse_args()
-    predictor = Predictor.from_checkpoint(args.checkpoint)
+    # The model's own class mix, as the side was chosen (on PublicTest among others).
+    predictor = Predictor.from_checkpoint(args.checkpoint, prior="model")
     t0 = time.perf_counter()
     web, _ = read_whole_folder(Path(args.data).parent / "webfaces-dev", predictor.classes, args.limit)
     public = load_splits(args.data, "clean", args.limit).select

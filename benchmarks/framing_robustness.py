@@ -4,6 +4,7 @@
     python benchmarks/framing_robustness.py --checkpoint runs/x/best.pth --name x
     python benchmarks/framing_robustness.py --faces detected --name bundled_detected   # as `ferkit predict` reads
     python benchmarks/framing_robustness.py --tta flip --name bundled_flip             # each photo and its mirror
+    python benchmarks/framing_robustness.py --prior photos --name bundled_photos        # read for everyday photos
 
 Each photo is taken whole as the face (as ``ferkit evaluate --data webfaces-dev`` does) after reframing it about
 its centre: a box of F times the photo's sides, cut out at F < 1 (a tighter face) and padded with the edge
@@ -18,22 +19,21 @@ the swing the product's own path takes out. Writes ``benchmarks/results/framing_
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
-from common import DEFAULT_DATA  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
+from common import DEFAULT_DATA, write_result  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
 
 from ferkit.data.datasets import Sample, load_image, read_whole_folder
 from ferkit.evaluation.metrics import compute_metrics
+from ferkit.evaluation.prior import DEFAULT_PRIOR
 from ferkit.inference import Predictor
 from ferkit.inference.evaluate import FACES, detected_faces
 from ferkit.inference.faces import Detector, build_detector
 from ferkit.inference.predict import TTA_MODES
 from ferkit.runtime import machine_description
 
-RESULTS = Path(__file__).resolve().parent / "results"
 FRAMINGS = (0.85, 1.0, 1.15)
 MIN_SUPPORT = 50
 
@@ -59,9 +59,14 @@ def faces_of(photos: list[np.ndarray], detector: Detector | None) -> tuple[list[
 
 
 def measure(
-    checkpoint: str | None, data: Path, detector: Detector | None = None, tta: str = "none", batch: int = 256
+    checkpoint: str | None,
+    data: Path,
+    detector: Detector | None = None,
+    tta: str = "none",
+    prior: str = DEFAULT_PRIOR,
+    batch: int = 256,
 ) -> dict:
-    predictor = Predictor.from_checkpoint(checkpoint, tta=tta)
+    predictor = Predictor.from_checkpoint(checkpoint, tta=tta, prior=prior)
     samples, _ = read_whole_folder(data, tuple(predictor.classes))
     labels = np.array([s.label for s in samples])
     probs = {f: [] for f in FRAMINGS}
@@ -110,6 +115,11 @@ def main() -> None:
     parser.add_argument(
         "--tta", choices=TTA_MODES, default="none", help="test-time augmentation, as `ferkit predict`'s"
     )
+    parser.add_argument(
+        "--prior",
+        default=DEFAULT_PRIOR,
+        help="the class mix the probabilities are read for, as `ferkit predict --prior` (default: the model's own)",
+    )
     args = parser.parse_args()
     t0 = time.perf_counter()
     detector = build_detector() if args.faces == "detected" else None
@@ -119,8 +129,9 @@ def main() -> None:
         "data": str(args.data),
         "faces": args.faces,
         "tta": args.tta,
+        "prior": args.prior,
         "machine": machine_description(),
-        **measure(args.checkpoint, args.data, detector, args.tta),
+        **measure(args.checkpoint, args.data, detector, args.tta, args.prior),
     }
     result["seconds"] = round(time.perf_counter() - t0, 1)
     print(f"{args.name} on {result['images']} photos of {args.data.name} ({result['machine']}, {result['seconds']} s)")
@@ -132,9 +143,7 @@ def main() -> None:
             + "".join(f"{v['recall'][c]:>10.3f}" for c in classes)
         )
     print(f"{'change':<34}" + "".join(f"{result['largest_recall_change'][c]:>10.3f}" for c in classes))
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"framing_robustness_{args.name}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path = write_result(f"framing_robustness_{args.name}", result)
     print(f"wrote {path}")
 
 

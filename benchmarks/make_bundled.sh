@@ -51,8 +51,10 @@ ferkit export "$STUDENT/best.pth" --format safetensors --out "$FP32"
 ferkit calibrate "$FP32" --data "$FER2013" --workers 2
 ferkit export "$FP32" --int8 --calibration-data "$FER2013" --out "$INT8"
 
-# The figures MODEL_CARD.md gives: FER2013 under both protocols, calibration, webfaces-dev and CK+48, framing.
+# The figures MODEL_CARD.md gives: FER2013 under both protocols, calibration, webfaces-dev and CK+48, framing, and
+# the collections read for everyday photos' class mix (--prior photos, predict's default).
 python benchmarks/fer2013_accuracy.py "$FP32" --data "$FER2013" --json benchmarks/results/accuracy_bundled.json
 python benchmarks/fer2013_accuracy.py "$INT8" --data "$FER2013" --json benchmarks/results/accuracy_fer2013_resnet18.int8.json
 python benchmarks/calibration_transfer.py "$FP32" "$INT8" --data "$(dirname "$FER2013")"
 python benchmarks/framing_robustness.py --checkpoint "$FP32" --name bundled --data "$(dirname "$FER2013")/webfaces-dev"
+python benchmarks/class_prior.py --checkpoint "$FP32" --data "$(dirname "$FER2013")"

@@ -23,12 +23,11 @@ Writes ``benchmarks/results/real_photo_errors_NAME.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
-from common import DEFAULT_DATA  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
+from common import DEFAULT_DATA, write_result  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
@@ -38,7 +37,6 @@ from ferkit.inference.evaluate import sample_probs
 from ferkit.inference.loading import load_for_inference
 from ferkit.runtime import machine_description
 
-RESULTS = Path(__file__).resolve().parent / "results"
 MIN_SUPPORT = 50
 OFFSETS = np.linspace(-3, 3, 61)  # the logit offsets tried per class, in steps of 0.1
 SWEEPS = 4  # coordinate search: every class's offset tried again this many times
@@ -140,9 +138,7 @@ def main() -> None:
     if args.sheets:
         result["sheets"] = draw_sheets(samples, probs, labels, classes, loaded.config.image_size, args.sheets)
     result["seconds"] = round(time.perf_counter() - t0, 1)
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"real_photo_errors_{args.name}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path = write_result(f"real_photo_errors_{args.name}", result)
 
     print(f"{args.name} on {args.data} ({len(labels)} photos, whole), {machine_description()}")
     print(f"accuracy {metrics['accuracy']:.4f}  macro recall {metrics['macro_recall']:.4f} over {len(counted)} classes")

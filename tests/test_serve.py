@@ -238,6 +238,7 @@ def test_health_and_model_describe_the_server_and_the_checkpoint(client):
         {"accuracy": 0.5, "macro_f1": 0.25},
         "PublicTest",
     )
+    assert model["prior"] == "model"  # auto: this file records no training mix to read photos away from
 
 
 def test_openapi_schema_documents_what_the_endpoints_do(client):
