@@ -128,6 +128,9 @@ def test_training_and_calibrate_record_the_training_splits_images_per_class(tmp_
     train(tiny(data, tmp_path / "run", epochs=1))
     for name in ("best.pth", "last.pth"):
         assert read_checkpoint(tmp_path / "run" / name)["class_counts"] == expected
+    weights = tmp_path / "best.safetensors"  # the exported weights carry the record in their header
+    assert main(["export", str(tmp_path / "run" / "best.pth"), "--format", "safetensors", "--out", str(weights)]) == 0
+    assert load_for_inference(weights, prior="auto").class_counts == expected
     # A file from before (or stripped of) the record gets it from `ferkit calibrate`, as the bundled model did.
     ckpt = read_checkpoint(tmp_path / "run" / "best.pth")
     del ckpt["class_counts"]
