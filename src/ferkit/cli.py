@@ -128,7 +128,8 @@ def _calibrate(args: argparse.Namespace) -> int:
             f"into {fit['checkpoint']} "
             f"(was {fit['temperature_before']:.4f}); "
             f"{fit['split']} ({fit['images']} images, {fit['precision']}): NLL {fit['nll_before']:.4f} -> "
-            f"{fit['nll_after']:.4f}, ECE {fit['ece_before']:.4f} -> {fit['ece_after']:.4f}"
+            f"{fit['nll_after']:.4f}, ECE {fit['ece_before']:.4f} -> {fit['ece_after']:.4f}; "
+            f"and its training split's class mix ({sum(fit['class_counts'].values())} images, for --prior)"
         )
     return 0
 
@@ -367,7 +368,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
     from .inference.evaluate import BATCH_SIZE
 
-    p.add_argument("checkpoint", help="a .pth, .safetensors or .onnx file to write the fitted temperature into")
+    p.add_argument("checkpoint", help="a .pth, .safetensors or .onnx file to write T and the class mix into")
     p.add_argument("--data", help="dataset whose selection split T is fitted on (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="images per forward pass")
     p.add_argument("--workers", type=int, default=Config.workers, help="DataLoader worker processes")
@@ -455,7 +456,10 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "train": ("train a model (defaults: the specification's)", add_train_arguments),
     "evaluate": ("metrics of a checkpoint on a dataset split", add_evaluate_arguments),
-    "calibrate": ("fit a checkpoint's temperature on its selection split", add_calibrate_arguments),
+    "calibrate": (
+        "fit a checkpoint's temperature on its selection split; record its training data's class mix",
+        add_calibrate_arguments,
+    ),
     "predict": ("expressions of the faces in images, a folder, a video or a camera", add_predict_arguments),
     "export": ("export a checkpoint for deployment", add_export_arguments),
     "serve": ("HTTP API and web page for photos and webcam snapshots", add_serve_arguments),
