@@ -155,8 +155,9 @@ def test_the_bundled_model_records_fer2013s_mix_and_reads_photos_for_everyday_ph
     read = {}
     for prior in ("auto", "model", "photos"):
         assert main(["predict", str(photo), "--prior", prior, "--json"]) == 0
-        face = json.loads(capsys.readouterr().out)["results"][0]["faces"][0]
-        read[prior] = np.array(list(face["probabilities"].values()))
+        document = json.loads(capsys.readouterr().out)
+        assert document["prior"] == ("photos" if prior == "auto" else prior)  # the output says what it read for
+        read[prior] = np.array(list(document["results"][0]["faces"][0]["probabilities"].values()))
     assert np.array_equal(read["auto"], read["photos"])
     expected = np.exp(np.log(read["model"]) + resolve_prior("photos", CLASSES, FER2013_TRAIN, "bundled")[1])
     assert read["photos"] == pytest.approx(expected / expected.sum(), abs=1e-5)

@@ -124,7 +124,7 @@ def test_astronaut_gives_one_face_on_her_face_as_predict_json_does(client, check
     response = client.post("/predict", files={"file": ("astronaut.png", astronaut.read_bytes(), "image/png")})
     assert response.status_code == 200, response.text
     served = response.json()
-    assert served["classes"] == list(CLASSES)
+    assert served["classes"] == list(CLASSES) and served["prior"] == "model"  # a file without its training mix
     [result] = served["results"]
     assert (result["source"], result["width"], result["height"], result["error"]) == ("astronaut.png", 512, 512, None)
     [face] = result["faces"]

@@ -144,7 +144,9 @@ def test_outputs_carry_tracks_and_the_summary_sums_each_person_up(untrained_chec
     rows = list(csv.DictReader(out["csv"].open()))
     assert {r["track"] for r in rows} == {"1", "2"} and len({r["frame"] for r in rows}) == 50
     assert all(r["label"] == max(CLASSES, key=lambda c: float(r[f"smooth_{c}"])) for r in rows)
-    frames = json.loads(out["json"].read_text())["results"]
+    document = json.loads(out["json"].read_text())
+    frames = document["results"]
+    assert document["prior"] == "model"  # auto, for a file that records no training mix
     assert len(frames) == 50 and frames[0]["faces"][0]["track"] in (1, 2)
     assert set(frames[0]["faces"][0]["smoothed"]) == set(CLASSES)
     summary = json.loads(out["summary.json"].read_text())

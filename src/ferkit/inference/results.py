@@ -68,8 +68,10 @@ class Result:
         return out
 
 
-def results_json(results: Sequence[Result], classes: Sequence[str]) -> str:
-    return json.dumps({"classes": list(classes), "results": [r.to_dict() for r in results]}, indent=2)
+def results_json(results: Sequence[Result], classes: Sequence[str], prior: str = "model") -> str:
+    """``prior``: the class mix the probabilities were read for (ferkit.evaluation.prior), said in the output."""
+    document = {"classes": list(classes), "prior": prior, "results": [r.to_dict() for r in results]}
+    return json.dumps(document, indent=2)
 
 
 def csv_header(classes: Sequence[str], tracked: bool = False) -> list[str]:
@@ -120,11 +122,17 @@ class ResultStream:
     """JSON and CSV written as results come (each to a file or, for ``"-"``, stdout), so a long video holds no
     results in memory and an interruption keeps what was done; :meth:`close` ends the JSON document.
 
-    The JSON is ``{"classes": [...], "results": [...]}`` with one result a line.
+    The JSON is ``{"classes": [...], "prior": "...", "results": [...]}`` with one result a line; ``prior`` names
+    the class mix the probabilities were read for (ferkit.evaluation.prior).
     """
 
     def __init__(
-        self, classes: Sequence[str], json_to: str | None = None, csv_to: str | None = None, tracked: bool = False
+        self,
+        classes: Sequence[str],
+        json_to: str | None = None,
+        csv_to: str | None = None,
+        tracked: bool = False,
+        prior: str = "model",
     ) -> None:
         self.classes, self.tracked = classes, tracked
         self._json, self._csv, self._count = _open(json_to), _open(csv_to), 0
@@ -132,7 +140,7 @@ class ResultStream:
             self._rows = csv.writer(self._csv)
             self._rows.writerow(csv_header(classes, tracked))
         if self._json:
-            self._json.write(f'{{"classes": {json.dumps(list(classes))}, "results": [')
+            self._json.write(f'{{"classes": {json.dumps(list(classes))}, "prior": {json.dumps(prior)}, "results": [')
 
     def write(self, result: Result) -> None:
         if self._json:
@@ -158,13 +166,17 @@ def _open(target: str | None):
 
 
 def write_results(
-    results: Sequence[Result], classes: Sequence[str], json_to: str | None = None, csv_to: str | None = None
+    results: Sequence[Result],
+    classes: Sequence[str],
+    json_to: str | None = None,
+    csv_to: str | None = None,
+    prior: str = "model",
 ) -> None:
     """JSON and CSV each to a file or, for ``"-"``, to stdout; the table on stdout unless one of them went there.
 
     Without the table, the errors it would have listed go to stderr, so they are not lost in a pipe.
     """
-    stream = ResultStream(classes, json_to, csv_to)
+    stream = ResultStream(classes, json_to, csv_to, prior=prior)
     for r in results:
         stream.write(r)
     stream.close()

@@ -50,6 +50,7 @@ class Predictions(BaseModel):
     """The JSON of ``ferkit predict --json`` for the one uploaded image."""
 
     classes: list[str]
+    prior: str = Field(description="the class mix the probabilities were read for (ferkit.evaluation.prior)")
     results: list[Result]
 
 
@@ -374,7 +375,7 @@ def create_app(
         if session:
             sessions.track(session, result.faces)
         # The very JSON of `ferkit predict --json`; the response model documents it.
-        return Response(results_json([result], predictor.classes), media_type="application/json")
+        return Response(results_json([result], predictor.classes, predictor.prior), media_type="application/json")
 
     @app.get("/health", response_model=Health, operation_id="health", summary="Liveness and the server's limits")
     async def health():
