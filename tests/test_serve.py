@@ -348,6 +348,7 @@ def open_page(browser, server):
 @pytest.mark.slow
 def test_page_uploads_a_photo_and_draws_the_box_and_seven_bars(browser, server, astronaut):
     page, errors = open_page(browser, server)
+    assert "read for its training data's class mix" in page.locator("#model-info").text_content()
     page.set_input_files("[data-testid=file-input]", str(astronaut))
     face = page.locator("[data-testid=face]")
     face.wait_for(timeout=30_000)

@@ -62,8 +62,10 @@ async function loadModelInfo() {
     const accuracy = model.metrics && typeof model.metrics.accuracy === "number"
       ? `, ${model.select_split || "selection"} accuracy ${percent(model.metrics.accuracy)}` : "";
     const source = model.checkpoint || "in memory";
+    const mix = model.prior === "photos" ? "everyday photos' class mix"
+      : model.prior === "model" ? "its training data's class mix" : `class mix ${model.prior}`;
     info.textContent = `Model: ${model.arch} at ${size}x${size} (${source}${epoch}${accuracy}); ` +
-      `classes ${model.classes.join(", ")}. Uploads up to ${megabytes(maxUploadBytes)} MB.`;
+      `classes ${model.classes.join(", ")}, read for ${mix}. Uploads up to ${megabytes(maxUploadBytes)} MB.`;
   } catch (error) {
     info.textContent = `Model information unavailable: ${error.message}`;
   }
