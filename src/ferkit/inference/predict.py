@@ -354,7 +354,7 @@ def predict_videos(
     """
     from tqdm import tqdm
 
-    summary = Summary(predictor.classes, smooth, timelines=bool(plot))
+    summary = Summary(predictor.classes, smooth, timelines=bool(plot), prior=predictor.prior)
     out = ResultStream(predictor.classes, json_to, csv_to, tracked=True, prior=predictor.prior)
     files = [s for s in sources if isinstance(s, str)]
     bar = tqdm(total=sum(frame_count(f) for f in files) or None, unit="frame", disable=None if files else True)

@@ -146,8 +146,11 @@ class Summary:
     one result stands for (``every`` frames); ``timelines`` keeps each track's smoothed probabilities for a plot.
     """
 
-    def __init__(self, classes: Sequence[str], smooth_s: float = SMOOTH_S, timelines: bool = False) -> None:
+    def __init__(
+        self, classes: Sequence[str], smooth_s: float = SMOOTH_S, timelines: bool = False, prior: str = "model"
+    ) -> None:
         self.classes, self.smooth_s, self.timelines = list(classes), smooth_s, timelines
+        self.prior = prior  # the class mix the probabilities were read for (ferkit.evaluation.prior)
         self._runs: dict[tuple[str, int], _Run] = {}
         self._steps: dict[str, float] = {}
 
@@ -212,7 +215,8 @@ class Summary:
         return sum(r["label_changes"] for r in rows) / seconds if seconds else 0.0
 
     def to_json(self) -> str:
-        return json.dumps({"classes": self.classes, "smooth_s": self.smooth_s, "tracks": self.rows()}, indent=2)
+        document = {"classes": self.classes, "prior": self.prior, "smooth_s": self.smooth_s, "tracks": self.rows()}
+        return json.dumps(document, indent=2)
 
     def format_table(self) -> str:
         rows = self.rows()
