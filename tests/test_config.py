@@ -244,3 +244,14 @@ def test_teacher_checkpoints_are_a_list_of_paths_everywhere(tmp_path):
     # Other teachers would change the targets part-way through the run.
     with pytest.raises(FerkitError, match="with --distill-from c.pth: the run was trained with distill_from a.pth"):
         resumed_config(Config(distill_from=("a.pth",)), Config(distill_from=("c.pth",)), 1, "runs/x")
+
+
+def test_a_folder_list_flag_given_no_folder_turns_it_off():
+    assert parse("--watch", "a", "b").watch == ("a", "b")
+    assert parse("--watch").watch == () and parse("--distill-from").distill_from == ()
+    # On a resume the saved run is the base: the empty flag is what changes it.
+    saved = Config(watch=("a",))
+    args = build_parser().parse_args(["train", "--watch"])
+    assert config_from_args(args, base=saved).watch == () and config_from_args(
+        build_parser().parse_args(["train"]), base=saved
+    ).watch == ("a",)

@@ -507,7 +507,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> dict[str, argparse.
         if isinstance(f.default, bool):
             kw["action"] = argparse.BooleanOptionalAction
         elif f.metadata.get("paths"):
-            kw.update(nargs="+", type=str, metavar=f.metadata["metavar"])
+            # No value given turns it off: a resumed run can stop watching, or a config file's teacher be dropped.
+            kw.update(nargs="*", type=str, metavar=f.metadata["metavar"])
         elif isinstance(f.default, tuple):
             kw.update(nargs=len(f.default), type=float, metavar="X")
         else:
