@@ -48,7 +48,7 @@ def test_a_watched_folder_is_drawn_beside_the_selection_split_from_its_first_epo
     for row in rows[1:]:  # watched from a resume at epoch 2 on; metrics.csv leaves the epoch before it empty
         row.update({"webfaces-dev_acc": 0.5 + row["epoch"] / 100, "webfaces-dev_macro_recall": 0.4})
     rows[0]["webfaces-dev_acc"] = ""
-    fig = plot_curves(rows, tmp_path / "curves.png")
+    fig = plot_curves(rows, tmp_path / "curves.png", {"webfaces-dev": "webfaces-dev_acc"})
     accuracy = fig.axes[1]
     assert [line.get_label() for line in accuracy.lines] == ["train", "selection split", "webfaces-dev (watched)"]
     assert list(accuracy.lines[2].get_xdata()) == [2, 3, 4]

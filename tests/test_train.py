@@ -111,7 +111,9 @@ def test_sigint_mid_epoch_saves_and_resumes_exactly(image_folder, tmp_path, monk
     drawn = []  # the epochs curves.png shows, each time it is drawn
     real_plot = rundir.plot_curves
     monkeypatch.setattr(
-        rundir, "plot_curves", lambda history, path: drawn.append(len(history)) or real_plot(history, path)
+        rundir,
+        "plot_curves",
+        lambda history, path, *rest: drawn.append(len(history)) or real_plot(history, path, *rest),
     )
     with pytest.raises(TrainingInterrupted, match="--resume"):
         train(tiny(image_folder, tmp_path / "cut", epochs=3))
@@ -506,6 +508,16 @@ def test_a_folder_watched_from_a_resume_on_has_its_column_from_there(image_folde
     with open(tmp_path / "run" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert rows[0]["photos_acc"] == "" and 0 <= float(rows[1]["photos_acc"]) <= 1
+
+
+def test_watched_columns_are_named_and_read_back_by_one_convention():
+    from ferkit.training.rundir import _watched_accuracies, _watched_label
+
+    history = [{"epoch": 1, "train_acc": 0.5, "select_acc": 0.4}, {"epoch": 2, "train_acc": 0.6, "select_acc": 0.5}]
+    history[1].update({"my_photos_acc": 0.3, "my_photos_macro_recall": 0.2, "ck_acc": 0.7, "ck_macro_recall": 0.6})
+    assert _watched_accuracies(history) == {"my_photos": "my_photos_acc", "ck": "ck_acc"}
+    assert _watched_label("my_photos_macro_recall") == "my_photos macro recall"
+    assert _watched_label("my_photos_acc") == "my_photos acc"
 
 
 def test_watching_a_wrong_folder_stops_before_training_in_one_line(image_folder, tmp_path):

@@ -3,7 +3,7 @@ display needed)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -17,8 +17,9 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 EPOCH_POINTS = {"marker": "o", "markersize": 4}  # each epoch a visible point, even when it is the only one
 
 
-def plot_curves(history: Sequence[dict], path: Path) -> Figure:
-    """Loss, accuracy (with any --watch folder's) and learning rate per epoch, as a PNG; returns the (closed) figure.
+def plot_curves(history: Sequence[dict], path: Path, watched: Mapping[str, str] | None = None) -> Figure:
+    """Loss, accuracy (with any --watch folder's: ``watched`` maps a folder's name to its column) and learning rate
+    per epoch, as a PNG; returns the (closed) figure.
 
     Every epoch is a marker, so a one-epoch run shows its points, and the epoch axis has whole-number ticks.
     """
@@ -28,11 +29,10 @@ def plot_curves(history: Sequence[dict], path: Path) -> Figure:
         ax.plot(epochs, [r[f"train_{key}"] for r in history], **EPOCH_POINTS, label="train")
         ax.plot(epochs, [r[f"select_{key}"] for r in history], **EPOCH_POINTS, label="selection split")
         ax.set(ylabel=title.lower(), title=title)
-    # Watched folders' accuracies (``<folder>_acc``), from the epoch each was first watched.
-    columns = dict.fromkeys(k for r in history for k in r)
-    for key in [k for k in columns if k.endswith("_acc") and k not in ("train_acc", "select_acc")]:
+    # Watched folders' accuracies, from the epoch each was first watched.
+    for folder, key in (watched or {}).items():
         rows = [r for r in history if r.get(key) not in (None, "")]
-        ax_acc.plot([r["epoch"] for r in rows], [r[key] for r in rows], **EPOCH_POINTS, label=f"{key[:-4]} (watched)")
+        ax_acc.plot([r["epoch"] for r in rows], [r[key] for r in rows], **EPOCH_POINTS, label=f"{folder} (watched)")
     ax_loss.legend()
     ax_acc.legend()
     ax_lr.plot(epochs, [r["lr"] for r in history], **EPOCH_POINTS, color="tab:green")

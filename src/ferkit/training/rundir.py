@@ -23,6 +23,7 @@ from ..checkpoint import atomic_save, make_checkpoint, read_checkpoint
 from ..config import Config
 from ..errors import FerkitError
 from ..plots import plot_curves
+from .watch import FIGURES, watched_figure
 
 log = logging.getLogger("ferkit")
 # Drawing curves.png takes about half a second: every epoch of a run whose epochs take seconds (a GPU, a small
@@ -51,10 +52,14 @@ def is_watched(column: str) -> bool:
 
 def _watched_label(column: str) -> str:
     """``webfaces-dev_macro_recall`` as train.log says it: ``webfaces-dev macro recall``."""
-    for suffix in ("_acc", "_macro_recall"):
-        if column.endswith(suffix):
-            return column[: -len(suffix)] + suffix.replace("_", " ")
-    return column
+    folder, figure = watched_figure(column)
+    return f"{folder} {FIGURES[figure]}"
+
+
+def _watched_accuracies(history: list[dict]) -> dict[str, str]:
+    """Each watched folder's accuracy column in ``history``, by folder: what curves.png draws beside training's."""
+    columns = dict.fromkeys(k for r in history for k in r if is_watched(k))
+    return {folder: c for c in columns for folder, figure in [watched_figure(c)] if figure == "acc"}
 
 
 def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
@@ -186,7 +191,7 @@ class EpochRecords:
     def draw(self) -> None:
         """Bring curves.png up to the last recorded epoch."""
         if self._undrawn and dist.is_main():
-            plot_curves(self._undrawn, self.out / "curves.png")
+            plot_curves(self._undrawn, self.out / "curves.png", _watched_accuracies(self._undrawn))
             self._undrawn, self._drawn_at = None, time.monotonic()
 
     def close(self) -> None:

@@ -40,7 +40,20 @@ class Watched:
     labels: torch.Tensor
 
     def columns(self) -> tuple[str, str]:
-        return f"{self.name}_acc", f"{self.name}_macro_recall"
+        return tuple(f"{self.name}_{figure}" for figure in FIGURES)
+
+
+# What each watched folder gets every epoch, as the suffix of its columns in metrics.csv (``<folder>_<figure>``) and
+# as train.log words it.
+FIGURES = {"acc": "acc", "macro_recall": "macro recall"}
+
+
+def watched_figure(column: str) -> tuple[str, str] | None:
+    """``webfaces-dev_macro_recall`` -> ``("webfaces-dev", "macro_recall")``; None for a column of no folder."""
+    for figure in FIGURES:
+        if column.endswith(f"_{figure}"):
+            return column[: -len(figure) - 1], figure
+    return None
 
 
 def load_watched(cfg: Config, classes: tuple[str, ...], speed: Speed) -> list[Watched]:
