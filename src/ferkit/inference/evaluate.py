@@ -126,9 +126,9 @@ def evaluate_checkpoint(
         left_out=left_out,
     )
     if out_dir is not None:
-        prior = "" if loaded.prior == "model" else f"_prior_{loaded.prior if loaded.prior in PRIORS else 'given'}"
-        stem = f"eval_{metrics['split']}" + ("" if tta == "none" else f"_{tta}") + ("_detected" if detector else "")
-        stem += prior
+        # A user's own weights (``neutral=5,...``) make no file name; they are in the JSON.
+        mix = "" if loaded.prior == "model" else f"_prior_{loaded.prior if loaded.prior in PRIORS else 'given'}"
+        stem = f"eval_{metrics['split']}{'' if tta == 'none' else f'_{tta}'}{'_detected' if detector else ''}{mix}"
         title = f"{metrics['split']} ({protocol_name} protocol, TTA {tta}): acc {metrics['accuracy']:.3f}"
         write_report(metrics, classes, Path(out_dir), stem, title)
         # Only here, not in training's report: a run folder's files stay what they were.
