@@ -167,6 +167,14 @@ def test_a_folder_of_class_folders_is_evaluated_whole_and_says_what_it_leaves_ou
     assert fewer["macro_classes"] == ["Angry", "Happy"]
 
 
+def test_a_folder_with_neither_class_folders_nor_splits_names_both_layouts(untrained_checkpoint, tmp_path, capsys):
+    folder = make_class_folder(tmp_path / "photos", {"cats": 2})
+    assert main(["evaluate", str(untrained_checkpoint), "--data", str(folder), "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "found folders ['cats']" in err
+    assert "folders named for the classes (angry, disgust, fear, happy, neutral, sad, surprise)" in err
+
+
 def test_detected_faces_are_read_as_predict_reads_a_photo(tmp_path, capsys):
     from PIL import Image
     from skimage.data import astronaut

@@ -176,13 +176,27 @@ def read_image_folder(root: Path) -> dict[str, dict[str, list[Path]]]:
     return splits
 
 
+def _subfolders(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
 def is_whole_folder(root: Path) -> bool:
     """A folder of class folders with no train/test split (CK+48, webfaces-dev): evaluated whole."""
-    if not root.is_dir():
-        return False
-    names = [p.name for p in root.iterdir() if p.is_dir()]
+    names = _subfolders(root)
     no_splits = not {"train", "test"} & {n.lower() for n in names}
     return no_splits and any(canonical_class(n) for n in names)
+
+
+def check_evaluable(root: Path, classes: tuple[str, ...]) -> None:
+    """Refuse a folder that is neither a dataset with splits nor a folder of class folders, naming both layouts:
+    the split dataset's own error would only name the first, which a user evaluating their photos does not want."""
+    names = _subfolders(root)
+    if root.is_dir() and not {"train", "test"} & {n.lower() for n in names}:
+        raise FerkitError(
+            f"{root} has no class folders and no train/ and test/ (found folders {names or 'none'}); put its images "
+            f"in folders named for the classes ({', '.join(c.lower() for c in classes)}) to evaluate it whole, "
+            "or pass a FER dataset"
+        )
 
 
 def read_whole_folder(root: Path, classes: tuple[str, ...], limit_per_class: int = 0) -> tuple[list[Sample], list[str]]:

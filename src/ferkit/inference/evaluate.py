@@ -14,6 +14,7 @@ from ..config import Config
 from ..data.datasets import (
     FerDataset,
     Sample,
+    check_evaluable,
     is_whole_folder,
     load_image,
     load_splits,
@@ -105,6 +106,7 @@ def evaluate_checkpoint(
         samples, left_out = read_whole_folder(root, classes, limit_per_class)
         split_name, protocol_name = WHOLE, "none"
     else:
+        check_evaluable(root, classes)
         splits = load_splits(root, protocol or cfg.protocol, limit_per_class)
         check_classes(loaded.source, classes, splits.classes)
         samples, split_name, protocol_name = getattr(splits, split), splits.names.get(split, split), splits.protocol
