@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import shutil
@@ -464,22 +465,31 @@ def test_ferkit_serve_refuses_bad_limits_and_missing_checkpoints(checkpoint, tmp
     assert "missing.pth does not exist" in capsys.readouterr().err
 
 
-def test_live_sessions_keep_tracks_per_tab_and_apart(client, astronaut):
+def test_live_sessions_keep_tracks_per_tab_and_apart(predictor, astronaut):
     photo = skimage_data.astronaut()
     moved = png(np.roll(photo, -150, axis=1))  # her face where it was not before: a new person to a tracker
+    # Frames 40 ms apart whatever the machine's load: a track lost for a second would get a new id.
+    frames = itertools.count(step=0.04)
+    sessions = Sessions(clock=lambda: next(frames))
 
-    def tracks(image: bytes, session: str | None) -> list:
-        params = {"session": session} if session else {}
-        response = client.post("/predict", params=params, files={"file": ("frame.png", image, "image/png")})
-        assert response.status_code == 200, response.text
-        return [f.get("track") for f in response.json()["results"][0]["faces"]]
+    with (
+        LiveServer(create_app(predictor, sessions=sessions)) as live,
+        httpx.Client(base_url=live.url, timeout=60) as client,
+    ):
 
-    assert tracks(astronaut.read_bytes(), "tab-a") == [1]
-    assert tracks(astronaut.read_bytes(), "tab-a") == [1]  # the same person, still in view
-    assert tracks(moved, "tab-b") == [1]  # another tab starts its own tracks
-    assert tracks(moved, "tab-a") == [2]
-    assert tracks(astronaut.read_bytes(), None) == [None]  # an upload is not tracked
-    assert client.post("/predict?session=a%20b", files={"file": ("f.png", moved, "image/png")}).status_code == 422
+        def tracks(image: bytes, session: str | None) -> list:
+            params = {"session": session} if session else {}
+            response = client.post("/predict", params=params, files={"file": ("frame.png", image, "image/png")})
+            assert response.status_code == 200, response.text
+            return [f.get("track") for f in response.json()["results"][0]["faces"]]
+
+        assert tracks(astronaut.read_bytes(), "tab-a") == [1]
+        assert tracks(astronaut.read_bytes(), "tab-a") == [1]  # the same person, still in view
+        assert tracks(moved, "tab-b") == [1]  # another tab starts its own tracks
+        assert tracks(moved, "tab-a") == [2]
+        assert tracks(astronaut.read_bytes(), None) == [None]  # an upload is not tracked
+        bad = client.post("/predict?session=a%20b", files={"file": ("f.png", moved, "image/png")})
+        assert bad.status_code == 422
 
 
 def test_sessions_expire_after_their_idle_time_and_beyond_the_limit():

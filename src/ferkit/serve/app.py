@@ -314,11 +314,13 @@ def create_app(
     max_pixels: int = MAX_PIXELS,
     max_batch: int = MAX_BATCH,
     max_queue: int = MAX_QUEUE,
+    sessions: Sessions | None = None,
 ) -> FastAPI:
-    """The ASGI app; ``model_info`` (what /model answers) defaults to ``describe_model(predictor)``."""
+    """The ASGI app; ``model_info`` (what /model answers) defaults to ``describe_model(predictor)``, ``sessions``
+    (the live page's trackers) to :class:`Sessions` with its defaults."""
     info = ModelInfo(**(model_info or describe_model(predictor)))
     batcher = MicroBatcher(predictor, max_batch)
-    sessions = Sessions()
+    sessions = Sessions() if sessions is None else sessions
     in_progress = 0
 
     @asynccontextmanager
