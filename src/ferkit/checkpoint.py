@@ -80,7 +80,9 @@ def store_calibration(path: str | os.PathLike, temperature: float, class_counts:
     bit for bit what they were, whatever precision they are stored in.
     """
     path = Path(path)
-    values = {"temperature": temperature, **({"class_counts": class_counts} if class_counts is not None else {})}
+    values: dict[str, Any] = {"temperature": temperature}
+    if class_counts is not None:
+        values["class_counts"] = class_counts
     if path.suffix != ".safetensors":
         ckpt = read_checkpoint(path)
         ckpt.update(values)

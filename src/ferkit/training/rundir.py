@@ -58,8 +58,12 @@ def _watched_label(column: str) -> str:
 
 def _watched_accuracies(history: list[dict]) -> dict[str, str]:
     """Each watched folder's accuracy column in ``history``, by folder: what curves.png draws beside training's."""
-    columns = dict.fromkeys(k for r in history for k in r if is_watched(k))
-    return {folder: c for c in columns for folder, figure in [watched_figure(c)] if figure == "acc"}
+    accuracies = {}
+    for column in dict.fromkeys(k for r in history for k in r if is_watched(k)):
+        folder, figure = watched_figure(column)
+        if figure == "acc":
+            accuracies[folder] = column
+    return accuracies
 
 
 def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
