@@ -21,7 +21,7 @@ from torch import nn
 from .atomic import write_atomically
 from .config import Config
 from .errors import FerkitError
-from .model import build_model
+from .model import Ensemble, build_model
 
 FORMAT = "ferkit-checkpoint"
 VERSION = 2  # 2: no "arch" (it is config.arch), no best score beside the history in last.pth's state
@@ -56,7 +56,9 @@ BUNDLED = WEIGHTS / "fer2013_resnet18.safetensors"
 BUNDLED_MODELS = {"fer2013_resnet18": BUNDLED, "fer2013_resnet18.int8": WEIGHTS / "fer2013_resnet18.int8.onnx"}
 # What training records beside the weights that describes them to users (the server's /model shows it).
 TRAINING_RECORD = ("epoch", "metrics", "select_split")
-_META_KEYS = ("classes", "config", *TRAINING_RECORD, "trained_with", "temperature", "class_counts")
+_META_KEYS = ("classes", "config", *TRAINING_RECORD, "trained_with", "temperature", "class_counts", "members")
+# What an ensemble keeps of each member's checkpoint: how to build it, and where it came from.
+_MEMBER_KEYS = ("config", *TRAINING_RECORD, "trained_with", "temperature")
 
 
 def save_weights(ckpt: dict[str, Any], path: str | os.PathLike, **info: Any) -> None:
@@ -161,6 +163,51 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
+def combine_checkpoints(paths: list[str | os.PathLike]) -> dict[str, Any]:
+    """One checkpoint that reads images as the average of the given models' probabilities (:class:`Ensemble`).
+
+    The models must share their classes and their preprocessing; they may differ in architecture and width. An
+    ensemble among them contributes its members. The result has no temperature of its own: averaging softens
+    the probabilities, so fit one with ``ferkit calibrate``. ``config`` (the preprocessing every later step
+    reads) is the first model's; each member's own config and training record are kept under ``members``.
+    """
+    from .data.transforms import preprocessing
+
+    if len(paths) < 2:
+        raise FerkitError("an ensemble needs at least two checkpoints")
+    loaded = [(model_path(p), read_checkpoint(model_path(p))) for p in paths]
+    (first, base), members, networks = loaded[0], [], []
+    for path, ckpt in loaded:
+        if ckpt["classes"] != base["classes"]:
+            raise FerkitError(
+                f"{path} has classes {ckpt['classes']} but {first} has {base['classes']}; "
+                "an ensemble's models must be trained for the same classes"
+            )
+        ours, theirs = (preprocessing(Config.from_dict(c["config"])) for c in (ckpt, base))
+        if ours != theirs:
+            differ = {k: [theirs[k], ours[k]] for k in ours if ours[k] != theirs[k]}
+            raise FerkitError(
+                f"{path} reads images otherwise than {first} ({differ}, {first.name}'s first); "
+                "an ensemble's models must share their preprocessing: combine runs trained at the same image size"
+            )
+        network = load_model(path).model
+        if isinstance(network, Ensemble):
+            members += ckpt["members"]
+            networks += network.members
+        else:
+            members.append({k: ckpt[k] for k in _MEMBER_KEYS if k in ckpt} | {"source": path.name})
+            networks.append(network)
+    classes = tuple(base["classes"])
+    return make_checkpoint(Ensemble(networks), Config.from_dict(base["config"]), classes, members=members)
+
+
+def build_network(cfg: Config, classes: tuple[str, ...], ckpt: dict[str, Any]) -> nn.Module:
+    """The untrained network a checkpoint's weights fit: ``cfg``'s, or an :class:`Ensemble` of its members'."""
+    if "members" not in ckpt:
+        return build_model(cfg, len(classes))
+    return Ensemble([build_model(Config.from_dict(m["config"]), len(classes)) for m in ckpt["members"]])
+
+
 @dataclass
 class LoadedModel:
     model: nn.Module
@@ -185,7 +232,7 @@ def load_model(path: str | os.PathLike | None = None, expected_classes: tuple[st
     if expected_classes is not None:
         check_classes(path, classes, expected_classes)
     cfg = Config.from_dict(ckpt["config"])
-    model = build_model(cfg, len(classes))
+    model = build_network(cfg, classes, ckpt)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:

@@ -226,6 +226,20 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ensemble(args: argparse.Namespace) -> int:
+    from .checkpoint import atomic_save, combine_checkpoints, save_weights
+
+    out = Path(args.out)
+    if out.suffix not in (".pth", ".safetensors"):
+        raise FerkitError(f"--out {out}: name a .safetensors (fp16 weights) or .pth file")
+    ckpt = combine_checkpoints(args.checkpoints)
+    save_weights(ckpt, out) if out.suffix == ".safetensors" else atomic_save(ckpt, out)
+    names = ", ".join(m["source"] for m in ckpt["members"])
+    print(f"wrote {out}: the average of {len(ckpt['members'])} models' probabilities ({names})")
+    print(f"fit its temperature before using it: ferkit calibrate {out}")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
         from .serve.app import run
@@ -425,6 +439,14 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_export)
 
 
+def add_ensemble_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "checkpoints", nargs="+", metavar="checkpoint", help="two or more models of the same classes and image size"
+    )
+    p.add_argument("--out", required=True, help="the ensemble's file: .safetensors (fp16 weights) or .pth")
+    p.set_defaults(func=_ensemble)
+
+
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     from .evaluation.prior import PHOTO_PRIOR
     from .serve import limits
@@ -462,6 +484,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     ),
     "predict": ("expressions of the faces in images, a folder, a video or a camera", add_predict_arguments),
     "export": ("export a checkpoint for deployment", add_export_arguments),
+    "ensemble": ("combine trained models into one that averages their probabilities", add_ensemble_arguments),
     "serve": ("HTTP API and web page for photos and webcam snapshots", add_serve_arguments),
     "data": ("dataset tools", add_data_arguments),
 }

@@ -131,6 +131,22 @@ def build_model(cfg: Config, num_classes: int) -> ResNet:
     return ARCHITECTURES[cfg.arch](num_classes, cfg.dropout, cfg.hidden, cfg.width)
 
 
+class Ensemble(nn.Module):
+    """Several trained networks read as one: the average of their probabilities.
+
+    Its output is the log of that average, so softmax (and a temperature) read it as any network's logits, and
+    every path that runs a network (evaluation, prediction, ONNX, int8, distillation) runs an ensemble unchanged.
+    """
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: Tensor) -> Tensor:
+        log_probs = torch.stack([m(x).float().log_softmax(1) for m in self.members])
+        return torch.logsumexp(log_probs, 0) - math.log(len(self.members))
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -170,6 +186,7 @@ __all__ = [
     "resnet18",
     "resnet18s2",
     "build_model",
+    "Ensemble",
     "count_parameters",
     "training_flops",
     "inference_flops",

@@ -1,0 +1,121 @@
+"""`ferkit ensemble`: several trained models read as one, the average of their probabilities."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ferkit.checkpoint import atomic_save, load_model, make_checkpoint, read_checkpoint
+from ferkit.cli import main
+from ferkit.config import Config
+from ferkit.data.datasets import CLASSES
+from ferkit.errors import FerkitError
+from ferkit.model import Ensemble, build_model
+
+
+def member(path: Path, seed: int, width: int = 8, image_size: int = 32, classes=CLASSES) -> Path:
+    """An untrained model with BatchNorm statistics of its own, so that members disagree."""
+    torch.manual_seed(seed)
+    cfg = Config().updated({"image_size": image_size, "width": width})
+    model = build_model(cfg, len(classes)).train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(16, 3, image_size, image_size) * (1 + seed) + 0.3 * seed)
+    atomic_save(make_checkpoint(model.eval(), cfg, tuple(classes), epoch=seed, temperature=1.5), path)
+    return path
+
+
+def probs(model: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return torch.softmax(model.eval()(images), dim=1).numpy()
+
+
+def test_ensemble_reads_the_mean_of_its_members_probabilities(tmp_path, capsys):
+    a, b = member(tmp_path / "a.pth", 1), member(tmp_path / "b.pth", 2, width=12)
+    out = tmp_path / "pair.pth"
+    assert main(["ensemble", str(a), str(b), "--out", str(out)]) == 0
+    assert "average of 2 models" in capsys.readouterr().out
+    images = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    want = (probs(load_model(a).model, images) + probs(load_model(b).model, images)) / 2
+    loaded = load_model(out)
+    assert isinstance(loaded.model, Ensemble) and len(loaded.model.members) == 2
+    got = probs(loaded.model, images)
+    assert np.abs(got - want).max() < 1e-5
+    assert np.abs(got - probs(load_model(a).model, images)).max() > 1e-3  # the members do disagree
+    ckpt = read_checkpoint(out)
+    # Each member keeps how to build it and where it came from; the ensemble has no temperature until calibrated.
+    assert [m["source"] for m in ckpt["members"]] == ["a.pth", "b.pth"]
+    assert [m["config"]["width"] for m in ckpt["members"]] == [8, 12]
+    assert [m["epoch"] for m in ckpt["members"]] == [1, 2]
+    assert "temperature" not in ckpt
+
+
+def test_an_ensemble_among_the_models_contributes_its_members_and_survives_safetensors(tmp_path):
+    a, b, c = (member(tmp_path / f"{n}.pth", seed) for n, seed in (("a", 1), ("b", 2), ("c", 3)))
+    pair, trio = tmp_path / "pair.safetensors", tmp_path / "trio.safetensors"
+    assert main(["ensemble", str(a), str(b), "--out", str(pair)]) == 0
+    assert main(["ensemble", str(pair), str(c), "--out", str(trio)]) == 0
+    ckpt = read_checkpoint(trio)
+    assert [m["source"] for m in ckpt["members"]] == ["a.pth", "b.pth", "c.pth"]
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    want = np.mean([probs(load_model(p).model, images) for p in (a, b, c)], axis=0)
+    # safetensors holds the weights in fp16.
+    assert np.abs(probs(load_model(trio).model, images) - want).max() < 5e-3
+
+
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [
+        ({"classes": ("happy", "sad")}, "must be trained for the same classes"),
+        ({"image_size": 40}, "must share their preprocessing"),
+    ],
+)
+def test_models_that_cannot_be_averaged_are_refused_in_one_line(tmp_path, second, message):
+    a = member(tmp_path / "a.pth", 1)
+    b = member(tmp_path / "b.pth", 2, **second)
+    with pytest.raises(FerkitError, match=message):
+        main_raising(["ensemble", str(a), str(b), "--out", str(tmp_path / "e.pth")])
+    assert not (tmp_path / "e.pth").exists()
+
+
+def main_raising(argv: list[str]) -> None:
+    from ferkit.cli import build_parser
+
+    args = build_parser(argv[:1]).parse_args(argv)
+    args.func(args)
+
+
+def test_ensemble_needs_two_models_and_a_weights_file_name(tmp_path, capsys):
+    a = member(tmp_path / "a.pth", 1)
+    assert main(["ensemble", str(a), "--out", str(tmp_path / "e.pth")]) == 2
+    assert "at least two checkpoints" in capsys.readouterr().err
+    assert main(["ensemble", str(a), str(a), "--out", str(tmp_path / "e.onnx")]) == 2
+    assert ".safetensors (fp16 weights) or .pth" in capsys.readouterr().err
+
+
+def test_an_ensemble_is_calibrated_evaluated_and_exported_as_any_model(tmp_path, image_folder):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from ferkit.inference.evaluate import calibrate_checkpoint, evaluate_checkpoint
+    from ferkit.inference.export import export_onnx
+
+    a, b = member(tmp_path / "a.pth", 1), member(tmp_path / "b.pth", 2)
+    pair = tmp_path / "pair.pth"
+    assert main(["ensemble", str(a), str(b), "--out", str(pair)]) == 0
+    fit = calibrate_checkpoint(pair, data=str(image_folder), workers=0)
+    assert read_checkpoint(pair)["temperature"] == pytest.approx(fit["temperature"])
+    metrics = evaluate_checkpoint(pair, data=str(image_folder), workers=0)
+    assert metrics["temperature"] == pytest.approx(fit["temperature"]) and 0 <= metrics["accuracy"] <= 1
+    onnx_path = export_onnx(pair, tmp_path / "pair.onnx")
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    assert json.loads(session.get_modelmeta().custom_metadata_map["ferkit_temperature"]) == pytest.approx(
+        fit["temperature"]
+    )
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    (logits,) = session.run(["logits"], {"image": images.numpy()})
+    got = torch.softmax(torch.from_numpy(logits), 1).numpy()
+    assert np.abs(got - probs(load_model(pair).model, images)).max() < 1e-4
