@@ -119,3 +119,11 @@ def test_an_ensemble_is_calibrated_evaluated_and_exported_as_any_model(tmp_path,
     (logits,) = session.run(["logits"], {"image": images.numpy()})
     got = torch.softmax(torch.from_numpy(logits), 1).numpy()
     assert np.abs(got - probs(load_model(pair).model, images)).max() < 1e-4
+    # int8: each member's first convolution stays fp32, as a single model's does.
+    int8 = export_onnx(pair, tmp_path / "pair.int8.onnx", int8=True, calibration_data=image_folder)
+    graph = __import__("onnx").load(str(int8)).graph
+    stems = [n for n in graph.node if n.op_type == "Conv" and graph.input[0].name in n.input]
+    assert len(stems) == 2 and any(n.op_type == "QuantizeLinear" for n in graph.node)
+    session = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"image": images.numpy()})
+    assert np.allclose(torch.softmax(torch.from_numpy(logits), 1).sum(1).numpy(), 1, atol=1e-4)

@@ -143,8 +143,10 @@ class Ensemble(nn.Module):
         self.members = nn.ModuleList(members)
 
     def forward(self, x: Tensor) -> Tensor:
-        log_probs = torch.stack([m(x).float().log_softmax(1) for m in self.members])
-        return torch.logsumexp(log_probs, 0) - math.log(len(self.members))
+        # A plain sum of softmaxes, not a logsumexp over stacked log-probabilities: onnxruntime's int8 quantizer
+        # cannot infer the stacked tensor's shape.
+        probs = sum(m(x).float().softmax(1) for m in self.members)
+        return (probs / len(self.members)).log()
 
 
 def count_parameters(model: nn.Module) -> int:
