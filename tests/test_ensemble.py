@@ -127,3 +127,21 @@ def test_an_ensemble_is_calibrated_evaluated_and_exported_as_any_model(tmp_path,
     session = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
     (logits,) = session.run(["logits"], {"image": images.numpy()})
     assert np.allclose(torch.softmax(torch.from_numpy(logits), 1).sum(1).numpy(), 1, atol=1e-4)
+
+
+def test_the_server_names_an_ensembles_networks(tmp_path):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    from ferkit.inference.predict import Predictor
+    from ferkit.serve.app import create_app, describe_model
+
+    pair = tmp_path / "pair.safetensors"
+    assert (
+        main(["ensemble", str(member(tmp_path / "a.pth", 1)), str(member(tmp_path / "b.pth", 2)), "--out", str(pair)])
+        == 0
+    )
+    predictor = Predictor.from_checkpoint(str(pair), detector=None)
+    model = TestClient(create_app(predictor, describe_model(predictor))).get("/model").json()
+    assert model["members"] == ["a.pth", "b.pth"] and model["checkpoint"] == "pair.safetensors"

@@ -55,10 +55,10 @@ WEIGHTS = Path(__file__).resolve().parent / "weights"
 BUNDLED = WEIGHTS / "fer2013_resnet18.safetensors"
 BUNDLED_MODELS = {"fer2013_resnet18": BUNDLED, "fer2013_resnet18.int8": WEIGHTS / "fer2013_resnet18.int8.onnx"}
 # What training records beside the weights that describes them to users (the server's /model shows it).
-TRAINING_RECORD = ("epoch", "metrics", "select_split")
-_META_KEYS = ("classes", "config", *TRAINING_RECORD, "trained_with", "temperature", "class_counts", "members")
-# What an ensemble keeps of each member's checkpoint: how to build it, and where it came from.
-_MEMBER_KEYS = ("config", *TRAINING_RECORD, "trained_with", "temperature")
+# An ensemble's record is its ``members``: each one's config, record and source (:func:`combine_checkpoints`).
+TRAINING_RECORD = ("epoch", "metrics", "select_split", "members")
+_META_KEYS = ("classes", "config", *TRAINING_RECORD, "trained_with", "temperature", "class_counts")
+_MEMBER_KEYS = ("config", "epoch", "metrics", "select_split", "trained_with", "temperature")
 
 
 def save_weights(ckpt: dict[str, Any], path: str | os.PathLike, **info: Any) -> None:

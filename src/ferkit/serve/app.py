@@ -78,6 +78,7 @@ class ModelInfo(BaseModel):
     epoch: int | None = Field(description="the epoch the checkpoint was saved after, when recorded")
     metrics: dict[str, Any] | None = Field(description="selection-split metrics recorded with the checkpoint")
     select_split: str | None = Field(description="the split those metrics were measured on")
+    members: list[str] = Field(description="an ensemble's networks, by the files they came from; empty for one")
     prior: str = Field(description="the class mix the probabilities are read for (ferkit.evaluation.prior)")
 
 
@@ -97,6 +98,7 @@ def describe_model(predictor: Predictor) -> dict:
         "epoch": predictor.record.get("epoch"),
         "metrics": predictor.record.get("metrics"),
         "select_split": predictor.record.get("select_split"),
+        "members": [m["source"] for m in predictor.record.get("members", [])],
         "prior": predictor.prior,
     }
 

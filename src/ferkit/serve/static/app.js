@@ -64,7 +64,9 @@ async function loadModelInfo() {
     const source = model.checkpoint || "in memory";
     const mix = model.prior === "photos" ? "everyday photos' class mix"
       : model.prior === "model" ? "its training data's class mix" : `class mix ${model.prior}`;
-    info.textContent = `Model: ${model.arch} at ${size}x${size} (${source}${epoch}${accuracy}); ` +
+    const networks = model.members && model.members.length > 1
+      ? `the average of ${model.members.length} networks (${model.members.join(", ")})` : model.arch;
+    info.textContent = `Model: ${networks} at ${size}x${size} (${source}${epoch}${accuracy}); ` +
       `classes ${model.classes.join(", ")}, read for ${mix}. Uploads up to ${megabytes(maxUploadBytes)} MB.`;
   } catch (error) {
     info.textContent = `Model information unavailable: ${error.message}`;
