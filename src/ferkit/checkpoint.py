@@ -175,30 +175,30 @@ def combine_checkpoints(paths: list[str | os.PathLike]) -> dict[str, Any]:
 
     if len(paths) < 2:
         raise FerkitError("an ensemble needs at least two checkpoints")
-    loaded = [(model_path(p), read_checkpoint(model_path(p))) for p in paths]
+    loaded = [(model_path(p), load_model(p)) for p in paths]
     (first, base), members, networks = loaded[0], [], []
-    for path, ckpt in loaded:
-        if ckpt["classes"] != base["classes"]:
+    for path, model in loaded:
+        if model.classes != base.classes:
             raise FerkitError(
-                f"{path} has classes {ckpt['classes']} but {first} has {base['classes']}; "
+                f"{path} has classes {list(model.classes)} but {first} has {list(base.classes)}; "
                 "an ensemble's models must be trained for the same classes"
             )
-        ours, theirs = (preprocessing(Config.from_dict(c["config"])) for c in (ckpt, base))
+        ours, theirs = preprocessing(model.config), preprocessing(base.config)
         if ours != theirs:
             differ = {k: [theirs[k], ours[k]] for k in ours if ours[k] != theirs[k]}
             raise FerkitError(
                 f"{path} reads images otherwise than {first} ({differ}, {first.name}'s first); "
                 "an ensemble's models must share their preprocessing: combine runs trained at the same image size"
             )
-        network = load_model(path).model
-        if isinstance(network, Ensemble):
-            members += ckpt["members"]
-            networks += network.members
+        if isinstance(model.model, Ensemble):
+            members += model.checkpoint["members"]
+            networks += model.model.members
         else:
-            members.append({k: ckpt[k] for k in _MEMBER_KEYS if k in ckpt} | {"source": path.name})
-            networks.append(network)
-    classes = tuple(base["classes"])
-    return make_checkpoint(Ensemble(networks), Config.from_dict(base["config"]), classes, members=members)
+            members.append(
+                {k: model.checkpoint[k] for k in _MEMBER_KEYS if k in model.checkpoint} | {"source": path.name}
+            )
+            networks.append(model.model)
+    return make_checkpoint(Ensemble(networks), base.config, base.classes, members=members)
 
 
 def build_network(cfg: Config, classes: tuple[str, ...], ckpt: dict[str, Any]) -> nn.Module:
