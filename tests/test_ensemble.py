@@ -95,6 +95,8 @@ def test_ensemble_needs_two_models_and_a_weights_file_name(tmp_path, capsys):
     assert "at least two checkpoints" in capsys.readouterr().err
     assert main(["ensemble", str(a), str(a), "--out", str(tmp_path / "e.onnx")]) == 2
     assert ".safetensors (fp16 weights) or .pth" in capsys.readouterr().err
+    assert main(["ensemble", str(a), "fer2013_resnet18.int8", "--out", str(tmp_path / "e.pth")]) == 2
+    assert "fer2013_resnet18.int8: an ONNX graph cannot be combined" in capsys.readouterr().err
 
 
 def test_an_ensemble_is_calibrated_evaluated_and_exported_as_any_model(tmp_path, image_folder):

@@ -175,6 +175,11 @@ def combine_checkpoints(paths: list[str | os.PathLike]) -> dict[str, Any]:
 
     if len(paths) < 2:
         raise FerkitError("an ensemble needs at least two checkpoints")
+    onnx = [str(p) for p in paths if model_path(p).suffix == ".onnx"]
+    if onnx:
+        raise FerkitError(
+            f"{', '.join(onnx)}: an ONNX graph cannot be combined; pass the .pth or .safetensors it was exported from"
+        )
     loaded = [(model_path(p), load_model(p)) for p in paths]
     (first, base), members, networks = loaded[0], [], []
     for path, model in loaded:
