@@ -55,10 +55,11 @@ WEIGHTS = Path(__file__).resolve().parent / "weights"
 BUNDLED = WEIGHTS / "fer2013_resnet18.safetensors"
 BUNDLED_MODELS = {"fer2013_resnet18": BUNDLED, "fer2013_resnet18.int8": WEIGHTS / "fer2013_resnet18.int8.onnx"}
 # What training records beside the weights that describes them to users (the server's /model shows it).
-# An ensemble's record is its ``members``: each one's config, record and source (:func:`combine_checkpoints`).
+# An ensemble's record is its ``members``: each one's config, record and source.
 TRAINING_RECORD = ("epoch", "metrics", "select_split", "members")
 _META_KEYS = ("classes", "config", *TRAINING_RECORD, "trained_with", "temperature", "class_counts")
-_MEMBER_KEYS = ("config", "epoch", "metrics", "select_split", "trained_with", "temperature")
+# What an ensemble keeps of each member's checkpoint (:mod:`ferkit.inference.ensemble`).
+MEMBER_KEYS = ("config", "epoch", "metrics", "select_split", "trained_with", "temperature")
 
 
 def save_weights(ckpt: dict[str, Any], path: str | os.PathLike, **info: Any) -> None:
@@ -161,49 +162,6 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             "retrain, or use the ferkit version that wrote it"
         )
     return ckpt
-
-
-def combine_checkpoints(paths: list[str | os.PathLike]) -> dict[str, Any]:
-    """One checkpoint that reads images as the average of the given models' probabilities (:class:`Ensemble`).
-
-    The models must share their classes and their preprocessing; they may differ in architecture and width. An
-    ensemble among them contributes its members. The result has no temperature of its own: averaging softens
-    the probabilities, so fit one with ``ferkit calibrate``. ``config`` (the preprocessing every later step
-    reads) is the first model's; each member's own config and training record are kept under ``members``.
-    """
-    from .data.transforms import preprocessing
-
-    if len(paths) < 2:
-        raise FerkitError("an ensemble needs at least two checkpoints")
-    onnx = [str(p) for p in paths if model_path(p).suffix == ".onnx"]
-    if onnx:
-        raise FerkitError(
-            f"{', '.join(onnx)}: an ONNX graph cannot be combined; pass the .pth or .safetensors it was exported from"
-        )
-    loaded = [(model_path(p), load_model(p)) for p in paths]
-    (first, base), members, networks = loaded[0], [], []
-    for path, model in loaded:
-        if model.classes != base.classes:
-            raise FerkitError(
-                f"{path} has classes {list(model.classes)} but {first} has {list(base.classes)}; "
-                "an ensemble's models must be trained for the same classes"
-            )
-        ours, theirs = preprocessing(model.config), preprocessing(base.config)
-        if ours != theirs:
-            differ = {k: [theirs[k], ours[k]] for k in ours if ours[k] != theirs[k]}
-            raise FerkitError(
-                f"{path} reads images otherwise than {first} ({differ}, {first.name}'s first); "
-                "an ensemble's models must share their preprocessing: combine runs trained at the same image size"
-            )
-        if isinstance(model.model, Ensemble):
-            members += model.checkpoint["members"]
-            networks += model.model.members
-        else:
-            members.append(
-                {k: model.checkpoint[k] for k in _MEMBER_KEYS if k in model.checkpoint} | {"source": path.name}
-            )
-            networks.append(model.model)
-    return make_checkpoint(Ensemble(networks), base.config, base.classes, members=members)
 
 
 def build_network(cfg: Config, classes: tuple[str, ...], ckpt: dict[str, Any]) -> nn.Module:

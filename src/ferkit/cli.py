@@ -227,7 +227,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _ensemble(args: argparse.Namespace) -> int:
-    from .checkpoint import atomic_save, combine_checkpoints, save_weights
+    from .checkpoint import atomic_save, save_weights
+    from .inference.ensemble import combine_checkpoints
 
     out = Path(args.out)
     if out.suffix not in (".pth", ".safetensors"):

@@ -1,0 +1,53 @@
+"""Several trained models combined into one file that reads an image as the average of their probabilities
+(``ferkit ensemble``; the network is :class:`ferkit.model.Ensemble`)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..checkpoint import MEMBER_KEYS, load_model, make_checkpoint, model_path
+from ..data.transforms import preprocessing
+from ..errors import FerkitError
+from ..model import Ensemble
+
+
+def combine_checkpoints(paths: list[str | os.PathLike]) -> dict[str, Any]:
+    """One checkpoint that reads images as the average of the given models' probabilities (:class:`Ensemble`).
+
+    The models must share their classes and their preprocessing; they may differ in architecture and width. An
+    ensemble among them contributes its members. The result has no temperature of its own: averaging softens
+    the probabilities, so fit one with ``ferkit calibrate``. ``config`` (the preprocessing every later step
+    reads) is the first model's; each member's own config and training record are kept under ``members``.
+    """
+    if len(paths) < 2:
+        raise FerkitError("an ensemble needs at least two checkpoints")
+    onnx = [str(p) for p in paths if model_path(p).suffix == ".onnx"]
+    if onnx:
+        raise FerkitError(
+            f"{', '.join(onnx)}: an ONNX graph cannot be combined; pass the .pth or .safetensors it was exported from"
+        )
+    loaded = [(model_path(p), load_model(p)) for p in paths]
+    (first, base), members, networks = loaded[0], [], []
+    for path, model in loaded:
+        if model.classes != base.classes:
+            raise FerkitError(
+                f"{path} has classes {list(model.classes)} but {first} has {list(base.classes)}; "
+                "an ensemble's models must be trained for the same classes"
+            )
+        ours, theirs = preprocessing(model.config), preprocessing(base.config)
+        if ours != theirs:
+            differ = {k: [theirs[k], ours[k]] for k in ours if ours[k] != theirs[k]}
+            raise FerkitError(
+                f"{path} reads images otherwise than {first} ({differ}, {first.name}'s first); "
+                "an ensemble's models must share their preprocessing: combine runs trained at the same image size"
+            )
+        if isinstance(model.model, Ensemble):
+            members += model.checkpoint["members"]
+            networks += model.model.members
+        else:
+            members.append(
+                {k: model.checkpoint[k] for k in MEMBER_KEYS if k in model.checkpoint} | {"source": path.name}
+            )
+            networks.append(model.model)
+    return make_checkpoint(Ensemble(networks), base.config, base.classes, members=members)
