@@ -234,7 +234,10 @@ def _ensemble(args: argparse.Namespace) -> int:
     if out.suffix not in (".pth", ".safetensors"):
         raise FerkitError(f"--out {out}: name a .safetensors (fp16 weights) or .pth file")
     ckpt = combine_checkpoints(args.checkpoints)
-    save_weights(ckpt, out) if out.suffix == ".safetensors" else atomic_save(ckpt, out)
+    if out.suffix == ".safetensors":
+        save_weights(ckpt, out)
+    else:
+        atomic_save(ckpt, out)
     names = ", ".join(m["source"] for m in ckpt["members"])
     print(f"wrote {out}: the average of {len(ckpt['members'])} models' probabilities ({names})")
     print(f"fit its temperature before using it: ferkit calibrate {out}")

@@ -22,12 +22,13 @@ def combine_checkpoints(paths: list[str | os.PathLike]) -> dict[str, Any]:
     """
     if len(paths) < 2:
         raise FerkitError("an ensemble needs at least two checkpoints")
-    onnx = [str(p) for p in paths if model_path(p).suffix == ".onnx"]
+    files = [model_path(p) for p in paths]
+    onnx = [str(p) for p, f in zip(paths, files) if f.suffix == ".onnx"]
     if onnx:
         raise FerkitError(
             f"{', '.join(onnx)}: an ONNX graph cannot be combined; pass the .pth or .safetensors it was exported from"
         )
-    loaded = [(model_path(p), load_model(p)) for p in paths]
+    loaded = [(f, load_model(f)) for f in files]
     (first, base), members, networks = loaded[0], [], []
     for path, model in loaded:
         if model.classes != base.classes:
