@@ -67,6 +67,17 @@ def test_an_ensemble_among_the_models_contributes_its_members_and_survives_safet
     assert np.abs(probs(load_model(trio).model, images) - want).max() < 5e-3
 
 
+def test_members_from_training_runs_are_named_by_their_run_folders(tmp_path, capsys):
+    runs = [tmp_path / "run1", tmp_path / "run2"]
+    for seed, run in enumerate(runs, 1):
+        run.mkdir()
+        member(run / "best.pth", seed)
+    out = tmp_path / "pair.pth"
+    assert main(["ensemble", *(str(run / "best.pth") for run in runs), "--out", str(out)]) == 0
+    assert "(run1/best.pth, run2/best.pth)" in capsys.readouterr().out
+    assert [m["source"] for m in read_checkpoint(out)["members"]] == ["run1/best.pth", "run2/best.pth"]
+
+
 @pytest.mark.parametrize(
     ("second", "message"),
     [

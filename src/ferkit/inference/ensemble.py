@@ -4,12 +4,18 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from ..checkpoint import MEMBER_KEYS, load_model, make_checkpoint, model_path
 from ..data.transforms import preprocessing
 from ..errors import FerkitError
 from ..model import Ensemble
+
+
+def _source(path: Path) -> str:
+    # Every training run writes a best.pth and a last.pth, so a run's file is named by its run folder too.
+    return f"{path.parent.name}/{path.name}" if path.name in ("best.pth", "last.pth") else path.name
 
 
 def combine_checkpoints(paths: list[str | os.PathLike]) -> dict[str, Any]:
@@ -48,7 +54,7 @@ def combine_checkpoints(paths: list[str | os.PathLike]) -> dict[str, Any]:
             networks += model.model.members
         else:
             members.append(
-                {k: model.checkpoint[k] for k in MEMBER_KEYS if k in model.checkpoint} | {"source": path.name}
+                {k: model.checkpoint[k] for k in MEMBER_KEYS if k in model.checkpoint} | {"source": _source(path)}
             )
             networks.append(model.model)
     return make_checkpoint(Ensemble(networks), base.config, base.classes, members=members)
