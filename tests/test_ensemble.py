@@ -115,6 +115,7 @@ def test_an_ensemble_is_calibrated_evaluated_and_exported_as_any_model(tmp_path,
     pytest.importorskip("onnxscript")
     from ferkit.inference.evaluate import calibrate_checkpoint, evaluate_checkpoint
     from ferkit.inference.export import export_onnx
+    from ferkit.inference.loading import load_for_inference
 
     a, b = member(tmp_path / "a.pth", 1), member(tmp_path / "b.pth", 2)
     pair = tmp_path / "pair.pth"
@@ -140,6 +141,11 @@ def test_an_ensemble_is_calibrated_evaluated_and_exported_as_any_model(tmp_path,
     session = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
     (logits,) = session.run(["logits"], {"image": images.numpy()})
     assert np.allclose(torch.softmax(torch.from_numpy(logits), 1).sum(1).numpy(), 1, atol=1e-4)
+    # Both exports keep the training record, so whoever loads the ONNX file (the server's /model) names the members.
+    for path in (onnx_path, int8):
+        record = load_for_inference(path).record
+        assert [m["source"] for m in record["members"]] == ["a.pth", "b.pth"]
+        assert [m["epoch"] for m in record["members"]] == [1, 2]
 
 
 def test_the_server_names_an_ensembles_networks(tmp_path):

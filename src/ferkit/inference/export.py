@@ -1,7 +1,7 @@
 """ONNX export of a checkpoint (fp32 or int8); :mod:`ferkit.inference` runs the exported files.
 
-The exported file carries the class names, preprocessing and training config as ONNX metadata, so
-``ferkit predict --checkpoint model.onnx`` needs nothing else. The batch dimension is dynamic.
+The exported file carries the class names, preprocessing, training config and training record as ONNX
+metadata, so ``ferkit predict --checkpoint model.onnx`` needs nothing else. The batch dimension is dynamic.
 
 int8 is onnxruntime's static quantization (QDQ, per-channel weights, activation ranges calibrated on
 training images through the checkpoint's test preprocessing). The first convolution and the
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..atomic import write_atomically
-from ..checkpoint import BUNDLED, LoadedModel, check_classes, load_model, model_path
+from ..checkpoint import BUNDLED, TRAINING_RECORD, LoadedModel, check_classes, load_model, model_path
 from ..data.datasets import FerDataset, load_splits
 from ..data.transforms import build_test_transform, preprocessing
 from ..errors import FerkitError
@@ -31,6 +31,7 @@ OPSET = 18
 CALIBRATION_IMAGES = 1024
 TEMPERATURE_KEY = "ferkit_temperature"
 CLASS_COUNTS_KEY = "ferkit_class_counts"
+RECORD_KEY = "ferkit_record"  # what training recorded (epoch, selection metrics, an ensemble's members)
 
 
 def _onnx_modules():
@@ -65,6 +66,7 @@ def to_onnx_bytes(loaded: LoadedModel) -> bytes:
         "ferkit_preprocess": json.dumps(preprocessing(loaded.config)),
         "ferkit_config": json.dumps(loaded.config.to_dict()),
         "ferkit_arch": loaded.config.arch,
+        RECORD_KEY: json.dumps({k: loaded.checkpoint[k] for k in TRAINING_RECORD if k in loaded.checkpoint}),
     }
     for key, onnx_key in (("temperature", TEMPERATURE_KEY), ("class_counts", CLASS_COUNTS_KEY)):
         if key in loaded.checkpoint:

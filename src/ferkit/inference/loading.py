@@ -25,7 +25,7 @@ from ..config import Config
 from ..errors import FerkitError
 from ..evaluation.calibration import Tempered
 from ..evaluation.prior import DEFAULT_PRIOR, resolve_prior
-from .export import CLASS_COUNTS_KEY, TEMPERATURE_KEY, to_onnx_bytes
+from .export import CLASS_COUNTS_KEY, RECORD_KEY, TEMPERATURE_KEY, to_onnx_bytes
 
 BACKENDS = ("auto", "torch", "onnxruntime")
 
@@ -68,7 +68,7 @@ class InferenceModel:
     classes: tuple[str, ...]
     device: str  # where to run it: "cpu" for onnxruntime, else the one asked for
     source: Path  # the file it was read from
-    record: dict[str, Any] = field(default_factory=dict)  # TRAINING_RECORD's entries in the file (none in ONNX)
+    record: dict[str, Any] = field(default_factory=dict)  # TRAINING_RECORD's entries in the file
     temperature: float = 1.0  # what ``model`` divides its logits by
     prior: str = "model"  # the class mix its probabilities are read for (``auto`` resolved)
     class_counts: dict[str, int] | None = None  # its training split's images per class, when the file records them
@@ -126,7 +126,8 @@ def load_onnx(path: Path, prior: str = DEFAULT_PRIOR) -> InferenceModel:
     temperature = float(model.meta.get(TEMPERATURE_KEY, 1.0))
     classes = tuple(json.loads(model.meta["ferkit_classes"]))
     counts = json.loads(model.meta[CLASS_COUNTS_KEY]) if CLASS_COUNTS_KEY in model.meta else None
+    record = json.loads(model.meta.get(RECORD_KEY, "{}"))  # files exported before 2026-12-05 have none
     used, shift = resolve_prior(prior, classes, counts, path)
     return InferenceModel(
-        Tempered(model, temperature, shift), config, classes, "cpu", path, {}, temperature, used, counts
+        Tempered(model, temperature, shift), config, classes, "cpu", path, record, temperature, used, counts
     )
