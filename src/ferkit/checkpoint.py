@@ -55,11 +55,12 @@ WEIGHTS = Path(__file__).resolve().parent / "weights"
 BUNDLED = WEIGHTS / "fer2013_resnet18.safetensors"
 BUNDLED_MODELS = {"fer2013_resnet18": BUNDLED, "fer2013_resnet18.int8": WEIGHTS / "fer2013_resnet18.int8.onnx"}
 # What training records beside the weights that describes them to users (the server's /model shows it).
-# An ensemble's record is its ``members``: each one's config, record and source.
-TRAINING_RECORD = ("epoch", "metrics", "select_split", "members")
+# An ensemble's record is its ``members``: each one's config, run record and source.
+_RUN_RECORD = ("epoch", "metrics", "select_split")
+TRAINING_RECORD = (*_RUN_RECORD, "members")
 _META_KEYS = ("classes", "config", *TRAINING_RECORD, "trained_with", "temperature", "class_counts")
 # What an ensemble keeps of each member's checkpoint (:mod:`ferkit.inference.ensemble`).
-MEMBER_KEYS = ("config", "epoch", "metrics", "select_split", "trained_with", "temperature")
+MEMBER_KEYS = ("config", *_RUN_RECORD, "trained_with", "temperature")
 
 
 def save_weights(ckpt: dict[str, Any], path: str | os.PathLike, **info: Any) -> None:
