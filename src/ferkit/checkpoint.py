@@ -63,6 +63,11 @@ _META_KEYS = ("classes", "config", *TRAINING_RECORD, "trained_with", "temperatur
 MEMBER_KEYS = ("config", *_RUN_RECORD, "trained_with", "temperature")
 
 
+def training_record(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The ``TRAINING_RECORD`` entries a checkpoint holds."""
+    return {k: ckpt[k] for k in TRAINING_RECORD if k in ckpt}
+
+
 def save_weights(ckpt: dict[str, Any], path: str | os.PathLike, **info: Any) -> None:
     """A checkpoint as half-precision safetensors with its config, classes and training record in the header.
 

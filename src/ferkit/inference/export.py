@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..atomic import write_atomically
-from ..checkpoint import BUNDLED, TRAINING_RECORD, LoadedModel, check_classes, load_model, model_path
+from ..checkpoint import BUNDLED, LoadedModel, check_classes, load_model, model_path, training_record
 from ..data.datasets import FerDataset, load_splits
 from ..data.transforms import build_test_transform, preprocessing
 from ..errors import FerkitError
@@ -66,7 +66,7 @@ def to_onnx_bytes(loaded: LoadedModel) -> bytes:
         "ferkit_preprocess": json.dumps(preprocessing(loaded.config)),
         "ferkit_config": json.dumps(loaded.config.to_dict()),
         "ferkit_arch": loaded.config.arch,
-        RECORD_KEY: json.dumps({k: loaded.checkpoint[k] for k in TRAINING_RECORD if k in loaded.checkpoint}),
+        RECORD_KEY: json.dumps(training_record(loaded.checkpoint)),
     }
     for key, onnx_key in (("temperature", TEMPERATURE_KEY), ("class_counts", CLASS_COUNTS_KEY)):
         if key in loaded.checkpoint:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import TRAINING_RECORD, load_model, model_path
+from ..checkpoint import load_model, model_path, training_record
 from ..config import Config
 from ..errors import FerkitError
 from ..evaluation.calibration import Tempered
@@ -97,7 +97,7 @@ def load_for_inference(
     if is_onnx:
         return load_onnx(path, prior)
     loaded = load_model(path)
-    record = {k: loaded.checkpoint[k] for k in TRAINING_RECORD if k in loaded.checkpoint}
+    record = training_record(loaded.checkpoint)
     model = OnnxRuntimeModel(to_onnx_bytes(loaded)) if onnxruntime else loaded.model
     temperature = float(loaded.checkpoint.get("temperature", 1.0))
     counts = loaded.checkpoint.get("class_counts")
