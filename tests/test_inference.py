@@ -45,3 +45,28 @@ def test_a_checkpoint_of_an_older_format_is_refused_in_one_line(untrained_checkp
     atomic_save(old, tmp_path / "old.pth")
     with pytest.raises(FerkitError, match="older format version 1.*retrain, or use the ferkit version that wrote it"):
         read_checkpoint(tmp_path / "old.pth")
+
+
+def test_a_training_runs_folder_stands_for_its_best_checkpoint(untrained_checkpoint, tmp_path):
+    # The fixture's checkpoint is a best.pth, so its folder is a run folder as `ferkit train --out` leaves it.
+    loaded = load_for_inference(untrained_checkpoint.parent, device="cpu")
+    assert loaded.source == untrained_checkpoint and loaded.record["epoch"] == 3
+    with pytest.raises(FerkitError, match=f"^{tmp_path} is a folder without a best.pth, not a model; .*--data"):
+        load_for_inference(tmp_path, device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        # A photo where the model goes: said so, with the command that reads photos.
+        ("photo.jpg", b"\xff\xd8\xff", "is an image, not a model; .* read photos with `ferkit predict .*photo.jpg`"),
+        # Bytes the weights-only unpickler fails on with a bare KeyError, not one of its usual errors.
+        ("notes.pth", b"hi\n", r"is truncated or not a ferkit checkpoint \(no PyTorch tensors\)"),
+    ],
+)
+def test_a_file_that_is_no_model_is_refused_in_one_line(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(FerkitError, match=message) as refused:
+        load_for_inference(path, device="cpu")
+    assert "\n" not in str(refused.value)

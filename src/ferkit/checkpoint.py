@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,12 +109,21 @@ def store_calibration(path: str | os.PathLike, temperature: float, class_counts:
 
 
 def model_path(path: str | os.PathLike | None) -> Path:
-    """The file behind a ``--checkpoint`` value: a path, a bundled model's name, or ``None`` (the default)."""
+    """The file behind a ``--checkpoint`` value: a path, a training run's folder (its ``best.pth``), a bundled
+    model's name, or ``None`` (the default)."""
     if path is None:
         return BUNDLED
     if str(path) in BUNDLED_MODELS and not Path(path).exists():
         return BUNDLED_MODELS[str(path)]
-    return Path(path)
+    path = Path(path)
+    if path.is_dir():
+        if (path / "best.pth").is_file():
+            return path / "best.pth"
+        raise FerkitError(
+            f"{path} is a folder without a best.pth, not a model; give a checkpoint file or a training run's folder "
+            "(a dataset goes after --data)"
+        )
+    return path
 
 
 def _read_weights(path: Path) -> dict[str, Any]:
@@ -150,9 +158,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         return _read_weights(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as e:
-        # The weights-only unpickler's message is a paragraph on PyTorch's defaults, not on this file.
-        lines = [] if isinstance(e, pickle.UnpicklingError) else str(e).strip().splitlines()
+    except Exception as e:
+        # On bytes that are not a checkpoint the weights-only unpickler fails in many ways (KeyError, IndexError,
+        # UnpicklingError with a paragraph on PyTorch's defaults); only the I/O and archive errors name the problem.
+        named = isinstance(e, (OSError, RuntimeError, zipfile.BadZipFile, EOFError, ValueError))
+        lines = str(e).strip().splitlines() if named else []
         reason = lines[0] if lines else "no PyTorch tensors"
         raise FerkitError(
             f"checkpoint {path} is truncated or not a ferkit checkpoint ({reason}); "

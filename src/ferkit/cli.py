@@ -280,8 +280,8 @@ def _checkpoint(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument(
         name,
         nargs="?" if not name.startswith("-") else None,
-        help=f"a .pth from ferkit train, a .safetensors/.onnx from ferkit export, or a bundled model: "
-        f"{', '.join(BUNDLED_MODELS)} (default: {next(iter(BUNDLED_MODELS))})",
+        help=f"a .pth from ferkit train (or its run folder: its best.pth), a .safetensors/.onnx from ferkit export, "
+        f"or a bundled model: {', '.join(BUNDLED_MODELS)} (default: {next(iter(BUNDLED_MODELS))})",
     )
 
 
@@ -386,7 +386,9 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
     from .inference.evaluate import BATCH_SIZE
 
-    p.add_argument("checkpoint", help="a .pth, .safetensors or .onnx file to write T and the class mix into")
+    p.add_argument(
+        "checkpoint", help="a .pth (or its run folder), .safetensors or .onnx file to write T and the class mix into"
+    )
     p.add_argument("--data", help="dataset whose selection split T is fitted on (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="images per forward pass")
     p.add_argument("--workers", type=int, default=Config.workers, help="DataLoader worker processes")
@@ -434,7 +436,9 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
     from .inference.export import CALIBRATION_IMAGES
 
-    p.add_argument("checkpoint", nargs="?", help="a .pth written by ferkit train (default: the bundled model)")
+    p.add_argument(
+        "checkpoint", nargs="?", help="a .pth written by ferkit train, or its run folder (default: the bundled model)"
+    )
     p.add_argument("--format", choices=("onnx", "safetensors"), default="onnx", help="what to write")
     p.add_argument("--int8", action="store_true", help="onnx: quantize to int8, calibrated on training images")
     p.add_argument("--calibration-data", metavar="PATH", help="--int8: dataset (default: the checkpoint's)")
