@@ -113,6 +113,22 @@ def test_check_finds_black_and_unreadable(image_folder, capsys):
     assert "all-black images: 1" in out and "unreadable files: 1" in out
 
 
+def test_a_folder_of_class_folders_is_checked_whole_and_refused_for_training(image_folder, capsys):
+    # CK+48's layout: class folders, no splits, one folder (contempt) that is no FER2013 class.
+    whole = image_folder / "train"
+    (whole / "contempt").mkdir()
+    sad = sorted((whole / "sad").iterdir())
+    for f in sad[:2]:
+        f.rename(whole / "contempt" / f.name)
+    report = check_dataset(whole)
+    assert list(report["splits"]) == ["all"] and report["splits"]["all"]["Sad"] == len(sad) - 2
+    assert report["left_out"] == ["train/contempt: no FER2013 class; its 2 images are left out"]
+    assert main(["data", "check", str(whole)]) == 0
+    assert "train/contempt: no FER2013 class" in capsys.readouterr().out
+    with pytest.raises(FerkitError, match=r"holds class folders but no train/ and test/ split: `ferkit evaluate"):
+        load_splits(whole)
+
+
 def test_cli_reports_one_line_errors(tmp_path, capsys):
     assert main(["data", "check", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()

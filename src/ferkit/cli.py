@@ -145,6 +145,8 @@ def _data_check(args: argparse.Namespace) -> int:
     print(f"{'split':<12}" + "".join(f"{c:>9}" for c in CLASSES) + f"{'total':>9}")
     for split, counts in report["splits"].items():
         print(f"{split:<12}" + "".join(f"{counts[c]:>9}" for c in CLASSES) + f"{sum(counts.values()):>9}")
+    for line in report["left_out"]:
+        print(line)
     print(f"unreadable files: {len(report['unreadable'])}")
     for bad in report["unreadable"]:
         print(f"  {bad['file']}")

@@ -163,6 +163,11 @@ def _folder_split(split_dir: Path) -> dict[str, list[Path]]:
 def read_image_folder(root: Path) -> dict[str, dict[str, list[Path]]]:
     """split name -> canonical class -> files, for the splits present under root."""
     present = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
+    if is_whole_folder(root):
+        raise FerkitError(
+            f"{root} holds class folders but no train/ and test/ split: `ferkit evaluate --data {root}` and "
+            f"`ferkit data check {root}` read it whole; to train on it, move them into train/<class>/ and test/<class>/"
+        )
     if "train" not in present or "test" not in present:
         raise FerkitError(
             f"{root} is not a FER image-folder dataset (found folders {sorted(present) or 'none'}); "
@@ -323,16 +328,24 @@ def _validate(splits: Splits, root: Path) -> None:
 
 
 def check_dataset(path: str | os.PathLike | None) -> dict:
-    """Per-split, per-class counts plus unreadable and all-black images, decoding every file."""
+    """Per-split, per-class counts plus unreadable and all-black images, decoding every file.
+
+    A folder of class folders without splits (CK+48, webfaces-dev) is one split, ``all``; its folders that are no
+    FER2013 class are named in ``left_out``, as evaluation leaves them out.
+    """
     root = resolve_data_path(path)
+    left_out: list[str] = []
     if root.is_file():
         split_samples = {usage: samples for usage, samples in read_fer_csv(root).items()}
+    elif is_whole_folder(root):
+        samples, left_out = read_whole_folder(root, CLASSES)
+        split_samples = {"all": samples}
     else:
         split_samples = {
             split: [Sample(p, CLASSES.index(cls), str(p)) for cls, files in by_class.items() for p in files]
             for split, by_class in read_image_folder(root).items()
         }
-    report: dict = {"path": str(root), "splits": {}, "unreadable": [], "black": []}
+    report: dict = {"path": str(root), "splits": {}, "left_out": left_out, "unreadable": [], "black": []}
     for split, samples in split_samples.items():
         report["splits"][split] = {c: 0 for c in CLASSES} | dict(Counter(CLASSES[s.label] for s in samples))
         for s in samples:
