@@ -466,6 +466,18 @@ def test_ferkit_serve_refuses_bad_limits_and_missing_checkpoints(checkpoint, tmp
     assert "missing.pth does not exist" in capsys.readouterr().err
 
 
+def test_ferkit_serve_refuses_a_port_in_use_before_loading_the_model(tmp_path, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # A checkpoint that does not exist: the port is checked first, so its error is the one given.
+        assert main(["serve", "--checkpoint", str(tmp_path / "missing.pth"), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ferkit: error: cannot listen on 127.0.0.1:{port} (") and err.count("\n") == 1
+    assert "pass another --port" in err
+
+
 def test_live_sessions_keep_tracks_per_tab_and_apart(predictor, astronaut):
     photo = skimage_data.astronaut()
     moved = png(np.roll(photo, -150, axis=1))  # her face where it was not before: a new person to a tracker

@@ -13,6 +13,7 @@ on the model.
 import asyncio
 import io
 import os
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -409,6 +410,22 @@ def create_app(
     return app
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse an address that cannot be listened on before the model loads: uvicorn would say so only after its
+    startup, in a log line among others, and exit 3."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # As uvicorn binds: a port left in TIME_WAIT by an earlier server is free, one with a listener is not.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as e:
+        raise FerkitError(
+            f"cannot listen on {host}:{port} ({e.strerror or e}); "
+            "pass another --port or --host, or stop what uses the port"
+        ) from None
+
+
 def run(
     checkpoint: str | os.PathLike | None = None,
     host: str = HOST,
@@ -432,6 +449,7 @@ def run(
     ):
         if value <= 0:
             raise FerkitError(f"{flag} must be positive, got {value}")
+    check_port(host, port)
     predictor = Predictor.from_checkpoint(checkpoint, backend=backend, device=device, detector=detector, prior=prior)
     app = create_app(
         predictor,
