@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
+from PIL import Image
 
 from ferkit.checkpoint import atomic_save, read_checkpoint, save_weights
 from ferkit.data.datasets import CLASSES
@@ -55,18 +58,29 @@ def test_a_training_runs_folder_stands_for_its_best_checkpoint(untrained_checkpo
         load_for_inference(tmp_path, device="cpu")
 
 
+def jpeg_bytes() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), (90, 60, 30)).save(out, format="JPEG")
+    return out.getvalue()
+
+
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
-        # A photo where the model goes: said so, with the command that reads photos.
-        ("photo.jpg", b"\xff\xd8\xff", "is an image, not a model; .* read photos with `ferkit predict .*photo.jpg`"),
+        # A photo where the model goes, under any name: said so, with the command that reads photos.
+        ("photo.jpg", jpeg_bytes(), "is an image, not a model; .* read photos with `ferkit predict .*photo.jpg`"),
+        ("photo.pth", jpeg_bytes(), "is an image, not a model; .* read photos with `ferkit predict .*photo.pth`"),
+        ("photo.safetensors", jpeg_bytes(), "is an image, not a model"),
         # Bytes the weights-only unpickler fails on with a bare KeyError, not one of its usual errors.
         ("notes.pth", b"hi\n", r"is truncated or not a ferkit checkpoint \(no PyTorch tensors\)"),
+        # The start of a JPEG that is no image either.
+        ("stub.jpg", b"\xff\xd8\xff", r"is truncated or not a ferkit checkpoint"),
     ],
 )
-def test_a_file_that_is_no_model_is_refused_in_one_line(tmp_path, name, content, message):
+@pytest.mark.parametrize("load", [load_for_inference, read_checkpoint], ids=["predict", "export"])
+def test_a_file_that_is_no_model_is_refused_in_one_line(tmp_path, name, content, message, load):
     path = tmp_path / name
     path.write_bytes(content)
     with pytest.raises(FerkitError, match=message) as refused:
-        load_for_inference(path, device="cpu")
+        load(path)
     assert "\n" not in str(refused.value)

@@ -126,6 +126,21 @@ def model_path(path: str | os.PathLike | None) -> Path:
     return path
 
 
+def _refuse_image(path: Path) -> None:
+    """Name the commonest slip, a photo where the model goes (`ferkit evaluate photo.jpg`), once a load has failed."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path):
+            pass
+    except (UnidentifiedImageError, OSError):
+        return
+    raise FerkitError(
+        f"{path} is an image, not a model; give a checkpoint (best.pth, .safetensors, .onnx) or leave it out "
+        f"for the bundled model, and read photos with `ferkit predict {path}`"
+    )
+
+
 def _read_weights(path: Path) -> dict[str, Any]:
     from safetensors import SafetensorError, safe_open
 
@@ -134,6 +149,7 @@ def _read_weights(path: Path) -> dict[str, Any]:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError) as e:
+        _refuse_image(path)
         raise FerkitError(f"weights file {path} is unreadable ({e}); reinstall ferkit or pass --checkpoint") from None
     if meta.get("format") != FORMAT:
         raise FerkitError(f"{path} is not a ferkit weights file (no '{FORMAT}' marker in its header)")
@@ -159,6 +175,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        _refuse_image(path)
         # On bytes that are not a checkpoint the weights-only unpickler fails in many ways (KeyError, IndexError,
         # UnpicklingError with a paragraph on PyTorch's defaults); only the I/O and archive errors name the problem.
         named = isinstance(e, (OSError, RuntimeError, zipfile.BadZipFile, EOFError, ValueError))

@@ -22,7 +22,6 @@ from torch import Tensor, nn
 
 from ..checkpoint import load_model, model_path, training_record
 from ..config import Config
-from ..data.images import IMAGE_SUFFIXES
 from ..errors import FerkitError
 from ..evaluation.calibration import Tempered
 from ..evaluation.prior import DEFAULT_PRIOR, resolve_prior
@@ -87,12 +86,6 @@ def load_for_inference(
     if backend not in BACKENDS:
         raise FerkitError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     path = model_path(path)
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        # The commonest slip: a photo where the model goes (`ferkit evaluate photo.jpg`).
-        raise FerkitError(
-            f"{path} is an image, not a model; give a checkpoint (best.pth, .safetensors, .onnx) or leave it out "
-            f"for the bundled model, and read photos with `ferkit predict {path}`"
-        )
     is_onnx = path.suffix.lower() == ".onnx"
     if is_onnx and backend == "torch":
         raise FerkitError(f"{path} is an ONNX model; use --backend onnxruntime or a .pth checkpoint")
