@@ -96,6 +96,15 @@ def test_non_image_gives_a_clear_error(tmp_path):
         read_image(bad)
 
 
+def test_a_model_where_the_photos_go_is_refused_in_one_line_naming_the_fix(checkpoint, capsys):
+    # The run folder (it holds best.pth) and the checkpoint itself: both point to --checkpoint.
+    for source in (checkpoint.parent, checkpoint):
+        with pytest.raises(FerkitError, match=f"^{source} is a model, not a photo; give it as --checkpoint {source}"):
+            predict_source(Predictor.from_checkpoint(checkpoint), source)
+    assert main(["predict", str(checkpoint)]) == 2
+    assert capsys.readouterr().err.strip().endswith("and the photos, folder or video to read")
+
+
 @pytest.mark.realdata
 def test_folder_of_fer2013_crops_without_detection_one_prediction_per_file(checkpoint, real_data, tmp_path, capsys):
     folder = tmp_path / "crops"

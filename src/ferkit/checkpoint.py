@@ -53,6 +53,8 @@ def make_checkpoint(model: nn.Module, cfg: Config, classes: tuple[str, ...], **e
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 BUNDLED = WEIGHTS / "fer2013_resnet18.safetensors"
 BUNDLED_MODELS = {"fer2013_resnet18": BUNDLED, "fer2013_resnet18.int8": WEIGHTS / "fer2013_resnet18.int8.onnx"}
+# The files ferkit writes a model to: a checkpoint, its exported weights, an ONNX graph.
+MODEL_SUFFIXES = (".pth", ".safetensors", ".onnx")
 # What training records beside the weights that describes them to users (the server's /model shows it).
 # An ensemble's record is its ``members``: each one's config, run record and source.
 _RUN_RECORD = ("epoch", "metrics", "select_split")
