@@ -133,6 +133,11 @@ def test_cli_reports_one_line_errors(tmp_path, capsys):
     assert main(["data", "check", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ferkit: error: dataset path") and "\n" not in err
+    # A folder of loose photos: both layouts ferkit reads are named, as `evaluate` names them.
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "photo.png")
+    assert main(["data", "check", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has no class folders and no train/ and test/" in err and "folders named for the classes" in err
 
 
 # slow: decodes all 35,887 files.

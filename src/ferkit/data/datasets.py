@@ -200,7 +200,7 @@ def check_evaluable(root: Path, classes: tuple[str, ...]) -> None:
         raise FerkitError(
             f"{root} has no class folders and no train/ and test/ (found folders {names or 'none'}); put its images "
             f"in folders named for the classes ({', '.join(c.lower() for c in classes)}) to evaluate it whole, "
-            "or pass a FER dataset"
+            "or pass a FER dataset (train/<class>/ and test/<class>/, or a fer2013.csv)"
         )
 
 
@@ -341,6 +341,7 @@ def check_dataset(path: str | os.PathLike | None) -> dict:
         samples, left_out = read_whole_folder(root, CLASSES)
         split_samples = {"all": samples}
     else:
+        check_evaluable(root, CLASSES)
         split_samples = {
             split: [Sample(p, CLASSES.index(cls), str(p)) for cls, files in by_class.items() for p in files]
             for split, by_class in read_image_folder(root).items()
