@@ -53,8 +53,6 @@ def make_checkpoint(model: nn.Module, cfg: Config, classes: tuple[str, ...], **e
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 BUNDLED = WEIGHTS / "fer2013_resnet18.safetensors"
 BUNDLED_MODELS = {"fer2013_resnet18": BUNDLED, "fer2013_resnet18.int8": WEIGHTS / "fer2013_resnet18.int8.onnx"}
-# The files ferkit writes a model to: a checkpoint, its exported weights, an ONNX graph.
-MODEL_SUFFIXES = (".pth", ".safetensors", ".onnx")
 # What training records beside the weights that describes them to users (the server's /model shows it).
 # An ensemble's record is its ``members``: each one's config, run record and source.
 _RUN_RECORD = ("epoch", "metrics", "select_split")
@@ -126,6 +124,12 @@ def model_path(path: str | os.PathLike | None) -> Path:
             "(a dataset goes after --data)"
         )
     return path
+
+
+def is_model_path(path: Path) -> bool:
+    """Whether ``path`` names a model as :func:`model_path` takes one: a file ferkit writes models to (checkpoint,
+    exported weights, ONNX graph) or a training run's folder."""
+    return path.suffix.lower() in (".pth", ".safetensors", ".onnx") or (path / "best.pth").is_file()
 
 
 def _refuse_image(path: Path) -> None:

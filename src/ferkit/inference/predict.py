@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..checkpoint import MODEL_SUFFIXES
+from ..checkpoint import is_model_path
 from ..config import Config
 from ..data.images import IMAGE_SUFFIXES, ImageInput, list_images, read_image
 from ..data.transforms import build_test_transform
@@ -214,7 +214,7 @@ def predict_source(
 def image_files(path: Path) -> list[Path]:
     """``path`` itself, or the images in a folder (any depth)."""
     # A model where the photos go is the commonest slip after a photo where the model goes.
-    if path.suffix.lower() in MODEL_SUFFIXES or (path / "best.pth").is_file():
+    if is_model_path(path):
         raise FerkitError(
             f"{path} is a model, not a photo; give it as --checkpoint {path} and the photos, folder or video to read"
         )
