@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from common import DEFAULT_DATA  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
 
-from ferkit.checkpoint import BUNDLED, check_classes, model_path
+from ferkit.checkpoint import check_classes, model_path
 from ferkit.data.datasets import FerDataset, load_splits
 from ferkit.data.loaders import make_loader
 from ferkit.data.transforms import build_test_transform
@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
 
     bundled = str(args.run) == "bundled"
-    ckpt = BUNDLED if bundled else args.run / "best.pth" if args.run.is_dir() else model_path(args.run)
+    ckpt = model_path(None if bundled else args.run)
     loaded = load_for_inference(ckpt)
     cfg, classes = loaded.config, loaded.classes
     splits = load_splits(args.data, "clean")

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from common import DEFAULT_DATA  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
 
+from ferkit.checkpoint import model_path
 from ferkit.cli import main as ferkit_main
 from ferkit.inference.evaluate import calibrate_checkpoint, evaluate_checkpoint
 from ferkit.runtime import machine_description
@@ -85,9 +86,10 @@ def run(name: str, train_args: list[str], data_default: str) -> dict:
                 **{k: float(v) for k, v in row.items() if is_watched(k) and v != ""},
             }
         )
-    flip = evaluate_checkpoint(folder / "best.pth", data=config["data"], split="report", tta="flip", workers=2)
-    real = real_photo_figures(folder / "best.pth", Path(config["data"]))
-    calibration = calibrated_figures(folder / "best.pth", config["data"])
+    best = model_path(folder)
+    flip = evaluate_checkpoint(best, data=config["data"], split="report", tta="flip", workers=2)
+    real = real_photo_figures(best, Path(config["data"]))
+    calibration = calibrated_figures(best, config["data"])
     path = RESULTS / f"time_to_accuracy_{name}.json"
     command = first_command(folder)
     if command is None:  # a run from before train.log recorded its commands

@@ -73,6 +73,7 @@ def jpeg_bytes() -> bytes:
         ("photo.jpg", jpeg_bytes(), "is an image, not a model; .* read photos with `ferkit predict .*photo.jpg`"),
         ("photo.pth", jpeg_bytes(), "is an image, not a model; .* read photos with `ferkit predict .*photo.pth`"),
         ("photo.safetensors", jpeg_bytes(), "is an image, not a model"),
+        ("photo.onnx", jpeg_bytes(), "is an image, not a model"),
         # Bytes the weights-only unpickler fails on with a bare KeyError, not one of its usual errors.
         ("notes.pth", b"hi\n", r"is truncated or not a ferkit checkpoint \(no PyTorch tensors\)"),
         # The start of a JPEG that is no image either.

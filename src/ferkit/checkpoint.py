@@ -23,6 +23,9 @@ from .errors import FerkitError
 from .model import Ensemble, build_model
 
 FORMAT = "ferkit-checkpoint"
+# The two files a training run writes in its folder: the selected weights, and everything --resume needs.
+BEST = "best.pth"
+LAST = "last.pth"
 VERSION = 2  # 2: no "arch" (it is config.arch), no best score beside the history in last.pth's state
 
 
@@ -117,8 +120,8 @@ def model_path(path: str | os.PathLike | None) -> Path:
         return BUNDLED_MODELS[str(path)]
     path = Path(path)
     if path.is_dir():
-        if (path / "best.pth").is_file():
-            return path / "best.pth"
+        if (path / BEST).is_file():
+            return path / BEST
         raise FerkitError(
             f"{path} is a folder without a best.pth, not a model; give a checkpoint file or a training run's folder "
             "(a dataset goes after --data)"
@@ -129,10 +132,10 @@ def model_path(path: str | os.PathLike | None) -> Path:
 def is_model_path(path: Path) -> bool:
     """Whether ``path`` names a model as :func:`model_path` takes one: a file ferkit writes models to (checkpoint,
     exported weights, ONNX graph) or a training run's folder."""
-    return path.suffix.lower() in (".pth", ".safetensors", ".onnx") or (path / "best.pth").is_file()
+    return path.suffix.lower() in (".pth", ".safetensors", ".onnx") or (path / BEST).is_file()
 
 
-def _refuse_image(path: Path) -> None:
+def refuse_image(path: Path) -> None:
     """Name the commonest slip, a photo where the model goes (`ferkit evaluate photo.jpg`), once a load has failed."""
     from PIL import Image, UnidentifiedImageError
 
@@ -155,7 +158,7 @@ def _read_weights(path: Path) -> dict[str, Any]:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError) as e:
-        _refuse_image(path)
+        refuse_image(path)
         raise FerkitError(f"weights file {path} is unreadable ({e}); reinstall ferkit or pass --checkpoint") from None
     if meta.get("format") != FORMAT:
         raise FerkitError(f"{path} is not a ferkit weights file (no '{FORMAT}' marker in its header)")
@@ -181,7 +184,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        _refuse_image(path)
+        refuse_image(path)
         # On bytes that are not a checkpoint the weights-only unpickler fails in many ways (KeyError, IndexError,
         # UnpicklingError with a paragraph on PyTorch's defaults); only the I/O and archive errors name the problem.
         named = isinstance(e, (OSError, RuntimeError, zipfile.BadZipFile, EOFError, ValueError))

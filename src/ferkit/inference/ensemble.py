@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import MEMBER_KEYS, load_model, make_checkpoint, model_path
+from ..checkpoint import BEST, LAST, MEMBER_KEYS, load_model, make_checkpoint, model_path
 from ..data.transforms import preprocessing
 from ..errors import FerkitError
 from ..model import Ensemble
@@ -15,7 +15,7 @@ from ..model import Ensemble
 
 def _source(path: Path) -> str:
     # Every training run writes a best.pth and a last.pth, so a run's file is named by its run folder too.
-    return f"{path.parent.name}/{path.name}" if path.name in ("best.pth", "last.pth") else path.name
+    return f"{path.parent.name}/{path.name}" if path.name in (BEST, LAST) else path.name
 
 
 def combine_checkpoints(paths: list[str | os.PathLike]) -> dict[str, Any]:

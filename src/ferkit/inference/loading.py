@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import load_model, model_path, training_record
+from ..checkpoint import load_model, model_path, refuse_image, training_record
 from ..config import Config
 from ..errors import FerkitError
 from ..evaluation.calibration import Tempered
@@ -48,6 +48,8 @@ class OnnxRuntimeModel(nn.Module):
         try:
             self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own untyped errors for unreadable graphs
+            if not isinstance(model, bytes):
+                refuse_image(Path(model))
             raise FerkitError(
                 f"cannot load ONNX model {model if not isinstance(model, bytes) else ''}: "
                 f"{str(e).splitlines()[0]}; export it again with `ferkit export`"

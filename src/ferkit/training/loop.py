@@ -40,7 +40,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from .. import distributed as dist
-from ..checkpoint import check_classes, load_model
+from ..checkpoint import BEST, LAST, check_classes, load_model
 from ..config import Config, resumed_config
 from ..data.datasets import FerDataset, Sample, Splits, collate_skipping, load_splits
 from ..data.loaders import make_loader
@@ -388,7 +388,7 @@ def _start(cfg: Config, resume: bool, overwrite: bool, last: dict | None, comman
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     splits = load_splits(cfg.data, cfg.protocol, cfg.limit_per_class)
     if ckpt is not None:
-        check_classes(out / "last.pth", tuple(ckpt["classes"]), splits.classes)
+        check_classes(out / LAST, tuple(ckpt["classes"]), splits.classes)
     t = _assemble(cfg, splits, state, ckpt)
     if not dist.is_main():
         state.partial = {}  # the interrupted epoch's sums are totals over all processes: one carries them on
@@ -503,7 +503,7 @@ def _log_start(t: Training) -> None:
 
 def final_report(cfg: Config, splits: Splits, state: TrainState, speed: Speed) -> dict:
     """Measure best.pth once on the report split (PrivateTest under the clean protocol), with the run's cost."""
-    best = Path(cfg.out) / "best.pth"
+    best = Path(cfg.out) / BEST
     model = load_model(best, splits.classes).model.to(speed.device)
     metrics = _measure(model, splits.report, splits.classes, cfg, speed)
     best_epoch = state.best_epoch()

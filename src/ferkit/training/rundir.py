@@ -19,7 +19,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from .. import distributed as dist
-from ..checkpoint import atomic_save, make_checkpoint, read_checkpoint
+from ..checkpoint import BEST, LAST, atomic_save, make_checkpoint, read_checkpoint
 from ..config import Config
 from ..errors import FerkitError
 from ..plots import plot_curves
@@ -88,7 +88,7 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
 
 def read_last(out: str | Path) -> dict:
     """A run folder's last.pth, read and checked: everything ``--resume`` continues from, its config included."""
-    last = Path(out) / "last.pth"
+    last = Path(out) / LAST
     if not last.is_file():
         raise FerkitError(f"cannot resume: {last} does not exist; start the run without --resume")
     return read_checkpoint(last)
@@ -125,7 +125,7 @@ class Checkpoints:
 
     def save_best(self, evaluated: nn.Module, epoch: int, metrics: dict) -> None:
         record = {k: metrics[k] for k in ("accuracy", "macro_f1")}
-        self._save("best.pth", evaluated, epoch=epoch, select_split=self.select_split, metrics=record)
+        self._save(BEST, evaluated, epoch=epoch, select_split=self.select_split, metrics=record)
 
     def save_last(
         self,
@@ -139,7 +139,7 @@ class Checkpoints:
     ) -> None:
         averaged = {"ema": ema.state_dict()} if ema is not None else {}
         self._save(
-            "last.pth",
+            LAST,
             model,
             optimizer=optimizer.state_dict(),
             scheduler=scheduler.state_dict(),
