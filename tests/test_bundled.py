@@ -37,7 +37,9 @@ def test_bundled_weights_ship_small_and_load_offline(no_network):
     assert BUNDLED.is_file() and BUNDLED.stat().st_size <= 25 * 2**20
     loaded = load_model()
     assert loaded.classes == CLASSES
-    assert loaded.checkpoint["metrics"]["accuracy"] > 0.3  # recorded at selection time, on PublicTest
+    # Each network's selection figure on PublicTest, recorded when it was chosen (an ensemble keeps its members').
+    networks = loaded.checkpoint.get("members") or [loaded.checkpoint]
+    assert all(network["metrics"]["accuracy"] > 0.3 for network in networks)
 
 
 def test_astronaut_is_one_happy_face_with_the_default_model(no_network, tmp_path, capsys):
@@ -66,7 +68,7 @@ def test_int8_twin_ships_and_agrees_with_the_default_model(no_network):
     pytest.importorskip("onnxruntime")
     skimage_data = pytest.importorskip("skimage.data")
     path = BUNDLED_MODELS["fer2013_resnet18.int8"]
-    assert path.is_file() and path.stat().st_size <= 13 * 2**20
+    assert path.is_file() and path.stat().st_size <= 14 * 2**20  # two networks' int8 weights (an ensemble)
     int8 = Predictor.from_checkpoint("fer2013_resnet18.int8")
     assert int8.classes == CLASSES and int8.model.precision == "int8"
     fast, reference = int8.predict(skimage_data.astronaut()), Predictor.default().predict(skimage_data.astronaut())
