@@ -70,6 +70,14 @@ class Preprocess(BaseModel):
     std: list[float]
 
 
+class Member(BaseModel):
+    source: str = Field(description="the file the network came from (a run's best.pth is named with its run folder)")
+    arch: str
+    epoch: int | None = Field(description="the epoch it was saved after, when recorded")
+    metrics: dict[str, Any] | None = Field(description="its selection-split metrics, recorded when it was chosen")
+    select_split: str | None = Field(description="the split those metrics were measured on")
+
+
 class ModelInfo(BaseModel):
     checkpoint: str | None = Field(description="the file's name")
     classes: list[str]
@@ -79,7 +87,7 @@ class ModelInfo(BaseModel):
     epoch: int | None = Field(description="the epoch the checkpoint was saved after, when recorded")
     metrics: dict[str, Any] | None = Field(description="selection-split metrics recorded with the checkpoint")
     select_split: str | None = Field(description="the split those metrics were measured on")
-    members: list[str] = Field(description="an ensemble's networks, by the files they came from; empty for one")
+    members: list[Member] = Field(description="an ensemble's networks, what training recorded of each; empty for one")
     prior: str = Field(description="the class mix the probabilities are read for (ferkit.evaluation.prior)")
 
 
@@ -99,7 +107,14 @@ def describe_model(predictor: Predictor) -> dict:
         "epoch": predictor.record.get("epoch"),
         "metrics": predictor.record.get("metrics"),
         "select_split": predictor.record.get("select_split"),
-        "members": [m["source"] for m in predictor.record.get("members", [])],
+        "members": [
+            {
+                "source": m["source"],
+                "arch": m["config"]["arch"],
+                **{k: m.get(k) for k in ("epoch", "metrics", "select_split")},
+            }
+            for m in predictor.record.get("members", [])
+        ],
         "prior": predictor.prior,
     }
 
