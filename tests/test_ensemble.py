@@ -154,7 +154,7 @@ def test_the_server_names_an_ensembles_networks(tmp_path):
     from fastapi.testclient import TestClient
 
     from ferkit.inference.predict import Predictor
-    from ferkit.serve.app import create_app, describe_model
+    from ferkit.serve.app import ModelInfo, create_app, describe_model
 
     pair = tmp_path / "pair.safetensors"
     assert (
@@ -163,4 +163,10 @@ def test_the_server_names_an_ensembles_networks(tmp_path):
     )
     predictor = Predictor.from_checkpoint(str(pair), detector=None)
     model = TestClient(create_app(predictor, describe_model(predictor))).get("/model").json()
-    assert model["members"] == ["a.pth", "b.pth"] and model["checkpoint"] == "pair.safetensors"
+    ModelInfo.model_validate(model)  # what /model answers keeps to its documented schema
+    assert model["checkpoint"] == "pair.safetensors" and (model["epoch"], model["metrics"]) == (None, None)
+    # An ensemble has no epoch of its own; each network's record is there, by the file it came from.
+    assert [(m["source"], m["arch"], m["epoch"]) for m in model["members"]] == [
+        ("a.pth", "resnet18", 1),
+        ("b.pth", "resnet18", 2),
+    ]

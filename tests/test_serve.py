@@ -243,26 +243,6 @@ def test_health_and_model_describe_the_server_and_the_checkpoint(client):
     assert model["prior"] == "model"  # auto: this file records no training mix to read photos away from
 
 
-def test_model_describes_each_network_of_an_ensemble(checkpoint, tmp_path):
-    from ferkit.checkpoint import atomic_save
-    from ferkit.inference.ensemble import combine_checkpoints
-    from ferkit.serve.app import ModelInfo
-
-    atomic_save(combine_checkpoints([checkpoint, checkpoint]), tmp_path / "pair.pth")
-    model = describe_model(Predictor.from_checkpoint(tmp_path / "pair.pth", device="cpu"))
-    ModelInfo.model_validate(model)  # what /model answers keeps to its documented schema
-    # An ensemble has no epoch of its own; each network's is there, named by its run folder.
-    assert (model["epoch"], model["metrics"]) == (None, None)
-    network = {
-        "source": f"{checkpoint.parent.name}/best.pth",
-        "arch": "resnet18",
-        "epoch": 3,
-        "metrics": {"accuracy": 0.5, "macro_f1": 0.25},
-        "select_split": "PublicTest",
-    }
-    assert model["members"] == [network, network]
-
-
 def test_openapi_schema_documents_what_the_endpoints_do(client):
     schema = client.get("/openapi.json").json()
     assert set(schema["paths"]) == {"/predict", "/health", "/model"}
