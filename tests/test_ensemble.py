@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ferkit.checkpoint import atomic_save, load_model, make_checkpoint, read_checkpoint
+from ferkit.checkpoint import atomic_save, load_model, make_checkpoint, read_checkpoint, store_calibration
 from ferkit.cli import main
 from ferkit.config import Config
 from ferkit.data.datasets import CLASSES
@@ -161,8 +161,10 @@ def test_the_server_names_an_ensembles_networks(tmp_path):
         main(["ensemble", str(member(tmp_path / "a.pth", 1)), str(member(tmp_path / "b.pth", 2)), "--out", str(pair)])
         == 0
     )
+    store_calibration(pair, 0.8)
     predictor = Predictor.from_checkpoint(str(pair), detector=None)
     model = TestClient(create_app(predictor, describe_model(predictor))).get("/model").json()
+    assert model["temperature"] == pytest.approx(0.8)  # the pair's own, fitted for the average
     ModelInfo.model_validate(model)  # what /model answers keeps to its documented schema
     assert model["checkpoint"] == "pair.safetensors" and (model["epoch"], model["metrics"]) == (None, None)
     # An ensemble has no epoch of its own; each network's record is there, by the file it came from.

@@ -240,6 +240,7 @@ def test_health_and_model_describe_the_server_and_the_checkpoint(client):
         "PublicTest",
     )
     assert model["members"] == []  # one network, not an ensemble
+    assert model["temperature"] == 1.0  # never calibrated
     assert model["prior"] == "model"  # auto: this file records no training mix to read photos away from
 
 
@@ -345,6 +346,22 @@ def open_page(browser, server):
     page.goto(server.url)
     page.wait_for_function("document.querySelector('#model-info').textContent.startsWith('Model:')")
     return page, errors
+
+
+@pytest.mark.slow
+def test_page_names_an_ensembles_networks_with_their_selection_accuracy(browser, checkpoint, tmp_path):
+    from ferkit.checkpoint import atomic_save
+    from ferkit.inference.ensemble import combine_checkpoints
+
+    atomic_save(combine_checkpoints([checkpoint, checkpoint]), tmp_path / "pair.pth")
+    predictor = Predictor.from_checkpoint(tmp_path / "pair.pth")
+    with LiveServer(create_app(predictor, describe_model(predictor))) as live:
+        page, errors = open_page(browser, live)
+        info = page.locator("#model-info").text_content()
+        page.close()
+    network = f"{checkpoint.parent.name}/best.pth: PublicTest 50.0%"
+    assert f"Model: the average of 2 networks ({network}; {network}) at 32x32 (pair.pth)" in info
+    assert errors == []
 
 
 @pytest.mark.slow

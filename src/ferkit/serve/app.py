@@ -88,6 +88,7 @@ class ModelInfo(BaseModel):
     metrics: dict[str, Any] | None = Field(description="selection-split metrics recorded with the checkpoint")
     select_split: str | None = Field(description="the split those metrics were measured on")
     members: list[Member] = Field(description="an ensemble's networks, what training recorded of each; empty for one")
+    temperature: float = Field(description="what the logits are divided by (fitted by ferkit calibrate; 1: none)")
     prior: str = Field(description="the class mix the probabilities are read for (ferkit.evaluation.prior)")
 
 
@@ -115,6 +116,8 @@ def describe_model(predictor: Predictor) -> dict:
             }
             for m in predictor.record.get("members", [])
         ],
+        # Predictor.from_checkpoint wraps the network in its stored temperature (evaluation.calibration.Tempered).
+        "temperature": getattr(predictor.model, "temperature", 1.0),
         "prior": predictor.prior,
     }
 

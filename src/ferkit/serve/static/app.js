@@ -64,8 +64,11 @@ async function loadModelInfo() {
     const source = model.checkpoint || "in memory";
     const mix = model.prior === "photos" ? "everyday photos' class mix"
       : model.prior === "model" ? "its training data's class mix" : `class mix ${model.prior}`;
+    // An ensemble names each network with the selection accuracy it was chosen on.
+    const network = (m) => m.metrics && typeof m.metrics.accuracy === "number"
+      ? `${m.source}: ${m.select_split || "selection"} ${percent(m.metrics.accuracy)}` : m.source;
     const networks = model.members && model.members.length > 1
-      ? `the average of ${model.members.length} networks (${model.members.join(", ")})` : model.arch;
+      ? `the average of ${model.members.length} networks (${model.members.map(network).join("; ")})` : model.arch;
     info.textContent = `Model: ${networks} at ${size}x${size} (${source}${epoch}${accuracy}); ` +
       `classes ${model.classes.join(", ")}, read for ${mix}. Uploads up to ${megabytes(maxUploadBytes)} MB.`;
   } catch (error) {
