@@ -24,6 +24,7 @@ from PIL import Image
 import ferkit.checkpoint as checkpoint_mod
 from ferkit.cli import main
 from ferkit.data.datasets import CLASSES
+from ferkit.inference.ensemble import combine_checkpoints
 from ferkit.inference.predict import Predictor
 from ferkit.inference.results import Face, Result
 
@@ -350,10 +351,7 @@ def open_page(browser, server):
 
 @pytest.mark.slow
 def test_page_names_an_ensembles_networks_with_their_selection_accuracy(browser, checkpoint, tmp_path):
-    from ferkit.checkpoint import atomic_save
-    from ferkit.inference.ensemble import combine_checkpoints
-
-    atomic_save(combine_checkpoints([checkpoint, checkpoint]), tmp_path / "pair.pth")
+    checkpoint_mod.atomic_save(combine_checkpoints([checkpoint, checkpoint]), tmp_path / "pair.pth")
     predictor = Predictor.from_checkpoint(tmp_path / "pair.pth")
     with LiveServer(create_app(predictor, describe_model(predictor))) as live:
         page, errors = open_page(browser, live)
