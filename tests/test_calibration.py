@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +166,15 @@ def test_a_folder_of_class_folders_is_evaluated_whole_and_says_what_it_leaves_ou
     assert metrics["macro_recall"] == pytest.approx(np.mean(recalls))
     fewer = evaluate_checkpoint(untrained_checkpoint, data=str(folder), workers=0, min_support=3)
     assert fewer["macro_classes"] == ["Angry", "Happy"]
+
+
+def test_evaluation_runs_no_more_workers_than_cores(untrained_checkpoint, tmp_path):
+    # PyTorch warns (twice) for a loader with more workers than cores: evaluate's default of 4 did on 2 cores.
+    folder = make_class_folder(tmp_path / "faces", {"anger": 2, "happiness": 2})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        many = evaluate_checkpoint(untrained_checkpoint, data=str(folder), workers=64)
+    assert many["per_class"] == evaluate_checkpoint(untrained_checkpoint, data=str(folder), workers=0)["per_class"]
 
 
 def test_a_folder_with_neither_class_folders_nor_splits_names_both_layouts(untrained_checkpoint, tmp_path, capsys):
