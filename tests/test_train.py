@@ -458,7 +458,7 @@ def test_distillation_refuses_a_teacher_of_other_classes(finished_run, tmp_path)
     other["classes"] = [c.upper() for c in other["classes"]]
     atomic_save(other, tmp_path / "other.pth")
     cfg = tiny(teacher_run.parent / "fer", tmp_path / "student", epochs=1, distill_from=(str(tmp_path / "other.pth"),))
-    with pytest.raises(FerkitError, match="other.pth was trained for classes"):
+    with pytest.raises(FerkitError, match="other.pth was trained for classes .*; give --distill-from teachers trained"):
         train(cfg)
 
 

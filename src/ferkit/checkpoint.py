@@ -221,11 +221,15 @@ class LoadedModel:
     checkpoint: dict[str, Any]
 
 
-def check_classes(path: str | os.PathLike, have: tuple[str, ...], expected: tuple[str, ...]) -> None:
+def check_classes(
+    path: str | os.PathLike,
+    have: tuple[str, ...],
+    expected: tuple[str, ...],
+    fix: str = "use a checkpoint trained on these classes or retrain",
+) -> None:
     if tuple(have) != tuple(expected):
         raise FerkitError(
-            f"checkpoint {path} was trained for classes {list(have)} but the data has {list(expected)}; "
-            "use a checkpoint trained on these classes or retrain"
+            f"checkpoint {path} was trained for classes {list(have)} but the data has {list(expected)}; {fix}"
         )
 
 

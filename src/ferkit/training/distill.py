@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import distributed as dist
-from ..checkpoint import atomic_save, load_model
+from ..checkpoint import atomic_save, check_classes, load_model
 from ..config import Config
 from ..data.datasets import FerDataset, Sample, collate_skipping
 from ..data.loaders import make_loader
@@ -35,6 +35,8 @@ log = logging.getLogger("ferkit")
 TEACHERS_FILE = "teachers.pt"
 VIEWS = "flip"  # each image and its mirror: training flips, so both are images the student learns from
 BATCH_SIZE = 256
+# A teacher's classes must be the data's: the bundled model, for one, knows FER2013's seven only.
+TEACHER_FIX = "give --distill-from teachers trained on these classes, or --distill-from alone to train without one"
 
 
 def soft_targets(
@@ -68,7 +70,8 @@ def teacher_probs(
     total = torch.zeros(len(samples), len(classes))
     for path in paths:
         log.info(f"distillation: teacher {path} labels {len(samples)} training images and their mirrors")
-        loaded = load_model(path, classes)
+        loaded = load_model(path)
+        check_classes(path, loaded.classes, classes, TEACHER_FIX)
         model = Tempered(loaded.model, float(loaded.checkpoint.get("temperature", 1.0))).to(speed.device)
         dataset = _Indexed(samples, build_test_transform(loaded.config), skip_bad)
         loader = make_loader(dataset, BATCH_SIZE, speed.workers, speed.device, collate_fn=collate_skipping)
