@@ -13,6 +13,10 @@ epoch the cumulative PFLOP, wall minutes and PublicTest accuracy (selection spli
 PrivateTest (best PublicTest epoch, fp32, no TTA; flip TTA beside), its ECE before and after a temperature
 fitted on PublicTest, and the real-photo collections beside FER2013 (webfaces-dev, CK+48).
 
+``seeds NAME RUN...`` gives one recipe's figures over its seeds: recorded runs whose configs differ only in
+the seed (and in how they were computed), their mean and standard deviation (n - 1), into
+``benchmarks/results/seeds_NAME.json``.
+
 ``plot`` draws ``benchmarks/results/accuracy_vs_compute.png`` from those files: PrivateTest against
 PFLOP, one point per run; webfaces-dev macro recall against PublicTest (the two figures recipes are chosen by),
 coloured by PFLOP; and each run's PublicTest curve over its epochs.
@@ -22,10 +26,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import shlex
 import shutil
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -34,6 +40,7 @@ from common import DEFAULT_DATA  # benchmarks/common.py (scripts run with benchm
 
 from ferkit.checkpoint import model_path
 from ferkit.cli import main as ferkit_main
+from ferkit.config import Config
 from ferkit.inference.evaluate import calibrate_checkpoint, evaluate_checkpoint
 from ferkit.runtime import machine_description
 from ferkit.training.rundir import is_watched
@@ -177,6 +184,56 @@ def real_photo_figures(checkpoint: Path, fer2013: Path) -> dict:
     return figures
 
 
+# Config values that say how or where a run was computed, or what it watched, never what it trained.
+NOT_RECIPE = {f.name for f in dataclasses.fields(Config) if f.metadata["group"] in ("speed", "run")} | {
+    "data",
+    "watch",
+    "watch_min_support",
+}
+
+
+def seeds(name: str, runs: list[str]) -> dict:
+    """Mean and spread of the recorded runs ``runs`` (result names), which must be one recipe at several seeds."""
+    results = [json.loads((RESULTS / f"time_to_accuracy_{run}.json").read_text()) for run in runs]
+    # A run recorded before an option existed ran without it: its default.
+    defaults = json.loads(json.dumps(Config().to_dict()))
+    recipes = [{k: v for k, v in (defaults | r["config"]).items() if k not in NOT_RECIPE} for r in results]
+    for run, recipe in zip(runs[1:], recipes[1:]):
+        differ = sorted(k for k in recipe.keys() | recipes[0].keys() if recipe.get(k) != recipes[0].get(k))
+        if differ:
+            sys.exit(f"time_to_accuracy: {run} is another recipe than {runs[0]} ({', '.join(differ)} differ)")
+    if len({r["config"]["seed"] for r in results}) < len(results):
+        sys.exit("time_to_accuracy: two of the runs have the same seed")
+    figures = {
+        "public_test": [r["public_test_best"] for r in results],
+        "private_test": [r["private_test"] for r in results],
+        "private_test_flip": [r["private_test_flip"] for r in results],
+        "pflop": [r["pflop"] for r in results],
+        "wall_minutes": [r["wall_minutes"] for r in results],
+    }
+    for key in REAL_PHOTOS:
+        if all(key in r for r in results):
+            figures[f"{key}_accuracy"] = [r[key]["accuracy"] for r in results]
+            figures[f"{key}_macro_recall"] = [r[key]["macro_recall"] for r in results]
+    summary = {
+        "name": name,
+        "runs": runs,
+        "seeds": [r["config"]["seed"] for r in results],
+        "machines": sorted({r["machine"] for r in results}),
+        "recipe": recipes[0],
+        **{k: {"values": v, "mean": statistics.mean(v), "sd": statistics.stdev(v)} for k, v in figures.items()},
+    }
+    path = RESULTS / f"seeds_{name}.json"
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"{name}: {len(runs)} seeds ({', '.join(map(str, summary['seeds']))}); wrote {path}")
+    for key, values in figures.items():
+        scale = 100 if key.endswith(("test", "flip", "accuracy")) else 1
+        shown = ", ".join(f"{scale * v:.2f}" if scale == 100 else f"{v:.3f}" for v in values)
+        s = summary[key]
+        print(f"  {key}: mean {scale * s['mean']:.3f}, sd {scale * s['sd']:.3f} ({shown})")
+    return summary
+
+
 def plot(output: Path) -> None:
     import matplotlib
 
@@ -259,11 +316,18 @@ def main() -> None:
     p = sub.add_parser("run", help="train (unless finished) and record; ferkit train arguments follow --")
     p.add_argument("--name", required=True, help="result name: benchmarks/results/time_to_accuracy_NAME.json")
     p.add_argument("--data", default=DEFAULT_DATA, help="FER2013 when the train arguments give no --data")
+    p = sub.add_parser("seeds", help="one recipe's mean and spread over its seeds")
+    p.add_argument("name", help="summary name: benchmarks/results/seeds_NAME.json")
+    p.add_argument("runs", nargs="+", help="result names of runs of one recipe, one seed each")
     p = sub.add_parser("plot", help="PrivateTest against PFLOP for every recorded run")
     p.add_argument("--out", type=Path, default=RESULTS / "accuracy_vs_compute.png")
     args = parser.parse_args(argv)
     if args.command == "run":
         run(args.name, train_args, args.data)
+    elif args.command == "seeds":
+        if len(args.runs) < 2:
+            sys.exit("time_to_accuracy: seeds needs two runs or more")
+        seeds(args.name, args.runs)
     else:
         plot(args.out)
 
