@@ -67,6 +67,41 @@ def test_an_ensemble_among_the_models_contributes_its_members_and_survives_safet
     assert np.abs(probs(load_model(trio).model, images) - want).max() < 5e-3
 
 
+def test_a_member_taken_out_of_an_ensemble_reads_as_it_did_before_it_went_in(tmp_path, capsys):
+    a, b = member(tmp_path / "a.pth", 1), member(tmp_path / "b.pth", 2, width=12)
+    pair = tmp_path / "pair.pth"
+    assert main(["ensemble", str(a), str(b), "--out", str(pair)]) == 0
+    store_calibration(pair, temperature=0.8, class_counts=dict.fromkeys(CLASSES, 10))
+    capsys.readouterr()
+    out = tmp_path / "b_again.pth"
+    assert main(["ensemble", str(pair), "--member", "1", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {out}: network 1 of {pair}, alone")
+    images = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    again = load_model(out)
+    assert not isinstance(again.model, Ensemble) and again.config.width == 12
+    assert np.abs(probs(again.model, images) - probs(load_model(b).model, images)).max() < 1e-6
+    # Its own record and temperature, not the average's; the training mix is the ensemble's.
+    ckpt = read_checkpoint(out)
+    assert (ckpt["epoch"], ckpt["temperature"]) == (2, 1.5)
+    assert ckpt["class_counts"] == dict.fromkeys(CLASSES, 10)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["a.pth", "--member", "0"], r"a.pth is a single network, not an ensemble"),
+        (["pair.pth", "--member", "2"], r"^--member 2: .*pair.pth has 2 networks \(0: a.pth, 1: b.pth\)$"),
+        (["pair.pth", "a.pth", "--member", "0"], "--member takes a network out of one ensemble; 2 models were given"),
+    ],
+)
+def test_a_member_is_taken_only_out_of_one_ensemble_that_has_it(tmp_path, args, message):
+    a, b = member(tmp_path / "a.pth", 1), member(tmp_path / "b.pth", 2)
+    assert main(["ensemble", str(a), str(b), "--out", str(tmp_path / "pair.pth")]) == 0
+    paths = [str(tmp_path / x) if x.endswith(".pth") else x for x in args]
+    with pytest.raises(FerkitError, match=message):
+        main_raising(["ensemble", *paths, "--out", str(tmp_path / "one.pth")])
+
+
 def test_members_from_training_runs_are_named_by_their_run_folders(tmp_path, capsys):
     runs = [tmp_path / "run1", tmp_path / "run2"]
     for seed, run in enumerate(runs, 1):

@@ -230,19 +230,29 @@ def _export(args: argparse.Namespace) -> int:
 
 def _ensemble(args: argparse.Namespace) -> int:
     from .checkpoint import atomic_save, save_weights
-    from .inference.ensemble import combine_checkpoints
+    from .inference.ensemble import combine_checkpoints, member_checkpoint
 
     out = Path(args.out)
     if out.suffix not in (".pth", ".safetensors"):
         raise FerkitError(f"--out {out}: name a .safetensors (fp16 weights) or .pth file")
-    ckpt = combine_checkpoints(args.checkpoints)
+    if args.member is not None and len(args.checkpoints) != 1:
+        raise FerkitError(f"--member takes a network out of one ensemble; {len(args.checkpoints)} models were given")
+    ckpt = (
+        combine_checkpoints(args.checkpoints)
+        if args.member is None
+        else member_checkpoint(*args.checkpoints, args.member)
+    )
     if out.suffix == ".safetensors":
         save_weights(ckpt, out)
     else:
         atomic_save(ckpt, out)
-    names = ", ".join(m["source"] for m in ckpt["members"])
-    print(f"wrote {out}: the average of {len(ckpt['members'])} models' probabilities ({names})")
-    print(f"fit its temperature before using it: ferkit calibrate {out}")
+    if args.member is None:
+        names = ", ".join(m["source"] for m in ckpt["members"])
+        print(f"wrote {out}: the average of {len(ckpt['members'])} models' probabilities ({names})")
+    else:
+        print(f"wrote {out}: network {args.member} of {args.checkpoints[0]}, alone")
+    if "temperature" not in ckpt:
+        print(f"fit its temperature before using it: ferkit calibrate {out}")
     return 0
 
 
@@ -451,9 +461,18 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_ensemble_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "checkpoints", nargs="+", metavar="checkpoint", help="two or more models of the same classes and image size"
+        "checkpoints",
+        nargs="+",
+        metavar="checkpoint",
+        help="two or more models of the same classes and image size (with --member: one ensemble)",
     )
     p.add_argument("--out", required=True, help="the ensemble's file: .safetensors (fp16 weights) or .pth")
+    p.add_argument(
+        "--member",
+        type=int,
+        metavar="N",
+        help="instead: network N (from 0) of an ensemble as a model of its own (e.g. a teacher for --distill-from)",
+    )
     p.set_defaults(func=_ensemble)
 
 

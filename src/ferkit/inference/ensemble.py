@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import BEST, LAST, MEMBER_KEYS, load_model, make_checkpoint, model_path
+from ..config import Config
 from ..data.transforms import preprocessing
 from ..errors import FerkitError
 from ..model import Ensemble
@@ -58,3 +59,23 @@ def combine_checkpoints(paths: list[str | os.PathLike]) -> dict[str, Any]:
             )
             networks.append(model.model)
     return make_checkpoint(Ensemble(networks), base.config, base.classes, members=members)
+
+
+def member_checkpoint(path: str | os.PathLike | None, index: int) -> dict[str, Any]:
+    """Network ``index`` (from 0) of an ensemble as a model of its own: its weights, config and training record as
+    the ensemble kept them, and the ensemble's training class mix. The ensemble's temperature was fitted for the
+    average, so the network keeps only a temperature of its own, if it had one."""
+    loaded = load_model(path)
+    if not isinstance(loaded.model, Ensemble):
+        raise FerkitError(
+            f"{model_path(path)} is a single network, not an ensemble; --member takes one out of an ensemble"
+        )
+    members = loaded.checkpoint["members"]
+    if not 0 <= index < len(members):
+        names = ", ".join(f"{i}: {m.get('source', '?')}" for i, m in enumerate(members))
+        raise FerkitError(f"--member {index}: {model_path(path)} has {len(members)} networks ({names})")
+    record = members[index]
+    extra = {k: record[k] for k in MEMBER_KEYS if k in record and k != "config"}
+    if "class_counts" in loaded.checkpoint:
+        extra["class_counts"] = loaded.checkpoint["class_counts"]
+    return make_checkpoint(loaded.model.members[index], Config.from_dict(record["config"]), loaded.classes, **extra)
