@@ -1,4 +1,5 @@
 import csv
+import hashlib
 import json
 import multiprocessing
 import os
@@ -435,7 +436,10 @@ def test_distillation_trains_on_the_teachers_probabilities_once(finished_run, tm
     student = gflop_per_image(cfg) * 28 / 1e6
     labelling = 2 * 2 * 28 * inference_flops(loaded.model, 16) / 1e15
     assert report["pflop"] == pytest.approx(student + labelling)
-    assert "teachers labelled 28 training images" in (tmp_path / "student" / "train.log").read_text()
+    log = (tmp_path / "student" / "train.log").read_text()
+    assert "teachers labelled 28 training images" in log
+    digest = hashlib.sha256(teacher.read_bytes()).hexdigest()[:16]
+    assert f"distillation: teacher {teacher} ({teacher}, sha256 {digest}...) labels 28 training images" in log
 
     # A resumed run reads the probabilities back: the teacher may be gone, and nothing is counted twice.
     teacher.unlink()
