@@ -11,9 +11,10 @@
 # is kept; a stopped one continues with --resume; Ctrl-C or SIGTERM saves its state).
 #
 # Environment: FER2013 (default ../shared/data/fer2013), WEIGHTS (default src/ferkit/weights, the files the
-# package ships), SEED (the student's, default 1; the teacher's is 0), STUDENT (a finished run
-# folder to pair with the teacher instead of training one). Extra arguments go to both `ferkit train` calls (e.g.
-# --workers 1).
+# package ships), SEED (the student's, default 1; the teacher's is 0), TEACHER (a model file to teach and pair
+# instead of training one, e.g. the shipped teacher: `ferkit ensemble fer2013_resnet18 --member 0 --out
+# teacher.safetensors`), STUDENT (a finished run folder to pair with the teacher instead of training one). Extra
+# arguments go to the `ferkit train` calls (e.g. --workers 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-runs/make_bundled}
@@ -39,13 +40,16 @@ train() {  # train NAME ARGS...: finished runs are kept, stopped ones resumed
 # SGD with Nesterov momentum in place of AdamW for both: the SGD teacher's student led the AdamW teacher's on
 # PublicTest, and SGD students read real photos (webfaces-dev) better than AdamW ones (BENCHMARKS.md).
 SGD=(--optimizer sgd --lr 0.05 --weight-decay 5e-4)
-train teacher --preset bundled --seed 0 "${SGD[@]}" "$@"
+if [[ -z "${TEACHER:-}" ]]; then
+    train teacher --preset bundled --seed 0 "${SGD[@]}" "$@"
+    TEACHER="$RUNS/teacher/best.pth"
+fi
 if [[ -z "${STUDENT:-}" ]]; then
     # No label smoothing for the student: the teacher's soft targets already keep the label below 1, and both
     # together leave it under-confident in a way no temperature undoes (BENCHMARKS.md, the distillation rows).
     # The photo augmentations (detector-like framing, gamma, blur, noise): +4 points on real photos for 0.4 on
     # PublicTest, and a steadier reading across framings; the teacher, averaged in, buys FER2013 back.
-    train student --preset bundled-photos --seed "$SEED" --distill-from "$RUNS/teacher/best.pth" \
+    train student --preset bundled-photos --seed "$SEED" --distill-from "$TEACHER" \
         --label-smoothing 0 "${SGD[@]}" "$@"
     STUDENT="$RUNS/student"
 fi
@@ -53,7 +57,7 @@ fi
 # The two averaged as one model, fp16 safetensors with the config, classes and each member's training record in its
 # header; T fitted on PublicTest for the average. The int8 twin is exported from that file and carries its T, so
 # the two report the same confidences.
-ferkit ensemble "$RUNS/teacher/best.pth" "$STUDENT/best.pth" --out "$FP32"
+ferkit ensemble "$TEACHER" "$STUDENT/best.pth" --out "$FP32"
 ferkit calibrate "$FP32" --data "$FER2013" --workers 2
 ferkit export "$FP32" --int8 --calibration-data "$FER2013" --out "$INT8"
 
