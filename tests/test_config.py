@@ -6,10 +6,11 @@ from dataclasses import fields
 import pytest
 import torch
 
+from ferkit.checkpoint import load_model
 from ferkit.cli import build_parser
 from ferkit.config import GROUPS, PRESETS, Config, config_from_args, resumed_config
 from ferkit.errors import FerkitError
-from ferkit.model import build_model, resnet18, training_flops
+from ferkit.model import build_model, inference_flops, resnet18, training_flops
 from ferkit.training.optim import build_optimizer, build_scheduler, sharpness_aware_gradient
 
 
@@ -154,13 +155,25 @@ def test_cpu_presets_train_the_stride_2_network_at_48_within_their_compute_budge
         "step",
         "batched",
     )
-    assert cfg.effective_lr() == 2e-3 and cfg.batch_size == 64 and cfg.warmup_epochs > 0
-    # FER2013's 28,709 training images in full batches of 64, every epoch.
+    assert cfg.batch_size == 64 and cfg.warmup_epochs > 0
+    # FER2013's 28,709 training images in full batches of 64, every epoch, and a teacher's labelling of them and
+    # their mirrors once.
     images = 28709 // cfg.batch_size * cfg.batch_size * cfg.epochs
     pflop = training_flops(build_model(cfg, 7), cfg.image_size) * images / 1e15
+    for teacher in cfg.distill_from:
+        pflop += 2 * 28709 * inference_flops(load_model(teacher).model, 48) / 1e15
     assert budget * 0.9 < pflop <= budget
     # The specification's values stay where the preset says nothing.
-    assert (cfg.label_smoothing, cfg.weight_decay, cfg.crop_scale, cfg.rotation) == (0.1, 0.05, (0.8, 1.0), 20.0)
+    assert (cfg.crop_scale, cfg.rotation) == ((0.8, 1.0), 20.0)
+
+
+def test_the_quick_preset_is_taught_by_the_bundled_model_with_sgd():
+    quick, bundled = (Config().updated(PRESETS[name]) for name in ("quick", "bundled"))
+    assert quick.distill_from == ("fer2013_resnet18",) and quick.distill_weight == 0.5
+    assert (quick.optimizer, quick.lr, quick.weight_decay, quick.label_smoothing) == ("sgd", 0.05, 5e-4, 0.0)
+    # The bundled preset, its teacher's, is taught by nobody and keeps AdamW and the specification's loss.
+    assert bundled.distill_from == () and (bundled.optimizer, bundled.lr) == ("adamw", 2e-3)
+    assert (bundled.label_smoothing, bundled.weight_decay) == (0.1, 0.05)
 
 
 def test_a_resumed_run_may_change_speed_and_epochs_and_nothing_else():
