@@ -17,7 +17,7 @@ from ferkit.config import Config
 from ferkit.data import batched as fastdata
 from ferkit.data.batched import BatchAugment, batches, decode_once
 from ferkit.data.datasets import Sample, load_image, load_splits
-from ferkit.data.transforms import build_test_transform, build_train_transform
+from ferkit.data.transforms import build_test_transform, build_train_transform, jpeg
 from ferkit.errors import FerkitError
 
 N_DRAWS = 400  # per pipeline: the fractions below then have a standard error of at most 0.025
@@ -304,9 +304,38 @@ def test_blur_matches_torchvision() -> None:
         assert torch.allclose(got, TF.gaussian_blur(one, [13, 13], [sigma, sigma]), atol=1e-5)
 
 
-def test_jpeg_is_refused_in_one_line_naming_the_workers_pipeline() -> None:
-    with pytest.raises(FerkitError, match="^--jpeg-p needs --data-pipeline workers: .*codec$"):
-        BatchAugment(SMALL.updated({"jpeg_p": 0.3}))
+@pytest.mark.parametrize("grey", [False, True])
+def test_jpeg_statistics_match_the_reference(grey: bool) -> None:
+    """Each output is the source's JPEG round trip at one quality, read back by matching: how many images are
+    compressed and the law of their quality (uniform whole numbers) follow the reference's."""
+    texture = np.random.default_rng(5).integers(0, 256, (SOURCE, SOURCE, 1), dtype=np.uint8).repeat(3, axis=-1)
+    cfg = STILL.updated({"image_size": SOURCE, "jpeg_p": 0.5, "jpeg_quality": (20, 80), "grey_input": grey})
+    source = torch.from_numpy(texture).permute(2, 0, 1).contiguous()
+    qualities = torch.arange(20, 81)
+    trips = torch.stack([jpeg(source, int(q)) for q in qualities]).float()
+    drawn = {}
+    for name, pipeline in (("reference", reference_outputs), ("fast", fast_outputs)):
+        raw = unnormalize(pipeline(cfg, texture), cfg) * 255
+        assert raw.shape == (N_DRAWS, 3, SOURCE, SOURCE), name
+        touched = (raw - source.float()).abs().amax(dim=(1, 2, 3)) > 1
+        assert abs(touched.float().mean() - cfg.jpeg_p) < 0.08, name
+        distance = (raw[touched, None] - trips[None]).abs().mean(dim=(2, 3, 4))
+        assert distance.amin(dim=1).max() < 0.01, name  # every compressed output is one of the round trips
+        drawn[name] = qualities[distance.argmin(dim=1)].float()
+    for name, q in drawn.items():
+        assert q.min() <= 22 and q.max() >= 78, name
+        # Uniform on 20..80: mean 50, standard deviation 17.9; the mean's standard error about 1.3.
+        assert abs(q.mean() - 50) < 4 and abs(q.std() - 17.9) < 2.5, name
+    assert abs(drawn["reference"].mean() - drawn["fast"].mean()) < 5
+
+
+def test_jpeg_round_trip_keeps_shape_and_loses_more_at_lower_quality() -> None:
+    image = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (3, 16, 20), dtype=np.uint8))
+    for channels in (1, 3):
+        one = image[:channels]
+        loss = [(jpeg(one, q).float() - one.float()).abs().mean() for q in (10, 50, 95)]
+        assert jpeg(one, 50).shape == one.shape and jpeg(one, 50).dtype == torch.uint8
+        assert loss[0] > loss[1] > loss[2] > 0
 
 
 def test_augmentation_statistics_match_the_reference() -> None:

@@ -208,6 +208,15 @@ def test_existing_run_folder_is_not_clobbered(image_folder, tmp_path):
         train(cfg)
     assert (tmp_path / "run" / "best.pth").read_bytes() == before
     train(cfg, overwrite=True)
+    # A start stopped before training (here a batch larger than the data) leaves its config and log, no run: the
+    # corrected command takes the folder over without --overwrite, and the log keeps both starts.
+    failed = tiny(image_folder, tmp_path / "failed", epochs=1)
+    with pytest.raises(FerkitError, match="fewer than one batch"):
+        train(failed.updated({"batch_size": 4096}))
+    assert sorted(p.name for p in (tmp_path / "failed").iterdir()) == ["config.json", "train.log"]
+    train(failed)
+    assert (tmp_path / "failed" / "best.pth").is_file()
+    assert (tmp_path / "failed" / "train.log").read_text().count("ferkit train: ") == 1
     with pytest.raises(FerkitError, match="last.pth does not exist"):
         train(tiny(image_folder, tmp_path / "other"), resume=True)
 

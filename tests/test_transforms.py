@@ -155,7 +155,7 @@ def test_new_ops_sit_in_the_chain_in_order_with_their_parameters():
     reframe, gamma, blur, jpeg, noise = t[2], t[7], t[9], t[10], t[12]
     assert reframe.scale == (0.9, 1.1) and reframe.shift == 0.04 and gamma.strength == 0.3
     assert blur.p == 0.2 and blur.transforms[0].kernel_size == (7, 7) and blur.transforms[0].sigma == [0.1, 1.0]
-    assert jpeg.p == 0.3 and jpeg.transforms[0].quality == [50, 90]
+    assert jpeg.p == 0.3 and jpeg.transforms[0].quality == (50, 90)
     assert noise.p == 0.1 and noise.transforms[0].sigma == 0.03
 
 

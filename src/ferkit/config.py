@@ -146,7 +146,7 @@ class Config:
     jpeg_p: float = _opt(
         "augmentation",
         0.0,
-        "probability of a JPEG re-compression (workers pipeline only: the batched one has no JPEG codec)",
+        "probability of a JPEG re-compression (after the blur, before the noise)",
         bounds="[0, 1]",
     )
     jpeg_quality: tuple[float, float] = _opt(
@@ -415,9 +415,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "bundled": {**_CPU_RECIPE, "width": 48, "epochs": 64, "warmup_epochs": 3, "ema_decay": 0.999},
 }
 # Faces as a face detector crops them from photos: framed 15% tighter or looser and a little off-centre, softer,
-# noisier and exposed otherwise than FER2013's crops. Starting values, not yet chosen by ablation; no JPEG, which
-# the batched pipeline these presets use refuses, and no MixUp/CutMix, which cost accuracy in runs as short as
-# these until measured otherwise.
+# noisier and exposed otherwise than FER2013's crops. Starting values, not yet chosen by ablation; no JPEG
+# (`--jpeg-p`), not yet measured and absent from the shipped model's recipe, and no MixUp/CutMix, which cost
+# accuracy in runs as short as these until measured otherwise.
 _PHOTOS: dict[str, Any] = {
     "frame_scale": (0.85, 1.15),
     "frame_shift": 0.05,

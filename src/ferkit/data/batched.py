@@ -36,7 +36,9 @@ statistically:
   source, without the repeated edge pixels the reference also sees; gamma runs with the colour
   ops; blur (torchvision's kernel and reflect padding, one sigma per sample) and noise (each
   channel apart, as torchvision's) run on the output before the normalisation, as in the
-  reference. JPEG is refused: no codec runs on a batch on the device.
+  reference. JPEG re-compression runs between them, as in the reference and with its codec (Pillow's), one
+  image at a time on the host: with ``jpeg_p`` above 0 a GPU batch waits for the host once a step, the only op
+  that makes it.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ from ..config import Config
 from ..errors import FerkitError
 from .datasets import Sample, load_image
 from .images import to_rgb
-from .transforms import blur_kernel_size, reframes
+from .transforms import blur_kernel_size, jpeg, reframes
 
 log = logging.getLogger("ferkit")
 
@@ -255,8 +257,6 @@ class BatchAugment(nn.Module):
 
     def __init__(self, cfg: Config) -> None:
         super().__init__()
-        if cfg.jpeg_p > 0:
-            raise FerkitError("--jpeg-p needs --data-pipeline workers: the batched pipeline has no JPEG codec")
         self.cfg, self.size, self.grey = cfg, cfg.image_size, cfg.grey_input
         # Buffers, so that they follow .to(device).
         self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
@@ -299,12 +299,17 @@ class BatchAugment(nn.Module):
         return low + (high - low) * rand(n), (rand(n, 2) * 2 - 1) * cfg.frame_shift
 
     def _degrade(self, x: Tensor, rand: Rand, generator: torch.Generator | None) -> Tensor:
-        """Blur, then noise, at the output size, as the reference runs them after its rotation."""
+        """Blur, JPEG, then noise, at the output size, as the reference runs them after its rotation."""
         cfg, n = self.cfg, x.shape[0]
         if cfg.blur_p > 0:
             apply = (rand(n) < cfg.blur_p).view(-1, 1, 1, 1)
             low, high = cfg.blur_sigma
             x = torch.where(apply, _blur(x, low + (high - low) * rand(n), blur_kernel_size(high)), x)
+        if cfg.jpeg_p > 0:
+            apply = rand(n) < cfg.jpeg_p
+            low, high = (int(q) for q in cfg.jpeg_quality)
+            # Whole qualities, uniform on [low, high] as the reference's randint draws them.
+            x = _jpeg(x, apply, (low + rand(n) * (high - low + 1)).floor().clamp_(max=high))
         if cfg.noise_p > 0:
             apply = (rand(n) < cfg.noise_p).view(-1, 1, 1, 1)
             # As SensorNoise: one draw for a grey input's single channel, else one per channel (a grey image of a
@@ -515,6 +520,18 @@ def _blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
     for padding, shape in (((pad, pad, 0, 0), (1, kernel_size)), ((0, 0, pad, pad), (kernel_size, 1))):
         flat = F.conv2d(F.pad(flat, padding, mode="reflect"), kernel.view(-1, 1, *shape), groups=len(kernel))
     return flat.view_as(x)
+
+
+def _jpeg(x: Tensor, apply: Tensor, quality: Tensor) -> Tensor:
+    """The chosen images [B, C, S, S] in [0, 1] through :func:`jpeg` at their own quality, on the host."""
+    chosen = apply.nonzero().flatten().tolist()
+    if not chosen:
+        return x
+    quality = quality.tolist()
+    codec = x[chosen].mul(255).round_().to("cpu", torch.uint8)
+    x = x.clone()
+    x[chosen] = torch.stack([jpeg(one, int(quality[i])) for one, i in zip(codec, chosen)]).to(x).div_(255)
+    return x
 
 
 def _erase(x: Tensor, apply: Tensor, rand: Rand) -> Tensor:

@@ -6,6 +6,7 @@ photos go through the same ops; the geometric and colour ops run on uint8 (cheap
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -94,6 +95,28 @@ class SensorNoise:
         return f"SensorNoise(sigma={self.sigma}, grey={self.grey})"
 
 
+class RandomJPEG:
+    """A JPEG round trip of a uint8 image [C, H, W] at a whole quality drawn uniformly from ``quality`` (both ends
+    included), as web photos have been through."""
+
+    def __init__(self, quality: tuple[float, float]) -> None:
+        self.quality = (int(quality[0]), int(quality[1]))
+
+    def __call__(self, image: Tensor) -> Tensor:
+        return jpeg(image, int(torch.randint(self.quality[0], self.quality[1] + 1, ())))
+
+    def __repr__(self) -> str:
+        return f"RandomJPEG(quality={self.quality})"
+
+
+def jpeg(image: Tensor, quality: int) -> Tensor:
+    """uint8 [C, H, W] (C 1 or 3) through Pillow's JPEG codec and back; torchvision's own is deprecated from 0.29."""
+    buffer = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).squeeze(-1).numpy()).save(buffer, "JPEG", quality=quality)
+    decoded = torch.from_numpy(np.asarray(Image.open(buffer, formats=["JPEG"])).copy())
+    return decoded.view(*image.shape[1:], -1).permute(2, 0, 1)
+
+
 def blur_kernel_size(sigma_max: float) -> int:
     """Odd and 3 sigmas either side of the centre, where the Gaussian has fallen to 1%."""
     return 2 * math.ceil(3 * sigma_max) + 1
@@ -119,7 +142,7 @@ def build_train_transform(cfg: Config) -> v2.Compose:
     gamma = [RandomGamma(cfg.gamma)] if cfg.gamma > 0 else []
     blur = tuple(cfg.blur_sigma)
     degrade = _sometimes(cfg.blur_p, v2.GaussianBlur(blur_kernel_size(blur[1]), sigma=blur)) + _sometimes(
-        cfg.jpeg_p, v2.JPEG([int(q) for q in cfg.jpeg_quality])
+        cfg.jpeg_p, RandomJPEG(cfg.jpeg_quality)
     )
     # GaussianNoise takes float images; the ops before it stay on uint8, which is cheaper.
     noise = _sometimes(cfg.noise_p, SensorNoise(cfg.noise_std, cfg.grey_input))

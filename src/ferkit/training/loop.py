@@ -54,7 +54,7 @@ from ..runtime import Speed, autocast, machine_description, seed_everything
 from .distill import soft_targets
 from .feed import TrainBatches, open_batches, restore_rng, rng_state
 from .optim import build_optimizer, build_scheduler, continue_schedule, sharpness_aware_gradient
-from .rundir import Checkpoints, EpochRecords, is_watched, prepare_run_dir, read_last, setup_logging
+from .rundir import CONFIG, Checkpoints, EpochRecords, is_watched, prepare_run_dir, read_last, setup_logging
 from .signals import agreed_stop, stop_requests
 from .watch import Watched, load_watched, measure_watched
 
@@ -385,7 +385,7 @@ def _start(cfg: Config, resume: bool, overwrite: bool, last: dict | None, comman
     if command:
         log.info(f"command: {command}")
     if dist.is_main():
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        (out / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     splits = load_splits(cfg.data, cfg.protocol, cfg.limit_per_class)
     if ckpt is not None:
         check_classes(out / LAST, tuple(ckpt["classes"]), splits.classes)

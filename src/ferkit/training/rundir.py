@@ -28,6 +28,8 @@ from .watch import FIGURES, watched_figure
 log = logging.getLogger("ferkit")
 # Drawing curves.png takes about half a second: every epoch of a run whose epochs take seconds (a GPU, a small
 # model) would add a tenth or more to its time. Epochs further apart than this are all drawn.
+CONFIG = "config.json"
+LOG = "train.log"
 CURVES_EVERY_S = 30.0
 METRIC_FIELDS = [
     "epoch",
@@ -68,7 +70,7 @@ def _watched_accuracies(history: list[dict]) -> dict[str, str]:
 
 def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     # Every process checks, so that all of them stop with the error, before the main one changes anything.
-    held = not resume and out.exists() and any(out.iterdir())
+    held = not resume and holds_run(out)
     if held and not overwrite:
         raise FerkitError(
             f"run folder {out} already holds a run; resume it with --resume, "
@@ -84,6 +86,13 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     if held:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+
+
+def holds_run(out: Path) -> bool:
+    """Whether ``out`` has anything but what a start writes before its first step (its config and log): a start
+    that stopped there (wrong data, a batch too large) leaves nothing to resume, and the corrected command reuses
+    the folder, its log growing on."""
+    return out.exists() and any(p.name not in (CONFIG, LOG) for p in out.iterdir())
 
 
 def read_last(out: str | Path) -> dict:
@@ -103,7 +112,7 @@ def setup_logging(out: Path) -> None:
     if not dist.is_main():  # the main process reports for all (what it needs from the others is gathered)
         log.addHandler(logging.NullHandler())
         return
-    file_handler = logging.FileHandler(out / "train.log")
+    file_handler = logging.FileHandler(out / LOG)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     log.addHandler(file_handler)
     log.addHandler(logging.StreamHandler(sys.stdout))
