@@ -217,6 +217,14 @@ def test_existing_run_folder_is_not_clobbered(image_folder, tmp_path):
     train(failed)
     assert (tmp_path / "failed" / "best.pth").is_file()
     assert (tmp_path / "failed" / "train.log").read_text().count("ferkit train: ") == 1
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text("{}")  # a folder holding the user's own config, no log: not a failed start
+    with pytest.raises(FerkitError, match="--overwrite"):
+        train(tiny(image_folder, mine, epochs=1))
+    assert (mine / "config.json").read_text() == "{}"
+    with pytest.raises(FerkitError, match="^--out .*config.json is a file, not a run folder; choose another --out$"):
+        train(tiny(image_folder, mine / "config.json", epochs=1))
     with pytest.raises(FerkitError, match="last.pth does not exist"):
         train(tiny(image_folder, tmp_path / "other"), resume=True)
 

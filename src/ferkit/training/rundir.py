@@ -26,10 +26,10 @@ from ..plots import plot_curves
 from .watch import FIGURES, watched_figure
 
 log = logging.getLogger("ferkit")
-# Drawing curves.png takes about half a second: every epoch of a run whose epochs take seconds (a GPU, a small
-# model) would add a tenth or more to its time. Epochs further apart than this are all drawn.
 CONFIG = "config.json"
 LOG = "train.log"
+# Drawing curves.png takes about half a second: every epoch of a run whose epochs take seconds (a GPU, a small
+# model) would add a tenth or more to its time. Epochs further apart than this are all drawn.
 CURVES_EVERY_S = 30.0
 METRIC_FIELDS = [
     "epoch",
@@ -70,6 +70,8 @@ def _watched_accuracies(history: list[dict]) -> dict[str, str]:
 
 def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     # Every process checks, so that all of them stop with the error, before the main one changes anything.
+    if out.exists() and not out.is_dir():
+        raise FerkitError(f"--out {out} is a file, not a run folder; choose another --out")
     held = not resume and holds_run(out)
     if held and not overwrite:
         raise FerkitError(
@@ -89,10 +91,11 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
 
 
 def holds_run(out: Path) -> bool:
-    """Whether ``out`` has anything but what a start writes before its first step (its config and log): a start
+    """Whether ``out`` has anything but what a start writes before its first step, its log and config: a start
     that stopped there (wrong data, a batch too large) leaves nothing to resume, and the corrected command reuses
-    the folder, its log growing on."""
-    return out.exists() and any(p.name not in (CONFIG, LOG) for p in out.iterdir())
+    the folder, its log growing on. Without the log, a lone config.json is the user's, not a start's."""
+    names = {p.name for p in out.iterdir()} if out.exists() else set()
+    return bool(names) and not (LOG in names and names <= {CONFIG, LOG})
 
 
 def read_last(out: str | Path) -> dict:
