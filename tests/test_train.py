@@ -207,6 +207,7 @@ def test_existing_run_folder_is_not_clobbered(image_folder, tmp_path):
     with pytest.raises(FerkitError, match="--overwrite"):
         train(cfg)
     assert (tmp_path / "run" / "best.pth").read_bytes() == before
+    assert "stopped:" not in (tmp_path / "run" / "train.log").read_text()  # the refused start wrote nothing there
     train(cfg, overwrite=True)
     # A start stopped before training (here a batch larger than the data) leaves its config and log, no run: the
     # corrected command takes the folder over without --overwrite, and the log keeps both starts.
@@ -216,7 +217,9 @@ def test_existing_run_folder_is_not_clobbered(image_folder, tmp_path):
     assert sorted(p.name for p in (tmp_path / "failed").iterdir()) == ["config.json", "train.log"]
     train(failed)
     assert (tmp_path / "failed" / "best.pth").is_file()
-    assert (tmp_path / "failed" / "train.log").read_text().count("ferkit train: ") == 1
+    log = (tmp_path / "failed" / "train.log").read_text()
+    assert log.count("ferkit train: ") == 1 and log.count("command: ") == 0  # train() called from Python
+    assert len([line for line in log.splitlines() if " stopped: " in line and "fewer than one batch" in line]) == 1
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "config.json").write_text("{}")  # a folder holding the user's own config, no log: not a failed start

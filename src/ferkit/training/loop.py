@@ -54,7 +54,16 @@ from ..runtime import Speed, autocast, machine_description, seed_everything
 from .distill import soft_targets
 from .feed import TrainBatches, open_batches, restore_rng, rng_state
 from .optim import build_optimizer, build_scheduler, continue_schedule, sharpness_aware_gradient
-from .rundir import CONFIG, Checkpoints, EpochRecords, is_watched, prepare_run_dir, read_last, setup_logging
+from .rundir import (
+    CONFIG,
+    Checkpoints,
+    EpochRecords,
+    is_watched,
+    log_stop,
+    prepare_run_dir,
+    read_last,
+    setup_logging,
+)
 from .signals import agreed_stop, stop_requests
 from .watch import Watched, load_watched, measure_watched
 
@@ -125,7 +134,17 @@ def train(
     Launched by torchrun, every process calls this, and together they train one model.
     """
     with dist.process_group():
-        return _fit(_start(cfg, resume, overwrite, last, command))
+        out = Path(cfg.out)
+        ckpt = (last or read_last(out)) if resume else None
+        prepare_run_dir(out, resume, overwrite)
+        setup_logging(out)
+        try:
+            return _fit(_start(cfg, ckpt, command))
+        except TrainingInterrupted:
+            raise
+        except FerkitError as e:
+            log_stop(e)
+            raise
 
 
 def _fit(t: Training) -> dict:
@@ -373,15 +392,13 @@ def _gather_skipped(state: TrainState, since: int) -> None:
     state.skipped[since:] = [name for names in per_process for name in names]
 
 
-def _start(cfg: Config, resume: bool, overwrite: bool, last: dict | None, command: str | None) -> Training:
-    """A run ready to train: its folder prepared, its config decided, its objects new or as last.pth left them."""
+def _start(cfg: Config, ckpt: dict | None, command: str | None) -> Training:
+    """A run ready to train in its prepared folder: its config decided, its objects new or as ``ckpt`` (last.pth)
+    left them."""
     out = Path(cfg.out)
-    ckpt = (last or read_last(out)) if resume else None
-    prepare_run_dir(out, resume, overwrite)
     state = TrainState(**ckpt["state"]) if ckpt else TrainState()
     saved = Config.from_dict(ckpt["config"]) if ckpt else cfg  # a new run has nothing to differ from
     cfg, changes = resumed_config(saved, cfg, state.epoch + bool(state.step), str(out))
-    setup_logging(out)
     if command:
         log.info(f"command: {command}")
     if dist.is_main():

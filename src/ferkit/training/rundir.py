@@ -98,6 +98,15 @@ def holds_run(out: Path) -> bool:
     return bool(names) and not (LOG in names and names <= {CONFIG, LOG})
 
 
+def log_stop(error: Exception) -> None:
+    """The error that stopped the run whose log is set up, in its train.log alone (the command line prints it
+    already): a corrected command that reuses the folder leaves a log telling both starts."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, f"stopped: {error}", None, None)
+    for handler in log.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def read_last(out: str | Path) -> dict:
     """A run folder's last.pth, read and checked: everything ``--resume`` continues from, its config included."""
     last = Path(out) / LAST
