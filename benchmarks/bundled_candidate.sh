@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Does a new student, alone or averaged with its teacher, replace the bundled model? The figures the replacement
+# rule reads (issue 20; session notes), measured on copies in a scratch folder: nothing the package ships changes.
+#
+#   bash benchmarks/bundled_candidate.sh TEACHER STUDENT [OUT]
+#
+# TEACHER: the model file that taught the student (e.g. `ferkit ensemble fer2013_resnet18 --member 0 --out
+# teacher.safetensors`); STUDENT: the student's finished run folder (its best.pth) or model file; OUT: the scratch
+# folder (default runs/candidate_<student's name>). Each candidate, calibrated on PublicTest as the shipped file is:
+#   - PublicTest accuracy (the selection split; the rule's FER2013 figure),
+#   - webfaces-dev as `ferkit predict` reads it: the detected face, everyday photos' class mix,
+#   - the framing swing: whole photos at 85%, 100% and 115%, the mean over the five classes of each one's largest
+#     change of recall (benchmarks/results/framing_robustness_candidate_<name>_photos.json).
+# PrivateTest and CK+48 are left to the benchmarks that follow a decision (make_bundled.sh), so they cannot sway it.
+# Environment: DATA (default ../shared/data, holding fer2013 and webfaces-dev).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TEACHER=$1
+STUDENT=$2
+NAME=$(basename "$STUDENT")
+if [[ -d "$STUDENT" ]]; then
+    STUDENT="$STUDENT/best.pth"
+else
+    NAME=${NAME%.*}
+fi
+OUT=${3:-runs/candidate_$NAME}
+DATA=${DATA:-../shared/data}
+mkdir -p "$OUT"
+
+cp "$STUDENT" "$OUT/student.${STUDENT##*.}"
+ferkit ensemble "$TEACHER" "$STUDENT" --out "$OUT/pair.safetensors"
+for file in "$OUT/student.${STUDENT##*.}" "$OUT/pair.safetensors"; do
+    name=$(basename "${file%.*}")
+    ferkit calibrate "$file" --data "$DATA/fer2013" --workers 2
+    ferkit evaluate "$file" --data "$DATA/fer2013" --split select --json > "$OUT/${name}_publictest.json"
+    ferkit evaluate "$file" --data "$DATA/webfaces-dev" --faces detected --prior photos --min-support 50 --json \
+        > "$OUT/${name}_webfaces_detected_photos.json"
+    python benchmarks/framing_robustness.py --checkpoint "$file" --name "candidate_${name}_photos" --prior photos \
+        --data "$DATA/webfaces-dev"
+    cp "benchmarks/results/framing_robustness_candidate_${name}_photos.json" "$OUT/${name}_framing.json"
+done
+
+python - "$OUT" <<'EOF'
+import json
+import sys
+from pathlib import Path
+
+out = Path(sys.argv[1])
+print(f"{'candidate':<10} {'PublicTest':>10} {'webfaces-dev detected, photos: acc / macro recall':>52} {'framing swing':>14}")
+for name in ("student", "pair"):
+    public = json.loads((out / f"{name}_publictest.json").read_text())
+    photos = json.loads((out / f"{name}_webfaces_detected_photos.json").read_text())
+    changes = json.loads((out / f"{name}_framing.json").read_text())["largest_recall_change"]
+    swing = sum(changes.values()) / len(changes)
+    print(
+        f"{name:<10} {public['accuracy']:>10.2%} {photos['accuracy']:>43.2%} / {photos['macro_recall']:.3f} "
+        f"{swing:>14.3f}"
+    )
+EOF
