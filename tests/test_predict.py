@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ASTRONAUT_FACE, iou, save_sideways
+from conftest import ASTRONAUT_FACE, iou, save_sideways, write_video
 from PIL import Image
 
 from ferkit.checkpoint import load_model
@@ -170,6 +170,59 @@ def test_annotated_folder_mirrors_the_input_and_decodes_each_image_once(
     assert "broken.jpg: error: cannot read" in capsys.readouterr().out
 
 
+def test_one_image_drawn_into_a_folder_under_its_own_name(checkpoint, photos, tmp_path):
+    out = tmp_path / "drawn"
+    out.mkdir()
+    assert (
+        main(["predict", str(photos / "astronaut.png"), "--checkpoint", str(checkpoint), "--annotate", str(out)]) == 0
+    )
+    assert [p.name for p in out.iterdir()] == ["astronaut.png"]
+    drawn = np.asarray(Image.open(out / "astronaut.png"))
+    assert drawn.shape == (512, 512, 3) and (drawn != skimage_data.astronaut()).any()
+    # A folder not made yet, named with a trailing slash, is a folder too.
+    assert (
+        main(["predict", str(photos / "coffee.jpg"), "--checkpoint", str(checkpoint), "--annotate", f"{out}/new/"]) == 0
+    )
+    assert (out / "new" / "coffee.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--json", "{tmp}/folder"], "--json {tmp}/folder is a folder; give a file name, e.g. {tmp}/folder/out"),
+        (["--csv", "{tmp}/folder"], "--csv {tmp}/folder is a folder"),
+        (["--annotate", "{tmp}/drawn.foo"], "--annotate {tmp}/drawn.foo: name a .png, .jpg"),
+        (["--annotate", "{input}"], "is the input itself"),
+        (["--plot", "{tmp}/timeline.png"], "--plot applies to videos and cameras"),
+        (["--plot", "{tmp}/timeline.doc"], "--plot {tmp}/timeline.doc: name a .png, "),
+        (["--summary", "{tmp}/people.json"], "--summary applies to videos and cameras"),
+    ],
+)
+def test_bad_output_paths_are_one_line_errors_before_any_photo_is_read(
+    checkpoint, photos, tmp_path, monkeypatch, capsys, flags, message
+):
+    (tmp_path / "folder").mkdir()
+    photo = tmp_path / "astronaut.png"
+    photo.write_bytes((photos / "astronaut.png").read_bytes())
+    monkeypatch.setattr(Predictor, "predict_batch", lambda *a, **kw: pytest.fail("a photo was read"))
+    fill = {"tmp": tmp_path, "input": photo}
+    argv = ["predict", str(photo), "--checkpoint", str(checkpoint), *(f.format(**fill) for f in flags)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ferkit: error: ") and message.format(**fill) in err and "\n" not in err
+    assert photo.read_bytes() == (photos / "astronaut.png").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["astronaut.png", "folder"]
+
+
+def test_a_folder_is_never_drawn_over_itself_or_into_a_file(checkpoint, photos, tmp_path, capsys):
+    taken = tmp_path / "taken.png"
+    taken.write_bytes(b"mine")
+    for out, message in ((photos, "is the input folder"), (taken, "is a file")):
+        assert main(["predict", str(photos), "--checkpoint", str(checkpoint), "--annotate", str(out)]) == 2
+        assert message in capsys.readouterr().err
+    assert taken.read_bytes() == b"mine" and sorted(p.name for p in photos.iterdir()) == ["astronaut.png", "coffee.jpg"]
+
+
 def test_video_gives_per_frame_csv_plot_and_annotated_video(checkpoint, tmp_path):
     photo = cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)
     video = tmp_path / "clip.avi"
@@ -207,6 +260,19 @@ def test_video_gives_per_frame_csv_plot_and_annotated_video(checkpoint, tmp_path
     capture = cv2.VideoCapture(str(out_video))
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 6
     capture.release()
+
+
+def test_one_video_drawn_into_a_folder_or_refused_as_an_image(checkpoint, tmp_path, monkeypatch, capsys):
+    video = write_video([skimage_data.astronaut()] * 3, tmp_path / "clip.avi")
+    out = tmp_path / "drawn"
+    out.mkdir()
+    assert main(["predict", str(video), "--checkpoint", str(checkpoint), "--annotate", str(out)]) == 0
+    capture = cv2.VideoCapture(str(out / "clip.mp4"))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    capture.release()
+    monkeypatch.setattr(Predictor, "predict_frames", lambda *a, **kw: pytest.fail("a frame was read"))
+    assert main(["predict", str(video), "--checkpoint", str(checkpoint), "--annotate", str(tmp_path / "x.png")]) == 2
+    assert "--annotate " + str(tmp_path / "x.png") + ": name a .mp4, .avi" in capsys.readouterr().err
 
 
 def test_missing_camera_is_a_clear_error(checkpoint, capsys):

@@ -158,8 +158,23 @@ def _data_check(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from .inference.predict import Predictor, predict_source, predict_videos, video_sources
-    from .inference.results import format_table, write_results
+    from .inference.results import format_table, output_file, write_results
+    from .plots import PLOT_SUFFIXES
 
+    # Checked before the model is loaded: a bad output path would otherwise fail once every result is in.
+    for what, value, suffixes in (
+        ("--json", args.json, ()),
+        ("--csv", args.csv, ()),
+        ("--summary", args.summary, ()),
+        ("--plot", args.plot, PLOT_SUFFIXES),
+    ):
+        if value and value != "-":
+            output_file(value, what, suffixes)
+    videos = [args.camera] if args.camera is not None else video_sources(args.input) if args.input else None
+    if videos is None:
+        for what, value in (("--summary", args.summary), ("--plot", args.plot)):
+            if value:
+                raise FerkitError(f"{what} applies to videos and cameras, whose faces are tracked")
     predictor = Predictor.from_checkpoint(
         args.checkpoint,
         backend=args.backend,
@@ -170,10 +185,7 @@ def _predict(args: argparse.Namespace) -> int:
         detector=None if args.no_detect else _built_detector(args),
         prior=args.prior,
     )
-    videos = [args.camera] if args.camera is not None else video_sources(args.input) if args.input else None
     if videos is None:
-        if args.summary:
-            raise FerkitError("--summary applies to videos and cameras, whose faces are tracked")
         results = predict_source(predictor, args.input, detect=not args.no_detect, annotate=args.annotate)
         write_results(results, predictor.classes, args.json, args.csv, predictor.prior)
         return 1 if any(r.error for r in results) else 0
@@ -440,7 +452,12 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--summary", metavar="FILE", help="video: per-track summary as JSON to FILE (a table is printed)")
     p.add_argument("--json", nargs="?", const="-", metavar="FILE", help="JSON to FILE (default: stdout)")
     p.add_argument("--csv", nargs="?", const="-", metavar="FILE", help="one row per face to FILE (default: stdout)")
-    p.add_argument("--annotate", metavar="OUT", help="draw boxes and labels into OUT (same kind as the input)")
+    p.add_argument(
+        "--annotate",
+        metavar="OUT",
+        help="draw boxes and labels: one image or video to file OUT (.png/.jpg, .mp4/.avi) or into folder OUT; "
+        "a folder's files into folder OUT",
+    )
     p.add_argument("--plot", metavar="PNG", help="video: each track's smoothed probabilities over time")
     p.set_defaults(func=_predict)
 

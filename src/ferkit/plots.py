@@ -11,9 +11,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
+from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+# The file kinds a figure is saved as (savefig picks the format by the suffix), PNG first as the default.
+PLOT_SUFFIXES = (".png", *(f".{k}" for k in FigureCanvasBase.get_supported_filetypes() if k != "png"))
 EPOCH_POINTS = {"marker": "o", "markersize": 4}  # each epoch a visible point, even when it is the only one
 
 

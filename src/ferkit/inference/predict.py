@@ -30,9 +30,17 @@ from ..runtime import resolve_device
 from .align import face_crop
 from .faces import Detection, Detector, build_detector
 from .loading import load_for_inference
-from .results import Face, Result, ResultStream, draw_faces
+from .results import (
+    DRAWN_IMAGE_SUFFIXES,
+    Face,
+    Result,
+    ResultStream,
+    draw_faces,
+    drawing_folder,
+    drawing_target,
+)
 from .tracking import SMOOTH_S, Summary, Tracker
-from .video import VideoWriter, frame_count, is_video, list_videos, read_video, video_fps
+from .video import WRITABLE_VIDEO_SUFFIXES, VideoWriter, frame_count, is_video, list_videos, read_video, video_fps
 
 # Faces are often classified live, so tencrop's ten forward passes a face are left to evaluation.
 TTA_MODES = ("none", "flip")
@@ -233,6 +241,10 @@ def predict_images(
 ) -> list[Result]:
     """One result per image of ``path`` (a file or a folder), read and classified a batch at a time."""
     files = image_files(path)
+    if annotate:
+        annotate = (
+            drawing_folder(annotate, path) if path.is_dir() else drawing_target(annotate, path, DRAWN_IMAGE_SUFFIXES)
+        )
     results = []
     for start in range(0, len(files), predictor.batch_size):
         chunk = files[start : start + predictor.batch_size]
@@ -241,7 +253,7 @@ def predict_images(
         images = [_decoded_or_path(f) for f in chunk] if annotate else chunk
         batch = predictor.predict_batch(images, detect, names=[str(f) for f in chunk])
         if annotate:
-            _draw_images(batch, images, path, Path(annotate))
+            _draw_images(batch, images, path, annotate)
         results.extend(batch)
     return results
 
@@ -259,7 +271,7 @@ def _draw_images(results: list[Result], images: list, root: Path, out: Path) -> 
     for r, rgb in zip(results, images):
         if r.error:
             continue
-        target = out if single else out / Path(r.source).relative_to(root).with_suffix(".png")
+        target = out if single else out / Path(r.source).relative_to(root).with_suffix(DRAWN_IMAGE_SUFFIXES[0])
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(draw_faces(rgb, r.faces)).save(target)
 
@@ -327,6 +339,10 @@ def _name(source: str | int) -> str:
     return source if isinstance(source, str) else f"camera {source}"
 
 
+def _file_name(source: str | int) -> str:
+    return source if isinstance(source, str) else f"camera{source}"
+
+
 def video_sources(path: str | os.PathLike) -> list[str] | None:
     """The videos to track for ``path``: itself if a video file, the videos in a folder of videos; None otherwise."""
     path = Path(path)
@@ -362,14 +378,21 @@ def predict_videos(
 
     summary = Summary(predictor.classes, smooth, timelines=bool(plot), prior=predictor.prior)
     out = ResultStream(predictor.classes, json_to, csv_to, tracked=True, prior=predictor.prior)
+    many = len(sources) > 1
+    if annotate:
+        annotate = (
+            drawing_folder(annotate, root)
+            if many
+            else drawing_target(annotate, _file_name(sources[0]), WRITABLE_VIDEO_SUFFIXES)
+        )
     files = [s for s in sources if isinstance(s, str)]
     bar = tqdm(total=sum(frame_count(f) for f in files) or None, unit="frame", disable=None if files else True)
     interrupted = False
     try:
         for source in sources:
             target = annotate
-            if annotate and len(sources) > 1:
-                target = Path(annotate) / Path(source).relative_to(root).with_suffix(".mp4")
+            if annotate and many:
+                target = annotate / Path(source).relative_to(root).with_suffix(WRITABLE_VIDEO_SUFFIXES[0])
                 target.parent.mkdir(parents=True, exist_ok=True)
             summary.start(_name(source), every / frame_rate(source))
             with closing(stream_video(predictor, source, detect, every, smooth, target)) as stream:

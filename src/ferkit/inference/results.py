@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from ..errors import FerkitError
 from .opencv import require_cv2
+
+# What Pillow writes a drawn image as, the first the default; the video writer's own are in .video.
+DRAWN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @dataclass
@@ -157,6 +163,44 @@ class ResultStream:
                 out.flush()
             elif out:
                 out.close()
+
+
+def output_file(path: str | os.PathLike, what: str, suffixes: Sequence[str] = ()) -> Path:
+    """``path`` checked as a file to write ``what`` (an option's name) to, its folder made.
+
+    Called before any work: a folder or a kind of file nothing here writes would otherwise fail only when the
+    results are written, after every photo or frame has been read.
+    """
+    path = Path(path)
+    example = path / f"out{suffixes[0] if suffixes else ''}"
+    if path.is_dir():
+        raise FerkitError(f"{what} {path} is a folder; give a file name, e.g. {example}")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise FerkitError(f"{what} {path}: name a {', '.join(suffixes)} file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def drawing_target(out: str | os.PathLike, source: str | os.PathLike, suffixes: Sequence[str]) -> Path:
+    """Where one image or video (the file ``source``, or a camera's name) is drawn for ``--annotate OUT``: OUT
+    itself, or a file named after the source inside OUT when OUT is a folder (one that exists, or a name ending
+    in a slash). Never the source itself."""
+    if Path(out).is_dir() or str(out).endswith(("/", os.sep)):
+        out = Path(out) / (Path(source).stem + suffixes[0])
+    target = output_file(out, "--annotate", suffixes)
+    if target.resolve() == Path(source).resolve():
+        raise FerkitError(f"--annotate {target} is the input itself; draw into another file or a folder")
+    return target
+
+
+def drawing_folder(out: str | os.PathLike, inputs: str | os.PathLike) -> Path:
+    """The folder a folder of inputs (``inputs``) is drawn into for ``--annotate OUT``; never the inputs' own."""
+    out = Path(out)
+    if out.is_file():
+        raise FerkitError(f"--annotate {out} is a file; a folder's images or videos are drawn into a folder")
+    if out.resolve() == Path(inputs).resolve():
+        raise FerkitError(f"--annotate {out} is the input folder, whose files the drawings would replace; name another")
+    return out
 
 
 def _open(target: str | None):

@@ -67,8 +67,12 @@ def frame_count(path: str) -> int:
     return max(int(_property(path, "CAP_PROP_FRAME_COUNT")), 0)
 
 
+# What VideoWriter writes, the first the default: mp4v in MPEG-4 containers, MJPG in AVI.
+WRITABLE_VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".m4v")
+
+
 class VideoWriter:
-    """Annotated frames to a video file (mp4v for .mp4/.mov, MJPG otherwise)."""
+    """Annotated frames to a video file (mp4v for .mp4/.mov/.m4v, MJPG for .avi)."""
 
     def __init__(self, path: Path, fps: float) -> None:
         self.path, self.fps, self._writer = path, fps, None
