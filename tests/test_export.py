@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ferkit.checkpoint import load_model
+from ferkit.cli import main
 from ferkit.data.datasets import CLASSES
 from ferkit.inference.export import export_onnx
 
@@ -34,3 +35,19 @@ def test_onnx_export_of_a_synthetic_model_matches_pytorch(untrained_checkpoint, 
         assert got.shape == (batch, len(CLASSES))
         assert np.abs(got - expected).max() < 1e-4
         assert np.abs(expected - 1 / len(CLASSES)).max() > 1e-2  # outputs that tell the images apart
+
+
+def test_export_into_a_folder_takes_the_checkpoints_name_and_a_wrong_suffix_is_refused(
+    untrained_checkpoint, tmp_path, capsys
+):
+    out = tmp_path / "exports"
+    out.mkdir()
+    args = ["export", str(untrained_checkpoint), "--format", "safetensors", "--out"]
+    assert main([*args, str(out)]) == 0
+    written = out / f"{untrained_checkpoint.stem}.safetensors"
+    assert load_model(written).classes == load_model(untrained_checkpoint).classes
+    assert main([*args, str(tmp_path / "new") + "/"]) == 0
+    assert (tmp_path / "new" / written.name).is_file()
+    assert main([*args, str(tmp_path / "weights.pth")]) == 2
+    assert f"--out {tmp_path / 'weights.pth'}: name a .safetensors file" in capsys.readouterr().err
+    assert not (tmp_path / "weights.pth").exists()

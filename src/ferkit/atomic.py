@@ -1,13 +1,14 @@
 """The one way ferkit writes a file it keeps: whoever reads the path finds the old file or the new one, never a part.
 
-Checkpoints, safetensors weights, ONNX models and the decode cache all go through :func:`write_atomically`.
+Checkpoints, safetensors weights, ONNX models and the decode cache all go through :func:`write_atomically`;
+:func:`output_file` checks a path a command will write before the command does its work.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -39,3 +40,24 @@ def write_atomically(
         if isinstance(e, OSError):
             raise FerkitError(f"cannot write {path}: {e.strerror or e}; {advice}") from None
         raise
+
+
+def output_file(
+    path: str | os.PathLike, what: str, suffixes: Sequence[str] = (), default_name: str | None = None
+) -> Path:
+    """``path`` checked as a file to write ``what`` (an option's name) to, its folder made.
+
+    With ``default_name``, a folder (one that exists, or a path ending in a slash) takes a file of that name.
+    Called before any work: a folder or a kind of file nothing here writes would otherwise fail only when the
+    results are written, after every photo or frame has been read.
+    """
+    if default_name and (Path(path).is_dir() or str(path).endswith(("/", os.sep))):
+        path = Path(path) / default_name
+    path = Path(path)
+    if path.is_dir():
+        example = path / f"out{suffixes[0] if suffixes else ''}"
+        raise FerkitError(f"{what} {path} is a folder; give a file name, e.g. {example}")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise FerkitError(f"{what} {path}: name a {', '.join(suffixes)} file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path

@@ -157,8 +157,9 @@ def _data_check(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from .atomic import output_file
     from .inference.predict import Predictor, predict_source, predict_videos, video_sources
-    from .inference.results import format_table, output_file, write_results
+    from .inference.results import format_table, write_results
     from .plots import PLOT_SUFFIXES
 
     # Checked before the model is loaded: a bad output path would otherwise fail once every result is in.
@@ -220,7 +221,7 @@ def _export(args: argparse.Namespace) -> int:
         from .checkpoint import model_path, read_checkpoint, save_weights
         from .inference.export import output_path
 
-        out = Path(args.out) if args.out else output_path(args.checkpoint, ".safetensors")
+        out = output_path(args.checkpoint, ".safetensors", args.out)
         save_weights(read_checkpoint(model_path(args.checkpoint)), out)
         print(f"wrote {out} (fp16 weights; config and classes in the header)")
         return 0

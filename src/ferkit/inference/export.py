@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import write_atomically
+from ..atomic import output_file, write_atomically
 from ..checkpoint import BUNDLED, LoadedModel, check_classes, load_model, model_path, training_record
 from ..data.datasets import FerDataset, load_splits
 from ..data.transforms import build_test_transform, preprocessing
@@ -173,10 +173,13 @@ def quantize_int8(model: bytes, images: np.ndarray) -> bytes:
     return proto.SerializeToString()
 
 
-def output_path(checkpoint: str | os.PathLike | None, suffix: str) -> Path:
-    """Where an export goes by default: beside the checkpoint, same stem; a bundled model's in the
-    current folder (not inside the installed package)."""
+def output_path(checkpoint: str | os.PathLike | None, suffix: str, out: str | os.PathLike | None = None) -> Path:
+    """Where an export goes: ``out``, or the checkpoint's name with ``suffix`` inside ``out`` when that is a
+    folder; by default beside the checkpoint (a bundled model's in the current folder, not inside the installed
+    package)."""
     source = model_path(checkpoint)
+    if out is not None:
+        return output_file(out, "--out", (suffix[suffix.rindex(".") :],), default_name=source.stem + suffix)
     folder = Path() if source.parent == BUNDLED.parent else source.parent
     return folder / (source.stem + suffix)
 
@@ -190,10 +193,10 @@ def export_onnx(
 ) -> Path:
     """Write ``checkpoint`` (``None``: the bundled model) as ONNX and return the path.
 
-    The default path is ``output_path`` with ``.onnx`` (``.int8.onnx`` for int8). int8 calibrates on
+    ``out`` and the default path are :func:`output_path`'s, with ``.onnx`` (``.int8.onnx`` for int8). int8 calibrates on
     ``calibration_count`` training images of ``calibration_data`` (default: the dataset the checkpoint was trained on).
     """
-    out = Path(out) if out is not None else output_path(checkpoint, ".int8.onnx" if int8 else ".onnx")
+    out = output_path(checkpoint, ".int8.onnx" if int8 else ".onnx", out)
     loaded = load_model(checkpoint)
     images = calibration_images(loaded, calibration_data, calibration_count) if int8 else None
     data = to_onnx_bytes(loaded)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import output_file
 from ..errors import FerkitError
 from .opencv import require_cv2
 
@@ -165,29 +166,11 @@ class ResultStream:
                 out.close()
 
 
-def output_file(path: str | os.PathLike, what: str, suffixes: Sequence[str] = ()) -> Path:
-    """``path`` checked as a file to write ``what`` (an option's name) to, its folder made.
-
-    Called before any work: a folder or a kind of file nothing here writes would otherwise fail only when the
-    results are written, after every photo or frame has been read.
-    """
-    path = Path(path)
-    example = path / f"out{suffixes[0] if suffixes else ''}"
-    if path.is_dir():
-        raise FerkitError(f"{what} {path} is a folder; give a file name, e.g. {example}")
-    if suffixes and path.suffix.lower() not in suffixes:
-        raise FerkitError(f"{what} {path}: name a {', '.join(suffixes)} file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def drawing_target(out: str | os.PathLike, source: str | os.PathLike, suffixes: Sequence[str]) -> Path:
     """Where one image or video (the file ``source``, or a camera's name) is drawn for ``--annotate OUT``: OUT
     itself, or a file named after the source inside OUT when OUT is a folder (one that exists, or a name ending
     in a slash). Never the source itself."""
-    if Path(out).is_dir() or str(out).endswith(("/", os.sep)):
-        out = Path(out) / (Path(source).stem + suffixes[0])
-    target = output_file(out, "--annotate", suffixes)
+    target = output_file(out, "--annotate", suffixes, default_name=Path(source).stem + suffixes[0])
     if target.resolve() == Path(source).resolve():
         raise FerkitError(f"--annotate {target} is the input itself; draw into another file or a folder")
     return target
