@@ -168,6 +168,18 @@ def test_a_folder_of_class_folders_is_evaluated_whole_and_says_what_it_leaves_ou
     assert fewer["macro_classes"] == ["Angry", "Happy"]
 
 
+def test_a_report_folder_named_as_a_file_is_refused_before_evaluating(untrained_checkpoint, tmp_path, capsys):
+    folder = make_class_folder(tmp_path / "faces", {"anger": 2, "happiness": 2})
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    argv = ["evaluate", str(untrained_checkpoint), "--data", str(folder), "--workers", "0", "--out"]
+    assert main([*argv, str(taken)]) == 2
+    assert f"--out {taken} is a file; name a folder" in capsys.readouterr().err
+    assert taken.read_text() == "mine"
+    assert main([*argv, str(tmp_path / "report")]) == 0
+    assert json.loads((tmp_path / "report" / "eval_all.json").read_text())["images"] == 4
+
+
 def test_evaluation_runs_no_more_workers_than_cores(untrained_checkpoint, tmp_path):
     # PyTorch warns (twice) for a loader with more workers than cores: evaluate's default of 4 did on 2 cores.
     folder = make_class_folder(tmp_path / "faces", {"anger": 2, "happiness": 2})

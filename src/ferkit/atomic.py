@@ -1,7 +1,7 @@
 """The one way ferkit writes a file it keeps: whoever reads the path finds the old file or the new one, never a part.
 
 Checkpoints, safetensors weights, ONNX models and the decode cache all go through :func:`write_atomically`;
-:func:`output_file` checks a path a command will write before the command does its work.
+:func:`output_file` and :func:`output_folder` check a path a command will write before it does its work.
 """
 
 from __future__ import annotations
@@ -60,4 +60,12 @@ def output_file(
     if suffixes and path.suffix.lower() not in suffixes:
         raise FerkitError(f"{what} {path}: name a {', '.join(suffixes)} file")
     path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def output_folder(path: str | os.PathLike, what: str) -> Path:
+    """``path`` checked, before any work, as a folder to write ``what`` (an option's name) into."""
+    path = Path(path)
+    if path.is_file():
+        raise FerkitError(f"{what} {path} is a file; name a folder for it to write into")
     return path

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 
+from ..atomic import output_folder
 from ..checkpoint import check_classes, store_calibration
 from ..config import Config
 from ..data.datasets import (
@@ -99,6 +99,8 @@ def evaluate_checkpoint(
     the photos with a face), instead of being taken as the face itself. ``prior``: the class mix the model's
     probabilities are read for (:mod:`ferkit.evaluation.prior`); by default its training data's own.
     """
+    if out_dir is not None:
+        out_dir = output_folder(out_dir, "--out")
     loaded = load_for_inference(checkpoint, device=device, prior=prior)
     cfg, classes = loaded.config, loaded.classes
     root = resolve_data_path(data if data is not None else cfg.data)
@@ -133,10 +135,10 @@ def evaluate_checkpoint(
         mix = "" if loaded.prior == "model" else f"_prior_{loaded.prior if loaded.prior in PRIORS else 'given'}"
         stem = f"eval_{metrics['split']}{'' if tta == 'none' else f'_{tta}'}{'_detected' if detector else ''}{mix}"
         title = f"{metrics['split']} ({protocol_name} protocol, TTA {tta}): acc {metrics['accuracy']:.3f}"
-        write_report(metrics, classes, Path(out_dir), stem, title)
+        write_report(metrics, classes, out_dir, stem, title)
         # Only here, not in training's report: a run folder's files stay what they were.
         reliability_title = f"{title}, T {loaded.temperature:.3f}, ECE {metrics['ece']:.3f}"
-        plot_reliability(metrics["reliability"], Path(out_dir) / f"{stem}_reliability.png", reliability_title)
+        plot_reliability(metrics["reliability"], out_dir / f"{stem}_reliability.png", reliability_title)
     return metrics
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import output_file
+from ..atomic import output_file, output_folder
 from ..errors import FerkitError
 from .opencv import require_cv2
 
@@ -178,9 +178,7 @@ def drawing_target(out: str | os.PathLike, source: str | os.PathLike, suffixes: 
 
 def drawing_folder(out: str | os.PathLike, inputs: str | os.PathLike) -> Path:
     """The folder a folder of inputs (``inputs``) is drawn into for ``--annotate OUT``; never the inputs' own."""
-    out = Path(out)
-    if out.is_file():
-        raise FerkitError(f"--annotate {out} is a file; a folder's images or videos are drawn into a folder")
+    out = output_folder(out, "--annotate")
     if out.resolve() == Path(inputs).resolve():
         raise FerkitError(f"--annotate {out} is the input folder, whose files the drawings would replace; name another")
     return out
