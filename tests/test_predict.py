@@ -193,6 +193,7 @@ def test_one_image_drawn_into_a_folder_under_its_own_name(checkpoint, photos, tm
         (["--csv", "{tmp}/folder"], "--csv {tmp}/folder is a folder"),
         (["--annotate", "{tmp}/drawn.foo"], "--annotate {tmp}/drawn.foo: name a .png, .jpg"),
         (["--annotate", "{input}"], "is the input itself"),
+        (["--json", "{input}"], "--json {input} is the input itself"),
         (["--plot", "{tmp}/timeline.png"], "--plot applies to videos and cameras"),
         (["--plot", "{tmp}/timeline.doc"], "--plot {tmp}/timeline.doc: name a .png, "),
         (["--summary", "{tmp}/people.json"], "--summary applies to videos and cameras"),

@@ -170,7 +170,8 @@ def _predict(args: argparse.Namespace) -> int:
         ("--plot", args.plot, PLOT_SUFFIXES),
     ):
         if value and value != "-":
-            output_file(value, what, suffixes)
+            if args.input and output_file(value, what, suffixes).resolve() == Path(args.input).resolve():
+                raise FerkitError(f"{what} {value} is the input itself; name another file")
     videos = [args.camera] if args.camera is not None else video_sources(args.input) if args.input else None
     if videos is None:
         for what, value in (("--summary", args.summary), ("--plot", args.plot)):

@@ -339,10 +339,6 @@ def _name(source: str | int) -> str:
     return source if isinstance(source, str) else f"camera {source}"
 
 
-def _file_name(source: str | int) -> str:
-    return source if isinstance(source, str) else f"camera{source}"
-
-
 def video_sources(path: str | os.PathLike) -> list[str] | None:
     """The videos to track for ``path``: itself if a video file, the videos in a folder of videos; None otherwise."""
     path = Path(path)
@@ -376,15 +372,12 @@ def predict_videos(
     """
     from tqdm import tqdm
 
+    many = len(sources) > 1
+    if annotate:  # before the outputs are opened, so a bad path leaves them as they were
+        first = sources[0] if isinstance(sources[0], str) else f"camera{sources[0]}"
+        annotate = drawing_folder(annotate, root) if many else drawing_target(annotate, first, WRITABLE_VIDEO_SUFFIXES)
     summary = Summary(predictor.classes, smooth, timelines=bool(plot), prior=predictor.prior)
     out = ResultStream(predictor.classes, json_to, csv_to, tracked=True, prior=predictor.prior)
-    many = len(sources) > 1
-    if annotate:
-        annotate = (
-            drawing_folder(annotate, root)
-            if many
-            else drawing_target(annotate, _file_name(sources[0]), WRITABLE_VIDEO_SUFFIXES)
-        )
     files = [s for s in sources if isinstance(s, str)]
     bar = tqdm(total=sum(frame_count(f) for f in files) or None, unit="frame", disable=None if files else True)
     interrupted = False
