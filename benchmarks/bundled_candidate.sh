@@ -11,7 +11,8 @@
 #   - webfaces-dev as `ferkit predict` reads it: the detected face, everyday photos' class mix,
 #   - the framing swing: whole photos at 85%, 100% and 115%, the mean over the five classes of each one's largest
 #     change of recall (benchmarks/results/framing_robustness_candidate_<name>_photos.json).
-# PrivateTest and CK+48 are left to the benchmarks that follow a decision (make_bundled.sh), so they cannot sway it.
+# The rule's figures also go to benchmarks/results/bundled_candidate_<name>.json. PrivateTest and CK+48 are left to
+# the benchmarks that follow a decision (make_bundled.sh), so they cannot sway it.
 # Environment: DATA (default ../shared/data, holding fer2013 and webfaces-dev).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,20 +41,31 @@ for file in "$OUT/student.${STUDENT##*.}" "$OUT/pair.safetensors"; do
     cp "benchmarks/results/framing_robustness_candidate_${name}_photos.json" "$OUT/${name}_framing.json"
 done
 
-python - "$OUT" <<'EOF'
+python - "$OUT" "$NAME" "$TEACHER" <<'EOF'
 import json
 import sys
 from pathlib import Path
 
-out = Path(sys.argv[1])
+out, name, teacher = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+summary = {"student": name, "teacher": teacher, "candidates": {}}
 print(f"{'candidate':<10} {'PublicTest':>10} {'webfaces-dev detected, photos: acc / macro recall':>52} {'framing swing':>14}")
-for name in ("student", "pair"):
-    public = json.loads((out / f"{name}_publictest.json").read_text())
-    photos = json.loads((out / f"{name}_webfaces_detected_photos.json").read_text())
-    changes = json.loads((out / f"{name}_framing.json").read_text())["largest_recall_change"]
+for candidate in ("student", "pair"):
+    public = json.loads((out / f"{candidate}_publictest.json").read_text())
+    photos = json.loads((out / f"{candidate}_webfaces_detected_photos.json").read_text())
+    changes = json.loads((out / f"{candidate}_framing.json").read_text())["largest_recall_change"]
     swing = sum(changes.values()) / len(changes)
+    summary["candidates"][candidate] = {
+        "publictest": public["accuracy"],
+        "temperature": public["temperature"],
+        "webfaces_detected_photos": {k: photos[k] for k in ("accuracy", "macro_recall", "ece")},
+        "framing_largest_recall_change": changes,
+        "framing_swing": swing,
+    }
     print(
-        f"{name:<10} {public['accuracy']:>10.2%} {photos['accuracy']:>43.2%} / {photos['macro_recall']:.3f} "
+        f"{candidate:<10} {public['accuracy']:>10.2%} {photos['accuracy']:>43.2%} / {photos['macro_recall']:.3f} "
         f"{swing:>14.3f}"
     )
+path = Path("benchmarks/results") / f"bundled_candidate_{name}.json"
+path.write_text(json.dumps(summary, indent=2) + "\n")
+print(f"wrote {path}")
 EOF
