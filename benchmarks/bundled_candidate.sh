@@ -52,7 +52,8 @@ print(f"{'candidate':<10} {'PublicTest':>10} {'webfaces-dev detected, photos: ac
 for candidate in ("student", "pair"):
     public = json.loads((out / f"{candidate}_publictest.json").read_text())
     photos = json.loads((out / f"{candidate}_webfaces_detected_photos.json").read_text())
-    changes = json.loads((out / f"{candidate}_framing.json").read_text())["largest_recall_change"]
+    framing = json.loads((out / f"{candidate}_framing.json").read_text())
+    changes = framing["largest_recall_change"]
     swing = sum(changes.values()) / len(changes)
     summary["candidates"][candidate] = {
         "publictest": public["accuracy"],
@@ -60,6 +61,7 @@ for candidate in ("student", "pair"):
         "webfaces_detected_photos": {k: photos[k] for k in ("accuracy", "macro_recall", "ece")},
         "framing_largest_recall_change": changes,
         "framing_swing": swing,
+        "framing_swing_95": framing["mean_largest_change_95"],  # over the photos, bootstrap
     }
     print(
         f"{candidate:<10} {public['accuracy']:>10.2%} {photos['accuracy']:>43.2%} / {photos['macro_recall']:.3f} "
