@@ -64,10 +64,15 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def loader_workers(requested: int) -> int:
+    """DataLoader workers no more than this process's cores: more only compete for them, and PyTorch warns."""
+    return min(requested, usable_cores())
+
+
 @dataclass(frozen=True)
 class Speed:
     """A config's speed settings as this process runs them: ``auto`` decided for its machine, and DataLoader
-    workers no more than its cores (more only compete for them, and PyTorch warns about it)."""
+    workers capped by :func:`loader_workers`."""
 
     device: torch.device
     precision: str
@@ -84,7 +89,7 @@ class Speed:
             precision,
             resolve_data_pipeline(cfg.data_pipeline, device),
             resolve_channels_last(cfg.channels_last, device, precision),
-            min(cfg.workers, usable_cores()),
+            loader_workers(cfg.workers),
         )
 
     @property

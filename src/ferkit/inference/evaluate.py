@@ -29,7 +29,7 @@ from ..evaluation.metrics import compute_metrics, write_report
 from ..evaluation.predictions import collect_probs, inference_precision
 from ..evaluation.prior import DEFAULT_PRIOR, PRIORS, class_counts
 from ..plots import plot_reliability
-from ..runtime import resolve_device, usable_cores
+from ..runtime import loader_workers, resolve_device
 from .align import face_crop
 from .export import store_onnx_calibration
 from .faces import Detector
@@ -51,8 +51,7 @@ def sample_probs(
     dev = resolve_device(loaded.device)
     precision = inference_precision(loaded.model, loaded.config, precision)
     dataset = FerDataset(samples, build_test_transform(loaded.config))
-    # More workers than cores only compete for them (training caps its own the same way, in Speed).
-    loader = make_loader(dataset, batch_size, min(workers, usable_cores()), dev)
+    loader = make_loader(dataset, batch_size, loader_workers(workers), dev)
     probs, labels = collect_probs(loaded.model.to(dev), loader, dev, precision, tta)
     return probs, labels, precision
 
