@@ -6,6 +6,9 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import socket
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -245,3 +248,30 @@ def write_video(frames: list[np.ndarray], path: Path, fps: float = 10.0) -> Path
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()
     return path
+
+
+class LiveServer:
+    """The app under uvicorn in a thread, on a socket bound here so no other process can take the port."""
+
+    def __init__(self, app) -> None:
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        import uvicorn  # the serve extra; tests that start a server skip without it
+
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.socket.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import LiveServer
 
 from ferkit.checkpoint import atomic_save, load_model, make_checkpoint, read_checkpoint, store_calibration
 from ferkit.cli import main
@@ -185,8 +186,8 @@ def test_an_ensemble_is_calibrated_evaluated_and_exported_as_any_model(tmp_path,
 
 def test_the_server_names_an_ensembles_networks(tmp_path):
     pytest.importorskip("fastapi")
-    pytest.importorskip("httpx")
-    from fastapi.testclient import TestClient
+    pytest.importorskip("uvicorn")
+    httpx = pytest.importorskip("httpx")
 
     from ferkit.inference.predict import Predictor
     from ferkit.serve.app import ModelInfo, create_app, describe_model
@@ -198,7 +199,8 @@ def test_the_server_names_an_ensembles_networks(tmp_path):
     )
     store_calibration(pair, 0.8)
     predictor = Predictor.from_checkpoint(str(pair), detector=None)
-    model = TestClient(create_app(predictor, describe_model(predictor))).get("/model").json()
+    with LiveServer(create_app(predictor, describe_model(predictor))) as server:
+        model = httpx.get(server.url + "/model", timeout=60).json()
     assert model["temperature"] == pytest.approx(0.8)  # the pair's own, fitted for the average
     ModelInfo.model_validate(model)  # what /model answers keeps to its documented schema
     assert model["checkpoint"] == "pair.safetensors" and (model["epoch"], model["metrics"]) == (None, None)
