@@ -10,10 +10,13 @@
 #   - PublicTest accuracy (the selection split; the rule's FER2013 figure),
 #   - webfaces-dev as `ferkit predict` reads it: the detected face, everyday photos' class mix,
 #   - the framing swing: whole photos at 85%, 100% and 115%, the mean over the five classes of each one's largest
-#     change of recall (benchmarks/results/framing_robustness_candidate_<name>_photos.json).
+#     change of recall (benchmarks/results/framing_robustness_candidate_<name>_photos.json), and its difference from
+#     the shipped model's on the same photos with a paired 95% interval (SHIPPED_FRAMING names that model's
+#     framing_robustness result; default bundled_photos, from `framing_robustness.py --name bundled_photos --prior
+#     photos`).
 # The rule's figures also go to benchmarks/results/bundled_candidate_<name>.json. PrivateTest and CK+48 are left to
 # the benchmarks that follow a decision (make_bundled.sh), so they cannot sway it.
-# Environment: DATA (default ../shared/data, holding fer2013 and webfaces-dev).
+# Environment: DATA (default ../shared/data, holding fer2013 and webfaces-dev), SHIPPED_FRAMING (above).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TEACHER=$1
@@ -26,6 +29,7 @@ else
 fi
 OUT=${3:-runs/candidate_$NAME}
 DATA=${DATA:-../shared/data}
+SHIPPED_FRAMING=${SHIPPED_FRAMING:-bundled_photos}
 mkdir -p "$OUT"
 
 cp "$STUDENT" "$OUT/student.${STUDENT##*.}"
@@ -37,7 +41,7 @@ for file in "$OUT/student.${STUDENT##*.}" "$OUT/pair.safetensors"; do
     ferkit evaluate "$file" --data "$DATA/webfaces-dev" --faces detected --prior photos --min-support 50 --json \
         > "$OUT/${name}_webfaces_detected_photos.json"
     python benchmarks/framing_robustness.py --checkpoint "$file" --name "candidate_${name}_photos" --prior photos \
-        --data "$DATA/webfaces-dev"
+        --data "$DATA/webfaces-dev" --paired-with "$SHIPPED_FRAMING"
     cp "benchmarks/results/framing_robustness_candidate_${name}_photos.json" "$OUT/${name}_framing.json"
 done
 
@@ -48,7 +52,10 @@ from pathlib import Path
 
 out, name, teacher = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 summary = {"student": name, "teacher": teacher, "candidates": {}}
-print(f"{'candidate':<10} {'PublicTest':>10} {'webfaces-dev detected, photos: acc / macro recall':>52} {'framing swing':>14}")
+print(
+    f"{'candidate':<10} {'PublicTest':>10} {'webfaces-dev detected, photos: acc / macro recall':>52} "
+    f"{'framing swing':>14} {'minus shipped (paired 95%)':>30}"
+)
 for candidate in ("student", "pair"):
     public = json.loads((out / f"{candidate}_publictest.json").read_text())
     photos = json.loads((out / f"{candidate}_webfaces_detected_photos.json").read_text())
@@ -62,10 +69,13 @@ for candidate in ("student", "pair"):
         "framing_largest_recall_change": changes,
         "framing_swing": swing,
         "framing_swing_95": framing["mean_largest_change_95"],  # over the photos, bootstrap
+        "framing_swing_minus_shipped": framing["paired_with"],  # the same photos and draws for both
     }
+    paired = framing["paired_with"]
+    lo, hi = paired["difference_95"]
     print(
         f"{candidate:<10} {public['accuracy']:>10.2%} {photos['accuracy']:>43.2%} / {photos['macro_recall']:.3f} "
-        f"{swing:>14.3f}"
+        f"{swing:>14.3f} {paired['difference']:>+12.3f} ({lo:+.3f} to {hi:+.3f})"
     )
 path = Path("benchmarks/results") / f"bundled_candidate_{name}.json"
 path.write_text(json.dumps(summary, indent=2) + "\n")

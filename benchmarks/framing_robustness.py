@@ -5,6 +5,7 @@
     python benchmarks/framing_robustness.py --faces detected --name bundled_detected   # as `ferkit predict` reads
     python benchmarks/framing_robustness.py --tta flip --name bundled_flip             # each photo and its mirror
     python benchmarks/framing_robustness.py --prior photos --name bundled_photos        # read for everyday photos
+    python benchmarks/framing_robustness.py --checkpoint x.pth --name x --prior photos --paired-with bundled_photos
 
 Each photo is taken whole as the face (as ``ferkit evaluate --data webfaces-dev`` does) after reframing it about
 its centre: a box of F times the photo's sides, cut out at F < 1 (a tighter face) and padded with the edge
@@ -14,17 +15,22 @@ Surprise), per framing, and the largest change of a class's recall between frami
 0.05. Each change comes with a 95% bootstrap interval over the photos (Sad has 60: one photo is 0.017 of
 recall). With ``--faces detected`` each reframed photo is read as ``ferkit predict`` reads a photo (its largest face
 found, turned upright and cut out at FER2013's framing; read whole where none is found), which shows how much of
-the swing the product's own path takes out. Writes ``benchmarks/results/framing_robustness_NAME.json``.
+the swing the product's own path takes out. With ``--paired-with`` the mean swing is also set against another
+model's measured on the same photos, through the same bootstrap draws: two models' separate intervals overlap far
+more than their difference varies. Writes ``benchmarks/results/framing_robustness_NAME.json``, each photo's reading
+at each framing included.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import time
 from pathlib import Path
 
 import numpy as np
-from common import DEFAULT_DATA, write_result  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
+from common import DEFAULT_DATA, RESULTS, write_result  # benchmarks/common.py, on sys.path as scripts run
 
 from ferkit.data.datasets import Sample, load_image, read_whole_folder
 from ferkit.evaluation.metrics import compute_metrics
@@ -58,6 +64,11 @@ def faces_of(photos: list[np.ndarray], detector: Detector | None) -> tuple[list[
         return photos, len(photos)
     faces, found = detected_faces([Sample(p, 0, "") for p in photos], detector)
     return [s.source for s in faces], found
+
+
+def photo_names(samples: list[Sample]) -> list[str]:
+    """``class/file`` of each photo, in order: the same photos read from another path compare alike."""
+    return [f"{Path(s.source).parent.name}/{Path(s.source).name}" for s in samples]
 
 
 def measure(
@@ -97,30 +108,70 @@ def measure(
     intervals = bootstrap_changes(labels, predicted, [predictor.classes.index(c) for c in classes])
     return {
         "images": len(samples),
+        "classes": list(predictor.classes),
+        "photo_set": hashlib.sha256("\n".join(photo_names(samples)).encode()).hexdigest(),
         "framings": figures,
         "largest_recall_change": spread,
         "largest_recall_change_95": dict(zip(classes, intervals["classes"])),
         "mean_largest_change_95": intervals["mean"],
+        # Kept so that another model can be compared with this one on the same photos (--paired-with), a digit a
+        # photo: a list of numbers would make the file thirty times larger.
+        "labels": digits(labels),
+        "predicted": {f"{f:.2f}": digits(row) for f, row in zip(FRAMINGS, predicted)},
     }
 
 
-def bootstrap_changes(
-    labels: np.ndarray, predicted: np.ndarray, classes: list[int], resamples: int = BOOTSTRAP
-) -> dict:
-    """95% intervals of each class's largest recall change between framings, and of their mean, over photos drawn
-    with replacement (the same draw for every framing). A class of 60 photos moves 0.017 a photo, so a change of
-    0.05 is three photos: the interval says which differences between models the photos can tell apart."""
-    rng = np.random.default_rng(0)
-    changes = np.empty((resamples, len(classes)))
-    for r in range(resamples):
-        pick = rng.integers(0, len(labels), len(labels))
+def digits(classes: np.ndarray) -> str:
+    assert classes.max() < 10, "one digit a photo holds at most 10 classes"
+    return "".join(map(str, classes))
+
+
+def from_digits(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode(), dtype=np.uint8) - ord("0")
+
+
+def draws(photos: int, resamples: int = BOOTSTRAP) -> np.ndarray:
+    """The bootstrap's photo indices, one row a draw: the same draw for every framing and every model compared."""
+    return np.random.default_rng(0).integers(0, photos, (resamples, photos))
+
+
+def drawn_changes(labels: np.ndarray, predicted: np.ndarray, classes: list[int], picks: np.ndarray) -> np.ndarray:
+    """Each class's largest recall change between framings (``predicted``: framings x photos), one row a draw."""
+    changes = np.empty((len(picks), len(classes)))
+    for r, pick in enumerate(picks):
         truth, said = labels[pick], predicted[:, pick]
         for j, c in enumerate(classes):
             recall = (said[:, truth == c] == c).mean(axis=1)
             changes[r, j] = recall.max() - recall.min()
+    return changes
+
+
+def bootstrap_changes(labels: np.ndarray, predicted: np.ndarray, classes: list[int]) -> dict:
+    """95% intervals of each class's largest recall change between framings, and of their mean, over photos drawn
+    with replacement. A class of 60 photos moves 0.017 a photo, so a change of 0.05 is three photos: the interval
+    says which differences between models the photos can tell apart."""
+    changes = drawn_changes(labels, predicted, classes, draws(len(labels)))
     low, high = np.percentile(changes, [2.5, 97.5], axis=0)
     mean_low, mean_high = np.percentile(changes.mean(axis=1), [2.5, 97.5])
     return {"classes": [[float(a), float(b)] for a, b in zip(low, high)], "mean": [float(mean_low), float(mean_high)]}
+
+
+def paired_difference(result: dict, other: dict) -> dict:
+    """This model's mean swing minus another's, read on the same photos, and its 95% interval over draws shared by
+    both: unlike two separate intervals, the photos' own difficulty cancels, so a smaller gap shows."""
+    if result["photo_set"] != other.get("photo_set") or "predicted" not in other:
+        raise SystemExit(f"{other['name']} was not measured on these photos with its predictions kept: measure again")
+    labels = from_digits(result["labels"])
+    classes = [result["classes"].index(c) for c in result["largest_recall_change"]]
+    picks = draws(len(labels))
+    mine, theirs = (
+        drawn_changes(labels, np.stack([from_digits(p) for p in r["predicted"].values()]), classes, picks).mean(1)
+        for r in (result, other)
+    )
+    low, high = np.percentile(mine - theirs, [2.5, 97.5])
+    swing = np.mean(list(result["largest_recall_change"].values()))
+    other_swing = np.mean([other["largest_recall_change"][c] for c in result["largest_recall_change"]])
+    return {"name": other["name"], "difference": float(swing - other_swing), "difference_95": [float(low), float(high)]}
 
 
 def main() -> None:
@@ -148,6 +199,13 @@ def main() -> None:
         "--prior",
         default=DEFAULT_PRIOR,
         help="the class mix the probabilities are read for, as `ferkit predict --prior` (default: the model's own)",
+    )
+    parser.add_argument(
+        "--paired-with",
+        metavar="NAME",
+        default=None,
+        help="also give this model's mean swing minus that of framing_robustness_NAME.json (measured on the same "
+        "photos), with a 95%% interval over draws of photos shared by both",
     )
     args = parser.parse_args()
     t0 = time.perf_counter()
@@ -177,6 +235,11 @@ def main() -> None:
     swing = np.mean(list(result["largest_recall_change"].values()))
     lo, hi = result["mean_largest_change_95"]
     print(f"mean of the five changes {swing:.3f} (95% interval {lo:.3f}-{hi:.3f})")
+    if args.paired_with:
+        other = json.loads((RESULTS / f"framing_robustness_{args.paired_with}.json").read_text())
+        result["paired_with"] = paired_difference(result, other)
+        gap, (lo, hi) = result["paired_with"]["difference"], result["paired_with"]["difference_95"]
+        print(f"minus {args.paired_with}'s on the same photos: {gap:+.3f} (95% interval {lo:+.3f} to {hi:+.3f})")
     path = write_result(f"framing_robustness_{args.name}", result)
     print(f"wrote {path}")
 
