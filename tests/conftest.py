@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from ferkit.checkpoint import atomic_save, make_checkpoint, read_checkpoint
-from ferkit.config import Config, _given
+from ferkit.config import Config, flag_of
 from ferkit.data.datasets import CLASSES
 from ferkit.model import build_model
 
@@ -85,7 +85,7 @@ def tiny(data, out, **kw) -> Config:
 
 def flags(values: dict) -> list[str]:
     """The command-line words that set these config values, as ``ferkit train`` takes them."""
-    return [word for name, value in values.items() for word in _given(name, value).split()]
+    return [word for name, value in values.items() for word in flag_of(name, value).split()]
 
 
 def weights(path: Path) -> dict:

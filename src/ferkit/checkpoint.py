@@ -7,6 +7,7 @@ preprocessing (``transforms.build_test_transform`` reads it).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import zipfile
@@ -127,6 +128,14 @@ def model_path(path: str | os.PathLike | None) -> Path:
             "(a dataset goes after --data)"
         )
     return path
+
+
+def file_identity(name: str | os.PathLike) -> str:
+    """``name``, the file it stands for and the start of that file's sha256, for logs: a bundled model's name
+    stands for other weights in another release."""
+    file = model_path(name)
+    digest = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
+    return f"{name} ({file}, sha256 {digest}...)"
 
 
 def is_model_path(path: Path) -> bool:

@@ -32,6 +32,11 @@ def _train(args: argparse.Namespace) -> int:
             raise FerkitError(f"--resume {args.resume} and --out {args.out} name two run folders; give one")
         last = read_last(out)  # read once: its config is the base here, the rest is what train() resumes from
         cfg = config_from_args(args, base=Config.from_dict(last["config"])).updated({"out": out})
+    elif cfg.init_from:
+        from .training.finetune import inherited_settings
+
+        # The network and preprocessing of the checkpoint are the base: a preset, file or flag may still set them.
+        cfg = config_from_args(args, base=Config().updated(inherited_settings(cfg.init_from)))
     if args.nproc > 1:
         return _train_processes(cfg, args)
     try:

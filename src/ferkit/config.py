@@ -179,6 +179,14 @@ class Config:
         "model", 0.3, "parameter_dropout: dropout probability in the classification head", bounds="[0, 1)"
     )
     hidden: int = _opt("model", 256, "hidden width of the classification head", bounds="[1, inf)")
+    init_from: str | None = _opt(
+        "model",
+        None,
+        "start from this trained network's weights (a checkpoint file, a run folder or a bundled model's name) to "
+        "fine-tune it: the network and preprocessing follow it unless flags set them; its classifier is kept for the "
+        "classes the data shares with it (None: random initialisation)",
+        metavar="CKPT",
+    )
     batch_size: int = _opt(
         "optimisation", 32, "images per optimizer step, over all processes of a multi-process run", bounds="[1, inf)"
     )
@@ -527,6 +535,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> dict[str, argparse.
             kw["type"] = type(f.default) if f.default is not None else str
             if "choices" in f.metadata:
                 kw["choices"] = f.metadata["choices"]
+            if "metavar" in f.metadata:
+                kw["metavar"] = f.metadata["metavar"]
         groups[f.metadata["group"]].add_argument(_flag(f.name), **kw)
     return groups
 
@@ -551,7 +561,7 @@ def resumed_config(saved: Config, asked: Config, min_epochs: int, run: str) -> t
     changed = [f for f in fields(Config) if f.name != "out" and getattr(asked, f.name) != getattr(saved, f.name)]
     refused = [f for f in changed if not f.metadata["resumable"] and f.name != "epochs"]
     if refused:
-        flags = " ".join(_given(f.name, getattr(asked, f.name)) for f in refused)
+        flags = " ".join(flag_of(f.name, getattr(asked, f.name)) for f in refused)
         values = ", ".join(f"{f.name} {_value(getattr(saved, f.name))}" for f in refused)
         raise FerkitError(
             f"cannot resume {run} with {flags}: the run was trained with {values}; start a new run "
@@ -562,14 +572,14 @@ def resumed_config(saved: Config, asked: Config, min_epochs: int, run: str) -> t
             f"cannot resume {run} with --epochs {asked.epochs}: the run is at epoch {min_epochs} "
             f"already; give at least --epochs {min_epochs}"
         )
-    return asked, [f"{_given(f.name, getattr(asked, f.name))} (was {_value(getattr(saved, f.name))})" for f in changed]
+    return asked, [f"{flag_of(f.name, getattr(asked, f.name))} (was {_value(getattr(saved, f.name))})" for f in changed]
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _given(name: str, value: Any) -> str:
+def flag_of(name: str, value: Any) -> str:
     """The flag that sets ``name`` to ``value``."""
     if isinstance(value, bool):
         return _flag(name) if value else "--no-" + _flag(name)[2:]

@@ -10,7 +10,6 @@ teachers nor their time again, and an unreadable image (``--bad-images skip``) k
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import distributed as dist
-from ..checkpoint import atomic_save, check_classes, load_model, model_path
+from ..checkpoint import atomic_save, check_classes, file_identity, load_model
 from ..config import Config
 from ..data.datasets import FerDataset, Sample, collate_skipping
 from ..data.loaders import make_loader
@@ -70,13 +69,7 @@ def teacher_probs(
     t0, flops = time.perf_counter(), 0.0
     total = torch.zeros(len(samples), len(classes))
     for path in paths:
-        # A teacher may be named (the bundled model, which changes between releases): the log keeps which file.
-        file = model_path(path)
-        digest = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
-        log.info(
-            f"distillation: teacher {path} ({file}, sha256 {digest}...) labels {len(samples)} training images "
-            "and their mirrors"
-        )
+        log.info(f"distillation: teacher {file_identity(path)} labels {len(samples)} training images and their mirrors")
         loaded = load_model(path)
         check_classes(path, loaded.classes, classes, TEACHER_FIX)
         model = Tempered(loaded.model, float(loaded.checkpoint.get("temperature", 1.0))).to(speed.device)

@@ -53,6 +53,7 @@ from ..model import build_model, count_parameters, training_flops
 from ..runtime import Speed, autocast, machine_description, seed_everything
 from .distill import soft_targets
 from .feed import TrainBatches, open_batches, restore_rng, rng_state
+from .finetune import initialise_from
 from .optim import build_optimizer, build_scheduler, continue_schedule, sharpness_aware_gradient
 from .rundir import (
     CONFIG,
@@ -432,6 +433,8 @@ def _assemble(cfg: Config, splits: Splits, state: TrainState, ckpt: dict | None)
     watched = load_watched(cfg, splits.classes, speed)  # before the teachers' labelling: a wrong folder stops at once
     seed_everything(cfg.seed)
     model = build_model(cfg, len(splits.classes))
+    if cfg.init_from and ckpt is None:
+        initialise_from(model, cfg, splits.classes)
     # Before SyncBatchNorm, whose probe would sync; SAM passes every image through forward and backward twice.
     gflop_per_image = training_flops(model, cfg.image_size) / 1e9 * (2 if cfg.sam_rho else 1)
     if cfg.sync_bn:

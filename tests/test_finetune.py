@@ -1,0 +1,124 @@
+"""`--init-from`: a run that starts from a trained network's weights, its network and preprocessing taken from it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_image_folder, tiny
+
+from ferkit.checkpoint import read_checkpoint
+from ferkit.cli import main
+from ferkit.config import Config
+from ferkit.data.datasets import CLASSES
+from ferkit.errors import FerkitError
+from ferkit.model import build_model
+from ferkit.training.finetune import initialise_from
+from ferkit.training.loop import train
+
+THREE = ["happy", "neutral", "surprise"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A finished tiny run on the seven classes: its best.pth is the network runs start from."""
+    root = tmp_path_factory.mktemp("trained")
+    train(tiny(make_image_folder(root / "fer"), root / "run", epochs=1))
+    return root / "run" / "best.pth"
+
+
+def test_a_network_of_the_same_classes_starts_with_every_weight_of_the_checkpoint(trained):
+    cfg = Config.from_dict({**read_checkpoint(trained)["config"], "init_from": str(trained)})
+    model = build_model(cfg, len(CLASSES))
+    initialise_from(model, cfg, CLASSES)
+    saved = read_checkpoint(trained)["model"]
+    state = model.state_dict()
+    assert state.keys() == saved.keys()
+    assert all(torch.equal(state[k], saved[k]) for k in saved)  # BatchNorm statistics too
+
+
+def test_fewer_classes_keep_their_own_rows_of_the_classifier_by_name(trained):
+    cfg = Config.from_dict({**read_checkpoint(trained)["config"], "init_from": str(trained)})
+    classes = ("Happy", "Neutral", "Surprise")
+    model = build_model(cfg, len(classes))
+    initialise_from(model, cfg, classes)
+    saved, state = read_checkpoint(trained)["model"], model.state_dict()
+    for part in ("weight", "bias"):
+        assert torch.equal(state[f"head.4.{part}"], saved[f"head.4.{part}"][[3, 4, 6]])
+    assert torch.equal(state["head.0.weight"], saved["head.0.weight"])
+
+
+def test_classes_the_checkpoint_lacks_start_new_and_the_log_says_which(tmp_path):
+    # A network trained on three classes, fine-tuned on all seven: four rows are new.
+    start = tmp_path / "three"
+    train(tiny(make_image_folder(tmp_path / "fer3", folder_names=THREE), start, epochs=1))
+    out = tmp_path / "seven"
+    train(tiny(make_image_folder(tmp_path / "fer7"), out, epochs=1, init_from=str(start / "best.pth")))
+    assert read_checkpoint(out / "best.pth")["classes"] == list(CLASSES)
+    log = (out / "train.log").read_text()
+    assert "its classifier kept for Happy, Neutral, Surprise and new for Angry, Disgust, Fear, Sad" in log
+    assert f"init: weights of {start / 'best.pth'} ({start / 'best.pth'}, sha256 " in log
+    assert json.loads((out / "config.json").read_text())["init_from"] == str(start / "best.pth")
+
+
+def test_train_takes_the_network_and_preprocessing_from_the_checkpoint(trained, tmp_path):
+    data, out = trained.parent.parent / "fer", tmp_path / "tuned"
+    # No --width, --image-size or --grey-input: the checkpoint's 8 and 16 (the defaults are 64 and 96).
+    argv = ["train", "--data", str(data), "--init-from", str(trained), "--epochs", "1", "--batch-size", "4"]
+    argv += ["--workers", "0", "--no-tensorboard"]
+    assert main([*argv, "--out", str(out), "--lr", "1e-4"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["arch"], cfg["width"], cfg["image_size"], cfg["lr"]) == ("resnet18", 8, 16, 1e-4)
+    assert "reads faces otherwise" not in (out / "train.log").read_text()
+    # A flag may still change the preprocessing; the log says the run reads faces otherwise than the network learnt.
+    assert main([*argv, "--out", str(tmp_path / "bigger"), "--image-size", "24"]) == 0
+    log = (tmp_path / "bigger" / "train.log").read_text()
+    assert "checkpoint learnt to: --image-size 24 (was --image-size 16)" in log
+
+
+def test_a_network_of_another_shape_is_refused_naming_the_flags_that_build_it(trained, tmp_path, capsys):
+    data = trained.parent.parent / "fer"
+    argv = ["train", "--data", str(data), "--out", str(tmp_path / "wide"), "--init-from", str(trained)]
+    assert main([*argv, "--width", "16", "--workers", "0", "--no-tensorboard"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert (
+        f"--init-from {trained} is a network of --arch resnet18 --width 8 --hidden 256; this run builds --arch "
+        "resnet18 --width 16 --hidden 256: give --arch resnet18 --width 8 --hidden 256" in err
+    )
+    assert not (tmp_path / "wide" / "last.pth").exists()
+
+
+def test_an_ensemble_is_refused_with_the_command_that_takes_one_network(tmp_path, capsys):
+    # The bundled model averages two networks.
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--init-from", "fer2013_resnet18"]) == 2
+    err = capsys.readouterr().err
+    assert "--init-from fer2013_resnet18 averages 2 networks and a run trains one" in err
+    assert "`ferkit ensemble fer2013_resnet18 --member 0 --out network.safetensors`" in err
+
+
+def test_a_missing_checkpoint_is_one_line_naming_it(tmp_path, capsys):
+    assert main(["train", "--init-from", str(tmp_path / "gone.pth"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "gone.pth" in err
+
+
+def test_a_resumed_fine_tuning_run_continues_from_its_own_weights(trained, tmp_path):
+    cfg = tiny(trained.parent.parent / "fer", tmp_path / "run", epochs=1, init_from=str(trained))
+    train(cfg)
+    first = read_checkpoint(tmp_path / "run" / "last.pth")["model"]
+    trained_copy = trained.read_bytes()
+    trained.unlink()  # the start is no longer needed: a resumed run starts from its own last.pth
+    try:
+        train(Config.from_dict({**cfg.to_dict(), "epochs": 2}), resume=True)
+    finally:
+        trained.write_bytes(trained_copy)
+    second = read_checkpoint(tmp_path / "run" / "last.pth")["model"]
+    assert not torch.equal(first["head.4.weight"], second["head.4.weight"])
+
+
+def test_init_from_is_a_config_value_like_any_other():
+    with pytest.raises(FerkitError, match="--init-from must be a string"):
+        Config(init_from=3)
