@@ -99,6 +99,11 @@ def test_an_ensemble_is_refused_with_the_command_that_takes_one_network(tmp_path
     assert "`ferkit ensemble fer2013_resnet18 --member 0 --out network.safetensors`" in err
 
 
+def test_an_onnx_export_is_refused_as_untrainable(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--init-from", "fer2013_resnet18.int8"]) == 2
+    assert "--init-from fer2013_resnet18.int8 is an ONNX export" in capsys.readouterr().err
+
+
 def test_a_missing_checkpoint_is_one_line_naming_it(tmp_path, capsys):
     assert main(["train", "--init-from", str(tmp_path / "gone.pth"), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from ..checkpoint import LoadedModel, file_identity, load_model
+from ..checkpoint import LoadedModel, file_identity, load_model, model_path
 from ..config import Config, flag_of
 from ..errors import FerkitError
 from ..model import Ensemble, ResNet
@@ -28,6 +28,11 @@ INHERITED = (*NETWORK, "dropout", *PREPROCESSING)
 
 def load_single(name: str) -> LoadedModel:
     """``name``'s network: one, since one starts a run (an ensemble's are averaged and cannot be trained as one)."""
+    if model_path(name).suffix == ".onnx":
+        raise FerkitError(
+            f"--init-from {name} is an ONNX export ({model_path(name)}), which PyTorch cannot train: start from the "
+            "checkpoint it was exported from"
+        )
     loaded = load_model(name)
     if isinstance(loaded.model, Ensemble):
         raise FerkitError(
