@@ -161,6 +161,23 @@ def _data_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_faces(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .inference.facecrops import RECORD, crop_faces
+
+    done = crop_faces(args.path, args.out, _built_detector(args), args.format)
+    if args.json:
+        print(json.dumps(asdict(done), indent=2))
+        return 0
+    print(
+        f"{done.photos} photos: a face written for {done.written} into {args.out}, no face found in "
+        f"{len(done.no_face)}, {len(done.unreadable)} unreadable (each photo's box or problem: "
+        f"{Path(args.out) / RECORD})"
+    )
+    return 0
+
+
 def _predict(args: argparse.Namespace) -> int:
     from .atomic import output_file
     from .inference.predict import Predictor, predict_source, predict_videos, video_sources
@@ -519,12 +536,27 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
-    check = p.add_subparsers(dest="data_command", required=True).add_parser(
+    from .inference.facecrops import CROP_FORMATS
+
+    commands = p.add_subparsers(dest="data_command", required=True)
+    check = commands.add_parser(
         "check", help="per-split, per-class counts; unreadable and all-black images", formatter_class=_HelpFormatter
     )
     check.add_argument("path", nargs="?", help="dataset (default: $FERKIT_DATA, then ./data/fer2013)")
     _json(check)
     check.set_defaults(func=_data_check)
+    faces = commands.add_parser(
+        "faces",
+        help="each photo's largest face, upright and framed as `ferkit predict` classifies it, written at the "
+        "photo's own path in a new folder (a dataset of photos made one of faces, for training)",
+        formatter_class=_HelpFormatter,
+    )
+    faces.add_argument("path", help="folder of photos, in any layout (train/<class>/, a folder of class folders)")
+    faces.add_argument("--out", required=True, help="new folder for the crops and faces.csv")
+    faces.add_argument("--format", choices=tuple(CROP_FORMATS), default="jpg", help="the crops' image format")
+    _detector(faces)
+    _json(faces)
+    faces.set_defaults(func=_data_faces)
 
 
 # docs/recipe.md ("The command line") has what each option does in full.

@@ -30,11 +30,10 @@ from ..evaluation.predictions import collect_probs, inference_precision
 from ..evaluation.prior import DEFAULT_PRIOR, PRIORS, class_counts
 from ..plots import plot_reliability
 from ..runtime import loader_workers, resolve_device
-from .align import face_crop
 from .export import store_onnx_calibration
+from .facecrops import largest_face
 from .faces import Detector
 from .loading import InferenceModel, load_for_inference
-from .predict import MARGIN
 
 SPLITS = ("report", "select", "train")
 WHOLE = "all"  # the split name of a folder of class folders evaluated whole
@@ -63,10 +62,9 @@ def detected_faces(samples: list[Sample], detector: Detector) -> tuple[list[Samp
     faces, found = [], 0
     for sample in samples:
         rgb = np.asarray(load_image(sample).convert("RGB"))
-        detections = detector.detect(rgb)
-        found += bool(detections)
-        crop = face_crop(rgb, detections[0], MARGIN) if detections else rgb
-        faces.append(Sample(np.ascontiguousarray(crop), sample.label, sample.name))
+        face = largest_face(rgb, detector)
+        found += face is not None
+        faces.append(Sample(np.ascontiguousarray(face[0] if face else rgb), sample.label, sample.name))
     return faces, found
 
 

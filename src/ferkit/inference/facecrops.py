@@ -1,0 +1,105 @@
+"""Photos turned into the faces ``ferkit predict`` classifies: a dataset of real photos made trainable as the
+product reads them.
+
+Each photo's largest face is found, turned upright and cut out with FER2013's framing (:mod:`.align`), and written
+under the photo's own path in the output folder, so any layout (``train/<class>/``, ``test/<class>/``, a folder of
+class folders) comes out the same and ``ferkit train``, ``evaluate`` and ``data check`` read it as they read the
+photos. A model trained or fine-tuned on these crops meets at training the faces it will be given. Photos without a
+face, and files that are not images, are written nowhere and listed in ``faces.csv`` beside the crops.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from ..data.images import FORMATS, UndecodableImage, list_images, open_image, to_rgb
+from ..errors import FerkitError
+from .align import face_crop
+from .faces import Detection, Detector
+from .predict import MARGIN
+
+CROP_FORMATS = {"jpg": ".jpg", "png": ".png"}
+JPEG_QUALITY = 95
+RECORD = "faces.csv"
+
+
+def largest_face(rgb: np.ndarray, detector: Detector) -> tuple[np.ndarray, Detection] | None:
+    """The photo's largest face as the product classifies it, and its detection; None where none is found."""
+    detections = detector.detect(rgb)
+    return (face_crop(rgb, detections[0], MARGIN), detections[0]) if detections else None
+
+
+@dataclass
+class FaceCrops:
+    """What :func:`crop_faces` did: photos read, crops written, and the photos that gave none (relative paths)."""
+
+    photos: int = 0
+    written: int = 0
+    no_face: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+
+
+def crop_faces(src: str | Path, out: str | Path, detector: Detector, image_format: str = "jpg") -> FaceCrops:
+    """Each image under ``src`` as its largest face in ``out``, at the same relative path (``image_format``'s
+    suffix), with ``out/faces.csv`` recording each photo's box and score or why it has no crop."""
+    src, out = Path(src), Path(out)
+    photos = _photos_to_crop(src, out)
+    if image_format not in CROP_FORMATS:
+        raise FerkitError(f"--format must be one of {', '.join(CROP_FORMATS)} (got {image_format!r})")
+    targets = _target_names(photos, src, CROP_FORMATS[image_format])
+    done, rows = FaceCrops(photos=len(photos)), []
+    for photo, target in tqdm(zip(photos, targets), total=len(photos), desc="faces", unit="photo", disable=None):
+        name = photo.relative_to(src).as_posix()
+        try:
+            rgb = np.asarray(to_rgb(open_image(photo)))
+        except UndecodableImage as e:
+            done.unreadable.append(name)
+            rows.append([name, "", "", "", "", "", "", f"unreadable: {e.reason}"])
+            continue
+        found = largest_face(rgb, detector)
+        if found is None:
+            done.no_face.append(name)
+            rows.append([name, "", "", "", "", "", "", "no face found"])
+            continue
+        crop, face = found
+        (out / target).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(crop).save(out / target, quality=JPEG_QUALITY)
+        done.written += 1
+        score = "" if face.score is None else f"{face.score:.3f}"
+        rows.append([name, target.as_posix(), *(f"{v:.1f}" for v in face.box), score, ""])
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / RECORD, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["photo", "crop", "x", "y", "width", "height", "score", "problem"])
+        writer.writerows(rows)
+    return done
+
+
+def _photos_to_crop(src: Path, out: Path) -> list[Path]:
+    """The images under ``src``, after the checks that keep any of the user's files from being mixed or replaced."""
+    if not src.is_dir():
+        raise FerkitError(f"{src} is not a folder; give the folder of photos to crop (any layout of class folders)")
+    if out.resolve() == src.resolve() or out.resolve().is_relative_to(src.resolve()):
+        raise FerkitError(f"--out {out} is inside {src}: the crops would join the photos; name a folder outside it")
+    if out.is_file() or (out.is_dir() and any(out.iterdir())):
+        raise FerkitError(f"--out {out} exists and is not an empty folder; name a new one (nothing is replaced)")
+    photos = list_images(src)
+    if not photos:
+        raise FerkitError(f"no images in {src} or its folders; give a folder of {FORMATS} photos")
+    return photos
+
+
+def _target_names(photos: list[Path], src: Path, suffix: str) -> list[Path]:
+    """Each photo's crop path under the output folder: its own with ``suffix``, or its full name and ``suffix``
+    where two photos differ only in their suffix (``a.png`` and ``a.jpg``)."""
+    stems = [photo.relative_to(src).with_suffix("") for photo in photos]
+    counts = Counter(stems)
+    names = [photo.name if counts[stem] > 1 else stem.name for stem, photo in zip(stems, photos)]
+    return [stem.parent / (name + suffix) for stem, name in zip(stems, names)]

@@ -1,0 +1,127 @@
+"""`ferkit data faces`: a folder of photos made a dataset of the faces `ferkit predict` classifies."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ASTRONAUT_FACE, iou
+from PIL import Image
+
+from ferkit.cli import main
+from ferkit.data.datasets import check_dataset
+from ferkit.inference.facecrops import crop_faces, largest_face
+from ferkit.inference.faces import build_detector
+
+skimage_data = pytest.importorskip("skimage.data")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """train/ and test/ of class folders: the astronaut (one face), a flat grey picture (none) and a broken file."""
+    root = tmp_path_factory.mktemp("photos") / "mine"
+    for split in ("train", "test"):
+        (root / split / "happy").mkdir(parents=True)
+        Image.fromarray(skimage_data.astronaut()).save(root / split / "happy" / "astronaut.png")
+    (root / "test" / "sad").mkdir()
+    (root / "train" / "sad").mkdir()
+    Image.fromarray(np.full((200, 200, 3), 128, np.uint8)).save(root / "train" / "sad" / "flat.png")
+    (root / "test" / "sad" / "broken.jpg").write_bytes(b"not an image")
+    return root
+
+
+def test_each_photo_becomes_the_face_predict_classifies_at_its_own_path(photos, tmp_path, capsys):
+    out = tmp_path / "faces"
+    assert main(["data", "faces", str(photos), "--out", str(out), "--format", "png"]) == 0
+    said = capsys.readouterr().out.strip()
+    assert said == (
+        f"4 photos: a face written for 2 into {out}, no face found in 1, 1 unreadable (each photo's box or problem: "
+        f"{out / 'faces.csv'})"
+    )
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "faces.csv",
+        "test/happy/astronaut.png",
+        "train/happy/astronaut.png",
+    ]
+    expected, face = largest_face(skimage_data.astronaut(), build_detector())
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "train/happy/astronaut.png")), expected)
+    rows = {row["photo"]: row for row in csv.DictReader((out / "faces.csv").open())}
+    assert rows["train/sad/flat.png"]["problem"] == "no face found" and rows["train/sad/flat.png"]["crop"] == ""
+    assert rows["test/sad/broken.jpg"]["problem"].startswith("unreadable: ")
+    box = tuple(float(rows["train/happy/astronaut.png"][k]) for k in ("x", "y", "width", "height"))
+    assert iou(box, ASTRONAUT_FACE) > 0.5 and box == pytest.approx(face.box, abs=0.05)
+    # The crops are a dataset as the photos were: the classes that got a face, in both splits.
+    assert check_dataset(str(out))["splits"]["train"]["Happy"] == 1
+
+
+def test_jpeg_by_default_and_a_json_summary(photos, tmp_path, capsys):
+    out = tmp_path / "faces"
+    assert main(["data", "faces", str(photos), "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary == {
+        "photos": 4,
+        "written": 2,
+        "no_face": ["train/sad/flat.png"],
+        "unreadable": ["test/sad/broken.jpg"],
+    }
+    assert Image.open(out / "test/happy/astronaut.jpg").format == "JPEG"
+
+
+def test_photos_differing_only_in_suffix_keep_their_full_names(tmp_path):
+    src = tmp_path / "src" / "happy"
+    src.mkdir(parents=True)
+    Image.fromarray(skimage_data.astronaut()).save(src / "a.png")
+    Image.fromarray(skimage_data.astronaut()).save(src / "a.jpg")
+    Image.fromarray(skimage_data.astronaut()).save(src / "b.v2.png")
+    done = crop_faces(tmp_path / "src", tmp_path / "out", build_detector())
+    assert done.written == 3
+    assert sorted(p.name for p in (tmp_path / "out" / "happy").iterdir()) == ["a.jpg.jpg", "a.png.jpg", "b.v2.jpg"]
+
+
+@pytest.mark.parametrize("case", ["inside", "not empty", "a file", "no photos folder", "no images"])
+def test_a_bad_destination_or_source_is_one_line_and_nothing_is_touched(photos, tmp_path, capsys, case):
+    src, out = photos, tmp_path / "out"
+    if case == "inside":
+        out = photos / "crops"
+    elif case == "not empty":
+        out.mkdir()
+        (out / "mine.txt").write_text("keep")
+    elif case == "a file":
+        out.write_text("keep")
+    elif case == "no photos folder":
+        src = tmp_path / "missing"
+    else:
+        src = tmp_path / "empty"
+        (src / "happy").mkdir(parents=True)
+    before = sorted(p for p in photos.rglob("*"))
+    assert main(["data", "faces", str(src), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("ferkit: error: ")
+    expected = {
+        "inside": "the crops would join the photos",
+        "not empty": "exists and is not an empty folder; name a new one (nothing is replaced)",
+        "a file": "exists and is not an empty folder",
+        "no photos folder": "is not a folder; give the folder of photos",
+        "no images": "no images in",
+    }[case]
+    assert expected in err
+    assert sorted(p for p in photos.rglob("*")) == before
+    if case == "not empty":
+        assert [p.name for p in out.iterdir()] == ["mine.txt"] and (out / "mine.txt").read_text() == "keep"
+    if case == "a file":
+        assert out.read_text() == "keep"
+
+
+def test_evaluate_reads_detected_faces_as_the_crops_are_cut(photos, tmp_path):
+    # evaluate --faces detected and data faces share largest_face: the same pixels for the same photo.
+    from ferkit.data.datasets import Sample
+    from ferkit.inference.evaluate import detected_faces
+
+    shutil.copytree(photos / "train" / "happy", tmp_path / "happy")
+    [sample], found = detected_faces([Sample(tmp_path / "happy" / "astronaut.png", 3, "a")], build_detector())
+    crop, _ = largest_face(skimage_data.astronaut(), build_detector())
+    assert found == 1 and np.array_equal(sample.source, crop)
