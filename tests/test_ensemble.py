@@ -74,7 +74,7 @@ def test_a_member_taken_out_of_an_ensemble_reads_as_it_did_before_it_went_in(tmp
     assert main(["ensemble", str(a), str(b), "--out", str(pair)]) == 0
     store_calibration(pair, temperature=0.8, class_counts=dict.fromkeys(CLASSES, 10))
     capsys.readouterr()
-    out = tmp_path / "b_again.pth"
+    out = tmp_path / "members" / "b_again.pth"  # a folder not made yet is made, as for every command's output
     assert main(["ensemble", str(pair), "--member", "1", "--out", str(out)]) == 0
     assert capsys.readouterr().out.startswith(f"wrote {out}: network 1 of {pair}, alone")
     images = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(2))

@@ -265,12 +265,14 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _ensemble(args: argparse.Namespace) -> int:
+    from .atomic import output_file
     from .checkpoint import atomic_save, save_weights
     from .inference.ensemble import combine_checkpoints, member_checkpoint
 
     out = Path(args.out)
     if out.suffix not in (".pth", ".safetensors"):
         raise FerkitError(f"--out {out}: name a .safetensors (fp16 weights) or .pth file")
+    out = output_file(out, "--out")  # a new folder is made, as every command's output's is
     if args.member is not None and len(args.checkpoints) != 1:
         raise FerkitError(f"--member takes a network out of one ensemble; {len(args.checkpoints)} models were given")
     ckpt = (
