@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_image_folder, tiny
+from conftest import make_image_folder, make_photo_folder, tiny
 
 from ferkit.checkpoint import read_checkpoint
 from ferkit.cli import main
 from ferkit.config import Config
 from ferkit.data.datasets import CLASSES
 from ferkit.errors import FerkitError
+from ferkit.inference.evaluate import evaluate_checkpoint
 from ferkit.model import build_model
 from ferkit.training.finetune import initialise_from
 from ferkit.training.loop import train
@@ -76,6 +77,21 @@ def test_train_takes_the_network_and_preprocessing_from_the_checkpoint(trained, 
     assert main([*argv, "--out", str(tmp_path / "bigger"), "--image-size", "24"]) == 0
     log = (tmp_path / "bigger" / "train.log").read_text()
     assert "checkpoint learnt to: --image-size 24 (was --image-size 16)" in log
+
+
+def test_the_start_is_measured_before_the_first_epoch_as_epochs_are(trained, tmp_path):
+    data = trained.parent.parent / "fer"
+    watch = make_photo_folder(tmp_path / "photos", {"happy": 3, "sad": 3})
+    out = tmp_path / "run"
+    train(tiny(data, out, epochs=1, init_from=str(trained), watch=(str(watch),), watch_min_support=1))
+    report = evaluate_checkpoint(trained, str(data), split="select", workers=0)
+    log = (out / "train.log").read_text()
+    line = next(line for line in log.splitlines() if "init: before training" in line)
+    assert f"init: before training, test acc {report['accuracy']:.4f} F1 {report['macro_f1']:.4f}" in line
+    assert "  photos acc " in line and "  photos macro recall " in line
+    # A run started from nothing has no start to measure.
+    train(tiny(data, tmp_path / "fresh", epochs=1))
+    assert "before training" not in (tmp_path / "fresh" / "train.log").read_text()
 
 
 def test_a_network_of_another_shape_is_refused_naming_the_flags_that_build_it(trained, tmp_path, capsys):

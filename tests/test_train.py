@@ -535,13 +535,13 @@ def test_a_folder_watched_from_a_resume_on_has_its_column_from_there(image_folde
 
 
 def test_watched_columns_are_named_and_read_back_by_one_convention():
-    from ferkit.training.rundir import _watched_accuracies, _watched_label
+    from ferkit.training.rundir import _watched_accuracies, watched_label
 
     history = [{"epoch": 1, "train_acc": 0.5, "select_acc": 0.4}, {"epoch": 2, "train_acc": 0.6, "select_acc": 0.5}]
     history[1].update({"my_photos_acc": 0.3, "my_photos_macro_recall": 0.2, "ck_acc": 0.7, "ck_macro_recall": 0.6})
     assert _watched_accuracies(history) == {"my_photos": "my_photos_acc", "ck": "ck_acc"}
-    assert _watched_label("my_photos_macro_recall") == "my_photos macro recall"
-    assert _watched_label("my_photos_acc") == "my_photos acc"
+    assert watched_label("my_photos_macro_recall") == "my_photos macro recall"
+    assert watched_label("my_photos_acc") == "my_photos acc"
 
 
 def test_watching_a_wrong_folder_stops_before_training_in_one_line(image_folder, tmp_path):

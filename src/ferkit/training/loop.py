@@ -64,6 +64,7 @@ from .rundir import (
     prepare_run_dir,
     read_last,
     setup_logging,
+    watched_label,
 )
 from .signals import agreed_stop, stop_requests
 from .watch import Watched, load_watched, measure_watched
@@ -151,6 +152,8 @@ def train(
 def _fit(t: Training) -> dict:
     """Train an epoch, measure it on the selection split, record and checkpoint it; then report on best.pth."""
     cfg, state = t.cfg, t.state
+    if cfg.init_from and not state.history and not state.step:
+        _measure_start(t)
     with stop_requests() as stop:
         while state.epoch < cfg.epochs:
             t0, skipped_before = time.perf_counter(), len(state.skipped)
@@ -185,6 +188,16 @@ def _fit(t: Training) -> dict:
     t.records.close()
     dist.barrier()  # the report reads best.pth: every process waits until the main one has written it
     return final_report(cfg, t.splits, state, t.speed)
+
+
+def _measure_start(t: Training) -> None:
+    """The network a fine-tuning run starts from, measured as every epoch is: what its epochs must beat."""
+    metrics = _measure(t.evaluated, t.splits.select, t.splits.classes, t.cfg, t.speed)
+    watched = measure_watched(t.evaluated, t.watched, t.splits.classes, t.cfg, t.speed)
+    log.info(
+        f"init: before training, {t.splits.names['select']} acc {metrics['accuracy']:.4f} F1 {metrics['macro_f1']:.4f}"
+        + "".join(f"  {watched_label(column)} {value:.4f}" for column, value in watched.items())
+    )
 
 
 def _train_epoch(t: Training, stop: list[int]) -> dict:

@@ -52,7 +52,7 @@ def is_watched(column: str) -> bool:
     return column not in METRIC_FIELDS
 
 
-def _watched_label(column: str) -> str:
+def watched_label(column: str) -> str:
     """``webfaces-dev_macro_recall`` as train.log says it: ``webfaces-dev macro recall``."""
     folder, figure = watched_figure(column)
     return f"{folder} {FIGURES[figure]}"
@@ -206,7 +206,7 @@ class EpochRecords:
             f"acc {row['train_acc']:.4f}  {select_label} loss {row['select_loss']:.4f} "
             f"acc {row['select_acc']:.4f} F1 {row['select_macro_f1']:.4f}  {row['images_per_s']:.1f} img/s  "
             f"{row['epoch_seconds']:.0f}s  {row['pflop']:.3f} PFLOP"
-            + "".join(f"  {_watched_label(k)} {v:.4f}" for k, v in row.items() if is_watched(k))
+            + "".join(f"  {watched_label(k)} {v:.4f}" for k, v in row.items() if is_watched(k))
             + ("  (best, saved best.pth)" if row["best"] else "")
         )
         self._undrawn = history
