@@ -242,6 +242,10 @@ def plot(output: Path) -> None:
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("time_to_accuracy_*.json"))]
+    # A run started from a trained network (--init-from) counts only its own PFLOP: on the axis it would look cheap.
+    for started in [r for r in results if r["config"].get("init_from")]:
+        print(f"{started['name']}: left out, started from {started['config']['init_from']} (not in its PFLOP)")
+    results = [r for r in results if not r["config"].get("init_from")]
     if not results:
         sys.exit(f"time_to_accuracy: no results in {RESULTS}; run the 'run' subcommand first")
     # The curves' legend names every run, so it gets a cell of its own.
