@@ -17,7 +17,8 @@ fitted on PublicTest, and the real-photo collections beside FER2013 (webfaces-de
 the seed (and in how they were computed), their mean and standard deviation (n - 1), into
 ``benchmarks/results/seeds_NAME.json``.
 
-``plot`` draws ``benchmarks/results/accuracy_vs_compute.png`` from those files: PrivateTest against
+``plot`` draws ``benchmarks/results/accuracy_vs_compute.png`` from those files (but runs started with ``--init-from``,
+whose PFLOP leaves out their start): PrivateTest against
 PFLOP, one point per run; webfaces-dev macro recall against PublicTest (the two figures recipes are chosen by),
 coloured by PFLOP; and each run's PublicTest curve over its epochs.
 """
