@@ -39,8 +39,8 @@ def test_each_photo_becomes_the_face_predict_classifies_at_its_own_path(photos, 
     assert main(["data", "faces", str(photos), "--out", str(out), "--format", "png"]) == 0
     said = capsys.readouterr().out.strip()
     assert said == (
-        f"4 photos: a face written for 2 into {out}, no face found in 1, 1 unreadable (each photo's box or problem: "
-        f"{out / 'faces.csv'})"
+        f"4 photos: 2 faces written into {out} (the largest of each photo), no face found in 1, 1 unreadable (each "
+        f"crop's box, or a photo's problem: {out / 'faces.csv'})"
     )
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
         "faces.csv",
@@ -51,6 +51,7 @@ def test_each_photo_becomes_the_face_predict_classifies_at_its_own_path(photos, 
     np.testing.assert_array_equal(np.asarray(Image.open(out / "train/happy/astronaut.png")), expected)
     rows = {row["photo"]: row for row in csv.DictReader((out / "faces.csv").open())}
     assert rows["train/sad/flat.png"]["problem"] == "no face found" and rows["train/sad/flat.png"]["crop"] == ""
+    assert rows["train/happy/astronaut.png"]["face"] == "0"
     assert rows["test/sad/broken.jpg"]["problem"].startswith("unreadable: ")
     box = tuple(float(rows["train/happy/astronaut.png"][k]) for k in ("x", "y", "width", "height"))
     assert iou(box, ASTRONAUT_FACE) > 0.5 and box == pytest.approx(face.box, abs=0.05)
@@ -64,7 +65,7 @@ def test_jpeg_by_default_and_a_json_summary(photos, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary == {
         "photos": 4,
-        "written": 2,
+        "faces": 2,
         "no_face": ["train/sad/flat.png"],
         "unreadable": ["test/sad/broken.jpg"],
     }
@@ -78,8 +79,26 @@ def test_photos_differing_only_in_suffix_keep_their_full_names(tmp_path):
     Image.fromarray(skimage_data.astronaut()).save(src / "a.jpg")
     Image.fromarray(skimage_data.astronaut()).save(src / "b.v2.png")
     done = crop_faces(tmp_path / "src", tmp_path / "out", build_detector())
-    assert done.written == 3
+    assert done.faces == 3
     assert sorted(p.name for p in (tmp_path / "out" / "happy").iterdir()) == ["a.jpg.jpg", "a.png.jpg", "b.v2.jpg"]
+
+
+def test_every_face_of_a_group_photo_largest_first(tmp_path, capsys):
+    # Two faces side by side: the astronaut, and beside her a copy at 60% of her size.
+    astronaut = skimage_data.astronaut()
+    smaller = np.asarray(Image.fromarray(astronaut).resize((307, 307)))
+    group = np.zeros((512, 830, 3), np.uint8)
+    group[:, :512], group[:307, 512:819] = astronaut, smaller
+    (tmp_path / "src").mkdir()
+    Image.fromarray(group).save(tmp_path / "src" / "group.png")
+    out = tmp_path / "out"
+    assert main(["data", "faces", str(tmp_path / "src"), "--out", str(out), "--all-faces"]) == 0
+    said = capsys.readouterr().out
+    assert "2 faces written into" in said and "(every face of each photo)" in said
+    rows = list(csv.DictReader((out / "faces.csv").open()))
+    assert [(r["face"], r["crop"]) for r in rows] == [("0", "group_0.jpg"), ("1", "group_1.jpg")]
+    boxes = [[float(r[k]) for k in ("x", "y", "width", "height")] for r in rows]
+    assert boxes[0][2] > boxes[1][2] and iou(boxes[0], ASTRONAUT_FACE) > 0.5
 
 
 @pytest.mark.parametrize("case", ["inside", "not empty", "a file", "no photos folder", "no images"])

@@ -166,13 +166,14 @@ def _data_faces(args: argparse.Namespace) -> int:
 
     from .inference.facecrops import RECORD, crop_faces
 
-    done = crop_faces(args.path, args.out, _built_detector(args), args.format)
+    done = crop_faces(args.path, args.out, _built_detector(args), args.format, args.all_faces)
     if args.json:
         print(json.dumps(asdict(done), indent=2))
         return 0
+    which = "every face of each photo" if args.all_faces else "the largest of each photo"
     print(
-        f"{done.photos} photos: a face written for {done.written} into {args.out}, no face found in "
-        f"{len(done.no_face)}, {len(done.unreadable)} unreadable (each photo's box or problem: "
+        f"{done.photos} photos: {done.faces} faces written into {args.out} ({which}), no face found in "
+        f"{len(done.no_face)}, {len(done.unreadable)} unreadable (each crop's box, or a photo's problem: "
         f"{Path(args.out) / RECORD})"
     )
     return 0
@@ -556,6 +557,11 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     faces.add_argument("path", help="folder of photos, in any layout (train/<class>/, a folder of class folders)")
     faces.add_argument("--out", required=True, help="new folder for the crops and faces.csv")
     faces.add_argument("--format", choices=tuple(CROP_FORMATS), default="jpg", help="the crops' image format")
+    faces.add_argument(
+        "--all-faces",
+        action="store_true",
+        help="every face of each photo, largest first, as NAME_0, NAME_1, ... (faces to sort into classes by hand)",
+    )
     _detector(faces)
     _json(faces)
     faces.set_defaults(func=_data_faces)

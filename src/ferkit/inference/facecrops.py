@@ -33,22 +33,32 @@ RECORD = "faces.csv"
 def largest_face(rgb: np.ndarray, detector: Detector) -> tuple[np.ndarray, Detection] | None:
     """The photo's largest face as the product classifies it, and its detection; None where none is found."""
     detections = detector.detect(rgb)
-    return (face_crop(rgb, detections[0], MARGIN), detections[0]) if detections else None
+    return (classified_crop(rgb, detections[0]), detections[0]) if detections else None
+
+
+def classified_crop(rgb: np.ndarray, face: Detection) -> np.ndarray:
+    """What the classifier is given of a detected face, as ``Predictor`` cuts it."""
+    return face_crop(rgb, face, MARGIN)
 
 
 @dataclass
 class FaceCrops:
-    """What :func:`crop_faces` did: photos read, crops written, and the photos that gave none (relative paths)."""
+    """What :func:`crop_faces` did: photos read, face crops written, and the photos that gave none (their paths
+    relative to the source folder)."""
 
     photos: int = 0
-    written: int = 0
+    faces: int = 0
     no_face: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
 
 
-def crop_faces(src: str | Path, out: str | Path, detector: Detector, image_format: str = "jpg") -> FaceCrops:
+def crop_faces(
+    src: str | Path, out: str | Path, detector: Detector, image_format: str = "jpg", every_face: bool = False
+) -> FaceCrops:
     """Each image under ``src`` as its largest face in ``out``, at the same relative path (``image_format``'s
-    suffix), with ``out/faces.csv`` recording each photo's box and score or why it has no crop."""
+    suffix), with ``out/faces.csv`` recording each crop's box and score or why a photo has none. With
+    ``every_face`` each face of a photo is written, largest first, as ``NAME_0``, ``NAME_1``, ...: faces to sort
+    into class folders by hand."""
     src, out = Path(src), Path(out)
     photos = _photos_to_crop(src, out)
     if image_format not in CROP_FORMATS:
@@ -61,23 +71,24 @@ def crop_faces(src: str | Path, out: str | Path, detector: Detector, image_forma
             rgb = np.asarray(to_rgb(open_image(photo)))
         except UndecodableImage as e:
             done.unreadable.append(name)
-            rows.append([name, "", "", "", "", "", "", f"unreadable: {e.reason}"])
+            rows.append([name, "", "", "", "", "", "", "", f"unreadable: {e.reason}"])
             continue
-        found = largest_face(rgb, detector)
-        if found is None:
+        faces = detector.detect(rgb)
+        if not faces:
             done.no_face.append(name)
-            rows.append([name, "", "", "", "", "", "", "no face found"])
+            rows.append([name, "", "", "", "", "", "", "", "no face found"])
             continue
-        crop, face = found
         (out / target).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(crop).save(out / target, quality=JPEG_QUALITY)
-        done.written += 1
-        score = "" if face.score is None else f"{face.score:.3f}"
-        rows.append([name, target.as_posix(), *(f"{v:.1f}" for v in face.box), score, ""])
+        for index, face in enumerate(faces if every_face else faces[:1]):
+            crop = target.with_name(f"{target.stem}_{index}{target.suffix}") if every_face else target
+            Image.fromarray(classified_crop(rgb, face)).save(out / crop, quality=JPEG_QUALITY)
+            done.faces += 1
+            score = "" if face.score is None else f"{face.score:.3f}"
+            rows.append([name, index, crop.as_posix(), *(f"{v:.1f}" for v in face.box), score, ""])
     out.mkdir(parents=True, exist_ok=True)
     with open(out / RECORD, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["photo", "crop", "x", "y", "width", "height", "score", "problem"])
+        writer.writerow(["photo", "face", "crop", "x", "y", "width", "height", "score", "problem"])
         writer.writerows(rows)
     return done
 
