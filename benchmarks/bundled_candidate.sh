@@ -10,10 +10,10 @@
 #   - PublicTest accuracy (the selection split; the rule's FER2013 figure),
 #   - webfaces-dev as `ferkit predict` reads it: the detected face, everyday photos' class mix,
 #   - the framing swing: whole photos at 85%, 100% and 115%, the mean over the five classes of each one's largest
-#     change of recall (benchmarks/results/framing_robustness_candidate_<name>_photos.json), and its difference from
-#     the shipped model's on the same photos with a paired 95% interval (SHIPPED_FRAMING names that model's
-#     framing_robustness result; default bundled_photos, from `framing_robustness.py --name bundled_photos --prior
-#     photos`).
+#     change of recall (benchmarks/results/framing_robustness_<student's name>_{student,pair}_photos.json), and its
+#     difference from the shipped model's on the same photos with a paired 95% interval (SHIPPED_FRAMING names that
+#     model's framing_robustness result; default bundled_photos, from `framing_robustness.py --name bundled_photos
+#     --prior photos`).
 # The rule's figures also go to benchmarks/results/bundled_candidate_<name>.json. PrivateTest and CK+48 are left to
 # the benchmarks that follow a decision (make_bundled.sh), so they cannot sway it.
 # Environment: DATA (default ../shared/data, holding fer2013 and webfaces-dev), SHIPPED_FRAMING (above).
@@ -40,9 +40,9 @@ for file in "$OUT/student.${STUDENT##*.}" "$OUT/pair.safetensors"; do
     ferkit evaluate "$file" --data "$DATA/fer2013" --split select --json > "$OUT/${name}_publictest.json"
     ferkit evaluate "$file" --data "$DATA/webfaces-dev" --faces detected --prior photos --min-support 50 --json \
         > "$OUT/${name}_webfaces_detected_photos.json"
-    python benchmarks/framing_robustness.py --checkpoint "$file" --name "candidate_${name}_photos" --prior photos \
+    python benchmarks/framing_robustness.py --checkpoint "$file" --name "${NAME}_${name}_photos" --prior photos \
         --data "$DATA/webfaces-dev" --paired-with "$SHIPPED_FRAMING"
-    cp "benchmarks/results/framing_robustness_candidate_${name}_photos.json" "$OUT/${name}_framing.json"
+    cp "benchmarks/results/framing_robustness_${NAME}_${name}_photos.json" "$OUT/${name}_framing.json"
 done
 
 python - "$OUT" "$NAME" "$TEACHER" <<'EOF'
