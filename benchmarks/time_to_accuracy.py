@@ -17,10 +17,10 @@ fitted on PublicTest, and the real-photo collections beside FER2013 (webfaces-de
 the seed (and in how they were computed), their mean and standard deviation (n - 1), into
 ``benchmarks/results/seeds_NAME.json``.
 
-``plot`` draws ``benchmarks/results/accuracy_vs_compute.png`` from those files (but runs started with ``--init-from``,
-whose PFLOP leaves out their start): PrivateTest against
-PFLOP, one point per run; webfaces-dev macro recall against PublicTest (the two figures recipes are chosen by),
-coloured by PFLOP; and each run's PublicTest curve over its epochs.
+``plot`` draws ``benchmarks/results/accuracy_vs_compute.png`` from those files (a run started with ``--init-from``
+at its start's PFLOP and its own, left out where the start records none): PrivateTest against PFLOP, one point per
+run; webfaces-dev macro recall against PublicTest (the two figures recipes are chosen by), coloured by PFLOP; and
+each run's PublicTest curve over its epochs.
 """
 
 from __future__ import annotations
@@ -113,6 +113,8 @@ def run(name: str, train_args: list[str], data_default: str) -> dict:
         "config": config,
         "gflop_per_image": report.get("gflop_per_image"),
         "pflop": report["pflop"],
+        # --init-from runs: the start's own training as its file records it (None: not recorded)
+        **({"start_pflop": report.get("start_pflop")} if config.get("init_from") else {}),
         "wall_minutes": report["train_minutes"],
         "epochs": epochs,
         "best_epoch": report["best_epoch"],
@@ -243,10 +245,18 @@ def plot(output: Path) -> None:
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("time_to_accuracy_*.json"))]
-    # A run started from a trained network (--init-from) counts only its own PFLOP: on the axis it would look cheap.
-    for started in [r for r in results if r["config"].get("init_from")]:
-        print(f"{started['name']}: left out, started from {started['config']['init_from']} (not in its PFLOP)")
-    results = [r for r in results if not r["config"].get("init_from")]
+    # A run started from a trained network (--init-from) stands on the axis at its start's PFLOP and its own, and is
+    # left out where its start records none: at its own alone it would look cheap.
+    placed = []
+    for r in results:
+        start = r.get("start_pflop") if r["config"].get("init_from") else 0.0
+        if start is None:
+            print(f"{r['name']}: left out, started from {r['config']['init_from']}, which records no PFLOP")
+            continue
+        placed.append(
+            r | {"pflop": r["pflop"] + start, "epochs": [e | {"pflop": e["pflop"] + start} for e in r["epochs"]]}
+        )
+    results = placed
     if not results:
         sys.exit(f"time_to_accuracy: no results in {RESULTS}; run the 'run' subcommand first")
     # The curves' legend names every run, so it gets a cell of its own.

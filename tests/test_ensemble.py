@@ -18,15 +18,16 @@ from ferkit.errors import FerkitError
 from ferkit.model import Ensemble, build_model
 
 
-def member(path: Path, seed: int, width: int = 8, image_size: int = 32, classes=CLASSES) -> Path:
-    """An untrained model with BatchNorm statistics of its own, so that members disagree."""
+def member(path: Path, seed: int, width: int = 8, image_size: int = 32, classes=CLASSES, **record) -> Path:
+    """An untrained model with BatchNorm statistics of its own, so that members disagree; ``record``: more of what
+    training records (``pflop``)."""
     torch.manual_seed(seed)
     cfg = Config().updated({"image_size": image_size, "width": width})
     model = build_model(cfg, len(classes)).train()
     with torch.no_grad():
         for _ in range(3):
             model(torch.randn(16, 3, image_size, image_size) * (1 + seed) + 0.3 * seed)
-    atomic_save(make_checkpoint(model.eval(), cfg, tuple(classes), epoch=seed, temperature=1.5), path)
+    atomic_save(make_checkpoint(model.eval(), cfg, tuple(classes), epoch=seed, temperature=1.5, **record), path)
     return path
 
 
@@ -85,6 +86,19 @@ def test_a_member_taken_out_of_an_ensemble_reads_as_it_did_before_it_went_in(tmp
     ckpt = read_checkpoint(out)
     assert (ckpt["epoch"], ckpt["temperature"]) == (2, 1.5)
     assert ckpt["class_counts"] == dict.fromkeys(CLASSES, 10)
+
+
+def test_an_ensemble_records_its_members_training_compute_summed_only_when_each_has_one(tmp_path):
+    a, b = member(tmp_path / "a.pth", 1, pflop=0.5), member(tmp_path / "b.pth", 2, pflop=1.25)
+    pair, trio = tmp_path / "pair.safetensors", tmp_path / "trio.safetensors"
+    assert main(["ensemble", str(a), str(b), "--out", str(pair)]) == 0
+    ckpt = read_checkpoint(pair)  # through the safetensors header
+    assert ckpt["pflop"] == pytest.approx(1.75) and [m["pflop"] for m in ckpt["members"]] == [0.5, 1.25]
+    assert main(["ensemble", str(pair), "--member", "1", "--out", str(tmp_path / "one.pth")]) == 0
+    assert read_checkpoint(tmp_path / "one.pth")["pflop"] == 1.25  # the network's own, not the pair's
+    # A member whose file does not say what it cost leaves the total unknown, not short.
+    assert main(["ensemble", str(pair), str(member(tmp_path / "c.pth", 3)), "--out", str(trio)]) == 0
+    assert "pflop" not in read_checkpoint(trio)
 
 
 @pytest.mark.parametrize(
@@ -193,10 +207,8 @@ def test_the_server_names_an_ensembles_networks(tmp_path):
     from ferkit.serve.app import ModelInfo, create_app, describe_model
 
     pair = tmp_path / "pair.safetensors"
-    assert (
-        main(["ensemble", str(member(tmp_path / "a.pth", 1)), str(member(tmp_path / "b.pth", 2)), "--out", str(pair)])
-        == 0
-    )
+    a, b = member(tmp_path / "a.pth", 1, pflop=0.5), member(tmp_path / "b.pth", 2, pflop=1.25)
+    assert main(["ensemble", str(a), str(b), "--out", str(pair)]) == 0
     store_calibration(pair, 0.8)
     predictor = Predictor.from_checkpoint(str(pair), detector=None)
     with LiveServer(create_app(predictor, describe_model(predictor))) as server:
@@ -205,7 +217,8 @@ def test_the_server_names_an_ensembles_networks(tmp_path):
     ModelInfo.model_validate(model)  # what /model answers keeps to its documented schema
     assert model["checkpoint"] == "pair.safetensors" and (model["epoch"], model["metrics"]) == (None, None)
     # An ensemble has no epoch of its own; each network's record is there, by the file it came from.
-    assert [(m["source"], m["arch"], m["epoch"]) for m in model["members"]] == [
-        ("a.pth", "resnet18", 1),
-        ("b.pth", "resnet18", 2),
+    assert [(m["source"], m["arch"], m["epoch"], m["pflop"]) for m in model["members"]] == [
+        ("a.pth", "resnet18", 1, 0.5),
+        ("b.pth", "resnet18", 2, 1.25),
     ]
+    assert model["pflop"] == pytest.approx(1.75)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import make_image_folder, make_photo_folder, tiny
 
-from ferkit.checkpoint import read_checkpoint
+from ferkit.checkpoint import atomic_save, read_checkpoint
 from ferkit.cli import main
 from ferkit.config import Config
 from ferkit.data.datasets import CLASSES
@@ -126,6 +126,30 @@ def test_a_missing_checkpoint_is_one_line_naming_it(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "gone.pth" in err
 
 
+def test_best_pth_records_the_start_s_training_compute_with_the_run_s(trained, tmp_path):
+    start = read_checkpoint(trained)["pflop"]
+    assert start > 0  # what the start's own run spent, in its best.pth
+    out = tmp_path / "run"
+    report = train(tiny(trained.parent.parent / "fer", out, epochs=1, init_from=str(trained)))
+    assert report["start_pflop"] == start and report["pflop"] > 0
+    assert read_checkpoint(out / "best.pth")["pflop"] == pytest.approx(start + report["pflop"])
+    log = (out / "train.log").read_text()
+    assert f"its training, {start:.3f} PFLOP, is added to this run's in best.pth's record" in log
+
+
+def test_a_start_that_does_not_record_its_compute_leaves_the_run_s_record_without_one(trained, tmp_path):
+    unrecorded = read_checkpoint(trained)
+    del unrecorded["pflop"]  # as files written before checkpoints recorded it (the bundled model's networks)
+    atomic_save(unrecorded, tmp_path / "start.pth")
+    out = tmp_path / "run"
+    report = train(tiny(trained.parent.parent / "fer", out, epochs=1, init_from=str(tmp_path / "start.pth")))
+    assert report["start_pflop"] is None and report["pflop"] > 0  # the run's own is known all the same
+    assert "pflop" not in read_checkpoint(out / "best.pth")  # unknown, not the run's own alone
+    log = (out / "train.log").read_text()
+    assert "it does not record its training compute, so best.pth will record none" in log
+    assert "the start's file does not record its training compute, so best.pth records none" in log
+
+
 def test_a_resumed_fine_tuning_run_continues_from_its_own_weights(trained, tmp_path):
     cfg = tiny(trained.parent.parent / "fer", tmp_path / "run", epochs=1, init_from=str(trained))
     train(cfg)
@@ -138,6 +162,10 @@ def test_a_resumed_fine_tuning_run_continues_from_its_own_weights(trained, tmp_p
         trained.write_bytes(trained_copy)
     second = read_checkpoint(tmp_path / "run" / "last.pth")["model"]
     assert not torch.equal(first["head.4.weight"], second["head.4.weight"])
+    # The start's compute, read when the run began, is still counted after a resume that cannot read it again.
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    best = read_checkpoint(tmp_path / "run" / "best.pth")
+    assert best["pflop"] == pytest.approx(read_checkpoint(trained)["pflop"] + report["pflop"])
 
 
 def test_init_from_is_a_config_value_like_any_other():

@@ -26,7 +26,7 @@ from ferkit.inference.evaluate import evaluate_checkpoint
 from ferkit.model import build_model, inference_flops, training_flops
 from ferkit.runtime import Speed, machine_description
 from ferkit.training.distill import teacher_probs
-from ferkit.training.loop import TrainingInterrupted, train
+from ferkit.training.loop import TrainingInterrupted, TrainState, train
 from ferkit.training.optim import lr_factor
 
 
@@ -187,6 +187,15 @@ def test_report_and_metrics_record_training_compute_and_machine(finished_run):
     log = (run / "train.log").read_text()
     assert f"compute: {gflop:.3f} GFLOP per training image" in log and "machine: " in log
     assert "PFLOP of training" in log.splitlines()[-1] or "PFLOP of training" in log
+
+
+def test_best_pth_records_the_whole_run_s_compute_though_chosen_earlier(image_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(TrainState, "improves", lambda self, accuracy: not self.history)  # best.pth: epoch 1
+    report = train(tiny(image_folder, tmp_path / "run", epochs=2))
+    best = read_checkpoint(tmp_path / "run" / "best.pth")
+    # Choosing epoch 1 took both epochs: the file says what the weights cost to get.
+    assert best["epoch"] == 1 and best["pflop"] == pytest.approx(report["pflop"])
+    assert "start_pflop" not in report  # a run from scratch has no start
 
 
 def test_sam_training_counts_two_passes_an_image_and_changes_the_steps(image_folder, tmp_path):

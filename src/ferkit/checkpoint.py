@@ -58,8 +58,10 @@ WEIGHTS = Path(__file__).resolve().parent / "weights"
 BUNDLED = WEIGHTS / "fer2013_resnet18.safetensors"
 BUNDLED_MODELS = {"fer2013_resnet18": BUNDLED, "fer2013_resnet18.int8": WEIGHTS / "fer2013_resnet18.int8.onnx"}
 # What training records beside the weights that describes them to users (the server's /model shows it).
-# An ensemble's record is its ``members``: each one's config, run record and source.
-_RUN_RECORD = ("epoch", "metrics", "select_split")
+# An ensemble's record is its ``members``: each one's config, run record and source. ``pflop``: the training
+# compute behind the weights (:func:`ferkit.training.loop.train`; an ensemble's, its members' summed), absent where
+# unknown.
+_RUN_RECORD = ("epoch", "metrics", "select_split", "pflop")
 TRAINING_RECORD = (*_RUN_RECORD, "members")
 _META_KEYS = ("classes", "config", *TRAINING_RECORD, "trained_with", "temperature", "class_counts")
 # What an ensemble keeps of each member's checkpoint (:mod:`ferkit.inference.ensemble`).
@@ -86,15 +88,20 @@ def save_weights(ckpt: dict[str, Any], path: str | os.PathLike, **info: Any) -> 
 
 def store_calibration(path: str | os.PathLike, temperature: float, class_counts: dict[str, int] | None = None) -> None:
     """Record ``temperature`` (:mod:`ferkit.evaluation.calibration`) and, when given, the training split's images
-    per class (``class_counts``, :mod:`ferkit.evaluation.prior`) in a ``.pth`` or ``.safetensors`` file.
+    per class (``class_counts``, :mod:`ferkit.evaluation.prior`) in a ``.pth`` or ``.safetensors`` file."""
+    values: dict[str, Any] = {"temperature": temperature}
+    if class_counts is not None:
+        values["class_counts"] = class_counts
+    update_record(path, values)
+
+
+def update_record(path: str | os.PathLike, values: dict[str, Any]) -> None:
+    """Set ``values`` (JSON-able entries beside the weights) in a ``.pth`` or ``.safetensors`` checkpoint.
 
     A safetensors file gets a new header in front of its tensor bytes, copied unchanged: the weights stay
     bit for bit what they were, whatever precision they are stored in.
     """
     path = Path(path)
-    values: dict[str, Any] = {"temperature": temperature}
-    if class_counts is not None:
-        values["class_counts"] = class_counts
     if path.suffix != ".safetensors":
         ckpt = read_checkpoint(path)
         ckpt.update(values)

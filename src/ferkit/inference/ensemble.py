@@ -25,7 +25,8 @@ def combine_checkpoints(paths: list[str | os.PathLike]) -> dict[str, Any]:
     The models must share their classes and their preprocessing; they may differ in architecture and width. An
     ensemble among them contributes its members. The result has no temperature of its own: averaging softens
     the probabilities, so fit one with ``ferkit calibrate``. ``config`` (the preprocessing every later step
-    reads) is the first model's; each member's own config and training record are kept under ``members``.
+    reads) is the first model's; each member's own config and training record are kept under ``members``, and
+    their training compute summed in ``pflop`` when each records its own.
     """
     if len(paths) < 2:
         raise FerkitError("an ensemble needs at least two checkpoints")
@@ -58,7 +59,9 @@ def combine_checkpoints(paths: list[str | os.PathLike]) -> dict[str, Any]:
                 {k: model.checkpoint[k] for k in MEMBER_KEYS if k in model.checkpoint} | {"source": _source(path)}
             )
             networks.append(model.model)
-    return make_checkpoint(Ensemble(networks), base.config, base.classes, members=members)
+    costs = [m.get("pflop") for m in members]
+    cost = {"pflop": sum(costs)} if None not in costs else {}  # only a total every member records
+    return make_checkpoint(Ensemble(networks), base.config, base.classes, members=members, **cost)
 
 
 def member_checkpoint(path: str | os.PathLike | None, index: int) -> dict[str, Any]:

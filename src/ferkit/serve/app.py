@@ -76,6 +76,7 @@ class Member(BaseModel):
     epoch: int | None = Field(description="the epoch it was saved after, when recorded")
     metrics: dict[str, Any] | None = Field(description="its selection-split metrics, recorded when it was chosen")
     select_split: str | None = Field(description="the split those metrics were measured on")
+    pflop: float | None = Field(description="the training compute behind its weights, when recorded")
 
 
 class ModelInfo(BaseModel):
@@ -87,6 +88,9 @@ class ModelInfo(BaseModel):
     epoch: int | None = Field(description="the epoch the checkpoint was saved after, when recorded")
     metrics: dict[str, Any] | None = Field(description="selection-split metrics recorded with the checkpoint")
     select_split: str | None = Field(description="the split those metrics were measured on")
+    pflop: float | None = Field(
+        description="the training compute behind the weights (PFLOP; an ensemble's, its members' summed), when recorded"
+    )
     members: list[Member] = Field(description="an ensemble's networks, what training recorded of each; empty for one")
     temperature: float = Field(description="what the logits are divided by (fitted by ferkit calibrate; 1: none)")
     prior: str = Field(description="the class mix the probabilities are read for (ferkit.evaluation.prior)")
@@ -108,11 +112,12 @@ def describe_model(predictor: Predictor) -> dict:
         "epoch": predictor.record.get("epoch"),
         "metrics": predictor.record.get("metrics"),
         "select_split": predictor.record.get("select_split"),
+        "pflop": predictor.record.get("pflop"),
         "members": [
             {
                 "source": m["source"],
                 "arch": m["config"]["arch"],
-                **{k: m.get(k) for k in ("epoch", "metrics", "select_split")},
+                **{k: m.get(k) for k in ("epoch", "metrics", "select_split", "pflop")},
             }
             for m in predictor.record.get("members", [])
         ],

@@ -5,8 +5,9 @@ The run builds the checkpoint's network and reads faces as it did: ``ferkit trai
 checkpoint unless flags set them (:func:`inherited_settings`), and a network that would not fit is refused before
 any training. Every weight is kept except the classifier's last layer, which is kept row by row for the classes
 the data shares with the checkpoint (by name, so a dataset of fewer classes keeps what the model knew of those)
-and starts new for the rest. The checkpoint's own training is not part of the run's PFLOP; the log names the file
-and its sha256, and the run's config keeps ``init_from``.
+and starts new for the rest. The run's PFLOP (metrics.csv, report.json) count its own training; best.pth records the
+two summed, when the checkpoint records its own (a run's best.pth does). The log names the file and its sha256, and
+the run's config keeps ``init_from``.
 """
 
 from __future__ import annotations
@@ -48,9 +49,10 @@ def inherited_settings(name: str) -> dict:
     return {key: getattr(cfg, key) for key in INHERITED}
 
 
-def initialise_from(model: ResNet, cfg: Config, classes: tuple[str, ...]) -> None:
+def initialise_from(model: ResNet, cfg: Config, classes: tuple[str, ...]) -> float | None:
     """``model`` (new, for ``classes``) given the weights of ``cfg.init_from``; a network of another shape is
-    refused in one line naming the flags that build the checkpoint's."""
+    refused in one line naming the flags that build the checkpoint's. Returns the training compute the checkpoint
+    records (PFLOP), None where it records none."""
     loaded = load_single(cfg.init_from)
     if any(getattr(loaded.config, key) != getattr(cfg, key) for key in NETWORK):
         theirs = " ".join(flag_of(key, getattr(loaded.config, key)) for key in NETWORK)
@@ -70,11 +72,16 @@ def initialise_from(model: ResNet, cfg: Config, classes: tuple[str, ...]) -> Non
         source[key] = new
     model.load_state_dict(source)
     new_classes = [c for c in classes if c not in loaded.classes]
+    pflop = loaded.checkpoint.get("pflop")
     log.info(
         f"init: weights of {file_identity(cfg.init_from)}, its classifier kept for "
         f"{', '.join(shared) or 'no class'}"
         + (f" and new for {', '.join(new_classes)}" if new_classes else "")
-        + "; its own training is not counted in this run's PFLOP"
+        + (
+            f"; its training, {pflop:.3f} PFLOP, is added to this run's in best.pth's record"
+            if pflop is not None
+            else "; it does not record its training compute, so best.pth will record none"
+        )
     )
     differ = [key for key in PREPROCESSING if getattr(loaded.config, key) != getattr(cfg, key)]
     if differ:
@@ -82,3 +89,4 @@ def initialise_from(model: ResNet, cfg: Config, classes: tuple[str, ...]) -> Non
             f"{flag_of(key, getattr(cfg, key))} (was {flag_of(key, getattr(loaded.config, key))})" for key in differ
         )
         log.warning(f"init: this run reads faces otherwise than the checkpoint learnt to: {', '.join(changes)}")
+    return pflop

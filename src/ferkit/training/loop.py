@@ -84,6 +84,7 @@ class TrainState:
     step: int = 0  # batches done in the epoch in progress (non-zero only after an interruption)
     seconds: float = 0.0
     pflop: float = 0.0  # training compute spent so far (forward + backward FLOPs of every image trained on)
+    start_pflop: float | None = 0.0  # the --init-from weights' own, as their file records it (None: it does not)
     history: list[dict] = field(default_factory=list)  # metrics.csv's rows, each flagged ``best`` or not
     partial: dict = field(default_factory=dict)  # running sums of the interrupted epoch
     skipped: list[str] = field(default_factory=list)  # unreadable images left out (--bad-images skip)
@@ -95,6 +96,11 @@ class TrainState:
 
     def best_epoch(self) -> int:
         return max((row["epoch"] for row in self.history if row["best"]), default=0)
+
+    @property
+    def weights_pflop(self) -> float | None:
+        """The training compute behind the run's weights so far: its own and its start's; None when that is unknown."""
+        return None if self.start_pflop is None else self.start_pflop + self.pflop
 
 
 @dataclass
@@ -180,12 +186,14 @@ def _fit(t: Training) -> dict:
             row = _epoch_row(state, lr, sums, metrics, seconds, t.gflop_per_image, improved)
             state.history.append({**row, **watched})
             if improved:
-                t.checkpoints.save_best(t.evaluated, state.epoch, metrics)
+                t.checkpoints.save_best(t.evaluated, state.epoch, metrics, state.weights_pflop)
             _save_last(t)
             t.records.write(state.history, f"{t.splits.names['select']} ({metrics['images']} images)")
             if state.skipped:
                 log.info(f"{len(state.skipped)} unreadable images skipped so far (listed above in train.log)")
     t.records.close()
+    # Choosing best.pth took every epoch of the schedule, those after it too: its record says what the run cost.
+    t.checkpoints.record_cost(state.weights_pflop)
     dist.barrier()  # the report reads best.pth: every process waits until the main one has written it
     return final_report(cfg, t.splits, state, t.speed)
 
@@ -411,6 +419,8 @@ def _start(cfg: Config, ckpt: dict | None, command: str | None) -> Training:
     left them."""
     out = Path(cfg.out)
     state = TrainState(**ckpt["state"]) if ckpt else TrainState()
+    if ckpt and ckpt["config"].get("init_from") and "start_pflop" not in ckpt["state"]:
+        state.start_pflop = None  # begun by a ferkit that did not read its start's compute
     saved = Config.from_dict(ckpt["config"]) if ckpt else cfg  # a new run has nothing to differ from
     cfg, changes = resumed_config(saved, cfg, state.epoch + bool(state.step), str(out))
     if command:
@@ -447,7 +457,7 @@ def _assemble(cfg: Config, splits: Splits, state: TrainState, ckpt: dict | None)
     seed_everything(cfg.seed)
     model = build_model(cfg, len(splits.classes))
     if cfg.init_from and ckpt is None:
-        initialise_from(model, cfg, splits.classes)
+        state.start_pflop = initialise_from(model, cfg, splits.classes)
     # Before SyncBatchNorm, whose probe would sync; SAM passes every image through forward and backward twice.
     gflop_per_image = training_flops(model, cfg.image_size) / 1e9 * (2 if cfg.sam_rho else 1)
     if cfg.sync_bn:
@@ -503,6 +513,12 @@ def _assemble(cfg: Config, splits: Splits, state: TrainState, ckpt: dict | None)
     )
 
 
+def _with_start(state: TrainState) -> str:
+    if state.weights_pflop is None:
+        return "; the start's file does not record its training compute, so best.pth records none"
+    return f"; {state.weights_pflop:.3f} PFLOP with the start's ({state.start_pflop:.3f}), as best.pth records"
+
+
 def _log_start(t: Training) -> None:
     cfg, speed, splits = t.cfg, t.speed, t.splits
     log.info(
@@ -550,6 +566,7 @@ def final_report(cfg: Config, splits: Splits, state: TrainState, speed: Speed) -
         epochs=cfg.epochs,
         train_minutes=round(state.seconds / 60, 2),
         pflop=state.pflop,
+        **({"start_pflop": state.start_pflop} if cfg.init_from else {}),
         gflop_per_image=state.history[-1].get("gflop_per_image") if state.history else None,
         precision=cfg.eval_precision,
         train_precision=speed.precision,
@@ -571,6 +588,6 @@ def final_report(cfg: Config, splits: Splits, state: TrainState, speed: Speed) -
         + format_metrics(metrics, splits.classes)
         + "".join(f"\n{name} (watched, best epoch): {value:.4f}" for name, value in watched.items())
         + f"\ncost: {state.pflop:.3f} PFLOP of training, {state.seconds / 60:.1f} min wall "
-        f"({speed.precision} training) on {machine_description()}"
+        f"({speed.precision} training) on {machine_description()}" + (_with_start(state) if cfg.init_from else "")
     )
     return metrics

@@ -19,7 +19,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from .. import distributed as dist
-from ..checkpoint import BEST, LAST, atomic_save, make_checkpoint, read_checkpoint
+from ..checkpoint import BEST, LAST, atomic_save, make_checkpoint, read_checkpoint, update_record
 from ..config import Config
 from ..errors import FerkitError
 from ..plots import plot_curves
@@ -144,9 +144,15 @@ class Checkpoints:
     select_split: str
     class_counts: dict[str, int]  # the training split's, which the model's probabilities carry (evaluation.prior)
 
-    def save_best(self, evaluated: nn.Module, epoch: int, metrics: dict) -> None:
+    def save_best(self, evaluated: nn.Module, epoch: int, metrics: dict, pflop: float | None) -> None:
         record = {k: metrics[k] for k in ("accuracy", "macro_f1")}
-        self._save(BEST, evaluated, epoch=epoch, select_split=self.select_split, metrics=record)
+        cost = {"pflop": pflop} if pflop is not None else {}
+        self._save(BEST, evaluated, epoch=epoch, select_split=self.select_split, metrics=record, **cost)
+
+    def record_cost(self, pflop: float | None) -> None:
+        """best.pth's ``pflop`` made the whole run's (it was the run's so far when the file was written)."""
+        if pflop is not None and dist.is_main():
+            update_record(self.out / BEST, {"pflop": pflop})
 
     def save_last(
         self,
