@@ -135,6 +135,73 @@ def test_a_bad_destination_or_source_is_one_line_and_nothing_is_touched(photos, 
         assert out.read_text() == "keep"
 
 
+class StopsAt:
+    """The default detector, with Ctrl-C pressed at its ``at``-th photo (0: never); it counts the photos it sees."""
+
+    def __init__(self, at: int = 0) -> None:
+        self.detector, self.at, self.calls = build_detector(), at, 0
+
+    def detect(self, rgb):
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return self.detector.detect(rgb)
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_stopped_run_keeps_its_record_and_resume_finishes_it_as_one_run_would(photos, tmp_path, capsys, monkeypatch):
+    whole = tmp_path / "whole"
+    assert main(["data", "faces", str(photos), "--out", str(whole)]) == 0
+    capsys.readouterr()
+    out, argv = tmp_path / "out", ["data", "faces", str(photos), "--out", str(tmp_path / "out")]
+    # Stopped on the third photo: the first two (a face; a broken file, which never reaches the detector) are done.
+    monkeypatch.setattr("ferkit.cli._built_detector", lambda args: StopsAt(2))
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == f"ferkit: interrupted; {out / 'faces.csv'} records the photos done; continue with: ferkit " + (
+        f"data faces {photos} --out {out} --resume"
+    )
+    rows = list(csv.DictReader((out / "faces.csv").open()))
+    assert [r["photo"] for r in rows] == ["test/happy/astronaut.png", "test/sad/broken.jpg"]
+    assert sorted(files(out)) == ["faces.csv", "test/happy/astronaut.jpg"]  # every crop recorded, no other
+    detector = StopsAt()
+    monkeypatch.setattr("ferkit.cli._built_detector", lambda args: detector)
+    assert main([*argv, "--resume"]) == 0
+    assert detector.calls == 2  # the photos already recorded are not read again
+    # The summary counts the whole folder, what the first run did too.
+    assert capsys.readouterr().out.startswith("4 photos: 2 faces written into")
+    assert files(out) == files(whole)
+
+
+def test_resume_refuses_other_crop_settings_and_a_folder_it_did_not_make(photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["data", "faces", str(photos), "--out", str(out)]) == 0
+    before = files(out)
+    assert main(["data", "faces", str(photos), "--out", str(out), "--resume", "--format", "png"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "test/happy/astronaut.jpg, these options test/happy/astronaut.png" in err
+    assert "give the --format and --all-faces it was made with" in err
+    assert main(["data", "faces", str(photos), "--out", str(out), "--resume", "--all-faces"]) == 2
+    assert "these options test/happy/astronaut_0.jpg" in capsys.readouterr().err
+    assert files(out) == before
+    (tmp_path / "mine").mkdir()
+    assert main(["data", "faces", str(photos), "--out", str(tmp_path / "mine"), "--resume"]) == 2
+    assert "has no faces.csv, so it is not a folder of crops to go on with" in capsys.readouterr().err
+
+
+def test_a_record_line_cut_short_by_a_crash_is_done_again(photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["data", "faces", str(photos), "--out", str(out)]) == 0
+    whole = (out / "faces.csv").read_text()
+    lines = whole.splitlines(keepends=True)
+    (out / "faces.csv").write_text("".join(lines[:-1]) + lines[-1][:10])  # the last photo's line half written
+    assert main(["data", "faces", str(photos), "--out", str(out), "--resume"]) == 0
+    assert (out / "faces.csv").read_text() == whole
+
+
 def test_evaluate_reads_detected_faces_as_the_crops_are_cut(photos, tmp_path):
     # evaluate --faces detected and data faces share largest_face: the same pixels for the same photo.
     from ferkit.data.datasets import Sample

@@ -166,7 +166,15 @@ def _data_faces(args: argparse.Namespace) -> int:
 
     from .inference.facecrops import RECORD, crop_faces
 
-    done = crop_faces(args.path, args.out, _built_detector(args), args.format, args.all_faces)
+    try:
+        done = crop_faces(args.path, args.out, _built_detector(args), args.format, args.all_faces, args.resume)
+    except KeyboardInterrupt:
+        again = args.command if args.resume else f"{args.command} --resume"
+        print(
+            f"ferkit: interrupted; {Path(args.out) / RECORD} records the photos done; continue with: {again}",
+            file=sys.stderr,
+        )
+        return 130
     if args.json:
         print(json.dumps(asdict(done), indent=2))
         return 0
@@ -561,6 +569,12 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
         "--all-faces",
         action="store_true",
         help="every face of each photo, largest first, as NAME_0, NAME_1, ... (faces to sort into classes by hand)",
+    )
+    faces.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on with a folder this command was making (stopped part-way): the photos its faces.csv records are "
+        "not read again; give the --format and --all-faces it was made with",
     )
     _detector(faces)
     _json(faces)

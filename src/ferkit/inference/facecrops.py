@@ -5,12 +5,14 @@ Each photo's largest face is found, turned upright and cut out with FER2013's fr
 under the photo's own path in the output folder, so any layout (``train/<class>/``, ``test/<class>/``, a folder of
 class folders) comes out the same and ``ferkit train``, ``evaluate`` and ``data check`` read it as they read the
 photos. A model trained or fine-tuned on these crops meets at training the faces it will be given. Photos without a
-face, and files that are not images, are written nowhere and listed in ``faces.csv`` beside the crops.
+face, and files that are not images, are written nowhere and listed in ``faces.csv`` beside the crops. faces.csv
+grows photo by photo, so a run stopped part-way keeps a record of what it wrote, and ``resume`` goes on from it.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,7 @@ from .predict import MARGIN
 CROP_FORMATS = {"jpg": ".jpg", "png": ".png"}
 JPEG_QUALITY = 95
 RECORD = "faces.csv"
+COLUMNS = ("photo", "face", "crop", "x", "y", "width", "height", "score", "problem")
 
 
 def largest_face(rgb: np.ndarray, detector: Detector) -> tuple[np.ndarray, Detection] | None:
@@ -53,63 +56,116 @@ class FaceCrops:
 
 
 def crop_faces(
-    src: str | Path, out: str | Path, detector: Detector, image_format: str = "jpg", every_face: bool = False
+    src: str | Path,
+    out: str | Path,
+    detector: Detector,
+    image_format: str = "jpg",
+    every_face: bool = False,
+    resume: bool = False,
 ) -> FaceCrops:
     """Each image under ``src`` as its largest face in ``out``, at the same relative path (``image_format``'s
     suffix), with ``out/faces.csv`` recording each crop's box and score or why a photo has none. With
     ``every_face`` each face of a photo is written, largest first, as ``NAME_0``, ``NAME_1``, ...: faces to sort
-    into class folders by hand."""
+    into class folders by hand. With ``resume``, ``out`` is a folder this made, maybe stopped part-way: the photos
+    its faces.csv records are not read again, and what it records is counted in the result."""
     src, out = Path(src), Path(out)
-    photos = _photos_to_crop(src, out)
     if image_format not in CROP_FORMATS:
         raise FerkitError(f"--format must be one of {', '.join(CROP_FORMATS)} (got {image_format!r})")
-    targets = _target_names(photos, src, CROP_FORMATS[image_format])
-    done, rows = FaceCrops(photos=len(photos)), []
-    for photo, target in tqdm(zip(photos, targets), total=len(photos), desc="faces", unit="photo", disable=None):
-        name = photo.relative_to(src).as_posix()
-        try:
-            rgb = np.asarray(to_rgb(open_image(photo)))
-        except UndecodableImage as e:
-            done.unreadable.append(name)
-            rows.append([name, "", "", "", "", "", "", "", f"unreadable: {e.reason}"])
-            continue
-        faces = detector.detect(rgb)
-        if not faces:
-            done.no_face.append(name)
-            rows.append([name, "", "", "", "", "", "", "", "no face found"])
-            continue
-        (out / target).parent.mkdir(parents=True, exist_ok=True)
-        for index, face in enumerate(faces if every_face else faces[:1]):
-            crop = target.with_name(f"{target.stem}_{index}{target.suffix}") if every_face else target
-            Image.fromarray(classified_crop(rgb, face)).save(out / crop, quality=JPEG_QUALITY)
-            done.faces += 1
-            score = "" if face.score is None else f"{face.score:.3f}"
-            rows.append([name, index, crop.as_posix(), *(f"{v:.1f}" for v in face.box), score, ""])
+    photos = _photos_to_crop(src, out, resume)
+    targets = dict(zip((p.relative_to(src).as_posix() for p in photos), _target_names(photos, src, image_format)))
+    done = FaceCrops(photos=len(photos))
+    recorded = _recorded(out, targets, every_face, done) if resume else set()
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / RECORD, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["photo", "face", "crop", "x", "y", "width", "height", "score", "problem"])
-        writer.writerows(rows)
+    with open(out / RECORD, "a", newline="") as f:
+        if f.tell() == 0:  # new, or left empty by a crash before its first line
+            csv.writer(f).writerow(COLUMNS)
+        left = [(photo, name) for photo, name in zip(photos, targets) if name not in recorded]
+        for photo, name in tqdm(left, desc="faces", unit="photo", disable=None):
+            rows = _crop_photo(photo, name, out, targets[name], detector, every_face, done)
+            # A photo's rows in one write, after its crops: the record never names a crop that is not there.
+            lines = io.StringIO()
+            csv.writer(lines).writerows(rows)
+            f.write(lines.getvalue())
+            f.flush()
     return done
 
 
-def _photos_to_crop(src: Path, out: Path) -> list[Path]:
+def _crop_photo(
+    photo: Path, name: str, out: Path, target: Path, detector: Detector, every_face: bool, done: FaceCrops
+) -> list[list]:
+    """``photo``'s crops written (and counted in ``done``); its rows of faces.csv."""
+    try:
+        rgb = np.asarray(to_rgb(open_image(photo)))
+    except UndecodableImage as e:
+        done.unreadable.append(name)
+        return [[name, "", "", "", "", "", "", "", f"unreadable: {e.reason}"]]
+    faces = detector.detect(rgb)
+    if not faces:
+        done.no_face.append(name)
+        return [[name, "", "", "", "", "", "", "", "no face found"]]
+    (out / target).parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index, face in enumerate(faces if every_face else faces[:1]):
+        crop = _crop_name(target, index, every_face)
+        Image.fromarray(classified_crop(rgb, face)).save(out / crop, quality=JPEG_QUALITY)
+        done.faces += 1
+        score = "" if face.score is None else f"{face.score:.3f}"
+        rows.append([name, index, crop.as_posix(), *(f"{v:.1f}" for v in face.box), score, ""])
+    return rows
+
+
+def _crop_name(target: Path, index: int, every_face: bool) -> Path:
+    return target.with_name(f"{target.stem}_{index}{target.suffix}") if every_face else target
+
+
+def _recorded(out: Path, targets: dict[str, Path], every_face: bool, done: FaceCrops) -> set[str]:
+    """The photos ``out``'s faces.csv records, their faces and problems counted in ``done``; refused where its crops
+    were named by other settings, which would mix two kinds of crop in one folder."""
+    record = out / RECORD
+    text = record.read_text()
+    if not text.endswith("\n"):  # a line cut short by a crash: that photo is done again
+        record.write_text(text[: text.rfind("\n") + 1])
+    with open(record, newline="") as f:
+        rows = [row for row in csv.DictReader(f) if row["photo"] in targets]  # photos since removed stay recorded
+    for row in rows:
+        if row["crop"]:
+            expected = _crop_name(targets[row["photo"]], int(row["face"]), every_face).as_posix()
+            if row["crop"] != expected:
+                raise FerkitError(
+                    f"--resume: {record} names the crop of {row['photo']} {row['crop']}, these options "
+                    f"{expected}; give the --format and --all-faces it was made with"
+                )
+            done.faces += 1
+        elif row["problem"] == "no face found":
+            done.no_face.append(row["photo"])
+        else:
+            done.unreadable.append(row["photo"])
+    return {row["photo"] for row in rows}
+
+
+def _photos_to_crop(src: Path, out: Path, resume: bool) -> list[Path]:
     """The images under ``src``, after the checks that keep any of the user's files from being mixed or replaced."""
     if not src.is_dir():
         raise FerkitError(f"{src} is not a folder; give the folder of photos to crop (any layout of class folders)")
     if out.resolve() == src.resolve() or out.resolve().is_relative_to(src.resolve()):
         raise FerkitError(f"--out {out} is inside {src}: the crops would join the photos; name a folder outside it")
-    if out.is_file() or (out.is_dir() and any(out.iterdir())):
-        raise FerkitError(f"--out {out} exists and is not an empty folder; name a new one (nothing is replaced)")
+    if resume and not (out / RECORD).is_file():
+        raise FerkitError(f"--resume: {out} has no {RECORD}, so it is not a folder of crops to go on with")
+    if not resume and (out.is_file() or (out.is_dir() and any(out.iterdir()))):
+        raise FerkitError(
+            f"--out {out} exists and is not an empty folder; name a new one (nothing is replaced), or give --resume "
+            "to go on with crops this command was making there"
+        )
     photos = list_images(src)
     if not photos:
         raise FerkitError(f"no images in {src} or its folders; give a folder of {FORMATS} photos")
     return photos
 
 
-def _target_names(photos: list[Path], src: Path, suffix: str) -> list[Path]:
-    """Each photo's crop path under the output folder: its own with ``suffix``, or its full name and ``suffix``
-    where two photos differ only in their suffix (``a.png`` and ``a.jpg``)."""
+def _target_names(photos: list[Path], src: Path, image_format: str) -> list[Path]:
+    """Each photo's crop path under the output folder: its own with ``image_format``'s suffix, or its full name and
+    that suffix where two photos differ only in their suffix (``a.png`` and ``a.jpg``)."""
+    suffix = CROP_FORMATS[image_format]
     stems = [photo.relative_to(src).with_suffix("") for photo in photos]
     counts = Counter(stems)
     names = [photo.name if counts[stem] > 1 else stem.name for stem, photo in zip(stems, photos)]
