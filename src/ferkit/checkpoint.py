@@ -63,6 +63,7 @@ BUNDLED_MODELS = {"fer2013_resnet18": BUNDLED, "fer2013_resnet18.int8": WEIGHTS 
 # unknown.
 _RUN_RECORD = ("epoch", "metrics", "select_split", "pflop")
 TRAINING_RECORD = (*_RUN_RECORD, "members")
+# trained_with: the command that trained the bundled models of 2026-12-02 and before, kept when they are re-written.
 _META_KEYS = ("classes", "config", *TRAINING_RECORD, "trained_with", "temperature", "class_counts")
 # What an ensemble keeps of each member's checkpoint (:mod:`ferkit.inference.ensemble`).
 MEMBER_KEYS = ("config", *_RUN_RECORD, "trained_with", "temperature")
@@ -73,15 +74,13 @@ def training_record(ckpt: dict[str, Any]) -> dict[str, Any]:
     return {k: ckpt[k] for k in TRAINING_RECORD if k in ckpt}
 
 
-def save_weights(ckpt: dict[str, Any], path: str | os.PathLike, **info: Any) -> None:
-    """A checkpoint as half-precision safetensors with its config, classes and training record in the header.
-
-    Half the size of fp32 and loaded without pickle; ``info`` (e.g. the training command) goes in too.
-    """
+def save_weights(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
+    """A checkpoint as half-precision safetensors with its config, classes and training record in the header:
+    half the size of fp32, and loaded without pickle."""
     from safetensors.torch import save
 
     tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in ckpt["model"].items()}
-    meta = {k: json.dumps(v) for k, v in {**ckpt, **info}.items() if k in _META_KEYS or k in info}
+    meta = {k: json.dumps(v) for k, v in ckpt.items() if k in _META_KEYS}
     data = save(tensors, metadata={"format": FORMAT, **meta})
     write_atomically(path, lambda f: f.write(data))
 

@@ -303,6 +303,16 @@ def _ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def _info(args: argparse.Namespace) -> int:
+    from .evaluation.prior import PHOTO_PRIOR
+    from .inference.loading import load_for_inference
+    from .inference.modelinfo import describe_model, format_model_info
+
+    info = describe_model(load_for_inference(args.checkpoint, prior=PHOTO_PRIOR))  # the mix predict reads for
+    print(json.dumps(info, indent=2) if args.json else format_model_info(info))
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
         from .serve.app import run
@@ -511,6 +521,17 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_export)
 
 
+def add_info_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "checkpoint",
+        nargs="?",
+        help="a .pth (or its run folder), .safetensors or .onnx file, or a bundled model's name (default: the bundled "
+        "model)",
+    )
+    _json(p)
+    p.set_defaults(func=_info)
+
+
 def add_ensemble_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "checkpoints",
@@ -591,6 +612,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     ),
     "predict": ("expressions of the faces in images, a folder, a video or a camera", add_predict_arguments),
     "export": ("export a checkpoint for deployment", add_export_arguments),
+    "info": ("what a model file records: network, classes, preprocessing, temperature, training", add_info_arguments),
     "ensemble": ("combine trained models into one that averages their probabilities", add_ensemble_arguments),
     "serve": ("HTTP API and web page for photos and webcam snapshots", add_serve_arguments),
     "data": ("dataset tools", add_data_arguments),

@@ -33,10 +33,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..data.images import FORMATS, TooManyPixels, UndecodableImage, open_image, to_rgb
-from ..data.transforms import preprocessing
 from ..errors import FerkitError
 from ..evaluation.prior import PHOTO_PRIOR
 from ..inference.faces import Detector
+from ..inference.modelinfo import describe_model
 from ..inference.predict import Predictor
 from ..inference.results import Face, Result, results_json
 from ..inference.tracking import Tracker
@@ -73,6 +73,7 @@ class Preprocess(BaseModel):
 class Member(BaseModel):
     source: str = Field(description="the file the network came from (a run's best.pth is named with its run folder)")
     arch: str
+    width: int
     epoch: int | None = Field(description="the epoch it was saved after, when recorded")
     metrics: dict[str, Any] | None = Field(description="its selection-split metrics, recorded when it was chosen")
     select_split: str | None = Field(description="the split those metrics were measured on")
@@ -98,33 +99,6 @@ class ModelInfo(BaseModel):
 
 class Error(BaseModel):
     detail: str = Field(description="what was wrong, in one line")
-
-
-def describe_model(predictor: Predictor) -> dict:
-    """What /model reports: the predictor's classes and config, and what training recorded with its weights."""
-    cfg = predictor.config
-    return {
-        "checkpoint": predictor.source.name if predictor.source is not None else None,
-        "classes": list(predictor.classes),
-        "arch": cfg.arch,
-        "config": cfg.to_dict(),
-        "preprocess": preprocessing(cfg),
-        "epoch": predictor.record.get("epoch"),
-        "metrics": predictor.record.get("metrics"),
-        "select_split": predictor.record.get("select_split"),
-        "pflop": predictor.record.get("pflop"),
-        "members": [
-            {
-                "source": m["source"],
-                "arch": m["config"]["arch"],
-                **{k: m.get(k) for k in ("epoch", "metrics", "select_split", "pflop")},
-            }
-            for m in predictor.record.get("members", [])
-        ],
-        # Predictor.from_checkpoint wraps the network in its stored temperature (evaluation.calibration.Tempered).
-        "temperature": getattr(predictor.model, "temperature", 1.0),
-        "prior": predictor.prior,
-    }
 
 
 class _BodyLimit:

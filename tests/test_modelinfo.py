@@ -1,0 +1,61 @@
+"""`ferkit info`: what a model file records, for a person or as JSON (the server's /model answers the same)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from ferkit.checkpoint import BUNDLED, atomic_save, make_checkpoint, read_checkpoint
+from ferkit.cli import main
+from ferkit.config import Config
+from ferkit.data.datasets import CLASSES
+from ferkit.model import build_model
+
+
+def test_a_trained_checkpoint_is_described_from_its_own_record(tmp_path, capsys):
+    torch.manual_seed(0)
+    cfg = Config().updated({"image_size": 24, "width": 8, "grey_input": True})
+    record = {"epoch": 7, "metrics": {"accuracy": 0.6543, "macro_f1": 0.512}, "select_split": "PublicTest"}
+    path = tmp_path / "run" / "best.pth"
+    path.parent.mkdir()
+    atomic_save(make_checkpoint(build_model(cfg, 7), cfg, CLASSES, pflop=0.125, temperature=1.25, **record), path)
+    assert main(["info", str(tmp_path / "run")]) == 0  # a run folder stands for its best.pth
+    assert capsys.readouterr().out.splitlines() == [
+        "best.pth: resnet18 width 8",
+        "  classes: Angry, Disgust, Fear, Happy, Neutral, Sad, Surprise",
+        "  reads faces at 24x24 grey, mean 0.485/0.456/0.406, std 0.229/0.224/0.225",
+        "  temperature 1.250 (fitted by ferkit calibrate); predict reads it for --prior model",
+        "  trained: epoch 7, PublicTest accuracy 65.43%, macro F1 0.512, 0.125 PFLOP",
+    ]
+    assert main(["info", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["epoch"], info["metrics"], info["pflop"], info["temperature"]) == (7, record["metrics"], 0.125, 1.25)
+    assert Config.from_dict(info["config"]) == cfg and info["members"] == []
+
+
+def test_the_bundled_model_names_its_networks_and_what_is_not_recorded(capsys):
+    assert main(["info"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    members = read_checkpoint(BUNDLED)["members"]
+    assert lines[0] == "fer2013_resnet18.safetensors: the average of 2 networks: " + ", ".join(
+        f"{m['config']['arch']} width {m['config']['width']}" for m in members
+    )
+    # Its networks were trained before files recorded their compute: said, not left blank or made up.
+    for i, m in enumerate(members):
+        line = next(line for line in lines if line.startswith(f"  network {i} ({m['source']}): "))
+        assert f"epoch {m['epoch']}, PublicTest accuracy {m['metrics']['accuracy']:.2%}" in line
+        assert line.endswith("training PFLOP not recorded")
+    assert not any(line.startswith("  trained:") for line in lines)  # an average has no epoch of its own
+    assert "predict reads it for --prior photos" in lines[3]  # it records its training mix
+    # The int8 export carries the same record in its metadata.
+    assert main(["info", "fer2013_resnet18.int8", "--json"]) == 0
+    onnx = json.loads(capsys.readouterr().out)
+    assert [(m["source"], m["epoch"]) for m in onnx["members"]] == [(m["source"], m["epoch"]) for m in members]
+
+
+def test_a_file_that_is_not_a_model_is_one_line(tmp_path, capsys):
+    (tmp_path / "notes.pth").write_bytes(b"not a checkpoint")
+    assert main(["info", str(tmp_path / "notes.pth")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "notes.pth" in err
