@@ -133,6 +133,8 @@ def test_ferkit_calibrate_fits_on_the_selection_split_and_writes_the_file(
     assert not json.loads(capsys.readouterr().out)["fitted"]
     after = read_checkpoint(path)
     assert after["temperature"] == 1.5 and all(torch.equal(weights[k], after["model"][k]) for k in weights)
+    # The figures the run recorded when it chose the weights stay theirs (an ensemble, which has none, gets some).
+    assert (after["metrics"], after["select_split"]) == ({"accuracy": 0.5, "macro_f1": 0.25}, "PublicTest")
 
 
 def make_class_folder(root: Path, counts: dict[str, int]) -> Path:

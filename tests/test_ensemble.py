@@ -174,6 +174,11 @@ def test_an_ensemble_is_calibrated_evaluated_and_exported_as_any_model(tmp_path,
     assert read_checkpoint(pair)["temperature"] == pytest.approx(fit["temperature"])
     metrics = evaluate_checkpoint(pair, data=str(image_folder), workers=0)
     assert metrics["temperature"] == pytest.approx(fit["temperature"]) and 0 <= metrics["accuracy"] <= 1
+    # The pair records how it reads the split it was calibrated on, as a run records its best epoch's figures.
+    selected = evaluate_checkpoint(pair, data=str(image_folder), split="select", workers=0)
+    recorded = read_checkpoint(pair)
+    assert recorded["select_split"] == fit["split"] == "test"
+    assert recorded["metrics"] == pytest.approx({k: selected[k] for k in ("accuracy", "macro_f1")})
     onnx_path = export_onnx(pair, tmp_path / "pair.onnx")
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     assert json.loads(session.get_modelmeta().custom_metadata_map["ferkit_temperature"]) == pytest.approx(

@@ -85,10 +85,13 @@ def save_weights(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
     write_atomically(path, lambda f: f.write(data))
 
 
-def store_calibration(path: str | os.PathLike, temperature: float, class_counts: dict[str, int] | None = None) -> None:
+def store_calibration(
+    path: str | os.PathLike, temperature: float, class_counts: dict[str, int] | None = None, **record: Any
+) -> None:
     """Record ``temperature`` (:mod:`ferkit.evaluation.calibration`) and, when given, the training split's images
-    per class (``class_counts``, :mod:`ferkit.evaluation.prior`) in a ``.pth`` or ``.safetensors`` file."""
-    values: dict[str, Any] = {"temperature": temperature}
+    per class (``class_counts``, :mod:`ferkit.evaluation.prior`) and more of the training record (``record``) in a
+    ``.pth`` or ``.safetensors`` file."""
+    values: dict[str, Any] = {"temperature": temperature, **record}
     if class_counts is not None:
         values["class_counts"] = class_counts
     update_record(path, values)

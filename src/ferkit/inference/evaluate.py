@@ -150,6 +150,8 @@ def calibrate_checkpoint(
 ) -> dict:
     """Fit the temperature of a model file on its protocol's selection split and write it into the file, with
     the training split's images per class (the class mix its probabilities carry, :mod:`ferkit.evaluation.prior`).
+    A file that records no selection metrics of its own (an ensemble: each network records its own) gets those
+    just measured, so that it can say how it reads the split it was chosen on.
 
     The fit is on the file's raw logits (whatever temperature it stores is ignored, so calibrating twice gives
     the same T), through the back end that will run the file. ``temperature`` writes that value instead of
@@ -172,13 +174,15 @@ def calibrate_checkpoint(
     before = compute_metrics(labels, temper(probs, loaded.temperature), loaded.classes)
     after = compute_metrics(labels, temper(probs, fitted), loaded.classes)
     counts = class_counts([s.label for s in splits.train], splits.classes)
+    split_name = splits.names.get("select", "select")
     if loaded.source.suffix.lower() == ".onnx":
         store_onnx_calibration(loaded.source, fitted, counts)
     else:
-        store_calibration(loaded.source, fitted, counts)
+        selection = {"metrics": {k: after[k] for k in ("accuracy", "macro_f1")}, "select_split": split_name}
+        store_calibration(loaded.source, fitted, counts, **({} if "metrics" in loaded.record else selection))
     return {
         "checkpoint": str(loaded.source),
-        "split": splits.names.get("select", "select"),
+        "split": split_name,
         "images": int(len(labels)),
         "precision": precision,
         "fitted": temperature is None,

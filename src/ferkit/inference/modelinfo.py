@@ -57,7 +57,7 @@ def format_model_info(info: dict[str, Any]) -> str:
         + (" (fitted by ferkit calibrate)" if info["temperature"] != 1.0 else " (not calibrated)")
         + f"; predict reads it for --prior {info['prior']}",
     ]
-    if not members or info["pflop"] is not None:
+    if not members or info["pflop"] is not None or info["metrics"]:
         lines.append(f"  trained: {_run(info)}")
     lines += [f"  network {i} ({m['source']}): {_run(m)}" for i, m in enumerate(members)]
     return "\n".join(lines)
