@@ -68,6 +68,21 @@ def detected_faces(samples: list[Sample], detector: Detector) -> tuple[list[Samp
     return faces, found
 
 
+def evaluation_samples(
+    loaded: InferenceModel, data: str | None, split: str, protocol: str | None = None, limit_per_class: int = 0
+) -> tuple[list[Sample], str, str, list[str]]:
+    """The images ``loaded`` is measured on (:func:`evaluate_checkpoint` says which), the split's and protocol's
+    names, and the folders left out for having no class of the model."""
+    root = resolve_data_path(data if data is not None else loaded.config.data)
+    if is_whole_folder(root):
+        samples, left_out = read_whole_folder(root, loaded.classes, limit_per_class)
+        return samples, WHOLE, "none", left_out
+    check_evaluable(root, loaded.classes)
+    splits = load_splits(root, protocol or loaded.config.protocol, limit_per_class)
+    check_classes(loaded.source, loaded.classes, splits.classes)
+    return getattr(splits, split), splits.names.get(split, split), splits.protocol, []
+
+
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike | None = None,
     data: str | None = None,
@@ -99,17 +114,8 @@ def evaluate_checkpoint(
     if out_dir is not None:
         out_dir = output_folder(out_dir, "--out")
     loaded = load_for_inference(checkpoint, device=device, prior=prior)
-    cfg, classes = loaded.config, loaded.classes
-    root = resolve_data_path(data if data is not None else cfg.data)
-    left_out: list[str] = []
-    if is_whole_folder(root):
-        samples, left_out = read_whole_folder(root, classes, limit_per_class)
-        split_name, protocol_name = WHOLE, "none"
-    else:
-        check_evaluable(root, classes)
-        splits = load_splits(root, protocol or cfg.protocol, limit_per_class)
-        check_classes(loaded.source, classes, splits.classes)
-        samples, split_name, protocol_name = getattr(splits, split), splits.names.get(split, split), splits.protocol
+    classes = loaded.classes
+    samples, split_name, protocol_name, left_out = evaluation_samples(loaded, data, split, protocol, limit_per_class)
     found = None
     if detector is not None:
         samples, found = detected_faces(samples, detector)
