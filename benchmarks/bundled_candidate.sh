@@ -14,9 +14,9 @@
 #     difference from the shipped model's on the same photos with a paired 95% interval (SHIPPED_FRAMING names that
 #     model's framing_robustness result; default bundled_photos, from `framing_robustness.py --name bundled_photos
 #     --prior photos`).
-# For the pair, PublicTest and webfaces-dev (as predict reads it) are also read beside the shipped model on the same
-# images (benchmarks/paired_accuracy.py): the difference in accuracy and macro recall with a paired 95% interval,
-# which says whether a gap of a few images is a gap at all.
+# The pair is read beside the shipped model on the same images (`ferkit evaluate --against`): the difference in
+# PublicTest and webfaces-dev accuracy and macro recall with paired 95% intervals, which say whether a gap of a few
+# images is a gap at all.
 # The rule's figures also go to benchmarks/results/bundled_candidate_<name>.json. PrivateTest and CK+48 are left to
 # the benchmarks that follow a decision (make_bundled.sh), so they cannot sway it.
 # Environment: DATA (default ../shared/data, holding fer2013 and webfaces-dev), SHIPPED_FRAMING (above), SHIPPED (the
@@ -41,18 +41,16 @@ cp "$STUDENT" "$OUT/student.${STUDENT##*.}"
 ferkit ensemble "$TEACHER" "$STUDENT" --out "$OUT/pair.safetensors"
 for file in "$OUT/student.${STUDENT##*.}" "$OUT/pair.safetensors"; do
     name=$(basename "${file%.*}")
+    against=()
+    [[ $name == pair ]] && against=(--against "$SHIPPED")
     ferkit calibrate "$file" --data "$DATA/fer2013" --workers 2
-    ferkit evaluate "$file" --data "$DATA/fer2013" --split select --json > "$OUT/${name}_publictest.json"
-    ferkit evaluate "$file" --data "$DATA/webfaces-dev" --faces detected --prior photos --min-support 50 --json \
-        > "$OUT/${name}_webfaces_detected_photos.json"
+    ferkit evaluate "$file" --data "$DATA/fer2013" --split select "${against[@]}" --json > "$OUT/${name}_publictest.json"
+    ferkit evaluate "$file" --data "$DATA/webfaces-dev" --faces detected --prior photos --min-support 50 \
+        "${against[@]}" --json > "$OUT/${name}_webfaces_detected_photos.json"
     python benchmarks/framing_robustness.py --checkpoint "$file" --name "${NAME}_${name}_photos" --prior photos \
         --data "$DATA/webfaces-dev" --paired-with "$SHIPPED_FRAMING"
     cp "benchmarks/results/framing_robustness_${NAME}_${name}_photos.json" "$OUT/${name}_framing.json"
 done
-python benchmarks/paired_accuracy.py "$OUT/pair.safetensors" "$SHIPPED" --name "${NAME}_pair_publictest" \
-    --data "$DATA/fer2013"
-python benchmarks/paired_accuracy.py "$OUT/pair.safetensors" "$SHIPPED" --name "${NAME}_pair_webfaces_detected_photos" \
-    --data "$DATA/webfaces-dev" --faces detected --prior photos --min-support 50
 
 python - "$OUT" "$NAME" "$TEACHER" <<'EOF'
 import json
@@ -87,9 +85,8 @@ for candidate in ("student", "pair"):
         f"{swing:>14.3f} {paired['difference']:>+12.3f} ({lo:+.3f} to {hi:+.3f})"
     )
 for figure in ("publictest", "webfaces_detected_photos"):
-    paired = json.loads(Path(f"benchmarks/results/paired_accuracy_{name}_pair_{figure}.json").read_text())
-    summary["candidates"]["pair"][f"{figure}_minus_shipped"] = paired["candidate_minus_shipped"]
-    d = paired["candidate_minus_shipped"]
+    d = json.loads((out / f"pair_{figure}.json").read_text())["against"]["difference"]
+    summary["candidates"]["pair"][f"{figure}_minus_shipped"] = d
     print(
         f"pair minus shipped, {figure}: accuracy {d['accuracy']:+.2%} ({d['accuracy_95'][0]:+.2%} to "
         f"{d['accuracy_95'][1]:+.2%}), macro recall {d['macro_recall']:+.3f} ({d['macro_recall_95'][0]:+.3f} to "

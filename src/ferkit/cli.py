@@ -77,7 +77,7 @@ def _train_processes(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluation.metrics import format_metrics
+    from .evaluation.metrics import format_difference, format_metrics
     from .inference.evaluate import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(
@@ -95,6 +95,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         min_support=args.min_support,
         detector=_built_detector(args) if args.faces == "detected" else None,
         prior=args.prior,
+        against=args.against,
     )
     if args.json:
         print(json.dumps(metrics, indent=2))
@@ -110,6 +111,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         if metrics["prior"] != "model":
             setting.append(f"prior {metrics['prior']}")
         print(f"{metrics['split']} ({', '.join(setting)}): " + format_metrics(metrics, list(metrics["per_class"])))
+        if args.against is not None:
+            other = metrics["against"]
+            print(
+                f"against {args.against}: accuracy {other['accuracy']:.4f}  macro recall {other['macro_recall']:.4f}  "
+                f"ECE {other['ece']:.4f}\n{args.checkpoint or 'the bundled model'} minus it: "
+                + format_difference(other["difference"])
+            )
     return 0
 
 
@@ -447,6 +455,12 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
         "--min-support", type=int, default=1, metavar="N", help="macro recall over the classes with >= N images"
     )
     _prior(p, DEFAULT_PRIOR)
+    p.add_argument(
+        "--against",
+        metavar="CKPT",
+        help="another model read on the same images (faces, TTA, prior): its figures, and the difference in accuracy "
+        "and macro recall with paired 95%% intervals",
+    )
     p.add_argument("--out", help="folder for the JSON report, confusion-matrix and reliability-diagram PNGs")
     _json(p)
     p.set_defaults(func=_evaluate)

@@ -72,6 +72,50 @@ def compute_metrics(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str
     }
 
 
+PAIRED_DRAWS = 2000
+
+
+def paired_difference(
+    labels: np.ndarray, predicted: np.ndarray, other: np.ndarray, counted: Sequence[int], seed: int = 0
+) -> dict:
+    """Accuracy and macro recall (over the class indices ``counted``) of ``predicted`` minus ``other``'s, read on the
+    same images, each with a 95% interval over bootstrap draws of the images shared by both.
+
+    Two accuracies near 69% on 3,589 images each carry a standard error near 0.77 point, yet most images are read
+    alike by both models: on the same draws the images' own difficulty cancels, and the difference's interval is
+    several times narrower than either accuracy's.
+    """
+
+    def recall(y: np.ndarray, p: np.ndarray) -> float:
+        present = [c for c in counted if (y == c).any()]  # a rare class may miss a draw
+        return float(np.mean([(p[y == c] == c).mean() for c in present]))
+
+    rng = np.random.default_rng(seed)
+    accuracy, macro = [], []
+    for _ in range(PAIRED_DRAWS):
+        pick = rng.integers(0, len(labels), len(labels))
+        y, a, b = labels[pick], predicted[pick], other[pick]
+        accuracy.append((a == y).mean() - (b == y).mean())
+        macro.append(recall(y, a) - recall(y, b))
+    return {
+        "accuracy": float((predicted == labels).mean() - (other == labels).mean()),
+        "accuracy_95": [float(v) for v in np.percentile(accuracy, [2.5, 97.5])],
+        "macro_recall": recall(labels, predicted) - recall(labels, other),
+        "macro_recall_95": [float(v) for v in np.percentile(macro, [2.5, 97.5])],
+        "read_differently": float((predicted != other).mean()),
+        "draws": PAIRED_DRAWS,
+    }
+
+
+def format_difference(difference: dict) -> str:
+    a, r = difference["accuracy_95"], difference["macro_recall_95"]
+    return (
+        f"accuracy {difference['accuracy']:+.4f} (95% {a[0]:+.4f} to {a[1]:+.4f}), macro recall "
+        f"{difference['macro_recall']:+.4f} ({r[0]:+.4f} to {r[1]:+.4f}), paired over {difference['draws']} draws of "
+        f"the same images; {difference['read_differently']:.1%} of them read differently"
+    )
+
+
 def write_report(metrics: dict, classes: Sequence[str], out_dir: Path, stem: str, title: str) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{stem}.json").write_text(json.dumps(metrics, indent=2) + "\n")

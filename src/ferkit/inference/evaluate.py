@@ -25,7 +25,7 @@ from ..data.loaders import make_loader
 from ..data.transforms import build_test_transform
 from ..errors import FerkitError
 from ..evaluation.calibration import fit_temperature, temper
-from ..evaluation.metrics import compute_metrics, write_report
+from ..evaluation.metrics import compute_metrics, paired_difference, write_report
 from ..evaluation.predictions import collect_probs, inference_precision
 from ..evaluation.prior import DEFAULT_PRIOR, PRIORS, class_counts
 from ..plots import plot_reliability
@@ -98,6 +98,7 @@ def evaluate_checkpoint(
     min_support: int = 1,
     detector: Detector | None = None,
     prior: str = DEFAULT_PRIOR,
+    against: str | os.PathLike | None = None,
 ) -> dict:
     """Metrics of a checkpoint on a split of any supported dataset, with its own preprocessing and temperature.
 
@@ -109,7 +110,10 @@ def evaluate_checkpoint(
     ``min_support``: macro recall averages the classes with at least this many images. With a ``detector``, each
     image is read as ``ferkit predict`` reads a photo (:func:`detected_faces`; ``metrics["faces_found"]`` counts
     the photos with a face), instead of being taken as the face itself. ``prior``: the class mix the model's
-    probabilities are read for (:mod:`ferkit.evaluation.prior`); by default its training data's own.
+    probabilities are read for (:mod:`ferkit.evaluation.prior`); by default its training data's own. ``against``:
+    another model of the same classes read on the same images (the same detected faces, TTA, precision and prior),
+    ``metrics["against"]`` holding its figures and this model's minus its with paired 95% intervals
+    (:func:`~ferkit.evaluation.metrics.paired_difference`): whether a gap of a few images is a gap at all.
     """
     if out_dir is not None:
         out_dir = output_folder(out_dir, "--out")
@@ -121,6 +125,22 @@ def evaluate_checkpoint(
         samples, found = detected_faces(samples, detector)
     probs, labels, precision = sample_probs(loaded, samples, batch_size, workers, precision, tta)
     metrics = compute_metrics(labels, probs, classes, min_support)
+    if against is not None:
+        other = load_for_inference(against, device=device, prior=prior)
+        if other.classes != classes:
+            raise FerkitError(
+                f"--against {against} is a model of classes {list(other.classes)}, {loaded.source.name} of "
+                f"{list(classes)}; compare two models of the same classes"
+            )
+        other_probs = sample_probs(other, samples, batch_size, workers, precision, tta)[0]
+        theirs = compute_metrics(labels, other_probs, classes, min_support)
+        counted = [classes.index(c) for c in metrics["macro_classes"]]
+        metrics["against"] = {
+            "checkpoint": str(other.source),
+            **{k: theirs[k] for k in ("accuracy", "macro_recall", "macro_f1", "ece")},
+            "temperature": other.temperature,
+            "difference": paired_difference(labels, probs.argmax(1), other_probs.argmax(1), counted),
+        }
     metrics.update(
         split=split_name,
         protocol=protocol_name,
