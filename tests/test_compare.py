@@ -13,6 +13,7 @@ from conftest import make_photo_folder
 from ferkit.checkpoint import atomic_save, make_checkpoint
 from ferkit.cli import main
 from ferkit.config import Config
+from ferkit.data.datasets import CLASSES
 from ferkit.evaluation.metrics import paired_difference
 from ferkit.inference.evaluate import evaluate_checkpoint
 from ferkit.model import build_model
@@ -47,8 +48,6 @@ def other_model(path, classes):
 
 
 def test_evaluate_against_reads_both_models_on_the_same_images(untrained_checkpoint, tmp_path, capsys):
-    from ferkit.data.datasets import CLASSES
-
     folder = make_photo_folder(tmp_path / "photos", {"anger": 6, "happiness": 6, "sadness": 6})
     other = other_model(tmp_path / "other.pth", CLASSES)
     base = ["evaluate", str(untrained_checkpoint), "--data", str(folder), "--workers", "0"]
