@@ -506,6 +506,18 @@ def test_the_bundled_model_teaches_by_its_name(image_folder):
     assert pflop == pytest.approx(2 * 28 * inference_flops(load_model().model, 48) / 1e15)
 
 
+def test_a_distillation_temperature_softens_the_teachers_calibrated_probabilities(image_folder, monkeypatch):
+    # One view, so that a row is one softmax and the temperature's effect has a closed form.
+    monkeypatch.setattr("ferkit.training.distill.VIEWS", "none")
+    samples = load_splits(str(image_folder), "clean").train
+    speed = Speed.resolve(Config(workers=0))
+    sharp, _ = teacher_probs(("fer2013_resnet18",), samples, CLASSES, speed, False)
+    soft, _ = teacher_probs(("fer2013_resnet18",), samples, CLASSES, speed, False, temperature=2.0)
+    # softmax(z / 2T) = softmax(log softmax(z / T) / 2): the same teacher, its logits halved.
+    assert torch.allclose(soft, torch.softmax(sharp.log() / 2, dim=1), atol=1e-5)
+    assert (soft.max(dim=1).values < sharp.max(dim=1).values).all()
+
+
 def test_watched_folders_are_measured_every_epoch_as_evaluate_reads_them_and_choose_nothing(image_folder, tmp_path):
     # CK+'s folder names; contempt has no FER2013 class, and one Sad photo is below the macro recall's support.
     photos = make_photo_folder(tmp_path / "photos", {"anger": 3, "contempt": 2, "happy": 4, "sadness": 1})

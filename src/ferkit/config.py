@@ -253,6 +253,14 @@ class Config:
         "share of the teachers' probabilities in each target with --distill-from; the label has the rest",
         bounds="[0, 1]",
     )
+    distill_temperature: float = _opt(
+        "optimisation",
+        1.0,
+        "softens the teachers' probabilities with --distill-from: their calibrated logits are divided by it before "
+        "the softmax, so the targets say more about the classes a face resembles besides its top one (1: as "
+        "calibrated)",
+        bounds="(0, inf)",
+    )
     sync_bn: bool = _opt(
         "optimisation", False, "with several processes, BatchNorm statistics over the global batch (SyncBatchNorm)"
     )

@@ -51,8 +51,11 @@ def soft_targets(
         return None
     path = Path(cfg.out) / TEACHERS_FILE
     if not resume and dist.is_main():
-        probs, pflop = teacher_probs(cfg.distill_from, samples, classes, speed, cfg.bad_images == "skip")
-        atomic_save({"names": [s.name for s in samples], "probs": probs, "teachers": list(cfg.distill_from)}, path)
+        probs, pflop = teacher_probs(
+            cfg.distill_from, samples, classes, speed, cfg.bad_images == "skip", cfg.distill_temperature
+        )
+        record = {"names": [s.name for s in samples], "teachers": list(cfg.distill_from)}
+        atomic_save({**record, "probs": probs, "temperature": cfg.distill_temperature}, path)
     dist.barrier()
     if resume or not dist.is_main():
         probs, pflop = _read(path, samples), 0.0
@@ -60,9 +63,15 @@ def soft_targets(
 
 
 def teacher_probs(
-    paths: tuple[str, ...], samples: list[Sample], classes: tuple[str, ...], speed: Speed, skip_bad: bool
+    paths: tuple[str, ...],
+    samples: list[Sample],
+    classes: tuple[str, ...],
+    speed: Speed,
+    skip_bad: bool,
+    temperature: float = 1.0,
 ) -> tuple[Tensor, float]:
-    """The teachers' mean probabilities for every sample and its mirror, [N, classes] on the CPU, and their PFLOP.
+    """The teachers' mean probabilities for every sample and its mirror, [N, classes] on the CPU, and their PFLOP,
+    each teacher at its calibrated temperature times ``temperature``.
 
     An unreadable sample (with ``skip_bad``; else it stops here, named) keeps its one-hot label as its row.
     """
@@ -72,7 +81,8 @@ def teacher_probs(
         log.info(f"distillation: teacher {file_identity(path)} labels {len(samples)} training images and their mirrors")
         loaded = load_model(path)
         check_classes(path, loaded.classes, classes, TEACHER_FIX)
-        model = Tempered(loaded.model, float(loaded.checkpoint.get("temperature", 1.0))).to(speed.device)
+        calibrated = float(loaded.checkpoint.get("temperature", 1.0))
+        model = Tempered(loaded.model, calibrated * temperature).to(speed.device)
         dataset = _Indexed(samples, build_test_transform(loaded.config), skip_bad)
         loader = make_loader(dataset, BATCH_SIZE, speed.workers, speed.device, collate_fn=collate_skipping)
         probs, index = collect_probs(model, loader, speed.device, "fp32", VIEWS)
@@ -83,10 +93,11 @@ def teacher_probs(
     probs = labels.clone()
     probs[read] = total[read] / len(paths)
     agree = (probs.argmax(dim=1) == labels.argmax(dim=1))[read].float().mean()
+    top = probs[read].max(dim=1).values.mean()
     log.info(
         f"distillation: {len(paths)} teacher{'s' if len(paths) > 1 else ''} labelled {int(read.sum())} training images "
         f"and their mirrors in {time.perf_counter() - t0:.0f} s ({flops / 1e15:.4f} PFLOP); their mean agrees with "
-        f"the label on {float(agree):.1%} of them"
+        f"the label on {float(agree):.1%} of them and gives its top class {float(top):.2f} on average"
     )
     return probs, flops / 1e15
 
