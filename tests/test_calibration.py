@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import _face
+from conftest import make_photo_folder
 
 from ferkit.checkpoint import read_checkpoint, save_weights, store_calibration
 from ferkit.cli import main
@@ -137,21 +137,10 @@ def test_ferkit_calibrate_fits_on_the_selection_split_and_writes_the_file(
     assert (after["metrics"], after["select_split"]) == ({"accuracy": 0.5, "macro_f1": 0.25}, "PublicTest")
 
 
-def make_class_folder(root: Path, counts: dict[str, int]) -> Path:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for label, (name, count) in enumerate(counts.items()):
-        (root / name).mkdir(parents=True)
-        for i in range(count):
-            Image.fromarray(_face(rng, label, 20), mode="L").save(root / name / f"{i}.png")
-    return root
-
-
 def test_a_folder_of_class_folders_is_evaluated_whole_and_says_what_it_leaves_out(
     untrained_checkpoint, tmp_path, capsys
 ):
-    folder = make_class_folder(tmp_path / "ckplus", {"anger": 3, "contempt": 2, "happiness": 4, "sadness": 1})
+    folder = make_photo_folder(tmp_path / "ckplus", {"anger": 3, "contempt": 2, "happiness": 4, "sadness": 1}, size=20)
     assert main(["evaluate", str(untrained_checkpoint), "--data", str(folder), "--workers", "0"]) == 0
     out = capsys.readouterr().out
     assert "ckplus/contempt: no FER2013 class; its 2 images are left out" in out
@@ -171,7 +160,7 @@ def test_a_folder_of_class_folders_is_evaluated_whole_and_says_what_it_leaves_ou
 
 
 def test_a_report_folder_named_as_a_file_is_refused_before_evaluating(untrained_checkpoint, tmp_path, capsys):
-    folder = make_class_folder(tmp_path / "faces", {"anger": 2, "happiness": 2})
+    folder = make_photo_folder(tmp_path / "faces", {"anger": 2, "happiness": 2}, size=20)
     taken = tmp_path / "notes.txt"
     taken.write_text("mine")
     argv = ["evaluate", str(untrained_checkpoint), "--data", str(folder), "--workers", "0", "--out"]
@@ -184,7 +173,7 @@ def test_a_report_folder_named_as_a_file_is_refused_before_evaluating(untrained_
 
 def test_evaluation_runs_no_more_workers_than_cores(untrained_checkpoint, tmp_path):
     # PyTorch warns (twice) for a loader with more workers than cores: evaluate's default of 4 did on 2 cores.
-    folder = make_class_folder(tmp_path / "faces", {"anger": 2, "happiness": 2})
+    folder = make_photo_folder(tmp_path / "faces", {"anger": 2, "happiness": 2}, size=20)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         many = evaluate_checkpoint(untrained_checkpoint, data=str(folder), workers=64)
@@ -192,7 +181,7 @@ def test_evaluation_runs_no_more_workers_than_cores(untrained_checkpoint, tmp_pa
 
 
 def test_a_folder_with_neither_class_folders_nor_splits_names_both_layouts(untrained_checkpoint, tmp_path, capsys):
-    folder = make_class_folder(tmp_path / "photos", {"cats": 2})
+    folder = make_photo_folder(tmp_path / "photos", {"cats": 2}, size=20)
     assert main(["evaluate", str(untrained_checkpoint), "--data", str(folder), "--workers", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "found folders ['cats']" in err
@@ -228,7 +217,7 @@ def test_detected_faces_are_read_as_predict_reads_a_photo(tmp_path, capsys):
 
 
 def test_calibrating_on_a_folder_without_a_selection_split_is_refused(untrained_checkpoint, tmp_path, capsys):
-    folder = make_class_folder(tmp_path / "web", {"happiness": 2})
+    folder = make_photo_folder(tmp_path / "web", {"happiness": 2}, size=20)
     path = tmp_path / "best.pth"
     shutil.copy(untrained_checkpoint, path)
     assert main(["calibrate", str(path), "--data", str(folder), "--workers", "0"]) == 2
