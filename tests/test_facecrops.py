@@ -44,6 +44,7 @@ def test_each_photo_becomes_the_face_predict_classifies_at_its_own_path(photos, 
     )
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
         "faces.csv",
+        "faces.json",
         "test/happy/astronaut.png",
         "train/happy/astronaut.png",
     ]
@@ -141,6 +142,10 @@ class StopsAt:
     def __init__(self, at: int = 0) -> None:
         self.detector, self.at, self.calls = build_detector(), at, 0
 
+    @property
+    def settings(self):
+        return self.detector.settings
+
     def detect(self, rgb):
         self.calls += 1
         if self.calls == self.at:
@@ -166,7 +171,7 @@ def test_a_stopped_run_keeps_its_record_and_resume_finishes_it_as_one_run_would(
     )
     rows = list(csv.DictReader((out / "faces.csv").open()))
     assert [r["photo"] for r in rows] == ["test/happy/astronaut.png", "test/sad/broken.jpg"]
-    assert sorted(files(out)) == ["faces.csv", "test/happy/astronaut.jpg"]  # every crop recorded, no other
+    assert sorted(files(out)) == ["faces.csv", "faces.json", "test/happy/astronaut.jpg"]  # every crop recorded
     detector = StopsAt()
     monkeypatch.setattr("ferkit.cli._built_detector", lambda args: detector)
     assert main([*argv, "--resume"]) == 0
@@ -186,6 +191,12 @@ def test_resume_refuses_other_crop_settings_and_a_folder_it_did_not_make(photos,
     assert "give the --format and --all-faces it was made with" in err
     assert main(["data", "faces", str(photos), "--out", str(out), "--resume", "--all-faces"]) == 2
     assert "these options test/happy/astronaut_0.jpg" in capsys.readouterr().err
+    # Faces found by another detector, or the same with other options, would join the crops unmarked.
+    assert json.loads((out / "faces.json").read_text()) == {"detector": build_detector().settings}
+    assert main(["data", "faces", str(photos), "--out", str(out), "--resume", "--min-face", "40"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "faces.json records detector retinaface, score_threshold 0.6" in err
+    assert "min_face 24.0" in err and "min_face 40.0" in err and "give the --detector, --min-face and" in err
     assert files(out) == before
     (tmp_path / "mine").mkdir()
     assert main(["data", "faces", str(photos), "--out", str(tmp_path / "mine"), "--resume"]) == 2

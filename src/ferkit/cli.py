@@ -609,7 +609,7 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
         "--resume",
         action="store_true",
         help="go on with a folder this command was making (stopped part-way): the photos its faces.csv records are "
-        "not read again; give the --format and --all-faces it was made with",
+        "not read again; give the --format, --all-faces and detector options it was made with (checked)",
     )
     _detector(faces)
     _json(faces)

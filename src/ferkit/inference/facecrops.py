@@ -6,13 +6,15 @@ under the photo's own path in the output folder, so any layout (``train/<class>/
 class folders) comes out the same and ``ferkit train``, ``evaluate`` and ``data check`` read it as they read the
 photos. A model trained or fine-tuned on these crops meets at training the faces it will be given. Photos without a
 face, and files that are not images, are written nowhere and listed in ``faces.csv`` beside the crops. faces.csv
-grows photo by photo, so a run stopped part-way keeps a record of what it wrote, and ``resume`` goes on from it.
+grows photo by photo, so a run stopped part-way keeps a record of what it wrote, and ``resume`` goes on from it;
+``faces.json`` records the detector's settings, so that a resumed run cannot mix faces found by another detector.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..atomic import write_atomically
 from ..data.images import FORMATS, UndecodableImage, list_images, open_image, to_rgb
 from ..errors import FerkitError
 from .align import face_crop
@@ -30,6 +33,7 @@ from .predict import MARGIN
 CROP_FORMATS = {"jpg": ".jpg", "png": ".png"}
 JPEG_QUALITY = 95
 RECORD = "faces.csv"
+SETTINGS = "faces.json"
 COLUMNS = ("photo", "face", "crop", "x", "y", "width", "height", "score", "problem")
 
 
@@ -76,6 +80,7 @@ def crop_faces(
     done = FaceCrops(photos=len(photos))
     recorded = _recorded(out, targets, every_face, done) if resume else set()
     out.mkdir(parents=True, exist_ok=True)
+    _record_detector(out, detector, resume)
     with open(out / RECORD, "a", newline="") as f:
         if f.tell() == 0:  # new, or left empty by a crash before its first line
             csv.writer(f).writerow(COLUMNS)
@@ -141,6 +146,26 @@ def _recorded(out: Path, targets: dict[str, Path], every_face: bool, done: FaceC
         else:
             done.unreadable.append(row["photo"])
     return {row["photo"] for row in rows}
+
+
+def _record_detector(out: Path, detector: Detector, resume: bool) -> None:
+    """``out/faces.json`` with the detector's settings; on resume, refused where they are not the recorded ones. A
+    folder made before the record existed (faces.csv, no faces.json) goes on unchecked."""
+    path, settings = out / SETTINGS, {"detector": detector.settings}
+    if resume and path.is_file():
+        recorded = json.loads(path.read_text())
+        if recorded != json.loads(json.dumps(settings)):
+            raise FerkitError(
+                f"--resume: {path} records {_settings_text(recorded['detector'])}, these options give "
+                f"{_settings_text(settings['detector'])}; give the --detector, --min-face and --face-threshold it was "
+                "made with, or make a new folder"
+            )
+    elif not resume:
+        write_atomically(path, lambda f: f.write((json.dumps(settings, indent=2) + "\n").encode()))
+
+
+def _settings_text(settings: dict[str, object]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in settings.items())
 
 
 def _photos_to_crop(src: Path, out: Path, resume: bool) -> list[Path]:

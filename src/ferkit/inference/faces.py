@@ -43,6 +43,10 @@ class Detector(Protocol):
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         """Faces in an RGB uint8 image, largest first."""
 
+    @property
+    def settings(self) -> dict[str, object]:
+        """The detector's name and every option that changes which faces it finds, recorded beside what it found."""
+
 
 def build_detector(
     name: str = DETECTOR, min_face: float = MIN_FACE, score_threshold: float = SCORE_THRESHOLD

@@ -55,7 +55,19 @@ class HaarCascade:
         if self._cascade.empty():
             raise FerkitError(f"cannot load the face cascade {path}; reinstall opencv-python-headless")
         self.max_side, self.min_face, self.min_face_px = max_side, min_face, min_face_px
-        self.scale_factor, self.min_neighbors = scale_factor, min_neighbors
+        self.scale_factor, self.min_neighbors, self.cascade = scale_factor, min_neighbors, cascade
+
+    @property
+    def settings(self) -> dict[str, object]:
+        return {
+            "detector": "haar",
+            "max_side": self.max_side,
+            "min_face": self.min_face,
+            "min_face_px": self.min_face_px,
+            "scale_factor": self.scale_factor,
+            "min_neighbors": self.min_neighbors,
+            "cascade": self.cascade,
+        }
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         cv2 = require_cv2()

@@ -58,6 +58,17 @@ class RetinaFace:
         self._session = ort.InferenceSession(str(MODEL), options, providers=["CPUExecutionProvider"])
         self._anchors: dict[tuple[int, int], np.ndarray] = {}
 
+    @property
+    def settings(self) -> dict[str, object]:
+        return {
+            "detector": "retinaface",
+            "score_threshold": self.score_threshold,
+            "min_face": self.min_face,
+            "max_side": self.max_side,
+            "min_input_side": self.min_input_side,
+            "nms_iou": self.nms_iou,
+        }
+
     def scale_for(self, height: int, width: int) -> float:
         longer = max(height, width)
         scale = max(min(1.0, self.max_side / longer), self.min_input_side / longer)
