@@ -198,6 +198,12 @@ def test_resume_refuses_other_crop_settings_and_a_folder_it_did_not_make(photos,
     assert len(err.splitlines()) == 1 and "faces.json records detector retinaface, score_threshold 0.6" in err
     assert "min_face 24.0" in err and "min_face 40.0" in err and "give the --detector, --min-face and" in err
     assert files(out) == before
+    for damaged in ('{"detector": ', "[]", "{}"):  # a hand edit, a truncated copy: one line, not a traceback
+        (out / "faces.json").write_text(damaged)
+        assert main(["data", "faces", str(photos), "--out", str(out), "--resume"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "faces.json does not hold the detector settings" in err
+        assert (out / "faces.json").read_text() == damaged
     (tmp_path / "mine").mkdir()
     assert main(["data", "faces", str(photos), "--out", str(tmp_path / "mine"), "--resume"]) == 2
     assert "has no faces.csv, so it is not a folder of crops to go on with" in capsys.readouterr().err

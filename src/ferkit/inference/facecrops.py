@@ -153,7 +153,14 @@ def _record_detector(out: Path, detector: Detector, resume: bool) -> None:
     folder made before the record existed (faces.csv, no faces.json) goes on unchecked."""
     path, settings = out / SETTINGS, {"detector": detector.settings}
     if resume and path.is_file():
-        recorded = json.loads(path.read_text())
+        try:
+            recorded = json.loads(path.read_text())
+            recorded["detector"].items()
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise FerkitError(
+                f"--resume: {path} does not hold the detector settings ferkit writes there; restore it, delete it to "
+                "resume unchecked, or make a new folder"
+            ) from None
         if recorded != json.loads(json.dumps(settings)):
             raise FerkitError(
                 f"--resume: {path} records {_settings_text(recorded['detector'])}, these options give "
