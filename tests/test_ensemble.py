@@ -86,6 +86,11 @@ def test_a_member_taken_out_of_an_ensemble_reads_as_it_did_before_it_went_in(tmp
     ckpt = read_checkpoint(out)
     assert (ckpt["epoch"], ckpt["temperature"]) == (2, 1.5)
     assert ckpt["class_counts"] == dict.fromkeys(CLASSES, 10)
+    # Paired again under another file name, it is still named by the run it was trained in.
+    kept = tmp_path / "kept.safetensors"
+    assert main(["ensemble", str(pair), "--member", "1", "--out", str(kept)]) == 0
+    assert main(["ensemble", str(a), str(kept), "--out", str(tmp_path / "again.safetensors")]) == 0
+    assert [m["source"] for m in read_checkpoint(tmp_path / "again.safetensors")["members"]] == ["a.pth", "b.pth"]
 
 
 def test_an_ensemble_records_its_members_training_compute_summed_only_when_each_has_one(tmp_path):

@@ -64,7 +64,8 @@ BUNDLED_MODELS = {"fer2013_resnet18": BUNDLED, "fer2013_resnet18.int8": WEIGHTS 
 _RUN_RECORD = ("epoch", "metrics", "select_split", "pflop")
 TRAINING_RECORD = (*_RUN_RECORD, "members")
 # trained_with: the command that trained the bundled models of 2026-12-02 and before, kept when they are re-written.
-_META_KEYS = ("classes", "config", *TRAINING_RECORD, "trained_with", "temperature", "class_counts")
+# source: the run a network taken out of an ensemble was trained in, so that a new ensemble names its origin.
+_META_KEYS = ("classes", "config", *TRAINING_RECORD, "trained_with", "temperature", "class_counts", "source")
 # What an ensemble keeps of each member's checkpoint (:mod:`ferkit.inference.ensemble`).
 MEMBER_KEYS = ("config", *_RUN_RECORD, "trained_with", "temperature")
 

@@ -56,7 +56,8 @@ def combine_checkpoints(paths: list[str | os.PathLike]) -> dict[str, Any]:
             networks += model.model.members
         else:
             members.append(
-                {k: model.checkpoint[k] for k in MEMBER_KEYS if k in model.checkpoint} | {"source": _source(path)}
+                {k: model.checkpoint[k] for k in MEMBER_KEYS if k in model.checkpoint}
+                | {"source": model.checkpoint.get("source") or _source(path)}
             )
             networks.append(model.model)
     costs = [m.get("pflop") for m in members]
@@ -66,7 +67,8 @@ def combine_checkpoints(paths: list[str | os.PathLike]) -> dict[str, Any]:
 
 def member_checkpoint(path: str | os.PathLike | None, index: int) -> dict[str, Any]:
     """Network ``index`` (from 0) of an ensemble as a model of its own: its weights, config and training record as
-    the ensemble kept them, and the ensemble's training class mix. The ensemble's temperature was fitted for the
+    the ensemble kept them (its source, the run it came from, included), and the ensemble's training class mix. The
+    ensemble's temperature was fitted for the
     average, so the network keeps only a temperature of its own, if it had one."""
     loaded = load_model(path)
     if not isinstance(loaded.model, Ensemble):
@@ -78,7 +80,7 @@ def member_checkpoint(path: str | os.PathLike | None, index: int) -> dict[str, A
         names = ", ".join(f"{i}: {m.get('source', '?')}" for i, m in enumerate(members))
         raise FerkitError(f"--member {index}: {model_path(path)} has {len(members)} networks ({names})")
     record = members[index]
-    extra = {k: record[k] for k in MEMBER_KEYS if k in record and k != "config"}
+    extra = {k: record[k] for k in (*MEMBER_KEYS, "source") if k in record and k != "config"}
     if "class_counts" in loaded.checkpoint:
         extra["class_counts"] = loaded.checkpoint["class_counts"]
     return make_checkpoint(loaded.model.members[index], Config.from_dict(record["config"]), loaded.classes, **extra)
