@@ -48,8 +48,9 @@ def test_the_bundled_model_names_its_networks_and_what_is_not_recorded(capsys):
         assert f"epoch {m['epoch']}, PublicTest accuracy {m['metrics']['accuracy']:.2%}" in line
         assert line.endswith("training PFLOP not recorded")
     # The average's own figure is the one ferkit calibrate measured on the selection split; it has no epoch.
-    own = f"  trained: PublicTest accuracy {ckpt['metrics']['accuracy']:.2%}, macro F1 {ckpt['metrics']['macro_f1']:.3f}"
-    assert own + ", training PFLOP not recorded" in lines
+    own = ckpt["metrics"]
+    figure = f"PublicTest accuracy {own['accuracy']:.2%}, macro F1 {own['macro_f1']:.3f}"
+    assert f"  trained: {figure}, training PFLOP not recorded" in lines
     assert "predict reads it for --prior photos" in lines[3]  # it records its training mix
     # The int8 export carries the same record in its metadata.
     assert main(["info", "fer2013_resnet18.int8", "--json"]) == 0
