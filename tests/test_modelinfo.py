@@ -32,6 +32,15 @@ def test_a_trained_checkpoint_is_described_from_its_own_record(tmp_path, capsys)
     info = json.loads(capsys.readouterr().out)
     assert (info["epoch"], info["metrics"], info["pflop"], info["temperature"]) == (7, record["metrics"], 0.125, 1.25)
     assert Config.from_dict(info["config"]) == cfg and info["members"] == []
+    # A fine-tuned run's epochs count from the network it started from, which its line names.
+    tuned = tmp_path / "tuned.pth"
+    cfg = cfg.updated({"init_from": str(tmp_path / "teachers" / "start.safetensors")})
+    atomic_save(make_checkpoint(build_model(cfg, 7), cfg, CLASSES, **record), tuned)
+    assert main(["info", str(tuned)]) == 0
+    assert (
+        "  trained: epoch 7 after starting from start.safetensors, PublicTest accuracy 65.43%, macro F1 0.512, "
+        "training PFLOP not recorded" in capsys.readouterr().out.splitlines()
+    )
 
 
 def test_the_bundled_model_names_its_networks_and_what_is_not_recorded(capsys):
@@ -45,7 +54,7 @@ def test_the_bundled_model_names_its_networks_and_what_is_not_recorded(capsys):
     # Its networks were trained before files recorded their compute: said, not left blank or made up.
     for i, m in enumerate(members):
         line = next(line for line in lines if line.startswith(f"  network {i} ({m['source']}): "))
-        assert f"epoch {m['epoch']}, PublicTest accuracy {m['metrics']['accuracy']:.2%}" in line
+        assert f"epoch {m['epoch']}" in line and f"PublicTest accuracy {m['metrics']['accuracy']:.2%}" in line
         assert line.endswith("training PFLOP not recorded")
     # The average's own figure is the one ferkit calibrate measured on the selection split; it has no epoch.
     own = ckpt["metrics"]

@@ -215,7 +215,7 @@ def test_health_and_model_describe_the_server_and_the_checkpoint(client):
         {"accuracy": 0.5, "macro_f1": 0.25},
         "PublicTest",
     )
-    assert model["members"] == []  # one network, not an ensemble
+    assert model["members"] == [] and model["init_from"] is None  # one network, trained from scratch
     assert model["temperature"] == 1.0  # never calibrated
     assert model["prior"] == "model"  # auto: this file records no training mix to read photos away from
 

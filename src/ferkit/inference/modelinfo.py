@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ..data.transforms import preprocessing
@@ -23,12 +24,14 @@ def describe_model(model: InferenceModel | Predictor) -> dict[str, Any]:
         "metrics": record.get("metrics"),
         "select_split": record.get("select_split"),
         "pflop": record.get("pflop"),
+        "init_from": cfg.init_from,
         "members": [
             {
                 "source": m["source"],
                 "arch": m["config"]["arch"],
                 "width": m["config"]["width"],
                 **{k: m.get(k) for k in ("epoch", "metrics", "select_split", "pflop")},
+                "init_from": m["config"].get("init_from"),
             }
             for m in record.get("members", [])
         ],
@@ -66,7 +69,9 @@ def format_model_info(info: dict[str, Any]) -> str:
 def _run(record: dict[str, Any]) -> str:
     parts = []
     if record.get("epoch") is not None:
-        parts.append(f"epoch {record['epoch']}")
+        # A fine-tuned network's epochs count from its start, which the reader should know of.
+        start = record.get("init_from")
+        parts.append(f"epoch {record['epoch']}" + (f" after starting from {Path(start).name}" if start else ""))
     if record.get("metrics"):
         m = record["metrics"]
         parts.append(f"{record['select_split']} accuracy {m['accuracy']:.2%}, macro F1 {m['macro_f1']:.3f}")

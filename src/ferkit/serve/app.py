@@ -78,6 +78,7 @@ class Member(BaseModel):
     metrics: dict[str, Any] | None = Field(description="its selection-split metrics, recorded when it was chosen")
     select_split: str | None = Field(description="the split those metrics were measured on")
     pflop: float | None = Field(description="the training compute behind its weights, when recorded")
+    init_from: str | None = Field(description="the model file its training started from, when it was fine-tuned")
 
 
 class ModelInfo(BaseModel):
@@ -92,6 +93,7 @@ class ModelInfo(BaseModel):
     pflop: float | None = Field(
         description="the training compute behind the weights (PFLOP; an ensemble's, its members' summed), when recorded"
     )
+    init_from: str | None = Field(description="the model file its training started from, when it was fine-tuned")
     members: list[Member] = Field(description="an ensemble's networks, what training recorded of each; empty for one")
     temperature: float = Field(description="what the logits are divided by (fitted by ferkit calibrate; 1: none)")
     prior: str = Field(description="the class mix the probabilities are read for (ferkit.evaluation.prior)")
