@@ -4,7 +4,7 @@
 # fine-tuned for 3 epochs with the photo augmentations, the two averaged into one model (`ferkit ensemble`), then the
 # two files ferkit ships, calibrated, and their figures.
 #
-#   bash benchmarks/make_bundled.sh [RUNS]        # RUNS: where the two runs live (default runs/make_bundled)
+#   bash benchmarks/make_bundled.sh [RUNS]        # RUNS: where the three runs live (default runs/make_bundled)
 #
 # Compute: teacher 1.935 + its labelling of the training images 0.020 + student 1.935 + the teacher's fine-tune
 # 0.091 = 3.98 PFLOP (issue 20's budget for the bundled model is 4). About 2 hours a run with 2 threads on a 2-core

@@ -68,8 +68,8 @@ def combine_checkpoints(paths: list[str | os.PathLike]) -> dict[str, Any]:
 def member_checkpoint(path: str | os.PathLike | None, index: int) -> dict[str, Any]:
     """Network ``index`` (from 0) of an ensemble as a model of its own: its weights, config and training record as
     the ensemble kept them (its source, the run it came from, included), and the ensemble's training class mix. The
-    ensemble's temperature was fitted for the
-    average, so the network keeps only a temperature of its own, if it had one."""
+    ensemble's temperature was fitted for the average, so the network keeps only a temperature of its own, if it had
+    one."""
     loaded = load_model(path)
     if not isinstance(loaded.model, Ensemble):
         raise FerkitError(
