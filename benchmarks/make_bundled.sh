@@ -64,12 +64,11 @@ if [[ -z "${TUNED:-}" ]]; then
         --seed 2 --optimizer sgd --lr 0.005 --weight-decay 5e-4 "$@"
     TUNED="$RUNS/tuned"
 fi
-model() { [[ -d "$1" ]] && echo "$1/best.pth" || echo "$1"; }
 
 # The two averaged as one model, fp16 safetensors with the config, classes and each member's training record in its
 # header; T fitted on PublicTest for the average. The int8 twin is exported from that file and carries its T, so
 # the two report the same confidences.
-ferkit ensemble "$(model "$TUNED")" "$(model "$STUDENT")" --out "$FP32"
+ferkit ensemble "$TUNED" "$STUDENT" --out "$FP32"  # a run folder stands for its best.pth
 ferkit calibrate "$FP32" --data "$FER2013" --workers 2
 ferkit export "$FP32" --int8 --calibration-data "$FER2013" --out "$INT8"
 

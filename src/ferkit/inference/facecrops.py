@@ -155,12 +155,13 @@ def _record_detector(out: Path, detector: Detector, resume: bool) -> None:
     if resume and path.is_file():
         try:
             recorded = json.loads(path.read_text())
-            recorded["detector"].items()
-        except (ValueError, TypeError, KeyError, AttributeError):
+        except ValueError:
+            recorded = None
+        if not isinstance(recorded, dict) or not isinstance(recorded.get("detector"), dict):
             raise FerkitError(
                 f"--resume: {path} does not hold the detector settings ferkit writes there; restore it, delete it to "
                 "resume unchecked, or make a new folder"
-            ) from None
+            )
         if recorded != json.loads(json.dumps(settings)):
             raise FerkitError(
                 f"--resume: {path} records {_settings_text(recorded['detector'])}, these options give "
