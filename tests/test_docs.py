@@ -1,9 +1,12 @@
-"""Every ferkit command the user-facing documents show parses with today's command line, and every benchmark script
-they name exists: a renamed flag or script breaks this test, not a reader's first try."""
+"""Every ferkit command the user-facing documents show parses with today's command line, every benchmark script they
+name exists, and their Python examples use names that exist: a renamed flag, script or method breaks this test, not a
+reader's first try."""
 
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib
 import re
 import shlex
 from pathlib import Path
@@ -91,3 +94,36 @@ def test_a_wrong_flag_is_caught(capsys):
         build_parser(["predict"]).parse_args(["predict", "photo.jpg", "--no-such-flag"])
     assert unknown_flags(["data", "faces", "--out", "x", "--no-such-flag=1"]) == ["--no-such-flag=1"]
     assert unknown_flags(["predict", "--camera"]) == []
+
+
+def python_blocks() -> list[tuple[str, str]]:
+    return [(doc.name, body) for doc in DOCS for lang, body in FENCE.findall(doc.read_text()) if lang == "python"]
+
+
+def python_problems(body: str) -> list[str]:
+    """What a Python example uses that does not exist: names it imports, and what it calls on a Predictor, a Result
+    or a Face (the variables the examples name ``predictor``, ``result`` and ``face``)."""
+    from ferkit.inference import Predictor
+    from ferkit.inference.results import Face, Result
+
+    objects = {"predictor": Predictor, "result": Result, "face": Face}
+    problems = []
+    for node in ast.walk(ast.parse(body)):
+        if isinstance(node, ast.ImportFrom):
+            module = importlib.import_module(node.module)
+            problems += [f"{node.module}.{a.name}" for a in node.names if not hasattr(module, a.name)]
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in objects:
+            owner = objects[node.value.id]
+            if not (hasattr(owner, node.attr) or node.attr in getattr(owner, "__dataclass_fields__", {})):
+                problems.append(f"{owner.__name__}.{node.attr}")
+    return problems
+
+
+@pytest.mark.parametrize(("doc", "body"), python_blocks(), ids=lambda v: v[:40])
+def test_documented_python_names_exist(doc, body):
+    assert not python_problems(body), f"{doc}: its Python example uses {python_problems(body)}, which do not exist"
+
+
+def test_a_wrong_python_name_is_caught():
+    bad = "from ferkit.inference import Nope\nresult = predictor.predict_nothing('a.jpg')\nprint(face.box, face.mood)"
+    assert python_problems(bad) == ["ferkit.inference.Nope", "Predictor.predict_nothing", "Face.mood"]
