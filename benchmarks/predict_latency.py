@@ -1,6 +1,7 @@
 """Prediction speed on this machine: per-face classification and a whole photo, per back end.
 
     python benchmarks/predict_latency.py [--checkpoint CKPT] [--data FER2013] [--repeats 50] [--json out.json]
+    python benchmarks/predict_latency.py --tta scales --json benchmarks/results/predict_latency_scales.json
 
 For the checkpoint (default: the model bundled with ferkit) and for the specification's 96x96 input
 (untrained weights: speed depends only on the architecture and input size), measures side by side:
@@ -11,6 +12,8 @@ For the checkpoint (default: the model bundled with ferkit) and for the specific
 - end to end for one 1-megapixel photo (scikit-image's astronaut upscaled to 1024x1024): reading
   the decoded array, face detection and classification, with the detection share and the number
   of faces found (1 is right: there is one person).
+With ``--tta MODE`` the fp32 PyTorch and onnxruntime rows are timed again with that test-time augmentation
+(``_MODE`` rows), beside the plain ones in the same run.
 Medians over ``--repeats`` runs after warm-up. Prints a table and writes JSON.
 """
 
@@ -31,7 +34,7 @@ from ferkit.checkpoint import BUNDLED_MODELS, LoadedModel, load_model, make_chec
 from ferkit.config import Config
 from ferkit.inference.export import calibration_images, quantize_int8, to_onnx_bytes
 from ferkit.inference.loading import OnnxRuntimeModel
-from ferkit.inference.predict import Predictor
+from ferkit.inference.predict import TTA_MODES, Predictor
 from ferkit.model import build_model
 from ferkit.runtime import cpu_has_native_bf16, machine_description
 
@@ -54,7 +57,12 @@ def spec_size_model(loaded: LoadedModel) -> LoadedModel:
 
 
 def measure(
-    loaded: LoadedModel, photo: np.ndarray, repeats: int, data: str | None, int8_file: Path | None = None
+    loaded: LoadedModel,
+    photo: np.ndarray,
+    repeats: int,
+    data: str | None,
+    int8_file: Path | None = None,
+    tta: str = "none",
 ) -> dict:
     size = loaded.config.image_size
     onnx = to_onnx_bytes(loaded)
@@ -66,6 +74,11 @@ def measure(
     int8 = int8_file or (quantize_int8(onnx, calibration_images(loaded, data, 256)) if data is not None else None)
     if int8 is not None:
         backends["onnxruntime_int8"] = Predictor(OnnxRuntimeModel(int8), loaded.config, loaded.classes, device="cpu")
+    if tta != "none":
+        # Beside the plain rows in the same run, so that the cost of the extra views is a ratio of neighbours.
+        for name in ("torch_fp32", "onnxruntime"):
+            plain = backends[name]
+            backends[f"{name}_{tta}"] = Predictor(plain.model, loaded.config, loaded.classes, device="cpu", tta=tta)
     face = Image.fromarray(photo[134:322, 354:542])  # roughly her face, as a detector would crop it
     out = {"image_size": size}
     for name, predictor in backends.items():
@@ -94,6 +107,11 @@ def main() -> None:
     parser.add_argument("--data", default=DEFAULT_DATA, help="FER2013, for int8 calibration")
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/predict_latency.json"))
+    parser.add_argument(
+        "--tta",
+        choices=[m for m in TTA_MODES if m != "none"],
+        help="also time the fp32 rows with this test-time augmentation, beside the plain ones",
+    )
     args = parser.parse_args()
 
     from skimage import data
@@ -115,9 +133,10 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "photo": "skimage astronaut resized to 1024x1024",
         "checkpoint": args.checkpoint or "bundled",
+        "tta": args.tta or "none",
         "models": [
-            measure(loaded, photo, args.repeats, data, int8_file),
-            measure(spec_size_model(loaded), photo, args.repeats, data),
+            measure(loaded, photo, args.repeats, data, int8_file, args.tta or "none"),
+            measure(spec_size_model(loaded), photo, args.repeats, data, tta=args.tta or "none"),
         ],
     }
     for m in results["models"]:
@@ -126,9 +145,7 @@ def main() -> None:
             f"faces found on the photo: {m['faces_found']}"
         )
         print(f"{'backend':<18}{'batch-1 ms':>12}{'faces/s @64':>13}{'1MP photo ms':>14}")
-        for name in ("torch_fp32", "torch_bf16", "onnxruntime", "onnxruntime_int8"):
-            if name not in m:
-                continue
+        for name in [k for k in m if isinstance(m[k], dict)]:
             r = m[name]
             rate = "skipped" if r["batch64_faces_per_s"] is None else f"{r['batch64_faces_per_s']:.1f}"
             print(f"{name:<18}{r['batch1_ms']:>12.2f}{rate:>13}{r['photo_end_to_end_ms']:>14.1f}")

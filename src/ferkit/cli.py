@@ -390,8 +390,21 @@ def _built_detector(args: argparse.Namespace):
     return build_detector(args.detector, args.min_face, args.face_threshold)
 
 
+TTA_HELP = {
+    "flip": "the face and its mirror",
+    "scales": "the face framed at 85%%, 100%% and 115%%",
+    "tencrop": "ten crops of a 12.5%% larger resize",
+}
+
+
 def _tta(parser: argparse.ArgumentParser, modes: tuple[str, ...]) -> None:
-    parser.add_argument("--tta", choices=modes, default="none", help="test-time augmentation")
+    views = "; ".join(f"{m}: {TTA_HELP[m]}" for m in modes if m != "none")
+    parser.add_argument(
+        "--tta",
+        choices=modes,
+        default="none",
+        help=f"test-time augmentation, the probabilities of several views averaged ({views})",
+    )
 
 
 def _prior(parser: argparse.ArgumentParser, default: str) -> None:

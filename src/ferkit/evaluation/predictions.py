@@ -13,7 +13,21 @@ from ..config import Config
 from ..data.loaders import batches_of
 from ..runtime import autocast
 
-TTA_MODES = ("none", "flip", "tencrop")
+TTA_MODES = ("none", "flip", "tencrop", "scales")
+# Issue 20's range of framings a face must read alike at: a detector's box, a crop by hand and a photo's whole frame
+# place the same face this much tighter or looser.
+SCALE_FRAMINGS = (0.85, 1.0, 1.15)
+
+
+def reframed(x: Tensor, framing: float) -> Tensor:
+    """The batch as a box of ``framing`` times its sides about the centre would show it, at the same size: below 1 the
+    centre enlarged, above 1 shrunk with the edge pixels continued beyond the image (as photos continue around a
+    detector's box)."""
+    if framing == 1.0:
+        return x
+    theta = torch.tensor([[framing, 0.0, 0.0], [0.0, framing, 0.0]], dtype=x.dtype, device=x.device)
+    grid = F.affine_grid(theta.expand(len(x), 2, 3), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def tta_views(x: Tensor, mode: str) -> list[Tensor]:
@@ -29,6 +43,8 @@ def tta_views(x: Tensor, mode: str) -> list[Tensor]:
             x, size=(size * 9 // 8, size * 9 // 8), mode="bilinear", align_corners=False, antialias=False
         )
         return list(TF.ten_crop(larger, [size, size]))
+    if mode == "scales":
+        return [reframed(x, f) for f in SCALE_FRAMINGS]
     raise ValueError(f"unknown TTA mode {mode!r}; choose from {TTA_MODES}")
 
 

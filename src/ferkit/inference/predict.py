@@ -43,7 +43,7 @@ from .tracking import SMOOTH_S, Summary, Tracker
 from .video import WRITABLE_VIDEO_SUFFIXES, VideoWriter, frame_count, is_video, list_videos, read_video, video_fps
 
 # Faces are often classified live, so tencrop's ten forward passes a face are left to evaluation.
-TTA_MODES = ("none", "flip")
+TTA_MODES = ("none", "flip", "scales")
 MARGIN = 0.1  # for detectors without landmarks (Haar), whose boxes are cut out as they are
 BATCH_SIZE = 64
 
