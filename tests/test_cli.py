@@ -66,9 +66,8 @@ def test_shared_options_carry_the_library_defaults(command):
     assert "fer2013_resnet18.int8" in _option(command, "checkpoint").help
     if command != "evaluate":
         assert _option(command, "--backend").choices == BACKENDS
-    if command != "serve":
-        tta = _option(command, "--tta")
-        assert tta.default == "none" and tta.choices == (TTA_MODES if command == "evaluate" else predict.TTA_MODES)
+    tta = _option(command, "--tta")
+    assert tta.default == "none" and tta.choices == (TTA_MODES if command == "evaluate" else predict.TTA_MODES)
 
 
 def test_command_defaults_are_the_library_functions():

@@ -218,6 +218,19 @@ def test_health_and_model_describe_the_server_and_the_checkpoint(client):
     assert model["members"] == [] and model["init_from"] is None  # one network, trained from scratch
     assert model["temperature"] == 1.0  # never calibrated
     assert model["prior"] == "model"  # auto: this file records no training mix to read photos away from
+    assert model["tta"] == "none"
+
+
+def test_a_server_reads_faces_with_its_predictors_tta_and_says_which(checkpoint, astronaut):
+    scaled = Predictor.from_checkpoint(checkpoint, tta="scales")
+    with LiveServer(create_app(scaled, describe_model(scaled))) as live, httpx.Client(base_url=live.url) as c:
+        assert c.get("/model").json()["tta"] == "scales"
+        response = c.post("/predict", files={"file": ("astronaut.png", astronaut.read_bytes())}, timeout=60)
+    [served] = response.json()["results"][0]["faces"]
+    [local] = scaled.predict(astronaut).faces
+    [plain] = Predictor.from_checkpoint(checkpoint).predict(astronaut).faces
+    assert served["probabilities"] == pytest.approx(local.probabilities, abs=1e-5)
+    assert served["probabilities"] != pytest.approx(plain.probabilities, abs=1e-4)
 
 
 def test_openapi_schema_documents_what_the_endpoints_do(client):

@@ -338,6 +338,7 @@ def _serve(args: argparse.Namespace) -> int:
         device=args.device,
         detector=_built_detector(args),
         prior=args.prior,
+        tta=args.tta,
     )
     return 0
 
@@ -578,6 +579,7 @@ def add_ensemble_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     from .evaluation.prior import PHOTO_PRIOR
+    from .inference.predict import TTA_MODES
     from .serve import limits
 
     _checkpoint(p, "--checkpoint")
@@ -588,6 +590,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=int, default=limits.MAX_BATCH, help="most concurrent uploads in one batch")
     p.add_argument("--max-queue", type=int, default=limits.MAX_QUEUE, help="requests in progress before 503")
     _detector(p)
+    _tta(p, TTA_MODES)
     _prior(p, PHOTO_PRIOR)
     _backend(p)
     _device(p)

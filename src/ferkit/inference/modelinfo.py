@@ -38,6 +38,8 @@ def describe_model(model: InferenceModel | Predictor) -> dict[str, Any]:
         # Both wrap the network in its stored temperature (evaluation.calibration.Tempered).
         "temperature": getattr(model.model, "temperature", 1.0),
         "prior": model.prior,
+        # A file is read plainly; a predictor may read each face through several views.
+        "tta": model.tta if isinstance(model, Predictor) else "none",
     }
 
 

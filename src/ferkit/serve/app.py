@@ -97,6 +97,7 @@ class ModelInfo(BaseModel):
     members: list[Member] = Field(description="an ensemble's networks, what training recorded of each; empty for one")
     temperature: float = Field(description="what the logits are divided by (fitted by ferkit calibrate; 1: none)")
     prior: str = Field(description="the class mix the probabilities are read for (ferkit.evaluation.prior)")
+    tta: str = Field(description="the test-time augmentation each face is read with: none, flip or scales")
 
 
 class Error(BaseModel):
@@ -438,6 +439,7 @@ def run(
     device: str = "auto",
     detector: Detector | None = None,
     prior: str = PHOTO_PRIOR,
+    tta: str = "none",
 ) -> None:
     """Load the checkpoint (default: the model bundled with ferkit) and serve it with uvicorn until Ctrl-C."""
     for flag, value in (
@@ -449,7 +451,9 @@ def run(
         if value <= 0:
             raise FerkitError(f"{flag} must be positive, got {value}")
     check_port(host, port)
-    predictor = Predictor.from_checkpoint(checkpoint, backend=backend, device=device, detector=detector, prior=prior)
+    predictor = Predictor.from_checkpoint(
+        checkpoint, backend=backend, device=device, detector=detector, prior=prior, tta=tta
+    )
     app = create_app(
         predictor,
         max_upload_bytes=round(max_upload_mb * MB),
