@@ -351,6 +351,17 @@ def test_page_names_an_ensembles_networks_with_their_selection_accuracy(browser,
 
 
 @pytest.mark.slow
+def test_page_says_when_faces_are_read_through_several_framings(browser, checkpoint):
+    predictor = Predictor.from_checkpoint(checkpoint, tta="scales")
+    with LiveServer(create_app(predictor, describe_model(predictor))) as live:
+        page, errors = open_page(browser, live)
+        info = page.locator("#model-info").text_content()
+        page.close()
+    assert "read for its training data's class mix, each face framed at 85%, 100% and 115%. Uploads" in info
+    assert errors == []
+
+
+@pytest.mark.slow
 def test_page_uploads_a_photo_and_draws_the_box_and_seven_bars(browser, server, astronaut):
     page, errors = open_page(browser, server)
     assert "read for its training data's class mix" in page.locator("#model-info").text_content()

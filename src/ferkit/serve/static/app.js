@@ -69,8 +69,10 @@ async function loadModelInfo() {
       ? `${m.source}: ${m.select_split || "selection"} ${percent(m.metrics.accuracy)}` : m.source;
     const networks = model.members && model.members.length > 1
       ? `the average of ${model.members.length} networks (${model.members.map(network).join("; ")})` : model.arch;
+    const views = { flip: ", each face with its mirror", scales: ", each face framed at 85%, 100% and 115%" };
     info.textContent = `Model: ${networks} at ${size}x${size} (${source}${epoch}${accuracy}); ` +
-      `classes ${model.classes.join(", ")}, read for ${mix}. Uploads up to ${megabytes(maxUploadBytes)} MB.`;
+      `classes ${model.classes.join(", ")}, read for ${mix}${views[model.tta] || ""}. ` +
+      `Uploads up to ${megabytes(maxUploadBytes)} MB.`;
   } catch (error) {
     info.textContent = `Model information unavailable: ${error.message}`;
   }
