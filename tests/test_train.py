@@ -444,26 +444,32 @@ def test_workers_are_cut_to_the_cores_in_one_log_line_without_pytorchs_warning(
     assert "workers data pipeline (1 DataLoader workers" in log
 
 
-@pytest.mark.parametrize("pipeline", ["workers", "batched"])
-def test_distillation_trains_on_the_teachers_probabilities_once(finished_run, tmp_path, pipeline):
+@pytest.mark.parametrize(("pipeline", "views", "passes"), [("workers", "flip", 2), ("batched", "scales", 3)])
+def test_distillation_trains_on_the_teachers_probabilities_once(finished_run, tmp_path, pipeline, views, passes):
     teacher_run, _ = finished_run
     teacher = tmp_path / "teacher.pth"
     shutil.copy(teacher_run / "best.pth", teacher)
     data = teacher_run.parent / "fer"
     cfg = tiny(
-        data, tmp_path / "student", epochs=1, data_pipeline=pipeline, mixup_alpha=0.2, distill_from=(str(teacher),) * 2
+        data,
+        tmp_path / "student",
+        epochs=1,
+        data_pipeline=pipeline,
+        mixup_alpha=0.2,
+        distill_from=(str(teacher),) * 2,
+        distill_views=views,
     )
     report = train(cfg)
 
     saved = torch.load(tmp_path / "student" / "teachers.pt", weights_only=True)
     probs = saved["probs"]
-    assert probs.shape == (28, 7) and torch.allclose(probs.sum(dim=1), torch.ones(28))
-    # Two copies of one teacher average to that teacher's own flip-averaged probabilities.
+    assert probs.shape == (28, 7) and torch.allclose(probs.sum(dim=1), torch.ones(28)) and saved["views"] == views
+    # Two copies of one teacher average to that teacher's own probabilities over the views (its TTA of that name).
     loaded = load_model(teacher)
     first = build_test_transform(loaded.config)(Image.open(saved["names"][0]))[None]
-    assert torch.allclose(probs[0], predict_probs(loaded.model, first, tta="flip")[0], atol=1e-5)
+    assert torch.allclose(probs[0], predict_probs(loaded.model, first, tta=views)[0], atol=1e-5)
     student = gflop_per_image(cfg) * 28 / 1e6
-    labelling = 2 * 2 * 28 * inference_flops(loaded.model, 16) / 1e15
+    labelling = 2 * passes * 28 * inference_flops(loaded.model, 16) / 1e15
     assert report["pflop"] == pytest.approx(student + labelling)
     log = (tmp_path / "student" / "train.log").read_text()
     assert "teachers labelled 28 training images" in log
@@ -506,13 +512,12 @@ def test_the_bundled_model_teaches_by_its_name(image_folder):
     assert pflop == pytest.approx(2 * 28 * inference_flops(load_model().model, 48) / 1e15)
 
 
-def test_a_distillation_temperature_softens_the_teachers_calibrated_probabilities(image_folder, monkeypatch):
+def test_a_distillation_temperature_softens_the_teachers_calibrated_probabilities(image_folder):
     # One view, so that a row is one softmax and the temperature's effect has a closed form.
-    monkeypatch.setattr("ferkit.training.distill.VIEWS", "none")
     samples = load_splits(str(image_folder), "clean").train
     speed = Speed.resolve(Config(workers=0))
-    sharp, _ = teacher_probs(("fer2013_resnet18",), samples, CLASSES, speed, False)
-    soft, _ = teacher_probs(("fer2013_resnet18",), samples, CLASSES, speed, False, temperature=2.0)
+    sharp, _ = teacher_probs(("fer2013_resnet18",), samples, CLASSES, speed, False, views="none")
+    soft, _ = teacher_probs(("fer2013_resnet18",), samples, CLASSES, speed, False, temperature=2.0, views="none")
     # softmax(z / 2T) = softmax(log softmax(z / T) / 2): the same teacher, its logits halved.
     assert torch.allclose(soft, torch.softmax(sharp.log() / 2, dim=1), atol=1e-5)
     assert (soft.max(dim=1).values < sharp.max(dim=1).values).all()

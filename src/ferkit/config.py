@@ -241,9 +241,9 @@ class Config:
     distill_from: tuple[str, ...] = _opt(
         "optimisation",
         (),
-        "teacher checkpoints (knowledge distillation): their probabilities for each training image and its mirror, "
-        "averaged and each at its calibrated temperature, computed once before the first epoch and kept in the "
-        "run folder as teachers.pt, become part of that image's target (none: off)",
+        "teacher checkpoints (knowledge distillation): their probabilities for each training image (and its mirror, "
+        "or see --distill-views), averaged and each at its calibrated temperature, computed once before the first "
+        "epoch and kept in the run folder as teachers.pt, become part of that image's target (none: off)",
         paths=True,
         metavar="CKPT",
     )
@@ -252,6 +252,13 @@ class Config:
         0.5,
         "share of the teachers' probabilities in each target with --distill-from; the label has the rest",
         bounds="[0, 1]",
+    )
+    distill_views: str = _opt(
+        "optimisation",
+        "flip",
+        "what the teachers read of each training image with --distill-from, their probabilities averaged: flip, "
+        "the image and its mirror; scales, the image framed 0.85, 1 and 1.15 times as wide (as --tta scales)",
+        choices=("flip", "scales"),
     )
     distill_temperature: float = _opt(
         "optimisation",

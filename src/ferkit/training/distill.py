@@ -1,7 +1,8 @@
 """Knowledge distillation from finished runs: each training image's target is part its label, part what teachers say.
 
 The teachers (``--distill-from``) are read once, before the first epoch: each predicts every training image and its
-mirror with its own preprocessing and calibrated temperature, and their probabilities are averaged. That costs one
+mirror (or, with ``--distill-views scales``, the image framed tighter and looser) with its own preprocessing and
+calibrated temperature, and their probabilities are averaged. That costs one
 forward pass per teacher and view, once (counted in the run's PFLOP), instead of a teacher pass every step, so an
 ensemble teaches for a small share of a run's compute; the price is that a target describes the image before its
 augmentation. The probabilities are kept in the run folder (``teachers.pt``), so a resumed run needs neither the
@@ -26,14 +27,15 @@ from ..data.loaders import make_loader
 from ..data.transforms import build_test_transform
 from ..errors import FerkitError
 from ..evaluation.calibration import Tempered
-from ..evaluation.predictions import collect_probs
+from ..evaluation.predictions import collect_probs, tta_views
 from ..model import inference_flops
 from ..runtime import Speed
 
 log = logging.getLogger("ferkit")
 
 TEACHERS_FILE = "teachers.pt"
-VIEWS = "flip"  # each image and its mirror: training flips, so both are images the student learns from
+# Training flips and reframes, so the views are images the student learns from; how the log names them.
+VIEWS = {"none": "as they are", "flip": "and their mirrors", "scales": "each framed at 85%, 100% and 115%"}
 BATCH_SIZE = 256
 # A teacher's classes must be the data's: the bundled model, for one, knows FER2013's seven only.
 TEACHER_FIX = "give --distill-from teachers trained on these classes, or --distill-from alone to train without one"
@@ -52,9 +54,15 @@ def soft_targets(
     path = Path(cfg.out) / TEACHERS_FILE
     if not resume and dist.is_main():
         probs, pflop = teacher_probs(
-            cfg.distill_from, samples, classes, speed, cfg.bad_images == "skip", cfg.distill_temperature
+            cfg.distill_from,
+            samples,
+            classes,
+            speed,
+            cfg.bad_images == "skip",
+            cfg.distill_temperature,
+            cfg.distill_views,
         )
-        record = {"names": [s.name for s in samples], "teachers": list(cfg.distill_from)}
+        record = {"names": [s.name for s in samples], "teachers": list(cfg.distill_from), "views": cfg.distill_views}
         atomic_save({**record, "probs": probs, "temperature": cfg.distill_temperature}, path)
     dist.barrier()
     if resume or not dist.is_main():
@@ -69,25 +77,27 @@ def teacher_probs(
     speed: Speed,
     skip_bad: bool,
     temperature: float = 1.0,
+    views: str = "flip",
 ) -> tuple[Tensor, float]:
-    """The teachers' mean probabilities for every sample and its mirror, [N, classes] on the CPU, and their PFLOP,
-    each teacher at its calibrated temperature times ``temperature``.
+    """The teachers' mean probabilities for every sample over ``views`` (a TTA mode of :data:`VIEWS`), [N, classes]
+    on the CPU, and their PFLOP, each teacher at its calibrated temperature times ``temperature``.
 
     An unreadable sample (with ``skip_bad``; else it stops here, named) keeps its one-hot label as its row.
     """
     t0, flops = time.perf_counter(), 0.0
+    passes = len(tta_views(torch.zeros(1, 1, 2, 2), views))  # forward passes an image
     total = torch.zeros(len(samples), len(classes))
     for path in paths:
-        log.info(f"distillation: teacher {file_identity(path)} labels {len(samples)} training images and their mirrors")
+        log.info(f"distillation: teacher {file_identity(path)} labels {len(samples)} training images {VIEWS[views]}")
         loaded = load_model(path)
         check_classes(path, loaded.classes, classes, TEACHER_FIX)
         calibrated = float(loaded.checkpoint.get("temperature", 1.0))
         model = Tempered(loaded.model, calibrated * temperature).to(speed.device)
         dataset = _Indexed(samples, build_test_transform(loaded.config), skip_bad)
         loader = make_loader(dataset, BATCH_SIZE, speed.workers, speed.device, collate_fn=collate_skipping)
-        probs, index = collect_probs(model, loader, speed.device, "fp32", VIEWS)
+        probs, index = collect_probs(model, loader, speed.device, "fp32", views)
         total[torch.from_numpy(index)] += torch.from_numpy(probs)
-        flops += 2 * len(index) * inference_flops(loaded.model, loaded.config.image_size)
+        flops += passes * len(index) * inference_flops(loaded.model, loaded.config.image_size)
     read = total.sum(dim=1) > 0
     labels = _one_hot(samples, classes)
     probs = labels.clone()
@@ -96,7 +106,7 @@ def teacher_probs(
     top = probs[read].max(dim=1).values.mean()
     log.info(
         f"distillation: {len(paths)} teacher{'s' if len(paths) > 1 else ''} labelled {int(read.sum())} training images "
-        f"and their mirrors in {time.perf_counter() - t0:.0f} s ({flops / 1e15:.4f} PFLOP); their mean agrees with "
+        f"{VIEWS[views]} in {time.perf_counter() - t0:.0f} s ({flops / 1e15:.4f} PFLOP); their mean agrees with "
         f"the label on {float(agree):.1%} of them and gives its top class {float(top):.2f} on average"
     )
     return probs, flops / 1e15
