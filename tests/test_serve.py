@@ -226,6 +226,7 @@ def test_a_server_reads_faces_with_its_predictors_tta_and_says_which(checkpoint,
     with LiveServer(create_app(scaled, describe_model(scaled))) as live, httpx.Client(base_url=live.url) as c:
         assert c.get("/model").json()["tta"] == "scales"
         response = c.post("/predict", files={"file": ("astronaut.png", astronaut.read_bytes())}, timeout=60)
+    assert response.json()["tta"] == "scales"
     [served] = response.json()["results"][0]["faces"]
     [local] = scaled.predict(astronaut).faces
     [plain] = Predictor.from_checkpoint(checkpoint).predict(astronaut).faces

@@ -146,11 +146,12 @@ def test_outputs_carry_tracks_and_the_summary_sums_each_person_up(untrained_chec
     assert all(r["label"] == max(CLASSES, key=lambda c: float(r[f"smooth_{c}"])) for r in rows)
     document = json.loads(out["json"].read_text())
     frames = document["results"]
-    assert document["prior"] == "model"  # auto, for a file that records no training mix
+    assert document["prior"] == "model" and document["tta"] == "none"  # auto, for a file without its training mix
     assert len(frames) == 50 and frames[0]["faces"][0]["track"] in (1, 2)
     assert set(frames[0]["faces"][0]["smoothed"]) == set(CLASSES)
     summary = json.loads(out["summary.json"].read_text())
     assert summary["smooth_s"] == SMOOTH_S and summary["classes"] == list(CLASSES) and summary["prior"] == "model"
+    assert summary["tta"] == "none"
     tracks = {t["track"]: t for t in summary["tracks"]}
     assert tracks[1]["first_s"] == 0.0 and tracks[2]["last_s"] == pytest.approx(49 / 25)
     assert tracks[2]["seconds"] == pytest.approx(tracks[2]["frames"] / 25)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from skimage import data
 
+from ferkit.cli import main
 from ferkit.evaluation.predictions import SCALE_FRAMINGS, predict_probs, reframed, tta_views
 from ferkit.inference.predict import Predictor
 
@@ -66,3 +70,13 @@ def test_the_bundled_model_reads_the_astronaut_with_scale_views_on_each_backend(
     probs = np.array(list(scaled.faces[0].probabilities.values()))
     assert probs.sum() == pytest.approx(1.0, abs=1e-5)
     assert not np.allclose(probs, list(plain.faces[0].probabilities.values()), atol=1e-4)
+
+
+def test_predicts_json_says_which_views_each_face_averages(tmp_path, capsys):
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(data.astronaut()).save(photo)
+    assert main(["predict", str(photo), "--tta", "scales", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert (document["prior"], document["tta"]) == ("photos", "scales")
+    [face] = Predictor.default(tta="scales").predict(photo).faces
+    assert document["results"][0]["faces"][0]["probabilities"] == pytest.approx(face.probabilities, abs=1e-6)

@@ -228,7 +228,7 @@ def _predict(args: argparse.Namespace) -> int:
     )
     if videos is None:
         results = predict_source(predictor, args.input, detect=not args.no_detect, annotate=args.annotate)
-        write_results(results, predictor.classes, args.json, args.csv, predictor.prior)
+        write_results(results, predictor.classes, args.json, args.csv, predictor.prior, predictor.tta)
         return 1 if any(r.error for r in results) else 0
     to_stdout = "-" in (args.json, args.csv)
     live = args.camera is not None and not to_stdout  # a camera's frames are printed as they come

@@ -376,8 +376,9 @@ def predict_videos(
     if annotate:  # before the outputs are opened, so a bad path leaves them as they were
         first = sources[0] if isinstance(sources[0], str) else f"camera{sources[0]}"
         annotate = drawing_folder(annotate, root) if many else drawing_target(annotate, first, WRITABLE_VIDEO_SUFFIXES)
-    summary = Summary(predictor.classes, smooth, timelines=bool(plot), prior=predictor.prior)
-    out = ResultStream(predictor.classes, json_to, csv_to, tracked=True, prior=predictor.prior)
+    reading = {"prior": predictor.prior, "tta": predictor.tta}
+    summary = Summary(predictor.classes, smooth, timelines=bool(plot), **reading)
+    out = ResultStream(predictor.classes, json_to, csv_to, tracked=True, **reading)
     files = [s for s in sources if isinstance(s, str)]
     bar = tqdm(total=sum(frame_count(f) for f in files) or None, unit="frame", disable=None if files else True)
     interrupted = False

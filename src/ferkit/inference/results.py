@@ -75,9 +75,10 @@ class Result:
         return out
 
 
-def results_json(results: Sequence[Result], classes: Sequence[str], prior: str = "model") -> str:
-    """``prior``: the class mix the probabilities were read for (ferkit.evaluation.prior), said in the output."""
-    document = {"classes": list(classes), "prior": prior, "results": [r.to_dict() for r in results]}
+def results_json(results: Sequence[Result], classes: Sequence[str], prior: str = "model", tta: str = "none") -> str:
+    """``prior``: the class mix the probabilities were read for (ferkit.evaluation.prior), and ``tta`` the views of
+    each face they average, said in the output."""
+    document = {"classes": list(classes), "prior": prior, "tta": tta, "results": [r.to_dict() for r in results]}
     return json.dumps(document, indent=2)
 
 
@@ -129,8 +130,9 @@ class ResultStream:
     """JSON and CSV written as results come (each to a file or, for ``"-"``, stdout), so a long video holds no
     results in memory and an interruption keeps what was done; :meth:`close` ends the JSON document.
 
-    The JSON is ``{"classes": [...], "prior": "...", "results": [...]}`` with one result a line; ``prior`` names
-    the class mix the probabilities were read for (ferkit.evaluation.prior).
+    The JSON is ``{"classes": [...], "prior": "...", "tta": "...", "results": [...]}`` with one result a line;
+    ``prior`` names the class mix the probabilities were read for (ferkit.evaluation.prior), ``tta`` the views of each
+    face they average.
     """
 
     def __init__(
@@ -140,6 +142,7 @@ class ResultStream:
         csv_to: str | None = None,
         tracked: bool = False,
         prior: str = "model",
+        tta: str = "none",
     ) -> None:
         self.classes, self.tracked = classes, tracked
         self._json, self._csv, self._count = _open(json_to), _open(csv_to), 0
@@ -147,7 +150,8 @@ class ResultStream:
             self._rows = csv.writer(self._csv)
             self._rows.writerow(csv_header(classes, tracked))
         if self._json:
-            self._json.write(f'{{"classes": {json.dumps(list(classes))}, "prior": {json.dumps(prior)}, "results": [')
+            head = f'"classes": {json.dumps(list(classes))}, "prior": {json.dumps(prior)}, "tta": {json.dumps(tta)}'
+            self._json.write(f'{{{head}, "results": [')
 
     def write(self, result: Result) -> None:
         if self._json:
@@ -196,12 +200,13 @@ def write_results(
     json_to: str | None = None,
     csv_to: str | None = None,
     prior: str = "model",
+    tta: str = "none",
 ) -> None:
     """JSON and CSV each to a file or, for ``"-"``, to stdout; the table on stdout unless one of them went there.
 
     Without the table, the errors it would have listed go to stderr, so they are not lost in a pipe.
     """
-    stream = ResultStream(classes, json_to, csv_to, prior=prior)
+    stream = ResultStream(classes, json_to, csv_to, prior=prior, tta=tta)
     for r in results:
         stream.write(r)
     stream.close()

@@ -147,10 +147,16 @@ class Summary:
     """
 
     def __init__(
-        self, classes: Sequence[str], smooth_s: float = SMOOTH_S, timelines: bool = False, prior: str = "model"
+        self,
+        classes: Sequence[str],
+        smooth_s: float = SMOOTH_S,
+        timelines: bool = False,
+        prior: str = "model",
+        tta: str = "none",
     ) -> None:
         self.classes, self.smooth_s, self.timelines = list(classes), smooth_s, timelines
         self.prior = prior  # the class mix the probabilities were read for (ferkit.evaluation.prior)
+        self.tta = tta  # the views of each face they average
         self._runs: dict[tuple[str, int], _Run] = {}
         self._steps: dict[str, float] = {}
 
@@ -215,7 +221,13 @@ class Summary:
         return sum(r["label_changes"] for r in rows) / seconds if seconds else 0.0
 
     def to_json(self) -> str:
-        document = {"classes": self.classes, "prior": self.prior, "smooth_s": self.smooth_s, "tracks": self.rows()}
+        document = {
+            "classes": self.classes,
+            "prior": self.prior,
+            "tta": self.tta,
+            "smooth_s": self.smooth_s,
+            "tracks": self.rows(),
+        }
         return json.dumps(document, indent=2)
 
     def format_table(self) -> str:

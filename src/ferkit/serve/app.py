@@ -52,6 +52,7 @@ class Predictions(BaseModel):
 
     classes: list[str]
     prior: str = Field(description="the class mix the probabilities were read for (ferkit.evaluation.prior)")
+    tta: str = Field(description="the test-time augmentation each face was read with: none, flip or scales")
     results: list[Result]
 
 
@@ -380,7 +381,8 @@ def create_app(
         if session:
             sessions.track(session, result.faces)
         # The very JSON of `ferkit predict --json`; the response model documents it.
-        return Response(results_json([result], predictor.classes, predictor.prior), media_type="application/json")
+        document = results_json([result], predictor.classes, predictor.prior, predictor.tta)
+        return Response(document, media_type="application/json")
 
     @app.get("/health", response_model=Health, operation_id="health", summary="Liveness and the server's limits")
     async def health():
