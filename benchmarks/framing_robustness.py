@@ -15,9 +15,10 @@ Surprise), per framing, and the largest change of a class's recall between frami
 0.05. Each change comes with a 95% bootstrap interval over the photos (Sad has 60: one photo is 0.017 of
 recall). With ``--faces detected`` each reframed photo is read as ``ferkit predict`` reads a photo (its largest face
 found, turned upright and cut out at FER2013's framing; read whole where none is found), which shows how much of
-the swing the product's own path takes out. With ``--paired-with`` the mean swing is also set against another
-model's measured on the same photos, through the same bootstrap draws: two models' separate intervals overlap far
-more than their difference varies. Writes ``benchmarks/results/framing_robustness_NAME.json``, each photo's reading
+the swing the product's own path takes out. With ``--paired-with`` the mean swing, and each framing's accuracy and
+macro recall, are also set against another model's (or reading's: ``--tta``, ``--prior``) measured on the same
+photos, through the same bootstrap draws: two models' separate intervals overlap far more than their difference
+varies. Writes ``benchmarks/results/framing_robustness_NAME.json``, each photo's reading
 at each framing included.
 """
 
