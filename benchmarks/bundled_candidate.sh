@@ -24,7 +24,8 @@
 # The rule's figures also go to benchmarks/results/bundled_candidate_<name>.json. PrivateTest and CK+48 are left to
 # the benchmarks that follow a decision (make_bundled.sh), so they cannot sway it.
 # Environment: DATA (default ../shared/data, holding fer2013 and webfaces-dev), SHIPPED_FRAMING (above), SHIPPED (the
-# model compared with, default the bundled fer2013_resnet18).
+# model compared with, default the bundled fer2013_resnet18), WEIGHTS (the pair's shares, teacher's first, as
+# `ferkit ensemble --weights` takes them; default alike).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TEACHER=$1
@@ -42,7 +43,7 @@ SHIPPED=${SHIPPED:-fer2013_resnet18}
 mkdir -p "$OUT"
 
 cp "$STUDENT" "$OUT/student.${STUDENT##*.}"
-ferkit ensemble "$TEACHER" "$STUDENT" --out "$OUT/pair.safetensors"
+ferkit ensemble "$TEACHER" "$STUDENT" ${WEIGHTS:+--weights $WEIGHTS} --out "$OUT/pair.safetensors"
 for file in "$OUT/student.${STUDENT##*.}" "$OUT/pair.safetensors"; do
     name=$(basename "${file%.*}")
     ferkit calibrate "$file" --data "$DATA/fer2013" --workers 2

@@ -56,6 +56,56 @@ def test_ensemble_reads_the_mean_of_its_members_probabilities(tmp_path, capsys):
     assert "temperature" not in ckpt
 
 
+def test_a_weighted_ensemble_reads_the_weighted_mean_and_records_each_share(tmp_path, capsys):
+    a, b = member(tmp_path / "a.pth", 1), member(tmp_path / "b.pth", 2, width=12)
+    out, fp16 = tmp_path / "pair.pth", tmp_path / "pair.safetensors"
+    assert main(["ensemble", str(a), str(b), "--weights", "1", "3", "--out", str(out)]) == 0
+    assert "weighted average of 2 models' probabilities (a.pth 0.25, b.pth 0.75)" in capsys.readouterr().out
+    images = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    pa, pb = probs(load_model(a).model, images), probs(load_model(b).model, images)
+    got = probs(load_model(out).model, images)
+    assert np.abs(got - (0.25 * pa + 0.75 * pb)).max() < 1e-6
+    assert np.abs(got - (pa + pb) / 2).max() > 1e-3  # the shares do change the reading
+    assert [m["weight"] for m in read_checkpoint(out)["members"]] == [0.25, 0.75]
+    # The shares travel in the safetensors header.
+    assert main(["ensemble", str(a), str(b), "--weights", "1", "3", "--out", str(fp16)]) == 0
+    assert load_model(fp16).model.weights == (0.25, 0.75)
+    # Taken back out, a network is a model of its own again: no share.
+    assert main(["ensemble", str(out), "--member", "1", "--out", str(tmp_path / "b_again.pth")]) == 0
+    assert "weight" not in read_checkpoint(tmp_path / "b_again.pth")
+
+
+def test_a_weighted_ensemble_among_the_models_splits_its_share_as_it_weighs_its_members(tmp_path):
+    a, b, c = (member(tmp_path / f"{n}.pth", seed) for n, seed in (("a", 1), ("b", 2), ("c", 3)))
+    pair, trio = tmp_path / "pair.pth", tmp_path / "trio.pth"
+    assert main(["ensemble", str(a), str(b), "--weights", "1", "3", "--out", str(pair)]) == 0
+    assert main(["ensemble", str(pair), str(c), "--weights", "2", "2", "--out", str(trio)]) == 0
+    assert [m["weight"] for m in read_checkpoint(trio)["members"]] == pytest.approx([0.125, 0.375, 0.5])
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    want = sum(w * probs(load_model(p).model, images) for w, p in ((0.125, a), (0.375, b), (0.5, c)))
+    assert np.abs(probs(load_model(trio).model, images) - want).max() < 1e-5
+    # Shares that come out equal are an even average, written as one always was.
+    even = tmp_path / "even.pth"
+    assert main(["ensemble", str(a), str(b), "--weights", "2", "2", "--out", str(even)]) == 0
+    assert all("weight" not in m for m in read_checkpoint(even)["members"])
+    assert load_model(even).model.weights is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--weights", "1"], r"^--weights: 1 weights for 2 models; give one for each model$"),
+        (["--weights", "1", "0"], r"^--weights 1.0 0.0: each model's weight must be a positive number$"),
+        (["--weights", "1", "nan"], r"each model's weight must be a positive number$"),
+    ],
+)
+def test_weights_that_do_not_fit_the_models_are_refused_in_one_line(tmp_path, args, message):
+    a, b = member(tmp_path / "a.pth", 1), member(tmp_path / "b.pth", 2)
+    with pytest.raises(FerkitError, match=message):
+        main_raising(["ensemble", str(a), str(b), *args, "--out", str(tmp_path / "e.pth")])
+    assert not (tmp_path / "e.pth").exists()
+
+
 def test_an_ensemble_among_the_models_contributes_its_members_and_survives_safetensors(tmp_path):
     a, b, c = (member(tmp_path / f"{n}.pth", seed) for n, seed in (("a", 1), ("b", 2), ("c", 3)))
     pair, trio = tmp_path / "pair.safetensors", tmp_path / "trio.safetensors"
@@ -112,6 +162,7 @@ def test_an_ensemble_records_its_members_training_compute_summed_only_when_each_
         (["a.pth", "--member", "0"], r"a.pth is a single network, not an ensemble"),
         (["pair.pth", "--member", "2"], r"^--member 2: .*pair.pth has 2 networks \(0: a.pth, 1: b.pth\)$"),
         (["pair.pth", "a.pth", "--member", "0"], "--member takes a network out of one ensemble; 2 models were given"),
+        (["pair.pth", "--member", "0", "--weights", "1"], "--weights weigh the models of a new ensemble"),
     ],
 )
 def test_a_member_is_taken_only_out_of_one_ensemble_that_has_it(tmp_path, args, message):
@@ -227,8 +278,32 @@ def test_the_server_names_an_ensembles_networks(tmp_path):
     ModelInfo.model_validate(model)  # what /model answers keeps to its documented schema
     assert model["checkpoint"] == "pair.safetensors" and (model["epoch"], model["metrics"]) == (None, None)
     # An ensemble has no epoch of its own; each network's record is there, by the file it came from.
-    assert [(m["source"], m["arch"], m["epoch"], m["pflop"]) for m in model["members"]] == [
-        ("a.pth", "resnet18", 1, 0.5),
-        ("b.pth", "resnet18", 2, 1.25),
+    assert [(m["source"], m["arch"], m["epoch"], m["pflop"], m["weight"]) for m in model["members"]] == [
+        ("a.pth", "resnet18", 1, 0.5, None),  # an even average: no shares
+        ("b.pth", "resnet18", 2, 1.25, None),
     ]
     assert model["pflop"] == pytest.approx(1.75)
+
+
+def test_a_weighted_ensemble_exports_to_onnx_and_says_its_shares(tmp_path, capsys):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from ferkit.inference.export import export_onnx
+    from ferkit.inference.loading import load_for_inference
+
+    a, b = member(tmp_path / "a.pth", 1), member(tmp_path / "b.pth", 2, width=12)
+    pair = tmp_path / "pair.pth"
+    assert main(["ensemble", str(a), str(b), "--weights", "3", "1", "--out", str(pair)]) == 0
+    onnx_path = export_onnx(pair, tmp_path / "pair.onnx")
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"image": images.numpy()})
+    want = 0.75 * probs(load_model(a).model, images) + 0.25 * probs(load_model(b).model, images)
+    assert np.abs(torch.softmax(torch.from_numpy(logits), 1).numpy() - want).max() < 1e-4
+    assert [m["weight"] for m in load_for_inference(onnx_path).record["members"]] == [0.75, 0.25]
+    capsys.readouterr()
+    assert main(["info", str(onnx_path)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == (
+        "pair.onnx: the weighted average of 2 networks: resnet18 width 8 (weight 0.75), resnet18 width 12 (weight 0.25)"
+    )

@@ -339,15 +339,22 @@ def open_page(browser, server):
 
 
 @pytest.mark.slow
-def test_page_names_an_ensembles_networks_with_their_selection_accuracy(browser, checkpoint, tmp_path):
-    checkpoint_mod.atomic_save(combine_checkpoints([checkpoint, checkpoint]), tmp_path / "pair.pth")
+@pytest.mark.parametrize(
+    ("weights", "kind", "shares"), [(None, "average", ("", "")), ([1, 3], "weighted average", (" 0.25", " 0.75"))]
+)
+def test_page_names_an_ensembles_networks_with_their_selection_accuracy(
+    browser, checkpoint, tmp_path, weights, kind, shares
+):
+    checkpoint_mod.atomic_save(combine_checkpoints([checkpoint, checkpoint], weights), tmp_path / "pair.pth")
     predictor = Predictor.from_checkpoint(tmp_path / "pair.pth")
     with LiveServer(create_app(predictor, describe_model(predictor))) as live:
         page, errors = open_page(browser, live)
         info = page.locator("#model-info").text_content()
         page.close()
-    network = f"{checkpoint.parent.name}/best.pth: PublicTest 50.0%"
-    assert f"Model: the average of 2 networks ({network}; {network}) at 32x32 (pair.pth)" in info
+    first, second = (
+        f"{checkpoint.parent.name}/best.pth{f' (weight{w})' if w else ''}: PublicTest 50.0%" for w in shares
+    )
+    assert f"Model: the {kind} of 2 networks ({first}; {second}) at 32x32 (pair.pth)" in info
     assert errors == []
 
 

@@ -58,9 +58,9 @@ WEIGHTS = Path(__file__).resolve().parent / "weights"
 BUNDLED = WEIGHTS / "fer2013_resnet18.safetensors"
 BUNDLED_MODELS = {"fer2013_resnet18": BUNDLED, "fer2013_resnet18.int8": WEIGHTS / "fer2013_resnet18.int8.onnx"}
 # What training records beside the weights that describes them to users (the server's /model shows it).
-# An ensemble's record is its ``members``: each one's config, run record and source. ``pflop``: the training
-# compute behind the weights (:func:`ferkit.training.loop.train`; an ensemble's, its members' summed), absent where
-# unknown.
+# An ensemble's record is its ``members``: each one's config, run record, source and, in a weighted average, its
+# ``weight`` (its share; absent, all are alike). ``pflop``: the training compute behind the weights
+# (:func:`ferkit.training.loop.train`; an ensemble's, its members' summed), absent where unknown.
 _RUN_RECORD = ("epoch", "metrics", "select_split", "pflop")
 TRAINING_RECORD = (*_RUN_RECORD, "members")
 # trained_with: the command that trained the bundled models of 2026-12-02 and before, kept when they are re-written.
@@ -229,7 +229,9 @@ def build_network(cfg: Config, classes: tuple[str, ...], ckpt: dict[str, Any]) -
     """The untrained network a checkpoint's weights fit: ``cfg``'s, or an :class:`Ensemble` of its members'."""
     if "members" not in ckpt:
         return build_model(cfg, len(classes))
-    return Ensemble([build_model(Config.from_dict(m["config"]), len(classes)) for m in ckpt["members"]])
+    members = ckpt["members"]
+    weights = [m["weight"] for m in members] if all("weight" in m for m in members) else None
+    return Ensemble([build_model(Config.from_dict(m["config"]), len(classes)) for m in members], weights)
 
 
 @dataclass

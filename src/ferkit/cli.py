@@ -292,8 +292,10 @@ def _ensemble(args: argparse.Namespace) -> int:
     out = output_file(out, "--out")  # a new folder is made, as every command's output's is
     if args.member is not None and len(args.checkpoints) != 1:
         raise FerkitError(f"--member takes a network out of one ensemble; {len(args.checkpoints)} models were given")
+    if args.member is not None and args.weights is not None:
+        raise FerkitError("--weights weigh the models of a new ensemble; --member takes a network out, unweighted")
     ckpt = (
-        combine_checkpoints(args.checkpoints)
+        combine_checkpoints(args.checkpoints, args.weights)
         if args.member is None
         else member_checkpoint(*args.checkpoints, args.member)
     )
@@ -302,8 +304,9 @@ def _ensemble(args: argparse.Namespace) -> int:
     else:
         atomic_save(ckpt, out)
     if args.member is None:
-        names = ", ".join(m["source"] for m in ckpt["members"])
-        print(f"wrote {out}: the average of {len(ckpt['members'])} models' probabilities ({names})")
+        names = ", ".join(m["source"] + (f" {m['weight']:.3g}" if "weight" in m else "") for m in ckpt["members"])
+        kind = "weighted average" if "weight" in ckpt["members"][0] else "average"
+        print(f"wrote {out}: the {kind} of {len(ckpt['members'])} models' probabilities ({names})")
     else:
         print(f"wrote {out}: network {args.member} of {args.checkpoints[0]}, alone")
     if "temperature" not in ckpt:
@@ -568,6 +571,14 @@ def add_ensemble_arguments(p: argparse.ArgumentParser) -> None:
         help="two or more models of the same classes and image size (with --member: one ensemble)",
     )
     p.add_argument("--out", required=True, help="the ensemble's file: .safetensors (fp16 weights) or .pth")
+    p.add_argument(
+        "--weights",
+        type=float,
+        nargs="+",
+        metavar="W",
+        help="each model's share of the average, in the order given (any positive numbers, scaled to sum to 1; "
+        "default: alike), e.g. --weights 1 3",
+    )
     p.add_argument(
         "--member",
         type=int,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -132,21 +133,28 @@ def build_model(cfg: Config, num_classes: int) -> ResNet:
 
 
 class Ensemble(nn.Module):
-    """Several trained networks read as one: the average of their probabilities.
+    """Several trained networks read as one: the average of their probabilities, or their weighted average.
 
     Its output is the log of that average, so softmax (and a temperature) read it as any network's logits, and
     every path that runs a network (evaluation, prediction, ONNX, int8, distillation) runs an ensemble unchanged.
+    ``weights``: each member's share (positive, summing to 1); ``None`` gives each the same.
     """
 
-    def __init__(self, members: list[nn.Module]) -> None:
+    def __init__(self, members: list[nn.Module], weights: Sequence[float] | None = None) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
+        if weights is not None and len(weights) != len(members):
+            raise ValueError(f"{len(weights)} weights for {len(members)} members")
+        # Plain floats, not a buffer: they are part of the file's record (its members'), and ONNX takes them as
+        # constants; the state dict stays the members' weights alone.
+        self.weights = None if weights is None else tuple(float(w) for w in weights)
 
     def forward(self, x: Tensor) -> Tensor:
         # A plain sum of softmaxes, not a logsumexp over stacked log-probabilities: onnxruntime's int8 quantizer
         # cannot infer the stacked tensor's shape.
-        probs = sum(m(x).float().softmax(1) for m in self.members)
-        return (probs / len(self.members)).log()
+        if self.weights is None:
+            return (sum(m(x).float().softmax(1) for m in self.members) / len(self.members)).log()
+        return sum(w * m(x).float().softmax(1) for w, m in zip(self.weights, self.members)).log()
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -30,7 +30,7 @@ def describe_model(model: InferenceModel | Predictor) -> dict[str, Any]:
                 "source": m["source"],
                 "arch": m["config"]["arch"],
                 "width": m["config"]["width"],
-                **{k: m.get(k) for k in ("epoch", "metrics", "select_split", "pflop")},
+                **{k: m.get(k) for k in ("epoch", "metrics", "select_split", "pflop", "weight")},
                 "init_from": m["config"].get("init_from"),
             }
             for m in record.get("members", [])
@@ -48,8 +48,9 @@ def format_model_info(info: dict[str, Any]) -> str:
     pre, members = info["preprocess"], info["members"]
     network = f"{info['arch']} width {info['config']['width']}"
     if members:
-        network = f"the average of {len(members)} networks: " + ", ".join(
-            f"{m['arch']} width {m['width']}" for m in members
+        weighted = members[0]["weight"] is not None
+        network = f"the {'weighted ' if weighted else ''}average of {len(members)} networks: " + ", ".join(
+            f"{m['arch']} width {m['width']}" + (f" (weight {m['weight']:.3g})" if weighted else "") for m in members
         )
     lines = [
         f"{info['checkpoint']}: {network}",

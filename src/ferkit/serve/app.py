@@ -80,6 +80,7 @@ class Member(BaseModel):
     select_split: str | None = Field(description="the split those metrics were measured on")
     pflop: float | None = Field(description="the training compute behind its weights, when recorded")
     init_from: str | None = Field(description="the model file its training started from, when it was fine-tuned")
+    weight: float | None = Field(description="its share of a weighted average (the shares sum to 1); null: all alike")
 
 
 class ModelInfo(BaseModel):

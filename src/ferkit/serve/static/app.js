@@ -64,11 +64,14 @@ async function loadModelInfo() {
     const source = model.checkpoint || "in memory";
     const mix = model.prior === "photos" ? "everyday photos' class mix"
       : model.prior === "model" ? "its training data's class mix" : `class mix ${model.prior}`;
-    // An ensemble names each network with the selection accuracy it was chosen on.
+    // An ensemble names each network with its share, where they differ, and the selection accuracy it was chosen on.
+    const share = (m) => m.weight == null ? "" : ` (weight ${Number(m.weight.toPrecision(3))})`;
     const network = (m) => m.metrics && typeof m.metrics.accuracy === "number"
-      ? `${m.source}: ${m.select_split || "selection"} ${percent(m.metrics.accuracy)}` : m.source;
+      ? `${m.source}${share(m)}: ${m.select_split || "selection"} ${percent(m.metrics.accuracy)}` : m.source + share(m);
+    const weighted = model.members && model.members.some((m) => m.weight != null) ? "weighted " : "";
     const networks = model.members && model.members.length > 1
-      ? `the average of ${model.members.length} networks (${model.members.map(network).join("; ")})` : model.arch;
+      ? `the ${weighted}average of ${model.members.length} networks (${model.members.map(network).join("; ")})`
+      : model.arch;
     const views = { flip: ", each face with its mirror", scales: ", each face framed at 85%, 100% and 115%" };
     info.textContent = `Model: ${networks} at ${size}x${size} (${source}${epoch}${accuracy}); ` +
       `classes ${model.classes.join(", ")}, read for ${mix}${views[model.tta] || ""}. ` +
