@@ -48,8 +48,10 @@ def test_the_bundled_model_names_its_networks_and_what_is_not_recorded(capsys):
     lines = capsys.readouterr().out.splitlines()
     ckpt = read_checkpoint(BUNDLED)
     members = ckpt["members"]
-    assert lines[0] == "fer2013_resnet18.safetensors: the average of 2 networks: " + ", ".join(
-        f"{m['config']['arch']} width {m['config']['width']}" for m in members
+    # The student counts three times the teacher (MODEL_CARD.md): each network's share is said beside it.
+    assert [m["weight"] for m in members] == [0.25, 0.75]
+    assert lines[0] == "fer2013_resnet18.safetensors: the weighted average of 2 networks: " + ", ".join(
+        f"{m['config']['arch']} width {m['config']['width']} (weight {m['weight']:.3g})" for m in members
     )
     # Its networks were trained before files recorded their compute: said, not left blank or made up.
     for i, m in enumerate(members):
