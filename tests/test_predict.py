@@ -186,6 +186,57 @@ def test_one_image_drawn_into_a_folder_under_its_own_name(checkpoint, photos, tm
     assert (out / "new" / "coffee.png").is_file()
 
 
+def test_several_inputs_each_image_once_drawn_under_the_folder_holding_them_all(checkpoint, photos, tmp_path):
+    # As a shell glob gives them: files from two folders, and a folder whose file was also named alone.
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b" / "sub").mkdir(parents=True)
+    Image.open(photos / "astronaut.png").save(tmp_path / "a" / "astronaut.jpg")
+    Image.open(photos / "coffee.jpg").save(tmp_path / "a" / "coffee.jpg")
+    Image.open(photos / "astronaut.png").save(tmp_path / "b" / "sub" / "astronaut.png")
+    inputs = [tmp_path / "a" / "coffee.jpg", tmp_path / "b", tmp_path / "a" / "astronaut.jpg", tmp_path / "b" / "sub"]
+    out_json, drawn = tmp_path / "out.json", tmp_path / "drawn"
+    argv = ["predict", *map(str, inputs), "--checkpoint", str(checkpoint), "--json", str(out_json)]
+    assert main([*argv, "--annotate", str(drawn)]) == 0
+    sources = [Path(r["source"]).relative_to(tmp_path).as_posix() for r in json.loads(out_json.read_text())["results"]]
+    assert sources == ["a/coffee.jpg", "b/sub/astronaut.png", "a/astronaut.jpg"]
+    assert sorted(p.relative_to(drawn).as_posix() for p in drawn.rglob("*.png")) == [
+        "a/astronaut.png",
+        "a/coffee.png",
+        "b/sub/astronaut.png",
+    ]
+    # From Python, a list reads the same.
+    results = predict_source(Predictor.from_checkpoint(checkpoint), inputs)
+    assert [Path(r.source).relative_to(tmp_path).as_posix() for r in results] == sources
+
+
+def test_several_videos_are_tracked_in_one_run_and_drawn_into_a_mirror(checkpoint, tmp_path):
+    frames = [skimage_data.astronaut()] * 3
+    (tmp_path / "x").mkdir()
+    videos = [write_video(frames, tmp_path / "x" / "one.avi"), write_video(frames, tmp_path / "two.avi")]
+    summary, drawn = tmp_path / "people.json", tmp_path / "drawn"
+    argv = ["predict", *map(str, videos), "--checkpoint", str(checkpoint), "--summary", str(summary)]
+    assert main([*argv, "--annotate", str(drawn)]) == 0
+    assert [Path(t["source"]).name for t in json.loads(summary.read_text())["tracks"]] == ["one.avi", "two.avi"]
+    assert sorted(p.relative_to(drawn).as_posix() for p in drawn.rglob("*.mp4")) == ["two.mp4", "x/one.mp4"]
+
+
+def test_images_beside_videos_or_files_beside_a_camera_are_one_line_errors_before_the_model_loads(
+    checkpoint, photos, tmp_path, monkeypatch, capsys
+):
+    video = write_video([skimage_data.astronaut()] * 2, tmp_path / "clip.avi")
+    monkeypatch.setattr(Predictor, "from_checkpoint", lambda *a, **kw: pytest.fail("the model was loaded"))
+    for argv, message in (
+        ([str(photos / "astronaut.png"), str(video)], f"{video} is video and {photos / 'astronaut.png'} is not; "),
+        ([str(video), "--camera", "0"], "--camera reads a camera instead of files; give one or the other"),
+        ([], "give an image, folder or video to predict on, or --camera N"),
+    ):
+        assert main(["predict", *argv, "--checkpoint", str(checkpoint)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("ferkit: error: ") and message in err and "\n" not in err
+    with pytest.raises(FerkitError, match="2 videos given: track them with predict_videos"):
+        predict_source(object(), [video, write_video([skimage_data.astronaut()] * 2, tmp_path / "other.avi")])
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
@@ -193,7 +244,7 @@ def test_one_image_drawn_into_a_folder_under_its_own_name(checkpoint, photos, tm
         (["--csv", "{tmp}/folder"], "--csv {tmp}/folder is a folder"),
         (["--annotate", "{tmp}/drawn.foo"], "--annotate {tmp}/drawn.foo: name a .png, .jpg"),
         (["--annotate", "{input}"], "is the input itself"),
-        (["--json", "{input}"], "--json {input} is the input itself"),
+        (["--json", "{input}"], "--json {input} is an input; name another file"),
         (["--plot", "{tmp}/timeline.png"], "--plot applies to videos and cameras"),
         (["--plot", "{tmp}/timeline.doc"], "--plot {tmp}/timeline.doc: name a .png, "),
         (["--summary", "{tmp}/people.json"], "--summary applies to videos and cameras"),

@@ -197,10 +197,15 @@ def _data_faces(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from .atomic import output_file
-    from .inference.predict import Predictor, predict_source, predict_videos, video_sources
+    from .inference.predict import Predictor, as_paths, mirrored_root, predict_images, predict_videos, video_sources
     from .inference.results import format_table, write_results
     from .plots import PLOT_SUFFIXES
 
+    if args.camera is not None and args.input:
+        raise FerkitError("--camera reads a camera instead of files; give one or the other")
+    if args.camera is None and not args.input:
+        raise FerkitError("give an image, folder or video to predict on, or --camera N")
+    inputs = as_paths(args.input) if args.input else []
     # Checked before the model is loaded: a bad output path would otherwise fail once every result is in.
     for what, value, suffixes in (
         ("--json", args.json, ()),
@@ -209,9 +214,9 @@ def _predict(args: argparse.Namespace) -> int:
         ("--plot", args.plot, PLOT_SUFFIXES),
     ):
         if value and value != "-":
-            if args.input and output_file(value, what, suffixes).resolve() == Path(args.input).resolve():
-                raise FerkitError(f"{what} {value} is the input itself; name another file")
-    videos = [args.camera] if args.camera is not None else video_sources(args.input) if args.input else None
+            if output_file(value, what, suffixes).resolve() in {p.resolve() for p in inputs}:
+                raise FerkitError(f"{what} {value} is an input; name another file")
+    videos = [args.camera] if args.camera is not None else video_sources(inputs) if inputs else None
     if videos is None:
         for what, value in (("--summary", args.summary), ("--plot", args.plot)):
             if value:
@@ -227,7 +232,7 @@ def _predict(args: argparse.Namespace) -> int:
         prior=args.prior,
     )
     if videos is None:
-        results = predict_source(predictor, args.input, detect=not args.no_detect, annotate=args.annotate)
+        results = predict_images(predictor, inputs, detect=not args.no_detect, annotate=args.annotate)
         write_results(results, predictor.classes, args.json, args.csv, predictor.prior, predictor.tta)
         return 1 if any(r.error for r in results) else 0
     to_stdout = "-" in (args.json, args.csv)
@@ -243,7 +248,7 @@ def _predict(args: argparse.Namespace) -> int:
         json_to=args.json,
         csv_to=args.csv,
         on_frame=(lambda r: print(format_table([r]), flush=True)) if live else None,
-        root=args.input,
+        root=mirrored_root(inputs) if inputs else None,
     )
     if args.summary:
         Path(args.summary).write_text(summary.to_json() + "\n")
@@ -504,7 +509,11 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     from .inference.predict import BATCH_SIZE, MARGIN, TTA_MODES
     from .inference.tracking import SMOOTH_S
 
-    p.add_argument("input", nargs="?", help="image file, folder of images, video file, or folder of videos")
+    p.add_argument(
+        "input",
+        nargs="*",
+        help="image files and folders of images, or video files and folders of videos (each kind in its own run)",
+    )
     _checkpoint(p, "--checkpoint")
     p.add_argument("--camera", type=int, metavar="N", help="read frames from camera N instead (Ctrl-C stops)")
     p.add_argument("--no-detect", action="store_true", help="inputs are already face crops (like FER2013)")

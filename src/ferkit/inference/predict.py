@@ -190,9 +190,12 @@ class Predictor:
             yield Result(source, rgb.shape[1], rgb.shape[0], faces, frame=index, time_s=round(time_s, 3)), rgb
 
 
+Sources = str | os.PathLike | Sequence[str | os.PathLike]
+
+
 def predict_source(
     predictor: Predictor,
-    source: str | os.PathLike | None = None,
+    source: Sources | None = None,
     camera: int | None = None,
     *,
     detect: bool = True,
@@ -202,10 +205,11 @@ def predict_source(
     plot: str | os.PathLike | None = None,
     on_frame: Callable[[Result], None] | None = None,
 ) -> list[Result]:
-    """Results for an image file, a folder of images, a video file, or camera number ``camera`` (until Ctrl-C).
+    """Results for image files and folders of images (one path or several), a video file, or camera number
+    ``camera`` (until Ctrl-C).
 
-    ``annotate`` draws the boxes and labels: to an image file for one image, a folder mirroring a folder
-    (as PNG), a video file for a video. Video only: faces are tracked, ``smooth`` is the half-life in seconds
+    ``annotate`` draws the boxes and labels: to an image file for one image, else to a folder mirroring the
+    inputs (as PNG), a video file for a video. Video only: faces are tracked, ``smooth`` is the half-life in seconds
     of each track's smoothed probabilities (0: off), ``every`` takes every N-th frame, ``plot`` draws each
     track's probabilities over time, and ``on_frame`` is called with each frame's result as it comes.
     """
@@ -213,10 +217,41 @@ def predict_source(
         return predict_video(predictor, camera, detect, every, smooth, annotate, plot, on_frame)
     if source is None:
         raise FerkitError("give an image, folder or video to predict on, or --camera N")
-    path = Path(source)
-    if path.is_file() and is_video(path):
-        return predict_video(predictor, str(path), detect, every, smooth, annotate, plot, on_frame)
-    return predict_images(predictor, path, detect, annotate)
+    paths = as_paths(source)
+    videos = video_sources(paths)
+    if videos is None:
+        return predict_images(predictor, paths, detect, annotate)
+    if len(videos) > 1:
+        # A list of every frame of several videos grows without bound; predict_videos streams them.
+        raise FerkitError(f"{len(videos)} videos given: track them with predict_videos, which streams each frame")
+    return predict_video(predictor, videos[0], detect, every, smooth, annotate, plot, on_frame)
+
+
+def as_paths(source: Sources) -> list[Path]:
+    """One path or several as a list of paths, each once (a shell glob and its folder may name a file twice)."""
+    single = isinstance(source, (str, os.PathLike))
+    paths = _once([Path(source)] if single else [Path(s) for s in source])
+    if not paths:
+        raise FerkitError("give an image, folder or video to predict on, or --camera N")
+    return paths
+
+
+def _once(paths: Iterable[Path]) -> list[Path]:
+    first: dict[Path, Path] = {}
+    for p in paths:
+        first.setdefault(p.resolve(), p)
+    return list(first.values())
+
+
+def mirrored_root(paths: Sequence[Path]) -> Path:
+    """The folder whose layout drawings of ``paths`` repeat: the input folder, or the deepest one holding them all."""
+    return Path(os.path.commonpath([os.path.abspath(p if p.is_dir() else p.parent) for p in paths]))
+
+
+def _mirrored(out: Path, root: Path, source: str | os.PathLike, suffix: str) -> Path:
+    target = out / Path(os.path.abspath(source)).relative_to(root).with_suffix(suffix)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
 
 
 def image_files(path: Path) -> list[Path]:
@@ -237,25 +272,35 @@ def image_files(path: Path) -> list[Path]:
 
 
 def predict_images(
-    predictor: Predictor, path: Path, detect: bool = True, annotate: str | os.PathLike | None = None
+    predictor: Predictor, source: Sources, detect: bool = True, annotate: str | os.PathLike | None = None
 ) -> list[Result]:
-    """One result per image of ``path`` (a file or a folder), read and classified a batch at a time."""
-    files = image_files(path)
-    if annotate:
-        annotate = (
-            drawing_folder(annotate, path) if path.is_dir() else drawing_target(annotate, path, DRAWN_IMAGE_SUFFIXES)
-        )
+    """One result per image of ``source`` (image files and folders, one or several), read and classified a batch
+    at a time; each image once, in the order given (a folder's sorted)."""
+    paths = as_paths(source)
+    files = _once(f for p in paths for f in image_files(p))
+    targets = _image_drawings(annotate, paths, files) if annotate else None
     results = []
     for start in range(0, len(files), predictor.batch_size):
         chunk = files[start : start + predictor.batch_size]
         # Decoded once, for prediction and drawing alike; unreadable files go in as paths, so the predictor
         # reports them in its results like any other error.
-        images = [_decoded_or_path(f) for f in chunk] if annotate else chunk
+        images = [_decoded_or_path(f) for f in chunk] if targets else chunk
         batch = predictor.predict_batch(images, detect, names=[str(f) for f in chunk])
-        if annotate:
-            _draw_images(batch, images, path, annotate)
+        if targets:
+            for r, rgb, target in zip(batch, images, targets[start:]):
+                if not r.error:
+                    Image.fromarray(draw_faces(rgb, r.faces)).save(target)
         results.extend(batch)
     return results
+
+
+def _image_drawings(annotate: str | os.PathLike, paths: list[Path], files: list[Path]) -> list[Path]:
+    """Where each of ``files`` is drawn: ``annotate`` itself for one image file, else a PNG mirror of the inputs."""
+    if len(paths) == 1 and not paths[0].is_dir():
+        return [drawing_target(annotate, paths[0], DRAWN_IMAGE_SUFFIXES)]
+    root = mirrored_root(paths)
+    out = drawing_folder(annotate, root)
+    return [_mirrored(out, root, f, DRAWN_IMAGE_SUFFIXES[0]) for f in files]
 
 
 def _decoded_or_path(path: Path) -> np.ndarray | Path:
@@ -263,17 +308,6 @@ def _decoded_or_path(path: Path) -> np.ndarray | Path:
         return read_image(path)
     except FerkitError:
         return path
-
-
-def _draw_images(results: list[Result], images: list, root: Path, out: Path) -> None:
-    """Each readable image with its faces drawn, as ``out`` (one input file) or a PNG mirror of the input folder."""
-    single = root.is_file()
-    for r, rgb in zip(results, images):
-        if r.error:
-            continue
-        target = out if single else out / Path(r.source).relative_to(root).with_suffix(DRAWN_IMAGE_SUFFIXES[0])
-        target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(draw_faces(rgb, r.faces)).save(target)
 
 
 def stream_video(
@@ -339,9 +373,21 @@ def _name(source: str | int) -> str:
     return source if isinstance(source, str) else f"camera {source}"
 
 
-def video_sources(path: str | os.PathLike) -> list[str] | None:
-    """The videos to track for ``path``: itself if a video file, the videos in a folder of videos; None otherwise."""
-    path = Path(path)
+def video_sources(source: Sources) -> list[str] | None:
+    """The videos to track for ``source`` (one path or several): each video file, the videos in each folder of
+    videos; None when they are images. Images and videos are read in separate runs, as their results differ."""
+    paths = as_paths(source)
+    found = [_videos(p) for p in paths]
+    if all(v is None for v in found):
+        return None
+    if any(v is None for v in found):
+        image = next(p for p, v in zip(paths, found) if v is None)
+        video = next(p for p, v in zip(paths, found) if v is not None)
+        raise FerkitError(f"{video} is video and {image} is not; predict on images and videos in separate runs")
+    return list(dict.fromkeys(v for videos in found for v in videos))
+
+
+def _videos(path: Path) -> list[str] | None:
     if path.is_file():
         return [str(path)] if is_video(path) else None
     videos = list_videos(path) if path.is_dir() else []
@@ -368,14 +414,19 @@ def predict_videos(
     progress bar over all the files' frames; memory does not grow with the length of a video.
 
     Returns the summary and whether Ctrl-C ended it early; what was done so far is written either way.
-    ``annotate``: a video file for one source, else a folder mirroring ``root`` (an .mp4 per video).
+    ``annotate``: a video file for one source, else a folder mirroring ``root`` (an .mp4 per video; default: the
+    deepest folder holding them all).
     """
     from tqdm import tqdm
 
     many = len(sources) > 1
     if annotate:  # before the outputs are opened, so a bad path leaves them as they were
         first = sources[0] if isinstance(sources[0], str) else f"camera{sources[0]}"
-        annotate = drawing_folder(annotate, root) if many else drawing_target(annotate, first, WRITABLE_VIDEO_SUFFIXES)
+        if many:
+            root = Path(os.path.abspath(root)) if root else mirrored_root([Path(s) for s in sources])
+            annotate = drawing_folder(annotate, root)
+        else:
+            annotate = drawing_target(annotate, first, WRITABLE_VIDEO_SUFFIXES)
     reading = {"prior": predictor.prior, "tta": predictor.tta}
     summary = Summary(predictor.classes, smooth, timelines=bool(plot), **reading)
     out = ResultStream(predictor.classes, json_to, csv_to, tracked=True, **reading)
@@ -386,8 +437,7 @@ def predict_videos(
         for source in sources:
             target = annotate
             if annotate and many:
-                target = annotate / Path(source).relative_to(root).with_suffix(WRITABLE_VIDEO_SUFFIXES[0])
-                target.parent.mkdir(parents=True, exist_ok=True)
+                target = _mirrored(annotate, root, source, WRITABLE_VIDEO_SUFFIXES[0])
             summary.start(_name(source), every / frame_rate(source))
             with closing(stream_video(predictor, source, detect, every, smooth, target)) as stream:
                 for result in stream:
