@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +123,11 @@ def test_folder_of_fer2013_crops_without_detection_one_prediction_per_file(check
     assert len(good) == 9 and all(len(r["faces"]) == 1 and r["faces"][0]["box"] == [0, 0, 48, 48] for r in good)
     broken = [r for r in results if r["error"]]
     assert len(broken) == 1 and "broken.jpg" in broken[0]["error"]
-    assert "broken.jpg: error: cannot read" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "broken.jpg: error: cannot read" in out
+    # Several images end with a line over them all, each expression counted.
+    last = re.fullmatch(r"10 images: 9 faces \((.*)\); 1 not read", out.splitlines()[-1])
+    assert last and sum(int(part.split()[1]) for part in last[1].split(", ")) == 9
 
 
 def test_csv_and_annotated_image(checkpoint, photos, tmp_path, capsys):
@@ -167,7 +172,13 @@ def test_annotated_folder_mirrors_the_input_and_decodes_each_image_once(
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["coffee.png", "sub/astronaut.png"]
     drawn = np.asarray(Image.open(out / "sub" / "astronaut.png"))
     assert drawn.shape == (512, 512, 3) and (drawn != np.asarray(Image.open(folder / "sub" / "astronaut.jpg"))).any()
-    assert "broken.jpg: error: cannot read" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "broken.jpg: error: cannot read" in out
+    # Several images end with a line over them all.
+    assert re.fullmatch(
+        r"3 images: 1 face \((Angry|Disgust|Fear|Happy|Neutral|Sad|Surprise) 1\); 1 without a face; 1 not read",
+        out.splitlines()[-1],
+    )
 
 
 def test_one_image_drawn_into_a_folder_under_its_own_name(checkpoint, photos, tmp_path):

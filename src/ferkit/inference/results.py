@@ -10,6 +10,7 @@ import csv
 import json
 import os
 import sys
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -126,6 +127,22 @@ def format_table(results: Iterable[Result]) -> str:
     return "\n".join(lines)
 
 
+def format_summary(results: Sequence[Result]) -> str:
+    """One line over many images: their faces, how many read as each expression, and the images without one."""
+    labels = Counter(f.label for r in results for f in r.faces)
+    faces = sum(labels.values())
+    line = f"{len(results)} images: {faces} face{'' if faces == 1 else 's'}"
+    if labels:
+        line += " (" + ", ".join(f"{label} {n}" for label, n in labels.most_common()) + ")"
+    for count, what in (
+        (sum(not r.error and not r.faces for r in results), "without a face"),
+        (sum(bool(r.error) for r in results), "not read"),
+    ):
+        if count:
+            line += f"; {count} {what}"
+    return line
+
+
 class ResultStream:
     """JSON and CSV written as results come (each to a file or, for ``"-"``, stdout), so a long video holds no
     results in memory and an interruption keeps what was done; :meth:`close` ends the JSON document.
@@ -202,20 +219,24 @@ def write_results(
     prior: str = "model",
     tta: str = "none",
 ) -> None:
-    """JSON and CSV each to a file or, for ``"-"``, to stdout; the table on stdout unless one of them went there.
+    """JSON and CSV each to a file or, for ``"-"``, to stdout; the table on stdout unless one of them went there,
+    and after it, for several images, a line summing them up.
 
-    Without the table, the errors it would have listed go to stderr, so they are not lost in a pipe.
+    Without the table, the errors it would have listed and the summary go to stderr, so they are not lost in a pipe.
     """
     stream = ResultStream(classes, json_to, csv_to, prior=prior, tta=tta)
     for r in results:
         stream.write(r)
     stream.close()
-    if "-" not in (json_to, csv_to):
+    to_stdout = "-" in (json_to, csv_to)
+    if not to_stdout:
         print(format_table(results))
-        return
-    for r in results:
-        if r.error:
-            print(f"ferkit: warning: {r.error}", file=sys.stderr)
+    else:
+        for r in results:
+            if r.error:
+                print(f"ferkit: warning: {r.error}", file=sys.stderr)
+    if len(results) > 1:
+        print(format_summary(results), file=sys.stderr if to_stdout else sys.stdout)
 
 
 def draw_faces(rgb: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
