@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import itertools
 import json
@@ -411,6 +412,45 @@ def test_page_shows_the_servers_error_message(browser, server):
     status = page.locator("[data-testid=status][data-state=error]")
     status.wait_for(timeout=30_000)
     assert "cannot decode 'notes.png' as an image" in status.text_content()
+    assert page.locator("[data-testid=face]").count() == 0 and errors == []
+    page.close()
+
+
+def hand_over(page, how: str, name: str, data: bytes, kind: str) -> None:
+    """A file dropped on the page or pasted into it, as a browser delivers one."""
+    page.evaluate(
+        """([how, name, b64, kind]) => {
+        const data = new DataTransfer();
+        data.items.add(new File([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], name, { type: kind }));
+        const init = { bubbles: true, cancelable: true };
+        document.querySelector("main").dispatchEvent(how === "drop"
+          ? new DragEvent("drop", { ...init, dataTransfer: data })
+          : new ClipboardEvent("paste", { ...init, clipboardData: data }));
+    }""",
+        [how, name, base64.b64encode(data).decode(), kind],
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["drop", "paste"])
+def test_page_reads_a_photo_dropped_on_it_or_pasted_into_it(browser, server, astronaut, how):
+    page, errors = open_page(browser, server)
+    hand_over(page, how, "astronaut.png", astronaut.read_bytes(), "image/png")
+    face = page.locator("[data-testid=face]")
+    face.wait_for(timeout=30_000)
+    assert face.count() == 1 and iou(json.loads(face.get_attribute("data-box")), ASTRONAUT_FACE) > 0.6
+    assert "1 face in astronaut.png" in page.locator("[data-testid=status]").text_content()
+    assert errors == []
+    page.close()
+
+
+@pytest.mark.slow
+def test_page_shows_the_servers_error_for_a_dropped_file_that_is_no_image(browser, server):
+    page, errors = open_page(browser, server)
+    hand_over(page, "drop", "notes.txt", b"not a picture", "text/plain")
+    status = page.locator("[data-testid=status][data-state=error]")
+    status.wait_for(timeout=30_000)
+    assert "cannot decode 'notes.txt' as an image" in status.text_content()
     assert page.locator("[data-testid=face]").count() == 0 and errors == []
     page.close()
 

@@ -207,6 +207,29 @@ $("file-input").addEventListener("change", (event) => {
   event.target.value = ""; // choosing the same file again must fire "change" again
 });
 
+// A file dropped anywhere on the page, or an image pasted (a screenshot, a picture copied in another tab), is read as
+// if chosen with the button; the server judges what it is, so a dropped non-image gets its one-line error.
+document.addEventListener("dragover", (event) => {
+  event.preventDefault(); // without it the browser opens the dropped file in place of the page
+  document.body.classList.add("dragging");
+});
+document.addEventListener("dragleave", (event) => {
+  if (!event.relatedTarget) document.body.classList.remove("dragging");
+});
+document.addEventListener("drop", (event) => {
+  event.preventDefault();
+  document.body.classList.remove("dragging");
+  const file = event.dataTransfer && event.dataTransfer.files[0];
+  if (file) analyse(file, file.name);
+  else setStatus("Nothing to read in what was dropped; drop a photo file", true);
+});
+document.addEventListener("paste", (event) => {
+  const file = Array.from((event.clipboardData && event.clipboardData.files) || []).find((f) => f.type.startsWith("image/"));
+  if (!file) return; // pasted text is left to the page
+  event.preventDefault();
+  analyse(file, file.name || "pasted image");
+});
+
 async function startCamera() {
   try {
     stream = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "user" }, audio: false });
