@@ -51,9 +51,9 @@ CHROMIUM_ARGS = [
 ]
 
 
-def png(array: np.ndarray) -> bytes:
+def png(array: np.ndarray, format: str = "PNG") -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
+    Image.fromarray(array).save(buffer, format=format)
     return buffer.getvalue()
 
 
@@ -116,6 +116,45 @@ def test_astronaut_gives_one_face_on_her_face_as_predict_json_does(client, check
     assert set(served) == set(expected) and set(result) == set(cli_result)
     assert result["faces"][0]["box"] == cli_result["faces"][0]["box"]
     assert result["faces"][0]["probabilities"] == pytest.approx(cli_result["faces"][0]["probabilities"], abs=1e-5)
+
+
+def test_several_files_in_one_request_give_one_result_each_in_order_as_alone(client):
+    # JPEGs, so two photos fit the test server's upload limit together.
+    photo, coffee = png(skimage_data.astronaut(), "JPEG"), png(skimage_data.coffee(), "JPEG")
+    files = [("file", ("coffee.jpg", coffee, "image/jpeg")), ("file", ("astronaut.jpg", photo, "image/jpeg"))]
+    response = client.post("/predict", files=files)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [(r["source"], len(r["faces"])) for r in results] == [("coffee.jpg", 0), ("astronaut.jpg", 1)]
+    assert iou(results[1]["faces"][0]["box"], ASTRONAUT_FACE) > 0.6
+    alone = client.post("/predict", files={"file": ("astronaut.jpg", photo, "image/jpeg")}).json()["results"][0]
+    assert results[1]["faces"][0]["box"] == alone["faces"][0]["box"]
+    assert results[1]["faces"][0]["probabilities"] == pytest.approx(alone["faces"][0]["probabilities"], abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("files", "params", "status", "message"),
+    [
+        (
+            [("a.png", "photo"), ("notes.png", b"not a picture")],
+            {},
+            415,
+            "cannot decode 'notes.png' as an image",
+        ),
+        (
+            [("a.png", "photo"), ("b.png", "photo")],
+            {"session": "tab1"},
+            400,
+            "a session tracks one frame a request, not 2",
+        ),
+    ],
+)
+def test_several_files_are_refused_whole_naming_the_bad_one_or_a_session(client, files, params, status, message):
+    photo = png(skimage_data.astronaut(), "JPEG")
+    parts = [("file", (name, photo if data == "photo" else data, "image/jpeg")) for name, data in files]
+    response = client.post("/predict", files=parts, params=params)
+    assert response.status_code == status and message in response.json()["detail"]
+    assert "\n" not in response.json()["detail"]
 
 
 def multipart_chunks(name: str, data: bytes, boundary: str = "ferkit-test"):
@@ -251,7 +290,9 @@ def test_openapi_schema_documents_what_the_endpoints_do(client):
     body = schema["paths"]["/predict"]["post"]["requestBody"]
     form = schema["components"]["schemas"][body["content"]["multipart/form-data"]["schema"]["$ref"].removeprefix(ref)]
     assert form["required"] == ["file"]
-    file = form["properties"]["file"]  # OpenAPI 3.1 (newer FastAPI) or 3.0 spelling of "a file's bytes"
+    files = form["properties"]["file"]  # the field repeated: one file or several
+    assert files["type"] == "array" and "repeat the field for several" in files["description"]
+    file = files["items"]  # OpenAPI 3.1 (newer FastAPI) or 3.0 spelling of "a file's bytes"
     assert file.get("contentMediaType") == "application/octet-stream" or file.get("format") == "binary"
     assert "HTTPValidationError" not in schema["components"]["schemas"]  # 422s are Error, as served
     face = schema["components"]["schemas"]["Face"]

@@ -351,10 +351,13 @@ def create_app(
         response_model=Predictions,
         responses=_errors(400, 413, 415, 422, 503, 500),
         operation_id="predict",
-        summary="Expressions of the faces in an uploaded image",
+        summary="Expressions of the faces in uploaded images",
     )
     async def predict(
-        file: Annotated[UploadFile, File(description=f"the image: {FORMATS}")],
+        file: Annotated[
+            list[UploadFile],
+            File(description=f"the image ({FORMATS}); repeat the field for several, one result each, in order"),
+        ],
         detect: Annotated[bool, Query(description="false: the image is already one face crop")] = True,
         session: Annotated[
             str | None,
@@ -367,22 +370,27 @@ def create_app(
         ] = None,
     ):
         nonlocal in_progress
+        if session and len(file) > 1:
+            raise HTTPException(400, f"a session tracks one frame a request, not {len(file)}; send them one by one")
         if in_progress >= max_queue:
             raise HTTPException(
                 503, f"server busy: {in_progress} requests in progress; retry shortly", headers={"Retry-After": "1"}
             )
         in_progress += 1
         try:
-            name = file.filename or "upload"
-            rgb = await run_in_threadpool(decode_image, await file.read(), name, max_pixels)
-            result = await batcher.predict(rgb, detect)
+            names = [f.filename or "upload" for f in file]
+            # Every image is checked before any is classified: a bad one refuses the request, naming it.
+            images = [await run_in_threadpool(decode_image, await f.read(), n, max_pixels) for f, n in zip(file, names)]
+            # Queued together, so they share a batch with each other and with other requests' images.
+            results = await asyncio.gather(*(batcher.predict(rgb, detect) for rgb in images))
         finally:
             in_progress -= 1
-        result.source = name
+        for result, name in zip(results, names):
+            result.source = name
         if session:
-            sessions.track(session, result.faces)
+            sessions.track(session, results[0].faces)
         # The very JSON of `ferkit predict --json`; the response model documents it.
-        document = results_json([result], predictor.classes, predictor.prior, predictor.tta)
+        document = results_json(results, predictor.classes, predictor.prior, predictor.tta)
         return Response(document, media_type="application/json")
 
     @app.get("/health", response_model=Health, operation_id="health", summary="Liveness and the server's limits")
