@@ -119,8 +119,9 @@ def test_astronaut_gives_one_face_on_her_face_as_predict_json_does(client, check
 
 
 def test_several_files_in_one_request_give_one_result_each_in_order_as_alone(client):
-    # JPEGs, so two photos fit the test server's upload limit together.
-    photo, coffee = png(skimage_data.astronaut(), "JPEG"), png(skimage_data.coffee(), "JPEG")
+    # JPEGs and a small second photo, so the two fit the test server's upload and pixel limits together.
+    small_coffee = np.asarray(Image.fromarray(skimage_data.coffee()).resize((150, 100)))
+    photo, coffee = png(skimage_data.astronaut(), "JPEG"), png(small_coffee, "JPEG")
     files = [("file", ("coffee.jpg", coffee, "image/jpeg")), ("file", ("astronaut.jpg", photo, "image/jpeg"))]
     response = client.post("/predict", files=files)
     assert response.status_code == 200, response.text
@@ -136,16 +137,23 @@ def test_several_files_in_one_request_give_one_result_each_in_order_as_alone(cli
     ("files", "params", "status", "message"),
     [
         (
-            [("a.png", "photo"), ("notes.png", b"not a picture")],
+            [("a.jpg", "photo"), ("notes.png", b"not a picture")],
             {},
             415,
             "cannot decode 'notes.png' as an image",
         ),
         (
-            [("a.png", "photo"), ("b.png", "photo")],
+            [("a.jpg", "photo"), ("b.jpg", "photo")],
             {"session": "tab1"},
             400,
             "a session tracks one frame a request, not 2",
+        ),
+        (
+            [("a.jpg", "photo"), ("b.jpg", "photo")],
+            {},
+            413,
+            "'b.jpg' is 512x512 = 262,144 pixels; the limit is 320,000 pixels, and the images before it in this "
+            "request take 262,144: send a smaller image",
         ),
     ],
 )

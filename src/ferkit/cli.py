@@ -606,7 +606,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default=limits.HOST, help="address to listen on; 0.0.0.0 for every interface")
     p.add_argument("--port", type=int, default=limits.PORT, help="port to listen on")
     p.add_argument("--max-upload-mb", type=float, default=limits.MAX_UPLOAD_MB, help="largest request body accepted")
-    p.add_argument("--max-pixels", type=int, default=limits.MAX_PIXELS, help="largest image accepted, in pixels")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=limits.MAX_PIXELS,
+        help="most pixels accepted in one request (one image, or several together)",
+    )
     p.add_argument("--max-batch", type=int, default=limits.MAX_BATCH, help="most concurrent uploads in one batch")
     p.add_argument("--max-queue", type=int, default=limits.MAX_QUEUE, help="requests in progress before 503")
     _detector(p)

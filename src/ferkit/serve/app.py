@@ -157,24 +157,29 @@ async def _client_gone() -> Message:
     return {"type": "http.disconnect"}
 
 
-def _too_many_pixels(name: str, max_pixels: int, size: tuple[int, int] | None = None) -> HTTPException:
+def _too_many_pixels(name: str, max_pixels: int, size: tuple[int, int] | None, used: int) -> HTTPException:
     what = f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels" if size else "too large to decode"
+    before = f", and the images before it in this request take {used:,}" if used else ""
     return HTTPException(
         413,
-        f"{name!r} is {what}; the limit is {max_pixels:,} pixels: send a smaller image "
+        f"{name!r} is {what}; the limit is {max_pixels:,} pixels{before}: send a smaller image "
         "(or start the server with a larger --max-pixels)",
     )
 
 
-def decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
-    """RGB pixels of an upload, upright as browsers show it; a 4xx for anything that is not a usable image."""
+def decode_image(data: bytes, name: str, max_pixels: int, used: int = 0) -> np.ndarray:
+    """RGB pixels of an upload, upright as browsers show it; a 4xx for anything that is not a usable image.
+
+    ``max_pixels`` bounds a whole request, ``used`` of them taken by its images before this one: several images in
+    one request decode to no more memory than one image may.
+    """
     if not data:
         raise HTTPException(400, f"the uploaded file {name!r} is empty; choose an image file")
     try:
         # The header gives the size, so an oversized image is refused before its pixels are decoded.
-        image = open_image(io.BytesIO(data), max_pixels=max_pixels)
+        image = open_image(io.BytesIO(data), max_pixels=max_pixels - used)
     except TooManyPixels as e:
-        raise _too_many_pixels(name, max_pixels, e.size) from None
+        raise _too_many_pixels(name, max_pixels, e.size, used) from None
     except UndecodableImage as e:
         raise HTTPException(415, f"cannot decode {name!r} as an image ({e.reason}); send a {FORMATS} file") from None
     return np.asarray(to_rgb(image))  # upright: the page draws photos rotated by their EXIF, so boxes match
@@ -380,7 +385,10 @@ def create_app(
         try:
             names = [f.filename or "upload" for f in file]
             # Every image is checked before any is classified: a bad one refuses the request, naming it.
-            images = [await run_in_threadpool(decode_image, await f.read(), n, max_pixels) for f, n in zip(file, names)]
+            images, used = [], 0
+            for f, name in zip(file, names):
+                images.append(await run_in_threadpool(decode_image, await f.read(), name, max_pixels, used))
+                used += images[-1].shape[0] * images[-1].shape[1]
             # Queued together, so they share a batch with each other and with other requests' images.
             results = await asyncio.gather(*(batcher.predict(rgb, detect) for rgb in images))
         finally:
