@@ -452,19 +452,6 @@ def test_page_uploads_a_photo_and_draws_the_box_and_seven_bars(browser, server, 
     page.close()
 
 
-@pytest.mark.slow
-def test_page_shows_the_servers_error_message(browser, server):
-    page, errors = open_page(browser, server)
-    page.set_input_files(
-        "[data-testid=file-input]", files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"not a picture"}]
-    )
-    status = page.locator("[data-testid=status][data-state=error]")
-    status.wait_for(timeout=30_000)
-    assert "cannot decode 'notes.png' as an image" in status.text_content()
-    assert page.locator("[data-testid=face]").count() == 0 and errors == []
-    page.close()
-
-
 def hand_over(page, how: str, name: str, data: bytes, kind: str) -> None:
     """A file dropped on the page or pasted into it, as a browser delivers one."""
     page.evaluate(
@@ -494,12 +481,19 @@ def test_page_reads_a_photo_dropped_on_it_or_pasted_into_it(browser, server, ast
 
 
 @pytest.mark.slow
-def test_page_shows_the_servers_error_for_a_dropped_file_that_is_no_image(browser, server):
+@pytest.mark.parametrize("how", ["button", "drop"])
+def test_page_shows_the_servers_error_message(browser, server, how):
     page, errors = open_page(browser, server)
-    hand_over(page, "drop", "notes.txt", b"not a picture", "text/plain")
+    if how == "button":
+        page.set_input_files(
+            "[data-testid=file-input]",
+            files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"not a picture"}],
+        )
+    else:  # a dropped file goes to the server whatever it is, which names the problem
+        hand_over(page, "drop", "notes.png", b"not a picture", "text/plain")
     status = page.locator("[data-testid=status][data-state=error]")
     status.wait_for(timeout=30_000)
-    assert "cannot decode 'notes.txt' as an image" in status.text_content()
+    assert "cannot decode 'notes.png' as an image" in status.text_content()
     assert page.locator("[data-testid=face]").count() == 0 and errors == []
     page.close()
 
