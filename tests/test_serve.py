@@ -452,18 +452,19 @@ def test_page_uploads_a_photo_and_draws_the_box_and_seven_bars(browser, server, 
     page.close()
 
 
-def hand_over(page, how: str, name: str, data: bytes, kind: str) -> None:
-    """A file dropped on the page or pasted into it, as a browser delivers one."""
+def hand_over(page, how: str, *files: tuple[str, bytes, str]) -> None:
+    """Files (name, bytes, type) dropped on the page or pasted into it, as a browser delivers them."""
     page.evaluate(
-        """([how, name, b64, kind]) => {
+        """([how, files]) => {
         const data = new DataTransfer();
-        data.items.add(new File([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], name, { type: kind }));
+        files.forEach(([name, b64, kind]) =>
+          data.items.add(new File([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], name, { type: kind })));
         const init = { bubbles: true, cancelable: true };
         document.querySelector("main").dispatchEvent(how === "drop"
           ? new DragEvent("drop", { ...init, dataTransfer: data })
           : new ClipboardEvent("paste", { ...init, clipboardData: data }));
     }""",
-        [how, name, base64.b64encode(data).decode(), kind],
+        [how, [[name, base64.b64encode(data).decode(), kind] for name, data, kind in files]],
     )
 
 
@@ -471,11 +472,84 @@ def hand_over(page, how: str, name: str, data: bytes, kind: str) -> None:
 @pytest.mark.parametrize("how", ["drop", "paste"])
 def test_page_reads_a_photo_dropped_on_it_or_pasted_into_it(browser, server, astronaut, how):
     page, errors = open_page(browser, server)
-    hand_over(page, how, "astronaut.png", astronaut.read_bytes(), "image/png")
+    hand_over(page, how, ("astronaut.png", astronaut.read_bytes(), "image/png"))
     face = page.locator("[data-testid=face]")
     face.wait_for(timeout=30_000)
     assert face.count() == 1 and iou(json.loads(face.get_attribute("data-box")), ASTRONAUT_FACE) > 0.6
     assert "1 face in astronaut.png" in page.locator("[data-testid=status]").text_content()
+    assert errors == []
+    page.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["button", "drop"])
+def test_page_reads_several_photos_each_on_its_own_with_a_thumbnail_and_a_line_over_them(
+    browser, server, astronaut, how
+):
+    files = [
+        ("astronaut.png", astronaut.read_bytes(), "image/png"),
+        ("grey.png", png(np.full((120, 160, 3), 128, np.uint8)), "image/png"),
+        ("notes.png", b"not a picture", "text/plain"),
+        ("big.jpg", bytes(MAX_UPLOAD + 100_000), "image/jpeg"),  # refused by the page before it is sent
+    ]
+    page, errors = open_page(browser, server)
+    posts = []
+    page.on("request", lambda request: posts.append(request.url) if request.method == "POST" else None)
+    if how == "button":
+        page.set_input_files(
+            "[data-testid=file-input]", files=[{"name": n, "mimeType": t, "buffer": b} for n, b, t in files]
+        )
+    else:
+        hand_over(page, how, *files)
+    line = page.locator("[data-testid=gallery-line]")
+    page.wait_for_function(
+        "document.querySelector('[data-testid=gallery-line]').textContent.startsWith('4 photos')", timeout=60_000
+    )
+    thumbs = page.locator("[data-testid=thumb]")
+    assert [thumbs.nth(i).get_attribute("data-name") for i in range(4)] == [name for name, _, _ in files]
+    assert [thumbs.nth(i).get_attribute("data-state") for i in range(4)] == ["ok", "ok", "error", "error"]
+    assert len(posts) == 3  # one request a photo; the oversized one never leaves the page
+    captions = page.locator("[data-testid=thumb-caption]")
+    label, confidence = captions.nth(0).text_content().split(" ")  # one face: its label and confidence
+    assert label in CLASSES and confidence.endswith("%")
+    assert [captions.nth(i).text_content() for i in (1, 2, 3)] == ["no face", "not read", "not read"]
+    assert line.text_content() == (
+        f"4 photos: 1 face ({label} 1); 1 without a face; 2 not read; "
+        "click a photo to see its faces or why it was not read"
+    )
+    status = page.locator("[data-testid=status]")
+    thumbs.nth(0).click()
+    face = page.locator("[data-testid=face]")
+    assert face.count() == 1 and iou(json.loads(face.get_attribute("data-box")), ASTRONAUT_FACE) > 0.6
+    assert face.get_attribute("data-label") == label and "1 face in astronaut.png" in status.text_content()
+    assert thumbs.nth(0).get_attribute("aria-pressed") == "true"
+    assert thumbs.nth(2).get_attribute("aria-pressed") == "false"
+    thumbs.nth(1).click()
+    assert "No face found in grey.png" in status.text_content() and face.count() == 0
+    thumbs.nth(2).click()
+    assert "cannot decode 'notes.png' as an image" in status.text_content()
+    assert status.get_attribute("data-state") == "error" and face.count() == 0
+    thumbs.nth(3).click()
+    assert "big.jpg is 0.7 MB; this server accepts up to 0.6 MB" in status.text_content()
+    page.set_input_files("[data-testid=file-input]", str(astronaut))  # one photo again: no gallery
+    page.wait_for_function("document.querySelector('[data-testid=status]').textContent.startsWith('1 face')")
+    assert page.locator("[data-testid=gallery]").is_hidden() and thumbs.count() == 0
+    assert errors == []
+    page.close()
+
+
+@pytest.mark.slow
+def test_page_reads_several_pasted_images_naming_them_by_their_order(browser, server, astronaut):
+    page, errors = open_page(browser, server)
+    image = astronaut.read_bytes()
+    hand_over(page, "paste", ("", image, "image/png"), ("", image, "image/png"), ("", b"text", "text/plain"))
+    page.wait_for_function(
+        "document.querySelector('[data-testid=gallery-line]').textContent.startsWith('2 photos')", timeout=60_000
+    )
+    thumbs = page.locator("[data-testid=thumb]")
+    assert [thumbs.nth(i).get_attribute("data-name") for i in range(2)] == ["pasted image 1", "pasted image 2"]
+    label = page.locator("[data-testid=thumb-caption]").nth(0).text_content().split(" ")[0]
+    assert page.locator("[data-testid=gallery-line]").text_content().startswith(f"2 photos: 2 faces ({label} 2)")
     assert errors == []
     page.close()
 
@@ -490,7 +564,7 @@ def test_page_shows_the_servers_error_message(browser, server, how):
             files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"not a picture"}],
         )
     else:  # a dropped file goes to the server whatever it is, which names the problem
-        hand_over(page, "drop", "notes.png", b"not a picture", "text/plain")
+        hand_over(page, "drop", ("notes.png", b"not a picture", "text/plain"))
     status = page.locator("[data-testid=status][data-state=error]")
     status.wait_for(timeout=30_000)
     assert "cannot decode 'notes.png' as an image" in status.text_content()

@@ -10,6 +10,9 @@ const canvas = $("canvas");
 const video = $("video");
 const statusLine = $("status");
 const facesPanel = $("faces");
+const gallery = $("gallery");
+const thumbs = $("thumbs");
+const galleryLine = $("gallery-line");
 const cameraButton = $("camera-button");
 const snapshotButton = $("snapshot-button");
 const liveToggle = $("live-toggle");
@@ -167,48 +170,166 @@ function showFaces(result, classes) {
   });
 }
 
-// Returns whether a result was shown, so live mode can stop on errors instead of repeating them.
-async function analyse(blob, name, tracked = false) {
+function show(bitmap, result, classes, name) {
+  draw(bitmap, result);
+  showFaces(result, classes);
+  const found = result.faces.length;
+  setStatus(found ? `${found} face${found > 1 ? "s" : ""} in ${name} (${result.width}x${result.height})`
+    : `No face found in ${name} (${result.width}x${result.height}); try a larger, frontal, well-lit face`);
+}
+
+function showError(message) {
+  facesPanel.replaceChildren();
+  canvas.width = canvas.height = 0; // the previous image's boxes do not belong to this upload
+  setStatus(`Error: ${message}`, true);
+}
+
+// One photo's answer: its decoded picture (null where the browser cannot decode what the server can) and result.
+async function read(blob, name, signal, tracked = false) {
   if (blob.size > maxUploadBytes) {
-    setStatus(`${name} is ${megabytes(blob.size)} MB; this server accepts up to ${megabytes(maxUploadBytes)} MB`, true);
-    return false;
+    throw new Error(`${name} is ${megabytes(blob.size)} MB; this server accepts up to ${megabytes(maxUploadBytes)} MB`);
   }
-  if (current) current.abort();
-  const controller = new AbortController();
-  current = controller;
-  setStatus(`Analysing ${name}...`);
   const form = new FormData();
   form.append("file", blob, name);
+  const [bitmap, body] = await Promise.all([
+    createImageBitmap(blob).catch(() => null),
+    fetchJson("predict" + (tracked ? `?session=${sessionId}` : ""), { method: "POST", body: form, signal }),
+  ]);
+  return { bitmap, result: body.results[0], classes: body.classes };
+}
+
+// A new upload or snapshot replaces whatever the page was reading or showing.
+function begin() {
+  if (current) current.abort();
+  current = new AbortController();
+  thumbs.querySelectorAll("img").forEach((img) => URL.revokeObjectURL(img.src));
+  thumbs.replaceChildren();
+  gallery.hidden = true;
+  return current;
+}
+
+// Returns whether a result was shown, so live mode can stop on errors instead of repeating them.
+async function analyse(blob, name, tracked = false) {
+  const controller = begin();
+  setStatus(`Analysing ${name}...`);
   try {
-    const [bitmap, body] = await Promise.all([
-      createImageBitmap(blob).catch(() => null),
-      fetchJson("predict" + (tracked ? `?session=${sessionId}` : ""), { method: "POST", body: form, signal: controller.signal }),
-    ]);
+    const { bitmap, result, classes } = await read(blob, name, controller.signal, tracked);
     if (current !== controller) return false;
-    const result = body.results[0];
-    draw(bitmap, result);
-    showFaces(result, body.classes);
-    const found = result.faces.length;
-    setStatus(found ? `${found} face${found > 1 ? "s" : ""} in ${name} (${result.width}x${result.height})`
-      : `No face found in ${name} (${result.width}x${result.height}); try a larger, frontal, well-lit face`);
+    show(bitmap, result, classes, name);
     return true;
   } catch (error) {
     if (error.name === "AbortError" || current !== controller) return false;
-    facesPanel.replaceChildren();
-    canvas.width = canvas.height = 0; // the previous image's boxes do not belong to this upload
-    setStatus(`Error: ${error.message}`, true);
+    showError(error.message);
     return false;
   }
 }
 
+// "Happy 2, Neutral 1": most common first, ties in the order first met, as Python's Counter.most_common orders them.
+function labelCounts(faces) {
+  const counts = new Map();
+  faces.forEach((f) => counts.set(f.label, (counts.get(f.label) || 0) + 1));
+  return Array.from(counts).sort((a, b) => b[1] - a[1]).map(([label, n]) => `${label} ${n}`).join(", ");
+}
+
+function faceCaption(faces) {
+  if (faces.length === 1) return `${faces[0].label} ${percent(faces[0].confidence)}`;
+  return faces.length ? `${faces.length} faces: ${labelCounts(faces)}` : "no face";
+}
+
+// The line over several photos, worded as `ferkit predict` words it over several images.
+function summary(entries) {
+  const faces = entries.flatMap((e) => (e.result ? e.result.faces : []));
+  let line = `${entries.length} photos: ${faces.length} face${faces.length === 1 ? "" : "s"}`;
+  if (faces.length) line += ` (${labelCounts(faces)})`;
+  const faceless = entries.filter((e) => e.result && !e.result.faces.length).length;
+  const failed = entries.filter((e) => e.error).length;
+  if (faceless) line += `; ${faceless} without a face`;
+  if (failed) line += `; ${failed} not read`;
+  return line;
+}
+
+function select(entry) {
+  thumbs.querySelectorAll(".thumb").forEach((t) => t.setAttribute("aria-pressed", String(t === entry.thumb)));
+  if (entry.error) showError(entry.error);
+  else show(entry.bitmap, entry.result, entry.classes, entry.name);
+}
+
+// Several photos: each is sent on its own, so one that cannot be read costs only itself, two at a time so a busy
+// server is not flooded; each gets a thumbnail that shows it when clicked, under the line over them all.
+async function analyseMany(files) {
+  const controller = begin();
+  const entries = files.map(({ file, name }) => {
+    const thumb = document.createElement("button");
+    thumb.type = "button";
+    thumb.className = "thumb";
+    thumb.setAttribute("data-testid", "thumb");
+    thumb.dataset.name = name;
+    thumb.dataset.state = "pending";
+    const picture = document.createElement("img");
+    picture.alt = "";
+    picture.src = URL.createObjectURL(file);
+    picture.addEventListener("error", () => picture.remove()); // a format the browser cannot show
+    const title = document.createElement("span");
+    title.textContent = name;
+    const caption = document.createElement("span");
+    caption.setAttribute("data-testid", "thumb-caption");
+    caption.textContent = "...";
+    thumb.append(picture, title, caption);
+    thumbs.append(thumb);
+    return { file, name, thumb, caption };
+  });
+  gallery.hidden = false;
+  let done = 0;
+  let shown = false;
+  const queue = [...entries];
+  const worker = async () => {
+    for (let entry = queue.shift(); entry; entry = queue.shift()) {
+      try {
+        Object.assign(entry, await read(entry.file, entry.name, controller.signal));
+        entry.caption.textContent = faceCaption(entry.result.faces);
+        entry.thumb.dataset.state = "ok";
+      } catch (error) {
+        if (error.name === "AbortError" || current !== controller) return;
+        entry.error = error.message;
+        entry.caption.textContent = "not read";
+        entry.thumb.dataset.state = "error";
+      }
+      if (current !== controller) return;
+      entry.thumb.title = `${entry.name}: ${entry.error || entry.caption.textContent}`;
+      entry.thumb.addEventListener("click", () => select(entry));
+      done += 1;
+      // The first photo that can be read is on show while the rest are read, whichever answer came first.
+      const first = entries.find((e) => !e.error);
+      if (!shown && first && first.result) {
+        shown = true;
+        select(first);
+      }
+      galleryLine.textContent = `Read ${done} of ${entries.length} photos...`;
+    }
+  };
+  galleryLine.textContent = `Analysing ${entries.length} photos...`;
+  setStatus(galleryLine.textContent);
+  await Promise.all([worker(), worker()]);
+  if (current !== controller) return;
+  if (!shown) showError(entries[0].error);
+  const why = entries.some((e) => e.error) ? " or why it was not read" : "";
+  galleryLine.textContent = `${summary(entries)}; click a photo to see its faces${why}`;
+}
+
+// Pasted images often come without a name.
+function analyseFiles(files) {
+  const named = files.map((file, i) => ({ file, name: file.name || (files.length > 1 ? `pasted image ${i + 1}` : "pasted image") }));
+  if (named.length === 1) analyse(named[0].file, named[0].name);
+  else if (named.length > 1) analyseMany(named);
+}
+
 $("file-input").addEventListener("change", (event) => {
-  const file = event.target.files[0];
-  if (file) analyse(file, file.name);
-  event.target.value = ""; // choosing the same file again must fire "change" again
+  analyseFiles(Array.from(event.target.files));
+  event.target.value = ""; // choosing the same files again must fire "change" again
 });
 
-// A file dropped anywhere on the page, or an image pasted (a screenshot, a picture copied in another tab), is read as
-// if chosen with the button; the server judges what it is, so a dropped non-image gets its one-line error.
+// Files dropped anywhere on the page, or images pasted (a screenshot, a picture copied in another tab), are read as
+// if chosen with the button; the server judges what each is, so a dropped non-image gets its one-line error.
 document.addEventListener("dragover", (event) => {
   event.preventDefault(); // without it the browser opens the dropped file in place of the page
   document.body.classList.add("dragging");
@@ -219,15 +340,15 @@ document.addEventListener("dragleave", (event) => {
 document.addEventListener("drop", (event) => {
   event.preventDefault();
   document.body.classList.remove("dragging");
-  const file = event.dataTransfer && event.dataTransfer.files[0];
-  if (file) analyse(file, file.name);
-  else setStatus("Nothing to read in what was dropped; drop a photo file", true);
+  const files = Array.from((event.dataTransfer && event.dataTransfer.files) || []);
+  if (files.length) analyseFiles(files);
+  else setStatus("Nothing to read in what was dropped; drop photo files", true);
 });
 document.addEventListener("paste", (event) => {
-  const file = Array.from((event.clipboardData && event.clipboardData.files) || []).find((f) => f.type.startsWith("image/"));
-  if (!file) return; // pasted text is left to the page
+  const files = Array.from((event.clipboardData && event.clipboardData.files) || []).filter((f) => f.type.startsWith("image/"));
+  if (!files.length) return; // pasted text is left to the page
   event.preventDefault();
-  analyse(file, file.name || "pasted image");
+  analyseFiles(files);
 });
 
 async function startCamera() {
