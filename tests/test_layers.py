@@ -31,7 +31,7 @@ ALLOWED = {
     "__main__": {"cli"},
 }
 # Imported at the import of ferkit.training and of ferkit.cli, these would make `ferkit train` pay for deployment.
-HEAVY = ("onnx", "onnxruntime", "onnxscript", "fastapi", "uvicorn")
+HEAVY = ("onnx", "onnxruntime", "onnxscript", "fastapi", "uvicorn", "sklearn")
 
 
 def module_name(path: Path) -> str:
@@ -108,8 +108,8 @@ def test_the_cli_imports_only_shared_modules_at_start_up():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("module", ["ferkit.training", "ferkit.cli"])
-def test_importing_leaves_export_and_serving_unloaded(module):
+@pytest.mark.parametrize("module", ["ferkit.training", "ferkit.cli", "ferkit.inference.predict"])
+def test_importing_leaves_export_serving_and_scikit_learn_unloaded(module):
     code = f"import sys, {module}; print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)

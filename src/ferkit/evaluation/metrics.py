@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from ..plots import plot_confusion
 
@@ -49,6 +48,9 @@ def expected_calibration_error(bins: Sequence[dict]) -> float:
 def compute_metrics(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], min_support: int = 1) -> dict:
     """``macro_recall`` and ``macro_f1`` average over the classes with at least ``min_support`` images: a class the
     data does not have (Neutral in CK+) has no recall to average, and a handful of images none worth reading."""
+    # Imported here: scikit-learn takes most of a second to import, and predicting one photo never needs it.
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
     predicted = probs.argmax(axis=1)
     indices = list(range(len(classes)))
     precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=indices, zero_division=0)
