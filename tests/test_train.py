@@ -388,6 +388,34 @@ def test_corrupt_image_during_training_is_one_clear_line(image_folder, tmp_path,
     assert multiprocessing.active_children() == []
 
 
+def test_no_report_leaves_privatetest_unread_until_the_run_is_chosen(image_folder, tmp_path, monkeypatch):
+    measured = []
+    real_measure = train_mod._measure
+    monkeypatch.setattr(
+        train_mod, "_measure", lambda model, samples, *a: measured.append(samples) or real_measure(model, samples, *a)
+    )
+    run = tmp_path / "run"
+    result = train(tiny(image_folder, run, epochs=2, protocol="clean", report=False))
+    splits = load_splits(str(image_folder), "clean")
+    assert measured and all(samples == splits.select for samples in measured)  # PublicTest every epoch, nothing else
+    assert result["split"] is None and "accuracy" not in result and result["pflop"] > 0
+    assert not (run / "report.json").exists() and not (run / "report_confusion.png").exists()
+    log = (run / "train.log").read_text()
+    assert (
+        f"report: PrivateTest left unread (--no-report), best.pth from epoch {result['best_epoch']} (selected on "
+        f"PublicTest); once this run is the one chosen, read it with `ferkit evaluate {run / 'best.pth'} --data "
+        f"{image_folder} --split report`"
+    ) in log
+    # Chosen: a resume of the finished run with --report reads it once, as the run would have at its end.
+    assert main(["train", "--resume", str(run), "--report"]) == 0
+    report = json.loads((run / "report.json").read_text())
+    assert report["split"] == "PrivateTest" and report["best_epoch"] == result["best_epoch"]
+    assert measured[-1] == splits.report
+    assert (
+        report["accuracy"] == evaluate_checkpoint(run / "best.pth", data=str(image_folder), split="report")["accuracy"]
+    )
+
+
 def test_resume_with_more_epochs_continues_the_schedule_over_the_new_total(image_folder, tmp_path):
     run = tmp_path / "run"
     train(tiny(image_folder, run, epochs=2))

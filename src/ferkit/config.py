@@ -64,6 +64,13 @@ class Config:
         "spec: select and report on test/; clean: select on PublicTest, report PrivateTest",
         choices=PROTOCOLS,
     )
+    report: bool = _opt(
+        "data",
+        True,
+        "measure best.pth on the report split when training ends; --no-report leaves it unread (PrivateTest under "
+        "the clean protocol), so runs are compared on the selection split before any is read on the report split",
+        resumable=True,
+    )
     limit_per_class: int = _opt(
         "data", 0, "use at most N images per class and split (0 = all; for smoke tests)", bounds="[0, inf)"
     )

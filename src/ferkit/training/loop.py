@@ -551,16 +551,15 @@ def _log_start(t: Training) -> None:
 
 
 def final_report(cfg: Config, splits: Splits, state: TrainState, speed: Speed) -> dict:
-    """Measure best.pth once on the report split (PrivateTest under the clean protocol), with the run's cost."""
+    """Measure best.pth once on the report split (PrivateTest under the clean protocol), with the run's cost; with
+    ``cfg.report`` off the split stays unread and the cost alone is returned."""
     best = Path(cfg.out) / BEST
-    model = load_model(best, splits.classes).model.to(speed.device)
-    metrics = _measure(model, splits.report, splits.classes, cfg, speed)
     best_epoch = state.best_epoch()
     # best.pth holds that epoch's evaluated weights, so its row already measured them on the watched folders.
     watched = {k: v for row in state.history if row["epoch"] == best_epoch for k, v in row.items() if is_watched(k)}
-    metrics.update(
+    run = dict(
         protocol=cfg.protocol,
-        split=splits.names["report"],
+        split=splits.names["report"] if cfg.report else None,
         selected_on=splits.names["select"],
         best_epoch=best_epoch,
         epochs=cfg.epochs,
@@ -574,6 +573,19 @@ def final_report(cfg: Config, splits: Splits, state: TrainState, speed: Speed) -
         checkpoint=str(best),
         watched=watched,
     )
+    chosen = f"best.pth from epoch {best_epoch} (selected on {run['selected_on']})"
+    tail = "".join(f"\n{name} (watched, best epoch): {value:.4f}" for name, value in watched.items()) + (
+        f"\ncost: {state.pflop:.3f} PFLOP of training, {state.seconds / 60:.1f} min wall "
+        f"({speed.precision} training) on {machine_description()}" + (_with_start(state) if cfg.init_from else "")
+    )
+    if not cfg.report:
+        log.info(
+            f"report: {splits.names['report']} left unread (--no-report), {chosen}; once this run is the one "
+            f"chosen, read it with `ferkit evaluate {best} --data {cfg.data} --split report`" + tail
+        )
+        return run
+    model = load_model(best, splits.classes).model.to(speed.device)
+    metrics = {**_measure(model, splits.report, splits.classes, cfg, speed), **run}
     if dist.is_main():
         write_report(
             metrics,
@@ -583,11 +595,8 @@ def final_report(cfg: Config, splits: Splits, state: TrainState, speed: Speed) -
             f"{metrics['split']} ({cfg.protocol} protocol), best epoch {best_epoch}: acc {metrics['accuracy']:.3f}",
         )
     log.info(
-        f"report: {metrics['split']} with best.pth from epoch {best_epoch} "
-        f"(selected on {metrics['selected_on']}), {cfg.eval_precision} evaluation\n"
+        f"report: {metrics['split']} with {chosen}, {cfg.eval_precision} evaluation\n"
         + format_metrics(metrics, splits.classes)
-        + "".join(f"\n{name} (watched, best epoch): {value:.4f}" for name, value in watched.items())
-        + f"\ncost: {state.pflop:.3f} PFLOP of training, {state.seconds / 60:.1f} min wall "
-        f"({speed.precision} training) on {machine_description()}" + (_with_start(state) if cfg.init_from else "")
+        + tail
     )
     return metrics
