@@ -20,6 +20,7 @@ const liveToggle = $("live-toggle");
 let maxUploadBytes = Infinity;
 let stream = null;
 let current = null; // AbortController of the request whose answer the page will show
+let selected = null; // the photo of several on show
 let liveRunning = false;
 // One id per tab: the server keeps this tab's face tracks (and smoothed labels) apart from other tabs'.
 const sessionId = Array.from(crypto.getRandomValues(new Uint8Array(12)), (b) => b.toString(16).padStart(2, "0")).join("");
@@ -184,24 +185,25 @@ function showError(message) {
   setStatus(`Error: ${message}`, true);
 }
 
-// One photo's answer: its decoded picture (null where the browser cannot decode what the server can) and result.
+// One photo's result and the classes it scores.
 async function read(blob, name, signal, tracked = false) {
   if (blob.size > maxUploadBytes) {
     throw new Error(`${name} is ${megabytes(blob.size)} MB; this server accepts up to ${megabytes(maxUploadBytes)} MB`);
   }
   const form = new FormData();
   form.append("file", blob, name);
-  const [bitmap, body] = await Promise.all([
-    createImageBitmap(blob).catch(() => null),
-    fetchJson("predict" + (tracked ? `?session=${sessionId}` : ""), { method: "POST", body: form, signal }),
-  ]);
-  return { bitmap, result: body.results[0], classes: body.classes };
+  const body = await fetchJson("predict" + (tracked ? `?session=${sessionId}` : ""), { method: "POST", body: form, signal });
+  return { result: body.results[0], classes: body.classes };
 }
+
+// The picture to draw on; null where the browser cannot decode what the server can (TIFF).
+const decode = (blob) => createImageBitmap(blob).catch(() => null);
 
 // A new upload or snapshot replaces whatever the page was reading or showing.
 function begin() {
   if (current) current.abort();
   current = new AbortController();
+  selected = null;
   thumbs.querySelectorAll("img").forEach((img) => URL.revokeObjectURL(img.src));
   thumbs.replaceChildren();
   gallery.hidden = true;
@@ -213,7 +215,7 @@ async function analyse(blob, name, tracked = false) {
   const controller = begin();
   setStatus(`Analysing ${name}...`);
   try {
-    const { bitmap, result, classes } = await read(blob, name, controller.signal, tracked);
+    const [bitmap, { result, classes }] = await Promise.all([decode(blob), read(blob, name, controller.signal, tracked)]);
     if (current !== controller) return false;
     show(bitmap, result, classes, name);
     return true;
@@ -248,10 +250,14 @@ function summary(entries) {
   return line;
 }
 
-function select(entry) {
+// A photo of several is decoded when shown, not kept decoded: a few hundred photos would hold gigabytes of pixels.
+async function select(entry) {
+  selected = entry;
   thumbs.querySelectorAll(".thumb").forEach((t) => t.setAttribute("aria-pressed", String(t === entry.thumb)));
-  if (entry.error) showError(entry.error);
-  else show(entry.bitmap, entry.result, entry.classes, entry.name);
+  if (entry.error) return showError(entry.error);
+  const bitmap = await decode(entry.file);
+  if (selected === entry) show(bitmap, entry.result, entry.classes, entry.name);
+  if (bitmap) bitmap.close();
 }
 
 // Several photos: each is sent on its own, so one that cannot be read costs only itself, two at a time so a busy
@@ -267,6 +273,8 @@ async function analyseMany(files) {
     thumb.dataset.state = "pending";
     const picture = document.createElement("img");
     picture.alt = "";
+    picture.loading = "lazy";
+    picture.decoding = "async";
     picture.src = URL.createObjectURL(file);
     picture.addEventListener("error", () => picture.remove()); // a format the browser cannot show
     const title = document.createElement("span");
