@@ -7,6 +7,7 @@ import io
 import itertools
 import json
 import os
+import re
 import shutil
 import socket
 import struct
@@ -23,8 +24,10 @@ from conftest import ASTRONAUT_FACE, LiveServer, iou
 from PIL import Image
 
 import ferkit.checkpoint as checkpoint_mod
+import ferkit.serve
 from ferkit.cli import main
 from ferkit.data.datasets import CLASSES
+from ferkit.data.images import IMAGE_SUFFIXES
 from ferkit.inference.ensemble import combine_checkpoints
 from ferkit.inference.predict import Predictor
 from ferkit.inference.results import Face, Result
@@ -540,6 +543,53 @@ def test_page_reads_several_photos_each_on_its_own_with_a_thumbnail_and_a_line_o
     page.set_input_files("[data-testid=file-input]", str(astronaut))  # one photo again: no gallery
     page.wait_for_function("document.querySelector('[data-testid=status]').textContent.startsWith('1 face')")
     assert page.locator("[data-testid=gallery]").is_hidden() and thumbs.count() == 0
+    assert errors == []
+    page.close()
+
+
+def test_the_page_reads_a_folder_for_the_image_endings_predict_reads():
+    script = (Path(ferkit.serve.__file__).parent / "static" / "app.js").read_text()
+    listed = re.search(r"const IMAGE_SUFFIXES = \[(.*?)\];", script).group(1)
+    assert sorted(json.loads(f"[{listed}]")) == sorted(IMAGE_SUFFIXES)
+
+
+@pytest.mark.slow
+def test_page_reads_a_dropped_folder_as_predict_reads_one(browser, server, astronaut):
+    page, errors = open_page(browser, server)
+    # Chromium gives a dropped folder as a FileSystemDirectoryEntry, which a test cannot put in a DataTransfer: the
+    # page's reader is given entries shaped as Chromium's, their folder's entries in two batches.
+    names = page.evaluate(
+        """async ([b64]) => {
+        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        const file = (path) => ({ isFile: true, isDirectory: false, name: path.split("/").pop(), fullPath: "/" + path,
+          file: (ok) => ok(new File([path.endsWith(".txt") ? "notes" : bytes], path.split("/").pop())) });
+        const folder = (path, children) => {
+          const batches = [children.slice(0, 2), children.slice(2), []];
+          return { isFile: false, isDirectory: true, name: path.split("/").pop(), fullPath: "/" + path,
+            createReader: () => ({ readEntries: (ok) => ok(batches.shift() || []) }) };
+        };
+        const shots = folder("shots", [file("shots/b.png"), file("shots/notes.txt"), folder("shots/sub",
+          [file("shots/sub/c.png")]), file("shots/a.JPG")]);
+        const item = (entry) => ({ kind: "file", webkitGetAsEntry: () => entry });
+        const empty = await dropped({ items: [item(folder("docs", [file("docs/notes.txt")]))] });
+        const files = await dropped({ items: [item(shots), item(file("loose.txt"))] });
+        analyseFiles(files);
+        return [empty.length, files.map((f) => f.name)];
+    }""",
+        [base64.b64encode(astronaut.read_bytes()).decode()],
+    )
+    assert names == [0, ["shots/a.JPG", "shots/b.png", "shots/sub/c.png", "loose.txt"]]
+    page.wait_for_function(
+        "document.querySelector('[data-testid=gallery-line]').textContent.startsWith('4 photos')", timeout=60_000
+    )
+    thumbs = page.locator("[data-testid=thumb]")
+    assert [thumbs.nth(i).get_attribute("data-state") for i in range(4)] == ["ok", "ok", "ok", "error"]
+    label = page.locator("[data-testid=thumb-caption]").nth(0).text_content().split(" ")[0]
+    assert (
+        page.locator("[data-testid=gallery-line]")
+        .text_content()
+        .startswith(f"4 photos: 3 faces ({label} 3); 1 not read")
+    )
     assert errors == []
     page.close()
 

@@ -324,20 +324,56 @@ async function analyseMany(files) {
   galleryLine.textContent = `${summary(entries)}; click a photo to see its faces${why}`;
 }
 
-// Pasted images often come without a name.
+// files: [{file, name}], the name as the page shows it.
 function analyseFiles(files) {
-  const named = files.map((file, i) => ({ file, name: file.name || (files.length > 1 ? `pasted image ${i + 1}` : "pasted image") }));
-  if (named.length === 1) analyse(named[0].file, named[0].name);
-  else if (named.length > 1) analyseMany(named);
+  if (files.length === 1) analyse(files[0].file, files[0].name);
+  else if (files.length > 1) analyseMany(files);
 }
 
+const named = (files) => Array.from(files, (file) => ({ file, name: file.name }));
+
 $("file-input").addEventListener("change", (event) => {
-  analyseFiles(Array.from(event.target.files));
+  analyseFiles(named(event.target.files));
   event.target.value = ""; // choosing the same files again must fire "change" again
 });
 
-// Files dropped anywhere on the page, or images pasted (a screenshot, a picture copied in another tab), are read as
-// if chosen with the button; the server judges what each is, so a dropped non-image gets its one-line error.
+// The endings `ferkit predict FOLDER` reads as images (ferkit.data.images.IMAGE_SUFFIXES; a test keeps them equal).
+const IMAGE_SUFFIXES = [".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"];
+const isImageName = (name) => IMAGE_SUFFIXES.some((suffix) => name.toLowerCase().endsWith(suffix));
+// Path order as Python sorts paths: part by part.
+function byPath(a, b) {
+  const [x, y] = [a.fullPath.split("/"), b.fullPath.split("/")];
+  for (let i = 0; i < Math.min(x.length, y.length); i += 1) if (x[i] !== y[i]) return x[i] < y[i] ? -1 : 1;
+  return x.length - y.length;
+}
+const settle = (call) => new Promise((resolve, reject) => call(resolve, reject));
+
+async function imagesUnder(folder) {
+  const reader = folder.createReader();
+  const children = [];
+  // A folder's entries come a batch at a time, then an empty batch.
+  for (let batch = await settle((ok, fail) => reader.readEntries(ok, fail)); batch.length;
+    batch = await settle((ok, fail) => reader.readEntries(ok, fail))) children.push(...batch);
+  const found = await Promise.all(children.map((e) => (e.isDirectory ? imagesUnder(e) : isImageName(e.name) ? [e] : [])));
+  return found.flat().sort(byPath);
+}
+
+// A dropped folder is read as `ferkit predict FOLDER` reads one: the images anywhere under it in path order, named by
+// their path, its other files left out. A file dropped on its own is sent whatever it is, for the server to judge.
+async function dropped(transfer) {
+  // Entries are taken while the drop event runs (its items are gone after it); they stay readable afterwards.
+  const entries = Array.from(transfer.items || [], (item) => (item.kind === "file" && item.webkitGetAsEntry ? item.webkitGetAsEntry() : null));
+  if (!entries.some((e) => e && e.isDirectory)) return named(transfer.files || []);
+  const found = await Promise.all(entries.filter(Boolean).map((e) => (e.isDirectory ? imagesUnder(e) : [e])));
+  return Promise.all(found.flat().map(async (e) => ({
+    file: await settle((ok, fail) => e.file(ok, fail)),
+    name: e.fullPath.replace(/^\//, ""),
+  })));
+}
+
+// Files or folders dropped anywhere on the page, or images pasted (a screenshot, a picture copied in another tab),
+// are read as if chosen with the button; the server judges what each file is, so a dropped non-image gets its
+// one-line error.
 document.addEventListener("dragover", (event) => {
   event.preventDefault(); // without it the browser opens the dropped file in place of the page
   document.body.classList.add("dragging");
@@ -345,18 +381,25 @@ document.addEventListener("dragover", (event) => {
 document.addEventListener("dragleave", (event) => {
   if (!event.relatedTarget) document.body.classList.remove("dragging");
 });
-document.addEventListener("drop", (event) => {
+document.addEventListener("drop", async (event) => {
   event.preventDefault();
   document.body.classList.remove("dragging");
-  const files = Array.from((event.dataTransfer && event.dataTransfer.files) || []);
+  let files;
+  try {
+    files = await dropped(event.dataTransfer || {});
+  } catch (error) {
+    setStatus(`Cannot read what was dropped (${error.message}); drop the photos themselves`, true);
+    return;
+  }
   if (files.length) analyseFiles(files);
-  else setStatus("Nothing to read in what was dropped; drop photo files", true);
+  else setStatus("No photo in what was dropped; drop photo files or folders of them", true);
 });
 document.addEventListener("paste", (event) => {
   const files = Array.from((event.clipboardData && event.clipboardData.files) || []).filter((f) => f.type.startsWith("image/"));
   if (!files.length) return; // pasted text is left to the page
   event.preventDefault();
-  analyseFiles(files);
+  // Pasted images often come without a name.
+  analyseFiles(files.map((file, i) => ({ file, name: file.name || (files.length > 1 ? `pasted image ${i + 1}` : "pasted image") })));
 });
 
 async function startCamera() {
