@@ -611,6 +611,34 @@ def test_page_reads_several_pasted_images_naming_them_by_their_order(browser, se
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("busy", [1, 4])
+def test_page_comes_back_to_a_busy_server_when_it_says_then_gives_up(browser, server, astronaut, busy):
+    page, errors = open_page(browser, server)
+    answers = []
+
+    def busy_first(route) -> None:  # the server's own 503, as it answers beyond --max-queue
+        answers.append(route.request.post_data_buffer is not None)
+        if len(answers) <= busy:
+            detail = "server busy: 32 requests in progress; retry shortly"
+            route.fulfill(status=503, headers={"Retry-After": "1"}, json={"detail": detail})
+        else:
+            route.continue_()
+
+    page.route("**/predict", busy_first)
+    page.set_input_files("[data-testid=file-input]", str(astronaut))
+    page.wait_for_function(
+        "!document.querySelector('[data-testid=status]').textContent.startsWith('Analysing')", timeout=30_000
+    )
+    status = page.locator("[data-testid=status]").text_content()
+    if busy < 4:  # read once the server had room
+        assert "1 face in astronaut.png" in status and len(answers) == busy + 1
+    else:  # four busy answers, a second apart: the photo is given up, saying why
+        assert status == "Error: server busy: 32 requests in progress; retry shortly" and len(answers) == 4
+    assert all(answers) and errors == []  # every try sent the photo again
+    page.close()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["button", "drop"])
 def test_page_shows_the_servers_error_message(browser, server, how):
     page, errors = open_page(browser, server)

@@ -18,6 +18,7 @@ const snapshotButton = $("snapshot-button");
 const liveToggle = $("live-toggle");
 
 let maxUploadBytes = Infinity;
+const BUSY_TRIES = 4;
 let stream = null;
 let current = null; // AbortController of the request whose answer the page will show
 let selected = null; // the photo of several on show
@@ -51,7 +52,10 @@ async function fetchJson(url, options) {
   }
   if (!response.ok) {
     const fallback = `HTTP ${response.status} ${response.statusText}`;
-    throw new Error(body && typeof body.detail === "string" ? body.detail : fallback);
+    const error = new Error(body && typeof body.detail === "string" ? body.detail : fallback);
+    error.status = response.status;
+    error.retryAfter = Number(response.headers.get("Retry-After")) || 1;
+    throw error;
   }
   return body;
 }
@@ -192,8 +196,16 @@ async function read(blob, name, signal, tracked = false) {
   }
   const form = new FormData();
   form.append("file", blob, name);
-  const body = await fetchJson("predict" + (tracked ? `?session=${sessionId}` : ""), { method: "POST", body: form, signal });
-  return { result: body.results[0], classes: body.classes };
+  // A busy server (503) says when to come back; a photo is given up only after a few such answers.
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      const body = await fetchJson("predict" + (tracked ? `?session=${sessionId}` : ""), { method: "POST", body: form, signal });
+      return { result: body.results[0], classes: body.classes };
+    } catch (error) {
+      if (error.status !== 503 || attempt === BUSY_TRIES || signal.aborted) throw error;
+      await sleep(1000 * error.retryAfter);
+    }
+  }
 }
 
 // The picture to draw on; null where the browser cannot decode what the server can (TIFF).
