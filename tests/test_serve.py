@@ -194,6 +194,12 @@ BAD_INPUTS = {
         "cannot decode 'notes.jpg' as an image (not an image format PIL can decode)",
     ),
     "truncated JPEG": (dict(files={"file": ("cut.jpg", _jpeg_head(), "image/jpeg")}), 415, "cannot decode 'cut.jpg'"),
+    "a video": (
+        dict(files={"file": ("clip.MP4", b"\0\0\0\x18ftypmp42", "video/mp4")}),
+        415,
+        "'clip.MP4' is a video; this server reads photos and camera snapshots: read the video with `ferkit predict "
+        "clip.MP4` (a summary per person; --annotate draws it)",
+    ),
     "missing file field": (dict(files={"photo": ("a.png", b"x", "image/png")}), 422, "form field 'file'"),
     "not multipart": (
         dict(content=b'{"image": "a.png"}', headers={"Content-Type": "application/json"}),

@@ -40,6 +40,7 @@ from ..inference.modelinfo import describe_model
 from ..inference.predict import Predictor
 from ..inference.results import Face, Result, results_json
 from ..inference.tracking import Tracker
+from ..inference.video import is_video
 from .limits import HOST, MAX_BATCH, MAX_PIXELS, MAX_QUEUE, MAX_SESSIONS, MAX_UPLOAD_MB, PORT, SESSION_IDLE_S
 
 STATIC = Path(__file__).parent / "static"
@@ -181,6 +182,12 @@ def decode_image(data: bytes, name: str, max_pixels: int, used: int = 0) -> np.n
     except TooManyPixels as e:
         raise _too_many_pixels(name, max_pixels, e.size, used) from None
     except UndecodableImage as e:
+        if is_video(Path(name)):
+            raise HTTPException(
+                415,
+                f"{name!r} is a video; this server reads photos and camera snapshots: read the video with "
+                f"`ferkit predict {name}` (a summary per person; --annotate draws it)",
+            ) from None
         raise HTTPException(415, f"cannot decode {name!r} as an image ({e.reason}); send a {FORMATS} file") from None
     return np.asarray(to_rgb(image))  # upright: the page draws photos rotated by their EXIF, so boxes match
 
