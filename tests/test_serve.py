@@ -546,6 +546,16 @@ def test_page_reads_several_photos_each_on_its_own_with_a_thumbnail_and_a_line_o
     click(2, "cannot decode 'notes.png' as an image")
     assert status.get_attribute("data-state") == "error" and face.count() == 0
     click(3, "big.jpg is 0.7 MB; this server accepts up to 0.6 MB")
+    # Saved as `ferkit predict --json` writes them, in the order given; each photo as the API reads it alone.
+    with page.expect_download() as download:
+        page.click("[data-testid=save-results]")
+    assert download.value.suggested_filename == "ferkit-results.json"
+    saved = json.loads(Path(download.value.path()).read_text())
+    alone = httpx.post(f"{server.url}/predict", files={"file": files[0][:2]}, timeout=60).json()
+    assert {k: saved[k] for k in ("classes", "prior", "tta")} == {k: alone[k] for k in ("classes", "prior", "tta")}
+    assert [r["source"] for r in saved["results"]] == [name for name, _, _ in files]
+    assert saved["results"][0] == alone["results"][0] and saved["results"][1]["faces"] == []
+    assert "cannot decode 'notes.png'" in saved["results"][2]["error"] and saved["results"][3]["faces"] == []
     page.set_input_files("[data-testid=file-input]", str(astronaut))  # one photo again: no gallery
     page.wait_for_function("document.querySelector('[data-testid=status]').textContent.startsWith('1 face')")
     assert page.locator("[data-testid=gallery]").is_hidden() and thumbs.count() == 0

@@ -13,6 +13,7 @@ const facesPanel = $("faces");
 const gallery = $("gallery");
 const thumbs = $("thumbs");
 const galleryLine = $("gallery-line");
+const saveLink = $("save-results");
 const cameraButton = $("camera-button");
 const snapshotButton = $("snapshot-button");
 const liveToggle = $("live-toggle");
@@ -200,7 +201,7 @@ async function read(blob, name, signal, tracked = false) {
   for (let attempt = 1; ; attempt += 1) {
     try {
       const body = await fetchJson("predict" + (tracked ? `?session=${sessionId}` : ""), { method: "POST", body: form, signal });
-      return { result: body.results[0], classes: body.classes };
+      return { result: body.results[0], classes: body.classes, prior: body.prior, tta: body.tta };
     } catch (error) {
       if (error.status !== 503 || attempt === BUSY_TRIES || signal.aborted) throw error;
       await sleep(1000 * error.retryAfter);
@@ -217,6 +218,9 @@ function begin() {
   current = new AbortController();
   selected = null;
   thumbs.querySelectorAll("img").forEach((img) => URL.revokeObjectURL(img.src));
+  if (saveLink.href) URL.revokeObjectURL(saveLink.href);
+  saveLink.removeAttribute("href");
+  saveLink.hidden = true;
   thumbs.replaceChildren();
   gallery.hidden = true;
   return current;
@@ -248,6 +252,17 @@ function labelCounts(faces) {
 function faceCaption(faces) {
   if (faces.length === 1) return `${faces[0].label} ${percent(faces[0].confidence)}`;
   return faces.length ? `${faces.length} faces: ${labelCounts(faces)}` : "no face";
+}
+
+// Several photos' results saved as `ferkit predict --json` writes them: one document, a result per photo in the order
+// given, a photo not read as a result with its error.
+function offerResults(entries) {
+  const read = entries.find((e) => e.result);
+  if (!read) return;
+  const results = entries.map((e) => e.result || { source: e.name, faces: [], error: e.error });
+  const saved = JSON.stringify({ classes: read.classes, prior: read.prior, tta: read.tta, results }, null, 2);
+  saveLink.href = URL.createObjectURL(new Blob([saved], { type: "application/json" }));
+  saveLink.hidden = false;
 }
 
 // The line over several photos, worded as `ferkit predict` words it over several images.
@@ -334,6 +349,7 @@ async function analyseMany(files) {
   if (!shown) showError(entries[0].error);
   const why = entries.some((e) => e.error) ? " or why it was not read" : "";
   galleryLine.textContent = `${summary(entries)}; click a photo to see its faces${why}`;
+  offerResults(entries);
 }
 
 // files: [{file, name}], the name as the page shows it.
