@@ -29,8 +29,9 @@ from ferkit.cli import main
 from ferkit.data.datasets import CLASSES
 from ferkit.data.images import IMAGE_SUFFIXES
 from ferkit.inference.ensemble import combine_checkpoints
-from ferkit.inference.predict import Predictor
+from ferkit.inference.predict import Predictor, predict_video
 from ferkit.inference.results import Face, Result
+from ferkit.inference.tracking import SMOOTH_S
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
@@ -179,6 +180,65 @@ def multipart_chunks(name: str, data: bytes, boundary: str = "ferkit-test"):
     yield f"\r\n--{boundary}--\r\n".encode()
 
 
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """12 frames at 10 fps of the astronaut moving right, as WebM (VP8), which Chromium plays too."""
+    cv2 = pytest.importorskip("cv2")
+    path = tmp_path_factory.mktemp("video") / "clip.webm"
+    frame = cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"VP80"), 10, (512, 512))
+    for i in range(12):
+        writer.write(np.roll(frame, 4 * i, axis=1))
+    writer.release()
+    return path
+
+
+def test_a_video_is_tracked_frame_by_frame_as_predict_reads_it(client, predictor, clip):
+    response = client.post("/video", files={"file": ("clip.webm", clip.read_bytes(), "video/webm")})
+    assert response.status_code == 200, response.text
+    got = response.json()
+    expected = predict_video(predictor, str(clip))
+    assert (got["fps"], got["every"], got["smooth_s"], got["truncated"]) == (10.0, 1, SMOOTH_S, False)
+    assert [r["frame"] for r in got["results"]] == list(range(12)) and {r["source"] for r in got["results"]} == {
+        "clip.webm"
+    }
+    for result, want in zip(got["results"], expected, strict=True):
+        assert result["time_s"] == want.time_s
+        assert [(f["box"], f["track"], f["label"]) for f in result["faces"]] == [
+            (f.box, f.track, f.label) for f in want.faces
+        ]
+        for face, want_face in zip(result["faces"], want.faces):
+            assert face["smoothed"] == pytest.approx(want_face.smoothed, abs=1e-5)
+    # one person, tracked over the whole clip, as `ferkit predict clip.webm --summary` counts them
+    (track,) = got["tracks"]
+    assert (track["track"], track["frames"], track["first_s"], track["last_s"]) == (1, 12, 0.0, 1.1)
+    assert track["dominant"] == max(track["share"], key=track["share"].get) and sum(track["share"].values()) == 1
+
+
+def test_a_long_video_is_read_every_nth_frame_to_fit_the_frame_budget(client, clip, monkeypatch):
+    import ferkit.serve.app as app_mod
+
+    monkeypatch.setattr(app_mod, "MAX_VIDEO_FRAMES", 5)  # read once a request comes, so the live server sees it
+    auto = client.post("/video", files={"file": ("clip.webm", clip.read_bytes())}).json()
+    assert auto["every"] == 3 and [r["frame"] for r in auto["results"]] == [0, 3, 6, 9] and not auto["truncated"]
+    assert auto["tracks"][0]["seconds"] == pytest.approx(4 * 0.3)  # each frame read stands for 3 frames' time
+    given = client.post("/video", params={"every": 1}, files={"file": ("clip.webm", clip.read_bytes())}).json()
+    assert [r["frame"] for r in given["results"]] == [0, 1, 2, 3, 4] and given["truncated"]
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "status", "message"),
+    [
+        ("photo.jpg", png(np.zeros((8, 8, 3), np.uint8), "JPEG"), 415, "'photo.jpg' is a photo; send it to /predict"),
+        ("clip.mp4", b"not a video", 415, "cannot decode 'clip.mp4' as a video; send a video file OpenCV reads"),
+        ("clip.mp4", b"", 400, "the uploaded file 'clip.mp4' is empty; choose a video file"),
+    ],
+)
+def test_a_video_that_cannot_be_read_gets_a_4xx_naming_it(client, name, data, status, message):
+    response = client.post("/video", files={"file": (name, data, "video/mp4")})
+    assert response.status_code == status and response.json()["detail"].startswith(message)
+
+
 def _jpeg_head() -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(skimage_data.astronaut()).save(buffer, format="JPEG")
@@ -197,8 +257,8 @@ BAD_INPUTS = {
     "a video": (
         dict(files={"file": ("clip.MP4", b"\0\0\0\x18ftypmp42", "video/mp4")}),
         415,
-        "'clip.MP4' is a video; this server reads photos and camera snapshots: read the video with `ferkit predict "
-        "clip.MP4` (a summary per person; --annotate draws it)",
+        "'clip.MP4' is a video; send it to /video, which tracks the people in it (or read it with `ferkit predict "
+        "clip.MP4`)",
     ),
     "missing file field": (dict(files={"photo": ("a.png", b"x", "image/png")}), 422, "form field 'file'"),
     "not multipart": (
@@ -293,15 +353,19 @@ def test_a_server_reads_faces_with_its_predictors_tta_and_says_which(checkpoint,
 
 def test_openapi_schema_documents_what_the_endpoints_do(client):
     schema = client.get("/openapi.json").json()
-    assert set(schema["paths"]) == {"/predict", "/health", "/model"}
+    assert set(schema["paths"]) == {"/predict", "/video", "/health", "/model"}
     ref = "#/components/schemas/"
 
     def response_ref(path, method, code):
         return schema["paths"][path][method]["responses"][code]["content"]["application/json"]["schema"]["$ref"]
 
     assert response_ref("/predict", "post", "200") == ref + "Predictions"
+    assert response_ref("/video", "post", "200") == ref + "VideoPredictions"
     for code in ("400", "413", "415", "422", "503", "500"):
-        assert response_ref("/predict", "post", code) == ref + "Error"
+        assert response_ref("/predict", "post", code) == response_ref("/video", "post", code) == ref + "Error"
+    video = schema["paths"]["/video"]["post"]
+    assert {p["name"] for p in video["parameters"]} == {"every", "smooth"}
+    assert "tracks" in schema["components"]["schemas"]["VideoPredictions"]["required"]
     assert response_ref("/health", "get", "200") == ref + "Health"
     assert response_ref("/model", "get", "200") == ref + "ModelInfo"
     body = schema["paths"]["/predict"]["post"]["requestBody"]

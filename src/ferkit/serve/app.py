@@ -12,8 +12,11 @@ on the model.
 
 import asyncio
 import io
+import json
+import math
 import os
 import socket
+import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -32,16 +35,26 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
-from ..data.images import FORMATS, TooManyPixels, UndecodableImage, open_image, to_rgb
+from ..data.images import FORMATS, TooManyPixels, UndecodableImage, is_image_file, open_image, to_rgb
 from ..errors import FerkitError
 from ..evaluation.prior import PHOTO_PRIOR
 from ..inference.faces import Detector
 from ..inference.modelinfo import describe_model
 from ..inference.predict import Predictor
 from ..inference.results import Face, Result, results_json
-from ..inference.tracking import Tracker
-from ..inference.video import is_video
-from .limits import HOST, MAX_BATCH, MAX_PIXELS, MAX_QUEUE, MAX_SESSIONS, MAX_UPLOAD_MB, PORT, SESSION_IDLE_S
+from ..inference.tracking import SMOOTH_S, Summary, Tracker
+from ..inference.video import frame_count, is_video, read_video, video_fps
+from .limits import (
+    HOST,
+    MAX_BATCH,
+    MAX_PIXELS,
+    MAX_QUEUE,
+    MAX_SESSIONS,
+    MAX_UPLOAD_MB,
+    MAX_VIDEO_FRAMES,
+    PORT,
+    SESSION_IDLE_S,
+)
 
 STATIC = Path(__file__).parent / "static"
 MB = 1024 * 1024
@@ -55,6 +68,24 @@ class Predictions(BaseModel):
     prior: str = Field(description="the class mix the probabilities were read for (ferkit.evaluation.prior)")
     tta: str = Field(description="the test-time augmentation each face was read with: none, flip or scales")
     results: list[Result]
+
+
+class VideoPredictions(BaseModel):
+    """The JSON of ``ferkit predict VIDEO --json`` for the uploaded video, with the per-person rows of its
+    ``--summary`` and how the video was read."""
+
+    classes: list[str]
+    prior: str = Field(description="the class mix the probabilities were read for (ferkit.evaluation.prior)")
+    tta: str = Field(description="the test-time augmentation each face was read with: none, flip or scales")
+    fps: float = Field(description="the video's frame rate (25 where the file does not say)")
+    every: int = Field(description="every Nth frame was read")
+    smooth_s: float = Field(description="half-life of each track's smoothed probabilities, which give its label")
+    truncated: bool = Field(description=f"true: only the first {MAX_VIDEO_FRAMES} frames read were kept")
+    tracks: list[dict[str, Any]] = Field(
+        description="one row per person tracked, as `ferkit predict VIDEO --summary` writes them: first and last "
+        "time, seconds in view, the share of time per expression, the dominant one, label changes and segments"
+    )
+    results: list[Result] = Field(description="one per frame read, in order; faces carry track and smoothed")
 
 
 class Health(BaseModel):
@@ -119,7 +150,7 @@ class _BodyLimit:
 
     def _message(self) -> str:
         return (
-            f"upload is larger than the {self.limit / MB:.3g} MB limit; send a smaller image "
+            f"upload is larger than the {self.limit / MB:.3g} MB limit; send a smaller file "
             "(or start the server with a larger --max-upload-mb)"
         )
 
@@ -185,8 +216,8 @@ def decode_image(data: bytes, name: str, max_pixels: int, used: int = 0) -> np.n
         if is_video(Path(name)):
             raise HTTPException(
                 415,
-                f"{name!r} is a video; this server reads photos and camera snapshots: read the video with "
-                f"`ferkit predict {name}` (a summary per person; --annotate draws it)",
+                f"{name!r} is a video; send it to /video, which tracks the people in it (or read it with "
+                f"`ferkit predict {name}`)",
             ) from None
         raise HTTPException(415, f"cannot decode {name!r} as an image ({e.reason}); send a {FORMATS} file") from None
     return np.asarray(to_rgb(image))  # upright: the page draws photos rotated by their EXIF, so boxes match
@@ -308,7 +339,7 @@ def _errors(*codes: int) -> dict:
     why = {
         400: "empty body or empty file",
         413: "upload or image too large",
-        415: "not a decodable image",
+        415: "not a decodable image (for /video: not a decodable video)",
         422: "no file in form field 'file', or a bad query parameter",
         503: "too many requests in progress",
         500: "unexpected server error",
@@ -407,6 +438,90 @@ def create_app(
         # The very JSON of `ferkit predict --json`; the response model documents it.
         document = results_json(results, predictor.classes, predictor.prior, predictor.tta)
         return Response(document, media_type="application/json")
+
+    @app.post(
+        "/video",
+        response_model=VideoPredictions,
+        responses=_errors(400, 413, 415, 422, 503, 500),
+        operation_id="video",
+        summary="Expressions of the people in an uploaded video, tracked over its frames",
+    )
+    async def video(
+        file: Annotated[UploadFile, File(description="the video (MP4, WebM, MOV, AVI: what OpenCV reads)")],
+        every: Annotated[
+            int | None,
+            Query(
+                ge=1,
+                description=f"read every Nth frame; default: 1, or enough that at most {MAX_VIDEO_FRAMES} frames "
+                "are read over the whole video",
+            ),
+        ] = None,
+        smooth: Annotated[
+            float, Query(ge=0, description="half-life in seconds of the smoothed labels; 0: off")
+        ] = SMOOTH_S,
+    ):
+        nonlocal in_progress
+        if in_progress >= max_queue:
+            raise HTTPException(
+                503, f"server busy: {in_progress} requests in progress; retry shortly", headers={"Retry-After": "1"}
+            )
+        name = file.filename or "upload"
+        if is_image_file(Path(name)):
+            raise HTTPException(415, f"{name!r} is a photo; send it to /predict (this endpoint reads videos)")
+        data = await file.read()
+        if not data:
+            raise HTTPException(400, f"the uploaded file {name!r} is empty; choose a video file")
+        in_progress += 1
+        try:
+            # OpenCV reads videos from files: the upload lives in a temporary one while it is read.
+            with tempfile.NamedTemporaryFile(suffix=Path(name).suffix or ".mp4") as copy:
+                await run_in_threadpool(copy.write, data)
+                copy.flush()
+                document = await _read_video(copy.name, name, every, smooth)
+        finally:
+            in_progress -= 1
+        return Response(json.dumps(document), media_type="application/json")
+
+    async def _read_video(path: str, name: str, every: int | None, smooth: float) -> dict:
+        """Frames through the batcher, as photo requests go, so a video and photos share the one inference thread
+        and the video waits its turn frame by frame; tracked and summarised as `ferkit predict VIDEO` does."""
+        total, fps = await run_in_threadpool(lambda: (frame_count(path), video_fps(path)))
+        every = every or max(1, math.ceil(total / MAX_VIDEO_FRAMES))
+        tracker = Tracker(smooth_s=smooth)
+        summary = Summary(predictor.classes, smooth, prior=predictor.prior, tta=predictor.tta)
+        summary.start(name, every / fps)
+        frames, results = read_video(path, every), []
+        try:
+            while len(results) < MAX_VIDEO_FRAMES:
+                item = await run_in_threadpool(next, frames, None)
+                if item is None:
+                    break
+                index, time_s, rgb = item
+                result = await batcher.predict(rgb, True)
+                tracker.update(time_s, result.faces)
+                result.source, result.frame, result.time_s = name, index, round(time_s, 3)
+                summary.add(result)
+                results.append(result)
+            truncated = len(results) == MAX_VIDEO_FRAMES and await run_in_threadpool(next, frames, None) is not None
+        except FerkitError:
+            results = []
+        finally:
+            frames.close()
+        if not results:
+            raise HTTPException(
+                415, f"cannot decode {name!r} as a video; send a video file OpenCV reads (MP4, WebM, MOV, AVI)"
+            )
+        return {
+            "classes": list(predictor.classes),
+            "prior": predictor.prior,
+            "tta": predictor.tta,
+            "fps": fps,
+            "every": every,
+            "smooth_s": smooth,
+            "truncated": truncated,
+            "tracks": summary.rows(),
+            "results": [r.to_dict() for r in results],
+        }
 
     @app.get("/health", response_model=Health, operation_id="health", summary="Liveness and the server's limits")
     async def health():

@@ -9,3 +9,5 @@ MAX_QUEUE = 32
 # A live session (a browser tab's tracks) is forgotten after this long without a frame; at most this many are kept.
 SESSION_IDLE_S = 60.0
 MAX_SESSIONS = 256
+# Frames read from one uploaded video: a longer one is read every Nth frame, so that its whole length fits.
+MAX_VIDEO_FRAMES = 300
