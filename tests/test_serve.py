@@ -32,6 +32,7 @@ from ferkit.inference.ensemble import combine_checkpoints
 from ferkit.inference.predict import Predictor, predict_video
 from ferkit.inference.results import Face, Result
 from ferkit.inference.tracking import SMOOTH_S
+from ferkit.inference.video import VIDEO_SUFFIXES
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
@@ -627,10 +628,46 @@ def test_page_reads_several_photos_each_on_its_own_with_a_thumbnail_and_a_line_o
     page.close()
 
 
-def test_the_page_reads_a_folder_for_the_image_endings_predict_reads():
+@pytest.mark.parametrize(("name", "suffixes"), [("IMAGE_SUFFIXES", IMAGE_SUFFIXES), ("VIDEO_SUFFIXES", VIDEO_SUFFIXES)])
+def test_the_page_knows_images_and_videos_by_the_endings_predict_knows(name, suffixes):
     script = (Path(ferkit.serve.__file__).parent / "static" / "app.js").read_text()
-    listed = re.search(r"const IMAGE_SUFFIXES = \[(.*?)\];", script).group(1)
-    assert sorted(json.loads(f"[{listed}]")) == sorted(IMAGE_SUFFIXES)
+    listed = re.search(rf"const {name} = \[(.*?)\];", script).group(1)
+    assert sorted(json.loads(f"[{listed}]")) == sorted(suffixes)
+
+
+@pytest.mark.slow
+def test_page_tracks_the_people_in_a_video_and_draws_them_as_it_plays(browser, server, clip, predictor, astronaut):
+    page, errors = open_page(browser, server)
+    page.set_input_files("[data-testid=file-input]", str(clip))
+    page.wait_for_function(
+        "document.querySelector('[data-testid=status]').textContent.includes('tracked in clip.webm')", timeout=60_000
+    )
+    status = page.locator("[data-testid=status]").text_content()
+    assert status == "1 person tracked in clip.webm over 1.1 s (12 frames read)"
+    card = page.locator("[data-testid=face]")
+    expected = predict_video(predictor, str(clip))
+    dominant = max(CLASSES, key=lambda c: sum(f.label == c for r in expected for f in r.faces))
+    assert (
+        card.count() == 1 and card.get_attribute("data-track") == "1" and card.get_attribute("data-label") == dominant
+    )
+    assert card.locator("[data-testid=prob-bar]").count() == 7
+    assert "in view 0.0-1.1 s" in card.text_content()
+    assert page.locator("[data-testid=canvas]").is_hidden() and page.locator("[data-testid=clip]").is_visible()
+    # Seeked to 0.55 s, the overlay shows frame 5's box (read at 0.5 s), in person 1's colour.
+    page.evaluate("document.querySelector('[data-testid=clip]').currentTime = 0.55")
+    page.wait_for_function("document.querySelector('[data-testid=clip-boxes]').dataset.frame === '5'", timeout=30_000)
+    x, y, w, h = expected[5].faces[0].box
+    pixel = page.evaluate(
+        """([px, py]) => Array.from(document.querySelector('[data-testid=clip-boxes]').getContext('2d')
+            .getImageData(px, py, 1, 1).data)""",
+        [x, y + h // 2],
+    )
+    assert pixel == [0, 220, 0, 255]
+    page.set_input_files("[data-testid=file-input]", str(astronaut))  # a photo again: no video
+    page.wait_for_function("document.querySelector('[data-testid=status]').textContent.startsWith('1 face')")
+    assert page.locator("[data-testid=clip]").is_hidden() and page.locator("[data-testid=canvas]").is_visible()
+    assert errors == []
+    page.close()
 
 
 @pytest.mark.slow

@@ -14,6 +14,9 @@ const gallery = $("gallery");
 const thumbs = $("thumbs");
 const galleryLine = $("gallery-line");
 const saveLink = $("save-results");
+const clipStage = $("clip-stage");
+const clip = $("clip");
+const clipBoxes = $("clip-boxes");
 const cameraButton = $("camera-button");
 const snapshotButton = $("snapshot-button");
 const liveToggle = $("live-toggle");
@@ -101,14 +104,18 @@ function draw(bitmap, result) {
     ctx.fillStyle = "#c8ccd2";
     ctx.fillRect(0, 0, width, height);
   }
+  drawBoxes(ctx, result.faces, width, height);
+}
+
+function drawBoxes(ctx, faces, width, height) {
   // An even line width centred on whole-pixel coordinates covers whole pixels: crisp, exact colour.
   const line = 2 * Math.max(1, Math.round(Math.max(width, height) / 500));
   const fontSize = Math.max(12, Math.round(Math.max(width, height) / 40));
   ctx.font = `${fontSize}px system-ui, sans-serif`;
   ctx.textBaseline = "top";
-  result.faces.forEach((face, i) => {
+  faces.forEach((face, i) => {
     const [x, y, w, h] = face.box;
-    const colour = COLOURS[i % COLOURS.length];
+    const colour = colourOf(face, i);
     ctx.lineWidth = line;
     ctx.strokeStyle = colour;
     ctx.strokeRect(x, y, w, h);
@@ -128,10 +135,12 @@ function draw(bitmap, result) {
   });
 }
 
-// Camera frames carry track ids, so a person keeps their number across frames; an upload numbers its faces.
+// Camera and video frames carry track ids, so a person keeps their number and colour across frames; an upload
+// numbers its faces.
 function who(face, i) {
   return face.track ? `#${face.track}` : `${i + 1}`;
 }
+const colourOf = (face, i) => COLOURS[((face.track || i + 1) - 1) % COLOURS.length];
 
 function barRow(name, p, isTop) {
   const row = document.createElement("div");
@@ -168,7 +177,7 @@ function showFaces(result, classes) {
     card.dataset.box = JSON.stringify(face.box);
     card.dataset.label = face.label;
     if (face.track) card.dataset.track = String(face.track);
-    card.style.setProperty("--colour", COLOURS[i % COLOURS.length]);
+    card.style.setProperty("--colour", colourOf(face, i));
     const title = document.createElement("h2");
     title.textContent = `${face.track ? "Person" : "Face"} ${who(face, i)}: ${face.label} ${percent(face.confidence)}`;
     card.append(title, ...classes.map((name) => barRow(name, face.probabilities[name], name === face.label)));
@@ -192,16 +201,20 @@ function showError(message) {
 
 // One photo's result and the classes it scores.
 async function read(blob, name, signal, tracked = false) {
+  const body = await send("predict" + (tracked ? `?session=${sessionId}` : ""), blob, name, signal);
+  return { result: body.results[0], classes: body.classes, prior: body.prior, tta: body.tta };
+}
+
+async function send(url, blob, name, signal) {
   if (blob.size > maxUploadBytes) {
     throw new Error(`${name} is ${megabytes(blob.size)} MB; this server accepts up to ${megabytes(maxUploadBytes)} MB`);
   }
   const form = new FormData();
   form.append("file", blob, name);
-  // A busy server (503) says when to come back; a photo is given up only after a few such answers.
+  // A busy server (503) says when to come back; a file is given up only after a few such answers.
   for (let attempt = 1; ; attempt += 1) {
     try {
-      const body = await fetchJson("predict" + (tracked ? `?session=${sessionId}` : ""), { method: "POST", body: form, signal });
-      return { result: body.results[0], classes: body.classes, prior: body.prior, tta: body.tta };
+      return await fetchJson(url, { method: "POST", body: form, signal });
     } catch (error) {
       if (error.status !== 503 || attempt === BUSY_TRIES || signal.aborted) throw error;
       await sleep(1000 * error.retryAfter);
@@ -217,6 +230,7 @@ function begin() {
   if (current) current.abort();
   current = new AbortController();
   selected = null;
+  closeClip();
   thumbs.querySelectorAll("img").forEach((img) => URL.revokeObjectURL(img.src));
   if (saveLink.href) URL.revokeObjectURL(saveLink.href);
   saveLink.removeAttribute("href");
@@ -320,6 +334,7 @@ async function analyseMany(files) {
   const worker = async () => {
     for (let entry = queue.shift(); entry; entry = queue.shift()) {
       try {
+        if (isVideo(entry.file, entry.name)) throw new Error(`${entry.name} is a video; give it on its own to track the people in it`);
         Object.assign(entry, await read(entry.file, entry.name, controller.signal));
         entry.caption.textContent = faceCaption(entry.result.faces);
         entry.thumb.dataset.state = "ok";
@@ -354,7 +369,8 @@ async function analyseMany(files) {
 
 // files: [{file, name}], the name as the page shows it.
 function analyseFiles(files) {
-  if (files.length === 1) analyse(files[0].file, files[0].name);
+  if (files.length === 1 && isVideo(files[0].file, files[0].name)) analyseVideo(files[0].file, files[0].name);
+  else if (files.length === 1) analyse(files[0].file, files[0].name);
   else if (files.length > 1) analyseMany(files);
 }
 
@@ -364,6 +380,92 @@ $("file-input").addEventListener("change", (event) => {
   analyseFiles(named(event.target.files));
   event.target.value = ""; // choosing the same files again must fire "change" again
 });
+
+// A video: the people in it are tracked by the server (POST /video) and drawn over the video as it plays, each
+// person with their number and colour; the panel gives each person's share of time per expression.
+const VIDEO_SUFFIXES = [".avi", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".webm", ".wmv"]; // as predict's
+const isVideo = (file, name) => file.type.startsWith("video/") || VIDEO_SUFFIXES.some((s) => name.toLowerCase().endsWith(s));
+let clipFrames = []; // the tracked video's results, in time order
+
+function closeClip() {
+  clipStage.hidden = true;
+  canvas.hidden = false;
+  clip.pause();
+  if (clip.src) URL.revokeObjectURL(clip.src);
+  clip.removeAttribute("src");
+  clipFrames = [];
+}
+
+// The last frame read at or before the time shown: its boxes stay until the next frame read.
+function frameAt(time) {
+  let [low, high] = [0, clipFrames.length - 1];
+  if (high < 0 || time < clipFrames[0].time_s) return null;
+  while (low < high) {
+    const mid = Math.ceil((low + high) / 2);
+    if (clipFrames[mid].time_s <= time + 1e-3) low = mid;
+    else high = mid - 1;
+  }
+  return clipFrames[low];
+}
+
+function drawClipFrame() {
+  const ctx = clipBoxes.getContext("2d");
+  ctx.clearRect(0, 0, clipBoxes.width, clipBoxes.height);
+  const frame = frameAt(clip.currentTime);
+  if (frame) drawBoxes(ctx, frame.faces, frame.width, frame.height);
+  clipBoxes.dataset.frame = frame ? String(frame.frame) : "";
+}
+
+function showTracks(tracks, classes) {
+  facesPanel.replaceChildren();
+  tracks.forEach((track) => {
+    const card = document.createElement("article");
+    card.className = "face";
+    card.setAttribute("data-testid", "face");
+    card.dataset.track = String(track.track);
+    card.dataset.label = track.dominant;
+    card.style.setProperty("--colour", colourOf(track, 0));
+    const title = document.createElement("h2");
+    title.textContent = `Person #${track.track}: ${track.dominant} ${percent(track.share[track.dominant])} of the time`;
+    const when = document.createElement("p");
+    when.className = "muted";
+    const changes = track.label_changes === 1 ? "1 change of label" : `${track.label_changes} changes of label`;
+    when.textContent = `in view ${track.first_s.toFixed(1)}-${track.last_s.toFixed(1)} s, ${changes}`;
+    card.append(title, when, ...classes.map((name) => barRow(name, track.share[name], name === track.dominant)));
+    facesPanel.append(card);
+  });
+}
+
+async function analyseVideo(file, name) {
+  const controller = begin();
+  facesPanel.replaceChildren();
+  canvas.width = canvas.height = 0;
+  setStatus(`Tracking the people in ${name}... (up to 300 frames are read; this takes a while)`);
+  let body;
+  try {
+    body = await send("video", file, name, controller.signal);
+  } catch (error) {
+    if (error.name === "AbortError" || current !== controller) return;
+    showError(error.message);
+    return;
+  }
+  if (current !== controller) return;
+  clipFrames = body.results;
+  const first = clipFrames[0];
+  clipBoxes.width = first.width;
+  clipBoxes.height = first.height;
+  canvas.hidden = true;
+  clipStage.hidden = false;
+  clip.src = URL.createObjectURL(file);
+  showTracks(body.tracks, body.classes);
+  const last = clipFrames[clipFrames.length - 1];
+  const counted = `${clipFrames.length} frames read${body.every > 1 ? `, every ${body.every}th` : ""}`;
+  const people = body.tracks.length === 1 ? "1 person" : `${body.tracks.length} people`;
+  let line = body.tracks.length ? `${people} tracked in ${name} over ${last.time_s.toFixed(1)} s (${counted})`
+    : `No face found in ${name} (${counted}); try a larger, frontal, well-lit face`;
+  if (body.truncated) line += `; only its first ${clipFrames.length} frames read were kept: ferkit predict reads it all`;
+  setStatus(line);
+}
 
 // The endings `ferkit predict FOLDER` reads as images (ferkit.data.images.IMAGE_SUFFIXES; a test keeps them equal).
 const IMAGE_SUFFIXES = [".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"];
@@ -493,6 +595,21 @@ if (navigator.mediaDevices && navigator.mediaDevices.getUserMedia) {
   cameraButton.disabled = true;
   cameraButton.title = "The camera needs a browser with getUserMedia and a secure page (https:// or localhost)";
 }
+
+["loadeddata", "seeked", "timeupdate", "play"].forEach((type) => clip.addEventListener(type, drawClipFrame));
+// While playing, boxes follow every frame the browser shows, not only timeupdate's few a second.
+if ("requestVideoFrameCallback" in HTMLVideoElement.prototype) {
+  const follow = () => {
+    drawClipFrame();
+    clip.requestVideoFrameCallback(follow);
+  };
+  clip.requestVideoFrameCallback(follow);
+}
+clip.addEventListener("error", () => {
+  if (clip.getAttribute("src")) {
+    setStatus(`${statusLine.textContent}; this browser cannot play the video, so the boxes are not drawn over it`);
+  }
+});
 
 document.querySelectorAll(".origin").forEach((el) => { el.textContent = window.location.origin; });
 loadModelInfo();
