@@ -666,6 +666,13 @@ def test_page_tracks_the_people_in_a_video_and_draws_them_as_it_plays(browser, s
     page.set_input_files("[data-testid=file-input]", str(astronaut))  # a photo again: no video
     page.wait_for_function("document.querySelector('[data-testid=status]').textContent.startsWith('1 face')")
     assert page.locator("[data-testid=clip]").is_hidden() and page.locator("[data-testid=canvas]").is_visible()
+    page.set_input_files("[data-testid=file-input]", [str(astronaut), str(clip)])  # among photos, a video waits
+    page.wait_for_function(
+        "document.querySelector('[data-testid=gallery-line]').textContent.startsWith('2 photos')", timeout=60_000
+    )
+    assert page.locator("[data-testid=thumb]").nth(1).get_attribute("title") == (
+        "clip.webm: clip.webm is a video; give it on its own to track the people in it"
+    )
     assert errors == []
     page.close()
 
