@@ -435,7 +435,7 @@ def test_page_is_served_with_its_script(client):
     page = client.get("/")
     assert page.status_code == 200 and 'data-testid="file-input"' in page.text
     script = client.get("/static/app.js")
-    assert script.status_code == 200 and 'fetchJson("predict"' in script.text
+    assert script.status_code == 200 and 'send("predict"' in script.text and 'send("video"' in script.text
 
 
 @pytest.fixture(scope="module")
