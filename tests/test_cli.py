@@ -76,7 +76,12 @@ def test_command_defaults_are_the_library_functions():
     assert _option("predict", "--batch-size").default == predict.BATCH_SIZE
     assert _option("predict", "--margin").default == predict.MARGIN
     assert _option("export", "--calibration-images").default == export.CALIBRATION_IMAGES
-    for flag, value in [("--max-batch", limits.MAX_BATCH), ("--max-queue", limits.MAX_QUEUE), ("--port", limits.PORT)]:
+    for flag, value in [
+        ("--max-batch", limits.MAX_BATCH),
+        ("--max-queue", limits.MAX_QUEUE),
+        ("--max-video-frames", limits.MAX_VIDEO_FRAMES),
+        ("--port", limits.PORT),
+    ]:
         assert _option("serve", flag).default == value
 
 

@@ -216,14 +216,13 @@ def test_a_video_is_tracked_frame_by_frame_as_predict_reads_it(client, predictor
     assert track["dominant"] == max(track["share"], key=track["share"].get) and sum(track["share"].values()) == 1
 
 
-def test_a_long_video_is_read_every_nth_frame_to_fit_the_frame_budget(client, clip, monkeypatch):
-    import ferkit.serve.app as app_mod
-
-    monkeypatch.setattr(app_mod, "MAX_VIDEO_FRAMES", 5)  # read once a request comes, so the live server sees it
-    auto = client.post("/video", files={"file": ("clip.webm", clip.read_bytes())}).json()
+def test_a_long_video_is_read_every_nth_frame_to_fit_the_frame_budget(predictor, clip):
+    with LiveServer(create_app(predictor, max_video_frames=5)) as live, httpx.Client(base_url=live.url) as client:
+        assert client.get("/health").json()["max_video_frames"] == 5
+        auto = client.post("/video", files={"file": ("clip.webm", clip.read_bytes())}).json()
+        given = client.post("/video", params={"every": 1}, files={"file": ("clip.webm", clip.read_bytes())}).json()
     assert auto["every"] == 3 and [r["frame"] for r in auto["results"]] == [0, 3, 6, 9] and not auto["truncated"]
     assert auto["tracks"][0]["seconds"] == pytest.approx(4 * 0.3)  # each frame read stands for 3 frames' time
-    given = client.post("/video", params={"every": 1}, files={"file": ("clip.webm", clip.read_bytes())}).json()
     assert [r["frame"] for r in given["results"]] == [0, 1, 2, 3, 4] and given["truncated"]
 
 
@@ -323,6 +322,7 @@ def test_health_and_model_describe_the_server_and_the_checkpoint(client):
         "max_pixels": MAX_PIXELS,
         "max_batch": 8,
         "max_queue": 32,
+        "max_video_frames": 300,
     }
     model = client.get("/model").json()
     assert model["checkpoint"] == "best.pth" and model["classes"] == list(CLASSES) and model["arch"] == "resnet18"
@@ -803,11 +803,23 @@ def test_ferkit_serve_command_serves_the_checkpoint(checkpoint, monkeypatch, cap
     # benchmarks/serve_load.py runs the real command.
     served = {}
     monkeypatch.setattr("ferkit.serve.app.uvicorn.run", lambda app, **where: served.update(app=app, **where))
-    assert main(["serve", "--checkpoint", str(checkpoint), "--port", "8123", "--max-upload-mb", "2"]) == 0
+    args = [
+        "serve",
+        "--checkpoint",
+        str(checkpoint),
+        "--port",
+        "8123",
+        "--max-upload-mb",
+        "2",
+        "--max-video-frames",
+        "9",
+    ]
+    assert main(args) == 0
     assert (served["host"], served["port"]) == ("127.0.0.1", 8123)
     assert "page at http://127.0.0.1:8123/" in capsys.readouterr().out
     with LiveServer(served["app"]) as live:
-        assert httpx.get(f"{live.url}/health").json()["max_upload_bytes"] == 2 * 1024 * 1024
+        health = httpx.get(f"{live.url}/health").json()
+        assert (health["max_upload_bytes"], health["max_video_frames"]) == (2 * 1024 * 1024, 9)
         assert httpx.get(f"{live.url}/model").json()["epoch"] == 3
 
 
@@ -847,8 +859,9 @@ def test_ferkit_serve_runs_the_bundled_int8_twin_by_name(monkeypatch, astronaut)
 
 
 def test_ferkit_serve_refuses_bad_limits_and_missing_checkpoints(checkpoint, tmp_path, capsys):
-    assert main(["serve", "--checkpoint", str(checkpoint), "--max-batch", "0"]) == 2
-    assert "--max-batch must be positive, got 0" in capsys.readouterr().err
+    for flag in ("--max-batch", "--max-video-frames"):
+        assert main(["serve", "--checkpoint", str(checkpoint), flag, "0"]) == 2
+        assert f"{flag} must be positive, got 0" in capsys.readouterr().err
     assert main(["serve", "--checkpoint", str(tmp_path / "missing.pth")]) == 2
     assert "missing.pth does not exist" in capsys.readouterr().err
 

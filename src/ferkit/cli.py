@@ -342,6 +342,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         max_batch=args.max_batch,
         max_queue=args.max_queue,
+        max_video_frames=args.max_video_frames,
         backend=args.backend,
         device=args.device,
         detector=_built_detector(args),
@@ -614,6 +615,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-batch", type=int, default=limits.MAX_BATCH, help="most concurrent uploads in one batch")
     p.add_argument("--max-queue", type=int, default=limits.MAX_QUEUE, help="requests in progress before 503")
+    p.add_argument(
+        "--max-video-frames",
+        type=int,
+        default=limits.MAX_VIDEO_FRAMES,
+        help="most frames read from an uploaded video; a longer one is read every Nth frame to fit",
+    )
     _detector(p)
     _tta(p, TTA_MODES)
     _prior(p, PHOTO_PRIOR)

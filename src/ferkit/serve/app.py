@@ -80,7 +80,7 @@ class VideoPredictions(BaseModel):
     fps: float = Field(description="the video's frame rate (25 where the file does not say)")
     every: int = Field(description="every Nth frame was read")
     smooth_s: float = Field(description="half-life of each track's smoothed probabilities, which give its label")
-    truncated: bool = Field(description=f"true: only the first {MAX_VIDEO_FRAMES} frames read were kept")
+    truncated: bool = Field(description="true: the server's --max-video-frames were read before the video ended")
     tracks: list[dict[str, Any]] = Field(
         description="one row per person tracked, as `ferkit predict VIDEO --summary` writes them: first and last "
         "time, seconds in view, the share of time per expression, the dominant one, label changes and segments"
@@ -94,7 +94,8 @@ class Health(BaseModel):
     max_upload_bytes: int
     max_pixels: int
     max_batch: int = Field(description="most images classified in one batch")
-    max_queue: int = Field(description="requests in progress beyond which /predict answers 503")
+    max_queue: int = Field(description="requests in progress beyond which /predict and /video answer 503")
+    max_video_frames: int = Field(description="most frames /video reads; a longer video is read every Nth frame")
 
 
 class Preprocess(BaseModel):
@@ -362,6 +363,7 @@ def create_app(
     max_pixels: int = MAX_PIXELS,
     max_batch: int = MAX_BATCH,
     max_queue: int = MAX_QUEUE,
+    max_video_frames: int = MAX_VIDEO_FRAMES,
     sessions: Sessions | None = None,
 ) -> FastAPI:
     """The ASGI app; ``model_info`` (what /model answers) defaults to ``describe_model(predictor)``, ``sessions``
@@ -452,7 +454,7 @@ def create_app(
             int | None,
             Query(
                 ge=1,
-                description=f"read every Nth frame; default: 1, or enough that at most {MAX_VIDEO_FRAMES} frames "
+                description=f"read every Nth frame; default: 1, or enough that at most {max_video_frames} frames "
                 "are read over the whole video",
             ),
         ] = None,
@@ -486,13 +488,13 @@ def create_app(
         """Frames through the batcher, as photo requests go, so a video and photos share the one inference thread
         and the video waits its turn frame by frame; tracked and summarised as `ferkit predict VIDEO` does."""
         total, fps = await run_in_threadpool(lambda: (frame_count(path), video_fps(path)))
-        every = every or max(1, math.ceil(total / MAX_VIDEO_FRAMES))
+        every = every or max(1, math.ceil(total / max_video_frames))
         tracker = Tracker(smooth_s=smooth)
         summary = Summary(predictor.classes, smooth, prior=predictor.prior, tta=predictor.tta)
         summary.start(name, every / fps)
         frames, results = read_video(path, every), []
         try:
-            while len(results) < MAX_VIDEO_FRAMES:
+            while len(results) < max_video_frames:
                 item = await run_in_threadpool(next, frames, None)
                 if item is None:
                     break
@@ -502,7 +504,7 @@ def create_app(
                 result.source, result.frame, result.time_s = name, index, round(time_s, 3)
                 summary.add(result)
                 results.append(result)
-            truncated = len(results) == MAX_VIDEO_FRAMES and await run_in_threadpool(next, frames, None) is not None
+            truncated = len(results) == max_video_frames and await run_in_threadpool(next, frames, None) is not None
         except FerkitError:
             results = []
         finally:
@@ -532,6 +534,7 @@ def create_app(
             max_pixels=max_pixels,
             max_batch=max_batch,
             max_queue=max_queue,
+            max_video_frames=max_video_frames,
         )
 
     @app.get(
@@ -576,6 +579,7 @@ def run(
     max_pixels: int = MAX_PIXELS,
     max_batch: int = MAX_BATCH,
     max_queue: int = MAX_QUEUE,
+    max_video_frames: int = MAX_VIDEO_FRAMES,
     backend: str = "auto",
     device: str = "auto",
     detector: Detector | None = None,
@@ -588,6 +592,7 @@ def run(
         ("--max-pixels", max_pixels),
         ("--max-batch", max_batch),
         ("--max-queue", max_queue),
+        ("--max-video-frames", max_video_frames),
     ):
         if value <= 0:
             raise FerkitError(f"{flag} must be positive, got {value}")
@@ -601,6 +606,7 @@ def run(
         max_pixels=max_pixels,
         max_batch=max_batch,
         max_queue=max_queue,
+        max_video_frames=max_video_frames,
     )
     shown = "localhost" if host in ("0.0.0.0", "::") else host
     print(

@@ -22,6 +22,7 @@ const snapshotButton = $("snapshot-button");
 const liveToggle = $("live-toggle");
 
 let maxUploadBytes = Infinity;
+let maxVideoFrames = null;
 const BUSY_TRIES = 4;
 let stream = null;
 let current = null; // AbortController of the request whose answer the page will show
@@ -69,6 +70,7 @@ async function loadModelInfo() {
   try {
     const [health, model] = await Promise.all([fetchJson("health"), fetchJson("model")]);
     maxUploadBytes = health.max_upload_bytes;
+    maxVideoFrames = health.max_video_frames;
     const size = model.preprocess.image_size;
     const epoch = model.epoch == null ? "" : `, epoch ${model.epoch}`;
     const accuracy = model.metrics && typeof model.metrics.accuracy === "number"
@@ -440,7 +442,8 @@ async function analyseVideo(file, name) {
   const controller = begin();
   facesPanel.replaceChildren();
   canvas.width = canvas.height = 0;
-  setStatus(`Tracking the people in ${name}... (up to 300 frames are read; this takes a while)`);
+  const most = maxVideoFrames ? `up to ${maxVideoFrames} frames are read` : "its frames are read";
+  setStatus(`Tracking the people in ${name}... (${most}; this takes a while)`);
   let body;
   try {
     body = await send("video", file, name, controller.signal);
@@ -463,7 +466,7 @@ async function analyseVideo(file, name) {
   const people = body.tracks.length === 1 ? "1 person" : `${body.tracks.length} people`;
   let line = body.tracks.length ? `${people} tracked in ${name} over ${last.time_s.toFixed(1)} s (${counted})`
     : `No face found in ${name} (${counted}); try a larger, frontal, well-lit face`;
-  if (body.truncated) line += `; only its first ${clipFrames.length} frames read were kept: ferkit predict reads it all`;
+  if (body.truncated) line += `; the server reads at most ${clipFrames.length} frames: ferkit predict reads it all`;
   setStatus(line);
 }
 
