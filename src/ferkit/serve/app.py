@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -387,6 +387,21 @@ def create_app(
         description="Facial expression recognition: upload a photo, get every face's box and "
         f"the probabilities of {', '.join(predictor.classes)}.",
     )
+
+    @contextmanager
+    def counted():
+        """A request in progress; beyond ``max_queue`` of them, a 503 that says when to come back."""
+        nonlocal in_progress
+        if in_progress >= max_queue:
+            raise HTTPException(
+                503, f"server busy: {in_progress} requests in progress; retry shortly", headers={"Retry-After": "1"}
+            )
+        in_progress += 1
+        try:
+            yield
+        finally:
+            in_progress -= 1
+
     app.add_middleware(_BodyLimit, limit=max_upload_bytes)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(Exception, _internal_error)
@@ -414,15 +429,9 @@ def create_app(
             ),
         ] = None,
     ):
-        nonlocal in_progress
         if session and len(file) > 1:
             raise HTTPException(400, f"a session tracks one frame a request, not {len(file)}; send them one by one")
-        if in_progress >= max_queue:
-            raise HTTPException(
-                503, f"server busy: {in_progress} requests in progress; retry shortly", headers={"Retry-After": "1"}
-            )
-        in_progress += 1
-        try:
+        with counted():
             names = [f.filename or "upload" for f in file]
             # Every image is checked before any is classified: a bad one refuses the request, naming it.
             images, used = [], 0
@@ -431,8 +440,6 @@ def create_app(
                 used += images[-1].shape[0] * images[-1].shape[1]
             # Queued together, so they share a batch with each other and with other requests' images.
             results = await asyncio.gather(*(batcher.predict(rgb, detect) for rgb in images))
-        finally:
-            in_progress -= 1
         for result, name in zip(results, names):
             result.source = name
         if session:
@@ -462,26 +469,17 @@ def create_app(
             float, Query(ge=0, description="half-life in seconds of the smoothed labels; 0: off")
         ] = SMOOTH_S,
     ):
-        nonlocal in_progress
-        if in_progress >= max_queue:
-            raise HTTPException(
-                503, f"server busy: {in_progress} requests in progress; retry shortly", headers={"Retry-After": "1"}
-            )
         name = file.filename or "upload"
         if is_image_file(Path(name)):
             raise HTTPException(415, f"{name!r} is a photo; send it to /predict (this endpoint reads videos)")
         data = await file.read()
         if not data:
             raise HTTPException(400, f"the uploaded file {name!r} is empty; choose a video file")
-        in_progress += 1
-        try:
-            # OpenCV reads videos from files: the upload lives in a temporary one while it is read.
-            with tempfile.NamedTemporaryFile(suffix=Path(name).suffix or ".mp4") as copy:
-                await run_in_threadpool(copy.write, data)
-                copy.flush()
-                document = await _read_video(copy.name, name, every, smooth)
-        finally:
-            in_progress -= 1
+        # OpenCV reads videos from files: the upload lives in a temporary one while it is read.
+        with counted(), tempfile.NamedTemporaryFile(suffix=Path(name).suffix or ".mp4") as copy:
+            await run_in_threadpool(copy.write, data)
+            copy.flush()
+            document = await _read_video(copy.name, name, every, smooth)
         return Response(json.dumps(document), media_type="application/json")
 
     async def _read_video(path: str, name: str, every: int | None, smooth: float) -> dict:
