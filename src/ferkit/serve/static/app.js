@@ -273,10 +273,10 @@ function faceCaption(faces) {
 // Several photos' results saved as `ferkit predict --json` writes them: one document, a result per photo in the order
 // given, a photo not read as a result with its error.
 function offerResults(entries) {
-  const read = entries.find((e) => e.result);
-  if (!read) return;
+  const first = entries.find((e) => e.result);
+  if (!first) return;
   const results = entries.map((e) => e.result || { source: e.name, faces: [], error: e.error });
-  const saved = JSON.stringify({ classes: read.classes, prior: read.prior, tta: read.tta, results }, null, 2);
+  const saved = JSON.stringify({ classes: first.classes, prior: first.prior, tta: first.tta, results }, null, 2);
   saveLink.href = URL.createObjectURL(new Blob([saved], { type: "application/json" }));
   saveLink.hidden = false;
 }
