@@ -216,6 +216,28 @@ def test_a_video_is_tracked_frame_by_frame_as_predict_reads_it(client, predictor
     assert track["dominant"] == max(track["share"], key=track["share"].get) and sum(track["share"].values()) == 1
 
 
+def test_a_videos_frames_take_turns_with_photos_so_a_photo_is_not_held_up_by_a_video(predictor, clip):
+    gated = GatedPredictor(predictor)
+    photo = {"file": ("photo.png", png(skimage_data.astronaut()[:400, :400]))}  # 400x400: told from a frame
+    with (
+        LiveServer(create_app(gated)) as live,
+        httpx.Client(base_url=live.url, timeout=60) as c,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        video = pool.submit(c.post, "/video", files={"file": ("clip.webm", clip.read_bytes())})
+        assert gated.entered.wait(timeout=30)  # the video's first frame holds the model
+        read = pool.submit(c.post, "/predict", files=photo)
+        deadline = time.monotonic() + 30
+        while c.get("/health").json()["in_progress"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        gated.gate.set()
+        assert read.result().status_code == 200 and video.result().status_code == 200
+    frames = [[shape == (512, 512, 3) for shape in batch] for batch in gated.shapes]
+    assert sum(map(sum, frames)) == 12  # every frame read once
+    with_photo = next(i for i, batch in enumerate(gated.shapes) if (400, 400, 3) in batch)
+    assert with_photo == 1  # in the very next batch, not after the video's other 11 frames
+
+
 def test_a_long_video_is_read_every_nth_frame_to_fit_the_frame_budget(predictor, clip):
     with LiveServer(create_app(predictor, max_video_frames=5)) as live, httpx.Client(base_url=live.url) as client:
         assert client.get("/health").json()["max_video_frames"] == 5
@@ -390,16 +412,17 @@ def test_the_api_documents_the_very_face_and_result_types_predict_returns(client
 
 
 class GatedPredictor(Predictor):
-    """Holds every batch until the test opens the gate, and records the batch sizes."""
+    """Holds every batch until the test opens the gate, and records the batch sizes and their images' shapes."""
 
     def __init__(self, base: Predictor) -> None:
         super().__init__(base.model, base.config, base.classes, device="cpu")
-        self.entered, self.gate, self.batches = threading.Event(), threading.Event(), []
+        self.entered, self.gate, self.batches, self.shapes = threading.Event(), threading.Event(), [], []
 
     def predict_batch(self, images, detect=True, names=None):
         if len(images) == 1 and images[0].shape == (64, 64, 3):  # the start-up warm-up call
             return super().predict_batch(images, detect, names)
         self.batches.append(len(images))
+        self.shapes.append([image.shape for image in images])
         self.entered.set()
         self.gate.wait(timeout=60)
         return super().predict_batch(images, detect, names)
