@@ -61,7 +61,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(checkpoint: Path, port: int, max_batch: int, log: Path) -> subprocess.Popen:
+def start_server(checkpoint: str | Path, port: int, max_batch: int, log: Path) -> subprocess.Popen:
     command = [
         sys.executable,
         "-m",

@@ -7,6 +7,8 @@
   fro), every frame used; how many faces a frame the detector found is reported beside.
 - Peak resident memory (``resource.getrusage``) of ``ferkit predict`` writing CSV on a 1-minute and a 10-minute
   320x240, 10 fps video of one person, each in a fresh process: streaming means the two are about equal.
+- With ``--server``: the same fps videos through ``ferkit serve``'s ``POST /video`` (the real server in a
+  subprocess; upload, decoding and the batcher included), beside ``predict``'s figure measured in the same run.
 Prints the figures and the load average (the machine is shared) and writes JSON.
 """
 
@@ -23,8 +25,10 @@ import time
 from pathlib import Path
 
 import cv2
+import httpx
 import numpy as np
 from PIL import Image
+from serve_load import free_port, start_server  # benchmarks/serve_load.py (scripts run with benchmarks/ on sys.path)
 from skimage.data import astronaut
 
 from ferkit.inference.predict import Predictor, predict_videos
@@ -60,6 +64,18 @@ def fps(predictor: Predictor, video: Path) -> dict:
     return {"fps": round(frames / wall, 1), "frames": frames, "tracks": len(rows), "faces_per_frame": round(faces, 2)}
 
 
+def server_fps(url: str, video: Path) -> dict:
+    """Frames per second of one POST /video, upload to answer; a first, uncounted post warms the server up."""
+    data = video.read_bytes()
+    with httpx.Client(base_url=url, timeout=600) as http:
+        http.post("/video", files={"file": (video.name, data)}).raise_for_status()
+        start = time.perf_counter()
+        answer = http.post("/video", files={"file": (video.name, data)}).raise_for_status().json()
+    wall = time.perf_counter() - start
+    frames = len(answer["results"])
+    return {"fps": round(frames / wall, 1), "frames": frames, "every": answer["every"], "tracks": len(answer["tracks"])}
+
+
 def peak_rss_mb(checkpoint: str, video: Path) -> float:
     """Peak RSS of ``ferkit predict VIDEO --csv`` in a fresh process, in MB."""
     child = (
@@ -78,15 +94,27 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="fer2013_resnet18.int8")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the fps videos")
     parser.add_argument("--json", default="benchmarks/results/video_fps.json")
+    parser.add_argument("--server", action="store_true", help="also through ferkit serve's POST /video")
     args = parser.parse_args()
     predictor = Predictor.from_checkpoint(args.checkpoint)
     load_before = os.getloadavg()
     report = {"checkpoint": args.checkpoint, "machine": machine_description(), "fps_640x480": {}, "peak_rss_mb": {}}
     with tempfile.TemporaryDirectory() as tmp:
+        server = None
+        if args.server:
+            port = free_port()
+            server = start_server(args.checkpoint, port, 8, Path(tmp) / "serve.log")
+            report["server_fps_640x480"] = {}
         # Three full-size busts do not fit side by side in 640 pixels.
         for people, scale in ((1, 1.0), (3, 0.8)):
             video = write_people(Path(tmp) / f"{people}.avi", people, 640, 480, 25.0, args.seconds, scale)
-            report["fps_640x480"][f"{people} face{'s' * (people > 1)}"] = fps(predictor, video)
+            what = f"{people} face{'s' * (people > 1)}"
+            report["fps_640x480"][what] = fps(predictor, video)
+            if server:
+                report["server_fps_640x480"][what] = server_fps(f"http://127.0.0.1:{port}", video)
+        if server:
+            server.terminate()
+            server.wait(timeout=60)
         for minutes in (1, 10):
             video = write_people(Path(tmp) / f"{minutes}min.avi", 1, 320, 240, 10.0, 60 * minutes, 0.5)
             report["peak_rss_mb"][f"{minutes} min 320x240 10 fps"] = peak_rss_mb(args.checkpoint, video)
