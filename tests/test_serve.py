@@ -248,6 +248,16 @@ def test_a_long_video_is_read_every_nth_frame_to_fit_the_frame_budget(predictor,
     assert [r["frame"] for r in given["results"]] == [0, 1, 2, 3, 4] and given["truncated"]
 
 
+def test_a_video_of_frames_over_the_pixel_limit_gets_a_413(predictor, clip):
+    with LiveServer(create_app(predictor, max_pixels=200_000)) as live:
+        response = httpx.post(f"{live.url}/video", files={"file": ("clip.webm", clip.read_bytes())}, timeout=60)
+    assert response.status_code == 413
+    assert response.json()["detail"] == (
+        "'clip.webm' has 512x512 frames = 262,144 pixels; the limit is 200,000 pixels: send a smaller video (or start "
+        "the server with a larger --max-pixels)"
+    )
+
+
 @pytest.mark.parametrize(
     ("name", "data", "status", "message"),
     [

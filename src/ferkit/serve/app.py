@@ -497,6 +497,13 @@ def create_app(
                 if item is None:
                     break
                 index, time_s, rgb = item
+                height, width = rgb.shape[:2]
+                if width * height > max_pixels:
+                    raise HTTPException(
+                        413,
+                        f"{name!r} has {width}x{height} frames = {width * height:,} pixels; the limit is "
+                        f"{max_pixels:,} pixels: send a smaller video (or start the server with a larger --max-pixels)",
+                    )
                 result = await batcher.predict(rgb, True)
                 tracker.update(time_s, result.faces)
                 result.source, result.frame, result.time_s = name, index, round(time_s, 3)
