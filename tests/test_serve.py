@@ -697,9 +697,15 @@ def test_page_tracks_the_people_in_a_video_and_draws_them_as_it_plays(browser, s
         [x, y + h // 2],
     )
     assert pixel == [0, 220, 0, 255]
+    with page.expect_download() as download:  # saved as /video answers
+        page.click("[data-testid=save-results]")
+    saved = json.loads(Path(download.value.path()).read_text())
+    assert [r["frame"] for r in saved["results"]] == list(range(12)) and saved["tracks"][0]["track"] == 1
+    assert saved["tracks"][0]["dominant"] == dominant
     page.set_input_files("[data-testid=file-input]", str(astronaut))  # a photo again: no video
     page.wait_for_function("document.querySelector('[data-testid=status]').textContent.startsWith('1 face')")
     assert page.locator("[data-testid=clip]").is_hidden() and page.locator("[data-testid=canvas]").is_visible()
+    assert page.locator("[data-testid=save-results]").is_hidden()  # one photo's result is on show whole
     page.set_input_files("[data-testid=file-input]", [str(astronaut), str(clip)])  # among photos, a video waits
     page.wait_for_function(
         "document.querySelector('[data-testid=gallery-line]').textContent.startsWith('2 photos')", timeout=60_000

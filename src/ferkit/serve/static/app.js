@@ -276,7 +276,11 @@ function offerResults(entries) {
   const first = entries.find((e) => e.result);
   if (!first) return;
   const results = entries.map((e) => e.result || { source: e.name, faces: [], error: e.error });
-  const saved = JSON.stringify({ classes: first.classes, prior: first.prior, tta: first.tta, results }, null, 2);
+  offer({ classes: first.classes, prior: first.prior, tta: first.tta, results });
+}
+
+function offer(answer) {
+  const saved = JSON.stringify(answer, null, 2);
   saveLink.href = URL.createObjectURL(new Blob([saved], { type: "application/json" }));
   saveLink.hidden = false;
 }
@@ -461,6 +465,7 @@ async function analyseVideo(file, name) {
   clipStage.hidden = false;
   clip.src = URL.createObjectURL(file);
   showTracks(body.tracks, body.classes);
+  offer(body); // as /video answers: each frame's result and each person's summary
   const last = clipFrames[clipFrames.length - 1];
   const counted = `${clipFrames.length} frames read${body.every > 1 ? `, every ${body.every}th` : ""}`;
   const people = body.tracks.length === 1 ? "1 person" : `${body.tracks.length} people`;
