@@ -36,6 +36,12 @@ def seconds(src: Path, argv: list[str]) -> float:
     return time.perf_counter() - start
 
 
+def commit(src: Path) -> str | None:
+    """The commit a source tree is checked out at (its uncommitted changes not said), where git knows it."""
+    done = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--src", type=Path, nargs="+", default=[ROOT / "src"])
@@ -58,6 +64,7 @@ def main() -> None:
         "machine": machine_description(),
         "date": time.strftime("%Y-%m-%d"),
         "repeats": args.repeats,
+        "commits": {str(src): commit(src) for src in args.src},
         "median_s": {
             str(src): {what: round(statistics.median(times[str(src), what]), 3) for what in commands}
             for src in args.src
