@@ -446,8 +446,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 # Faces as a face detector crops them from photos: framed 15% tighter or looser and a little off-centre, softer,
 # noisier and exposed otherwise than FER2013's crops. Starting values, not yet chosen by ablation; no JPEG
-# (`--jpeg-p`), not yet measured and absent from the shipped model's recipe, and no MixUp/CutMix, which cost
-# accuracy in runs as short as these until measured otherwise.
+# (`--jpeg-p`: level on PublicTest and lower on real photos over two quick seeds, BENCHMARKS.md), and no
+# MixUp/CutMix, which cost accuracy in runs as short as these.
 _PHOTOS: dict[str, Any] = {
     "frame_scale": (0.85, 1.15),
     "frame_shift": 0.05,
