@@ -239,6 +239,25 @@ def test_a_videos_frames_take_turns_with_photos_so_a_photo_is_not_held_up_by_a_v
     assert with_photo <= 2  # at once (the next batch, or the one after), not after the video's other 11 frames
 
 
+def test_a_video_whose_client_has_gone_is_read_no_further(predictor, clip):
+    gated = GatedPredictor(predictor)
+    with LiveServer(create_app(gated)) as live:
+        with ThreadPoolExecutor(1) as pool:
+            # The client gives up after a second, while the video's first frame holds the model, and hangs up.
+            post = pool.submit(
+                httpx.post, f"{live.url}/video", files={"file": ("clip.webm", clip.read_bytes())}, timeout=1
+            )
+            assert gated.entered.wait(timeout=30)
+            with pytest.raises(httpx.TimeoutException):
+                post.result()
+        gated.gate.set()
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{live.url}/health").json()["in_progress"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert httpx.get(f"{live.url}/health").json()["in_progress"] == 0
+    assert len(gated.batches) <= 2  # of the video's 12 frames: the one held, and at most the one after it
+
+
 def test_a_long_video_is_read_every_nth_frame_to_fit_the_frame_budget(predictor, clip):
     with LiveServer(create_app(predictor, max_video_frames=5)) as live, httpx.Client(base_url=live.url) as client:
         assert client.get("/health").json()["max_video_frames"] == 5
@@ -708,7 +727,7 @@ def test_page_tracks_the_people_in_a_video_and_draws_them_as_it_plays(browser, s
     assert page.locator("[data-testid=save-results]").is_hidden()  # one photo's result is on show whole
     page.set_input_files("[data-testid=file-input]", [str(astronaut), str(clip)])  # among photos, a video waits
     page.wait_for_function(
-        "document.querySelector('[data-testid=gallery-line]').textContent.startsWith('2 photos')", timeout=60_000
+        "document.querySelector('[data-testid=gallery-line]').textContent.startsWith('2 files: 1 face')", timeout=60_000
     )
     assert page.locator("[data-testid=thumb]").nth(1).get_attribute("title") == (
         "clip.webm: clip.webm is a video; give it on its own to track the people in it"

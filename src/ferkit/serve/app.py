@@ -456,6 +456,7 @@ def create_app(
         summary="Expressions of the people in an uploaded video, tracked over its frames",
     )
     async def video(
+        request: Request,
         file: Annotated[UploadFile, File(description="the video (MP4, WebM, MOV, AVI: what OpenCV reads)")],
         every: Annotated[
             int | None,
@@ -479,10 +480,10 @@ def create_app(
         with counted(), tempfile.NamedTemporaryFile(suffix=Path(name).suffix or ".mp4") as copy:
             await run_in_threadpool(copy.write, data)
             copy.flush()
-            document = await _read_video(copy.name, name, every, smooth)
+            document = await _read_video(copy.name, name, every, smooth, request.is_disconnected)
         return Response(json.dumps(document), media_type="application/json")
 
-    async def _read_video(path: str, name: str, every: int | None, smooth: float) -> dict:
+    async def _read_video(path: str, name: str, every: int | None, smooth: float, gone: Callable[[], Any]) -> dict:
         """Frames through the batcher, as photo requests go, so a video and photos share the one inference thread
         and the video waits its turn frame by frame; tracked and summarised as `ferkit predict VIDEO` does."""
         total, fps = await run_in_threadpool(lambda: (frame_count(path), video_fps(path)))
@@ -494,7 +495,7 @@ def create_app(
         try:
             while len(results) < max_video_frames:
                 item = await run_in_threadpool(next, frames, None)
-                if item is None:
+                if item is None or await gone():  # nobody waits for the rest: the server's time goes to others
                     break
                 index, time_s, rgb = item
                 height, width = rgb.shape[:2]

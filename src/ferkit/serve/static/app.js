@@ -288,7 +288,8 @@ function offer(answer) {
 // The line over several photos, worded as `ferkit predict` words it over several images.
 function summary(entries) {
   const faces = entries.flatMap((e) => (e.result ? e.result.faces : []));
-  let line = `${entries.length} photos: ${faces.length} face${faces.length === 1 ? "" : "s"}`;
+  const noun = entries.some((e) => isVideo(e.file, e.name)) ? "files" : "photos"; // a video among them is not read
+  let line = `${entries.length} ${noun}: ${faces.length} face${faces.length === 1 ? "" : "s"}`;
   if (faces.length) line += ` (${labelCounts(faces)})`;
   const faceless = entries.filter((e) => e.result && !e.result.faces.length).length;
   const failed = entries.filter((e) => e.error).length;
