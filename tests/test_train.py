@@ -414,6 +414,10 @@ def test_no_report_leaves_privatetest_unread_until_the_run_is_chosen(image_folde
     assert (
         report["accuracy"] == evaluate_checkpoint(run / "best.pth", data=str(image_folder), split="report")["accuracy"]
     )
+    # Data found through $FERKIT_DATA: the command names the folder it was read from.
+    monkeypatch.setenv("FERKIT_DATA", str(image_folder))
+    train(Config(**{**TINY, "out": str(tmp_path / "env"), "epochs": 1, "protocol": "clean", "report": False}))
+    assert f"--data {image_folder} --split report`" in (tmp_path / "env" / "train.log").read_text()
 
 
 def test_resume_with_more_epochs_continues_the_schedule_over_the_new_total(image_folder, tmp_path):

@@ -42,7 +42,7 @@ from tqdm import tqdm
 from .. import distributed as dist
 from ..checkpoint import BEST, LAST, check_classes, load_model
 from ..config import Config, resumed_config
-from ..data.datasets import FerDataset, Sample, Splits, collate_skipping, load_splits
+from ..data.datasets import FerDataset, Sample, Splits, collate_skipping, load_splits, resolve_data_path
 from ..data.loaders import make_loader
 from ..data.transforms import build_test_transform
 from ..errors import FerkitError
@@ -581,7 +581,7 @@ def final_report(cfg: Config, splits: Splits, state: TrainState, speed: Speed) -
     if not cfg.report:
         log.info(
             f"report: {splits.names['report']} left unread (--no-report), {chosen}; once this run is the one "
-            f"chosen, read it with `ferkit evaluate {best} --data {cfg.data} --split report`" + tail
+            f"chosen, read it with `ferkit evaluate {best} --data {resolve_data_path(cfg.data)} --split report`" + tail
         )
         return run
     model = load_model(best, splits.classes).model.to(speed.device)
