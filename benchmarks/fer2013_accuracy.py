@@ -25,7 +25,7 @@ from common import DEFAULT_DATA  # benchmarks/common.py (scripts run with benchm
 from ferkit.checkpoint import check_classes, model_path
 from ferkit.data.datasets import FerDataset, load_splits
 from ferkit.data.loaders import make_loader
-from ferkit.data.transforms import build_test_transform
+from ferkit.data.preprocess import build_test_transform
 from ferkit.evaluation.metrics import compute_metrics
 from ferkit.evaluation.predictions import collect_probs, inference_precision
 from ferkit.inference.loading import load_for_inference

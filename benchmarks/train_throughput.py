@@ -47,7 +47,7 @@ from torchvision import transforms as T
 from ferkit.config import Config
 from ferkit.data.batched import BatchAugment, batches, decode_once
 from ferkit.data.datasets import FerDataset, Sample, load_splits
-from ferkit.data.transforms import ToRGB
+from ferkit.data.preprocess import ToRGB
 from ferkit.model import build_model
 from ferkit.runtime import autocast, machine_description, resolve_device, resolve_precision
 from ferkit.training.optim import build_optimizer

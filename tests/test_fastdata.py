@@ -17,7 +17,8 @@ from ferkit.config import Config
 from ferkit.data import batched as fastdata
 from ferkit.data.batched import BatchAugment, batches, decode_once
 from ferkit.data.datasets import Sample, load_image, load_splits
-from ferkit.data.transforms import build_test_transform, build_train_transform, jpeg
+from ferkit.data.preprocess import build_test_transform, resize
+from ferkit.data.transforms import build_train_transform, jpeg
 from ferkit.errors import FerkitError
 
 N_DRAWS = 400  # per pipeline: the fractions below then have a standard error of at most 0.025
@@ -28,7 +29,7 @@ SMALL = Config(image_size=32)
 def batch_test_transform(cfg: Config, images: torch.Tensor) -> torch.Tensor:
     """The test transform of a uint8 batch (resize, normalise), from BatchAugment's own steps."""
     augment = BatchAugment(cfg)
-    return augment._normalize(fastdata._resize(augment._unit_float(images), cfg.image_size))
+    return augment._normalize(resize(augment._unit_float(images), cfg.image_size))
 
 
 def folder_samples(root: Path) -> list[Sample]:

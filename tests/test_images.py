@@ -9,7 +9,7 @@ from PIL import Image
 
 from ferkit.data.datasets import Sample, load_image, read_image_folder
 from ferkit.data.images import IMAGE_SUFFIXES, list_images, read_image
-from ferkit.data.transforms import ToRGB
+from ferkit.data.preprocess import ToRGB
 from ferkit.errors import FerkitError
 
 

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
+from skimage.data import astronaut
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "ferkit"
@@ -115,3 +117,26 @@ def test_importing_leaves_export_serving_and_scikit_learn_unloaded(module):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [], f"import {module} loads {result.stdout.strip()}"
+
+
+# What reading a photo must not import: each costs `ferkit predict PHOTO` and the server's start-up a third of a
+# second to a second and a half, and only training, evaluation, ten-crop, plots or video tracking use them.
+NOT_FOR_A_PHOTO = ("torchvision", "matplotlib", "scipy", "sklearn", "ferkit.inference.evaluate")
+
+
+@pytest.mark.slow
+def test_reading_a_photo_and_starting_the_server_import_no_training_or_plotting_library(tmp_path):
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(astronaut()).save(photo)
+    code = (
+        "import sys, ferkit.serve.app\n"
+        "from ferkit.cli import main\n"
+        f"assert main(['predict', {str(photo)!r}]) == 0\n"
+        f"print('loaded:', *(m for m in {NOT_FOR_A_PHOTO!r} if m in sys.modules))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    *answer, loaded = result.stdout.strip().splitlines()
+    assert "astronaut.png: face 0" in answer[0]
+    assert loaded.split() == ["loaded:"]

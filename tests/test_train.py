@@ -19,7 +19,7 @@ from ferkit.checkpoint import atomic_save, load_model, read_checkpoint
 from ferkit.cli import main
 from ferkit.config import Config
 from ferkit.data.datasets import CLASSES, load_splits
-from ferkit.data.transforms import build_test_transform
+from ferkit.data.preprocess import build_test_transform
 from ferkit.errors import FerkitError
 from ferkit.evaluation.predictions import predict_probs
 from ferkit.inference.evaluate import evaluate_checkpoint

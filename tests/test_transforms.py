@@ -5,14 +5,8 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from ferkit.config import Config
-from ferkit.data.transforms import (
-    RandomGamma,
-    RandomReframe,
-    ToRGB,
-    build_batch_mix,
-    build_test_transform,
-    build_train_transform,
-)
+from ferkit.data.preprocess import ToRGB, build_test_transform
+from ferkit.data.transforms import RandomGamma, RandomReframe, build_batch_mix, build_train_transform
 
 
 def test_train_pipeline_is_the_specification_in_order():
@@ -43,10 +37,40 @@ def test_train_pipeline_is_the_specification_in_order():
     assert erase.p == 0.25
 
 
-def test_test_pipeline_is_resize_and_normalize():
-    t = build_test_transform(Config()).transforms
-    assert [type(x) for x in t] == [ToRGB, v2.ToImage, v2.Resize, v2.ToDtype, v2.Normalize]
-    assert list(t[2].size) == [96, 96]
+def torchvision_test_pipeline(cfg: Config) -> v2.Compose:
+    """The test pipeline as torchvision writes it, which ferkit's torch-only one must equal."""
+    return v2.Compose(
+        [ToRGB(cfg.grey_input), v2.ToImage()]
+        + ([v2.Lambda(v2.functional.equalize)] if cfg.equalize else [])
+        + [
+            v2.Resize((cfg.image_size, cfg.image_size), antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(cfg.mean), std=list(cfg.std)),
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("shape", "settings"),
+    [
+        ((48, 48), {}),  # a FER2013 face, enlarged
+        ((350, 350, 3), {}),  # a web photo's face, shrunk
+        ((61, 97, 3), {"image_size": 48}),  # not square
+        ((96, 96, 3), {}),  # already the size
+        ((40, 52, 4), {"grey_input": True}),  # RGBA to grey
+        ((120, 80, 3), {"equalize": True, "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}),
+    ],
+)
+def test_test_pipeline_equals_torchvisions(shape, settings):
+    cfg = Config(**settings)
+    image = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    ours, theirs = build_test_transform(cfg)(image), torchvision_test_pipeline(cfg)(image)
+    assert ours.shape == (3, cfg.image_size, cfg.image_size) and ours.dtype == torch.float32
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        # torchvision resizes uint8 with the same kernel on these CPUs (elsewhere in float, then rounds).
+        assert torch.equal(ours, theirs)
+    else:
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1.01 / 255 / min(cfg.std))
 
 
 def test_grayscale_becomes_three_normalised_channels():

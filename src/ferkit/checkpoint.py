@@ -2,7 +2,7 @@
 
 A checkpoint holds the model weights together with the config and class names it was trained with,
 so evaluation and prediction never have to be told them again: the config is the one record of the
-preprocessing (``transforms.build_test_transform`` reads it).
+preprocessing (``preprocess.build_test_transform`` reads it).
 """
 
 from __future__ import annotations

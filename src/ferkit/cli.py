@@ -199,7 +199,6 @@ def _predict(args: argparse.Namespace) -> int:
     from .atomic import output_file
     from .inference.predict import Predictor, as_paths, mirrored_root, predict_images, predict_videos, video_sources
     from .inference.results import format_table, write_results
-    from .plots import PLOT_SUFFIXES
 
     if args.camera is not None and args.input:
         raise FerkitError("--camera reads a camera instead of files; give one or the other")
@@ -207,12 +206,12 @@ def _predict(args: argparse.Namespace) -> int:
         raise FerkitError("give an image, folder or video to predict on, or --camera N")
     inputs = as_paths(args.input) if args.input else []
     # Checked before the model is loaded: a bad output path would otherwise fail once every result is in.
-    for what, value, suffixes in (
-        ("--json", args.json, ()),
-        ("--csv", args.csv, ()),
-        ("--summary", args.summary, ()),
-        ("--plot", args.plot, PLOT_SUFFIXES),
-    ):
+    outputs = [("--json", args.json, ()), ("--csv", args.csv, ()), ("--summary", args.summary, ())]
+    if args.plot:
+        from .plots import PLOT_SUFFIXES  # matplotlib's import is half a second: paid only when a plot is asked for
+
+        outputs.append(("--plot", args.plot, PLOT_SUFFIXES))
+    for what, value, suffixes in outputs:
         if value and value != "-":
             if output_file(value, what, suffixes).resolve() in {p.resolve() for p in inputs}:
                 raise FerkitError(f"{what} {value} is an input; name another file")

@@ -65,6 +65,7 @@ from ..config import Config
 from ..errors import FerkitError
 from .datasets import Sample, load_image
 from .images import to_rgb
+from .preprocess import resize
 from .transforms import blur_kernel_size, jpeg, reframes
 
 log = logging.getLogger("ferkit")
@@ -239,13 +240,6 @@ def batches(
 # Batched transforms
 
 
-def _resize(x: Tensor, size: int) -> Tensor:
-    """Bilinear resize to size x size, antialiased as torchvision's Resize(antialias=True)."""
-    if x.shape[-2:] == (size, size):
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-
-
 class BatchAugment(nn.Module):
     """The specification's training augmentations for a uint8 batch, with per-sample parameters.
 
@@ -276,7 +270,7 @@ class BatchAugment(nn.Module):
         flip = rand(n) < cfg.flip_p
         angle = (rand(n) * 2 - 1) * cfg.rotation
         x = _warp(
-            _resize(x, self.size) if max(height, width) > self.size else x,
+            resize(x, self.size) if max(height, width) > self.size else x,
             top / height,
             left / width,
             box_h / height,

@@ -1,6 +1,7 @@
-"""The recipe's train and test pipelines (docs/recipe.md, section 1), built with torchvision v2.
+"""The recipe's train pipeline (docs/recipe.md, section 1), built with torchvision v2; the test pipeline is
+:mod:`ferkit.data.preprocess`.
 
-Both start by converting to a 3-channel uint8 tensor, so grayscale FER2013 crops and colour
+It starts by converting to a 3-channel uint8 tensor, so grayscale FER2013 crops and colour
 photos go through the same ops; the geometric and colour ops run on uint8 (cheaper than float).
 """
 
@@ -17,25 +18,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from ..config import Config
-from .images import to_rgb
-
-
-class ToRGB:
-    """The pipelines' first step: :func:`ferkit.images.to_rgb`, as a transform that names itself in a pipeline.
-
-    With ``grey``, the image becomes grey in 3 equal channels: a network that only ever saw grey faces (FER2013)
-    reads colour as noise. PIL's integer luma leaves an image that is grey already exactly as it was.
-    """
-
-    def __init__(self, grey: bool = False) -> None:
-        self.grey = grey
-
-    def __call__(self, image: Image.Image | np.ndarray) -> Image.Image:
-        rgb = to_rgb(image)
-        return rgb.convert("L").convert("RGB") if self.grey else rgb
-
-    def __repr__(self) -> str:
-        return f"ToRGB(grey={self.grey})"
+from .preprocess import ToRGB
 
 
 class RandomReframe:
@@ -187,21 +170,3 @@ def build_batch_mix(cfg: Config, num_classes: int) -> v2.Transform | None:
     if not mixes:
         return None
     return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
-
-
-def build_test_transform(cfg: Config) -> v2.Compose:
-    return v2.Compose(
-        _to_rgb_tensor(cfg) + [v2.Resize((cfg.image_size, cfg.image_size), antialias=True)] + _normalize(cfg)
-    )
-
-
-def preprocessing(cfg: Config) -> dict:
-    """The test transform's values for readers other than ferkit: runtimes fed an exported ONNX file, and the
-    server's page, which sizes webcam snapshots by them."""
-    return {
-        "image_size": cfg.image_size,
-        "mean": list(cfg.mean),
-        "std": list(cfg.std),
-        "grey": cfg.grey_input,
-        "equalize": cfg.equalize,
-    }

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
-from torchvision.transforms.v2 import functional as TF
 
 from ..config import Config
 from ..data.loaders import batches_of
@@ -37,12 +36,15 @@ def tta_views(x: Tensor, mode: str) -> list[Tensor]:
     if mode == "flip":
         return [x, torch.flip(x, dims=[-1])]
     if mode == "tencrop":
+        # Imported here: torchvision's import is most of a second that prediction without ten-crop need not pay.
+        from torchvision.transforms.v2.functional import ten_crop
+
         # Crops of a 12.5% larger resize keep the model's input size: four corners, centre, and their mirrors.
         size = x.shape[-1]
         larger = F.interpolate(
             x, size=(size * 9 // 8, size * 9 // 8), mode="bilinear", align_corners=False, antialias=False
         )
-        return list(TF.ten_crop(larger, [size, size]))
+        return list(ten_crop(larger, [size, size]))
     if mode == "scales":
         return [reframed(x, f) for f in SCALE_FRAMINGS]
     raise ValueError(f"unknown TTA mode {mode!r}; choose from {TTA_MODES}")

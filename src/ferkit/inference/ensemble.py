@@ -11,7 +11,7 @@ from typing import Any
 
 from ..checkpoint import BEST, LAST, MEMBER_KEYS, load_model, make_checkpoint, model_path
 from ..config import Config
-from ..data.transforms import preprocessing
+from ..data.preprocess import preprocessing
 from ..errors import FerkitError
 from ..model import Ensemble
 

@@ -22,7 +22,7 @@ from ..data.datasets import (
     resolve_data_path,
 )
 from ..data.loaders import make_loader
-from ..data.transforms import build_test_transform
+from ..data.preprocess import build_test_transform
 from ..errors import FerkitError
 from ..evaluation.calibration import fit_temperature, temper
 from ..evaluation.metrics import compute_metrics, paired_difference, write_report

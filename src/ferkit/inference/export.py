@@ -23,7 +23,7 @@ import torch
 from ..atomic import output_file, write_atomically
 from ..checkpoint import BUNDLED, LoadedModel, check_classes, load_model, model_path, training_record
 from ..data.datasets import FerDataset, load_splits
-from ..data.transforms import build_test_transform, preprocessing
+from ..data.preprocess import build_test_transform, preprocessing
 from ..errors import FerkitError
 
 # Opset 18 is what torch.export-based exporting targets natively; onnxruntime >= 1.14 runs it.

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..data.transforms import preprocessing
+from ..data.preprocess import preprocessing
 from .loading import InferenceModel
 from .predict import Predictor
 

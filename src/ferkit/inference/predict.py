@@ -21,11 +21,10 @@ from torch import nn
 from ..checkpoint import is_model_path
 from ..config import Config
 from ..data.images import IMAGE_SUFFIXES, ImageInput, list_images, read_image
-from ..data.transforms import build_test_transform
+from ..data.preprocess import build_test_transform
 from ..errors import FerkitError
 from ..evaluation.predictions import predict_probs
 from ..evaluation.prior import PHOTO_PRIOR
-from ..plots import plot_timeline
 from ..runtime import resolve_device
 from .align import face_crop
 from .faces import Detection, Detector, build_detector
@@ -452,5 +451,7 @@ def predict_videos(
         bar.close()
         out.close()
         if plot:
+            from ..plots import plot_timeline  # matplotlib's import is half a second that a run without --plot skips
+
             plot_timeline(summary.tracks(), predictor.classes, Path(plot))
     return summary, interrupted

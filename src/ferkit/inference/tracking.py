@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from .results import Face, Result
 
@@ -71,6 +70,9 @@ class Tracker:
         ids = [0] * len(found)
         matched = set()
         if self.tracks and len(found):
+            # Imported at the first pairing, not with the module: a third of a second that photos need not pay.
+            from scipy.optimize import linear_sum_assignment
+
             predicted = np.stack([t.predicted(time_s) for t in self.tracks])
             overlap = iou_matrix(predicted, found)
             for ti, bi in zip(*linear_sum_assignment(overlap, maximize=True)):

@@ -24,7 +24,7 @@ from ..checkpoint import atomic_save, check_classes, file_identity, load_model
 from ..config import Config
 from ..data.datasets import FerDataset, Sample, collate_skipping
 from ..data.loaders import make_loader
-from ..data.transforms import build_test_transform
+from ..data.preprocess import build_test_transform
 from ..errors import FerkitError
 from ..evaluation.calibration import Tempered
 from ..evaluation.predictions import collect_probs, tta_views

@@ -44,7 +44,7 @@ from ..checkpoint import BEST, LAST, check_classes, load_model
 from ..config import Config, resumed_config
 from ..data.datasets import FerDataset, Sample, Splits, collate_skipping, load_splits, resolve_data_path
 from ..data.loaders import make_loader
-from ..data.transforms import build_test_transform
+from ..data.preprocess import build_test_transform
 from ..errors import FerkitError
 from ..evaluation.metrics import compute_metrics, format_metrics, write_report
 from ..evaluation.predictions import collect_probs

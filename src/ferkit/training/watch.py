@@ -21,7 +21,7 @@ from .. import distributed as dist
 from ..config import Config
 from ..data.datasets import FerDataset, collate_skipping, is_whole_folder, read_whole_folder
 from ..data.loaders import batches_of, make_loader
-from ..data.transforms import build_test_transform
+from ..data.preprocess import build_test_transform
 from ..errors import FerkitError
 from ..evaluation.metrics import compute_metrics
 from ..evaluation.predictions import predict_probs
