@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import save_sideways
 from PIL import Image
+from skimage.data import astronaut
 
 from ferkit.data.datasets import Sample, load_image, read_image_folder
 from ferkit.data.images import IMAGE_SUFFIXES, list_images, read_image
@@ -52,15 +57,46 @@ def test_datasets_and_prediction_take_the_same_image_files(tmp_path):
     for split in ("train", "test"):
         (tmp_path / split / "happy").mkdir(parents=True)
     for suffix in sorted(IMAGE_SUFFIXES):
-        Image.new("L", (8, 8)).save(tmp_path / "train" / "happy" / f"a{suffix}", format=_format(suffix))
+        save_image(Image.new("L", (8, 8)), tmp_path / "train" / "happy" / f"a{suffix}")
     (tmp_path / "train" / "happy" / "notes.txt").write_text("not an image")
     in_dataset = read_image_folder(tmp_path)["train"]["Happy"]
     assert in_dataset == list_images(tmp_path / "train")
     assert {p.suffix for p in in_dataset} == IMAGE_SUFFIXES
 
 
-def _format(suffix: str) -> str:
-    return {".jpg": "JPEG", ".tif": "TIFF", ".pgm": "PPM"}.get(suffix, suffix[1:].upper())
+def save_image(image: Image.Image, path: Path) -> None:
+    """In the format its suffix names; HEIC and HEIF through pillow-heif, since ferkit's pi-heif only decodes."""
+    suffix = path.suffix.lower()
+    if suffix in (".heic", ".heif"):
+        pillow_heif = pytest.importorskip("pillow_heif", reason="pillow-heif (in ferkit[dev]) writes HEIC files")
+        pillow_heif.from_pillow(image.convert("RGB")).save(path, quality=90)
+    else:
+        image.save(path, format={".jpg": "JPEG", ".tif": "TIFF", ".pgm": "PPM"}.get(suffix, suffix[1:].upper()))
+
+
+def test_phone_photos_in_heic_and_avif_read_as_the_png_does(tmp_path):
+    photo = Image.fromarray(astronaut())
+    save_image(photo, tmp_path / "astronaut.png")
+    for name in ("IMG_0001.HEIC", "photo.heif", "web.avif"):  # the names iPhones and browsers give them
+        save_image(photo, tmp_path / name)
+    assert [p.name for p in list_images(tmp_path)] == ["IMG_0001.HEIC", "astronaut.png", "photo.heif", "web.avif"]
+    png, *lossy = (_every_reader(tmp_path / name) for name in ("astronaut.png", "IMG_0001.HEIC", "web.avif"))
+    for readers in lossy:
+        for pixels in readers:
+            assert pixels.shape == png[0].shape and pixels.dtype == np.uint8
+            assert np.abs(pixels.astype(int) - png[0]).mean() < 4  # lossy codecs at quality 80-90
+
+
+def test_without_pi_heif_a_heic_photo_says_what_to_install(tmp_path):
+    save_image(Image.fromarray(astronaut()), tmp_path / "IMG_0001.HEIC")
+    code = (
+        "import sys; sys.modules['pi_heif'] = None\n"  # as after `pip install --no-deps`
+        "from ferkit.data.images import read_image\n"
+        f"read_image({str(tmp_path / 'IMG_0001.HEIC')!r})"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "FerkitError: cannot read" in result.stderr
+    assert "not an image format PIL can decode (HEIC photos need pi-heif: pip install pi-heif)" in result.stderr
 
 
 def test_arrays_of_any_usual_layout_become_rgb_and_others_are_refused():

@@ -6,6 +6,7 @@ Training, evaluation, prediction and the server all decode through :func:`uprigh
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import BinaryIO
@@ -15,8 +16,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import FerkitError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
-FORMATS = "JPEG, PNG, BMP, GIF, TIFF or WebP"
+IMAGE_SUFFIXES = {
+    *(".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".avif"),
+    *(".heic", ".heif"),  # phones' photos (iPhones save HEIC by default), read through pi-heif
+}
+FORMATS = "JPEG, PNG, BMP, GIF, TIFF, WebP, AVIF or HEIC"
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
@@ -57,6 +61,7 @@ def open_image(source: str | os.PathLike | BinaryIO, max_pixels: int | None = No
 
     With ``max_pixels`` an image is refused by its header's size before its pixels are decoded.
     """
+    heif = _read_heif()
     try:
         with Image.open(source) as image:
             if max_pixels is not None and image.width * image.height > max_pixels:
@@ -68,8 +73,21 @@ def open_image(source: str | os.PathLike | BinaryIO, max_pixels: int | None = No
         raise TooManyPixels(_first_line(e)) from None
     except Exception as e:  # decoders fail on hostile bytes in many ways; all mean "not a usable image"
         if isinstance(e, UnidentifiedImageError):
-            raise UndecodableImage("not an image format PIL can decode") from None
+            missing = "" if heif else " (HEIC photos need pi-heif: pip install pi-heif)"
+            raise UndecodableImage(f"not an image format PIL can decode{missing}") from None
         raise UndecodableImage(_first_line(e)) from None
+
+
+@functools.cache
+def _read_heif() -> bool:
+    """Pillow taught HEIF/HEIC by pi-heif (once, at the first image read: its import is not free); False where
+    pi-heif is not installed (a ``pip install --no-deps``)."""
+    try:
+        import pi_heif
+    except ImportError:
+        return False
+    pi_heif.register_heif_opener()
+    return True
 
 
 def _first_line(error: Exception) -> str:

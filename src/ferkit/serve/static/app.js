@@ -102,7 +102,7 @@ function draw(bitmap, result) {
   const ctx = canvas.getContext("2d");
   if (bitmap) {
     ctx.drawImage(bitmap, 0, 0, width, height);
-  } else { // the server can decode formats the browser cannot (TIFF): show the boxes on grey
+  } else { // the server can decode formats the browser cannot (TIFF, HEIC): show the boxes on grey
     ctx.fillStyle = "#c8ccd2";
     ctx.fillRect(0, 0, width, height);
   }
@@ -224,7 +224,7 @@ async function send(url, blob, name, signal) {
   }
 }
 
-// The picture to draw on; null where the browser cannot decode what the server can (TIFF).
+// The picture to draw on; null where the browser cannot decode what the server can (TIFF, and HEIC outside Safari).
 const decode = (blob) => createImageBitmap(blob).catch(() => null);
 
 // A new upload or snapshot replaces whatever the page was reading or showing.
@@ -477,7 +477,7 @@ async function analyseVideo(file, name) {
 }
 
 // The endings `ferkit predict FOLDER` reads as images (ferkit.data.images.IMAGE_SUFFIXES; a test keeps them equal).
-const IMAGE_SUFFIXES = [".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"];
+const IMAGE_SUFFIXES = [".avif", ".bmp", ".gif", ".heic", ".heif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"];
 const isImageName = (name) => IMAGE_SUFFIXES.some((suffix) => name.toLowerCase().endsWith(suffix));
 // Path order as Python sorts paths: part by part.
 function byPath(a, b) {
