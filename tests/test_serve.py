@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ASTRONAUT_FACE, LiveServer, iou
+from conftest import ASTRONAUT_FACE, LiveServer, iou, save_sideways
 from PIL import Image
 
 import ferkit.checkpoint as checkpoint_mod
@@ -59,6 +59,13 @@ CHROMIUM_ARGS = [
 def png(array: np.ndarray, format: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format=format)
+    return buffer.getvalue()
+
+
+def tiff(array: np.ndarray) -> bytes:
+    """A TIFF (which Chromium cannot decode), deflated to fit the test server's upload limit."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="TIFF", compression="tiff_deflate")
     return buffer.getvalue()
 
 
@@ -360,6 +367,33 @@ def test_bad_input_gets_a_4xx_with_a_clear_message_and_the_server_answers_after(
     assert client.get("/health").json()["status"] == "ok"
 
 
+def test_preview_gives_a_photo_back_as_an_upright_jpeg_its_longer_side_bounded(client, tmp_path):
+    photo = skimage_data.astronaut()[:, :400]  # 512 high, 400 wide
+    response = client.post("/preview", params={"side": 100}, files={"file": ("a.tif", tiff(photo))})
+    assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
+    jpeg = Image.open(io.BytesIO(response.content))
+    assert jpeg.format == "JPEG" and jpeg.size == (78, 100)
+    smaller = np.asarray(Image.fromarray(photo).resize(jpeg.size, Image.Resampling.LANCZOS), dtype=float)
+    assert np.abs(np.asarray(jpeg, dtype=float) - smaller).mean() < 6
+    unbounded = client.post("/preview", files={"file": ("a.tif", tiff(photo))})
+    assert Image.open(io.BytesIO(unbounded.content)).size == (400, 512)  # never enlarged
+    sideways = save_sideways(photo, tmp_path / "phone.jpg")  # upright, as /predict's boxes are
+    turned = client.post("/preview", files={"file": ("phone.jpg", sideways.read_bytes())})
+    assert Image.open(io.BytesIO(turned.content)).size == (400, 512)
+    pillow_heif = pytest.importorskip("pillow_heif", reason="pillow-heif (in ferkit[dev]) writes HEIC files")
+    heic = io.BytesIO()
+    pillow_heif.from_pillow(Image.fromarray(photo)).save(heic, quality=90)
+    answer = client.post("/preview", files={"file": ("IMG_0001.HEIC", heic.getvalue())})
+    assert answer.status_code == 200 and Image.open(io.BytesIO(answer.content)).size == (400, 512)
+
+
+@pytest.mark.parametrize("case", ["empty file", "not an image", "a video", "too large", "too many pixels"])
+def test_preview_refuses_what_predict_refuses_with_the_same_message(client, case):
+    kwargs, status, message = BAD_INPUTS[case]
+    response = client.post("/preview", **kwargs)
+    assert response.status_code == status and message in response.json()["detail"]
+
+
 def test_the_server_still_predicts_after_every_bad_input(client, astronaut):
     response = client.post("/predict", files={"file": ("again.png", astronaut.read_bytes())})
     assert response.status_code == 200 and len(response.json()["results"][0]["faces"]) == 1
@@ -406,7 +440,7 @@ def test_a_server_reads_faces_with_its_predictors_tta_and_says_which(checkpoint,
 
 def test_openapi_schema_documents_what_the_endpoints_do(client):
     schema = client.get("/openapi.json").json()
-    assert set(schema["paths"]) == {"/predict", "/video", "/health", "/model"}
+    assert set(schema["paths"]) == {"/predict", "/video", "/preview", "/health", "/model"}
     ref = "#/components/schemas/"
 
     def response_ref(path, method, code):
@@ -415,7 +449,9 @@ def test_openapi_schema_documents_what_the_endpoints_do(client):
     assert response_ref("/predict", "post", "200") == ref + "Predictions"
     assert response_ref("/video", "post", "200") == ref + "VideoPredictions"
     for code in ("400", "413", "415", "422", "503", "500"):
-        assert response_ref("/predict", "post", code) == response_ref("/video", "post", code) == ref + "Error"
+        for path in ("/predict", "/video", "/preview"):
+            assert response_ref(path, "post", code) == ref + "Error"
+    assert list(schema["paths"]["/preview"]["post"]["responses"]["200"]["content"]) == ["image/jpeg"]
     video = schema["paths"]["/video"]["post"]
     assert {p["name"] for p in video["parameters"]} == {"every", "smooth"}
     assert "tracks" in schema["components"]["schemas"]["VideoPredictions"]["required"]
@@ -620,8 +656,8 @@ def test_page_reads_several_photos_each_on_its_own_with_a_thumbnail_and_a_line_o
         ("big.jpg", bytes(MAX_UPLOAD + 100_000), "image/jpeg"),  # refused by the page before it is sent
     ]
     page, errors = open_page(browser, server)
-    posts = []
-    page.on("request", lambda request: posts.append(request.url) if request.method == "POST" else None)
+    posts = []  # to /predict: a thumbnail the browser cannot show asks /preview besides
+    page.on("request", lambda request: posts.append(request.url) if "/predict" in request.url else None)
     if how == "button":
         page.set_input_files(
             "[data-testid=file-input]", files=[{"name": n, "mimeType": t, "buffer": b} for n, b, t in files]
@@ -677,6 +713,39 @@ def test_page_reads_several_photos_each_on_its_own_with_a_thumbnail_and_a_line_o
     page.set_input_files("[data-testid=file-input]", str(astronaut))  # one photo again: no gallery
     page.wait_for_function("document.querySelector('[data-testid=status]').textContent.startsWith('1 face')")
     assert page.locator("[data-testid=gallery]").is_hidden() and thumbs.count() == 0
+    assert errors == []
+    page.close()
+
+
+@pytest.mark.slow
+def test_page_shows_photos_its_browser_cannot_decode_through_the_servers_preview(browser, server, astronaut):
+    photo = skimage_data.astronaut()[:400, :400]  # her face, in a TIFF within the test server's upload limit
+    tif = {"name": "astronaut.tif", "mimeType": "image/tiff", "buffer": tiff(photo)}
+    page, errors = open_page(browser, server)
+    decodes = """(b64) => createImageBitmap(new Blob([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))]))
+        .then(() => true, () => false)"""
+    assert not page.evaluate(decodes, base64.b64encode(tif["buffer"]).decode())  # Chromium does not read TIFF
+    page.set_input_files("[data-testid=file-input]", files=[tif])
+    face = page.locator("[data-testid=face]")
+    face.wait_for(timeout=30_000)
+    x, y, w, h = json.loads(face.get_attribute("data-box"))
+    page.wait_for_function("document.querySelector('[data-testid=canvas]').width === 400")
+    drawn = page.evaluate(
+        """([px, py]) => Array.from(document.querySelector('[data-testid=canvas]').getContext('2d')
+            .getImageData(px, py, 1, 1).data)""",
+        [x + w // 2, y + h // 2],
+    )
+    assert np.abs(np.array(drawn[:3], dtype=int) - photo[y + h // 2, x + w // 2]).max() < 12  # the photo, not grey
+    page.set_input_files(
+        "[data-testid=file-input]",
+        files=[tif, {"name": "astronaut.png", "mimeType": "image/png", "buffer": astronaut.read_bytes()}],
+    )
+    page.wait_for_function(
+        "document.querySelector('[data-testid=gallery-line]').textContent.startsWith('2 photos')", timeout=60_000
+    )
+    page.wait_for_function(  # its thumbnail is the server's small JPEG
+        "document.querySelector('[data-name=\"astronaut.tif\"] img')?.naturalWidth === 256", timeout=30_000
+    )
     assert errors == []
     page.close()
 

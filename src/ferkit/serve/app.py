@@ -1,6 +1,8 @@
 """``ferkit serve``: an HTTP API and a web page for expression recognition.
 
-``POST /predict`` takes a multipart image upload and answers the JSON of ``ferkit predict --json``;
+``POST /predict`` takes a multipart image upload and answers the JSON of ``ferkit predict --json``; ``POST /video``
+tracks the people in an uploaded video; ``POST /preview`` gives an upload back as a JPEG, for the page to show
+formats its browser cannot (HEIC, TIFF);
 ``GET /health`` and ``GET /model`` describe the server and the model; ``GET /`` is a page that
 uploads photos or webcam snapshots and draws the results. Uploads are bounded in bytes and pixels
 before they are decoded, decoding runs in worker threads, and the images of concurrent requests
@@ -30,6 +32,7 @@ from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -222,6 +225,16 @@ def decode_image(data: bytes, name: str, max_pixels: int, used: int = 0) -> np.n
             ) from None
         raise HTTPException(415, f"cannot decode {name!r} as an image ({e.reason}); send a {FORMATS} file") from None
     return np.asarray(to_rgb(image))  # upright: the page draws photos rotated by their EXIF, so boxes match
+
+
+def preview_jpeg(data: bytes, name: str, max_pixels: int, side: int) -> bytes:
+    """An upload as a JPEG at most ``side`` pixels a side, upright, for a browser that cannot show its format; the
+    same refusals as :func:`decode_image`."""
+    image = Image.fromarray(decode_image(data, name, max_pixels))
+    image.thumbnail((side, side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
 
 
 class MicroBatcher:
@@ -447,6 +460,23 @@ def create_app(
         # The very JSON of `ferkit predict --json`; the response model documents it.
         document = results_json(results, predictor.classes, predictor.prior, predictor.tta)
         return Response(document, media_type="application/json")
+
+    @app.post(
+        "/preview",
+        response_class=Response,
+        responses={200: {"content": {"image/jpeg": {}}, "description": "the image as a JPEG"}}
+        | _errors(400, 413, 415, 422, 503, 500),
+        operation_id="preview",
+        summary="An uploaded image as a JPEG, for browsers that cannot show its format (HEIC, TIFF)",
+    )
+    async def preview(
+        file: Annotated[UploadFile, File(description=f"the image ({FORMATS})")],
+        side: Annotated[int, Query(ge=16, le=4096, description="the JPEG's longer side at most, in pixels")] = 1600,
+    ):
+        with counted():
+            name = file.filename or "upload"
+            jpeg = await run_in_threadpool(preview_jpeg, await file.read(), name, max_pixels, side)
+        return Response(jpeg, media_type="image/jpeg")
 
     @app.post(
         "/video",

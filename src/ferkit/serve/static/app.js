@@ -41,7 +41,8 @@ function setStatus(text, isError = false) {
   statusLine.dataset.state = isError ? "error" : "ok";
 }
 
-async function fetchJson(url, options) {
+// The answer as JSON, or as a Blob with as = "blob"; a failure throws the server's one-line detail.
+async function fetchBody(url, options, as = "json") {
   let response;
   try {
     response = await fetch(url, options);
@@ -49,6 +50,7 @@ async function fetchJson(url, options) {
     if (error.name === "AbortError") throw error;
     throw new Error(`cannot reach the server (${error.message}); is ferkit serve still running?`);
   }
+  if (response.ok && as === "blob") return response.blob();
   let body = null;
   try {
     body = await response.json();
@@ -68,7 +70,7 @@ async function fetchJson(url, options) {
 async function loadModelInfo() {
   const info = $("model-info");
   try {
-    const [health, model] = await Promise.all([fetchJson("health"), fetchJson("model")]);
+    const [health, model] = await Promise.all([fetchBody("health"), fetchBody("model")]);
     maxUploadBytes = health.max_upload_bytes;
     maxVideoFrames = health.max_video_frames;
     const size = model.preprocess.image_size;
@@ -102,7 +104,7 @@ function draw(bitmap, result) {
   const ctx = canvas.getContext("2d");
   if (bitmap) {
     ctx.drawImage(bitmap, 0, 0, width, height);
-  } else { // the server can decode formats the browser cannot (TIFF, HEIC): show the boxes on grey
+  } else { // neither the browser nor the server's preview could show it: the boxes on grey
     ctx.fillStyle = "#c8ccd2";
     ctx.fillRect(0, 0, width, height);
   }
@@ -207,7 +209,7 @@ async function read(blob, name, signal, tracked = false) {
   return { result: body.results[0], classes: body.classes, prior: body.prior, tta: body.tta };
 }
 
-async function send(url, blob, name, signal) {
+async function send(url, blob, name, signal, as = "json") {
   if (blob.size > maxUploadBytes) {
     throw new Error(`${name} is ${megabytes(blob.size)} MB; this server accepts up to ${megabytes(maxUploadBytes)} MB`);
   }
@@ -216,7 +218,7 @@ async function send(url, blob, name, signal) {
   // A busy server (503) says when to come back; a file is given up only after a few such answers.
   for (let attempt = 1; ; attempt += 1) {
     try {
-      return await fetchJson(url, { method: "POST", body: form, signal });
+      return await fetchBody(url, { method: "POST", body: form, signal }, as);
     } catch (error) {
       if (error.status !== 503 || attempt === BUSY_TRIES || signal.aborted) throw error;
       await sleep(1000 * error.retryAfter);
@@ -224,8 +226,24 @@ async function send(url, blob, name, signal) {
   }
 }
 
-// The picture to draw on; null where the browser cannot decode what the server can (TIFF, and HEIC outside Safari).
-const decode = (blob) => createImageBitmap(blob).catch(() => null);
+// A photo the browser cannot decode (HEIC outside Safari, TIFF) as the server's JPEG of it, `side` pixels at most.
+const preview = (blob, name, side, signal) => send(`preview?side=${side}`, blob, name, signal, "blob");
+const PREVIEW_SIDE = 1600;
+const THUMB_SIDE = 256;
+
+// The picture to draw on: the browser's own decoding, else the server's preview; null when neither reads it.
+async function decode(blob, name, signal) {
+  try {
+    return await createImageBitmap(blob);
+  } catch {
+    // not a format this browser reads
+  }
+  try {
+    return await createImageBitmap(await preview(blob, name, PREVIEW_SIDE, signal));
+  } catch {
+    return null;
+  }
+}
 
 // A new upload or snapshot replaces whatever the page was reading or showing.
 function begin() {
@@ -247,7 +265,10 @@ async function analyse(blob, name, tracked = false) {
   const controller = begin();
   setStatus(`Analysing ${name}...`);
   try {
-    const [bitmap, { result, classes }] = await Promise.all([decode(blob), read(blob, name, controller.signal, tracked)]);
+    const [bitmap, { result, classes }] = await Promise.all([
+      decode(blob, name, controller.signal),
+      read(blob, name, controller.signal, tracked),
+    ]);
     if (current !== controller) return false;
     show(bitmap, result, classes, name);
     return true;
@@ -303,7 +324,7 @@ async function select(entry) {
   selected = entry;
   thumbs.querySelectorAll(".thumb").forEach((t) => t.setAttribute("aria-pressed", String(t === entry.thumb)));
   if (entry.error) return showError(entry.error);
-  const bitmap = await decode(entry.file);
+  const bitmap = await decode(entry.file, entry.name, current.signal);
   if (selected === entry) show(bitmap, entry.result, entry.classes, entry.name);
   if (bitmap) bitmap.close();
 }
@@ -324,7 +345,17 @@ async function analyseMany(files) {
     picture.loading = "lazy";
     picture.decoding = "async";
     picture.src = URL.createObjectURL(file);
-    picture.addEventListener("error", () => picture.remove()); // a format the browser cannot show
+    // A format the browser cannot show: the server's small JPEG of it, tried once.
+    picture.addEventListener("error", async () => {
+      URL.revokeObjectURL(picture.src);
+      if (picture.dataset.preview) return picture.remove();
+      picture.dataset.preview = "asked";
+      try {
+        picture.src = URL.createObjectURL(await preview(file, name, THUMB_SIDE, controller.signal));
+      } catch {
+        picture.remove();
+      }
+    });
     const title = document.createElement("span");
     title.textContent = name;
     const caption = document.createElement("span");
