@@ -231,13 +231,48 @@ def test_several_videos_are_tracked_in_one_run_and_drawn_into_a_mirror(checkpoin
     assert sorted(p.relative_to(drawn).as_posix() for p in drawn.rglob("*.mp4")) == ["two.mp4", "x/one.mp4"]
 
 
-def test_images_beside_videos_or_files_beside_a_camera_are_one_line_errors_before_the_model_loads(
+def test_a_folder_of_photos_and_videos_is_read_in_one_run_photos_first_then_each_video_tracked(
+    checkpoint, tmp_path, capsys
+):
+    phone = tmp_path / "DCIM"  # as a phone's folder holds them
+    (phone / "later").mkdir(parents=True)
+    Image.fromarray(skimage_data.astronaut()).save(phone / "IMG_0001.png")
+    (phone / "notes.txt").write_text("not a photo")
+    write_video([skimage_data.astronaut()] * 3, phone / "later" / "IMG_0002.avi")
+    out = {name: tmp_path / name for name in ("all.json", "all.csv", "people.json", "drawn")}
+    argv = ["predict", str(phone), "--checkpoint", str(checkpoint), "--json", str(out["all.json"])]
+    argv += ["--csv", str(out["all.csv"]), "--summary", str(out["people.json"]), "--annotate", str(out["drawn"])]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "IMG_0001.png: face 0 at" in printed and re.search(r"IMG_0002\.avi +1 ", printed)  # its track's row
+    results = json.loads(out["all.json"].read_text())["results"]
+    assert [(Path(r["source"]).name, r.get("frame")) for r in results] == [
+        ("IMG_0001.png", None),
+        *(("IMG_0002.avi", i) for i in range(3)),
+    ]
+    photo, frame = results[0]["faces"][0], results[1]["faces"][0]
+    assert "track" not in photo and frame["track"] == 1 and set(frame["smoothed"]) == set(CLASSES)
+    rows = list(csv.DictReader(out["all.csv"].open()))
+    assert len(rows) == 4 and rows[0]["track"] == rows[0]["smooth_Happy"] == "" and rows[1]["track"] == "1"
+    assert [t["source"] for t in json.loads(out["people.json"].read_text())["tracks"]] == [results[1]["source"]]
+    drawn = sorted(p.relative_to(out["drawn"]).as_posix() for p in out["drawn"].rglob("*.*"))
+    assert drawn == ["IMG_0001.png", "later/IMG_0002.mp4"]  # both mirror the folder
+    # From Python, a photo and a video give the photo's result, then the video's frames.
+    read = predict_source(Predictor.from_checkpoint(checkpoint), [phone / "IMG_0001.png", phone / "later"])
+    assert [(Path(r.source).name, r.frame) for r in read] == [(Path(r["source"]).name, r.get("frame")) for r in results]
+
+
+def test_files_beside_a_camera_or_a_file_to_draw_photos_and_videos_into_are_one_line_errors_before_the_model_loads(
     checkpoint, photos, tmp_path, monkeypatch, capsys
 ):
     video = write_video([skimage_data.astronaut()] * 2, tmp_path / "clip.avi")
     monkeypatch.setattr(Predictor, "from_checkpoint", lambda *a, **kw: pytest.fail("the model was loaded"))
     for argv, message in (
-        ([str(photos / "astronaut.png"), str(video)], f"{video} is video and {photos / 'astronaut.png'} is not; "),
+        (
+            [str(photos / "astronaut.png"), str(video), "--annotate", str(tmp_path / "drawn.png")],
+            f"--annotate {tmp_path / 'drawn.png'} names a file; photos and videos read together are drawn into a "
+            f"folder: name one, e.g. {tmp_path / 'drawn'}/",
+        ),
         ([str(video), "--camera", "0"], "--camera reads a camera instead of files; give one or the other"),
         ([], "give an image, folder or video to predict on, or --camera N"),
     ):

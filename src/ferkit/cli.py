@@ -197,8 +197,8 @@ def _data_faces(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from .atomic import output_file
-    from .inference.predict import Predictor, as_paths, mirrored_root, predict_images, predict_videos, video_sources
-    from .inference.results import format_table, write_results
+    from .inference.predict import Predictor, as_paths, mirrored_root, predict_images, predict_videos, split_sources
+    from .inference.results import ResultStream, format_table, mixed_drawing_folder, report_results
 
     if args.camera is not None and args.input:
         raise FerkitError("--camera reads a camera instead of files; give one or the other")
@@ -215,11 +215,13 @@ def _predict(args: argparse.Namespace) -> int:
         if value and value != "-":
             if output_file(value, what, suffixes).resolve() in {p.resolve() for p in inputs}:
                 raise FerkitError(f"{what} {value} is an input; name another file")
-    videos = [args.camera] if args.camera is not None else video_sources(inputs) if inputs else None
-    if videos is None:
+    # Photos and videos (a phone's folder holds both) are read in one run: the photos first, then each video.
+    images, videos = ([], [args.camera]) if args.camera is not None else split_sources(inputs)
+    if not videos:
         for what, value in (("--summary", args.summary), ("--plot", args.plot)):
             if value:
                 raise FerkitError(f"{what} applies to videos and cameras, whose faces are tracked")
+    annotate = mixed_drawing_folder(args.annotate) if images and videos and args.annotate else args.annotate
     predictor = Predictor.from_checkpoint(
         args.checkpoint,
         backend=args.backend,
@@ -230,32 +232,40 @@ def _predict(args: argparse.Namespace) -> int:
         detector=None if args.no_detect else _built_detector(args),
         prior=args.prior,
     )
-    if videos is None:
-        results = predict_images(predictor, inputs, detect=not args.no_detect, annotate=args.annotate)
-        write_results(results, predictor.classes, args.json, args.csv, predictor.prior, predictor.tta)
-        return 1 if any(r.error for r in results) else 0
     to_stdout = "-" in (args.json, args.csv)
-    live = args.camera is not None and not to_stdout  # a camera's frames are printed as they come
-    summary, interrupted = predict_videos(
-        predictor,
-        videos,
-        detect=not args.no_detect,
-        every=args.every,
-        smooth=args.smooth,
-        annotate=args.annotate,
-        plot=args.plot,
-        json_to=args.json,
-        csv_to=args.csv,
-        on_frame=(lambda r: print(format_table([r]), flush=True)) if live else None,
-        root=mirrored_root(inputs) if inputs else None,
-    )
-    if args.summary:
-        Path(args.summary).write_text(summary.to_json() + "\n")
-    print(summary.format_table(), file=sys.stderr if to_stdout else sys.stdout)
+    results = predict_images(predictor, images, detect=not args.no_detect, annotate=annotate) if images else []
+    reading = {"prior": predictor.prior, "tta": predictor.tta}
+    out = ResultStream(predictor.classes, args.json, args.csv, tracked=bool(videos), **reading)
+    interrupted = False
+    try:
+        for result in results:
+            out.write(result)
+        if images:
+            report_results(results, to_stdout)
+        if videos:
+            live = args.camera is not None and not to_stdout  # a camera's frames are printed as they come
+            summary, interrupted = predict_videos(
+                predictor,
+                videos,
+                detect=not args.no_detect,
+                every=args.every,
+                smooth=args.smooth,
+                annotate=annotate,
+                plot=args.plot,
+                on_frame=(lambda r: print(format_table([r]), flush=True)) if live else None,
+                # Drawn into a mirror of the inputs' folders, as photos are, unless one video file was given.
+                root=mirrored_root(inputs) if len(inputs) > 1 or any(p.is_dir() for p in inputs) else None,
+                out=out,
+            )
+            if args.summary:
+                Path(args.summary).write_text(summary.to_json() + "\n")
+            print(summary.format_table(), file=sys.stderr if to_stdout else sys.stdout)
+    finally:
+        out.close()
     if interrupted and args.camera is None:
         print("ferkit: interrupted; the outputs hold the frames done so far", file=sys.stderr)
         return 130
-    return 0
+    return 1 if any(r.error for r in results) else 0
 
 
 def _export(args: argparse.Namespace) -> int:

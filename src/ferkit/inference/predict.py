@@ -37,6 +37,7 @@ from .results import (
     draw_faces,
     drawing_folder,
     drawing_target,
+    mixed_drawing_folder,
 )
 from .tracking import SMOOTH_S, Summary, Tracker
 from .video import WRITABLE_VIDEO_SUFFIXES, VideoWriter, frame_count, is_video, list_videos, read_video, video_fps
@@ -216,14 +217,16 @@ def predict_source(
         return predict_video(predictor, camera, detect, every, smooth, annotate, plot, on_frame)
     if source is None:
         raise FerkitError("give an image, folder or video to predict on, or --camera N")
-    paths = as_paths(source)
-    videos = video_sources(paths)
-    if videos is None:
-        return predict_images(predictor, paths, detect, annotate)
+    images, videos = split_sources(source)
     if len(videos) > 1:
         # A list of every frame of several videos grows without bound; predict_videos streams them.
         raise FerkitError(f"{len(videos)} videos given: track them with predict_videos, which streams each frame")
-    return predict_video(predictor, videos[0], detect, every, smooth, annotate, plot, on_frame)
+    if images and videos and annotate:
+        annotate = mixed_drawing_folder(annotate)
+    results = predict_images(predictor, images, detect, annotate) if images else []
+    if videos:
+        results += predict_video(predictor, videos[0], detect, every, smooth, annotate, plot, on_frame)
+    return results
 
 
 def as_paths(source: Sources) -> list[Path]:
@@ -372,27 +375,20 @@ def _name(source: str | int) -> str:
     return source if isinstance(source, str) else f"camera {source}"
 
 
-def video_sources(source: Sources) -> list[str] | None:
-    """The videos to track for ``source`` (one path or several): each video file, the videos in each folder of
-    videos; None when they are images. Images and videos are read in separate runs, as their results differ."""
-    paths = as_paths(source)
-    found = [_videos(p) for p in paths]
-    if all(v is None for v in found):
-        return None
-    if any(v is None for v in found):
-        image = next(p for p, v in zip(paths, found) if v is None)
-        video = next(p for p, v in zip(paths, found) if v is not None)
-        raise FerkitError(f"{video} is video and {image} is not; predict on images and videos in separate runs")
-    return list(dict.fromkeys(v for videos in found for v in videos))
-
-
-def _videos(path: Path) -> list[str] | None:
-    if path.is_file():
-        return [str(path)] if is_video(path) else None
-    videos = list_videos(path) if path.is_dir() else []
-    if videos and list_images(path):
-        raise FerkitError(f"{path} holds both images and videos; give them as separate folders")
-    return [str(v) for v in videos] or None
+def split_sources(source: Sources) -> tuple[list[Path], list[str]]:
+    """The inputs of ``source`` (one path or several) to read as images, and the videos to track: a video file is a
+    video, a folder gives its videos (each once) and is read for its images too where it holds any; anything else
+    is read as an image (so a missing path or an empty folder is reported as one)."""
+    images, videos = [], []
+    for path in as_paths(source):
+        if path.is_file() and is_video(path):
+            videos.append(str(path))
+            continue
+        found = list_videos(path) if path.is_dir() else []
+        videos.extend(str(v) for v in found)
+        if not found or list_images(path):
+            images.append(path)
+    return images, list(dict.fromkeys(videos))
 
 
 def predict_videos(
@@ -408,17 +404,20 @@ def predict_videos(
     csv_to: str | None = None,
     on_frame: Callable[[Result], None] | None = None,
     root: str | os.PathLike | None = None,
+    out: ResultStream | None = None,
 ) -> tuple[Summary, bool]:
     """Videos (or a camera) streamed frame by frame into ``json_to`` / ``csv_to`` and a per-track summary, with a
     progress bar over all the files' frames; memory does not grow with the length of a video.
 
     Returns the summary and whether Ctrl-C ended it early; what was done so far is written either way.
-    ``annotate``: a video file for one source, else a folder mirroring ``root`` (an .mp4 per video; default: the
-    deepest folder holding them all).
+    ``out``: a tracked stream the caller opened (holding photos' results before the frames, say) and closes, in
+    place of ``json_to`` / ``csv_to``.
+    ``annotate``: a video file for one source given without ``root``, else a folder mirroring ``root`` (an .mp4 per
+    video; default: the deepest folder holding them all).
     """
     from tqdm import tqdm
 
-    many = len(sources) > 1
+    many = len(sources) > 1 or root is not None
     if annotate:  # before the outputs are opened, so a bad path leaves them as they were
         first = sources[0] if isinstance(sources[0], str) else f"camera{sources[0]}"
         if many:
@@ -428,7 +427,8 @@ def predict_videos(
             annotate = drawing_target(annotate, first, WRITABLE_VIDEO_SUFFIXES)
     reading = {"prior": predictor.prior, "tta": predictor.tta}
     summary = Summary(predictor.classes, smooth, timelines=bool(plot), **reading)
-    out = ResultStream(predictor.classes, json_to, csv_to, tracked=True, **reading)
+    own = out is None
+    out = ResultStream(predictor.classes, json_to, csv_to, tracked=True, **reading) if own else out
     files = [s for s in sources if isinstance(s, str)]
     bar = tqdm(total=sum(frame_count(f) for f in files) or None, unit="frame", disable=None if files else True)
     interrupted = False
@@ -449,7 +449,8 @@ def predict_videos(
         interrupted = True
     finally:
         bar.close()
-        out.close()
+        if own:
+            out.close()
         if plot:
             from ..plots import plot_timeline  # matplotlib's import is half a second that a run without --plot skips
 

@@ -98,10 +98,11 @@ def csv_rows(results: Iterable[Result], classes: Sequence[str], tracked: bool = 
             blank = 7 + len(classes) * (2 if tracked else 1) + tracked
             yield head + [""] * blank + [r.error or "no face found"]
         for i, f in enumerate(r.faces):
-            smoothed = [round(f.smoothed[c], 6) for c in classes] if tracked else []
+            # A photo read beside videos has neither track nor smoothing: blank there.
+            smoothed = [round(f.smoothed[c], 6) if f.smoothed else "" for c in classes] if tracked else []
             yield head + [
                 i,
-                *([f.track] if tracked else []),
+                *(["" if f.track is None else f.track] if tracked else []),
                 *f.box,
                 f.label,
                 round(f.confidence, 6),
@@ -197,6 +198,20 @@ def drawing_target(out: str | os.PathLike, source: str | os.PathLike, suffixes: 
     return target
 
 
+def mixed_drawing_folder(out: str | os.PathLike) -> Path:
+    """The folder photos and videos read together are drawn into for ``--annotate OUT`` (made now, so each photo and
+    video is drawn inside it under its own name): one file cannot hold both kinds."""
+    path = Path(out)
+    if path.suffix and not path.is_dir():
+        raise FerkitError(
+            f"--annotate {path} names a file; photos and videos read together are drawn into a folder: "
+            f"name one, e.g. {path.with_suffix('')}/"
+        )
+    folder = output_folder(path, "--annotate")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def drawing_folder(out: str | os.PathLike, inputs: str | os.PathLike) -> Path:
     """The folder a folder of inputs (``inputs``) is drawn into for ``--annotate OUT``; never the inputs' own."""
     out = output_folder(out, "--annotate")
@@ -211,24 +226,9 @@ def _open(target: str | None):
     return sys.stdout if target == "-" else open(target, "w", newline="")  # noqa: SIM115 (closed by close())
 
 
-def write_results(
-    results: Sequence[Result],
-    classes: Sequence[str],
-    json_to: str | None = None,
-    csv_to: str | None = None,
-    prior: str = "model",
-    tta: str = "none",
-) -> None:
-    """JSON and CSV each to a file or, for ``"-"``, to stdout; the table on stdout unless one of them went there,
-    and after it, for several images, a line summing them up.
-
-    Without the table, the errors it would have listed and the summary go to stderr, so they are not lost in a pipe.
-    """
-    stream = ResultStream(classes, json_to, csv_to, prior=prior, tta=tta)
-    for r in results:
-        stream.write(r)
-    stream.close()
-    to_stdout = "-" in (json_to, csv_to)
+def report_results(results: Sequence[Result], to_stdout: bool = False) -> None:
+    """The table on stdout, and for several images a line summing them up; with ``to_stdout`` (JSON or CSV went
+    there) the errors the table would have listed and the line go to stderr instead."""
     if not to_stdout:
         print(format_table(results))
     else:
