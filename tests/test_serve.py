@@ -794,53 +794,77 @@ def test_page_tracks_the_people_in_a_video_and_draws_them_as_it_plays(browser, s
     page.wait_for_function("document.querySelector('[data-testid=status]').textContent.startsWith('1 face')")
     assert page.locator("[data-testid=clip]").is_hidden() and page.locator("[data-testid=canvas]").is_visible()
     assert page.locator("[data-testid=save-results]").is_hidden()  # one photo's result is on show whole
-    page.set_input_files("[data-testid=file-input]", [str(astronaut), str(clip)])  # among photos, a video waits
+    page.set_input_files("[data-testid=file-input]", [str(astronaut), str(clip)])  # a video among photos
+    line = page.locator("[data-testid=gallery-line]")
     page.wait_for_function(
-        "document.querySelector('[data-testid=gallery-line]').textContent.startsWith('2 files: 1 face')", timeout=60_000
+        "document.querySelector('[data-testid=gallery-line]').textContent.startsWith('1 photo: 1 face')", timeout=60_000
     )
-    assert page.locator("[data-testid=thumb]").nth(1).get_attribute("title") == (
-        "clip.webm: clip.webm is a video; give it on its own to track the people in it"
+    thumbs, captions = page.locator("[data-testid=thumb]"), page.locator("[data-testid=thumb-caption]")
+    label = captions.nth(0).text_content().split(" ")[0]
+    assert captions.nth(1).text_content() == f"1 person: {dominant} 1"
+    assert line.text_content() == (
+        f"1 photo: 1 face ({label} 1); 1 video: 1 person ({dominant} 1); click a photo to see its faces"
     )
+    assert thumbs.nth(1).locator("video").count() == 1  # its first frame as the thumbnail
+    thumbs.nth(1).click()  # the video on show as when given alone, from the answer already read
+    page.wait_for_function("document.querySelector('[data-testid=status]').textContent.includes('tracked in clip')")
+    assert page.locator("[data-testid=status]").text_content() == status
+    assert page.locator("[data-testid=clip]").is_visible() and page.locator("[data-testid=canvas]").is_hidden()
+    assert card.count() == 1 and card.get_attribute("data-track") == "1"
+    thumbs.nth(0).click()
+    page.wait_for_function("document.querySelector('[data-testid=status]').textContent.startsWith('1 face')")
+    assert page.locator("[data-testid=clip]").is_hidden() and page.locator("[data-testid=canvas]").is_visible()
+    with page.expect_download() as download:  # the photo's result, then the video's frames and its people
+        page.click("[data-testid=save-results]")
+    both = json.loads(Path(download.value.path()).read_text())
+    assert [(r["source"], r.get("frame")) for r in both["results"]] == [("astronaut.png", None)] + [
+        ("clip.webm", i) for i in range(12)
+    ]
+    assert both["tracks"] == saved["tracks"]
     assert errors == []
     page.close()
 
 
 @pytest.mark.slow
-def test_page_reads_a_dropped_folder_as_predict_reads_one(browser, server, astronaut):
+def test_page_reads_a_dropped_folder_as_predict_reads_one(browser, server, astronaut, clip):
     page, errors = open_page(browser, server)
     # Chromium gives a dropped folder as a FileSystemDirectoryEntry, which a test cannot put in a DataTransfer: the
     # page's reader is given entries shaped as Chromium's, their folder's entries in two batches.
     names = page.evaluate(
-        """async ([b64]) => {
+        """async ([b64, clip]) => {
         const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        const video = Uint8Array.from(atob(clip), (c) => c.charCodeAt(0));
+        const content = (path) => (path.endsWith(".txt") ? "notes" : path.endsWith(".webm") ? video : bytes);
         const file = (path) => ({ isFile: true, isDirectory: false, name: path.split("/").pop(), fullPath: "/" + path,
-          file: (ok) => ok(new File([path.endsWith(".txt") ? "notes" : bytes], path.split("/").pop())) });
+          file: (ok) => ok(new File([content(path)], path.split("/").pop())) });
         const folder = (path, children) => {
           const batches = [children.slice(0, 2), children.slice(2), []];
           return { isFile: false, isDirectory: true, name: path.split("/").pop(), fullPath: "/" + path,
             createReader: () => ({ readEntries: (ok) => ok(batches.shift() || []) }) };
         };
         const shots = folder("shots", [file("shots/b.png"), file("shots/notes.txt"), folder("shots/sub",
-          [file("shots/sub/c.png")]), file("shots/a.JPG")]);
+          [file("shots/sub/clip.webm"), file("shots/sub/c.png")]), file("shots/a.JPG")]);
         const item = (entry) => ({ kind: "file", webkitGetAsEntry: () => entry });
         const empty = await dropped({ items: [item(folder("docs", [file("docs/notes.txt")]))] });
         const files = await dropped({ items: [item(shots), item(file("loose.txt"))] });
         analyseFiles(files);
         return [empty.length, files.map((f) => f.name)];
     }""",
-        [base64.b64encode(astronaut.read_bytes()).decode()],
+        [base64.b64encode(astronaut.read_bytes()).decode(), base64.b64encode(clip.read_bytes()).decode()],
     )
-    assert names == [0, ["shots/a.JPG", "shots/b.png", "shots/sub/c.png", "loose.txt"]]
+    assert names == [0, ["shots/a.JPG", "shots/b.png", "shots/sub/c.png", "shots/sub/clip.webm", "loose.txt"]]
     page.wait_for_function(
-        "document.querySelector('[data-testid=gallery-line]').textContent.startsWith('4 photos')", timeout=60_000
+        "document.querySelector('[data-testid=gallery-line]').textContent.startsWith('4 photos:')", timeout=60_000
     )
     thumbs = page.locator("[data-testid=thumb]")
-    assert [thumbs.nth(i).get_attribute("data-state") for i in range(4)] == ["ok", "ok", "ok", "error"]
-    label = page.locator("[data-testid=thumb-caption]").nth(0).text_content().split(" ")[0]
+    assert [thumbs.nth(i).get_attribute("data-state") for i in range(5)] == ["ok", "ok", "ok", "ok", "error"]
+    captions = page.locator("[data-testid=thumb-caption]")
+    label, person = captions.nth(0).text_content().split(" ")[0], captions.nth(3).text_content()
+    assert person.startswith("1 person: ")
     assert (
         page.locator("[data-testid=gallery-line]")
         .text_content()
-        .startswith(f"4 photos: 3 faces ({label} 3); 1 not read")
+        .startswith(f"4 photos: 3 faces ({label} 3); 1 video: {person.replace(': ', ' (')}); 1 not read")
     )
     assert errors == []
     page.close()

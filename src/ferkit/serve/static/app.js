@@ -251,7 +251,7 @@ function begin() {
   current = new AbortController();
   selected = null;
   closeClip();
-  thumbs.querySelectorAll("img").forEach((img) => URL.revokeObjectURL(img.src));
+  thumbs.querySelectorAll("img, video").forEach((picture) => URL.revokeObjectURL(picture.src));
   if (saveLink.href) URL.revokeObjectURL(saveLink.href);
   saveLink.removeAttribute("href");
   saveLink.hidden = true;
@@ -291,13 +291,21 @@ function faceCaption(faces) {
   return faces.length ? `${faces.length} faces: ${labelCounts(faces)}` : "no face";
 }
 
+// A video's people by the expression each showed most: "2 people: Happy 1, Neutral 1".
+const asLabels = (tracks) => tracks.map((t) => ({ label: t.dominant }));
+const peopleCount = (n) => (n === 1 ? "1 person" : `${n} people`);
+const videoCaption = (tracks) => (tracks.length ? `${peopleCount(tracks.length)}: ${labelCounts(asLabels(tracks))}` : "no face");
+
 // Several photos' results saved as `ferkit predict --json` writes them: one document, a result per photo in the order
 // given, a photo not read as a result with its error.
+// Videos among them give their frames' results in their place, and their people's rows as `tracks` (`--summary`).
 function offerResults(entries) {
-  const first = entries.find((e) => e.result);
+  const first = entries.find((e) => e.result || e.video);
   if (!first) return;
-  const results = entries.map((e) => e.result || { source: e.name, faces: [], error: e.error });
-  offer({ classes: first.classes, prior: first.prior, tta: first.tta, results });
+  const { classes, prior, tta } = first.video || first;
+  const results = entries.flatMap((e) => (e.video ? e.video.results : [e.result || { source: e.name, faces: [], error: e.error }]));
+  const videos = entries.filter((e) => e.video);
+  offer({ classes, prior, tta, results, ...(videos.length ? { tracks: videos.flatMap((e) => e.video.tracks) } : {}) });
 }
 
 function offer(answer) {
@@ -307,12 +315,19 @@ function offer(answer) {
 }
 
 // The line over several photos, worded as `ferkit predict` words it over several images.
+// Videos among them add a part for their people: "3 photos: 2 faces (Happy 2); 1 video: 1 person (Happy 1); ...".
 function summary(entries) {
+  const videos = entries.filter((e) => isVideo(e.file, e.name));
+  const photos = entries.length - videos.length;
   const faces = entries.flatMap((e) => (e.result ? e.result.faces : []));
-  const noun = entries.some((e) => isVideo(e.file, e.name)) ? "files" : "photos"; // a video among them is not read
-  let line = `${entries.length} ${noun}: ${faces.length} face${faces.length === 1 ? "" : "s"}`;
+  let line = `${photos} photo${photos === 1 ? "" : "s"}: ${faces.length} face${faces.length === 1 ? "" : "s"}`;
   if (faces.length) line += ` (${labelCounts(faces)})`;
-  const faceless = entries.filter((e) => e.result && !e.result.faces.length).length;
+  if (videos.length) {
+    const tracks = videos.flatMap((e) => (e.video ? e.video.tracks : []));
+    line += `; ${videos.length} video${videos.length === 1 ? "" : "s"}: ${peopleCount(tracks.length)}`;
+    if (tracks.length) line += ` (${labelCounts(asLabels(tracks))})`;
+  }
+  const faceless = entries.filter((e) => (e.result && !e.result.faces.length) || (e.video && !e.video.tracks.length)).length;
   const failed = entries.filter((e) => e.error).length;
   if (faceless) line += `; ${faceless} without a face`;
   if (failed) line += `; ${failed} not read`;
@@ -323,7 +338,9 @@ function summary(entries) {
 async function select(entry) {
   selected = entry;
   thumbs.querySelectorAll(".thumb").forEach((t) => t.setAttribute("aria-pressed", String(t === entry.thumb)));
+  closeClip();
   if (entry.error) return showError(entry.error);
+  if (entry.video) return showVideo(entry.file, entry.name, entry.video);
   const bitmap = await decode(entry.file, entry.name, current.signal);
   if (selected === entry) show(bitmap, entry.result, entry.classes, entry.name);
   if (bitmap) bitmap.close();
@@ -340,15 +357,21 @@ async function analyseMany(files) {
     thumb.setAttribute("data-testid", "thumb");
     thumb.dataset.name = name;
     thumb.dataset.state = "pending";
-    const picture = document.createElement("img");
-    picture.alt = "";
-    picture.loading = "lazy";
-    picture.decoding = "async";
+    const moving = isVideo(file, name);
+    const picture = document.createElement(moving ? "video" : "img");
+    if (moving) { // its first frame, silent and still
+      picture.preload = "metadata";
+      picture.muted = true;
+    } else {
+      picture.alt = "";
+      picture.loading = "lazy";
+      picture.decoding = "async";
+    }
     picture.src = URL.createObjectURL(file);
     // A format the browser cannot show: the server's small JPEG of it, tried once.
     picture.addEventListener("error", async () => {
       URL.revokeObjectURL(picture.src);
-      if (picture.dataset.preview) return picture.remove();
+      if (moving || picture.dataset.preview) return picture.remove();
       picture.dataset.preview = "asked";
       try {
         picture.src = URL.createObjectURL(await preview(file, name, THUMB_SIDE, controller.signal));
@@ -366,15 +389,20 @@ async function analyseMany(files) {
     return { file, name, thumb, caption };
   });
   gallery.hidden = false;
+  const noun = entries.some((e) => isVideo(e.file, e.name)) ? "files" : "photos";
   let done = 0;
   let shown = false;
   const queue = [...entries];
   const worker = async () => {
     for (let entry = queue.shift(); entry; entry = queue.shift()) {
       try {
-        if (isVideo(entry.file, entry.name)) throw new Error(`${entry.name} is a video; give it on its own to track the people in it`);
-        Object.assign(entry, await read(entry.file, entry.name, controller.signal));
-        entry.caption.textContent = faceCaption(entry.result.faces);
+        if (isVideo(entry.file, entry.name)) {
+          entry.video = await send("video", entry.file, entry.name, controller.signal);
+          entry.caption.textContent = videoCaption(entry.video.tracks);
+        } else {
+          Object.assign(entry, await read(entry.file, entry.name, controller.signal));
+          entry.caption.textContent = faceCaption(entry.result.faces);
+        }
         entry.thumb.dataset.state = "ok";
       } catch (error) {
         if (error.name === "AbortError" || current !== controller) return;
@@ -388,14 +416,14 @@ async function analyseMany(files) {
       done += 1;
       // The first photo that can be read is on show while the rest are read, whichever answer came first.
       const first = entries.find((e) => !e.error);
-      if (!shown && first && first.result) {
+      if (!shown && first && (first.result || first.video)) {
         shown = true;
         select(first);
       }
-      galleryLine.textContent = `Read ${done} of ${entries.length} photos...`;
+      galleryLine.textContent = `Read ${done} of ${entries.length} ${noun}...`;
     }
   };
-  galleryLine.textContent = `Analysing ${entries.length} photos...`;
+  galleryLine.textContent = `Analysing ${entries.length} ${noun}...`;
   setStatus(galleryLine.textContent);
   await Promise.all([worker(), worker()]);
   if (current !== controller) return;
@@ -422,7 +450,8 @@ $("file-input").addEventListener("change", (event) => {
 // A video: the people in it are tracked by the server (POST /video) and drawn over the video as it plays, each
 // person with their number and colour; the panel gives each person's share of time per expression.
 const VIDEO_SUFFIXES = [".avi", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".webm", ".wmv"]; // as predict's
-const isVideo = (file, name) => file.type.startsWith("video/") || VIDEO_SUFFIXES.some((s) => name.toLowerCase().endsWith(s));
+const isVideoName = (name) => VIDEO_SUFFIXES.some((suffix) => name.toLowerCase().endsWith(suffix));
+const isVideo = (file, name) => file.type.startsWith("video/") || isVideoName(name);
 let clipFrames = []; // the tracked video's results, in time order
 
 function closeClip() {
@@ -489,6 +518,12 @@ async function analyseVideo(file, name) {
     return;
   }
   if (current !== controller) return;
+  showVideo(file, name, body);
+  offer(body); // as /video answers: each frame's result and each person's summary
+}
+
+// A tracked video on show: played with its people's boxes drawn over it, a card per person.
+function showVideo(file, name, body) {
   clipFrames = body.results;
   const first = clipFrames[0];
   clipBoxes.width = first.width;
@@ -497,11 +532,9 @@ async function analyseVideo(file, name) {
   clipStage.hidden = false;
   clip.src = URL.createObjectURL(file);
   showTracks(body.tracks, body.classes);
-  offer(body); // as /video answers: each frame's result and each person's summary
   const last = clipFrames[clipFrames.length - 1];
   const counted = `${clipFrames.length} frames read${body.every > 1 ? `, every ${body.every}th` : ""}`;
-  const people = body.tracks.length === 1 ? "1 person" : `${body.tracks.length} people`;
-  let line = body.tracks.length ? `${people} tracked in ${name} over ${last.time_s.toFixed(1)} s (${counted})`
+  let line = body.tracks.length ? `${peopleCount(body.tracks.length)} tracked in ${name} over ${last.time_s.toFixed(1)} s (${counted})`
     : `No face found in ${name} (${counted}); try a larger, frontal, well-lit face`;
   if (body.truncated) line += `; the server reads at most ${clipFrames.length} frames: ferkit predict reads it all`;
   setStatus(line);
@@ -518,23 +551,24 @@ function byPath(a, b) {
 }
 const settle = (call) => new Promise((resolve, reject) => call(resolve, reject));
 
-async function imagesUnder(folder) {
+async function photosAndVideosUnder(folder) {
   const reader = folder.createReader();
   const children = [];
   // A folder's entries come a batch at a time, then an empty batch.
   for (let batch = await settle((ok, fail) => reader.readEntries(ok, fail)); batch.length;
     batch = await settle((ok, fail) => reader.readEntries(ok, fail))) children.push(...batch);
-  const found = await Promise.all(children.map((e) => (e.isDirectory ? imagesUnder(e) : isImageName(e.name) ? [e] : [])));
+  const wanted = (name) => isImageName(name) || isVideoName(name);
+  const found = await Promise.all(children.map((e) => (e.isDirectory ? photosAndVideosUnder(e) : wanted(e.name) ? [e] : [])));
   return found.flat().sort(byPath);
 }
 
-// A dropped folder is read as `ferkit predict FOLDER` reads one: the images anywhere under it in path order, named by
-// their path, its other files left out. A file dropped on its own is sent whatever it is, for the server to judge.
+// A dropped folder is read as `ferkit predict FOLDER` reads one: the photos and videos anywhere under it in path
+// order, named by their path, its other files left out. A file dropped on its own is sent whatever it is, for the server to judge.
 async function dropped(transfer) {
   // Entries are taken while the drop event runs (its items are gone after it); they stay readable afterwards.
   const entries = Array.from(transfer.items || [], (item) => (item.kind === "file" && item.webkitGetAsEntry ? item.webkitGetAsEntry() : null));
   if (!entries.some((e) => e && e.isDirectory)) return named(transfer.files || []);
-  const found = await Promise.all(entries.filter(Boolean).map((e) => (e.isDirectory ? imagesUnder(e) : [e])));
+  const found = await Promise.all(entries.filter(Boolean).map((e) => (e.isDirectory ? photosAndVideosUnder(e) : [e])));
   return Promise.all(found.flat().map(async (e) => ({
     file: await settle((ok, fail) => e.file(ok, fail)),
     name: e.fullPath.replace(/^\//, ""),
@@ -562,7 +596,7 @@ document.addEventListener("drop", async (event) => {
     return;
   }
   if (files.length) analyseFiles(files);
-  else setStatus("No photo in what was dropped; drop photo files or folders of them", true);
+  else setStatus("No photo or video in what was dropped; drop photo or video files or folders of them", true);
 });
 document.addEventListener("paste", (event) => {
   const files = Array.from((event.clipboardData && event.clipboardData.files) || []).filter((f) => f.type.startsWith("image/"));
