@@ -262,6 +262,34 @@ def test_a_folder_of_photos_and_videos_is_read_in_one_run_photos_first_then_each
     assert [(Path(r.source).name, r.frame) for r in read] == [(Path(r["source"]).name, r.get("frame")) for r in results]
 
 
+def test_a_folder_of_photos_prints_each_as_its_batch_is_read_and_ctrl_c_keeps_those_read(
+    checkpoint, photos, tmp_path, monkeypatch, capsys
+):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"{i}.png").write_bytes((photos / "astronaut.png").read_bytes())
+    read = Predictor.predict_batch
+    printed_before = []
+
+    def predict_batch(self, images, *args, **kwargs):
+        printed_before.append(capsys.readouterr().out.count("face 0"))  # lines out before this batch is read
+        if len(printed_before) == 4:
+            raise KeyboardInterrupt
+        return read(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "predict_batch", predict_batch)
+    out = tmp_path / "out.json"
+    argv = ["predict", str(folder), "--checkpoint", str(checkpoint), "--batch-size", "1", "--json", str(out)]
+    assert main([*argv, "--csv", str(tmp_path / "out.csv")]) == 130
+    assert printed_before == [0, 1, 1, 1]  # each photo's line came before the next was read
+    assert [Path(r["source"]).name for r in json.loads(out.read_text())["results"]] == ["0.png", "1.png", "2.png"]
+    assert len(list(csv.DictReader((tmp_path / "out.csv").open()))) == 3
+    printed = capsys.readouterr()
+    assert printed.out.startswith("3 images: 3 faces")
+    assert printed.err.strip().endswith("ferkit: interrupted; the outputs hold the photos and frames done so far")
+
+
 def test_files_beside_a_camera_or_a_file_to_draw_photos_and_videos_into_are_one_line_errors_before_the_model_loads(
     checkpoint, photos, tmp_path, monkeypatch, capsys
 ):

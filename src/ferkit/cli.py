@@ -196,9 +196,11 @@ def _data_faces(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from .atomic import output_file
-    from .inference.predict import Predictor, as_paths, mirrored_root, predict_images, predict_videos, split_sources
-    from .inference.results import ResultStream, format_table, mixed_drawing_folder, report_results
+    from .inference.predict import Predictor, as_paths, mirrored_root, predict_videos, split_sources, stream_images
+    from .inference.results import ResultStream, format_summary, format_table, mixed_drawing_folder
 
     if args.camera is not None and args.input:
         raise FerkitError("--camera reads a camera instead of files; give one or the other")
@@ -233,16 +235,28 @@ def _predict(args: argparse.Namespace) -> int:
         prior=args.prior,
     )
     to_stdout = "-" in (args.json, args.csv)
-    results = predict_images(predictor, images, detect=not args.no_detect, annotate=annotate) if images else []
+    files, read = stream_images(predictor, images, not args.no_detect, annotate) if images else ([], iter(()))
     reading = {"prior": predictor.prior, "tta": predictor.tta}
     out = ResultStream(predictor.classes, args.json, args.csv, tracked=bool(videos), **reading)
-    interrupted = False
+    results, interrupted = [], False
     try:
-        for result in results:
-            out.write(result)
-        if images:
-            report_results(results, to_stdout)
-        if videos:
+        # Each photo's lines as its batch is read, over a progress bar (on a terminal, for several photos); Ctrl-C
+        # keeps what was read, as for video.
+        with tqdm(total=len(files), unit="photo", disable=None if len(files) > 1 else True, leave=False) as bar:
+            try:
+                for result in read:
+                    results.append(result)
+                    out.write(result)
+                    if not to_stdout:
+                        bar.write(format_table([result]))
+                    elif result.error:  # not lost in a pipe
+                        print(f"ferkit: warning: {result.error}", file=sys.stderr)
+                    bar.update()
+            except KeyboardInterrupt:
+                interrupted = True
+        if len(results) > 1:
+            print(format_summary(results), file=sys.stderr if to_stdout else sys.stdout)
+        if videos and not interrupted:
             live = args.camera is not None and not to_stdout  # a camera's frames are printed as they come
             summary, interrupted = predict_videos(
                 predictor,
@@ -263,7 +277,7 @@ def _predict(args: argparse.Namespace) -> int:
     finally:
         out.close()
     if interrupted and args.camera is None:
-        print("ferkit: interrupted; the outputs hold the frames done so far", file=sys.stderr)
+        print("ferkit: interrupted; the outputs hold the photos and frames done so far", file=sys.stderr)
         return 130
     return 1 if any(r.error for r in results) else 0
 

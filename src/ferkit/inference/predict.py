@@ -278,10 +278,22 @@ def predict_images(
 ) -> list[Result]:
     """One result per image of ``source`` (image files and folders, one or several), read and classified a batch
     at a time; each image once, in the order given (a folder's sorted)."""
+    return list(stream_images(predictor, source, detect, annotate)[1])
+
+
+def stream_images(
+    predictor: Predictor, source: Sources, detect: bool = True, annotate: str | os.PathLike | None = None
+) -> tuple[list[Path], Iterator[Result]]:
+    """The image files :func:`predict_images` reads, and their results as each batch is read (a progress bar can
+    follow them, and an interruption keeps those read). The inputs are listed and the drawings' paths checked here,
+    before any image is read."""
     paths = as_paths(source)
     files = _once(f for p in paths for f in image_files(p))
     targets = _image_drawings(annotate, paths, files) if annotate else None
-    results = []
+    return files, _read_images(predictor, files, detect, targets)
+
+
+def _read_images(predictor: Predictor, files: list[Path], detect: bool, targets: list[Path] | None) -> Iterator[Result]:
     for start in range(0, len(files), predictor.batch_size):
         chunk = files[start : start + predictor.batch_size]
         # Decoded once, for prediction and drawing alike; unreadable files go in as paths, so the predictor
@@ -292,8 +304,7 @@ def predict_images(
             for r, rgb, target in zip(batch, images, targets[start:]):
                 if not r.error:
                     Image.fromarray(draw_faces(rgb, r.faces)).save(target)
-        results.extend(batch)
-    return results
+        yield from batch
 
 
 def _image_drawings(annotate: str | os.PathLike, paths: list[Path], files: list[Path]) -> list[Path]:

@@ -226,19 +226,6 @@ def _open(target: str | None):
     return sys.stdout if target == "-" else open(target, "w", newline="")  # noqa: SIM115 (closed by close())
 
 
-def report_results(results: Sequence[Result], to_stdout: bool = False) -> None:
-    """The table on stdout, and for several images a line summing them up; with ``to_stdout`` (JSON or CSV went
-    there) the errors the table would have listed and the line go to stderr instead."""
-    if not to_stdout:
-        print(format_table(results))
-    else:
-        for r in results:
-            if r.error:
-                print(f"ferkit: warning: {r.error}", file=sys.stderr)
-    if len(results) > 1:
-        print(format_summary(results), file=sys.stderr if to_stdout else sys.stdout)
-
-
 def draw_faces(rgb: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
     """A copy of the image with each face's box, landmarks (small dots) and "label confidence" drawn on it."""
     cv2 = require_cv2()
