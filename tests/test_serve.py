@@ -275,6 +275,21 @@ def test_a_long_video_is_read_every_nth_frame_to_fit_the_frame_budget(predictor,
     assert [r["frame"] for r in given["results"]] == [0, 1, 2, 3, 4] and given["truncated"]
 
 
+def test_videos_have_their_own_upload_limit_and_each_413_names_its_flag(predictor, clip):
+    size = len(clip.read_bytes())
+    app = create_app(predictor, max_upload_bytes=size // 2, max_video_bytes=size + 1000)
+    with LiveServer(app) as live, httpx.Client(base_url=live.url, timeout=60) as client:
+        read = client.post("/video", files={"file": ("clip.webm", clip.read_bytes())})
+        assert read.status_code == 200 and len(read.json()["results"]) == 12  # a video over the photos' limit
+        photo = client.post("/predict", files={"file": ("big.png", bytes(size // 2 + 100))})
+        assert photo.status_code == 413 and "--max-upload-mb" in photo.json()["detail"]
+        longer = client.post("/video", files={"file": ("long.webm", clip.read_bytes() + bytes(2000))})
+        assert longer.status_code == 413 and longer.json()["detail"] == (
+            f"upload is larger than the {(size + 1000) / 1024**2:.3g} MB limit; send a smaller file (or start the "
+            "server with a larger --max-video-mb)"
+        )
+
+
 def test_a_video_of_frames_over_the_pixel_limit_gets_a_413(predictor, clip):
     with LiveServer(create_app(predictor, max_pixels=200_000)) as live:
         response = httpx.post(f"{live.url}/video", files={"file": ("clip.webm", clip.read_bytes())}, timeout=60)
@@ -405,6 +420,7 @@ def test_health_and_model_describe_the_server_and_the_checkpoint(client):
         "status": "ok",
         "in_progress": 0,
         "max_upload_bytes": MAX_UPLOAD,
+        "max_video_bytes": 200 * 1024 * 1024,
         "max_pixels": MAX_PIXELS,
         "max_batch": 8,
         "max_queue": 32,
@@ -963,6 +979,8 @@ def test_ferkit_serve_command_serves_the_checkpoint(checkpoint, monkeypatch, cap
         "8123",
         "--max-upload-mb",
         "2",
+        "--max-video-mb",
+        "3",
         "--max-video-frames",
         "9",
     ]
@@ -971,7 +989,11 @@ def test_ferkit_serve_command_serves_the_checkpoint(checkpoint, monkeypatch, cap
     assert "page at http://127.0.0.1:8123/" in capsys.readouterr().out
     with LiveServer(served["app"]) as live:
         health = httpx.get(f"{live.url}/health").json()
-        assert (health["max_upload_bytes"], health["max_video_frames"]) == (2 * 1024 * 1024, 9)
+        assert (health["max_upload_bytes"], health["max_video_bytes"], health["max_video_frames"]) == (
+            2 * 1024 * 1024,
+            3 * 1024 * 1024,
+            9,
+        )
         assert httpx.get(f"{live.url}/model").json()["epoch"] == 3
 
 

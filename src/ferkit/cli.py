@@ -362,6 +362,7 @@ def _serve(args: argparse.Namespace) -> int:
         args.host,
         args.port,
         max_upload_mb=args.max_upload_mb,
+        max_video_mb=args.max_video_mb,
         max_pixels=args.max_pixels,
         max_batch=args.max_batch,
         max_queue=args.max_queue,
@@ -629,7 +630,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     _checkpoint(p, "--checkpoint")
     p.add_argument("--host", default=limits.HOST, help="address to listen on; 0.0.0.0 for every interface")
     p.add_argument("--port", type=int, default=limits.PORT, help="port to listen on")
-    p.add_argument("--max-upload-mb", type=float, default=limits.MAX_UPLOAD_MB, help="largest request body accepted")
+    p.add_argument("--max-upload-mb", type=float, default=limits.MAX_UPLOAD_MB, help="largest photo upload accepted")
+    p.add_argument("--max-video-mb", type=float, default=limits.MAX_VIDEO_MB, help="largest video upload (/video)")
     p.add_argument(
         "--max-pixels",
         type=int,

@@ -17,6 +17,7 @@ import io
 import json
 import math
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -55,6 +56,7 @@ from .limits import (
     MAX_SESSIONS,
     MAX_UPLOAD_MB,
     MAX_VIDEO_FRAMES,
+    MAX_VIDEO_MB,
     PORT,
     SESSION_IDLE_S,
 )
@@ -94,7 +96,8 @@ class VideoPredictions(BaseModel):
 class Health(BaseModel):
     status: Literal["ok"]
     in_progress: int = Field(description="prediction requests being decoded, queued or classified")
-    max_upload_bytes: int
+    max_upload_bytes: int = Field(description="largest request body, but at /video")
+    max_video_bytes: int = Field(description="largest request body at /video")
     max_pixels: int
     max_batch: int = Field(description="most images classified in one batch")
     max_queue: int = Field(description="requests in progress beyond which /predict and /video answer 503")
@@ -143,31 +146,30 @@ class Error(BaseModel):
 
 
 class _BodyLimit:
-    """Answers 413 to request bodies over ``limit`` bytes before they are parsed or spooled to disk.
+    """Answers 413 to request bodies over ``limit`` bytes (``video_limit`` at /video) before they are parsed or
+    spooled to disk.
 
     The declared Content-Length is checked first; a chunked body, which declares none, is counted
     as it arrives. Once the 413 is sent, the app is told the client left and its reply is dropped.
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, video_limit: int) -> None:
+        self.app, self.limit, self.video_limit = app, limit, video_limit
 
-    def _message(self) -> str:
-        return (
-            f"upload is larger than the {self.limit / MB:.3g} MB limit; send a smaller file "
-            "(or start the server with a larger --max-upload-mb)"
-        )
-
-    async def _refuse(self, scope: Scope, send: Send) -> None:
-        response = JSONResponse({"detail": self._message()}, status_code=413, headers={"Connection": "close"})
+    async def _refuse(self, scope: Scope, send: Send, limit: int, flag: str) -> None:
+        message = f"upload is larger than the {limit / MB:.3g} MB limit; send a smaller file (or start the server "
+        message += f"with a larger {flag})"
+        response = JSONResponse({"detail": message}, status_code=413, headers={"Connection": "close"})
         await response(scope, _client_gone, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        video = scope["path"].rstrip("/").endswith("/video")
+        limit, flag = (self.video_limit, "--max-video-mb") if video else (self.limit, "--max-upload-mb")
         length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.limit:
-            return await self._refuse(scope, send)
+        if length.isdigit() and int(length) > limit:
+            return await self._refuse(scope, send, limit, flag)
         received, refused = 0, False
 
         async def counting_receive() -> Message:
@@ -176,9 +178,9 @@ class _BodyLimit:
                 return {"type": "http.disconnect"}
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.limit:
+            if received > limit:
                 refused = True
-                await self._refuse(scope, send)
+                await self._refuse(scope, send, limit, flag)
                 return {"type": "http.disconnect"}
             return message
 
@@ -373,6 +375,7 @@ def create_app(
     model_info: dict | None = None,
     *,
     max_upload_bytes: int = MAX_UPLOAD_MB * MB,
+    max_video_bytes: int = MAX_VIDEO_MB * MB,
     max_pixels: int = MAX_PIXELS,
     max_batch: int = MAX_BATCH,
     max_queue: int = MAX_QUEUE,
@@ -415,7 +418,7 @@ def create_app(
         finally:
             in_progress -= 1
 
-    app.add_middleware(_BodyLimit, limit=max_upload_bytes)
+    app.add_middleware(_BodyLimit, limit=max_upload_bytes, video_limit=max_video_bytes)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(Exception, _internal_error)
 
@@ -503,12 +506,12 @@ def create_app(
         name = file.filename or "upload"
         if is_image_file(Path(name)):
             raise HTTPException(415, f"{name!r} is a photo; send it to /predict (this endpoint reads videos)")
-        data = await file.read()
-        if not data:
-            raise HTTPException(400, f"the uploaded file {name!r} is empty; choose a video file")
-        # OpenCV reads videos from files: the upload lives in a temporary one while it is read.
+        # OpenCV reads videos from files: the upload lives in a temporary one while it is read, copied a megabyte at
+        # a time (a phone's clip is not held in memory).
         with counted(), tempfile.NamedTemporaryFile(suffix=Path(name).suffix or ".mp4") as copy:
-            await run_in_threadpool(copy.write, data)
+            await run_in_threadpool(shutil.copyfileobj, file.file, copy, MB)
+            if not copy.tell():
+                raise HTTPException(400, f"the uploaded file {name!r} is empty; choose a video file")
             copy.flush()
             document = await _read_video(copy.name, name, every, smooth, request.is_disconnected)
         return Response(json.dumps(document), media_type="application/json")
@@ -567,6 +570,7 @@ def create_app(
             status="ok",
             in_progress=in_progress,
             max_upload_bytes=max_upload_bytes,
+            max_video_bytes=max_video_bytes,
             max_pixels=max_pixels,
             max_batch=max_batch,
             max_queue=max_queue,
@@ -612,6 +616,7 @@ def run(
     port: int = PORT,
     *,
     max_upload_mb: float = MAX_UPLOAD_MB,
+    max_video_mb: float = MAX_VIDEO_MB,
     max_pixels: int = MAX_PIXELS,
     max_batch: int = MAX_BATCH,
     max_queue: int = MAX_QUEUE,
@@ -625,6 +630,7 @@ def run(
     """Load the checkpoint (default: the model bundled with ferkit) and serve it with uvicorn until Ctrl-C."""
     for flag, value in (
         ("--max-upload-mb", max_upload_mb),
+        ("--max-video-mb", max_video_mb),
         ("--max-pixels", max_pixels),
         ("--max-batch", max_batch),
         ("--max-queue", max_queue),
@@ -639,6 +645,7 @@ def run(
     app = create_app(
         predictor,
         max_upload_bytes=round(max_upload_mb * MB),
+        max_video_bytes=round(max_video_mb * MB),
         max_pixels=max_pixels,
         max_batch=max_batch,
         max_queue=max_queue,

@@ -3,6 +3,8 @@
 HOST = "127.0.0.1"
 PORT = 8000
 MAX_UPLOAD_MB = 10
+# A phone's clip is 50-150 MB a minute or two; uploads are spooled to disk, never held in memory whole.
+MAX_VIDEO_MB = 200
 MAX_PIXELS = 40_000_000
 MAX_BATCH = 8
 MAX_QUEUE = 32

@@ -22,6 +22,7 @@ const snapshotButton = $("snapshot-button");
 const liveToggle = $("live-toggle");
 
 let maxUploadBytes = Infinity;
+let maxVideoBytes = Infinity;
 let maxVideoFrames = null;
 const BUSY_TRIES = 4;
 let stream = null;
@@ -72,6 +73,7 @@ async function loadModelInfo() {
   try {
     const [health, model] = await Promise.all([fetchBody("health"), fetchBody("model")]);
     maxUploadBytes = health.max_upload_bytes;
+    maxVideoBytes = health.max_video_bytes;
     maxVideoFrames = health.max_video_frames;
     const size = model.preprocess.image_size;
     const epoch = model.epoch == null ? "" : `, epoch ${model.epoch}`;
@@ -91,7 +93,7 @@ async function loadModelInfo() {
     const views = { flip: ", each face with its mirror", scales: ", each face framed at 85%, 100% and 115%" };
     info.textContent = `Model: ${networks} at ${size}x${size} (${source}${epoch}${accuracy}); ` +
       `classes ${model.classes.join(", ")}, read for ${mix}${views[model.tta] || ""}. ` +
-      `Uploads up to ${megabytes(maxUploadBytes)} MB.`;
+      `Uploads up to ${megabytes(maxUploadBytes)} MB, videos ${megabytes(maxVideoBytes)} MB.`;
   } catch (error) {
     info.textContent = `Model information unavailable: ${error.message}`;
   }
@@ -210,8 +212,10 @@ async function read(blob, name, signal, tracked = false) {
 }
 
 async function send(url, blob, name, signal, as = "json") {
-  if (blob.size > maxUploadBytes) {
-    throw new Error(`${name} is ${megabytes(blob.size)} MB; this server accepts up to ${megabytes(maxUploadBytes)} MB`);
+  const [most, flag] = url === "video" ? [maxVideoBytes, "--max-video-mb"] : [maxUploadBytes, "--max-upload-mb"];
+  if (blob.size > most) {
+    throw new Error(`${name} is ${megabytes(blob.size)} MB; this server accepts up to ${megabytes(most)} MB ` +
+      `(ferkit serve ${flag} sets it)`);
   }
   const form = new FormData();
   form.append("file", blob, name);
