@@ -290,6 +290,19 @@ def test_a_folder_of_photos_prints_each_as_its_batch_is_read_and_ctrl_c_keeps_th
     assert printed.err.strip().endswith("ferkit: interrupted; the outputs hold the photos and frames done so far")
 
 
+def test_a_bad_drawing_path_for_a_video_is_refused_before_the_model_loads_or_an_output_is_touched(
+    checkpoint, tmp_path, monkeypatch, capsys
+):
+    video = write_video([skimage_data.astronaut()] * 2, tmp_path / "clip.avi")
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text('{"from": "an earlier run"}')
+    monkeypatch.setattr(Predictor, "from_checkpoint", lambda *a, **kw: pytest.fail("the model was loaded"))
+    argv = ["predict", str(video), "--checkpoint", str(checkpoint), "--json", str(earlier)]
+    assert main([*argv, "--annotate", str(tmp_path / "drawn.png")]) == 2
+    assert f"--annotate {tmp_path / 'drawn.png'}: name a .mp4" in capsys.readouterr().err
+    assert earlier.read_text() == '{"from": "an earlier run"}'
+
+
 def test_files_beside_a_camera_or_a_file_to_draw_photos_and_videos_into_are_one_line_errors_before_the_model_loads(
     checkpoint, photos, tmp_path, monkeypatch, capsys
 ):

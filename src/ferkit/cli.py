@@ -199,7 +199,15 @@ def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .atomic import output_file
-    from .inference.predict import Predictor, as_paths, mirrored_root, predict_videos, split_sources, stream_images
+    from .inference.predict import (
+        Predictor,
+        as_paths,
+        mirrored_root,
+        predict_videos,
+        split_sources,
+        stream_images,
+        video_drawings,
+    )
     from .inference.results import ResultStream, format_summary, format_table, mixed_drawing_folder
 
     if args.camera is not None and args.input:
@@ -224,6 +232,9 @@ def _predict(args: argparse.Namespace) -> int:
             if value:
                 raise FerkitError(f"{what} applies to videos and cameras, whose faces are tracked")
     annotate = mixed_drawing_folder(args.annotate) if images and videos and args.annotate else args.annotate
+    # Videos are drawn into a mirror of the inputs' folders, as photos are, unless one video file was given.
+    root = mirrored_root(inputs) if len(inputs) > 1 or any(p.is_dir() for p in inputs) else None
+    drawn, root = video_drawings(annotate, videos, root) if videos and annotate else (None, None)
     predictor = Predictor.from_checkpoint(
         args.checkpoint,
         backend=args.backend,
@@ -264,11 +275,10 @@ def _predict(args: argparse.Namespace) -> int:
                 detect=not args.no_detect,
                 every=args.every,
                 smooth=args.smooth,
-                annotate=annotate,
+                annotate=drawn,
                 plot=args.plot,
                 on_frame=(lambda r: print(format_table([r]), flush=True)) if live else None,
-                # Drawn into a mirror of the inputs' folders, as photos are, unless one video file was given.
-                root=mirrored_root(inputs) if len(inputs) > 1 or any(p.is_dir() for p in inputs) else None,
+                root=root,
                 out=out,
             )
             if args.summary:

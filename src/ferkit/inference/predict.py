@@ -402,6 +402,19 @@ def split_sources(source: Sources) -> tuple[list[Path], list[str]]:
     return images, list(dict.fromkeys(videos))
 
 
+def video_drawings(
+    annotate: str | os.PathLike, sources: Sequence[str | int], root: str | os.PathLike | None = None
+) -> tuple[Path, Path | None]:
+    """Where ``annotate`` draws ``sources``, checked before anything is written: a video file for one source given
+    without ``root`` (root None), else a folder and the folder it mirrors (``root``, by default the deepest folder
+    holding the sources)."""
+    if len(sources) == 1 and root is None:
+        first = sources[0] if isinstance(sources[0], str) else f"camera{sources[0]}"
+        return drawing_target(annotate, first, WRITABLE_VIDEO_SUFFIXES), None
+    root = Path(os.path.abspath(root)) if root else mirrored_root([Path(s) for s in sources])
+    return drawing_folder(annotate, root), root
+
+
 def predict_videos(
     predictor: Predictor,
     sources: Sequence[str | int],
@@ -428,14 +441,8 @@ def predict_videos(
     """
     from tqdm import tqdm
 
-    many = len(sources) > 1 or root is not None
     if annotate:  # before the outputs are opened, so a bad path leaves them as they were
-        first = sources[0] if isinstance(sources[0], str) else f"camera{sources[0]}"
-        if many:
-            root = Path(os.path.abspath(root)) if root else mirrored_root([Path(s) for s in sources])
-            annotate = drawing_folder(annotate, root)
-        else:
-            annotate = drawing_target(annotate, first, WRITABLE_VIDEO_SUFFIXES)
+        annotate, root = video_drawings(annotate, sources, root)
     reading = {"prior": predictor.prior, "tta": predictor.tta}
     summary = Summary(predictor.classes, smooth, timelines=bool(plot), **reading)
     own = out is None
@@ -446,7 +453,7 @@ def predict_videos(
     try:
         for source in sources:
             target = annotate
-            if annotate and many:
+            if annotate and root is not None:  # a folder mirroring root
                 target = _mirrored(annotate, root, source, WRITABLE_VIDEO_SUFFIXES[0])
             summary.start(_name(source), every / frame_rate(source))
             with closing(stream_video(predictor, source, detect, every, smooth, target)) as stream:
