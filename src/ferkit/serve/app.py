@@ -96,7 +96,7 @@ class VideoPredictions(BaseModel):
 class Health(BaseModel):
     status: Literal["ok"]
     in_progress: int = Field(description="prediction requests being decoded, queued or classified")
-    max_upload_bytes: int = Field(description="largest request body, but at /video")
+    max_upload_bytes: int = Field(description="largest request body, except at /video")
     max_video_bytes: int = Field(description="largest request body at /video")
     max_pixels: int
     max_batch: int = Field(description="most images classified in one batch")
