@@ -21,6 +21,11 @@ MODEL = WEIGHTS / "retinaface_mnet025.onnx"
 # For each feature stride, the square anchor sides (px at network resolution) training matched to faces.
 ANCHORS = ((8, (16, 32)), (16, (64, 128)), (32, (256, 512)))
 SMALLEST_ANCHOR = 16
+# WIDER FACE's photos, which the network learnt from, are about 1024 px wide: a larger scan finds faces in large
+# structures (a rocket, a suit's collar), so a photo that needs one is scanned twice (RetinaFace.detect).
+MAX_SCAN = 1024
+# A face this many pixels wide at max_side's scale is found there; the finer scan adds only smaller ones.
+SURE_AT_BASE = 2 * SMALLEST_ANCHOR
 VARIANCE_CENTRE, VARIANCE_SIZE = 0.1, 0.2  # the box encoding's variances in training (SSD convention)
 BGR_MEAN = np.array([104.0, 117.0, 123.0], dtype=np.float32)  # the network was trained on BGR minus these
 
@@ -70,30 +75,33 @@ class RetinaFace:
         }
 
     def scale_for(self, height: int, width: int) -> float:
+        """The scale that finds ``min_face`` faces: ``max_side``'s (speed), small images enlarged to
+        ``min_input_side``, but never so small that a ``min_face`` face drops below the smallest anchor."""
+        return max(self._base_scale(height, width), SMALLEST_ANCHOR / self.min_face)
+
+    def _base_scale(self, height: int, width: int) -> float:
         longer = max(height, width)
-        scale = max(min(1.0, self.max_side / longer), self.min_input_side / longer)
-        return max(scale, SMALLEST_ANCHOR / self.min_face)  # finding min_face faces comes before speed
+        return max(min(1.0, self.max_side / longer), self.min_input_side / longer)
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         if rgb.ndim == 2:
             rgb = np.repeat(rgb[:, :, None], 3, axis=2)
+        rgb = rgb[:, :, :3]
         height, width = rgb.shape[:2]
-        scaled = _resize(rgb[:, :, :3], self.scale_for(height, width))
-        factor = np.array([width / scaled.shape[1], height / scaled.shape[0]], dtype=np.float32)
-        loc, conf, marks = self._session.run(None, {"input": _blob(scaled)})
-        scores = conf[0][:, 1]
-        keep = scores >= self.score_threshold
-        if not keep.any():
-            return []
-        anchors = self._anchors_for(*_padded(scaled.shape[:2]))[keep]
-        loc, marks, scores = loc[0][keep], marks[0][keep], scores[keep]
-        centre = anchors[:, :2] + loc[:, :2] * VARIANCE_CENTRE * anchors[:, 2:]
-        size = anchors[:, 2:] * np.exp(loc[:, 2:] * VARIANCE_SIZE)
-        corners = np.concatenate([centre - size / 2, centre + size / 2], axis=1) * np.tile(factor, 2)
-        points = (anchors[:, None, :2] + marks.reshape(-1, 5, 2) * VARIANCE_CENTRE * anchors[:, None, 2:]) * factor
+        base, fine = self._base_scale(height, width), self.scale_for(height, width)
+        if fine <= base or max(height, width) * fine <= MAX_SCAN:
+            corners, points, scores = self._scan(rgb, fine)
+        else:
+            # Scanned beyond the photos the network learnt from, a large photo's rocket or collar reads as a face:
+            # its faces are taken at max_side's scale, and from the finer scan only those too small to be found there.
+            coarse, small = self._scan(rgb, base), self._scan(rgb, fine)
+            tiny = (small[0][:, 2:] - small[0][:, :2]).max(axis=1) * base < SURE_AT_BASE
+            corners, points, scores = (np.concatenate([c, s[tiny]]) for c, s in zip(coarse, small))
         # Much smaller than asked for, or without a face's layout, is mostly texture taken for a face.
         wanted = ((corners[:, 2:] - corners[:, :2]).max(axis=1) >= 0.75 * self.min_face) & _face_layout(points)
         corners, points, scores = corners[wanted], points[wanted], scores[wanted]
+        if not len(scores):
+            return []
         chosen = _nms(corners, scores, self.nms_iou)
         corners[:, 0::2] = corners[:, 0::2].clip(0, width)
         corners[:, 1::2] = corners[:, 1::2].clip(0, height)
@@ -105,9 +113,28 @@ class RetinaFace:
             ]
         )
 
+    def _scan(self, rgb: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The detections over the score threshold of the image scanned at ``scale``: corners [N, 4] and the five
+        points [N, 5, 2] in the image's pixels, and scores [N]."""
+        height, width = rgb.shape[:2]
+        scaled = _resize(rgb, scale)
+        factor = np.array([width / scaled.shape[1], height / scaled.shape[0]], dtype=np.float32)
+        loc, conf, marks = self._session.run(None, {"input": _blob(scaled)})
+        scores = conf[0][:, 1]
+        keep = scores >= self.score_threshold
+        anchors = self._anchors_for(*_padded(scaled.shape[:2]))[keep]
+        loc, marks, scores = loc[0][keep], marks[0][keep], scores[keep]
+        centre = anchors[:, :2] + loc[:, :2] * VARIANCE_CENTRE * anchors[:, 2:]
+        size = anchors[:, 2:] * np.exp(loc[:, 2:] * VARIANCE_SIZE)
+        corners = np.concatenate([centre - size / 2, centre + size / 2], axis=1) * np.tile(factor, 2)
+        points = (anchors[:, None, :2] + marks.reshape(-1, 5, 2) * VARIANCE_CENTRE * anchors[:, None, 2:]) * factor
+        return corners, points, scores
+
     def _anchors_for(self, height: int, width: int) -> np.ndarray:
         if (height, width) not in self._anchors:
-            self._anchors = {(height, width): _anchors(height, width)}  # frames of one size come in runs
+            if len(self._anchors) >= 2:  # frames of one size come in runs; a large photo's two scans alternate
+                self._anchors.clear()
+            self._anchors[(height, width)] = _anchors(height, width)
         return self._anchors[(height, width)]
 
 
