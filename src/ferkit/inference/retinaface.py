@@ -3,7 +3,9 @@
 The ONNX file ships in ``ferkit/weights`` (origin and licence: ``weights/NOTICE.md``); the pre- and
 post-processing here are ferkit's own. A photo is rescaled so that its longer side is at most
 ``max_side`` (speed) but never so far that a ``min_face`` face drops below the network's smallest
-anchor (recall), and small images are enlarged, so a face that fills a 48-px crop is found too.
+anchor (recall), and small images are enlarged, so a face that fills a 48-px crop is found too. A large photo whose
+scan for ``min_face`` faces would pass ``MAX_SCAN`` is scanned twice: at ``max_side`` for its faces, and at that
+finer scale only for the faces too small to be found at ``max_side``.
 """
 
 from __future__ import annotations
