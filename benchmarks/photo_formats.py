@@ -1,13 +1,13 @@
-"""Reading a phone's photo: decoding and the whole prediction, per file format, at a phone camera's 12 MP.
+"""Reading a phone's photo: decoding, detection and the whole prediction, per file format, at a phone camera's 12 MP.
 
     python benchmarks/photo_formats.py [--repeats 7] [--side 4032] [--json out.json]
 
 The photo is scikit-image's astronaut cut to 4:3 and enlarged to ``--side`` x 3/4 ``--side`` (4032 x 3024, an
 iPhone's), saved as JPEG (quality 90), HEIC (quality 80, pillow-heif, as iPhones save them; skipped without it),
-AVIF (quality 80) and PNG. Per format: the file's size, the median time to decode it (``read_image``: upright RGB)
-and to predict on it with the bundled model (``Predictor.predict`` on the path: decoding, RetinaFace, alignment,
-classification), and the faces found (1 is right). Medians over ``--repeats`` after one warm-up. Prints a table and
-writes JSON.
+AVIF (quality 80) and PNG. Per format: the file's size, the median time to decode it (``read_image``: upright
+RGB), to find its faces (the predictor's detector on the decoded photo) and to predict on it with the bundled model
+(``Predictor.predict`` on the path: decoding, RetinaFace, alignment, classification), and the faces found (1 is
+right). Medians over ``--repeats`` after one warm-up. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -73,13 +73,19 @@ def main() -> None:
                     "format": suffix[1:],
                     "megabytes": round(path.stat().st_size / 1e6, 2),
                     "decode_s": round(median_seconds(lambda p=path: read_image(p), args.repeats), 3),
+                    "detect_s": round(
+                        median_seconds(lambda r=read_image(path): predictor.detector.detect(r), args.repeats), 3
+                    ),
                     "predict_s": round(median_seconds(lambda p=path: predictor.predict(p), args.repeats), 3),
                     "faces": faces,
                 }
             )
-    print(f"{'format':>6}  {'MB':>6}  {'decode s':>8}  {'predict s':>9}  faces")
+    print(f"{'format':>6}  {'MB':>6}  {'decode s':>8}  {'detect s':>8}  {'predict s':>9}  faces")
     for r in rows:
-        print(f"{r['format']:>6}  {r['megabytes']:>6}  {r['decode_s']:>8}  {r['predict_s']:>9}  {r['faces']}")
+        print(
+            f"{r['format']:>6}  {r['megabytes']:>6}  {r['decode_s']:>8}  {r['detect_s']:>8}  {r['predict_s']:>9}"
+            f"  {r['faces']}"
+        )
     report = {
         "machine": machine_description(),
         "date": time.strftime("%Y-%m-%d"),

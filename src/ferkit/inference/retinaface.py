@@ -23,9 +23,10 @@ MODEL = WEIGHTS / "retinaface_mnet025.onnx"
 # For each feature stride, the square anchor sides (px at network resolution) training matched to faces.
 ANCHORS = ((8, (16, 32)), (16, (64, 128)), (32, (256, 512)))
 SMALLEST_ANCHOR = 16
-# WIDER FACE's photos, which the network learnt from, are about 1024 px wide: a larger scan finds faces in large
-# structures (a rocket, a suit's collar), so a photo that needs one is scanned twice (RetinaFace.detect).
-MAX_SCAN = 1024
+# Scans of the astronaut up to 1365 px find her face alone; at 2016 px a patch on her suit reads as a face, at 2688 px
+# (a 12-MP photo's min-face scan) the rocket and her collar too. A photo whose scan would pass this is scanned twice
+# (RetinaFace.detect); 1080p video frames (a 1280-px scan) are not.
+MAX_SCAN = 1600
 # A face this many pixels wide at max_side's scale is found there; the finer scan adds only smaller ones.
 SURE_AT_BASE = 2 * SMALLEST_ANCHOR
 VARIANCE_CENTRE, VARIANCE_SIZE = 0.1, 0.2  # the box encoding's variances in training (SSD convention)
@@ -94,8 +95,8 @@ class RetinaFace:
         if fine <= base or max(height, width) * fine <= MAX_SCAN:
             corners, points, scores = self._scan(rgb, fine)
         else:
-            # Scanned beyond the photos the network learnt from, a large photo's rocket or collar reads as a face:
-            # its faces are taken at max_side's scale, and from the finer scan only those too small to be found there.
+            # Scanned that finely, a large photo's rocket or collar reads as a face: its faces are taken at
+            # max_side's scale, and from the finer scan only those too small to be found there.
             coarse, small = self._scan(rgb, base), self._scan(rgb, fine)
             tiny = (small[0][:, 2:] - small[0][:, :2]).max(axis=1) * base < SURE_AT_BASE
             corners, points, scores = (np.concatenate([c, s[tiny]]) for c, s in zip(coarse, small))
