@@ -290,6 +290,16 @@ def test_a_folder_of_photos_prints_each_as_its_batch_is_read_and_ctrl_c_keeps_th
     assert printed.err.strip().endswith("ferkit: interrupted; the outputs hold the photos and frames done so far")
 
 
+def test_photos_sharing_a_name_in_a_folder_are_drawn_side_by_side_not_over_each_other(checkpoint, photos, tmp_path):
+    folder = tmp_path / "export"  # as phones and editors leave them: IMG_1.JPG beside IMG_1.png
+    folder.mkdir()
+    for name in ("IMG_1.JPG", "IMG_1.png", "IMG_2.png"):
+        Image.open(photos / "astronaut.png").save(folder / name)
+    assert main(["predict", str(folder), "--checkpoint", str(checkpoint), "--annotate", str(tmp_path / "drawn")]) == 0
+    drawn = sorted(p.name for p in (tmp_path / "drawn").iterdir())
+    assert drawn == ["IMG_1.JPG.png", "IMG_1.png.png", "IMG_2.png"]
+
+
 def test_a_bad_drawing_path_for_a_video_is_refused_before_the_model_loads_or_an_output_is_touched(
     checkpoint, tmp_path, monkeypatch, capsys
 ):

@@ -9,6 +9,7 @@ model (:mod:`.loading`).
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
@@ -250,10 +251,19 @@ def mirrored_root(paths: Sequence[Path]) -> Path:
     return Path(os.path.commonpath([os.path.abspath(p if p.is_dir() else p.parent) for p in paths]))
 
 
-def _mirrored(out: Path, root: Path, source: str | os.PathLike, suffix: str) -> Path:
-    target = out / Path(os.path.abspath(source)).relative_to(root).with_suffix(suffix)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return target
+def _mirrored(out: Path, root: Path, sources: Sequence[str | os.PathLike], suffix: str) -> list[Path]:
+    """Where each of ``sources`` is drawn in a mirror of ``root`` under ``out``: its name with ``suffix`` for its
+    own, or, where two would share that name (a.jpg and a.png), its whole name and ``suffix`` (a.jpg.png), so no
+    drawing replaces another."""
+    relative = [Path(os.path.abspath(s)).relative_to(root) for s in sources]
+    named = Counter(r.with_suffix(suffix) for r in relative)
+    targets = [
+        out / (r.with_suffix(suffix) if named[r.with_suffix(suffix)] == 1 else r.parent / (r.name + suffix))
+        for r in relative
+    ]
+    for target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    return targets
 
 
 def image_files(path: Path) -> list[Path]:
@@ -313,7 +323,7 @@ def _image_drawings(annotate: str | os.PathLike, paths: list[Path], files: list[
         return [drawing_target(annotate, paths[0], DRAWN_IMAGE_SUFFIXES)]
     root = mirrored_root(paths)
     out = drawing_folder(annotate, root)
-    return [_mirrored(out, root, f, DRAWN_IMAGE_SUFFIXES[0]) for f in files]
+    return _mirrored(out, root, files, DRAWN_IMAGE_SUFFIXES[0])
 
 
 def _decoded_or_path(path: Path) -> np.ndarray | Path:
@@ -450,11 +460,11 @@ def predict_videos(
     files = [s for s in sources if isinstance(s, str)]
     bar = tqdm(total=sum(frame_count(f) for f in files) or None, unit="frame", disable=None if files else True)
     interrupted = False
+    targets = [annotate] * len(sources)
+    if annotate and root is not None:  # a folder mirroring root
+        targets = _mirrored(annotate, root, sources, WRITABLE_VIDEO_SUFFIXES[0])
     try:
-        for source in sources:
-            target = annotate
-            if annotate and root is not None:  # a folder mirroring root
-                target = _mirrored(annotate, root, source, WRITABLE_VIDEO_SUFFIXES[0])
+        for source, target in zip(sources, targets):
             summary.start(_name(source), every / frame_rate(source))
             with closing(stream_video(predictor, source, detect, every, smooth, target)) as stream:
                 for result in stream:
