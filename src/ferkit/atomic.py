@@ -1,13 +1,15 @@
 """The one way ferkit writes a file it keeps: whoever reads the path finds the old file or the new one, never a part.
 
 Checkpoints, safetensors weights, ONNX models and the decode cache all go through :func:`write_atomically`;
-:func:`output_file` and :func:`output_folder` check a path a command will write before it does its work.
+:func:`output_file` and :func:`output_folder` check a path a command will write before it does its work, and
+:func:`output_names` names the files written for a folder of inputs.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -69,3 +71,13 @@ def output_folder(path: str | os.PathLike, what: str) -> Path:
     if path.is_file():
         raise FerkitError(f"{what} {path} is a file; name a folder for it to write into")
     return path
+
+
+def output_names(inputs: Sequence[Path], suffix: str) -> list[Path]:
+    """The names of the files written for ``inputs`` (paths relative to their folder): each input's with ``suffix``
+    for its own, or, where two inputs differ only in their suffix (``a.jpg`` and ``a.png``), its full name and
+    ``suffix`` (``a.jpg.png``), so that no output replaces another."""
+    named = Counter(p.with_suffix(suffix) for p in inputs)
+    return [
+        p.with_suffix(suffix) if named[p.with_suffix(suffix)] == 1 else p.parent / (p.name + suffix) for p in inputs
+    ]

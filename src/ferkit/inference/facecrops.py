@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..atomic import write_atomically
+from ..atomic import output_names, write_atomically
 from ..data.images import FORMATS, UndecodableImage, list_images, open_image, to_rgb
 from ..errors import FerkitError
 from .align import face_crop
@@ -76,7 +75,8 @@ def crop_faces(
     if image_format not in CROP_FORMATS:
         raise FerkitError(f"--format must be one of {', '.join(CROP_FORMATS)} (got {image_format!r})")
     photos = _photos_to_crop(src, out, resume)
-    targets = dict(zip((p.relative_to(src).as_posix() for p in photos), _target_names(photos, src, image_format)))
+    relative = [p.relative_to(src) for p in photos]
+    targets = dict(zip((r.as_posix() for r in relative), output_names(relative, CROP_FORMATS[image_format])))
     done = FaceCrops(photos=len(photos))
     recorded = _recorded(out, targets, every_face, done) if resume else set()
     out.mkdir(parents=True, exist_ok=True)
@@ -193,13 +193,3 @@ def _photos_to_crop(src: Path, out: Path, resume: bool) -> list[Path]:
     if not photos:
         raise FerkitError(f"no images in {src} or its folders; give a folder of {FORMATS} photos")
     return photos
-
-
-def _target_names(photos: list[Path], src: Path, image_format: str) -> list[Path]:
-    """Each photo's crop path under the output folder: its own with ``image_format``'s suffix, or its full name and
-    that suffix where two photos differ only in their suffix (``a.png`` and ``a.jpg``)."""
-    suffix = CROP_FORMATS[image_format]
-    stems = [photo.relative_to(src).with_suffix("") for photo in photos]
-    counts = Counter(stems)
-    names = [photo.name if counts[stem] > 1 else stem.name for stem, photo in zip(stems, photos)]
-    return [stem.parent / (name + suffix) for stem, name in zip(stems, names)]

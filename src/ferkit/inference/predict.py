@@ -9,7 +9,6 @@ model (:mod:`.loading`).
 from __future__ import annotations
 
 import os
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..atomic import output_names
 from ..checkpoint import is_model_path
 from ..config import Config
 from ..data.images import IMAGE_SUFFIXES, ImageInput, list_images, read_image
@@ -252,14 +252,9 @@ def mirrored_root(paths: Sequence[Path]) -> Path:
 
 
 def _mirrored(out: Path, root: Path, sources: Sequence[str | os.PathLike], suffix: str) -> list[Path]:
-    """Where each of ``sources`` is drawn in a mirror of ``root`` under ``out``: its name with ``suffix`` for its
-    own, or, where two would share that name (a.jpg and a.png), its whole name and ``suffix`` (a.jpg.png), so no
-    drawing replaces another."""
-    relative = [Path(os.path.abspath(s)).relative_to(root) for s in sources]
-    named = Counter(r.with_suffix(suffix) for r in relative)
+    """Where each of ``sources`` is drawn in a mirror of ``root`` under ``out`` (named by :func:`output_names`)."""
     targets = [
-        out / (r.with_suffix(suffix) if named[r.with_suffix(suffix)] == 1 else r.parent / (r.name + suffix))
-        for r in relative
+        out / name for name in output_names([Path(os.path.abspath(s)).relative_to(root) for s in sources], suffix)
     ]
     for target in targets:
         target.parent.mkdir(parents=True, exist_ok=True)
