@@ -433,7 +433,8 @@ async function analyseMany(files) {
   if (current !== controller) return;
   if (!shown) showError(entries[0].error);
   const why = entries.some((e) => e.error) ? " or why it was not read" : "";
-  galleryLine.textContent = `${summary(entries)}; click a photo to see its faces${why}`;
+  const which = noun === "files" ? "a photo or video" : "a photo";
+  galleryLine.textContent = `${summary(entries)}; click ${which} to see its faces${why}`;
   offerResults(entries);
 }
 
