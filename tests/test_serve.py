@@ -291,6 +291,24 @@ def test_videos_have_their_own_upload_limit_and_each_413_names_its_flag(predicto
         )
 
 
+def test_pages_of_the_origins_the_server_is_told_may_call_it_and_others_may_not(client, predictor, astronaut):
+    page, other = {"Origin": "http://localhost:3000"}, {"Origin": "http://elsewhere.example"}
+    photo = {"file": ("a.png", astronaut.read_bytes())}
+    allowed = "access-control-allow-origin"
+    assert allowed not in client.post("/predict", files=photo, headers=page).headers  # by default, none
+    app = create_app(predictor, max_upload_bytes=600_000, cors_origins=["http://localhost:3000"])
+    with LiveServer(app) as live:
+        asked = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+        preflight = httpx.options(f"{live.url}/predict", headers={**page, **asked})
+        assert preflight.status_code == 200 and preflight.headers[allowed] == "http://localhost:3000"
+        answer = httpx.post(f"{live.url}/predict", files=photo, headers=page, timeout=60)
+        assert answer.status_code == 200 and answer.headers[allowed] == "http://localhost:3000"
+        assert allowed not in httpx.post(f"{live.url}/predict", files=photo, headers=other, timeout=60).headers
+        # A refusal reaches the calling page readable: the body limit answers inside the CORS layer.
+        refused = httpx.post(f"{live.url}/predict", files={"file": ("b.png", bytes(600_100))}, headers=page)
+        assert refused.status_code == 413 and refused.headers[allowed] == "http://localhost:3000"
+
+
 def test_a_video_of_frames_over_the_pixel_limit_gets_a_413(predictor, clip):
     with LiveServer(create_app(predictor, max_pixels=200_000)) as live:
         response = httpx.post(f"{live.url}/video", files={"file": ("clip.webm", clip.read_bytes())}, timeout=60)
@@ -984,6 +1002,8 @@ def test_ferkit_serve_command_serves_the_checkpoint(checkpoint, monkeypatch, cap
         "3",
         "--max-video-frames",
         "9",
+        "--cors-origin",
+        "http://localhost:3000",
     ]
     assert main(args) == 0
     assert (served["host"], served["port"]) == ("127.0.0.1", 8123)
@@ -996,6 +1016,10 @@ def test_ferkit_serve_command_serves_the_checkpoint(checkpoint, monkeypatch, cap
             9,
         )
         assert httpx.get(f"{live.url}/model").json()["epoch"] == 3
+        origin = {"Origin": "http://localhost:3000"}
+        assert (
+            httpx.get(f"{live.url}/health", headers=origin).headers["access-control-allow-origin"] == origin["Origin"]
+        )
 
 
 def test_ferkit_serve_reads_the_checkpoint_once(checkpoint, monkeypatch):

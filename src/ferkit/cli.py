@@ -377,6 +377,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         max_queue=args.max_queue,
         max_video_frames=args.max_video_frames,
+        cors_origins=args.cors_origin,
         backend=args.backend,
         device=args.device,
         detector=_built_detector(args),
@@ -655,6 +656,13 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=limits.MAX_VIDEO_FRAMES,
         help="most frames read from an uploaded video; a longer one is read every Nth frame to fit",
+    )
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a web page's origin (e.g. http://localhost:3000, or *) whose scripts may call the API; repeatable",
     )
     _detector(p)
     _tta(p, TTA_MODES)

@@ -22,7 +22,7 @@ import socket
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -31,6 +31,7 @@ import numpy as np
 import uvicorn
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
@@ -381,9 +382,11 @@ def create_app(
     max_queue: int = MAX_QUEUE,
     max_video_frames: int = MAX_VIDEO_FRAMES,
     sessions: Sessions | None = None,
+    cors_origins: Sequence[str] = (),
 ) -> FastAPI:
     """The ASGI app; ``model_info`` (what /model answers) defaults to ``describe_model(predictor)``, ``sessions``
-    (the live page's trackers) to :class:`Sessions` with its defaults."""
+    (the live page's trackers) to :class:`Sessions` with its defaults; ``cors_origins``: the web pages (scheme, host
+    and port, or ``*``) whose scripts may call the API from another origin."""
     info = ModelInfo(**(model_info or describe_model(predictor)))
     batcher = MicroBatcher(predictor, max_batch)
     sessions = Sessions() if sessions is None else sessions
@@ -419,6 +422,14 @@ def create_app(
             in_progress -= 1
 
     app.add_middleware(_BodyLimit, limit=max_upload_bytes, video_limit=max_video_bytes)
+    if cors_origins:  # outermost, so that a refusal (413, 503) reaches the calling page readable too
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+            expose_headers=["Retry-After"],
+        )
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(Exception, _internal_error)
 
@@ -626,6 +637,7 @@ def run(
     detector: Detector | None = None,
     prior: str = PHOTO_PRIOR,
     tta: str = "none",
+    cors_origins: Sequence[str] = (),
 ) -> None:
     """Load the checkpoint (default: the model bundled with ferkit) and serve it with uvicorn until Ctrl-C."""
     for flag, value in (
@@ -650,6 +662,7 @@ def run(
         max_batch=max_batch,
         max_queue=max_queue,
         max_video_frames=max_video_frames,
+        cors_origins=cors_origins,
     )
     shown = "localhost" if host in ("0.0.0.0", "::") else host
     print(
