@@ -231,6 +231,20 @@ def test_several_videos_are_tracked_in_one_run_and_drawn_into_a_mirror(checkpoin
     assert sorted(p.relative_to(drawn).as_posix() for p in drawn.rglob("*.mp4")) == ["two.mp4", "x/one.mp4"]
 
 
+def test_a_photo_given_as_bytes_or_an_open_file_reads_as_its_path_does(checkpoint, photos):
+    predictor = Predictor.from_checkpoint(checkpoint)
+    path = photos / "astronaut.png"
+    with path.open("rb") as opened:
+        by_path, by_bytes, by_file = (predictor.predict(x) for x in (path, path.read_bytes(), opened))
+    for result in (by_bytes, by_file):
+        assert [(f.box, f.probabilities) for f in result.faces] == [(f.box, f.probabilities) for f in by_path.faces]
+    assert (by_bytes.source, by_file.source) == ("image 0", str(path))
+    assert predictor.predict(b"not a picture").error == (
+        "cannot read the image's bytes: not an image format PIL can decode; pass a JPEG, PNG, BMP, GIF, TIFF, WebP, "
+        "AVIF or HEIC image"
+    )
+
+
 def test_a_folder_of_photos_and_videos_is_read_in_one_run_photos_first_then_each_video_tracked(
     checkpoint, tmp_path, capsys
 ):

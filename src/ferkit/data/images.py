@@ -7,6 +7,7 @@ Training, evaluation, prediction and the server all decode through :func:`uprigh
 from __future__ import annotations
 
 import functools
+import io
 import os
 from pathlib import Path
 from typing import BinaryIO
@@ -22,7 +23,8 @@ IMAGE_SUFFIXES = {
 }
 FORMATS = "JPEG, PNG, BMP, GIF, TIFF, WebP, AVIF or HEIC"
 
-ImageInput = str | os.PathLike | Image.Image | np.ndarray
+# A file's path, a decoded image, or an encoded file's bytes (an upload, a download) or a binary file object.
+ImageInput = str | os.PathLike | Image.Image | np.ndarray | bytes | BinaryIO
 
 
 def is_image_file(path: Path) -> bool:
@@ -111,16 +113,21 @@ def to_rgb(image: Image.Image | np.ndarray) -> Image.Image:
 
 
 def read_image(source: ImageInput) -> np.ndarray:
-    """RGB uint8 pixels (HxWx3) of a file, a PIL image or an array; an unreadable file is a FerkitError."""
+    """RGB uint8 pixels (HxWx3) of a file, a PIL image, an array, or an encoded file's bytes or binary file object;
+    an unreadable one is a FerkitError."""
     if isinstance(source, np.ndarray):
         return np.asarray(to_rgb(source))
     if isinstance(source, Image.Image):
         return np.asarray(to_rgb(upright(source)))
-    path = Path(source)
-    if not path.is_file():
-        raise FerkitError(f"{path} does not exist or is not a file")
+    if isinstance(source, (bytes, bytearray)) or hasattr(source, "read"):
+        what = getattr(source, "name", None) or "the image's bytes"
+        encoded = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    else:
+        what = encoded = Path(source)
+        if not encoded.is_file():
+            raise FerkitError(f"{encoded} does not exist or is not a file")
     try:
-        image = open_image(path)
+        image = open_image(encoded)
     except UndecodableImage as e:
-        raise FerkitError(f"cannot read {path}: {e.reason}; pass a {FORMATS} image") from None
+        raise FerkitError(f"cannot read {what}: {e.reason}; pass a {FORMATS} image") from None
     return np.asarray(to_rgb(image))

@@ -156,7 +156,8 @@ class Predictor:
         """
         results, boxes_of, crops = [], [], []
         for i, image in enumerate(images):
-            name = names[i] if names else (str(image) if isinstance(image, (str, os.PathLike)) else f"image {i}")
+            given = str(image) if isinstance(image, (str, os.PathLike)) else getattr(image, "name", None)
+            name = names[i] if names else (given or f"image {i}")  # an open file by its name
             try:
                 rgb = read_image(image)
             except FerkitError as e:
