@@ -968,6 +968,24 @@ def test_page_shows_the_servers_error_message(browser, server, how):
 
 
 @pytest.mark.slow
+def test_page_says_why_its_camera_is_off_when_it_is_not_a_secure_page(browser, server):
+    page = browser.new_page()
+    page.add_init_script("delete Navigator.prototype.mediaDevices")  # as over http:// from a phone on the network
+    page.goto(server.url)
+    assert page.locator("[data-testid=camera-button]").is_disabled()
+    port = server.url.rsplit(":", 1)[1].strip("/")
+    assert (
+        page.locator("[data-testid=status]")
+        .text_content()
+        .endswith(
+            f"The camera needs a secure page: open this one as https:// or on the server's own machine as "
+            f"http://localhost:{port}/ to use it."
+        )
+    )
+    page.close()
+
+
+@pytest.mark.slow
 def test_page_takes_a_webcam_snapshot(browser, server):
     page, errors = open_page(browser, server)
     urls = []
