@@ -352,6 +352,10 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+# What an upload endpoint (/predict, /preview, /video) may answer instead of its result.
+UPLOAD_REFUSALS = (400, 413, 415, 422, 503, 500)
+
+
 def _errors(*codes: int) -> dict:
     why = {
         400: "empty body or empty file",
@@ -436,7 +440,7 @@ def create_app(
     @app.post(
         "/predict",
         response_model=Predictions,
-        responses=_errors(400, 413, 415, 422, 503, 500),
+        responses=_errors(*UPLOAD_REFUSALS),
         operation_id="predict",
         summary="Expressions of the faces in uploaded images",
     )
@@ -479,7 +483,7 @@ def create_app(
         "/preview",
         response_class=Response,
         responses={200: {"content": {"image/jpeg": {}}, "description": "the image as a JPEG"}}
-        | _errors(400, 413, 415, 422, 503, 500),
+        | _errors(*UPLOAD_REFUSALS),
         operation_id="preview",
         summary="An uploaded image as a JPEG, for browsers that cannot show its format (HEIC, TIFF)",
     )
@@ -495,7 +499,7 @@ def create_app(
     @app.post(
         "/video",
         response_model=VideoPredictions,
-        responses=_errors(400, 413, 415, 422, 503, 500),
+        responses=_errors(*UPLOAD_REFUSALS),
         operation_id="video",
         summary="Expressions of the people in an uploaded video, tracked over its frames",
     )
