@@ -201,7 +201,7 @@ def _predict(args: argparse.Namespace) -> int:
     from .atomic import output_file
     from .inference.predict import (
         Predictor,
-        as_paths,
+        as_inputs,
         mirrored_root,
         predict_videos,
         split_sources,
@@ -209,12 +209,14 @@ def _predict(args: argparse.Namespace) -> int:
         video_drawings,
     )
     from .inference.results import ResultStream, format_summary, format_table, mixed_drawing_folder
+    from .inference.video import is_live
 
     if args.camera is not None and args.input:
         raise FerkitError("--camera reads a camera instead of files; give one or the other")
     if args.camera is None and not args.input:
         raise FerkitError("give an image, folder or video to predict on, or --camera N")
-    inputs = as_paths(args.input) if args.input else []
+    inputs = as_inputs(args.input) if args.input else []
+    files_given = {p.resolve() for p in inputs if isinstance(p, Path)}
     # Checked before the model is loaded: a bad output path would otherwise fail once every result is in.
     outputs = [("--json", args.json, ()), ("--csv", args.csv, ()), ("--summary", args.summary, ())]
     if args.plot:
@@ -223,17 +225,18 @@ def _predict(args: argparse.Namespace) -> int:
         outputs.append(("--plot", args.plot, PLOT_SUFFIXES))
     for what, value, suffixes in outputs:
         if value and value != "-":
-            if output_file(value, what, suffixes).resolve() in {p.resolve() for p in inputs}:
+            if output_file(value, what, suffixes).resolve() in files_given:
                 raise FerkitError(f"{what} {value} is an input; name another file")
     # Photos and videos (a phone's folder holds both) are read in one run: the photos first, then each video.
     images, videos = ([], [args.camera]) if args.camera is not None else split_sources(inputs)
+    live = bool(videos) and all(map(is_live, videos))  # a camera or live streams: Ctrl-C is how they end
     if not videos:
         for what, value in (("--summary", args.summary), ("--plot", args.plot)):
             if value:
                 raise FerkitError(f"{what} applies to videos and cameras, whose faces are tracked")
     annotate = mixed_drawing_folder(args.annotate) if images and videos and args.annotate else args.annotate
     # Videos are drawn into a mirror of the inputs' folders, as photos are, unless one video file was given.
-    root = mirrored_root(inputs) if len(inputs) > 1 or any(p.is_dir() for p in inputs) else None
+    root = mirrored_root(inputs) if len(inputs) > 1 or any(Path(p).is_dir() for p in inputs) else None
     drawn, root = video_drawings(annotate, videos, root) if videos and annotate else (None, None)
     predictor = Predictor.from_checkpoint(
         args.checkpoint,
@@ -268,7 +271,7 @@ def _predict(args: argparse.Namespace) -> int:
         if len(results) > 1:
             print(format_summary(results), file=sys.stderr if to_stdout else sys.stdout)
         if videos and not interrupted:
-            live = args.camera is not None and not to_stdout  # a camera's frames are printed as they come
+            shown = live and not to_stdout  # a camera's or stream's frames are printed as they come
             summary, interrupted = predict_videos(
                 predictor,
                 videos,
@@ -277,7 +280,7 @@ def _predict(args: argparse.Namespace) -> int:
                 smooth=args.smooth,
                 annotate=drawn,
                 plot=args.plot,
-                on_frame=(lambda r: print(format_table([r]), flush=True)) if live else None,
+                on_frame=(lambda r: print(format_table([r]), flush=True)) if shown else None,
                 root=root,
                 out=out,
             )
@@ -286,7 +289,7 @@ def _predict(args: argparse.Namespace) -> int:
             print(summary.format_table(), file=sys.stderr if to_stdout else sys.stdout)
     finally:
         out.close()
-    if interrupted and args.camera is None:
+    if interrupted and not live:
         print("ferkit: interrupted; the outputs hold the photos and frames done so far", file=sys.stderr)
         return 130
     return 1 if any(r.error for r in results) else 0
@@ -548,10 +551,15 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "input",
         nargs="*",
-        help="image files and folders of images, or video files and folders of videos (each kind in its own run)",
+        help="photos, videos and folders of them, or their web addresses (https://...; a camera's stream: rtsp://...)",
     )
     _checkpoint(p, "--checkpoint")
-    p.add_argument("--camera", type=int, metavar="N", help="read frames from camera N instead (Ctrl-C stops)")
+    p.add_argument(
+        "--camera",
+        type=int,
+        metavar="N",
+        help="read frames from camera N instead (Ctrl-C stops; a network camera: give its rtsp:// address as input)",
+    )
     p.add_argument("--no-detect", action="store_true", help="inputs are already face crops (like FER2013)")
     _detector(p)
     p.add_argument("--margin", type=float, default=MARGIN, help="haar: grow each face box by this fraction per side")

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import FerkitError
+from .urls import fetch, is_url, shown
 
 IMAGE_SUFFIXES = {
     *(".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".avif"),
@@ -23,7 +24,8 @@ IMAGE_SUFFIXES = {
 }
 FORMATS = "JPEG, PNG, BMP, GIF, TIFF, WebP, AVIF or HEIC"
 
-# A file's path, a decoded image, or an encoded file's bytes (an upload, a download) or a binary file object.
+# A file's path or a photo's web address, a decoded image, or an encoded file's bytes (an upload, a download) or a
+# binary file object.
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | bytes | BinaryIO
 
 
@@ -113,8 +115,8 @@ def to_rgb(image: Image.Image | np.ndarray) -> Image.Image:
 
 
 def read_image(source: ImageInput) -> np.ndarray:
-    """RGB uint8 pixels (HxWx3) of a file, a PIL image, an array, or an encoded file's bytes or binary file object;
-    an unreadable one is a FerkitError."""
+    """RGB uint8 pixels (HxWx3) of a file, a photo's http(s) address, a PIL image, an array, or an encoded file's
+    bytes or binary file object; an unreadable one is a FerkitError."""
     if isinstance(source, np.ndarray):
         return np.asarray(to_rgb(source))
     if isinstance(source, Image.Image):
@@ -122,6 +124,8 @@ def read_image(source: ImageInput) -> np.ndarray:
     if isinstance(source, (bytes, bytearray)) or hasattr(source, "read"):
         what = getattr(source, "name", None) or "the image's bytes"
         encoded = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    elif is_url(source):
+        what, encoded = shown(source), io.BytesIO(fetch(source))
     else:
         what = encoded = Path(source)
         if not encoded.is_file():

@@ -23,6 +23,7 @@ from ..checkpoint import is_model_path
 from ..config import Config
 from ..data.images import IMAGE_SUFFIXES, ImageInput, list_images, read_image
 from ..data.preprocess import build_test_transform
+from ..data.urls import is_url, url_name
 from ..errors import FerkitError
 from ..evaluation.predictions import predict_probs
 from ..evaluation.prior import PHOTO_PRIOR
@@ -41,7 +42,16 @@ from .results import (
     mixed_drawing_folder,
 )
 from .tracking import SMOOTH_S, Summary, Tracker
-from .video import WRITABLE_VIDEO_SUFFIXES, VideoWriter, frame_count, is_video, list_videos, read_video, video_fps
+from .video import (
+    WRITABLE_VIDEO_SUFFIXES,
+    Video,
+    VideoWriter,
+    frame_count,
+    is_video,
+    is_video_url,
+    list_videos,
+    source_name,
+)
 
 # Faces are often classified live, so tencrop's ten forward passes a face are left to evaluation.
 TTA_MODES = ("none", "flip", "scales")
@@ -156,7 +166,7 @@ class Predictor:
         """
         results, boxes_of, crops = [], [], []
         for i, image in enumerate(images):
-            given = str(image) if isinstance(image, (str, os.PathLike)) else getattr(image, "name", None)
+            given = _shown(image) if isinstance(image, (str, os.PathLike)) else getattr(image, "name", None)
             name = names[i] if names else (given or f"image {i}")  # an open file by its name
             try:
                 rgb = read_image(image)
@@ -192,7 +202,9 @@ class Predictor:
             yield Result(source, rgb.shape[1], rgb.shape[0], faces, frame=index, time_s=round(time_s, 3)), rgb
 
 
+# Paths of files and folders, and addresses: a photo's (http, https) or a video's or live stream's (rtsp, say).
 Sources = str | os.PathLike | Sequence[str | os.PathLike]
+Input = Path | str  # a path, or an address kept as given
 
 
 def predict_source(
@@ -231,39 +243,44 @@ def predict_source(
     return results
 
 
-def as_paths(source: Sources) -> list[Path]:
-    """One path or several as a list of paths, each once (a shell glob and its folder may name a file twice)."""
+def as_inputs(source: Sources) -> list[Input]:
+    """One input or several as a list of paths and addresses, each once (a shell glob and its folder may name a
+    file twice)."""
     single = isinstance(source, (str, os.PathLike))
-    paths = _once([Path(source)] if single else [Path(s) for s in source])
-    if not paths:
+    inputs = _once([source] if single else source)
+    if not inputs:
         raise FerkitError("give an image, folder or video to predict on, or --camera N")
-    return paths
+    return inputs
 
 
-def _once(paths: Iterable[Path]) -> list[Path]:
-    first: dict[Path, Path] = {}
-    for p in paths:
-        first.setdefault(p.resolve(), p)
+def _once(inputs: Iterable[str | os.PathLike]) -> list[Input]:
+    first: dict[Input, Input] = {}
+    for given in inputs:
+        item = given if is_url(given) else Path(given)
+        first.setdefault(item if isinstance(item, str) else item.resolve(), item)
     return list(first.values())
 
 
-def mirrored_root(paths: Sequence[Path]) -> Path:
-    """The folder whose layout drawings of ``paths`` repeat: the input folder, or the deepest one holding them all."""
+def mirrored_root(inputs: Sequence[Input]) -> Path:
+    """The folder whose layout drawings of ``inputs`` repeat: the input folder, or the deepest one holding all the
+    local ones (addresses are drawn at its top, by their names)."""
+    paths = [Path(p) for p in inputs if not is_url(p)] or [Path.cwd()]
     return Path(os.path.commonpath([os.path.abspath(p if p.is_dir() else p.parent) for p in paths]))
 
 
 def _mirrored(out: Path, root: Path, sources: Sequence[str | os.PathLike], suffix: str) -> list[Path]:
     """Where each of ``sources`` is drawn in a mirror of ``root`` under ``out`` (named by :func:`output_names`)."""
-    targets = [
-        out / name for name in output_names([Path(os.path.abspath(s)).relative_to(root) for s in sources], suffix)
-    ]
+    names = [Path(url_name(s)) if is_url(s) else Path(os.path.abspath(s)).relative_to(root) for s in sources]
+    targets = [out / name for name in output_names(names, suffix)]
     for target in targets:
         target.parent.mkdir(parents=True, exist_ok=True)
     return targets
 
 
-def image_files(path: Path) -> list[Path]:
-    """``path`` itself, or the images in a folder (any depth)."""
+def image_files(path: Input) -> list[Input]:
+    """``path`` itself (or a photo's address), or the images in a folder (any depth)."""
+    if isinstance(path, str):
+        return [path]
     # A model where the photos go is the commonest slip after a photo where the model goes.
     if is_model_path(path):
         raise FerkitError(
@@ -282,30 +299,32 @@ def image_files(path: Path) -> list[Path]:
 def predict_images(
     predictor: Predictor, source: Sources, detect: bool = True, annotate: str | os.PathLike | None = None
 ) -> list[Result]:
-    """One result per image of ``source`` (image files and folders, one or several), read and classified a batch
-    at a time; each image once, in the order given (a folder's sorted)."""
+    """One result per image of ``source`` (image files, folders and photos' web addresses, one or several), read and
+    classified a batch at a time; each image once, in the order given (a folder's sorted)."""
     return list(stream_images(predictor, source, detect, annotate)[1])
 
 
 def stream_images(
     predictor: Predictor, source: Sources, detect: bool = True, annotate: str | os.PathLike | None = None
-) -> tuple[list[Path], Iterator[Result]]:
-    """The image files :func:`predict_images` reads, and their results as each batch is read (a progress bar can
-    follow them, and an interruption keeps those read). The inputs are listed and the drawings' paths checked here,
-    before any image is read."""
-    paths = as_paths(source)
+) -> tuple[list[Input], Iterator[Result]]:
+    """The image files (and addresses) :func:`predict_images` reads, and their results as each batch is read (a
+    progress bar can follow them, and an interruption keeps those read). The inputs are listed and the drawings'
+    paths checked here, before any image is read."""
+    paths = as_inputs(source)
     files = _once(f for p in paths for f in image_files(p))
     targets = _image_drawings(annotate, paths, files) if annotate else None
     return files, _read_images(predictor, files, detect, targets)
 
 
-def _read_images(predictor: Predictor, files: list[Path], detect: bool, targets: list[Path] | None) -> Iterator[Result]:
+def _read_images(
+    predictor: Predictor, files: list[Input], detect: bool, targets: list[Path] | None
+) -> Iterator[Result]:
     for start in range(0, len(files), predictor.batch_size):
         chunk = files[start : start + predictor.batch_size]
         # Decoded once, for prediction and drawing alike; unreadable files go in as paths, so the predictor
         # reports them in its results like any other error.
         images = [_decoded_or_path(f) for f in chunk] if targets else chunk
-        batch = predictor.predict_batch(images, detect, names=[str(f) for f in chunk])
+        batch = predictor.predict_batch(images, detect, names=[_shown(f) for f in chunk])
         if targets:
             for r, rgb, target in zip(batch, images, targets[start:]):
                 if not r.error:
@@ -313,16 +332,25 @@ def _read_images(predictor: Predictor, files: list[Path], detect: bool, targets:
         yield from batch
 
 
-def _image_drawings(annotate: str | os.PathLike, paths: list[Path], files: list[Path]) -> list[Path]:
+def _image_drawings(annotate: str | os.PathLike, paths: list[Input], files: list[Input]) -> list[Path]:
     """Where each of ``files`` is drawn: ``annotate`` itself for one image file, else a PNG mirror of the inputs."""
-    if len(paths) == 1 and not paths[0].is_dir():
-        return [drawing_target(annotate, paths[0], DRAWN_IMAGE_SUFFIXES)]
+    if len(paths) == 1 and not Path(paths[0]).is_dir():
+        return [drawing_target(annotate, _drawn_as(paths[0]), DRAWN_IMAGE_SUFFIXES)]
     root = mirrored_root(paths)
     out = drawing_folder(annotate, root)
     return _mirrored(out, root, files, DRAWN_IMAGE_SUFFIXES[0])
 
 
-def _decoded_or_path(path: Path) -> np.ndarray | Path:
+def _drawn_as(source: Input) -> Input:
+    """The name a drawing of ``source`` is given: an address's file name (a query or a port would make a poor one)."""
+    return url_name(source) if is_url(source) else source
+
+
+def _shown(source: str | os.PathLike) -> str:
+    return source_name(source) if isinstance(source, str) else str(source)
+
+
+def _decoded_or_path(path: Input) -> np.ndarray | Input:
     try:
         return read_image(path)
     except FerkitError:
@@ -337,26 +365,29 @@ def stream_video(
     smooth: float = SMOOTH_S,
     annotate: str | os.PathLike | None = None,
 ) -> Iterator[Result]:
-    """Tracked results for every ``every``-th frame of a video file or a camera (by number), one at a time.
+    """Tracked results for every ``every``-th frame of a video file, a stream's address or a camera (by number),
+    one at a time.
 
     Frames in between are not read as results: the tracks age by their time, so ``every`` changes neither how
     long a missed person is kept nor the smoothing's half-life.
     """
-    writer = VideoWriter(Path(annotate), frame_rate(source) / every) if annotate else None
+    with Video(source) as video:
+        yield from _tracked(predictor, video, detect, every, smooth, annotate)
+
+
+def _tracked(
+    predictor: Predictor, video: Video, detect: bool, every: int, smooth: float, annotate: str | os.PathLike | None
+) -> Iterator[Result]:
+    writer = VideoWriter(Path(annotate), video.fps / every) if annotate else None
     tracker = Tracker(smooth_s=smooth)
     try:
-        for result, rgb in predictor.predict_frames(read_video(source, every), detect, _name(source), tracker):
+        for result, rgb in predictor.predict_frames(video.frames(every), detect, video.name, tracker):
             if writer:
                 writer.write(draw_faces(rgb, result.faces))
             yield result
     finally:
         if writer:
             writer.close()
-
-
-def frame_rate(source: str | int) -> float:
-    # A camera's reported rate is often wrong or zero; 25 is what most webcams deliver indoors.
-    return video_fps(source) if isinstance(source, str) else 25.0
 
 
 def predict_video(
@@ -384,20 +415,20 @@ def predict_video(
         predictor, [source], detect=detect, every=every, smooth=smooth, annotate=annotate, plot=plot, on_frame=keep
     )
     if not results:
-        raise FerkitError(f"no frames could be read from {_name(source)}")
+        raise FerkitError(f"no frames could be read from {source_name(source)}")
     return results
 
 
-def _name(source: str | int) -> str:
-    return source if isinstance(source, str) else f"camera {source}"
-
-
-def split_sources(source: Sources) -> tuple[list[Path], list[str]]:
-    """The inputs of ``source`` (one path or several) to read as images, and the videos to track: a video file is a
-    video, a folder gives its videos (each once) and is read for its images too where it holds any; anything else
-    is read as an image (so a missing path or an empty folder is reported as one)."""
+def split_sources(source: Sources) -> tuple[list[Input], list[str]]:
+    """The inputs of ``source`` (one or several) to read as images, and the videos to track: a video file or a
+    video's or stream's address is a video, a folder gives its videos (each once) and is read for its images too
+    where it holds any; anything else is read as an image (so a missing path or an empty folder is reported as
+    one, and an address is fetched as a photo)."""
     images, videos = [], []
-    for path in as_paths(source):
+    for path in as_inputs(source):
+        if isinstance(path, str):
+            (videos if is_video_url(path) else images).append(path)
+            continue
         if path.is_file() and is_video(path):
             videos.append(str(path))
             continue
@@ -415,9 +446,9 @@ def video_drawings(
     without ``root`` (root None), else a folder and the folder it mirrors (``root``, by default the deepest folder
     holding the sources)."""
     if len(sources) == 1 and root is None:
-        first = sources[0] if isinstance(sources[0], str) else f"camera{sources[0]}"
+        first = _drawn_as(sources[0]) if isinstance(sources[0], str) else f"camera{sources[0]}"
         return drawing_target(annotate, first, WRITABLE_VIDEO_SUFFIXES), None
-    root = Path(os.path.abspath(root)) if root else mirrored_root([Path(s) for s in sources])
+    root = Path(os.path.abspath(root)) if root else mirrored_root([s for s in sources if isinstance(s, str)])
     return drawing_folder(annotate, root), root
 
 
@@ -461,8 +492,8 @@ def predict_videos(
         targets = _mirrored(annotate, root, sources, WRITABLE_VIDEO_SUFFIXES[0])
     try:
         for source, target in zip(sources, targets):
-            summary.start(_name(source), every / frame_rate(source))
-            with closing(stream_video(predictor, source, detect, every, smooth, target)) as stream:
+            with Video(source) as video, closing(_tracked(predictor, video, detect, every, smooth, target)) as stream:
+                summary.start(video.name, every / video.fps)
                 for result in stream:
                     out.write(result)
                     summary.add(result)

@@ -1,4 +1,4 @@
-"""Video files and cameras: which files are videos, their frames as RGB, and annotated frames back to a file."""
+"""Video files, streams and cameras: which inputs are videos, their frames as RGB, and annotated frames to a file."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.urls import is_stream_url, is_url, shown, url_path
 from ..errors import FerkitError
 from .opencv import require_cv2
 
@@ -17,16 +18,56 @@ def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_SUFFIXES
 
 
-def read_video(source: str | int, every: int = 1) -> Iterator[tuple[int, float, np.ndarray]]:
-    """(frame index, seconds, RGB frame) for every ``every``-th frame of a file or camera."""
-    cv2 = require_cv2()
-    capture = cv2.VideoCapture(source)
-    if not capture.isOpened():
-        what = f"camera {source}" if isinstance(source, int) else f"video {source}"
-        raise FerkitError(f"cannot open {what}; check that it exists and that OpenCV can decode it")
-    fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
-    index = 0
-    try:
+def is_video_url(source: object) -> bool:
+    """Whether an address names a video or a live stream (OpenCV reads it) rather than a photo (ferkit fetches it)."""
+    if is_stream_url(source):
+        return True
+    return is_url(source) and url_path(source).suffix.lower() in (*VIDEO_SUFFIXES, ".m3u8")
+
+
+def is_live(source: str | int) -> bool:
+    """A camera or a live stream: read until Ctrl-C, its frames shown as they come."""
+    return isinstance(source, int) or is_stream_url(source)
+
+
+def source_name(source: str | int) -> str:
+    """How results and messages name a video: its path, its address without a password, or ``camera N``."""
+    if isinstance(source, int):
+        return f"camera {source}"
+    return shown(source) if is_url(source) else source
+
+
+class Video:
+    """A video file, a stream's address or a camera (by number), opened once: its frame rate, the length its
+    container states, and its frames as RGB.
+
+    >>> with Video("clip.mp4") as video:
+    ...     for index, time_s, rgb in video.frames(every=2): ...
+    """
+
+    def __init__(self, source: str | int) -> None:
+        cv2 = require_cv2()
+        self.source, self.name = source, source_name(source)
+        self._cv2, self._capture = cv2, cv2.VideoCapture(source)
+        if not self._capture.isOpened():
+            raise FerkitError(f"cannot open {self.name}; check that it exists and that OpenCV can decode it")
+        self._reported_fps = self._capture.get(cv2.CAP_PROP_FPS) or 0.0
+        # Live sources state no length (or a meaningless one).
+        self.length = 0 if is_live(source) else max(int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
+
+    @property
+    def fps(self) -> float:
+        """Frames a second, for the tracks' clock and an annotated copy. A camera's reported rate is often wrong or
+        zero, so cameras and files that state none get 25, what most webcams deliver indoors."""
+        if isinstance(self.source, int) or not 0 < self._reported_fps <= 1000:
+            return 25.0
+        return self._reported_fps
+
+    def frames(self, every: int = 1) -> Iterator[tuple[int, float, np.ndarray]]:
+        """(frame index, seconds, RGB frame) for every ``every``-th frame, until the video ends."""
+        cv2, capture = self._cv2, self._capture
+        fps = self._reported_fps if 0 < self._reported_fps <= 1000 else 0.0  # RTSP may report its 90 kHz clock
+        index = 0
         while True:
             if index % every:
                 # Skipped frames are only grabbed: no conversion to an image, and nothing for the tracker.
@@ -37,11 +78,23 @@ def read_video(source: str | int, every: int = 1) -> Iterator[tuple[int, float, 
             ok, bgr = capture.read()
             if not ok:
                 break
-            time_s = index / fps if fps > 0 else capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
+            time_s = index / fps if fps > 0 else self._clock(index)
             yield index, time_s, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             index += 1
-    finally:
-        capture.release()
+
+    def _clock(self, index: int) -> float:
+        # Without a usable rate, the stream's own timestamps; without those, the frame count at 25 a second.
+        ms = self._capture.get(self._cv2.CAP_PROP_POS_MSEC)
+        return ms / 1000 if ms > 0 else index / self.fps
+
+    def close(self) -> None:
+        self._capture.release()
+
+    def __enter__(self) -> Video:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def list_videos(folder: Path) -> list[Path]:
@@ -49,22 +102,13 @@ def list_videos(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and is_video(p))
 
 
-def _property(path: str, which: str) -> float:
-    cv2 = require_cv2()
-    capture = cv2.VideoCapture(path)
-    value = capture.get(getattr(cv2, which))
-    capture.release()
-    return value
-
-
-def video_fps(path: str) -> float:
-    fps = _property(path, "CAP_PROP_FPS")
-    return fps if fps and fps > 0 else 25.0
-
-
-def frame_count(path: str) -> int:
-    """The frame count the container states (0 when it does not), for a progress bar."""
-    return max(int(_property(path, "CAP_PROP_FRAME_COUNT")), 0)
+def frame_count(source: str) -> int:
+    """The frame count a video file's container states (0 when it does not, and for addresses, which are not opened
+    twice), for a progress bar over several files."""
+    if is_url(source):
+        return 0
+    with Video(source) as video:
+        return video.length
 
 
 # What VideoWriter writes, the first the default: mp4v in MPEG-4 containers, MJPG in AVI.

@@ -48,7 +48,7 @@ from ..inference.modelinfo import describe_model
 from ..inference.predict import Predictor
 from ..inference.results import Face, Result, results_json
 from ..inference.tracking import SMOOTH_S, Summary, Tracker
-from ..inference.video import frame_count, is_video, read_video, video_fps
+from ..inference.video import Video, is_video
 from .limits import (
     HOST,
     MAX_BATCH,
@@ -375,6 +375,12 @@ def _warm_up(predictor: Predictor) -> None:
     predictor.predict(blank, detect=False)
 
 
+def _undecodable_video(name: str) -> HTTPException:
+    return HTTPException(
+        415, f"cannot decode {name!r} as a video; send a video file OpenCV reads (MP4, WebM, MOV, AVI)"
+    )
+
+
 def create_app(
     predictor: Predictor,
     model_info: dict | None = None,
@@ -534,12 +540,16 @@ def create_app(
     async def _read_video(path: str, name: str, every: int | None, smooth: float, gone: Callable[[], Any]) -> dict:
         """Frames through the batcher, as photo requests go, so a video and photos share the one inference thread
         and the video waits its turn frame by frame; tracked and summarised as `ferkit predict VIDEO` does."""
-        total, fps = await run_in_threadpool(lambda: (frame_count(path), video_fps(path)))
-        every = every or max(1, math.ceil(total / max_video_frames))
+        try:
+            video = await run_in_threadpool(Video, path)
+        except FerkitError:
+            raise _undecodable_video(name) from None
+        fps = video.fps
+        every = every or max(1, math.ceil(video.length / max_video_frames))
         tracker = Tracker(smooth_s=smooth)
         summary = Summary(predictor.classes, smooth, prior=predictor.prior, tta=predictor.tta)
         summary.start(name, every / fps)
-        frames, results = read_video(path, every), []
+        frames, results = video.frames(every), []
         try:
             while len(results) < max_video_frames:
                 item = await run_in_threadpool(next, frames, None)
@@ -563,10 +573,9 @@ def create_app(
             results = []
         finally:
             frames.close()
+            video.close()
         if not results:
-            raise HTTPException(
-                415, f"cannot decode {name!r} as a video; send a video file OpenCV reads (MP4, WebM, MOV, AVI)"
-            )
+            raise _undecodable_video(name)
         return {
             "classes": list(predictor.classes),
             "prior": predictor.prior,

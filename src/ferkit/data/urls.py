@@ -1,0 +1,112 @@
+"""Inputs named by address: photos fetched over HTTP(S), and the addresses of videos and live streams.
+
+A photo's address is fetched into memory (nothing is written to disk) and decoded as a file's bytes would be; videos
+and live streams (``rtsp://`` cameras, say) are left to OpenCV, which reads them from their address itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+from pathlib import PurePosixPath
+from urllib.parse import unquote, urlsplit
+
+from ..errors import FerkitError
+
+WEB_SCHEMES = ("http", "https")
+# Protocols of cameras and live video: read until Ctrl-C, as a camera is.
+STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "rtp", "srt", "udp", "tcp")
+MAX_FETCH_MB = 50  # a 12-MP phone photo is under 10 MB; a larger answer is more likely a mistake than a photo
+FETCH_TIMEOUT_S = 30.0
+
+
+def is_url(source: object) -> bool:
+    """Whether ``source`` is a string naming a web address or a stream's (a path never is)."""
+    if not isinstance(source, str):
+        return False
+    parts = urlsplit(source)
+    return parts.scheme.lower() in (*WEB_SCHEMES, *STREAM_SCHEMES) and bool(parts.netloc)
+
+
+def is_stream_url(source: object) -> bool:
+    """Whether ``source`` is the address of a live stream (a network camera), which has no end."""
+    return is_url(source) and urlsplit(source).scheme.lower() in STREAM_SCHEMES
+
+
+def url_path(url: str) -> PurePosixPath:
+    """The path part of an address (``/a/photo.jpg``), whose suffix says what it holds."""
+    return PurePosixPath(unquote(urlsplit(url).path))
+
+
+def url_name(url: str) -> str:
+    """A file name for what an address holds: its last path part, else its host (``rtsp://cam/`` -> ``cam``)."""
+    return url_path(url).name or urlsplit(url).hostname or "stream"
+
+
+def shown(url: str) -> str:
+    """The address as outputs and messages show it: without the password a camera's address often carries."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
+
+
+def fetch(url: str, max_bytes: int = MAX_FETCH_MB * 1024 * 1024, timeout: float = FETCH_TIMEOUT_S) -> bytes:
+    """The bytes an HTTP(S) address serves, or a FerkitError naming what went wrong and what to do."""
+    import http.client
+    import urllib.error
+    import urllib.request  # here: its import (http, email, ssl) is paid by the runs that fetch
+
+    if urlsplit(url).scheme.lower() not in WEB_SCHEMES:
+        raise FerkitError(f"{shown(url)} is a stream's address, not a photo's; photos are fetched over http(s)")
+    parts, headers = urlsplit(url), {"User-Agent": _user_agent()}
+    if parts.username is not None:
+        # A camera's snapshot address carries its login (http://user:pass@camera/snapshot.jpg); urllib does not
+        # send it by itself.
+        login = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(login).decode()
+        url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            kind = answer.headers.get_content_type()
+            if kind in ("text/html", "application/xhtml+xml"):
+                raise FerkitError(
+                    f"{shown(url)} is a web page ({kind}), not a photo; give the photo's own address "
+                    "(in a browser: right-click the photo, Copy image address)"
+                )
+            data = answer.read(max_bytes + 1)
+    except urllib.error.HTTPError as e:
+        fix = "give the login in the address: http://user:password@host/..." if e.code == 401 else "check the address"
+        raise FerkitError(f"cannot fetch {shown(url)}: HTTP {e.code} {e.reason}; {fix}") from None
+    except urllib.error.URLError as e:
+        raise FerkitError(
+            f"cannot fetch {shown(url)}: {_reason(e.reason)}; check the address and the network"
+        ) from None
+    except TimeoutError:  # socket.timeout is TimeoutError since Python 3.10
+        raise FerkitError(f"cannot fetch {shown(url)}: no answer within {timeout:g} s; try again later") from None
+    except (OSError, http.client.HTTPException) as e:  # the connection dropped while the photo came
+        raise FerkitError(f"cannot fetch {shown(url)}: {type(e).__name__}: {e}; try again") from None
+    if len(data) > max_bytes:
+        raise FerkitError(
+            f"{shown(url)} serves more than {max_bytes / 2**20:g} MB, more than a photo; download it and give the file"
+        )
+    return data
+
+
+def _reason(reason: object) -> str:
+    if isinstance(reason, TimeoutError):
+        return "no answer in time"
+    return str(getattr(reason, "strerror", None) or reason)
+
+
+@functools.cache
+def _user_agent() -> str:
+    # Some sites refuse Python's default agent; this one says who asks.
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"ferkit/{version('ferkit')}"
+    except PackageNotFoundError:
+        return "ferkit"

@@ -1,0 +1,251 @@
+"""Photos, videos and live streams named by their address: `ferkit predict https://...` and `rtsp://...`."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import http.server
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ASTRONAUT_FACE, iou, write_video
+from PIL import Image
+
+from ferkit.cli import main
+from ferkit.data.urls import fetch, is_stream_url, is_url, shown
+from ferkit.errors import FerkitError
+from ferkit.inference.predict import Predictor, split_sources
+from ferkit.inference.video import is_live, is_video_url
+
+cv2 = pytest.importorskip("cv2")
+skimage_data = pytest.importorskip("skimage.data")
+
+LOGIN = ("admin", "s3cret")
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # a client that stops reading early (a refused large answer) is what some tests do
+
+
+class Site:
+    """A web server on this machine serving a folder, which records each request (path, Authorization header).
+
+    ``/page`` is a web page, ``/login/...`` needs ``LOGIN`` (basic authentication), anything missing is a 404."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.requests = folder, []
+        site = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *a, **kw):
+                super().__init__(*a, directory=str(folder), **kw)
+
+            def do_GET(self):
+                site.requests.append((self.path, self.headers.get("Authorization")))
+                if self.path == "/page":
+                    body = b"<html><body><img src='/astronaut.png'></body></html>"
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html; charset=utf-8")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                if self.path.startswith("/login/"):
+                    expected = "Basic " + base64.b64encode(":".join(LOGIN).encode()).decode()
+                    if self.headers.get("Authorization") != expected:
+                        self.send_error(401)
+                        return
+                    self.path = self.path.removeprefix("/login")
+                super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = _Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def requested(self, path: str) -> int:
+        return sum(p == path for p, _ in self.requests)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(untrained_checkpoint) -> Path:
+    return untrained_checkpoint
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("site")
+    Image.fromarray(skimage_data.astronaut()).save(folder / "astronaut.png")
+    (folder / "notes.jpg").write_bytes(b"not a picture")
+    write_video([skimage_data.astronaut()] * 4, folder / "clip.avi")
+    served = Site(folder)
+    yield served
+    served.server.shutdown()
+
+
+def test_a_photos_address_reads_as_the_file_does_from_python_and_the_command_line(checkpoint, site, tmp_path):
+    predictor = Predictor.from_checkpoint(checkpoint)
+    url = site.url + "/astronaut.png"
+    by_url, by_path = predictor.predict(url), predictor.predict(site.folder / "astronaut.png")
+    assert by_url.source == url and by_url.error is None
+    assert [(f.box, f.probabilities) for f in by_url.faces] == [(f.box, f.probabilities) for f in by_path.faces]
+    assert len(by_url.faces) == 1 and iou(by_url.faces[0].box, ASTRONAUT_FACE) > 0.6
+
+    out, drawn = tmp_path / "out.json", tmp_path / "drawn"
+    drawn.mkdir()
+    argv = ["predict", url, "--checkpoint", str(checkpoint), "--json", str(out), "--annotate", str(drawn)]
+    assert main(argv) == 0
+    [result] = json.loads(out.read_text())["results"]
+    assert result["source"] == url and len(result["faces"]) == 1
+    assert [p.name for p in drawn.iterdir()] == ["astronaut.png"]  # named after the address's file
+    assert Image.open(drawn / "astronaut.png").size == (512, 512)
+
+
+def test_addresses_that_give_no_photo_are_one_line_errors_naming_the_fix_and_the_rest_are_still_read(
+    checkpoint, site, tmp_path, capsys
+):
+    refused = "http://127.0.0.1:1/photo.jpg"  # nothing listens on port 1
+    urls = [site.url + p for p in ("/missing.jpg", "/page", "/notes.jpg", "/astronaut.png")] + [refused]
+    out = tmp_path / "out.json"
+    assert main(["predict", *urls, "--checkpoint", str(checkpoint), "--json", str(out)]) == 1  # some failed
+    errors = {r["source"]: r.get("error") for r in json.loads(out.read_text())["results"]}
+    assert errors == {
+        urls[0]: f"cannot fetch {urls[0]}: HTTP 404 File not found; check the address",
+        urls[1]: f"{urls[1]} is a web page (text/html), not a photo; give the photo's own address (in a browser: "
+        "right-click the photo, Copy image address)",
+        urls[2]: f"cannot read {urls[2]}: not an image format PIL can decode; pass a JPEG, PNG, BMP, GIF, TIFF, WebP, "
+        "AVIF or HEIC image",
+        urls[3]: None,
+        refused: f"cannot fetch {refused}: Connection refused; check the address and the network",
+    }
+    assert all("\n" not in e for e in errors.values() if e)
+
+
+def test_a_cameras_login_in_the_address_is_sent_and_never_shown(checkpoint, site):
+    predictor = Predictor.from_checkpoint(checkpoint)
+    host = site.url.removeprefix("http://")
+    result = predictor.predict(f"http://{LOGIN[0]}:{LOGIN[1]}@{host}/login/astronaut.png")
+    assert result.error is None and len(result.faces) == 1
+    assert result.source == f"http://admin:***@{host}/login/astronaut.png"
+    assert site.requests[-1] == ("/login/astronaut.png", "Basic " + base64.b64encode(b"admin:s3cret").decode())
+    wrong = predictor.predict(f"http://admin:guess@{host}/login/astronaut.png")
+    assert wrong.error == (
+        f"cannot fetch http://{host}/login/astronaut.png: HTTP 401 Unauthorized; give the login in the address: "
+        "http://user:password@host/..."
+    )
+    assert "guess" not in wrong.source + wrong.error
+
+
+def test_an_answer_larger_than_the_limit_is_refused_before_it_is_all_read(site):
+    noise = np.random.default_rng(0).integers(0, 256, (800, 800, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(site.folder / "huge.png")  # about 1.9 MB: PNG cannot shrink noise
+    url = site.url + "/huge.png"
+    assert len(fetch(url)) == (site.folder / "huge.png").stat().st_size
+    with pytest.raises(FerkitError, match=r"serves more than 1 MB, more than a photo; download it and give the file"):
+        fetch(url, max_bytes=2**20)
+
+
+def test_a_videos_address_is_tracked_frame_by_frame_from_one_request(checkpoint, site, tmp_path):
+    url = site.url + "/clip.avi"
+    out, summary = tmp_path / "frames.csv", tmp_path / "people.json"
+    before = site.requested("/clip.avi")
+    assert main(["predict", url, "--checkpoint", str(checkpoint), "--csv", str(out), "--summary", str(summary)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [int(r["frame"]) for r in rows] == [0, 1, 2, 3]
+    assert {r["source"] for r in rows} == {url}
+    assert [float(r["time_s"]) for r in rows] == pytest.approx([0.0, 0.1, 0.2, 0.3])  # the file's 10 fps
+    assert [t["source"] for t in json.loads(summary.read_text())["tracks"]] == [url]
+    # Opened once: a stream that can only be read once (a live one) is read, and nothing is downloaded twice.
+    assert site.requested("/clip.avi") - before == 1
+
+
+def test_inputs_are_sorted_into_photos_videos_and_live_streams(tmp_path):
+    photo = tmp_path / "a.png"
+    Image.fromarray(skimage_data.astronaut()).save(photo)
+    video = write_video([skimage_data.astronaut()] * 2, tmp_path / "b.avi")
+    given = [
+        str(photo),
+        str(video),
+        "https://example.com/photos/c.jpg?size=large",
+        "https://example.com/d",  # no suffix: fetched, and read if it is a photo
+        "https://example.com/clips/e.MP4?token=1",
+        "https://example.com/live/f.m3u8",
+        "rtsp://admin:pw@192.168.1.20:554/stream1",
+        "https://example.com/photos/c.jpg?size=large",  # twice: read once
+    ]
+    images, videos = split_sources(given)
+    assert images == [photo, given[2], given[3]]
+    assert videos == [str(video), given[4], given[5], given[6]]
+    assert [is_live(v) for v in videos] == [False, False, False, True] and is_live(0)
+    assert [is_video_url(v) for v in videos] == [False, True, True, True]
+    assert is_url("https://x/y.jpg") and not is_url("C:/photos/y.jpg") and not is_url(Path("https://x/y.jpg"))
+    assert is_stream_url("rtmp://host/app") and not is_stream_url("https://host/live.m3u8")
+    assert shown("rtsp://admin:pw@192.168.1.20:554/stream1") == "rtsp://admin:***@192.168.1.20:554/stream1"
+    assert shown("https://example.com/d") == "https://example.com/d"
+
+
+class _Camera:
+    """A network camera for cv2.VideoCapture: the astronaut, frame after frame, until Ctrl-C; files open as usual."""
+
+    opened: list = []
+
+    def __new__(cls, source, *args):
+        if not (isinstance(source, str) and source.startswith("rtsp://")):
+            return _RealCapture(source, *args)
+        return super().__new__(cls)
+
+    def __init__(self, source, *args):
+        self.opened.append(source)
+        self.left = 3
+
+    def isOpened(self):
+        return True
+
+    def get(self, prop):
+        return 90000.0 if prop == cv2.CAP_PROP_FPS else 0.0  # RTSP's clock rate, as some cameras report it
+
+    def read(self):
+        if not self.left:
+            raise KeyboardInterrupt  # the user stops the stream
+        self.left -= 1
+        return True, cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)
+
+    def release(self):
+        pass
+
+
+_RealCapture = cv2.VideoCapture
+
+
+def test_a_live_stream_is_read_as_a_camera_is_until_ctrl_c_and_its_password_never_shown(
+    checkpoint, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(cv2, "VideoCapture", _Camera)
+    _Camera.opened.clear()
+    address = "rtsp://admin:s3cret@cam.local:554/live"
+    out, drawn = tmp_path / "out.json", tmp_path / "drawn"
+    argv = ["predict", address, "--checkpoint", str(checkpoint), "--json", str(out), "--annotate", str(drawn) + "/"]
+    assert main(argv) == 0  # Ctrl-C is how a live stream ends, as for a camera
+    printed = capsys.readouterr()
+    assert _Camera.opened == [address]  # opened once: no second connection for its rate or length
+    results = json.loads(out.read_text())["results"]
+    assert [r["frame"] for r in results] == [0, 1, 2]
+    assert [r["time_s"] for r in results] == [0.0, 0.04, 0.08]  # no rate nor timestamps: 25 frames a second
+    assert {r["source"] for r in results} == {"rtsp://admin:***@cam.local:554/live"}
+    assert printed.out.count("rtsp://admin:***@cam.local:554/live frame ") == 3  # each frame as it comes
+    assert "interrupted" not in printed.err
+    assert "s3cret" not in printed.out + printed.err + out.read_text()
+    assert [p.name for p in drawn.iterdir()] == ["live.mp4"]
+
+
+def test_a_stream_that_cannot_be_opened_is_a_one_line_error_without_its_password(checkpoint, capsys):
+    assert main(["predict", "rtsp://admin:s3cret@127.0.0.1:1/live", "--checkpoint", str(checkpoint)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot open rtsp://admin:***@127.0.0.1:1/live; check that it exists" in err
+    assert "s3cret" not in err
