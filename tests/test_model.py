@@ -13,6 +13,7 @@ from ferkit.model import (
     inference_flops,
     resnet18,
     resnet18s2,
+    resnet34,
     training_flops,
 )
 
@@ -133,3 +134,16 @@ def test_stride_2_stem_layer_shapes_and_width():
     assert (conv.kernel_size, conv.stride, conv.padding) == ((3, 3), (2, 2), (1, 1))
     # The same blocks as the specification's network, so the same parameter count at the same width.
     assert count_parameters(resnet18s2()) == count_parameters(resnet18())
+
+
+def test_resnet34_doubles_the_depth_with_the_same_stages_and_stems():
+    deep = build_model(Config(arch="resnet34s2", width=16), 7).eval()
+    assert [len(getattr(deep, f"layer{i}")) for i in range(1, 5)] == [3, 4, 6, 3]
+    assert [getattr(deep, f"layer{i}")[0].conv1.stride for i in range(1, 5)] == [(1, 1), (2, 2), (2, 2), (2, 2)]
+    assert deep.stem[0].stride == (2, 2) and resnet34().stem[0].stride == (1, 1)
+    with torch.no_grad():
+        assert deep(torch.randn(2, 3, 48, 48)).shape == (2, 7)
+    # Width 16 at twice the depth costs what the quick preset's resnet18s2 at width 24 does (within 8%).
+    quick = training_flops(build_model(Config(arch="resnet18s2", width=24), 7), 48)
+    assert training_flops(deep, 48) / quick == pytest.approx(0.93, abs=0.01)
+    assert training_flops(resnet34(), 96) / training_flops(resnet18(), 96) == pytest.approx(2.09, abs=0.01)

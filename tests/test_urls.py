@@ -34,7 +34,8 @@ class _Server(http.server.ThreadingHTTPServer):
 class Site:
     """A web server on this machine serving a folder, which records each request (path, Authorization header).
 
-    ``/page`` is a web page, ``/login/...`` needs ``LOGIN`` (basic authentication), anything missing is a 404."""
+    ``/page`` is a web page, ``/login/...`` needs ``LOGIN`` (basic authentication), ``/clip`` a video without a
+    suffix, anything missing is a 404."""
 
     def __init__(self, folder: Path) -> None:
         self.folder, self.requests = folder, []
@@ -62,6 +63,10 @@ class Site:
                     self.path = self.path.removeprefix("/login")
                 super().do_GET()
 
+            def guess_type(self, path):
+                # A CDN's address often has no suffix; its answer says what it is.
+                return "video/x-msvideo" if str(path).endswith("clip") else super().guess_type(path)
+
             def log_message(self, *args):
                 pass
 
@@ -84,6 +89,7 @@ def site(tmp_path_factory):
     Image.fromarray(skimage_data.astronaut()).save(folder / "astronaut.png")
     (folder / "notes.jpg").write_bytes(b"not a picture")
     write_video([skimage_data.astronaut()] * 4, folder / "clip.avi")
+    (folder / "clip").write_bytes((folder / "clip.avi").read_bytes())  # served as what it is, by its content
     served = Site(folder)
     yield served
     served.server.shutdown()
@@ -111,7 +117,7 @@ def test_addresses_that_give_no_photo_are_one_line_errors_naming_the_fix_and_the
     checkpoint, site, tmp_path, capsys
 ):
     refused = "http://127.0.0.1:1/photo.jpg"  # nothing listens on port 1
-    urls = [site.url + p for p in ("/missing.jpg", "/page", "/notes.jpg", "/astronaut.png")] + [refused]
+    urls = [site.url + p for p in ("/missing.jpg", "/page", "/notes.jpg", "/astronaut.png", "/clip")] + [refused]
     out = tmp_path / "out.json"
     assert main(["predict", *urls, "--checkpoint", str(checkpoint), "--json", str(out)]) == 1  # some failed
     errors = {r["source"]: r.get("error") for r in json.loads(out.read_text())["results"]}
@@ -122,6 +128,8 @@ def test_addresses_that_give_no_photo_are_one_line_errors_naming_the_fix_and_the
         urls[2]: f"cannot read {urls[2]}: not an image format PIL can decode; pass a JPEG, PNG, BMP, GIF, TIFF, WebP, "
         "AVIF or HEIC image",
         urls[3]: None,
+        urls[4]: f"{urls[4]} serves a video (video/x-msvideo), and its address does not end as a video's (.mp4, ...); "
+        "download it and give the file",
         refused: f"cannot fetch {refused}: Connection refused; check the address and the network",
     }
     assert all("\n" not in e for e in errors.values() if e)

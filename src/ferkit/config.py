@@ -173,7 +173,8 @@ class Config:
     arch: str = _opt(
         "model",
         "resnet18",
-        "architecture: resnet18 (the specification's) or resnet18s2 (stride-2 stem, a quarter of the FLOPs)",
+        "architecture: resnet18 (the specification's), resnet18s2 (stride-2 stem, a quarter of the FLOPs), or "
+        "resnet34 / resnet34s2 (twice the depth: 3, 4, 6, 3 blocks a stage)",
         choices=tuple(ARCHITECTURES),
     )
     width: int = _opt(

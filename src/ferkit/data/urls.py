@@ -76,6 +76,11 @@ def fetch(url: str, max_bytes: int = MAX_FETCH_MB * 1024 * 1024, timeout: float 
                     f"{shown(url)} is a web page ({kind}), not a photo; give the photo's own address "
                     "(in a browser: right-click the photo, Copy image address)"
                 )
+            if kind.startswith("video/"):  # an address without a video's suffix is taken for a photo's
+                raise FerkitError(
+                    f"{shown(url)} serves a video ({kind}), and its address does not end as a video's (.mp4, ...); "
+                    "download it and give the file"
+                )
             data = answer.read(max_bytes + 1)
     except urllib.error.HTTPError as e:
         fix = "give the login in the address: http://user:password@host/..." if e.code == 401 else "check the address"
