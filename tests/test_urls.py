@@ -123,8 +123,8 @@ def test_addresses_that_give_no_photo_are_one_line_errors_naming_the_fix_and_the
     errors = {r["source"]: r.get("error") for r in json.loads(out.read_text())["results"]}
     assert errors == {
         urls[0]: f"cannot fetch {urls[0]}: HTTP 404 File not found; check the address",
-        urls[1]: f"{urls[1]} is a web page (text/html), not a photo; give the photo's own address (in a browser: "
-        "right-click the photo, Copy image address)",
+        urls[1]: f"{urls[1]} is a web page (text/html), not a photo or a video; give the file's own address (for a "
+        "photo in a browser: right-click it, Copy image address)",
         urls[2]: f"cannot read {urls[2]}: not an image format PIL can decode; pass a JPEG, PNG, BMP, GIF, TIFF, WebP, "
         "AVIF or HEIC image",
         urls[3]: None,

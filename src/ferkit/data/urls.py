@@ -73,8 +73,8 @@ def fetch(url: str, max_bytes: int = MAX_FETCH_MB * 1024 * 1024, timeout: float 
             kind = answer.headers.get_content_type()
             if kind in ("text/html", "application/xhtml+xml"):
                 raise FerkitError(
-                    f"{shown(url)} is a web page ({kind}), not a photo; give the photo's own address "
-                    "(in a browser: right-click the photo, Copy image address)"
+                    f"{shown(url)} is a web page ({kind}), not a photo or a video; give the file's own address "
+                    "(for a photo in a browser: right-click it, Copy image address)"
                 )
             if kind.startswith("video/"):  # an address without a video's suffix is taken for a photo's
                 raise FerkitError(
