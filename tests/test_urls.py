@@ -15,6 +15,7 @@ from conftest import ASTRONAUT_FACE, iou, write_video
 from PIL import Image
 
 from ferkit.cli import main
+from ferkit.data.images import read_image
 from ferkit.data.urls import fetch, is_stream_url, is_url, shown
 from ferkit.errors import FerkitError
 from ferkit.inference.predict import Predictor, split_sources
@@ -186,6 +187,7 @@ def test_inputs_are_sorted_into_photos_videos_and_live_streams(tmp_path):
         "https://example.com/live/f.m3u8",
         "rtsp://admin:pw@192.168.1.20:554/stream1",
         "https://example.com/photos/c.jpg?size=large",  # twice: read once
+        photo.as_uri(),  # as a file manager copies it: the same file, read once
     ]
     images, videos = split_sources(given)
     assert images == [photo, given[2], given[3]]
@@ -196,6 +198,9 @@ def test_inputs_are_sorted_into_photos_videos_and_live_streams(tmp_path):
     assert is_stream_url("rtmp://host/app") and not is_stream_url("https://host/live.m3u8")
     assert shown("rtsp://admin:pw@192.168.1.20:554/stream1") == "rtsp://admin:***@192.168.1.20:554/stream1"
     assert shown("https://example.com/d") == "https://example.com/d"
+    spaced = tmp_path / "my photo.png"
+    spaced.write_bytes(photo.read_bytes())
+    assert np.array_equal(read_image(spaced.as_uri()), read_image(photo))  # file:///.../my%20photo.png
 
 
 class _Camera:

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import FerkitError
-from .urls import fetch, is_url, shown
+from .urls import as_local, fetch, is_url, shown
 
 IMAGE_SUFFIXES = {
     *(".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".avif"),
@@ -127,7 +127,7 @@ def read_image(source: ImageInput) -> np.ndarray:
     elif is_url(source):
         what, encoded = shown(source), io.BytesIO(fetch(source))
     else:
-        what = encoded = Path(source)
+        what = encoded = Path(as_local(source))
         if not encoded.is_file():
             raise FerkitError(f"{encoded} does not exist or is not a file")
     try:

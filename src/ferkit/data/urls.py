@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import os
 from pathlib import PurePosixPath
 from urllib.parse import unquote, urlsplit
 
@@ -26,6 +27,18 @@ def is_url(source: object) -> bool:
         return False
     parts = urlsplit(source)
     return parts.scheme.lower() in (*WEB_SCHEMES, *STREAM_SCHEMES) and bool(parts.netloc)
+
+
+def as_local(source: str | os.PathLike) -> str | os.PathLike:
+    """A ``file://`` address (what a browser's address bar or a file manager copies) as its path; anything else
+    as it is."""
+    if isinstance(source, str) and source[:7].lower() == "file://":
+        parts = urlsplit(source)
+        if parts.netloc in ("", "localhost"):
+            from urllib.request import url2pathname  # not at import: urllib.request brings http and ssl
+
+            return url2pathname(parts.path)
+    return source
 
 
 def is_stream_url(source: object) -> bool:

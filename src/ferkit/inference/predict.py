@@ -23,7 +23,7 @@ from ..checkpoint import is_model_path
 from ..config import Config
 from ..data.images import IMAGE_SUFFIXES, ImageInput, list_images, read_image
 from ..data.preprocess import build_test_transform
-from ..data.urls import is_url, url_name
+from ..data.urls import as_local, is_url, url_name
 from ..errors import FerkitError
 from ..evaluation.predictions import predict_probs
 from ..evaluation.prior import PHOTO_PRIOR
@@ -256,7 +256,7 @@ def as_inputs(source: Sources) -> list[Input]:
 def _once(inputs: Iterable[str | os.PathLike]) -> list[Input]:
     first: dict[Input, Input] = {}
     for given in inputs:
-        item = given if is_url(given) else Path(given)
+        item = given if is_url(given) else Path(as_local(given))
         first.setdefault(item if isinstance(item, str) else item.resolve(), item)
     return list(first.values())
 
