@@ -47,6 +47,7 @@ from .video import (
     Video,
     VideoWriter,
     frame_count,
+    is_live,
     is_video,
     is_video_url,
     list_videos,
@@ -484,7 +485,7 @@ def predict_videos(
     summary = Summary(predictor.classes, smooth, timelines=bool(plot), **reading)
     own = out is None
     out = ResultStream(predictor.classes, json_to, csv_to, tracked=True, **reading) if own else out
-    files = [s for s in sources if isinstance(s, str)]
+    files = [s for s in sources if not is_live(s)]  # a camera's or stream's frames have no end to count towards
     bar = tqdm(total=sum(frame_count(f) for f in files) or None, unit="frame", disable=None if files else True)
     interrupted = False
     targets = [annotate] * len(sources)
@@ -494,6 +495,9 @@ def predict_videos(
         for source, target in zip(sources, targets):
             with Video(source) as video, closing(_tracked(predictor, video, detect, every, smooth, target)) as stream:
                 summary.start(video.name, every / video.fps)
+                if is_url(source) and video.length:  # an address's length is known once it is open
+                    bar.total = (bar.total or 0) + video.length
+                    bar.refresh()
                 for result in stream:
                     out.write(result)
                     summary.add(result)
