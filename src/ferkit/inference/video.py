@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +12,12 @@ import numpy as np
 from ..data.urls import is_stream_url, is_url, shown, url_path
 from ..errors import FerkitError
 from .opencv import require_cv2
+
+log = logging.getLogger("ferkit")
+
+# A live stream that stops (a camera's network dropping, say) is connected to again this many times, waiting 1, 2, 4,
+# 8 and 8 s, before it is taken as ended.
+RECONNECTS = 5
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 
@@ -64,28 +72,48 @@ class Video:
         return self._reported_fps
 
     def frames(self, every: int = 1) -> Iterator[tuple[int, float, np.ndarray]]:
-        """(frame index, seconds, RGB frame) for every ``every``-th frame, until the video ends."""
-        cv2, capture = self._cv2, self._capture
-        fps = self._reported_fps if 0 < self._reported_fps <= 1000 else 0.0  # RTSP may report its 90 kHz clock
-        index = 0
+        """(frame index, seconds, RGB frame) for every ``every``-th frame, until the video ends. A live stream that
+        stops is connected to again (``RECONNECTS`` tries, waiting longer each time) before it is taken as ended."""
+        cv2 = self._cv2
+        index, lost, started = 0, 0, time.monotonic()
         while True:
-            if index % every:
-                # Skipped frames are only grabbed: no conversion to an image, and nothing for the tracker.
-                if not capture.grab():
-                    break
-                index += 1
-                continue
-            ok, bgr = capture.read()
+            # Skipped frames are only grabbed: no conversion to an image, and nothing for the tracker.
+            skip = index % every
+            ok, bgr = (self._capture.grab(), None) if skip else self._capture.read()
             if not ok:
-                break
-            time_s = index / fps if fps > 0 else self._clock(index)
-            yield index, time_s, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                if not self._reconnected(lost):
+                    break
+                lost += 1
+                continue
+            lost = 0
+            if not skip:
+                yield index, self._time(index, started), cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             index += 1
 
-    def _clock(self, index: int) -> float:
-        # Without a usable rate, the stream's own timestamps; without those, the frame count at 25 a second.
+    def _time(self, index: int, started: float) -> float:
+        # A live source's frames come as they happen, and what it reports of its rate is often wrong: its clock is
+        # the wall clock. A file's is its rate, else its own timestamps, else the frame count at 25 a second.
+        if is_live(self.source):
+            return time.monotonic() - started
+        if 0 < self._reported_fps <= 1000:
+            return index / self._reported_fps
         ms = self._capture.get(self._cv2.CAP_PROP_POS_MSEC)
         return ms / 1000 if ms > 0 else index / self.fps
+
+    def _reconnected(self, lost: int) -> bool:
+        """Whether a live stream that stopped was opened again (``lost`` tries ago it last gave a frame); a file or
+        a camera that stops has ended."""
+        if not is_stream_url(self.source):
+            return False
+        if lost == RECONNECTS:
+            log.warning("%s: no frame after %d tries to connect again; stopping", self.name, RECONNECTS)
+            return False
+        wait = min(2**lost, 8)
+        log.warning("%s stopped; connecting again in %d s (%d/%d)", self.name, wait, lost + 1, RECONNECTS)
+        time.sleep(wait)
+        self._capture.release()
+        self._capture = self._cv2.VideoCapture(self.source)  # if it does not open, its first read fails: a try more
+        return True
 
     def close(self) -> None:
         self._capture.release()
