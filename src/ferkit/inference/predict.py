@@ -167,7 +167,7 @@ class Predictor:
         """
         results, boxes_of, crops = [], [], []
         for i, image in enumerate(images):
-            given = _shown(image) if isinstance(image, (str, os.PathLike)) else getattr(image, "name", None)
+            given = source_name(image) if isinstance(image, (str, os.PathLike)) else getattr(image, "name", None)
             name = names[i] if names else (given or f"image {i}")  # an open file by its name
             try:
                 rgb = read_image(image)
@@ -325,7 +325,7 @@ def _read_images(
         # Decoded once, for prediction and drawing alike; unreadable files go in as paths, so the predictor
         # reports them in its results like any other error.
         images = [_decoded_or_path(f) for f in chunk] if targets else chunk
-        batch = predictor.predict_batch(images, detect, names=[_shown(f) for f in chunk])
+        batch = predictor.predict_batch(images, detect, names=[source_name(f) for f in chunk])
         if targets:
             for r, rgb, target in zip(batch, images, targets[start:]):
                 if not r.error:
@@ -345,10 +345,6 @@ def _image_drawings(annotate: str | os.PathLike, paths: list[Input], files: list
 def _drawn_as(source: Input) -> Input:
     """The name a drawing of ``source`` is given: an address's file name (a query or a port would make a poor one)."""
     return url_name(source) if is_url(source) else source
-
-
-def _shown(source: str | os.PathLike) -> str:
-    return source_name(source) if isinstance(source, str) else str(source)
 
 
 def _decoded_or_path(path: Input) -> np.ndarray | Input:

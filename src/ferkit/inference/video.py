@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,11 +39,11 @@ def is_live(source: str | int) -> bool:
     return isinstance(source, int) or is_stream_url(source)
 
 
-def source_name(source: str | int) -> str:
-    """How results and messages name a video: its path, its address without a password, or ``camera N``."""
+def source_name(source: str | os.PathLike | int) -> str:
+    """How results and messages name an input: its path, its address without a password, or ``camera N``."""
     if isinstance(source, int):
         return f"camera {source}"
-    return shown(source) if is_url(source) else source
+    return shown(source) if is_url(source) else str(source)
 
 
 class Video:
