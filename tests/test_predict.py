@@ -18,7 +18,7 @@ from ferkit.cli import main
 from ferkit.data.datasets import CLASSES
 from ferkit.data.images import read_image
 from ferkit.errors import FerkitError
-from ferkit.inference.predict import Predictor, predict_source
+from ferkit.inference.predict import Predictor, predict_source, stream_video
 from ferkit.model import count_parameters
 
 cv2 = pytest.importorskip("cv2")
@@ -340,6 +340,10 @@ def test_files_beside_a_camera_or_a_file_to_draw_photos_and_videos_into_are_one_
         ),
         ([str(video), "--camera", "0"], "--camera reads a camera instead of files; give one or the other"),
         ([], "give an image, folder or video to predict on, or --camera N"),
+        ([str(video), "--start", "2", "--end", "1"], "--end 1 is not after --start 2; give a later end"),
+        ([str(video), "--start", "-1"], "--start -1: a time from the video's start, 0 or more seconds"),
+        ([str(photos / "astronaut.png"), "--end", "1"], "--start and --end apply to video files, not to photos"),
+        (["--camera", "0", "--start", "5"], "--start and --end apply to video files, not to a camera or a live stream"),
     ):
         assert main(["predict", *argv, "--checkpoint", str(checkpoint)]) == 2
         err = capsys.readouterr().err.strip()
@@ -423,6 +427,24 @@ def test_video_gives_per_frame_csv_plot_and_annotated_video(checkpoint, tmp_path
     capture = cv2.VideoCapture(str(out_video))
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 6
     capture.release()
+
+
+def test_a_video_read_from_start_until_end_gives_those_frames_at_their_own_times(checkpoint, tmp_path):
+    frames = [np.roll(skimage_data.astronaut(), 4 * i, axis=1) for i in range(12)]
+    video = str(write_video(frames, tmp_path / "clip.avi"))  # 10 frames a second
+    out = tmp_path / "frames.csv"
+    argv = ["predict", video, "--checkpoint", str(checkpoint), "--csv", str(out), "--every", "2"]
+    assert main([*argv, "--start", "0.45", "--end", "0.9"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [int(r["frame"]) for r in rows] == [5, 7]  # the first at or after 0.45 s, then every 2nd before 0.9 s
+    assert [float(r["time_s"]) for r in rows] == pytest.approx([0.5, 0.7])
+    whole = {r.frame: r for r in stream_video(Predictor.from_checkpoint(checkpoint), video)}
+    predictor = Predictor.from_checkpoint(checkpoint)
+    later = list(stream_video(predictor, video, start=1.0))
+    assert [r.frame for r in later] == [10, 11]
+    # The frames are the file's own: the same pixels, so the same boxes as when read from the start.
+    assert [r.faces[0].box for r in later] == [whole[10].faces[0].box, whole[11].faces[0].box]
+    assert list(stream_video(predictor, video, start=5.0)) == []  # past the end: nothing
 
 
 def test_one_video_drawn_into_a_folder_or_refused_as_an_image(checkpoint, tmp_path, monkeypatch, capsys):

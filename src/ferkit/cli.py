@@ -209,7 +209,7 @@ def _predict(args: argparse.Namespace) -> int:
         video_drawings,
     )
     from .inference.results import ResultStream, format_summary, format_table, mixed_drawing_folder
-    from .inference.video import is_live
+    from .inference.video import check_span, is_live
 
     if args.camera is not None and args.input:
         raise FerkitError("--camera reads a camera instead of files; give one or the other")
@@ -234,6 +234,10 @@ def _predict(args: argparse.Namespace) -> int:
         for what, value in (("--summary", args.summary), ("--plot", args.plot)):
             if value:
                 raise FerkitError(f"{what} applies to videos and cameras, whose faces are tracked")
+    check_span(args.start, args.end)
+    if (args.start or args.end is not None) and (not videos or any(map(is_live, videos))):
+        what = "a camera or a live stream, which has no timeline" if videos else "photos"
+        raise FerkitError(f"--start and --end apply to video files, not to {what}")
     annotate = mixed_drawing_folder(args.annotate) if images and videos and args.annotate else args.annotate
     # Videos are drawn into a mirror of the inputs' folders, as photos are, unless one video file was given.
     root = mirrored_root(inputs) if len(inputs) > 1 or any(Path(p).is_dir() for p in inputs) else None
@@ -283,6 +287,8 @@ def _predict(args: argparse.Namespace) -> int:
                 on_frame=(lambda r: print(format_table([r]), flush=True)) if shown else None,
                 root=root,
                 out=out,
+                start=args.start,
+                end=args.end,
             )
             if args.summary:
                 Path(args.summary).write_text(summary.to_json() + "\n")
@@ -571,6 +577,8 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--every", type=int, default=1, metavar="N", help="video: use every Nth frame (tracks age by the time between)"
     )
+    p.add_argument("--start", type=float, default=0.0, metavar="SECONDS", help="video files: read from this time")
+    p.add_argument("--end", type=float, metavar="SECONDS", help="video files: read until this time (default: the end)")
     p.add_argument(
         "--smooth",
         type=float,

@@ -46,6 +46,7 @@ from .video import (
     WRITABLE_VIDEO_SUFFIXES,
     Video,
     VideoWriter,
+    check_span,
     frame_count,
     is_live,
     is_video,
@@ -219,6 +220,8 @@ def predict_source(
     annotate: str | os.PathLike | None = None,
     plot: str | os.PathLike | None = None,
     on_frame: Callable[[Result], None] | None = None,
+    start: float = 0.0,
+    end: float | None = None,
 ) -> list[Result]:
     """Results for image files and folders of images (one path or several), a video file, or camera number
     ``camera`` (until Ctrl-C).
@@ -226,10 +229,12 @@ def predict_source(
     ``annotate`` draws the boxes and labels: to an image file for one image, else to a folder mirroring the
     inputs (as PNG), a video file for a video. Video only: faces are tracked, ``smooth`` is the half-life in seconds
     of each track's smoothed probabilities (0: off), ``every`` takes every N-th frame, ``plot`` draws each
-    track's probabilities over time, and ``on_frame`` is called with each frame's result as it comes.
+    track's probabilities over time, ``on_frame`` is called with each frame's result as it comes, and a file is
+    read from ``start`` until ``end`` seconds.
     """
+    video_kw = {"plot": plot, "on_frame": on_frame, "start": start, "end": end}
     if camera is not None:
-        return predict_video(predictor, camera, detect, every, smooth, annotate, plot, on_frame)
+        return predict_video(predictor, camera, detect, every, smooth, annotate, **video_kw)
     if source is None:
         raise FerkitError("give an image, folder or video to predict on, or --camera N")
     images, videos = split_sources(source)
@@ -240,7 +245,7 @@ def predict_source(
         annotate = mixed_drawing_folder(annotate)
     results = predict_images(predictor, images, detect, annotate) if images else []
     if videos:
-        results += predict_video(predictor, videos[0], detect, every, smooth, annotate, plot, on_frame)
+        results += predict_video(predictor, videos[0], detect, every, smooth, annotate, **video_kw)
     return results
 
 
@@ -361,14 +366,17 @@ def stream_video(
     every: int = 1,
     smooth: float = SMOOTH_S,
     annotate: str | os.PathLike | None = None,
+    *,
+    start: float = 0.0,
+    end: float | None = None,
 ) -> Iterator[Result]:
-    """Tracked results for every ``every``-th frame of a video file, a stream's address or a camera (by number),
-    one at a time.
+    """Tracked results for every ``every``-th frame of a video file (from ``start`` until ``end`` seconds), a
+    stream's address or a camera (by number), one at a time.
 
     Frames in between are not read as results: the tracks age by their time, so ``every`` changes neither how
     long a missed person is kept nor the smoothing's half-life.
     """
-    with Video(source) as video:
+    with Video(source, start, end) as video:
         yield from _tracked(predictor, video, detect, every, smooth, annotate)
 
 
@@ -396,8 +404,12 @@ def predict_video(
     annotate: str | os.PathLike | None = None,
     plot: str | os.PathLike | None = None,
     on_frame: Callable[[Result], None] | None = None,
+    *,
+    start: float = 0.0,
+    end: float | None = None,
 ) -> list[Result]:
-    """All tracked results of a video file or a camera as a list; Ctrl-C ends a camera's stream.
+    """All tracked results of a video file (from ``start`` until ``end`` seconds) or a camera as a list; Ctrl-C
+    ends a camera's stream.
 
     A long video is better streamed (:func:`stream_video`, or :func:`predict_videos` as ``ferkit predict`` does).
     """
@@ -409,7 +421,16 @@ def predict_video(
             on_frame(result)
 
     predict_videos(
-        predictor, [source], detect=detect, every=every, smooth=smooth, annotate=annotate, plot=plot, on_frame=keep
+        predictor,
+        [source],
+        detect=detect,
+        every=every,
+        smooth=smooth,
+        annotate=annotate,
+        plot=plot,
+        on_frame=keep,
+        start=start,
+        end=end,
     )
     if not results:
         raise FerkitError(f"no frames could be read from {source_name(source)}")
@@ -463,6 +484,8 @@ def predict_videos(
     on_frame: Callable[[Result], None] | None = None,
     root: str | os.PathLike | None = None,
     out: ResultStream | None = None,
+    start: float = 0.0,
+    end: float | None = None,
 ) -> tuple[Summary, bool]:
     """Videos (or a camera) streamed frame by frame into ``json_to`` / ``csv_to`` and a per-track summary, with a
     progress bar over all the files' frames; memory does not grow with the length of a video.
@@ -471,8 +494,10 @@ def predict_videos(
     ``out``: a tracked stream the caller opened (holding photos' results before the frames, say) and closes, in
     place of ``json_to`` / ``csv_to``.
     ``annotate``: a video file for one source given without ``root``, else a folder mirroring ``root`` (an .mp4 per
-    video; default: the deepest folder holding them all).
+    video; default: the deepest folder holding them all). ``start`` / ``end``: each file from and until these
+    seconds.
     """
+    check_span(start, end)  # before any output is opened
     from tqdm import tqdm
 
     if annotate:  # before the outputs are opened, so a bad path leaves them as they were
@@ -482,17 +507,20 @@ def predict_videos(
     own = out is None
     out = ResultStream(predictor.classes, json_to, csv_to, tracked=True, **reading) if own else out
     files = [s for s in sources if not is_live(s)]  # a camera's or stream's frames have no end to count towards
-    bar = tqdm(total=sum(frame_count(f) for f in files) or None, unit="frame", disable=None if files else True)
+    bar = tqdm(
+        total=sum(frame_count(f, start, end) for f in files) or None, unit="frame", disable=None if files else True
+    )
     interrupted = False
     targets = [annotate] * len(sources)
     if annotate and root is not None:  # a folder mirroring root
         targets = _mirrored(annotate, root, sources, WRITABLE_VIDEO_SUFFIXES[0])
     try:
         for source, target in zip(sources, targets):
-            with Video(source) as video, closing(_tracked(predictor, video, detect, every, smooth, target)) as stream:
+            video = Video(source, start, end)
+            with video, closing(_tracked(predictor, video, detect, every, smooth, target)) as stream:
                 summary.start(video.name, every / video.fps)
-                if is_url(source) and video.length:  # an address's length is known once it is open
-                    bar.total = (bar.total or 0) + video.length
+                if is_url(source) and video.span_frames:  # an address's length is known once it is open
+                    bar.total = (bar.total or 0) + video.span_frames
                     bar.refresh()
                 for result in stream:
                     out.write(result)

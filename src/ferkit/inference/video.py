@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -48,21 +49,30 @@ def source_name(source: str | os.PathLike | int) -> str:
 
 class Video:
     """A video file, a stream's address or a camera (by number), opened once: its frame rate, the length its
-    container states, and its frames as RGB.
+    container states, and its frames as RGB; of a file, optionally only those from ``start`` until ``end`` seconds.
 
-    >>> with Video("clip.mp4") as video:
+    >>> with Video("clip.mp4", start=60, end=90) as video:
     ...     for index, time_s, rgb in video.frames(every=2): ...
     """
 
-    def __init__(self, source: str | int) -> None:
+    def __init__(self, source: str | int, start: float = 0.0, end: float | None = None) -> None:
+        check_span(start, end)
         cv2 = require_cv2()
-        self.source, self.name = source, source_name(source)
+        self.source, self.name, self.start, self.end = source, source_name(source), start, end
+        if (start or end is not None) and is_live(source):
+            raise FerkitError(f"--start and --end apply to video files; {self.name} is live, with no timeline")
         self._cv2, self._capture = cv2, cv2.VideoCapture(source)
         if not self._capture.isOpened():
             raise FerkitError(f"cannot open {self.name}; check that it exists and that OpenCV can decode it")
         self._reported_fps = self._capture.get(cv2.CAP_PROP_FPS) or 0.0
         # Live sources state no length (or a meaningless one).
         self.length = 0 if is_live(source) else max(int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
+
+    @property
+    def span_frames(self) -> int:
+        """The frames from ``start`` until ``end`` as the stated length and rate put them (0 when unknown)."""
+        last = self.length if self.end is None else min(self.length, math.ceil(self.end * self.fps))
+        return max(last - math.ceil(self.start * self.fps), 0)
 
     @property
     def fps(self) -> float:
@@ -76,10 +86,11 @@ class Video:
         """(frame index, seconds, RGB frame) for every ``every``-th frame, until the video ends. A live stream that
         stops is connected to again (``RECONNECTS`` tries, waiting longer each time) before it is taken as ended."""
         cv2 = self._cv2
-        index, lost, started = 0, 0, time.monotonic()
+        index = first = self._seek() if self.start else 0
+        lost, started = 0, time.monotonic()
         while True:
             # Skipped frames are only grabbed: no conversion to an image, and nothing for the tracker.
-            skip = index % every
+            skip = (index - first) % every
             ok, bgr = (self._capture.grab(), None) if skip else self._capture.read()
             if not ok:
                 if not self._reconnected(lost):
@@ -88,8 +99,22 @@ class Video:
                 continue
             lost = 0
             if not skip:
-                yield index, self._time(index, started), cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                time_s = self._time(index, started)
+                if self.end is not None and time_s >= self.end:
+                    break
+                yield index, time_s, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             index += 1
+
+    def _seek(self) -> int:
+        """The index of the first frame at or after ``start``, the next one read."""
+        cv2, capture = self._cv2, self._capture
+        capture.set(cv2.CAP_PROP_POS_MSEC, self.start * 1000)
+        index = int(capture.get(cv2.CAP_PROP_POS_FRAMES))
+        # Where the seek fell short (a rounded frame; a file without a stated rate, which OpenCV cannot seek in),
+        # frames are grabbed up to the start.
+        while self._time(index, 0.0) < self.start and capture.grab():
+            index += 1
+        return index
 
     def _time(self, index: int, started: float) -> float:
         # A live source's frames come as they happen, and what it reports of its rate is often wrong: its clock is
@@ -131,13 +156,21 @@ def list_videos(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and is_video(p))
 
 
-def frame_count(source: str) -> int:
-    """The frame count a video file's container states (0 when it does not, and for addresses, which are not opened
-    twice), for a progress bar over several files."""
+def frame_count(source: str, start: float = 0.0, end: float | None = None) -> int:
+    """The frames a video file's container states from ``start`` until ``end`` seconds (0 when it does not, and for
+    addresses, which are not opened twice), for a progress bar over several files."""
     if is_url(source):
         return 0
-    with Video(source) as video:
-        return video.length
+    with Video(source, start, end) as video:
+        return video.span_frames
+
+
+def check_span(start: float, end: float | None) -> None:
+    """``start`` and ``end`` (seconds into a video) as ``--start`` and ``--end`` allow them."""
+    if start < 0:
+        raise FerkitError(f"--start {start:g}: a time from the video's start, 0 or more seconds")
+    if end is not None and end <= start:
+        raise FerkitError(f"--end {end:g} is not after --start {start:g}; give a later end")
 
 
 # What VideoWriter writes, the first the default: mp4v in MPEG-4 containers, MJPG in AVI.
