@@ -19,6 +19,7 @@ from ferkit.data.datasets import CLASSES
 from ferkit.data.images import read_image
 from ferkit.errors import FerkitError
 from ferkit.inference.predict import Predictor, predict_source, stream_video
+from ferkit.inference.video import Video
 from ferkit.model import count_parameters
 
 cv2 = pytest.importorskip("cv2")
@@ -445,6 +446,41 @@ def test_a_video_read_from_start_until_end_gives_those_frames_at_their_own_times
     # The frames are the file's own: the same pixels, so the same boxes as when read from the start.
     assert [r.faces[0].box for r in later] == [whole[10].faces[0].box, whole[11].faces[0].box]
     assert list(stream_video(predictor, video, start=5.0)) == []  # past the end: nothing
+
+
+def _turned_mp4(rgb: np.ndarray, path: Path, frames: int = 3) -> Path:
+    """An MP4 storing ``rgb`` sideways with the 90-degree turn in its track header's matrix, as a phone held upright
+    records a video."""
+    import struct
+
+    sideways = np.ascontiguousarray(np.rot90(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), 1))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, sideways.shape[1::-1])
+    for _ in range(frames):
+        writer.write(sideways)
+    writer.release()
+    data = bytearray(path.read_bytes())
+    # tkhd (version 0): size, type, version and flags, 5 fields of 4 bytes, 8 reserved, layer, group, volume and 2
+    # reserved bytes, then the 3x3 matrix in 16.16 fixed point (the last column 2.30).
+    matrix = data.index(b"tkhd") + 4 + 4 + 20 + 8 + 8
+    assert struct.unpack(">9i", data[matrix : matrix + 36]) == (1 << 16, 0, 0, 0, 1 << 16, 0, 0, 0, 1 << 30)
+    data[matrix : matrix + 36] = struct.pack(">9i", 0, 1 << 16, 0, -(1 << 16), 0, 0, 0, 0, 1 << 30)
+    path.write_bytes(data)
+    return path
+
+
+def test_a_phones_portrait_video_is_read_upright_by_its_rotation_metadata(checkpoint, tmp_path):
+    video = _turned_mp4(skimage_data.astronaut(), tmp_path / "IMG_0001.mp4")
+    with Video(str(video)) as opened:
+        frame = next(opened.frames())[2]
+    assert frame.shape == (512, 512, 3)
+    # Upright: the frame is the photo (within mp4v's loss), not its sideways copy.
+    upright, sideways = (
+        np.abs(frame.astype(float) - p).mean()
+        for p in (skimage_data.astronaut(), np.rot90(skimage_data.astronaut(), 1))
+    )
+    assert upright < 12 < sideways
+    [result, *_] = stream_video(Predictor.from_checkpoint(checkpoint), str(video))
+    assert iou(result.faces[0].box, ASTRONAUT_FACE) > 0.6  # the box where a viewer sees her face
 
 
 def test_one_video_drawn_into_a_folder_or_refused_as_an_image(checkpoint, tmp_path, monkeypatch, capsys):
