@@ -29,7 +29,7 @@ from ferkit.cli import main
 from ferkit.data.datasets import CLASSES
 from ferkit.data.images import IMAGE_SUFFIXES
 from ferkit.inference.ensemble import combine_checkpoints
-from ferkit.inference.predict import Predictor, predict_video
+from ferkit.inference.predict import Predictor, predict_video, stream_video
 from ferkit.inference.results import Face, Result
 from ferkit.inference.tracking import SMOOTH_S
 from ferkit.inference.video import VIDEO_SUFFIXES
@@ -221,6 +221,18 @@ def test_a_video_is_tracked_frame_by_frame_as_predict_reads_it(client, predictor
     (track,) = got["tracks"]
     assert (track["track"], track["frames"], track["first_s"], track["last_s"]) == (1, 12, 0.0, 1.1)
     assert track["dominant"] == max(track["share"], key=track["share"].get) and sum(track["share"].values()) == 1
+
+
+def test_part_of_a_video_is_read_from_start_until_end_as_predict_reads_it(client, predictor, clip):
+    upload = {"file": ("clip.webm", clip.read_bytes(), "video/webm")}
+    got = client.post("/video", params={"start": 0.45, "end": 0.9}, files=upload).json()
+    expected = list(stream_video(predictor, str(clip), start=0.45, end=0.9))
+    assert [r["frame"] for r in got["results"]] == [r.frame for r in expected] == [5, 6, 7, 8]
+    assert [r["time_s"] for r in got["results"]] == [r.time_s for r in expected]
+    assert [r["faces"][0]["box"] for r in got["results"]] == [r.faces[0].box for r in expected]
+    assert (got["start"], got["end"], got["tracks"][0]["first_s"], got["tracks"][0]["last_s"]) == (0.45, 0.9, 0.5, 0.8)
+    refused = client.post("/video", params={"start": 2, "end": 1}, files=upload)
+    assert refused.status_code == 422 and refused.json()["detail"] == "end 1 is not after start 2; give a later end"
 
 
 def test_a_videos_frames_take_turns_with_photos_so_a_photo_is_not_held_up_by_a_video(predictor, clip):

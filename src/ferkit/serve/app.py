@@ -85,6 +85,8 @@ class VideoPredictions(BaseModel):
     tta: str = Field(description="the test-time augmentation each face was read with: none, flip or scales")
     fps: float = Field(description="the video's frame rate (25 where the file does not say)")
     every: int = Field(description="every Nth frame was read")
+    start: float = Field(description="read from this time, in seconds")
+    end: float | None = Field(description="read until this time, in seconds (null: until the video ends)")
     smooth_s: float = Field(description="half-life of each track's smoothed probabilities, which give its label")
     truncated: bool = Field(description="true: the server's --max-video-frames were read before the video ended")
     tracks: list[dict[str, Any]] = Field(
@@ -517,8 +519,12 @@ def create_app(
             Query(
                 ge=1,
                 description=f"read every Nth frame; default: 1, or enough that at most {max_video_frames} frames "
-                "are read over the whole video",
+                "are read from start until end",
             ),
+        ] = None,
+        start: Annotated[float, Query(ge=0, description="read from this time, in seconds")] = 0.0,
+        end: Annotated[
+            float | None, Query(gt=0, description="read until this time, in seconds; default: the video's end")
         ] = None,
         smooth: Annotated[
             float, Query(ge=0, description="half-life in seconds of the smoothed labels; 0: off")
@@ -527,6 +533,8 @@ def create_app(
         name = file.filename or "upload"
         if is_image_file(Path(name)):
             raise HTTPException(415, f"{name!r} is a photo; send it to /predict (this endpoint reads videos)")
+        if end is not None and end <= start:
+            raise HTTPException(422, f"end {end:g} is not after start {start:g}; give a later end")
         # OpenCV reads videos from files: the upload lives in a temporary one while it is read, copied a megabyte at
         # a time (a phone's clip is not held in memory).
         with counted(), tempfile.NamedTemporaryFile(suffix=Path(name).suffix or ".mp4") as copy:
@@ -534,18 +542,25 @@ def create_app(
             if not copy.tell():
                 raise HTTPException(400, f"the uploaded file {name!r} is empty; choose a video file")
             copy.flush()
-            document = await _read_video(copy.name, name, every, smooth, request.is_disconnected)
+            document = await _read_video(copy.name, name, every, smooth, (start, end), request.is_disconnected)
         return Response(json.dumps(document), media_type="application/json")
 
-    async def _read_video(path: str, name: str, every: int | None, smooth: float, gone: Callable[[], Any]) -> dict:
+    async def _read_video(
+        path: str,
+        name: str,
+        every: int | None,
+        smooth: float,
+        span: tuple[float, float | None],
+        gone: Callable[[], Any],
+    ) -> dict:
         """Frames through the batcher, as photo requests go, so a video and photos share the one inference thread
         and the video waits its turn frame by frame; tracked and summarised as `ferkit predict VIDEO` does."""
         try:
-            video = await run_in_threadpool(Video, path)
+            video = await run_in_threadpool(Video, path, *span)
         except FerkitError:
             raise _undecodable_video(name) from None
         fps = video.fps
-        every = every or max(1, math.ceil(video.length / max_video_frames))
+        every = every or max(1, math.ceil(video.span_frames / max_video_frames))
         tracker = Tracker(smooth_s=smooth)
         summary = Summary(predictor.classes, smooth, prior=predictor.prior, tta=predictor.tta)
         summary.start(name, every / fps)
@@ -582,6 +597,8 @@ def create_app(
             "tta": predictor.tta,
             "fps": fps,
             "every": every,
+            "start": span[0],
+            "end": span[1],
             "smooth_s": smooth,
             "truncated": truncated,
             "tracks": summary.rows(),
