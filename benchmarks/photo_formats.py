@@ -7,7 +7,9 @@ iPhone's), saved as JPEG (quality 90), HEIC (quality 80, pillow-heif, as iPhones
 AVIF (quality 80) and PNG. Per format: the file's size, the median time to decode it (``read_image``: upright
 RGB), to find its faces (the predictor's detector on the decoded photo) and to predict on it with the bundled model
 (``Predictor.predict`` on the path: decoding, RetinaFace, alignment, classification), and the faces found (1 is
-right). Medians over ``--repeats`` after one warm-up. Prints a table and writes JSON.
+right), and the time to write its drawing for ``--annotate FOLDER``: as what ``drawn_suffix`` names for it now (JPEG
+for photos), and as PNG, what every input was drawn as before (side by side, same drawing). Medians over
+``--repeats`` after one warm-up. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from skimage.data import astronaut
 
 from ferkit.data.images import read_image
 from ferkit.inference.predict import Predictor
+from ferkit.inference.results import draw_faces, drawn_suffix, save_drawing
 from ferkit.runtime import machine_description
 
 
@@ -67,7 +70,13 @@ def main() -> None:
             if not save(photo, path):
                 print(f"{suffix}: skipped (pillow-heif, in ferkit[dev], writes HEIC)")
                 continue
-            faces = len(predictor.predict(path).faces)
+            result = predictor.predict(path)
+            faces, drawing = len(result.faces), draw_faces(read_image(path), result.faces)
+            drawn = {kind: Path(folder) / f"drawn{kind}" for kind in (drawn_suffix(path), ".png")}
+            write_s = {
+                kind: round(median_seconds(lambda t=target, d=drawing: save_drawing(d, t), args.repeats), 3)
+                for kind, target in drawn.items()
+            }
             rows.append(
                 {
                     "format": suffix[1:],
@@ -78,13 +87,22 @@ def main() -> None:
                     ),
                     "predict_s": round(median_seconds(lambda p=path: predictor.predict(p), args.repeats), 3),
                     "faces": faces,
+                    "drawn_as": drawn_suffix(path)[1:],
+                    "write_drawn_s": write_s[drawn_suffix(path)],
+                    "drawn_megabytes": round(drawn[drawn_suffix(path)].stat().st_size / 1e6, 2),
+                    "write_png_s": write_s[".png"],
+                    "png_megabytes": round(drawn[".png"].stat().st_size / 1e6, 2),
                 }
             )
-    print(f"{'format':>6}  {'MB':>6}  {'decode s':>8}  {'detect s':>8}  {'predict s':>9}  faces")
+    print(
+        f"{'format':>6}  {'MB':>6}  {'decode s':>8}  {'detect s':>8}  {'predict s':>9}  faces  "
+        f"{'drawn as':>8}  {'write s':>7}  {'MB':>5}  {'as PNG s':>8}  {'MB':>5}"
+    )
     for r in rows:
         print(
             f"{r['format']:>6}  {r['megabytes']:>6}  {r['decode_s']:>8}  {r['detect_s']:>8}  {r['predict_s']:>9}"
-            f"  {r['faces']}"
+            f"  {r['faces']:>5}  {r['drawn_as']:>8}  {r['write_drawn_s']:>7}  {r['drawn_megabytes']:>5}"
+            f"  {r['write_png_s']:>8}  {r['png_megabytes']:>5}"
         )
     report = {
         "machine": machine_description(),

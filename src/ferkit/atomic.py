@@ -73,11 +73,12 @@ def output_folder(path: str | os.PathLike, what: str) -> Path:
     return path
 
 
-def output_names(inputs: Sequence[Path], suffix: str) -> list[Path]:
-    """The names of the files written for ``inputs`` (paths relative to their folder): each input's with ``suffix``
-    for its own, or, where two inputs differ only in their suffix (``a.jpg`` and ``a.png``), its full name and
-    ``suffix`` (``a.jpg.png``), so that no output replaces another."""
-    named = Counter(p.with_suffix(suffix) for p in inputs)
+def output_names(inputs: Sequence[Path], suffix: str | Sequence[str]) -> list[Path]:
+    """The names of the files written for ``inputs`` (paths relative to their folder): each input's with its
+    ``suffix`` (one for all, or one per input) for its own, or, where two would share a name (``a.jpg`` and ``a.png``
+    both written as ``a.png``), its full name and suffix (``a.jpg.png``), so that no output replaces another."""
+    suffixes = [suffix] * len(inputs) if isinstance(suffix, str) else list(suffix)
+    named = Counter(p.with_suffix(x) for p, x in zip(inputs, suffixes))
     return [
-        p.with_suffix(suffix) if named[p.with_suffix(suffix)] == 1 else p.parent / (p.name + suffix) for p in inputs
+        p.with_suffix(x) if named[p.with_suffix(x)] == 1 else p.parent / (p.name + x) for p, x in zip(inputs, suffixes)
     ]

@@ -39,7 +39,9 @@ from .results import (
     draw_faces,
     drawing_folder,
     drawing_target,
+    drawn_suffix,
     mixed_drawing_folder,
+    save_drawing,
 )
 from .tracking import SMOOTH_S, Summary, Tracker
 from .video import (
@@ -227,10 +229,10 @@ def predict_source(
     ``camera`` (until Ctrl-C).
 
     ``annotate`` draws the boxes and labels: to an image file for one image, else to a folder mirroring the
-    inputs (as PNG), a video file for a video. Video only: faces are tracked, ``smooth`` is the half-life in seconds
-    of each track's smoothed probabilities (0: off), ``every`` takes every N-th frame, ``plot`` draws each
-    track's probabilities over time, ``on_frame`` is called with each frame's result as it comes, and a file is
-    read from ``start`` until ``end`` seconds.
+    inputs (photos as JPEG, other images as PNG), a video file for a video. Video only: faces are tracked,
+    ``smooth`` is the half-life in seconds of each track's smoothed probabilities (0: off), ``every`` takes every
+    N-th frame, ``plot`` draws each track's probabilities over time, ``on_frame`` is called with each frame's
+    result as it comes, and a file is read from ``start`` until ``end`` seconds.
     """
     video_kw = {"plot": plot, "on_frame": on_frame, "start": start, "end": end}
     if camera is not None:
@@ -274,7 +276,7 @@ def mirrored_root(inputs: Sequence[Input]) -> Path:
     return Path(os.path.commonpath([os.path.abspath(p if p.is_dir() else p.parent) for p in paths]))
 
 
-def _mirrored(out: Path, root: Path, sources: Sequence[str | os.PathLike], suffix: str) -> list[Path]:
+def _mirrored(out: Path, root: Path, sources: Sequence[str | os.PathLike], suffix: str | Sequence[str]) -> list[Path]:
     """Where each of ``sources`` is drawn in a mirror of ``root`` under ``out`` (named by :func:`output_names`)."""
     names = [Path(url_name(s)) if is_url(s) else Path(os.path.abspath(s)).relative_to(root) for s in sources]
     targets = [out / name for name in output_names(names, suffix)]
@@ -334,17 +336,19 @@ def _read_images(
         if targets:
             for r, rgb, target in zip(batch, images, targets[start:]):
                 if not r.error:
-                    Image.fromarray(draw_faces(rgb, r.faces)).save(target)
+                    save_drawing(draw_faces(rgb, r.faces), target)
         yield from batch
 
 
 def _image_drawings(annotate: str | os.PathLike, paths: list[Input], files: list[Input]) -> list[Path]:
-    """Where each of ``files`` is drawn: ``annotate`` itself for one image file, else a PNG mirror of the inputs."""
+    """Where each of ``files`` is drawn: ``annotate`` itself for one image file, else a mirror of the inputs."""
     if len(paths) == 1 and not Path(paths[0]).is_dir():
-        return [drawing_target(annotate, _drawn_as(paths[0]), DRAWN_IMAGE_SUFFIXES)]
+        name = _drawn_as(paths[0])
+        kind = drawn_suffix(name)  # what a folder given as OUT gets; a file's name says its own
+        return [drawing_target(annotate, name, (kind, *(x for x in DRAWN_IMAGE_SUFFIXES if x != kind)))]
     root = mirrored_root(paths)
     out = drawing_folder(annotate, root)
-    return _mirrored(out, root, files, DRAWN_IMAGE_SUFFIXES[0])
+    return _mirrored(out, root, files, [drawn_suffix(_drawn_as(f)) for f in files])
 
 
 def _drawn_as(source: Input) -> Input:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from ..atomic import output_file, output_folder
 from ..errors import FerkitError
@@ -23,6 +24,20 @@ from .opencv import require_cv2
 
 # What Pillow writes a drawn image as, the first the default; the video writer's own are in .video.
 DRAWN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# Photos from cameras and the web, drawn as JPEG: a phone's 12-MP photo takes 0.1 s to write as JPEG and 4 s as PNG
+# (BENCHMARKS.md), and a PNG of it is 5 times the size. Other inputs (screenshots, scans, crops) are drawn as PNG.
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".heic", ".heif", ".avif", ".webp")
+JPEG_QUALITY = 95
+
+
+def drawn_suffix(source: str | os.PathLike) -> str:
+    """The kind of file an input is drawn as, for ``--annotate FOLDER``: JPEG for photos, else PNG."""
+    return ".jpg" if Path(source).suffix.lower() in PHOTO_SUFFIXES else ".png"
+
+
+def save_drawing(rgb: np.ndarray, path: Path) -> None:
+    """A drawn image to ``path``, in the format its suffix names."""
+    Image.fromarray(rgb).save(path, quality=JPEG_QUALITY)  # quality: JPEG's; the other formats ignore it
 
 
 @dataclass
