@@ -184,6 +184,28 @@ def test_annotated_folder_mirrors_the_input_and_decodes_each_image_once(
     )
 
 
+def test_a_folder_drawn_holds_few_decoded_photos_at_a_time(checkpoint, photos, tmp_path, monkeypatch):
+    folder = tmp_path / "DCIM"
+    folder.mkdir()
+    for i in range(10):
+        (folder / f"IMG_{i}.jpg").write_bytes((photos / "coffee.jpg").read_bytes())
+    held, real = [], Predictor.predict_batch
+    monkeypatch.setattr(
+        Predictor,
+        "predict_batch",
+        lambda self, images, *a, **kw: (
+            held.append(sum(isinstance(i, np.ndarray) for i in images)) or real(self, images, *a, **kw)
+        ),
+    )
+    argv = ["predict", str(folder), "--checkpoint", str(checkpoint), "--annotate", str(tmp_path / "drawn")]
+    assert main(argv) == 0
+    assert held == [8, 2]  # decoded photos held at once: a phone's 12-MP photo is 36 MB decoded
+    assert len(list((tmp_path / "drawn").iterdir())) == 10
+    held.clear()
+    assert main(["predict", str(folder), "--checkpoint", str(checkpoint)]) == 0
+    assert held == [0]  # without drawing, one batch of paths, each decoded as it is read
+
+
 def test_one_image_drawn_into_a_folder_under_its_own_name(checkpoint, photos, tmp_path):
     out = tmp_path / "drawn"
     out.mkdir()
