@@ -500,7 +500,7 @@ def test_openapi_schema_documents_what_the_endpoints_do(client):
             assert response_ref(path, "post", code) == ref + "Error"
     assert list(schema["paths"]["/preview"]["post"]["responses"]["200"]["content"]) == ["image/jpeg"]
     video = schema["paths"]["/video"]["post"]
-    assert {p["name"] for p in video["parameters"]} == {"every", "smooth"}
+    assert {p["name"] for p in video["parameters"]} == {"every", "smooth", "start", "end"}
     assert "tracks" in schema["components"]["schemas"]["VideoPredictions"]["required"]
     assert response_ref("/health", "get", "200") == ref + "Health"
     assert response_ref("/model", "get", "200") == ref + "ModelInfo"
