@@ -200,6 +200,12 @@ def test_inputs_are_sorted_into_photos_videos_and_live_streams(tmp_path):
     assert is_stream_url("rtmp://host/app") and not is_stream_url("https://host/live.m3u8")
     assert shown("rtsp://admin:pw@192.168.1.20:554/stream1") == "rtsp://admin:***@192.168.1.20:554/stream1"
     assert shown("https://example.com/d") == "https://example.com/d"
+    assert shown("rtsp://cam/live?channel=1&user=admin&password=pw&token") == (
+        "rtsp://cam/live?channel=1&user=admin&password=***&token"
+    )
+    assert shown("https://cdn.example.com/a.jpg?X-Amz-Signature=abc&size=2") == (
+        "https://cdn.example.com/a.jpg?X-Amz-Signature=***&size=2"
+    )
     spaced = tmp_path / "my photo.png"
     spaced.write_bytes(photo.read_bytes())
     assert np.array_equal(read_image(spaced.as_uri()), read_image(photo))  # file:///.../my%20photo.png

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import functools
 import os
+import re
 from pathlib import PurePosixPath
 from urllib.parse import unquote, urlsplit
 
@@ -56,13 +57,21 @@ def url_name(url: str) -> str:
     return url_path(url).name or urlsplit(url).hostname or "stream"
 
 
+# Query parameters whose values are secrets: cameras' logins (``?user=admin&password=...``), signed addresses' tokens.
+SECRET_PARAMETERS = re.compile(r"pass|pwd|token|secret|key|sig|auth|credential", re.IGNORECASE)
+
+
 def shown(url: str) -> str:
-    """The address as outputs and messages show it: without the password a camera's address often carries."""
+    """The address as outputs and messages show it: without the password a camera's address often carries, in its
+    login or its query (``***`` in their place)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
+    if parts.password is not None:
+        parts = parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}")
+    if parts.query:
+        pairs = [pair.partition("=") for pair in parts.query.split("&")]
+        query = "&".join(k + (f"={'***' if SECRET_PARAMETERS.search(k) else v}" if eq else "") for k, eq, v in pairs)
+        parts = parts._replace(query=query)
+    return parts.geturl()
 
 
 def fetch(url: str, max_bytes: int = MAX_FETCH_MB * 1024 * 1024, timeout: float = FETCH_TIMEOUT_S) -> bytes:
