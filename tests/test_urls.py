@@ -136,6 +136,13 @@ def test_addresses_that_give_no_photo_are_one_line_errors_naming_the_fix_and_the
         refused: f"cannot fetch {refused}: Connection refused; check the address and the network",
     }
     assert all("\n" not in e for e in errors.values() if e)
+    spaced = site.url + "/a b.jpg"  # as typed, not as a browser copies it (a%20b.jpg)
+    assert Predictor.from_checkpoint(checkpoint).predict(spaced).error == (
+        f"{spaced} is not a valid address (URL can't contain control characters. '/a b.jpg' (found at least ' ')); "
+        "check it"
+    )
+    assert main(["predict", "http://[::1/photo.jpg", "--checkpoint", str(checkpoint)]) == 2
+    assert "http://[::1/photo.jpg is not a valid address (Invalid IPv6 URL); check it" in capsys.readouterr().err
 
 
 def test_a_cameras_login_in_the_address_is_sent_and_never_shown(checkpoint, site):

@@ -11,7 +11,7 @@ import functools
 import os
 import re
 from pathlib import PurePosixPath
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from ..errors import FerkitError
 
@@ -22,12 +22,21 @@ MAX_FETCH_MB = 50  # a 12-MP phone photo is under 10 MB; a larger answer is more
 FETCH_TIMEOUT_S = 30.0
 
 
+ADDRESS = re.compile(rf"({'|'.join((*WEB_SCHEMES, *STREAM_SCHEMES))})://[^/?#]", re.IGNORECASE)
+
+
 def is_url(source: object) -> bool:
-    """Whether ``source`` is a string naming a web address or a stream's (a path never is)."""
-    if not isinstance(source, str):
-        return False
-    parts = urlsplit(source)
-    return parts.scheme.lower() in (*WEB_SCHEMES, *STREAM_SCHEMES) and bool(parts.netloc)
+    """Whether ``source`` is a string naming a web address or a stream's (a path never is); one that is not a valid
+    address is still one, for :func:`split` to say what is wrong with it."""
+    return isinstance(source, str) and ADDRESS.match(source) is not None
+
+
+def split(url: str) -> SplitResult:
+    """An address's parts, or a one-line error naming the address and what is wrong with it."""
+    try:
+        return urlsplit(url)
+    except ValueError as e:
+        raise FerkitError(f"{url} is not a valid address ({e}); check it") from None
 
 
 def as_local(source: str | os.PathLike) -> str | os.PathLike:
@@ -44,17 +53,17 @@ def as_local(source: str | os.PathLike) -> str | os.PathLike:
 
 def is_stream_url(source: object) -> bool:
     """Whether ``source`` is the address of a live stream (a network camera), which has no end."""
-    return is_url(source) and urlsplit(source).scheme.lower() in STREAM_SCHEMES
+    return is_url(source) and source.partition(":")[0].lower() in STREAM_SCHEMES
 
 
 def url_path(url: str) -> PurePosixPath:
     """The path part of an address (``/a/photo.jpg``), whose suffix says what it holds."""
-    return PurePosixPath(unquote(urlsplit(url).path))
+    return PurePosixPath(unquote(split(url).path))
 
 
 def url_name(url: str) -> str:
     """A file name for what an address holds: its last path part, else its host (``rtsp://cam/`` -> ``cam``)."""
-    return url_path(url).name or urlsplit(url).hostname or "stream"
+    return url_path(url).name or split(url).hostname or "stream"
 
 
 # Query parameters whose values are secrets: cameras' logins (``?user=admin&password=...``), signed addresses' tokens.
@@ -64,7 +73,10 @@ SECRET_PARAMETERS = re.compile(r"pass|pwd|token|secret|key|sig|auth|credential",
 def shown(url: str) -> str:
     """The address as outputs and messages show it: without the password a camera's address often carries, in its
     login or its query (``***`` in their place)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # not an address to take apart; fetching it says so
+        return url
     if parts.password is not None:
         parts = parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}")
     if parts.query:
@@ -80,9 +92,9 @@ def fetch(url: str, max_bytes: int = MAX_FETCH_MB * 1024 * 1024, timeout: float 
     import urllib.error
     import urllib.request  # here: its import (http, email, ssl) is paid by the runs that fetch
 
-    if urlsplit(url).scheme.lower() not in WEB_SCHEMES:
+    parts, headers = split(url), {"User-Agent": _user_agent()}
+    if parts.scheme.lower() not in WEB_SCHEMES:
         raise FerkitError(f"{shown(url)} is a stream's address, not a photo's; photos are fetched over http(s)")
-    parts, headers = urlsplit(url), {"User-Agent": _user_agent()}
     if parts.username is not None:
         # A camera's snapshot address carries its login (http://user:pass@camera/snapshot.jpg); urllib does not
         # send it by itself.
@@ -113,6 +125,8 @@ def fetch(url: str, max_bytes: int = MAX_FETCH_MB * 1024 * 1024, timeout: float 
         ) from None
     except TimeoutError:  # socket.timeout is TimeoutError since Python 3.10
         raise FerkitError(f"cannot fetch {shown(url)}: no answer within {timeout:g} s; try again later") from None
+    except (ValueError, http.client.InvalidURL) as e:  # what urlsplit let through: a space, a port not a number
+        raise FerkitError(f"{shown(url)} is not a valid address ({e}); check it") from None
     except (OSError, http.client.HTTPException) as e:  # the connection dropped while the photo came
         raise FerkitError(f"cannot fetch {shown(url)}: {type(e).__name__}: {e}; try again") from None
     if len(data) > max_bytes:
