@@ -24,8 +24,8 @@ from .opencv import require_cv2
 
 # What Pillow writes a drawn image as, the first the default; the video writer's own are in .video.
 DRAWN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-# Photos from cameras and the web, drawn as JPEG: a phone's 12-MP photo takes 0.1 s to write as JPEG and 4 s as PNG
-# (BENCHMARKS.md), and a PNG of it is 5 times the size. Other inputs (screenshots, scans, crops) are drawn as PNG.
+# Photos from cameras and the web, drawn as JPEG: a phone's 12-MP photo takes 0.04 s to write as JPEG and 2.2 s as
+# PNG (BENCHMARKS.md), and a PNG of it is 5 times the size. Other inputs (screenshots, scans, crops) are drawn as PNG.
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".heic", ".heif", ".avif", ".webp")
 JPEG_QUALITY = 95
 
