@@ -136,6 +136,12 @@ def test_addresses_that_give_no_photo_are_one_line_errors_naming_the_fix_and_the
         refused: f"cannot fetch {refused}: Connection refused; check the address and the network",
     }
     assert all("\n" not in e for e in errors.values() if e)
+    # Drawn, an address that gives no photo is still asked for once: a dead host's 30 s are not waited twice.
+    before = site.requested("/missing.jpg")
+    drawn = tmp_path / "drawn"
+    assert main(["predict", urls[0], urls[3], "--checkpoint", str(checkpoint), "--annotate", f"{drawn}/"]) == 1
+    assert site.requested("/missing.jpg") - before == 1
+    assert [p.name for p in drawn.iterdir()] == ["astronaut.png"]
     spaced = site.url + "/a b.jpg"  # as typed, not as a browser copies it (a%20b.jpg)
     assert Predictor.from_checkpoint(checkpoint).predict(spaced).error == (
         f"{spaced} is not a valid address (URL can't contain control characters. '/a b.jpg' (found at least ' ')); "

@@ -332,16 +332,23 @@ def _read_images(
     # batch of 64 would be 2.3 GB.
     step = min(predictor.batch_size, DRAWN_AT_ONCE) if targets else predictor.batch_size
     for start in range(0, len(files), step):
-        chunk = files[start : start + step]
-        # Decoded once, for prediction and drawing alike; unreadable files go in as paths, so the predictor
-        # reports them in its results like any other error.
-        images = [_decoded_or_path(f) for f in chunk] if targets else chunk
-        batch = predictor.predict_batch(images, detect, names=[source_name(f) for f in chunk])
-        if targets:
-            for r, rgb, target in zip(batch, images, targets[start:]):
-                if not r.error:
-                    save_drawing(draw_faces(rgb, r.faces), target)
-        yield from batch
+        chunk, names = files[start : start + step], [source_name(f) for f in files[start : start + step]]
+        if not targets:
+            yield from predictor.predict_batch(chunk, detect, names=names)
+            continue
+        # Decoded once, for prediction and drawing alike; one that cannot be read is reported as it is, not read
+        # (or fetched) again.
+        decoded = [_decoded(f) for f in chunk]
+        readable = [i for i, image in enumerate(decoded) if not isinstance(image, str)]
+        read = iter(predictor.predict_batch([decoded[i] for i in readable], detect, names=[names[i] for i in readable]))
+        for name, image, target in zip(names, decoded, targets[start:]):
+            if isinstance(image, str):
+                yield Result(name, error=image)
+                continue
+            result = next(read)
+            if not result.error:
+                save_drawing(draw_faces(image, result.faces), target)
+            yield result
 
 
 def _image_drawings(annotate: str | os.PathLike, paths: list[Input], files: list[Input]) -> list[Path]:
@@ -360,11 +367,12 @@ def _drawn_as(source: Input) -> Input:
     return url_name(source) if is_url(source) else source
 
 
-def _decoded_or_path(path: Input) -> np.ndarray | Input:
+def _decoded(path: Input) -> np.ndarray | str:
+    """The image's pixels, or why it cannot be read."""
     try:
         return read_image(path)
-    except FerkitError:
-        return path
+    except FerkitError as e:
+        return str(e)
 
 
 def stream_video(

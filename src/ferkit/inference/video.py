@@ -59,14 +59,15 @@ class Video:
         check_span(start, end)
         cv2 = require_cv2()
         self.source, self.name, self.start, self.end = source, source_name(source), start, end
-        if (start or end is not None) and is_live(source):
+        self.live = is_live(source)
+        if (start or end is not None) and self.live:
             raise FerkitError(f"--start and --end apply to video files; {self.name} is live, with no timeline")
         self._cv2, self._capture = cv2, cv2.VideoCapture(source)
         if not self._capture.isOpened():
             raise FerkitError(f"cannot open {self.name}; check that it exists and that OpenCV can decode it")
         self._reported_fps = self._capture.get(cv2.CAP_PROP_FPS) or 0.0
         # Live sources state no length (or a meaningless one).
-        self.length = 0 if is_live(source) else max(int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
+        self.length = 0 if self.live else max(int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
 
     @property
     def span_frames(self) -> int:
@@ -119,7 +120,7 @@ class Video:
     def _time(self, index: int, started: float) -> float:
         # A live source's frames come as they happen, and what it reports of its rate is often wrong: its clock is
         # the wall clock. A file's is its rate, else its own timestamps, else the frame count at 25 a second.
-        if is_live(self.source):
+        if self.live:
             return time.monotonic() - started
         if 0 < self._reported_fps <= 1000:
             return index / self._reported_fps
