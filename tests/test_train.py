@@ -1,6 +1,7 @@
 import csv
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import shlex
@@ -207,6 +208,20 @@ def test_sam_training_counts_two_passes_an_image_and_changes_the_steps(image_fol
     # Same seed and batches: only the sharpness-aware gradient can make the weights differ.
     a, b = weights(tmp_path / "plain" / "last.pth"), weights(tmp_path / "sam" / "last.pth")
     assert not all(torch.equal(a[k], b[k]) for k in a if k.endswith("weight"))
+
+
+def test_a_run_s_log_takes_ferkit_s_messages_only_while_it_lasts(image_folder, tmp_path):
+    logger = logging.getLogger("ferkit")
+    mine = logging.NullHandler()
+    logger.addHandler(mine)
+    try:
+        before = logger.level, logger.propagate, list(logger.handlers)
+        train(tiny(image_folder, tmp_path / "run", epochs=1))
+        assert (logger.level, logger.propagate, logger.handlers) == before  # the caller's set-up, as it was
+        logger.warning("a later prediction's warning")
+        assert "a later prediction's warning" not in (tmp_path / "run" / "train.log").read_text()
+    finally:
+        logger.removeHandler(mine)
 
 
 def test_existing_run_folder_is_not_clobbered(image_folder, tmp_path):

@@ -295,8 +295,6 @@ def test_a_live_stream_that_drops_is_connected_to_again_and_ends_after_five_trie
     monkeypatch.setattr(_Camera, "connections", [(2, "drop"), (0, None), (2, "drop")])
     waits = []
     monkeypatch.setattr(video_module.time, "sleep", waits.append)
-    # A training run earlier in this process (other tests) keeps ferkit's messages to its own handlers.
-    monkeypatch.setattr(logging.getLogger("ferkit"), "propagate", True)
     caplog.set_level(logging.WARNING, logger="ferkit")
     out = tmp_path / "out.json"
     assert main(["predict", "rtsp://cam.local/live", "--checkpoint", str(checkpoint), "--json", str(out)]) == 0

@@ -63,7 +63,7 @@ from .rundir import (
     log_stop,
     prepare_run_dir,
     read_last,
-    setup_logging,
+    run_logging,
     watched_label,
 )
 from .signals import agreed_stop, stop_requests
@@ -145,14 +145,14 @@ def train(
         out = Path(cfg.out)
         ckpt = (last or read_last(out)) if resume else None
         prepare_run_dir(out, resume, overwrite)
-        setup_logging(out)
-        try:
-            return _fit(_start(cfg, ckpt, command))
-        except TrainingInterrupted:
-            raise
-        except FerkitError as e:
-            log_stop(e)
-            raise
+        with run_logging(out):
+            try:
+                return _fit(_start(cfg, ckpt, command))
+            except TrainingInterrupted:
+                raise
+            except FerkitError as e:
+                log_stop(e)
+                raise
 
 
 def _fit(t: Training) -> dict:

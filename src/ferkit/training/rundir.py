@@ -5,11 +5,13 @@ Only the main process writes here; under torchrun the others log nothing and sav
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,19 +117,33 @@ def read_last(out: str | Path) -> dict:
     return read_checkpoint(last)
 
 
-def setup_logging(out: Path) -> None:
-    log.setLevel(logging.INFO)
-    for h in list(log.handlers):
+@contextlib.contextmanager
+def run_logging(out: Path) -> Iterator[None]:
+    """ferkit's messages into the run's train.log and onto stdout while the run lasts; then as they were, so that a
+    later call in the same process (a prediction's warnings, a second run) does not write into this run's log."""
+    before = log.level, log.propagate, list(log.handlers)
+    for h in before[2]:
         log.removeHandler(h)
-        h.close()
+    log.setLevel(logging.INFO)
     log.propagate = False
-    if not dist.is_main():  # the main process reports for all (what it needs from the others is gathered)
+    if dist.is_main():  # the main process reports for all (what it needs from the others is gathered)
+        file_handler = logging.FileHandler(out / LOG)
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(file_handler)
+        log.addHandler(logging.StreamHandler(sys.stdout))
+    else:
         log.addHandler(logging.NullHandler())
-        return
-    file_handler = logging.FileHandler(out / LOG)
-    file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    log.addHandler(file_handler)
-    log.addHandler(logging.StreamHandler(sys.stdout))
+    try:
+        yield
+    finally:
+        for h in list(log.handlers):
+            log.removeHandler(h)
+            h.close()
+        level, propagate, handlers = before
+        log.setLevel(level)
+        log.propagate = propagate
+        for h in handlers:
+            log.addHandler(h)
 
 
 @dataclass
