@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -255,6 +256,32 @@ def test_several_videos_are_tracked_in_one_run_and_drawn_into_a_mirror(checkpoin
     assert main([*argv, "--annotate", str(drawn)]) == 0
     assert [Path(t["source"]).name for t in json.loads(summary.read_text())["tracks"]] == ["one.avi", "two.avi"]
     assert sorted(p.relative_to(drawn).as_posix() for p in drawn.rglob("*.mp4")) == ["two.mp4", "x/one.mp4"]
+
+
+def test_a_video_that_cannot_be_read_is_reported_and_the_others_are_read(checkpoint, tmp_path, caplog, capsys):
+    frames = [skimage_data.astronaut()] * 3
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    (folder / "a_broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 and then nothing")  # a download cut short
+    write_video(frames, folder / "b_fine.avi")
+    out, summary = tmp_path / "out.csv", tmp_path / "people.json"
+    argv = ["predict", str(folder), "--checkpoint", str(checkpoint), "--csv", str(out), "--summary", str(summary)]
+    caplog.set_level(logging.WARNING, logger="ferkit")
+    assert main(argv) == 1  # as for a photo that cannot be read
+    broken = str(folder / "a_broken.mp4")
+    why = f"cannot read {broken} as a video: damaged, or encoded in a way OpenCV cannot decode; convert it"
+    assert [r.getMessage() for r in caplog.records if r.name == "ferkit"] == [
+        why + f" (e.g. ffmpeg -i {broken} converted.mp4)"
+    ]  # at once, before the next video is read
+    rows = list(csv.DictReader(out.open()))
+    assert rows[0]["source"] == broken and rows[0]["error"].startswith(why)
+    assert [r["frame"] for r in rows[1:]] == ["0", "1", "2"]  # the fine one read whole
+    document = json.loads(summary.read_text())
+    assert [Path(t["source"]).name for t in document["tracks"]] == ["b_fine.avi"]
+    assert [(n["source"], n["error"][: len(why)]) for n in document["not_read"]] == [(broken, why)]
+    printed = capsys.readouterr()
+    assert f"{broken}: not read: {why}" in printed.out  # and again under the summary's table
+    assert "moov atom" not in printed.err  # FFmpeg's own line stays out of ferkit's output
 
 
 def test_a_photo_given_as_bytes_or_an_open_file_reads_as_its_path_does(checkpoint, photos):
@@ -522,8 +549,8 @@ def test_one_video_drawn_into_a_folder_or_refused_as_an_image(checkpoint, tmp_pa
 
 
 def test_missing_camera_is_a_clear_error(checkpoint, capsys):
-    assert main(["predict", "--camera", "9", "--checkpoint", str(checkpoint)]) == 2
-    assert "cannot open camera 9" in capsys.readouterr().err
+    assert main(["predict", "--camera", "9", "--checkpoint", str(checkpoint)]) == 1
+    assert "camera 9: not read: cannot open camera 9; check that it is connected" in capsys.readouterr().out
 
 
 @pytest.mark.slow

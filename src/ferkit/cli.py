@@ -256,7 +256,7 @@ def _predict(args: argparse.Namespace) -> int:
     files, read = stream_images(predictor, images, not args.no_detect, annotate) if images else ([], iter(()))
     reading = {"prior": predictor.prior, "tta": predictor.tta}
     out = ResultStream(predictor.classes, args.json, args.csv, tracked=bool(videos), **reading)
-    results, interrupted = [], False
+    results, interrupted, videos_not_read = [], False, {}
     try:
         # Each photo's lines as its batch is read, over a progress bar (on a terminal, for several photos); Ctrl-C
         # keeps what was read, as for video.
@@ -290,6 +290,7 @@ def _predict(args: argparse.Namespace) -> int:
                 start=args.start,
                 end=args.end,
             )
+            videos_not_read = summary.not_read
             if args.summary:
                 Path(args.summary).write_text(summary.to_json() + "\n")
             print(summary.format_table(), file=sys.stderr if to_stdout else sys.stdout)
@@ -298,7 +299,7 @@ def _predict(args: argparse.Namespace) -> int:
     if interrupted and not live:
         print("ferkit: interrupted; the outputs hold the photos and frames done so far", file=sys.stderr)
         return 130
-    return 1 if any(r.error for r in results) else 0
+    return 1 if any(r.error for r in results) or videos_not_read else 0
 
 
 def _export(args: argparse.Namespace) -> int:

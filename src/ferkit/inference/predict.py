@@ -8,6 +8,7 @@ model (:mod:`.loading`).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing
@@ -56,6 +57,8 @@ from .video import (
     list_videos,
     source_name,
 )
+
+log = logging.getLogger("ferkit")
 
 # Faces are often classified live, so tencrop's ten forward passes a face are left to evaluation.
 TTA_MODES = ("none", "flip", "scales")
@@ -506,7 +509,9 @@ def predict_videos(
     """Videos (or a camera) streamed frame by frame into ``json_to`` / ``csv_to`` and a per-track summary, with a
     progress bar over all the files' frames; memory does not grow with the length of a video.
 
-    Returns the summary and whether Ctrl-C ended it early; what was done so far is written either way.
+    Returns the summary and whether Ctrl-C ended it early; what was done so far is written either way. A video
+    that cannot be opened is a warning, a result with its error and a line of the summary (``summary.not_read``);
+    the others are read.
     ``out``: a tracked stream the caller opened (holding photos' results before the frames, say) and closes, in
     place of ``json_to`` / ``csv_to``.
     ``annotate``: a video file for one source given without ``root``, else a folder mirroring ``root`` (an .mp4 per
@@ -531,8 +536,15 @@ def predict_videos(
     if annotate and root is not None:  # a folder mirroring root
         targets = _mirrored(annotate, root, sources, WRITABLE_VIDEO_SUFFIXES[0])
     try:
-        for source, target in zip(sources, targets):
-            video = Video(source, start, end)
+        for i, (source, target) in enumerate(zip(sources, targets)):
+            try:
+                video = Video(source, start, end)
+            except FerkitError as e:  # one video that cannot be read stops none of the others
+                if i < len(sources) - 1:  # said now, not only in the summary at the end
+                    log.warning("%s", e)
+                summary.fail(source_name(source), str(e))
+                out.write(Result(source_name(source), error=str(e)))
+                continue
             with video, closing(_tracked(predictor, video, detect, every, smooth, target)) as stream:
                 summary.start(video.name, every / video.fps)
                 if is_url(source) and video.span_frames:  # an address's length is known once it is open

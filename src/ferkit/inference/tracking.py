@@ -161,9 +161,13 @@ class Summary:
         self.tta = tta  # the views of each face they average
         self._runs: dict[tuple[str, int], _Run] = {}
         self._steps: dict[str, float] = {}
+        self.not_read: dict[str, str] = {}  # source: why it could not be read
 
     def start(self, source: str, step_s: float) -> None:
         self._steps[source] = step_s
+
+    def fail(self, source: str, error: str) -> None:
+        self.not_read[source] = error
 
     def add(self, result: Result) -> None:
         step = self._steps.get(result.source, 0.0)
@@ -229,13 +233,15 @@ class Summary:
             "tta": self.tta,
             "smooth_s": self.smooth_s,
             "tracks": self.rows(),
+            "not_read": [{"source": k, "error": v} for k, v in self.not_read.items()],
         }
         return json.dumps(document, indent=2)
 
     def format_table(self) -> str:
         rows = self.rows()
+        failed = [f"{source}: not read: {error}" for source, error in self.not_read.items()]
         if not rows:
-            return "no face was tracked"
+            return "\n".join(["no face was tracked", *failed])
         head = f"{'source':<24} {'track':>5} {'first':>8} {'last':>8} {'in view':>8}  {'dominant':<16} then  segments"
         lines = [head]
         for r in rows:
@@ -248,4 +254,4 @@ class Summary:
                 f"{r['seconds']:>7.1f}s  {r['dominant'] + f' {ranked[0][1]:.0%}':<16} {others}  "
                 f"{', '.join(held[:3]) or '-'}{more}"
             )
-        return "\n".join(lines)
+        return "\n".join(lines + failed)

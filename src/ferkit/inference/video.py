@@ -64,7 +64,7 @@ class Video:
             raise FerkitError(f"--start and --end apply to video files; {self.name} is live, with no timeline")
         self._cv2, self._capture = cv2, cv2.VideoCapture(source)
         if not self._capture.isOpened():
-            raise FerkitError(f"cannot open {self.name}; check that it exists and that OpenCV can decode it")
+            raise FerkitError(unopened(source))
         self._reported_fps = self._capture.get(cv2.CAP_PROP_FPS) or 0.0
         # Live sources state no length (or a meaningless one).
         self.length = 0 if self.live else max(int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
@@ -152,6 +152,20 @@ class Video:
         self.close()
 
 
+def unopened(source: str | int) -> str:
+    """Why OpenCV could not open a video, a stream or a camera, and what to do."""
+    if isinstance(source, int):
+        return f"cannot open camera {source}; check that it is connected and that no other program is using it"
+    if is_url(source):
+        return f"cannot open {shown(source)}; check the address and that the camera or server answers"
+    if not Path(source).is_file():
+        return f"{source} does not exist"
+    return (
+        f"cannot read {source} as a video: damaged, or encoded in a way OpenCV cannot decode; "
+        f"convert it (e.g. ffmpeg -i {source} converted.mp4)"
+    )
+
+
 def list_videos(folder: Path) -> list[Path]:
     """The video files in a folder (any depth), sorted."""
     return sorted(p for p in folder.rglob("*") if p.is_file() and is_video(p))
@@ -162,8 +176,11 @@ def frame_count(source: str, start: float = 0.0, end: float | None = None) -> in
     addresses, which are not opened twice), for a progress bar over several files."""
     if is_url(source):
         return 0
-    with Video(source, start, end) as video:
-        return video.span_frames
+    try:
+        with Video(source, start, end) as video:
+            return video.span_frames
+    except FerkitError:  # said when its turn comes
+        return 0
 
 
 def check_span(start: float, end: float | None) -> None:
