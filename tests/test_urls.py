@@ -7,7 +7,10 @@ import csv
 import http.server
 import json
 import logging
+import os
+import signal
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -231,6 +234,7 @@ class _Camera:
 
     opened: list = []
     connections: list = []
+    asked: threading.Semaphore  # released each time a frame is asked for: a camera slower than the classifier
 
     def __new__(cls, source, *args):
         if not (isinstance(source, str) and source.startswith("rtsp://")):
@@ -250,9 +254,12 @@ class _Camera:
 
     def read(self):
         if not self.left:
-            if self.end == "ctrl-c":
-                raise KeyboardInterrupt
+            if self.end == "ctrl-c":  # as a real Ctrl-C comes: a signal to the process, whatever thread reads
+                self.asked.acquire()
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.5)
             return False, None
+        self.asked.acquire()
         self.left -= 1
         return True, cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)
 
@@ -263,18 +270,95 @@ class _Camera:
 _RealCapture = cv2.VideoCapture
 
 
-def test_a_live_stream_is_read_as_a_camera_is_until_ctrl_c_and_its_password_never_shown(
-    checkpoint, tmp_path, monkeypatch, capsys
-):
+@pytest.fixture
+def camera(monkeypatch):
+    """cv2.VideoCapture as ``_Camera`` for rtsp addresses, giving a frame only once one is asked for."""
     monkeypatch.setattr(cv2, "VideoCapture", _Camera)
     monkeypatch.setattr(_Camera, "opened", [])
-    monkeypatch.setattr(_Camera, "connections", [(3, "ctrl-c")])
+    monkeypatch.setattr(_Camera, "asked", threading.Semaphore(0), raising=False)
+    take = video_module._Reader.take
+
+    def asking(reader, at_least):
+        _Camera.asked.release()
+        return take(reader, at_least)
+
+    monkeypatch.setattr(video_module._Reader, "take", asking)
+    return _Camera
+
+
+class _Paced:
+    """A camera whose frames come when the test lets them (``gate``): frame k is an image of grey level k; after
+    ``total`` frames it ends."""
+
+    def __init__(self, total: int) -> None:
+        self.gate, self.total, self.given, self.reads, self.released = threading.Semaphore(0), total, 0, 0, False
+
+    def isOpened(self):
+        return True
+
+    def get(self, prop):
+        return 0.0
+
+    def read(self):
+        self.reads += 1
+        self.gate.acquire()
+        if self.given == self.total:
+            return False, None
+        self.given += 1
+        return True, np.full((4, 4, 3), self.given - 1, np.uint8)
+
+    def release(self):
+        self.released = True
+
+
+def _until(condition) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, "the reading thread did not get there"
+        time.sleep(0.005)
+
+
+def test_a_live_source_gives_its_newest_frame_and_drops_those_that_came_meanwhile(monkeypatch):
+    camera = _Paced(total=12)
+    monkeypatch.setattr(cv2, "VideoCapture", lambda source, *args: camera)
+    with Video(0) as video:
+        frames = video.frames(every=3)
+        camera.gate.release()
+        got = [next(frames)]  # frame 0
+        camera.gate.release(4)  # frames 1-4 come while frame 0 is classified
+        _until(lambda: camera.reads == 6)  # frame 4 is in, and the camera is waited on for frame 5
+        got.append(next(frames))  # the newest, not frame 1 (nor 3, the third after 0)
+        camera.gate.release(20)  # frames 5-11, then the camera ends
+        got += list(frames)
+    assert [index for index, _, _ in got] == [0, 4, 11]
+    assert [int(rgb[0, 0, 0]) for _, _, rgb in got] == [0, 4, 11]  # each index's own image
+    times = [t for _, t, _ in got]
+    assert times == sorted(times) and times[-1] < 10  # when each was read, by the wall clock
+    assert camera.released  # by the reading thread, the one that used it
+
+
+def test_a_live_source_asks_at_least_every_frames_on(monkeypatch):
+    camera = _Paced(total=3)
+    monkeypatch.setattr(cv2, "VideoCapture", lambda source, *args: camera)
+    with Video(0) as video:
+        frames = video.frames(every=5)
+        camera.gate.release()
+        assert next(frames)[0] == 0
+        camera.gate.release(3)  # frames 1 and 2, then the end: none is 5 frames after frame 0
+        assert list(frames) == []
+    assert camera.released
+
+
+def test_a_live_stream_is_read_as_a_camera_is_until_ctrl_c_and_its_password_never_shown(
+    checkpoint, tmp_path, monkeypatch, capsys, camera
+):
+    monkeypatch.setattr(camera, "connections", [(3, "ctrl-c")])
     address = "rtsp://admin:s3cret@cam.local:554/live"
     out, drawn = tmp_path / "out.json", tmp_path / "drawn"
     argv = ["predict", address, "--checkpoint", str(checkpoint), "--json", str(out), "--annotate", str(drawn) + "/"]
     assert main(argv) == 0  # Ctrl-C is how a live stream ends, as for a camera
     printed = capsys.readouterr()
-    assert _Camera.opened == [address]  # opened once: no second connection for its rate or length
+    assert camera.opened == [address]  # opened once: no second connection for its rate or length
     results = json.loads(out.read_text())["results"]
     assert [r["frame"] for r in results] == [0, 1, 2]
     times = [r["time_s"] for r in results]  # the wall clock's: its reported 90,000 frames a second are not
@@ -287,22 +371,20 @@ def test_a_live_stream_is_read_as_a_camera_is_until_ctrl_c_and_its_password_neve
 
 
 def test_a_live_stream_that_drops_is_connected_to_again_and_ends_after_five_tries(
-    checkpoint, tmp_path, monkeypatch, caplog
+    checkpoint, tmp_path, monkeypatch, caplog, camera
 ):
-    monkeypatch.setattr(cv2, "VideoCapture", _Camera)
-    monkeypatch.setattr(_Camera, "opened", [])
     # Two frames, a drop, a connection refused, two frames more, a drop, then nothing answers.
-    monkeypatch.setattr(_Camera, "connections", [(2, "drop"), (0, None), (2, "drop")])
+    monkeypatch.setattr(camera, "connections", [(2, "drop"), (0, None), (2, "drop")])
     waits = []
     monkeypatch.setattr(video_module.time, "sleep", waits.append)
     caplog.set_level(logging.WARNING, logger="ferkit")
     out = tmp_path / "out.json"
     assert main(["predict", "rtsp://cam.local/live", "--checkpoint", str(checkpoint), "--json", str(out)]) == 0
     results = json.loads(out.read_text())["results"]
-    assert [r["frame"] for r in results] == [0, 1, 2, 3]
+    assert [r["frame"] for r in results] == [0, 1, 2, 3]  # counted across the connections
     assert {f["track"] for r in results for f in r["faces"]} == {1}  # the same person across the drops
     assert waits == [1, 2, 1, 2, 4, 8, 8]  # longer each try; a frame starts the count again
-    assert len(_Camera.opened) == 8
+    assert len(camera.opened) == 8
     said = [r.getMessage() for r in caplog.records]
     assert said[0] == "rtsp://cam.local/live stopped; connecting again in 1 s (1/5)"
     assert said[-1] == "rtsp://cam.local/live: no frame after 5 tries to connect again; stopping"

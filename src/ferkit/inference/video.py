@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,6 +69,7 @@ class Video:
         self._reported_fps = self._capture.get(cv2.CAP_PROP_FPS) or 0.0
         # Live sources state no length (or a meaningless one).
         self.length = 0 if self.live else max(int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
+        self._reader: _Reader | None = None
 
     @property
     def span_frames(self) -> int:
@@ -84,27 +86,39 @@ class Video:
         return self._reported_fps
 
     def frames(self, every: int = 1) -> Iterator[tuple[int, float, np.ndarray]]:
-        """(frame index, seconds, RGB frame) for every ``every``-th frame, until the video ends. A live stream that
-        stops is connected to again (``RECONNECTS`` tries, waiting longer each time) before it is taken as ended."""
+        """(frame index, seconds, RGB frame) for every ``every``-th frame, until the video ends. A live source gives
+        its newest frame each time one is asked for, at least ``every`` frames after the last: frames that came
+        while one was classified are dropped, not queued, so the results keep up with what the camera sees. A live
+        stream that stops is connected to again (``RECONNECTS`` tries, waiting longer each time) before it is taken
+        as ended."""
+        if self.live:
+            yield from self._newest(every)
+            return
         cv2 = self._cv2
         index = first = self._seek() if self.start else 0
-        lost, started = 0, time.monotonic()
         while True:
             # Skipped frames are only grabbed: no conversion to an image, and nothing for the tracker.
             skip = (index - first) % every
             ok, bgr = (self._capture.grab(), None) if skip else self._capture.read()
             if not ok:
-                if not self._reconnected(lost):
-                    break
-                lost += 1
-                continue
-            lost = 0
+                break
             if not skip:
-                time_s = self._time(index, started)
+                time_s = self._time(index)
                 if self.end is not None and time_s >= self.end:
                     break
                 yield index, time_s, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             index += 1
+
+    def _newest(self, every: int) -> Iterator[tuple[int, float, np.ndarray]]:
+        reader = self._reader = _Reader(self)
+        wanted = 0
+        try:
+            while (item := reader.take(wanted)) is not None:
+                index, time_s, bgr = item
+                wanted = index + every
+                yield index, time_s, self._cv2.cvtColor(bgr, self._cv2.COLOR_BGR2RGB)
+        finally:
+            reader.stop()
 
     def _seek(self) -> int:
         """The index of the first frame at or after ``start``, the next one read."""
@@ -113,15 +127,13 @@ class Video:
         index = int(capture.get(cv2.CAP_PROP_POS_FRAMES))
         # Where the seek fell short (a rounded frame; a file without a stated rate, which OpenCV cannot seek in),
         # frames are grabbed up to the start.
-        while self._time(index, 0.0) < self.start and capture.grab():
+        while self._time(index) < self.start and capture.grab():
             index += 1
         return index
 
-    def _time(self, index: int, started: float) -> float:
-        # A live source's frames come as they happen, and what it reports of its rate is often wrong: its clock is
-        # the wall clock. A file's is its rate, else its own timestamps, else the frame count at 25 a second.
-        if self.live:
-            return time.monotonic() - started
+    def _time(self, index: int) -> float:
+        # A file's clock is its rate, else its own timestamps, else the frame count at 25 a second (a live
+        # source's is the wall clock: _Reader).
         if 0 < self._reported_fps <= 1000:
             return index / self._reported_fps
         ms = self._capture.get(self._cv2.CAP_PROP_POS_MSEC)
@@ -143,7 +155,10 @@ class Video:
         return True
 
     def close(self) -> None:
-        self._capture.release()
+        if self._reader is not None:
+            self._reader.stop()
+        else:
+            self._capture.release()
 
     def __enter__(self) -> Video:
         return self
@@ -164,6 +179,55 @@ def unopened(source: str | int) -> str:
         f"cannot read {source} as a video: damaged, or encoded in a way OpenCV cannot decode; "
         f"convert it (e.g. ffmpeg -i {source} converted.mp4)"
     )
+
+
+class _Reader:
+    """A live source's frames read in a thread as fast as they come, the newest kept. Read in turn with the
+    classifier instead, a network camera's frames would queue while each is classified, and the results would fall
+    ever further behind what it sees. A frame's time is when it was read, by the wall clock: what a live source
+    reports of its rate is often wrong (an RTSP camera may give its 90-kHz clock)."""
+
+    def __init__(self, video: Video) -> None:
+        self._video, self._changed, self._stopping = video, threading.Condition(), threading.Event()
+        self._newest: tuple[int, float, np.ndarray] | None = None
+        self._ended = False
+        self._thread = threading.Thread(target=self._read, name=f"ferkit reader: {video.name}", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        video, index, lost, started = self._video, 0, 0, time.monotonic()
+        try:
+            while not self._stopping.is_set():
+                ok, bgr = video._capture.read()
+                if ok:
+                    lost = 0
+                    with self._changed:
+                        self._newest = (index, time.monotonic() - started, bgr)
+                        self._changed.notify()
+                    index += 1
+                elif self._stopping.is_set() or not video._reconnected(lost):
+                    break
+                else:
+                    lost += 1
+        finally:
+            video._capture.release()  # from the start, this thread alone used it
+            with self._changed:
+                self._ended = True
+                self._changed.notify()
+
+    def take(self, at_least: int) -> tuple[int, float, np.ndarray] | None:
+        """The newest frame whose index is at least ``at_least``, once there is one; None when the source ended."""
+        with self._changed:
+            # A timed wait, so that Ctrl-C reaches the main thread however long the source keeps still.
+            while not self._ended and (self._newest is None or self._newest[0] < at_least):
+                self._changed.wait(0.1)
+            newest, self._newest = self._newest, None
+        return newest if newest is not None and newest[0] >= at_least else None
+
+    def stop(self) -> None:
+        """Ends the reading, as soon as a read that is under way returns (the thread then releases the source)."""
+        self._stopping.set()
+        self._thread.join(timeout=2)
 
 
 def list_videos(folder: Path) -> list[Path]:
