@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from ferkit.checkpoint import BUNDLED, atomic_save, make_checkpoint, read_checkpoint
@@ -43,7 +44,7 @@ def test_a_trained_checkpoint_is_described_from_its_own_record(tmp_path, capsys)
     )
 
 
-def test_the_bundled_model_names_its_networks_and_what_is_not_recorded(capsys):
+def test_the_bundled_model_names_its_networks_and_their_training_compute(capsys):
     assert main(["info"]) == 0
     lines = capsys.readouterr().out.splitlines()
     ckpt = read_checkpoint(BUNDLED)
@@ -53,20 +54,24 @@ def test_the_bundled_model_names_its_networks_and_what_is_not_recorded(capsys):
     assert lines[0] == "fer2013_resnet18.safetensors: the weighted average of 2 networks: " + ", ".join(
         f"{m['config']['arch']} width {m['config']['width']} (weight {m['weight']:.3g})" for m in members
     )
-    # Its networks were trained before files recorded their compute: said, not left blank or made up.
     for i, m in enumerate(members):
         line = next(line for line in lines if line.startswith(f"  network {i} ({m['source']}): "))
         assert f"epoch {m['epoch']}" in line and f"PublicTest accuracy {m['metrics']['accuracy']:.2%}" in line
-        assert line.endswith("training PFLOP not recorded")
+        assert line.endswith(f", {m['pflop']:.3f} PFLOP")
+    # The file's compute is its networks' together, inside issue 20's budget of 4 PFLOP for the bundled model.
+    assert ckpt["pflop"] == pytest.approx(sum(m["pflop"] for m in members)) and 3.9 < ckpt["pflop"] <= 4.0
     # The average's own figure is the one ferkit calibrate measured on the selection split; it has no epoch.
     own = ckpt["metrics"]
     figure = f"PublicTest accuracy {own['accuracy']:.2%}, macro F1 {own['macro_f1']:.3f}"
-    assert f"  trained: {figure}, training PFLOP not recorded" in lines
+    assert f"  trained: {figure}, {ckpt['pflop']:.3f} PFLOP" in lines
     assert "predict reads it for --prior photos" in lines[3]  # it records its training mix
     # The int8 export carries the same record in its metadata.
     assert main(["info", "fer2013_resnet18.int8", "--json"]) == 0
     onnx = json.loads(capsys.readouterr().out)
-    assert [(m["source"], m["epoch"]) for m in onnx["members"]] == [(m["source"], m["epoch"]) for m in members]
+    assert [(m["source"], m["epoch"], m["pflop"]) for m in onnx["members"]] == [
+        (m["source"], m["epoch"], m["pflop"]) for m in members
+    ]
+    assert onnx["pflop"] == ckpt["pflop"]
 
 
 def test_a_file_that_is_not_a_model_is_one_line(tmp_path, capsys):
