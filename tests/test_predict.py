@@ -548,6 +548,24 @@ def test_one_video_drawn_into_a_folder_or_refused_as_an_image(checkpoint, tmp_pa
     assert "--annotate " + str(tmp_path / "x.png") + ": name a .mp4, .avi" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("suffix", "codecs"),
+    [(".mp4", {"MP4V", "FMP4"}), (".avi", {"MJPG"}), (".webm", {"VP80"})],  # as FFmpeg names them
+)
+def test_a_drawn_video_is_written_in_the_codec_its_suffix_takes(checkpoint, tmp_path, suffix, codecs):
+    video = write_video([skimage_data.astronaut()] * 3, tmp_path / "clip.avi")
+    drawn = tmp_path / f"drawn{suffix}"
+    assert main(["predict", str(video), "--checkpoint", str(checkpoint), "--annotate", str(drawn)]) == 0
+    capture = cv2.VideoCapture(str(drawn))
+    fourcc = int(capture.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode().upper()
+    frames = []
+    while (frame := capture.read())[0]:
+        frames.append(frame[1])
+    capture.release()
+    assert fourcc in codecs and len(frames) == 3 and frames[0].shape == (512, 512, 3)
+    assert np.abs(frames[0][:20, :20].astype(int) - frames[2][:20, :20]).mean() < 5  # a picture, not noise
+
+
 def test_missing_camera_is_a_clear_error(checkpoint, capsys):
     assert main(["predict", "--camera", "9", "--checkpoint", str(checkpoint)]) == 1
     assert "camera 9: not read: cannot open camera 9; check that it is connected" in capsys.readouterr().out
