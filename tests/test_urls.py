@@ -41,7 +41,8 @@ class Site:
     """A web server on this machine serving a folder, which records each request (path, Authorization header).
 
     ``/page`` is a web page, ``/login/...`` needs ``LOGIN`` (basic authentication), ``/clip`` a video without a
-    suffix, anything missing is a 404."""
+    suffix, anything missing is a 404. ``/busy/N/S/...`` answers 503 to its first N requests (with Retry-After: S
+    unless S is "-") and ``/drop/...`` closes its first connection without an answer; then each serves the file."""
 
     def __init__(self, folder: Path) -> None:
         self.folder, self.requests = folder, []
@@ -67,6 +68,21 @@ class Site:
                         self.send_error(401)
                         return
                     self.path = self.path.removeprefix("/login")
+                if self.path.startswith("/busy/"):
+                    _, _, times, after, rest = self.path.split("/", 4)
+                    if site.requested(self.path) <= int(times):
+                        self.send_response(503)
+                        if after != "-":
+                            self.send_header("Retry-After", after)
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    self.path = "/" + rest
+                if self.path.startswith("/drop/"):
+                    if site.requested(self.path) == 1:
+                        self.close_connection = True
+                        return  # no status line: the client sees the connection end
+                    self.path = self.path.removeprefix("/drop")
                 super().do_GET()
 
             def guess_type(self, path):
@@ -176,6 +192,31 @@ def test_an_answer_larger_than_the_limit_is_refused_before_it_is_all_read(site):
     assert len(fetch(url)) == (site.folder / "huge.png").stat().st_size
     with pytest.raises(FerkitError, match=r"serves more than 1 MB, more than a photo; download it and give the file"):
         fetch(url, max_bytes=2**20)
+
+
+def test_a_busy_server_or_a_dropped_connection_is_asked_again_and_nothing_else_is(site, monkeypatch):
+    waits = []
+    monkeypatch.setattr(time, "sleep", waits.append)
+    photo = (site.folder / "astronaut.png").read_bytes()
+    assert fetch(site.url + "/busy/1/-/astronaut.png") == photo and waits == [1.0]
+    assert site.requested("/busy/1/-/astronaut.png") == 2
+    assert fetch(site.url + "/drop/astronaut.png") == photo and waits == [1.0, 1.0]
+    assert site.requested("/drop/astronaut.png") == 2
+    waits.clear()  # busy throughout: three tries, waiting as long as the server asks
+    with pytest.raises(FerkitError) as busy:
+        fetch(site.url + "/busy/9/3/astronaut.png")
+    assert str(busy.value) == (
+        f"cannot fetch {site.url}/busy/9/3/astronaut.png: HTTP 503 Service Unavailable; the server is busy, "
+        "try again later (asked 3 times)"
+    )
+    assert waits == [3.0, 3.0] and site.requested("/busy/9/3/astronaut.png") == 3
+    waits.clear()  # a wait longer than a photo is worth: said at once
+    with pytest.raises(FerkitError, match=r"the server is busy, try again later \(asked 1 time\)$"):
+        fetch(site.url + "/busy/9/120/astronaut.png")
+    assert waits == [] and site.requested("/busy/9/120/astronaut.png") == 1
+    with pytest.raises(FerkitError, match="HTTP 404"):  # an answer that will not change is not asked again
+        fetch(site.url + "/gone.png")
+    assert waits == [] and site.requested("/gone.png") == 1
 
 
 def test_a_videos_address_is_tracked_frame_by_frame_from_one_request(checkpoint, site, tmp_path):

@@ -86,10 +86,25 @@ def shown(url: str) -> str:
     return parts.geturl()
 
 
+# A busy server (429, 502, 503, 504) or a connection dropped mid-answer is asked again, twice, after 1 and 2 s (or
+# the Retry-After it gives, up to RETRY_AFTER_MAX_S); a dead host, a refusal, an HTTP error or a timeout is not.
+FETCH_TRIES = 3
+RETRY_AFTER_MAX_S = 10.0
+BUSY = (429, 502, 503, 504)
+
+
+class _Passing(FerkitError):
+    """A failure that may pass on its own; ``wait``: the seconds the server asked for, if it did."""
+
+    def __init__(self, message: str, wait: float | None = None) -> None:
+        super().__init__(message)
+        self.wait = wait
+
+
 def fetch(url: str, max_bytes: int = MAX_FETCH_MB * 1024 * 1024, timeout: float = FETCH_TIMEOUT_S) -> bytes:
-    """The bytes an HTTP(S) address serves, or a FerkitError naming what went wrong and what to do."""
-    import http.client
-    import urllib.error
+    """The bytes an HTTP(S) address serves, or a FerkitError naming what went wrong and what to do; a busy server
+    or a dropped connection is tried again (``FETCH_TRIES`` in all)."""
+    import time
     import urllib.request  # here: its import (http, email, ssl) is paid by the runs that fetch
 
     parts, headers = split(url), {"User-Agent": _user_agent()}
@@ -102,6 +117,28 @@ def fetch(url: str, max_bytes: int = MAX_FETCH_MB * 1024 * 1024, timeout: float 
         headers["Authorization"] = "Basic " + base64.b64encode(login).decode()
         url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
     request = urllib.request.Request(url, headers=headers)
+    for attempt in range(1, FETCH_TRIES + 1):
+        try:
+            data = _fetch_once(request, max_bytes, timeout)
+            break
+        except _Passing as e:
+            wait = 2.0 ** (attempt - 1) if e.wait is None else e.wait
+            if attempt == FETCH_TRIES or wait > RETRY_AFTER_MAX_S:
+                raise FerkitError(f"{e} (asked {attempt} time{'s' if attempt > 1 else ''})") from None
+            time.sleep(wait)
+    if len(data) > max_bytes:
+        raise FerkitError(
+            f"{shown(url)} serves more than {max_bytes / 2**20:g} MB, more than a photo; download it and give the file"
+        )
+    return data
+
+
+def _fetch_once(request, max_bytes: int, timeout: float) -> bytes:
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    url = request.full_url
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:
             kind = answer.headers.get_content_type()
@@ -115,8 +152,11 @@ def fetch(url: str, max_bytes: int = MAX_FETCH_MB * 1024 * 1024, timeout: float 
                     f"{shown(url)} serves a video ({kind}), and its address does not end as a video's (.mp4, ...); "
                     "download it and give the file"
                 )
-            data = answer.read(max_bytes + 1)
+            return answer.read(max_bytes + 1)
     except urllib.error.HTTPError as e:
+        if e.code in BUSY:
+            why = f"cannot fetch {shown(url)}: HTTP {e.code} {e.reason}; the server is busy, try again later"
+            raise _Passing(why, _retry_after(e.headers.get("Retry-After"))) from None
         fix = "give the login in the address: http://user:password@host/..." if e.code == 401 else "check the address"
         raise FerkitError(f"cannot fetch {shown(url)}: HTTP {e.code} {e.reason}; {fix}") from None
     except urllib.error.URLError as e:
@@ -128,12 +168,15 @@ def fetch(url: str, max_bytes: int = MAX_FETCH_MB * 1024 * 1024, timeout: float 
     except (ValueError, http.client.InvalidURL) as e:  # what urlsplit let through: a space, a port not a number
         raise FerkitError(f"{shown(url)} is not a valid address ({e}); check it") from None
     except (OSError, http.client.HTTPException) as e:  # the connection dropped while the photo came
-        raise FerkitError(f"cannot fetch {shown(url)}: {type(e).__name__}: {e}; try again") from None
-    if len(data) > max_bytes:
-        raise FerkitError(
-            f"{shown(url)} serves more than {max_bytes / 2**20:g} MB, more than a photo; download it and give the file"
-        )
-    return data
+        raise _Passing(f"cannot fetch {shown(url)}: {type(e).__name__}: {e}; try again") from None
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After's seconds (its HTTP-date form is taken as absent)."""
+    try:
+        return max(float(value), 0.0) if value else None
+    except ValueError:
+        return None
 
 
 def _reason(reason: object) -> str:
