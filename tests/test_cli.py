@@ -53,6 +53,25 @@ def test_evaluate_of_a_file_that_is_no_checkpoint_prints_one_line(tmp_path):
     assert done.stderr.startswith(f"ferkit: error: checkpoint {garbage} is truncated or not a ferkit checkpoint")
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--batch-size", "0"], "ferkit: error: --batch-size 0: 1 or more images a batch"),
+        (["--workers", "-1"], "ferkit: error: --workers -1: 0 (load in this process) or more worker processes"),
+    ],
+)
+@pytest.mark.parametrize("command", ["evaluate", "calibrate"])
+def test_evaluate_and_calibrate_refuse_a_batch_or_workers_out_of_range_in_one_line(
+    untrained_checkpoint, image_folder, tmp_path, capsys, command, flags, message
+):
+    model = tmp_path / "model.pth"
+    model.write_bytes(untrained_checkpoint.read_bytes())  # calibrate would write into it
+    assert main([command, str(model), "--data", str(image_folder), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+    assert model.read_bytes() == untrained_checkpoint.read_bytes()
+
+
 def _option(command, flag):
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices[command]

@@ -397,12 +397,22 @@ def test_files_beside_a_camera_or_a_file_to_draw_photos_and_videos_into_are_one_
         ([str(video), "--start", "-1"], "--start -1: a time from the video's start, 0 or more seconds"),
         ([str(photos / "astronaut.png"), "--end", "1"], "--start and --end apply to video files, not to photos"),
         (["--camera", "0", "--start", "5"], "--start and --end apply to video files, not to a camera or a live stream"),
+        ([str(video), "--every", "0"], "--every 0: every Nth frame is read, N 1 or more (1: every frame)"),
+        ([str(video), "--every", "-2"], "--every -2: every Nth frame is read"),
+        ([str(video), "--smooth", "-1"], "--smooth -1: a half-life in seconds, 0 (no smoothing) or more"),
     ):
         assert main(["predict", *argv, "--checkpoint", str(checkpoint)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("ferkit: error: ") and message in err and "\n" not in err
     with pytest.raises(FerkitError, match="2 videos given: track them with predict_videos"):
         predict_source(object(), [video, write_video([skimage_data.astronaut()] * 2, tmp_path / "other.avi")])
+    monkeypatch.undo()
+    # From Python too, before a frame is read.
+    with pytest.raises(FerkitError, match="--batch-size 0: 1 or more images a batch"):
+        Predictor.from_checkpoint(checkpoint, batch_size=0)
+    for kw, message in (({"every": 0}, "--every 0"), ({"smooth": -0.5}, "--smooth -0.5")):
+        with pytest.raises(FerkitError, match=message):
+            next(stream_video(Predictor.from_checkpoint(checkpoint), str(video), **kw))
 
 
 @pytest.mark.parametrize(

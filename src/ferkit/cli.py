@@ -209,7 +209,8 @@ def _predict(args: argparse.Namespace) -> int:
         video_drawings,
     )
     from .inference.results import ResultStream, format_summary, format_table, mixed_drawing_folder
-    from .inference.video import check_span, is_live
+    from .inference.tracking import check_smooth
+    from .inference.video import check_every, check_span, is_live
 
     if args.camera is not None and args.input:
         raise FerkitError("--camera reads a camera instead of files; give one or the other")
@@ -235,6 +236,8 @@ def _predict(args: argparse.Namespace) -> int:
             if value:
                 raise FerkitError(f"{what} applies to videos and cameras, whose faces are tracked")
     check_span(args.start, args.end)
+    check_every(args.every)
+    check_smooth(args.smooth)
     if (args.start or args.end is not None) and (not videos or any(map(is_live, videos))):
         what = "a camera or a live stream, which has no timeline" if videos else "photos"
         raise FerkitError(f"--start and --end apply to video files, not to {what}")

@@ -23,6 +23,7 @@ from ..atomic import output_names
 from ..checkpoint import is_model_path
 from ..config import Config
 from ..data.images import IMAGE_SUFFIXES, ImageInput, list_images, read_image
+from ..data.loaders import check_batching
 from ..data.preprocess import build_test_transform
 from ..data.urls import as_local, is_url, url_name
 from ..errors import FerkitError
@@ -44,11 +45,12 @@ from .results import (
     mixed_drawing_folder,
     save_drawing,
 )
-from .tracking import SMOOTH_S, Summary, Tracker
+from .tracking import SMOOTH_S, Summary, Tracker, check_smooth
 from .video import (
     WRITABLE_VIDEO_SUFFIXES,
     Video,
     VideoWriter,
+    check_every,
     check_span,
     frame_count,
     is_live,
@@ -96,6 +98,7 @@ class Predictor:
         self.transform = build_test_transform(config)
         # fp32 by default: bf16 rounding moves probabilities users read (``precision="bf16"`` to trade that).
         self.precision = precision
+        check_batching(batch_size)
         self.tta, self.margin, self.batch_size = tta, margin, batch_size
         self._detector = detector
         # Where the model came from and what training recorded with it, for whoever describes it (the server).
@@ -519,6 +522,8 @@ def predict_videos(
     seconds.
     """
     check_span(start, end)  # before any output is opened
+    check_every(every)
+    check_smooth(smooth)
     from tqdm import tqdm
 
     if annotate:  # before the outputs are opened, so a bad path leaves them as they were

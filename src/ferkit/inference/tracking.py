@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import FerkitError
 from .results import Face, Result
 
 MAX_AGE_S = 1.0
@@ -23,6 +24,12 @@ MIN_IOU = 0.1
 SMOOTH_S = 0.5
 # Shortest run of one label that the summary lists as a segment.
 SEGMENT_S = 1.0
+
+
+def check_smooth(smooth_s: float) -> None:
+    """``smooth_s`` as ``--smooth`` allows it: a half-life of 0 (off) or more seconds."""
+    if not smooth_s >= 0:
+        raise FerkitError(f"--smooth {smooth_s:g}: a half-life in seconds, 0 (no smoothing) or more")
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -59,6 +66,7 @@ class Tracker:
     """
 
     def __init__(self, max_age_s: float = MAX_AGE_S, min_iou: float = MIN_IOU, smooth_s: float = SMOOTH_S) -> None:
+        check_smooth(smooth_s)
         self.max_age_s, self.min_iou, self.smooth_s = max_age_s, min_iou, smooth_s
         self.tracks: list[_Track] = []
         self._next_id = 1

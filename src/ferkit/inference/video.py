@@ -91,6 +91,7 @@ class Video:
         while one was classified are dropped, not queued, so the results keep up with what the camera sees. A live
         stream that stops is connected to again (``RECONNECTS`` tries, waiting longer each time) before it is taken
         as ended."""
+        check_every(every)
         if self.live:
             yield from self._newest(every)
             return
@@ -245,6 +246,12 @@ def frame_count(source: str, start: float = 0.0, end: float | None = None) -> in
             return video.span_frames
     except FerkitError:  # said when its turn comes
         return 0
+
+
+def check_every(every: int) -> None:
+    """``every`` as ``--every`` allows it: a whole number of frames, 1 or more."""
+    if every < 1:
+        raise FerkitError(f"--every {every}: every Nth frame is read, N 1 or more (1: every frame)")
 
 
 def check_span(start: float, end: float | None) -> None:
