@@ -14,6 +14,7 @@ import struct
 import threading
 import time
 import zlib
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from pathlib import Path
@@ -658,6 +659,34 @@ def test_page_uploads_a_photo_and_draws_the_box_and_seven_bars(browser, server, 
     assert left_edge == [0, 220, 0, 255]  # the box's stroke, in the first face's colour
     assert inside != left_edge  # the photo itself is drawn under the box
     assert "1 face in astronaut.png" in page.locator("[data-testid=status]").text_content()
+    assert errors == []
+    page.close()
+
+
+@pytest.mark.slow
+def test_page_numbers_a_crowds_small_faces_and_counts_their_expressions(browser, server, astronaut, tmp_path):
+    small = np.asarray(Image.fromarray(skimage_data.astronaut()).resize((170, 170)))
+    crowd = tmp_path / "crowd.png"
+    crowd.write_bytes(png(np.vstack([np.hstack([small] * 3)] * 2)))  # six faces about 32 pixels wide
+    page, errors = open_page(browser, server)
+    page.set_input_files("[data-testid=file-input]", str(crowd))
+    page.wait_for_function("document.querySelectorAll('[data-testid=face]').length === 6", timeout=30_000)
+    labels = page.eval_on_selector_all("[data-testid=face]", "cards => cards.map((c) => c.dataset.label)")
+    tabs = json.loads(page.locator("[data-testid=canvas]").get_attribute("data-tabs"))
+    # A full label would be three faces wide: each tab says the face's number, its card the rest.
+    assert [t["text"] for t in tabs] == [str(i) for i in range(1, 7)]
+    for tab, box in zip(tabs, page.eval_on_selector_all("[data-testid=face]", "cs => cs.map((c) => c.dataset.box)")):
+        x, y, w, h = json.loads(box)
+        assert tab["width"] <= w + 2 and 0 <= tab["left"] and tab["left"] + tab["width"] <= 510  # over its own face
+    counts = ", ".join(f"{label} {n}" for label, n in Counter(labels).most_common())
+    assert page.locator("[data-testid=status]").text_content() == f"6 faces in crowd.png (510x340): {counts}"
+    # One face keeps its whole label on the picture.
+    page.set_input_files("[data-testid=file-input]", str(astronaut))
+    page.wait_for_function("document.querySelector('[data-testid=status]').textContent.startsWith('1 face')")
+    [tab] = json.loads(page.locator("[data-testid=canvas]").get_attribute("data-tabs"))
+    face = page.locator("[data-testid=face]")
+    confidence = page.locator("[data-testid=face] h2").text_content().rsplit(" ", 1)[1]
+    assert tab["text"] == f"1: {face.get_attribute('data-label')} {confidence}"
     assert errors == []
     page.close()
 

@@ -119,6 +119,7 @@ function drawBoxes(ctx, faces, width, height) {
   const fontSize = Math.max(12, Math.round(Math.max(width, height) / 40));
   ctx.font = `${fontSize}px system-ui, sans-serif`;
   ctx.textBaseline = "top";
+  const tabs = [];
   faces.forEach((face, i) => {
     const [x, y, w, h] = face.box;
     const colour = colourOf(face, i);
@@ -131,14 +132,33 @@ function drawBoxes(ctx, faces, width, height) {
       ctx.arc(px, py, Math.max(line, w / 40), 0, 2 * Math.PI);
       ctx.fill();
     });
-    const text = `${who(face, i)}: ${face.label} ${percent(face.confidence)}`;
+    const text = tabText(ctx, face, i, faces.length > 1 ? w + line : Infinity);
     const textHeight = fontSize + 6;
-    const top = y - line / 2 - textHeight >= 0 ? y - line / 2 - textHeight : y + h + line / 2; // below if no room above
+    // Above the box, or inside its top edge at the picture's top (below it, the tab would cover the face beneath).
+    const top = y - line / 2 - textHeight >= 0 ? y - line / 2 - textHeight : Math.max(0, y - line / 2);
+    const tabWidth = ctx.measureText(text).width + 8;
+    const left = Math.max(0, Math.min(x - line / 2, width - tabWidth)); // inside the picture, not cut at its edge
     ctx.fillStyle = colour;
-    ctx.fillRect(x - line / 2, top, ctx.measureText(text).width + 8, textHeight);
+    ctx.fillRect(left, top, tabWidth, textHeight);
     ctx.fillStyle = "#000";
-    ctx.fillText(text, x - line / 2 + 4, top + 3);
+    ctx.fillText(text, left + 4, top + 3);
+    tabs.push({ text, left, top, width: tabWidth, height: textHeight });
   });
+  ctx.canvas.dataset.tabs = JSON.stringify(tabs); // what each face's tab says and where, for a reader of the page
+}
+
+// In a crowd, a full label over a small face would cover its neighbours: the longest of "3: Happy 87%", "3: Happy"
+// and "3" that is no wider than the face's box (its card below says the rest); a lone face always gets it all.
+function tabText(ctx, face, i, room) {
+  const texts = [`${who(face, i)}: ${face.label} ${percent(face.confidence)}`, `${who(face, i)}: ${face.label}`];
+  return texts.find((text) => ctx.measureText(text).width + 8 <= room) || who(face, i);
+}
+
+// "Neutral 11, Happy 10, Angry 2": how many faces read as each expression, commonest first.
+function labelCounts(faces) {
+  const counts = new Map();
+  faces.forEach((face) => counts.set(face.label, (counts.get(face.label) || 0) + 1));
+  return [...counts].sort((a, b) => b[1] - a[1]).map(([label, n]) => `${label} ${n}`).join(", ");
 }
 
 // Camera and video frames carry track ids, so a person keeps their number and colour across frames; an upload
@@ -195,8 +215,10 @@ function show(bitmap, result, classes, name) {
   draw(bitmap, result);
   showFaces(result, classes);
   const found = result.faces.length;
-  setStatus(found ? `${found} face${found > 1 ? "s" : ""} in ${name} (${result.width}x${result.height})`
-    : `No face found in ${name} (${result.width}x${result.height}); try a larger, frontal, well-lit face`);
+  const size = `${result.width}x${result.height}`;
+  setStatus(found > 1 ? `${found} faces in ${name} (${size}): ${labelCounts(result.faces)}`
+    : found ? `1 face in ${name} (${size})`
+    : `No face found in ${name} (${size}); try a larger, frontal, well-lit face`);
 }
 
 function showError(message) {
