@@ -562,10 +562,12 @@ def test_one_video_drawn_into_a_folder_or_refused_as_an_image(checkpoint, tmp_pa
     ("suffix", "codecs"),
     [(".mp4", {"MP4V", "FMP4"}), (".avi", {"MJPG"}), (".webm", {"VP80"})],  # as FFmpeg names them
 )
-def test_a_drawn_video_is_written_in_the_codec_its_suffix_takes(checkpoint, tmp_path, suffix, codecs):
+def test_a_drawn_video_is_written_in_the_codec_its_suffix_takes(checkpoint, tmp_path, capfd, suffix, codecs):
     video = write_video([skimage_data.astronaut()] * 3, tmp_path / "clip.avi")
     drawn = tmp_path / f"drawn{suffix}"
+    capfd.readouterr()
     assert main(["predict", str(video), "--checkpoint", str(checkpoint), "--annotate", str(drawn)]) == 0
+    assert "OpenCV" not in capfd.readouterr().err  # no line from the library that reads as an error
     capture = cv2.VideoCapture(str(drawn))
     fourcc = int(capture.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode().upper()
     frames = []

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -279,9 +281,12 @@ class VideoWriter:
         cv2 = require_cv2()
         if self._writer is None:
             codec = VIDEO_CODECS.get(self.path.suffix.lower(), "mp4v")
-            self._writer = cv2.VideoWriter(
-                str(self.path), cv2.VideoWriter_fourcc(*codec), self.fps, (rgb.shape[1], rgb.shape[0])
-            )
+            # WebM's muxer takes no four-character codes, so OpenCV prints that it "is not supported" before it
+            # writes VP8 all the same: a line on the C library's stderr that would read as an error.
+            with _stderr_hidden() if codec == "VP80" else contextlib.nullcontext():
+                self._writer = cv2.VideoWriter(
+                    str(self.path), cv2.VideoWriter_fourcc(*codec), self.fps, (rgb.shape[1], rgb.shape[0])
+                )
             if not self._writer.isOpened():
                 raise FerkitError(f"cannot write video {self.path} ({codec}); use a .mp4 or .avi file name")
         self._writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
@@ -289,3 +294,17 @@ class VideoWriter:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.release()
+
+
+@contextlib.contextmanager
+def _stderr_hidden() -> Iterator[None]:
+    """File descriptor 2 (what C libraries print to) sent to the null device while the block runs."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
