@@ -378,7 +378,7 @@ def test_a_live_source_gives_its_newest_frame_and_drops_those_that_came_meanwhil
     assert camera.released  # by the reading thread, the one that used it
 
 
-def test_a_live_source_asks_at_least_every_frames_on(monkeypatch):
+def test_a_live_source_asks_at_least_every_frames_on_and_is_read_once(monkeypatch):
     camera = _Paced(total=3)
     monkeypatch.setattr(cv2, "VideoCapture", lambda source, *args: camera)
     with Video(0) as video:
@@ -387,6 +387,8 @@ def test_a_live_source_asks_at_least_every_frames_on(monkeypatch):
         assert next(frames)[0] == 0
         camera.gate.release(3)  # frames 1 and 2, then the end: none is 5 frames after frame 0
         assert list(frames) == []
+        with pytest.raises(FerkitError, match=r"camera 0 is read once per opening; open it again"):
+            next(video.frames())
     assert camera.released
 
 

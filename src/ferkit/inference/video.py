@@ -113,6 +113,8 @@ class Video:
             index += 1
 
     def _newest(self, every: int) -> Iterator[tuple[int, float, np.ndarray]]:
+        if self._reader is not None:  # its thread owns the capture, and releases it when it ends
+            raise FerkitError(f"{self.name} is read once per opening; open it again (Video(...)) to read it again")
         reader = self._reader = _Reader(self)
         wanted = 0
         try:
