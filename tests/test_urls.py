@@ -419,7 +419,7 @@ def test_a_live_stream_that_drops_is_connected_to_again_and_ends_after_five_trie
     # Two frames, a drop, a connection refused, two frames more, a drop, then nothing answers.
     monkeypatch.setattr(camera, "connections", [(2, "drop"), (0, None), (2, "drop")])
     waits = []
-    monkeypatch.setattr(video_module.time, "sleep", waits.append)
+    monkeypatch.setattr(video_module._Reader, "_pause", lambda reader, seconds: waits.append(seconds))
     caplog.set_level(logging.WARNING, logger="ferkit")
     out = tmp_path / "out.json"
     assert main(["predict", "rtsp://cam.local/live", "--checkpoint", str(checkpoint), "--json", str(out)]) == 0
@@ -433,12 +433,23 @@ def test_a_live_stream_that_drops_is_connected_to_again_and_ends_after_five_trie
     assert said[-1] == "rtsp://cam.local/live: no frame after 5 tries to connect again; stopping"
 
 
+def test_a_stream_closed_while_it_waits_to_connect_again_is_left_at_once(camera, monkeypatch):
+    monkeypatch.setattr(camera, "connections", [(1, "drop")])  # a frame, then the network drops
+    started = time.monotonic()
+    with Video("rtsp://cam.local/live") as video:
+        frames = video.frames()
+        assert next(frames)[0] == 0
+        time.sleep(0.2)  # the reading thread has found the drop and waits 1 s to connect again
+    # Closed during the wait: no second connection, and no wait for the rest of it.
+    assert len(camera.opened) == 1 and time.monotonic() - started < 0.9
+
+
 def test_a_file_that_ends_is_not_opened_again(checkpoint, site, monkeypatch):
-    waits = []
-    monkeypatch.setattr(video_module.time, "sleep", waits.append)
+    opened = []
+    monkeypatch.setattr(cv2, "VideoCapture", lambda *args: opened.append(args) or _RealCapture(*args))
     with Video(str(site.folder / "clip.avi")) as video:
         assert len(list(video.frames())) == 4
-    assert waits == []
+    assert len(opened) == 1
 
 
 def test_a_stream_that_cannot_be_opened_is_reported_in_one_line_without_its_password(checkpoint, capsys):

@@ -25,15 +25,15 @@ from ..errors import FerkitError
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def check_batching(batch_size: int, workers: int = 0) -> None:
-    """``--batch-size`` and ``--workers`` as they may be given."""
-    if batch_size < 1:
+def check_batching(batch_size: int | None, workers: int = 0) -> None:
+    """``--batch-size`` and ``--workers`` as they may be given (a batch size of None: the dataset gives batches)."""
+    if batch_size is not None and batch_size < 1:
         raise FerkitError(f"--batch-size {batch_size}: 1 or more images a batch")
     if workers < 0:
         raise FerkitError(f"--workers {workers}: 0 (load in this process) or more worker processes")
 
 
-def make_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device, **kw) -> DataLoader:
+def make_loader(dataset: Dataset, batch_size: int | None, workers: int, device: torch.device, **kw) -> DataLoader:
     """A loader for :func:`batches_of`; its workers leave the stop signals to the main process."""
     check_batching(batch_size, workers)
     if workers > 0 and sys.platform.startswith("linux"):

@@ -144,21 +144,6 @@ class Video:
         ms = self._capture.get(self._cv2.CAP_PROP_POS_MSEC)
         return ms / 1000 if ms > 0 else index / self.fps
 
-    def _reconnected(self, lost: int) -> bool:
-        """Whether a live stream that stopped was opened again (``lost`` tries ago it last gave a frame); a file or
-        a camera that stops has ended."""
-        if not is_stream_url(self.source):
-            return False
-        if lost == RECONNECTS:
-            log.warning("%s: no frame after %d tries to connect again; stopping", self.name, RECONNECTS)
-            return False
-        wait = min(2**lost, 8)
-        log.warning("%s stopped; connecting again in %d s (%d/%d)", self.name, wait, lost + 1, RECONNECTS)
-        time.sleep(wait)
-        self._capture.release()
-        self._capture = self._cv2.VideoCapture(self.source)  # if it does not open, its first read fails: a try more
-        return True
-
     def close(self) -> None:
         if self._reader is not None:
             self._reader.stop()
@@ -210,7 +195,7 @@ class _Reader:
                         self._newest = (index, time.monotonic() - started, bgr)
                         self._changed.notify()
                     index += 1
-                elif self._stopping.is_set() or not video._reconnected(lost):
+                elif self._stopping.is_set() or not self._reconnected(lost):
                     break
                 else:
                     lost += 1
@@ -219,6 +204,27 @@ class _Reader:
             with self._changed:
                 self._ended = True
                 self._changed.notify()
+
+    def _reconnected(self, lost: int) -> bool:
+        """Whether a live stream that stopped was opened again (``lost`` tries ago it last gave a frame); a camera
+        that stops, or a stream after ``RECONNECTS`` tries or once the reading is stopped, has ended."""
+        video = self._video
+        if not is_stream_url(video.source):
+            return False
+        if lost == RECONNECTS:
+            log.warning("%s: no frame after %d tries to connect again; stopping", video.name, RECONNECTS)
+            return False
+        wait = min(2**lost, 8)
+        log.warning("%s stopped; connecting again in %d s (%d/%d)", video.name, wait, lost + 1, RECONNECTS)
+        if self._pause(wait):
+            return False
+        video._capture.release()
+        video._capture = video._cv2.VideoCapture(video.source)  # one that does not open fails its first read: a try
+        return True
+
+    def _pause(self, seconds: float) -> bool:
+        """Waits ``seconds``, or less if the reading is stopped meanwhile (then True)."""
+        return self._stopping.wait(seconds)
 
     def take(self, at_least: int) -> tuple[int, float, np.ndarray] | None:
         """The newest frame whose index is at least ``at_least``, once there is one; None when the source ended."""
