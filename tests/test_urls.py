@@ -24,7 +24,7 @@ from ferkit.data.urls import fetch, is_stream_url, is_url, shown
 from ferkit.errors import FerkitError
 from ferkit.inference import video as video_module
 from ferkit.inference.predict import Predictor, split_sources
-from ferkit.inference.video import Video, is_live, is_video_url
+from ferkit.inference.video import Video, VideoWriter, is_live, is_video_url
 
 cv2 = pytest.importorskip("cv2")
 skimage_data = pytest.importorskip("skimage.data")
@@ -431,6 +431,22 @@ def test_a_live_stream_that_drops_is_connected_to_again_and_ends_after_five_trie
     said = [r.getMessage() for r in caplog.records]
     assert said[0] == "rtsp://cam.local/live stopped; connecting again in 1 s (1/5)"
     assert said[-1] == "rtsp://cam.local/live: no frame after 5 tries to connect again; stopping"
+
+
+def test_a_live_sources_drawing_keeps_the_pace_it_was_seen_at(tmp_path):
+    writer = VideoWriter(tmp_path / "live.avi", fps=10)
+    grey = [np.full((32, 32, 3), level, np.uint8) for level in (0, 100, 200)]
+    for frame, at in zip(grey, (0.03, 0.5, 0.52)):  # 0.5 s between the first two; the third within that tenth
+        writer.write(frame, at=at)
+    writer.close()
+    capture = cv2.VideoCapture(str(tmp_path / "live.avi"))
+    levels = []
+    while (frame := capture.read())[0]:
+        levels.append(round(float(frame[1].mean()), -2))
+    capture.release()
+    # The first frame held until the second's time (half a second at 10 frames a second); the third, seen in the
+    # same tenth of a second as the second, in its place.
+    assert levels == [0, 0, 0, 0, 0, 200] and writer.written == 6
 
 
 def test_a_stream_closed_while_it_waits_to_connect_again_is_left_at_once(camera, monkeypatch):

@@ -283,23 +283,47 @@ class VideoWriter:
     """Annotated frames to a video file, in the codec its suffix takes (:data:`VIDEO_CODECS`)."""
 
     def __init__(self, path: Path, fps: float) -> None:
-        self.path, self.fps, self._writer = path, fps, None
+        self.path, self.fps, self._writer, self.written = path, fps, None, 0
+        self._held: tuple[np.ndarray, int] | None = None  # a live frame and its slot, shown until the next one's
 
-    def write(self, rgb: np.ndarray) -> None:
+    def write(self, rgb: np.ndarray, at: float | None = None) -> None:
+        """The frame, as the next one; or, with ``at`` (seconds from the start, as a live source's frames come), in
+        the 1/fps slot of that time, the frame before held until then, so that the drawing plays at the pace the
+        source was seen: a frame that comes later than the next slot is held longer, one that comes in the slot of
+        the frame before replaces it."""
         cv2 = require_cv2()
+        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        if at is None:
+            self._put(bgr, 1)
+            return
+        slot = math.floor(at * self.fps)
+        if self._held is None:
+            self._held = (bgr, 0)  # the drawing starts with the first frame seen
+        elif slot <= self._held[1]:
+            self._held = (bgr, self._held[1])
+        else:
+            self._put(self._held[0], slot - self._held[1])
+            self._held = (bgr, slot)
+
+    def _put(self, bgr: np.ndarray, times: int) -> None:
         if self._writer is None:
-            codec = VIDEO_CODECS.get(self.path.suffix.lower(), "mp4v")
+            cv2, codec = require_cv2(), VIDEO_CODECS.get(self.path.suffix.lower(), "mp4v")
             # WebM's muxer takes no four-character codes, so OpenCV prints that it "is not supported" before it
             # writes VP8 all the same: a line on the C library's stderr that would read as an error.
             with _stderr_hidden() if codec == "VP80" else contextlib.nullcontext():
                 self._writer = cv2.VideoWriter(
-                    str(self.path), cv2.VideoWriter_fourcc(*codec), self.fps, (rgb.shape[1], rgb.shape[0])
+                    str(self.path), cv2.VideoWriter_fourcc(*codec), self.fps, (bgr.shape[1], bgr.shape[0])
                 )
             if not self._writer.isOpened():
                 raise FerkitError(f"cannot write video {self.path} ({codec}); use a .mp4 or .avi file name")
-        self._writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        for _ in range(times):
+            self._writer.write(bgr)
+        self.written += times
 
     def close(self) -> None:
+        if self._held is not None:
+            self._put(self._held[0], 1)
+            self._held = None
         if self._writer is not None:
             self._writer.release()
 
