@@ -680,6 +680,20 @@ def test_page_numbers_a_crowds_small_faces_and_counts_their_expressions(browser,
         assert tab["width"] <= w + 2 and 0 <= tab["left"] and tab["left"] + tab["width"] <= 510  # over its own face
     counts = ", ".join(f"{label} {n}" for label, n in Counter(labels).most_common())
     assert page.locator("[data-testid=status]").text_content() == f"6 faces in crowd.png (510x340): {counts}"
+    # A card pointed at brings its face forward, whole label and all; a click on a face goes to its card.
+    cards = page.locator("[data-testid=face]")
+    cards.nth(4).hover()
+    tabs = json.loads(page.locator("[data-testid=canvas]").get_attribute("data-tabs"))
+    assert tabs[4]["text"] == f"5: {labels[4]} " + cards.nth(4).locator("h2").text_content().rsplit(" ", 1)[1]
+    assert [t["text"] for t in tabs[:4] + tabs[5:]] == ["1", "2", "3", "4", "6"]
+    page.mouse.move(0, 0)
+    canvas = page.locator("[data-testid=canvas]")
+    x, y, w, h = json.loads(cards.nth(2).get_attribute("data-box"))
+    shown = canvas.bounding_box()
+    canvas.click(position={"x": (x + w / 2) * shown["width"] / 510, "y": (y + h / 2) * shown["height"] / 340})
+    page.wait_for_function("document.activeElement.dataset.testid === 'face'")
+    assert page.evaluate("[...document.querySelectorAll('[data-testid=face]')].indexOf(document.activeElement)") == 2
+    assert json.loads(canvas.get_attribute("data-tabs"))[2]["text"].startswith(f"3: {labels[2]} ")
     # One face keeps its whole label on the picture.
     page.set_input_files("[data-testid=file-input]", str(astronaut))
     page.wait_for_function("document.querySelector('[data-testid=status]').textContent.startsWith('1 face')")

@@ -99,7 +99,11 @@ async function loadModelInfo() {
   }
 }
 
-function draw(bitmap, result) {
+// The photo on the canvas, redrawn with one face brought forward while its card is pointed at or focused.
+let drawn = null;
+
+function draw(bitmap, result, focus = -1) {
+  drawn = { bitmap, result };
   const { width, height } = result;
   canvas.width = width;
   canvas.height = height;
@@ -110,20 +114,24 @@ function draw(bitmap, result) {
     ctx.fillStyle = "#c8ccd2";
     ctx.fillRect(0, 0, width, height);
   }
-  drawBoxes(ctx, result.faces, width, height);
+  drawBoxes(ctx, result.faces, width, height, focus);
 }
 
-function drawBoxes(ctx, faces, width, height) {
+// ``focus``: the index of a face drawn last, its box twice as thick and its tab whole, over its neighbours'.
+function drawBoxes(ctx, faces, width, height, focus = -1) {
   // An even line width centred on whole-pixel coordinates covers whole pixels: crisp, exact colour.
   const line = 2 * Math.max(1, Math.round(Math.max(width, height) / 500));
   const fontSize = Math.max(12, Math.round(Math.max(width, height) / 40));
   ctx.font = `${fontSize}px system-ui, sans-serif`;
   ctx.textBaseline = "top";
   const tabs = [];
-  faces.forEach((face, i) => {
+  const order = faces.map((_, i) => i).filter((i) => i !== focus);
+  if (faces[focus]) order.push(focus);
+  order.forEach((i) => {
+    const face = faces[i];
     const [x, y, w, h] = face.box;
     const colour = colourOf(face, i);
-    ctx.lineWidth = line;
+    ctx.lineWidth = i === focus ? 2 * line : line;
     ctx.strokeStyle = colour;
     ctx.strokeRect(x, y, w, h);
     ctx.fillStyle = colour; // landmarks: small dots at the eyes, nose tip and mouth corners
@@ -132,7 +140,7 @@ function drawBoxes(ctx, faces, width, height) {
       ctx.arc(px, py, Math.max(line, w / 40), 0, 2 * Math.PI);
       ctx.fill();
     });
-    const text = tabText(ctx, face, i, faces.length > 1 ? w + line : Infinity);
+    const text = tabText(ctx, face, i, faces.length > 1 && i !== focus ? w + line : Infinity);
     const textHeight = fontSize + 6;
     // Above the box, or inside its top edge at the picture's top (below it, the tab would cover the face beneath).
     const top = y - line / 2 - textHeight >= 0 ? y - line / 2 - textHeight : Math.max(0, y - line / 2);
@@ -142,7 +150,7 @@ function drawBoxes(ctx, faces, width, height) {
     ctx.fillRect(left, top, tabWidth, textHeight);
     ctx.fillStyle = "#000";
     ctx.fillText(text, left + 4, top + 3);
-    tabs.push({ text, left, top, width: tabWidth, height: textHeight });
+    tabs[i] = { text, left, top, width: tabWidth, height: textHeight };
   });
   ctx.canvas.dataset.tabs = JSON.stringify(tabs); // what each face's tab says and where, for a reader of the page
 }
@@ -152,13 +160,6 @@ function drawBoxes(ctx, faces, width, height) {
 function tabText(ctx, face, i, room) {
   const texts = [`${who(face, i)}: ${face.label} ${percent(face.confidence)}`, `${who(face, i)}: ${face.label}`];
   return texts.find((text) => ctx.measureText(text).width + 8 <= room) || who(face, i);
-}
-
-// "Neutral 11, Happy 10, Angry 2": how many faces read as each expression, commonest first.
-function labelCounts(faces) {
-  const counts = new Map();
-  faces.forEach((face) => counts.set(face.label, (counts.get(face.label) || 0) + 1));
-  return [...counts].sort((a, b) => b[1] - a[1]).map(([label, n]) => `${label} ${n}`).join(", ");
 }
 
 // Camera and video frames carry track ids, so a person keeps their number and colour across frames; an upload
@@ -207,9 +208,37 @@ function showFaces(result, classes) {
     const title = document.createElement("h2");
     title.textContent = `${face.track ? "Person" : "Face"} ${who(face, i)}: ${face.label} ${percent(face.confidence)}`;
     card.append(title, ...classes.map((name) => barRow(name, face.probabilities[name], name === face.label)));
+    if (!face.track) linkToPhoto(card, i);
     facesPanel.append(card);
   });
 }
+
+// A photo's card and its face on the picture point at each other: the card pointed at or focused brings its face
+// forward; a click on a face scrolls to its card and focuses it.
+function linkToPhoto(card, i) {
+  card.tabIndex = 0;
+  const focus = (on) => () => drawn && draw(drawn.bitmap, drawn.result, on ? i : -1);
+  card.addEventListener("mouseenter", focus(true));
+  card.addEventListener("focus", focus(true));
+  card.addEventListener("mouseleave", focus(false));
+  card.addEventListener("blur", focus(false));
+}
+
+canvas.addEventListener("click", (event) => {
+  if (!drawn) return;
+  const rect = canvas.getBoundingClientRect();
+  const x = (event.clientX - rect.left) * (canvas.width / rect.width);
+  const y = (event.clientY - rect.top) * (canvas.height / rect.height);
+  const inside = drawn.result.faces
+    .map((face, i) => ({ i, area: face.box[2] * face.box[3], box: face.box }))
+    .filter(({ box: [bx, by, bw, bh] }) => x >= bx && x <= bx + bw && y >= by && y <= by + bh)
+    .sort((a, b) => a.area - b.area); // the smallest box holding the point: a face inside another's box
+  const card = inside.length ? facesPanel.querySelectorAll("[data-testid=face]")[inside[0].i] : null;
+  if (card && !card.dataset.track) {
+    card.scrollIntoView({ block: "nearest", behavior: "smooth" });
+    card.focus({ preventScroll: true });
+  }
+});
 
 function show(bitmap, result, classes, name) {
   draw(bitmap, result);
@@ -224,6 +253,7 @@ function show(bitmap, result, classes, name) {
 function showError(message) {
   facesPanel.replaceChildren();
   canvas.width = canvas.height = 0; // the previous image's boxes do not belong to this upload
+  drawn = null;
   setStatus(`Error: ${message}`, true);
 }
 
@@ -534,6 +564,7 @@ async function analyseVideo(file, name) {
   const controller = begin();
   facesPanel.replaceChildren();
   canvas.width = canvas.height = 0;
+  drawn = null;
   const most = maxVideoFrames ? `up to ${maxVideoFrames} frames are read` : "its frames are read";
   setStatus(`Tracking the people in ${name}... (${most}; this takes a while)`);
   let body;
