@@ -875,6 +875,12 @@ def test_page_tracks_the_people_in_a_video_and_draws_them_as_it_plays(browser, s
         [x, y + h // 2],
     )
     assert pixel == [0, 220, 0, 255]
+    # A person's card takes the video to where they first appear, paused.
+    page.evaluate("document.querySelector('[data-testid=clip]').currentTime = 0.95")
+    page.wait_for_function("document.querySelector('[data-testid=clip-boxes]').dataset.frame === '9'", timeout=30_000)
+    card.click()
+    page.wait_for_function("document.querySelector('[data-testid=clip-boxes]').dataset.frame === '0'", timeout=30_000)
+    assert page.evaluate("(c => [c.currentTime, c.paused])(document.querySelector('[data-testid=clip]'))") == [0, True]
     with page.expect_download() as download:  # saved as /video answers
         page.click("[data-testid=save-results]")
     saved = json.loads(Path(download.value.path()).read_text())

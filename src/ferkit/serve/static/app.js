@@ -556,6 +556,19 @@ function showTracks(tracks, classes) {
     const changes = track.label_changes === 1 ? "1 change of label" : `${track.label_changes} changes of label`;
     when.textContent = `in view ${track.first_s.toFixed(1)}-${track.last_s.toFixed(1)} s, ${changes}`;
     card.append(title, when, ...classes.map((name) => barRow(name, track.share[name], name === track.dominant)));
+    // A person's card takes the video to where they first appear, paused there with their box drawn.
+    card.tabIndex = 0;
+    card.title = `Show where person #${track.track} first appears (${track.first_s.toFixed(1)} s)`;
+    const seek = () => {
+      clip.pause();
+      clip.currentTime = track.first_s;
+    };
+    card.addEventListener("click", seek);
+    card.addEventListener("keydown", (event) => {
+      if (event.key !== "Enter" && event.key !== " ") return;
+      event.preventDefault();
+      seek();
+    });
     facesPanel.append(card);
   });
 }
