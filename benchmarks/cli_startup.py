@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import source_commit  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
 from PIL import Image
 from skimage.data import astronaut
 
@@ -34,12 +35,6 @@ def seconds(src: Path, argv: list[str]) -> float:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "ferkit", *argv], env=env, check=True, capture_output=True)
     return time.perf_counter() - start
-
-
-def commit(src: Path) -> str | None:
-    """The commit a source tree is checked out at (its uncommitted changes not said), where git knows it."""
-    done = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return done.stdout.strip() or None
 
 
 def main() -> None:
@@ -64,7 +59,7 @@ def main() -> None:
         "machine": machine_description(),
         "date": time.strftime("%Y-%m-%d"),
         "repeats": args.repeats,
-        "commits": {str(src): commit(src) for src in args.src},
+        "commits": {str(src): source_commit(src) for src in args.src},
         "median_s": {
             str(src): {what: round(statistics.median(times[str(src), what]), 3) for what in commands}
             for src in args.src

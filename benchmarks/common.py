@@ -1,7 +1,9 @@
-"""What the benchmark scripts share: where FER2013 is when --data is not given, and where results are written."""
+"""What the benchmark scripts share: where FER2013 is when --data is not given, where results are written, and
+which commit a source tree compared is at."""
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 # $FERKIT_DATA, else the workspace layout: shared/ beside the repository.
@@ -15,3 +17,9 @@ def write_result(name: str, result: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+def source_commit(src: str | os.PathLike) -> str | None:
+    """The commit a source tree is checked out at (its uncommitted changes not said), where git knows it."""
+    done = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or None

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import source_commit  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -94,11 +96,6 @@ def child(seconds: float, fps: float, people: int) -> dict:
     }
 
 
-def commit(src: Path) -> str | None:
-    done = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return done.stdout.strip() or None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--src", type=Path, nargs="+", default=[ROOT / "src"])
@@ -120,7 +117,7 @@ def main() -> None:
         done = subprocess.run(
             argv, env={**os.environ, "PYTHONPATH": str(src)}, check=True, capture_output=True, text=True
         )
-        runs[str(src)] = {"commit": commit(src), **json.loads(done.stdout.splitlines()[-1])}
+        runs[str(src)] = {"commit": source_commit(src), **json.loads(done.stdout.splitlines()[-1])}
     report = {
         "machine": machine_description(),
         "date": time.strftime("%Y-%m-%d"),

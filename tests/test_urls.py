@@ -352,6 +352,19 @@ class _Paced:
         self.released = True
 
 
+@pytest.fixture
+def paced(monkeypatch):
+    """Camera 0 as a ``_Paced`` camera of ``total`` frames, whose first frame is let through."""
+
+    def opened(total: int) -> _Paced:
+        camera = _Paced(total)
+        monkeypatch.setattr(cv2, "VideoCapture", lambda source, *args: camera)
+        camera.gate.release()
+        return camera
+
+    return opened
+
+
 def _until(condition) -> None:
     deadline = time.monotonic() + 10
     while not condition():
@@ -359,12 +372,10 @@ def _until(condition) -> None:
         time.sleep(0.005)
 
 
-def test_a_live_source_gives_its_newest_frame_and_drops_those_that_came_meanwhile(monkeypatch):
-    camera = _Paced(total=12)
-    monkeypatch.setattr(cv2, "VideoCapture", lambda source, *args: camera)
+def test_a_live_source_gives_its_newest_frame_and_drops_those_that_came_meanwhile(paced):
+    camera = paced(total=12)
     with Video(0) as video:
         frames = video.frames(every=3)
-        camera.gate.release()
         got = [next(frames)]  # frame 0
         camera.gate.release(4)  # frames 1-4 come while frame 0 is classified
         _until(lambda: camera.reads == 6)  # frame 4 is in, and the camera is waited on for frame 5
@@ -378,12 +389,10 @@ def test_a_live_source_gives_its_newest_frame_and_drops_those_that_came_meanwhil
     assert camera.released  # by the reading thread, the one that used it
 
 
-def test_a_live_source_asks_at_least_every_frames_on_and_is_read_once(monkeypatch):
-    camera = _Paced(total=3)
-    monkeypatch.setattr(cv2, "VideoCapture", lambda source, *args: camera)
+def test_a_live_source_asks_at_least_every_frames_on_and_is_read_once(paced):
+    camera = paced(total=3)
     with Video(0) as video:
         frames = video.frames(every=5)
-        camera.gate.release()
         assert next(frames)[0] == 0
         camera.gate.release(3)  # frames 1 and 2, then the end: none is 5 frames after frame 0
         assert list(frames) == []
