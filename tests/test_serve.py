@@ -812,6 +812,8 @@ def test_page_shows_photos_its_browser_cannot_decode_through_the_servers_preview
     photo = skimage_data.astronaut()[:400, :400]  # her face, in a TIFF within the test server's upload limit
     tif = {"name": "astronaut.tif", "mimeType": "image/tiff", "buffer": tiff(photo)}
     page, errors = open_page(browser, server)
+    previews = []
+    page.on("request", lambda request: "/preview" in request.url and previews.append(request.url))
     decodes = """(b64) => createImageBitmap(new Blob([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))]))
         .then(() => true, () => false)"""
     assert not page.evaluate(decodes, base64.b64encode(tif["buffer"]).decode())  # Chromium does not read TIFF
@@ -826,6 +828,8 @@ def test_page_shows_photos_its_browser_cannot_decode_through_the_servers_preview
         [x + w // 2, y + h // 2],
     )
     assert np.abs(np.array(drawn[:3], dtype=int) - photo[y + h // 2, x + w // 2]).max() < 12  # the photo, not grey
+    assert len(previews) == 1
+    previews.clear()
     page.set_input_files(
         "[data-testid=file-input]",
         files=[tif, {"name": "astronaut.png", "mimeType": "image/png", "buffer": astronaut.read_bytes()}],
@@ -833,9 +837,16 @@ def test_page_shows_photos_its_browser_cannot_decode_through_the_servers_preview
     page.wait_for_function(
         "document.querySelector('[data-testid=gallery-line]').textContent.startsWith('2 photos')", timeout=60_000
     )
-    page.wait_for_function(  # its thumbnail is the server's small JPEG
-        "document.querySelector('[data-name=\"astronaut.tif\"] img')?.naturalWidth === 256", timeout=30_000
+    page.wait_for_function(  # its thumbnail is the server's JPEG
+        "document.querySelector('[data-name=\"astronaut.tif\"] img')?.naturalWidth === 400", timeout=30_000
     )
+    for name in ("astronaut.tif", "astronaut.png", "astronaut.tif"):  # shown, and shown again
+        page.click(f"[data-name='{name}']")
+        page.wait_for_function(
+            "document.querySelector('[data-testid=canvas]').width === " + ("400" if "tif" in name else "512")
+        )
+    # Asked once for the thumbnail and the view together, and not again when shown again.
+    assert len(previews) == 1 and "side=1600" in previews[0]
     assert errors == []
     page.close()
 

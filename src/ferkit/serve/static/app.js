@@ -282,10 +282,19 @@ async function send(url, blob, name, signal, as = "json") {
   }
 }
 
-// A photo the browser cannot decode (HEIC outside Safari, TIFF) as the server's JPEG of it, `side` pixels at most.
-const preview = (blob, name, side, signal) => send(`preview?side=${side}`, blob, name, signal, "blob");
+// A photo the browser cannot decode (HEIC outside Safari, TIFF) as the server's JPEG of it, 1600 pixels at most,
+// asked once per photo and kept for both its thumbnail and its view: a HEIC's decoding is half a second of the
+// server's time.
 const PREVIEW_SIDE = 1600;
-const THUMB_SIDE = 256;
+const previews = new WeakMap();
+function preview(blob, name, signal) {
+  if (!previews.has(blob)) {
+    const asked = send(`preview?side=${PREVIEW_SIDE}`, blob, name, signal, "blob");
+    asked.catch(() => previews.delete(blob)); // a refused or cancelled one is asked again next time
+    previews.set(blob, asked);
+  }
+  return previews.get(blob);
+}
 
 // The picture to draw on: the browser's own decoding, else the server's preview; null when neither reads it.
 async function decode(blob, name, signal) {
@@ -295,7 +304,7 @@ async function decode(blob, name, signal) {
     // not a format this browser reads
   }
   try {
-    return await createImageBitmap(await preview(blob, name, PREVIEW_SIDE, signal));
+    return await createImageBitmap(await preview(blob, name, signal));
   } catch {
     return null;
   }
@@ -430,7 +439,7 @@ async function analyseMany(files) {
       if (moving || picture.dataset.preview) return picture.remove();
       picture.dataset.preview = "asked";
       try {
-        picture.src = URL.createObjectURL(await preview(file, name, THUMB_SIDE, controller.signal));
+        picture.src = URL.createObjectURL(await preview(file, name, controller.signal));
       } catch {
         picture.remove();
       }
