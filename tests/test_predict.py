@@ -530,6 +530,45 @@ def _turned_mp4(rgb: np.ndarray, path: Path, frames: int = 3) -> Path:
     return path
 
 
+def _uneven_mp4(path: Path, frames: int = 12) -> Path:
+    """An MP4 of ``frames`` frames over 1.2 s whose first half last 0.15 s each and the second 0.05 s (a variable
+    rate, as phones record in dim light): OpenCV's 10-fps file with its time-to-sample table (stts) made two rows."""
+    import struct
+
+    frame = cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (512, 512))
+    for i in range(frames):
+        writer.write(np.roll(frame, 4 * i, axis=1))
+    writer.release()
+    data = bytearray(path.read_bytes())
+    moov = data.index(b"moov")
+    assert data.index(b"mdat") < moov  # the table can grow without moving the frames it points at
+    stts = data.index(b"stts", moov) - 4
+    _, _, _, rows, count, delta = struct.unpack(">I4sIIII", data[stts : stts + 24])
+    assert (rows, count) == (1, frames)
+    half = frames // 2
+    data[stts : stts + 24] = struct.pack(">I4sIIIIII", 32, b"stts", 0, 2, half, delta * 3 // 2, half, delta // 2)
+    for box in (b"moov", b"trak", b"mdia", b"minf", b"stbl"):  # each holds the table: 8 bytes longer
+        at = data.index(box, moov - 4) - 4
+        data[at : at + 4] = struct.pack(">I", struct.unpack(">I", data[at : at + 4])[0] + 8)
+    path.write_bytes(data)
+    return path
+
+
+def test_a_video_of_variable_rate_is_timed_by_its_frames_own_times(checkpoint, tmp_path):
+    video = str(_uneven_mp4(tmp_path / "dim.mp4"))
+    real = [0.0, 0.15, 0.3, 0.45, 0.6, 0.75, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15]
+    with Video(video) as opened:
+        assert opened.fps == 10.0  # the average rate, which would put frame 5 at 0.5 s
+        assert [t for _, t, _ in opened.frames()] == real
+    # A part of it: the first frame at or after 0.7 s (0.75), where OpenCV's seek by the average rate lands on
+    # frame 7 (0.95 s), until 1.0 s.
+    with Video(video, start=0.7, end=1.0) as opened:
+        assert [(i, t) for i, t, _ in opened.frames()] == [(5, 0.75), (6, 0.9), (7, 0.95)]
+    results = list(stream_video(Predictor.from_checkpoint(checkpoint), video, every=2))
+    assert [r.time_s for r in results] == real[::2]
+
+
 def test_a_phones_portrait_video_is_read_upright_by_its_rotation_metadata(checkpoint, tmp_path):
     video = _turned_mp4(skimage_data.astronaut(), tmp_path / "IMG_0001.mp4")
     with Video(str(video)) as opened:

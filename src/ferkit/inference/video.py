@@ -97,20 +97,17 @@ class Video:
         if self.live:
             yield from self._newest(every)
             return
-        cv2 = self._cv2
-        index = first = self._seek() if self.start else 0
-        while True:
-            # Skipped frames are only grabbed: no conversion to an image, and nothing for the tracker.
-            skip = (index - first) % every
-            ok, bgr = (self._capture.grab(), None) if skip else self._capture.read()
+        cv2, first = self._cv2, None
+        for index, time_s in self._grabbed():
+            if self.end is not None and time_s >= self.end:
+                break
+            first = index if first is None else first
+            if (index - first) % every:
+                continue  # a skipped frame is only grabbed: no image, nothing for the tracker
+            ok, bgr = self._capture.retrieve()
             if not ok:
                 break
-            if not skip:
-                time_s = self._time(index)
-                if self.end is not None and time_s >= self.end:
-                    break
-                yield index, time_s, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            index += 1
+            yield index, time_s, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
     def _newest(self, every: int) -> Iterator[tuple[int, float, np.ndarray]]:
         if self._reader is not None:  # its thread owns the capture, and releases it when it ends
@@ -125,24 +122,51 @@ class Video:
         finally:
             reader.stop()
 
-    def _seek(self) -> int:
-        """The index of the first frame at or after ``start``, the next one read."""
-        cv2, capture = self._cv2, self._capture
-        capture.set(cv2.CAP_PROP_POS_MSEC, self.start * 1000)
-        index = int(capture.get(cv2.CAP_PROP_POS_FRAMES))
-        # Where the seek fell short (a rounded frame; a file without a stated rate, which OpenCV cannot seek in),
-        # frames are grabbed up to the start.
-        while self._time(index) < self.start and capture.grab():
+    def _grabbed(self) -> Iterator[tuple[int, float]]:
+        """(index, seconds) of each frame of a file grabbed from the first at or after ``start`` on."""
+        if self.start:
+            if (found := self._seek()) is None:
+                return
+            index, time_s = found
+        else:
+            if not self._capture.grab():
+                return
+            index, time_s = 0, self._time(0)
+        while True:
+            if time_s >= self.start:
+                yield index, time_s
             index += 1
-        return index
+            if not self._capture.grab():
+                return
+            time_s = self._time(index)
+
+    def _seek(self) -> tuple[int, float] | None:
+        """The frame grabbed at or before ``start`` (index, seconds); None when the file ends first.
+
+        OpenCV seeks by a frame number it reckons from the average rate, so in a video of variable rate (most
+        phones') it can land after ``start``, or past the end: then it seeks again, earlier (by twice the overshoot
+        and a second; to half the time less a second).
+        """
+        cv2, capture, target = self._cv2, self._capture, self.start
+        while True:
+            capture.set(cv2.CAP_PROP_POS_MSEC, target * 1000)
+            index = int(capture.get(cv2.CAP_PROP_POS_FRAMES))
+            if capture.grab():
+                time_s = self._time(index)
+                if time_s <= self.start or target == 0:
+                    return index, time_s
+                target = max(0.0, target - 2 * (time_s - self.start) - 1)
+            elif target == 0:
+                return None
+            else:  # past the end, where a variable rate can put a time that the video holds: from earlier
+                target = max(0.0, target / 2 - 1)
 
     def _time(self, index: int) -> float:
-        # A file's clock is its rate, else its own timestamps, else the frame count at 25 a second (a live
-        # source's is the wall clock: _Reader).
-        if 0 < self._reported_fps <= 1000:
-            return index / self._reported_fps
+        """Seconds into a file of the frame just grabbed: its own timestamp, which a variable rate makes uneven
+        (a phone's video in dim light); where the file gives none, its index at the stated rate (else 25 a second).
+        A live source's clock is the wall clock (:class:`_Reader`)."""
         ms = self._capture.get(self._cv2.CAP_PROP_POS_MSEC)
-        return ms / 1000 if ms > 0 else index / self.fps
+        return round(ms / 1000, 4) if ms > 0 else index / self.fps
 
     def close(self) -> None:
         if self._reader is not None:
