@@ -567,6 +567,16 @@ def test_a_video_of_variable_rate_is_timed_by_its_frames_own_times(checkpoint, t
         assert [(i, t) for i, t, _ in opened.frames()] == [(5, 0.75), (6, 0.9), (7, 0.95)]
     results = list(stream_video(Predictor.from_checkpoint(checkpoint), video, every=2))
     assert [r.time_s for r in results] == real[::2]
+    # Drawn at 10 frames a second, each frame held until the next one's time: it plays as the video does.
+    drawn = tmp_path / "drawn.avi"
+    list(stream_video(Predictor.from_checkpoint(checkpoint), video, annotate=drawn))
+    capture, shown = cv2.VideoCapture(str(drawn)), []
+    sources = [np.roll(skimage_data.astronaut(), 4 * i, axis=1)[400:] for i in range(12)]  # below the face's box
+    while (frame := capture.read())[0]:
+        rgb = cv2.cvtColor(frame[1], cv2.COLOR_BGR2RGB)[400:].astype(float)
+        shown.append(int(np.argmin([np.abs(rgb - source).mean() for source in sources])))
+    capture.release()
+    assert shown == [0, 1, 1, 2, 3, 3, 4, 5, 5, 7, 9, 11]  # the 0.15-s frames twice, three of the 0.05-s ones
 
 
 def test_a_phones_portrait_video_is_read_upright_by_its_rotation_metadata(checkpoint, tmp_path):

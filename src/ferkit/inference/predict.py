@@ -405,14 +405,14 @@ def stream_video(
 def _tracked(
     predictor: Predictor, video: Video, detect: bool, every: int, smooth: float, annotate: str | os.PathLike | None
 ) -> Iterator[Result]:
-    # A file's drawing has a frame per frame read; a live source's keeps its pace (frames that came while one was
-    # read are dropped), each drawn frame held until the next one's time.
+    # Each drawn frame is held until the next one's time: the drawing keeps the pace of a file of variable rate
+    # and of a live source, whose frames that came while one was read are dropped.
     writer = VideoWriter(Path(annotate), video.fps if video.live else video.fps / every) if annotate else None
     tracker = Tracker(smooth_s=smooth)
     try:
         for result, rgb in predictor.predict_frames(video.frames(every), detect, video.name, tracker):
             if writer:
-                writer.write(draw_faces(rgb, result.faces), at=result.time_s if video.live else None)
+                writer.write(draw_faces(rgb, result.faces), at=result.time_s)
             yield result
     finally:
         if writer:

@@ -310,19 +310,16 @@ class VideoWriter:
         self.path, self.fps, self._writer, self.written = path, fps, None, 0
         self._held: tuple[np.ndarray, int] | None = None  # a live frame and its slot, shown until the next one's
 
-    def write(self, rgb: np.ndarray, at: float | None = None) -> None:
-        """The frame, as the next one; or, with ``at`` (seconds from the start, as a live source's frames come), in
-        the 1/fps slot of that time, the frame before held until then, so that the drawing plays at the pace the
-        source was seen: a frame that comes later than the next slot is held longer, one that comes in the slot of
-        the frame before replaces it."""
+    def write(self, rgb: np.ndarray, at: float) -> None:
+        """The frame seen ``at`` seconds, in the 1/fps slot of that time, the frame before held until then, so that
+        the drawing plays at the pace the video was seen (a live source's dropped frames, a file's variable rate):
+        a frame that comes later than the next slot is held longer, one in the slot of the frame before replaces
+        it."""
         cv2 = require_cv2()
         bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-        if at is None:
-            self._put(bgr, 1)
-            return
-        slot = math.floor(at * self.fps)
+        slot = math.floor(at * self.fps + 1e-6)  # frame k of a file at fps, k / fps seconds, in slot k
         if self._held is None:
-            self._held = (bgr, 0)  # the drawing starts with the first frame seen
+            self._held = (bgr, slot)  # the drawing starts with the first frame
         elif slot <= self._held[1]:
             self._held = (bgr, self._held[1])
         else:
