@@ -308,7 +308,7 @@ class VideoWriter:
 
     def __init__(self, path: Path, fps: float) -> None:
         self.path, self.fps, self._writer, self.written = path, fps, None, 0
-        self._held: tuple[np.ndarray, int] | None = None  # a live frame and its slot, shown until the next one's
+        self._held: tuple[np.ndarray, int] | None = None  # the last frame and its slot, shown until the next one's
 
     def write(self, rgb: np.ndarray, at: float) -> None:
         """The frame seen ``at`` seconds, in the 1/fps slot of that time, the frame before held until then, so that
