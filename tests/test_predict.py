@@ -579,6 +579,27 @@ def test_a_video_of_variable_rate_is_timed_by_its_frames_own_times(checkpoint, t
     assert shown == [0, 1, 1, 2, 3, 3, 4, 5, 5, 7, 9, 11]  # the 0.15-s frames twice, three of the 0.05-s ones
 
 
+def test_a_video_cut_short_is_read_as_far_as_it_goes_and_said_to_be(checkpoint, tmp_path, caplog):
+    whole = write_video([np.roll(skimage_data.astronaut(), 4 * i, axis=1) for i in range(40)], tmp_path / "a.avi")
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])  # a download that did not finish
+    caplog.set_level(logging.WARNING, logger="ferkit")
+    with Video(str(cut)) as video:
+        read = [index for index, _, _ in video.frames()]
+    assert video.length == 40 and 10 < len(read) < 30 and read == list(range(len(read)))
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{cut} ended after frame {len(read)} of the 40 its header states: the file may be cut short (a download "
+        "or copy that did not finish); the frames read are kept"
+    ]
+    caplog.clear()  # read whole, or until an --end it reaches: nothing to say
+    for kw in ({}, {"end": 1.0}):
+        with Video(str(whole), **kw) as video:
+            list(video.frames())
+    with Video(str(cut), end=1.0) as video:
+        list(video.frames())
+    assert caplog.records == []
+
+
 def test_a_phones_portrait_video_is_read_upright_by_its_rotation_metadata(checkpoint, tmp_path):
     video = _turned_mp4(skimage_data.astronaut(), tmp_path / "IMG_0001.mp4")
     with Video(str(video)) as opened:

@@ -24,6 +24,10 @@ log = logging.getLogger("ferkit")
 # 8 and 8 s, before it is taken as ended.
 RECONNECTS = 5
 
+# A file that ends before this share of the frames its header states is said to be cut short (headers estimate
+# the count from the duration and rate, a few frames off).
+CUT_SHORT = 0.9
+
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 
 
@@ -97,10 +101,10 @@ class Video:
         if self.live:
             yield from self._newest(every)
             return
-        cv2, first = self._cv2, None
+        cv2, first, index = self._cv2, None, -1
         for index, time_s in self._grabbed():
             if self.end is not None and time_s >= self.end:
-                break
+                return
             first = index if first is None else first
             if (index - first) % every:
                 continue  # a skipped frame is only grabbed: no image, nothing for the tracker
@@ -108,6 +112,14 @@ class Video:
             if not ok:
                 break
             yield index, time_s, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        if index + 1 < CUT_SHORT * self.length and self.length - index > 2:
+            log.warning(
+                "%s ended after frame %d of the %d its header states: the file may be cut short (a download or "
+                "copy that did not finish); the frames read are kept",
+                self.name,
+                index + 1,
+                self.length,
+            )
 
     def _newest(self, every: int) -> Iterator[tuple[int, float, np.ndarray]]:
         if self._reader is not None:  # its thread owns the capture, and releases it when it ends
