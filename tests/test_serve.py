@@ -694,6 +694,16 @@ def test_page_numbers_a_crowds_small_faces_and_counts_their_expressions(browser,
     page.wait_for_function("document.activeElement.dataset.testid === 'face'")
     assert page.evaluate("[...document.querySelectorAll('[data-testid=face]')].indexOf(document.activeElement)") == 2
     assert json.loads(canvas.get_attribute("data-tabs"))[2]["text"].startswith(f"3: {labels[2]} ")
+    # The same among several photos, shown from its thumbnail.
+    page.set_input_files("[data-testid=file-input]", [str(astronaut), str(crowd)])
+    page.wait_for_function(
+        "document.querySelector('[data-testid=gallery-line]').textContent.startsWith('2 photos')", timeout=60_000
+    )
+    page.click("[data-name='crowd.png']")
+    page.wait_for_function("document.querySelectorAll('[data-testid=face]').length === 6", timeout=30_000)
+    cards.nth(1).hover()
+    assert json.loads(canvas.get_attribute("data-tabs"))[1]["text"].startswith(f"2: {labels[1]} ")
+    page.mouse.move(0, 0)
     # One face keeps its whole label on the picture.
     page.set_input_files("[data-testid=file-input]", str(astronaut))
     page.wait_for_function("document.querySelector('[data-testid=status]').textContent.startsWith('1 face')")

@@ -99,10 +99,17 @@ async function loadModelInfo() {
   }
 }
 
-// The photo on the canvas, redrawn with one face brought forward while its card is pointed at or focused.
+// The photo on the canvas, redrawn with one face brought forward while its card is pointed at or focused; its
+// bitmap is kept open until another takes its place.
 let drawn = null;
 
+function forgetDrawn() {
+  if (drawn && drawn.bitmap) drawn.bitmap.close();
+  drawn = null;
+}
+
 function draw(bitmap, result, focus = -1) {
+  if (drawn && drawn.bitmap !== bitmap) forgetDrawn();
   drawn = { bitmap, result };
   const { width, height } = result;
   canvas.width = width;
@@ -253,7 +260,7 @@ function show(bitmap, result, classes, name) {
 function showError(message) {
   facesPanel.replaceChildren();
   canvas.width = canvas.height = 0; // the previous image's boxes do not belong to this upload
-  drawn = null;
+  forgetDrawn();
   setStatus(`Error: ${message}`, true);
 }
 
@@ -408,7 +415,7 @@ async function select(entry) {
   if (entry.video) return showVideo(entry.file, entry.name, entry.video);
   const bitmap = await decode(entry.file, entry.name, current.signal);
   if (selected === entry) show(bitmap, entry.result, entry.classes, entry.name);
-  if (bitmap) bitmap.close();
+  else if (bitmap) bitmap.close(); // another was chosen meanwhile
 }
 
 // Several photos: each is sent on its own, so one that cannot be read costs only itself, two at a time so a busy
@@ -586,7 +593,7 @@ async function analyseVideo(file, name) {
   const controller = begin();
   facesPanel.replaceChildren();
   canvas.width = canvas.height = 0;
-  drawn = null;
+  forgetDrawn();
   const most = maxVideoFrames ? `up to ${maxVideoFrames} frames are read` : "its frames are read";
   setStatus(`Tracking the people in ${name}... (${most}; this takes a while)`);
   let body;
