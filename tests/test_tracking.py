@@ -18,7 +18,8 @@ from ferkit.cli import main
 from ferkit.data.datasets import CLASSES
 from ferkit.inference.faces import Detection
 from ferkit.inference.predict import Predictor, predict_video, predict_videos
-from ferkit.inference.tracking import SMOOTH_S, Tracker, iou_matrix
+from ferkit.inference.results import Face, Result
+from ferkit.inference.tracking import SMOOTH_S, Summary, Tracker, iou_matrix
 
 pytest.importorskip("skimage.data")
 FPS = 10.0
@@ -80,6 +81,25 @@ def test_a_person_missed_longer_than_max_age_gets_a_new_id():
     first = tracker.assign(0.0, [[100, 100, 50, 50]])
     assert tracker.assign(0.9, [[100, 100, 50, 50]]) == first
     assert tracker.assign(2.0, [[100, 100, 50, 50]]) != first
+
+
+def test_a_live_sources_results_stand_for_their_spacing_and_its_dropped_frames_are_counted():
+    summary = Summary(CLASSES)
+    summary.start("rtsp://cam/live", None)  # live: frames that came while one was read were dropped
+    summary.start("clip.mp4", 1 / 30)
+    for frame, time_s in ((0, 0.0), (3, 0.1), (7, 0.2), (9, 0.3)):
+        for source in ("rtsp://cam/live", "clip.mp4"):
+            face = Face([10, 10, 50, 50], "Happy", 0.9, dict.fromkeys(CLASSES, 1 / 7), track=1)
+            face.smoothed = face.probabilities
+            summary.add(Result(source, 100, 100, [face], frame=frame, time_s=time_s))
+    seconds = {row["source"]: row["seconds"] for row in summary.rows()}
+    # Four results a tenth of a second apart: 0.4 s in view, not four thirtieths of a second.
+    assert seconds == {"rtsp://cam/live": 0.4, "clip.mp4": round(4 / 30, 3)}
+    assert json.loads(summary.to_json())["live"] == [{"source": "rtsp://cam/live", "frames_read": 4, "frames_sent": 10}]
+    assert summary.format_table().splitlines()[-1] == (
+        "rtsp://cam/live: 4 of the 10 frames it sent were read, one every 0.10 s; the others came while one was "
+        "being read"
+    )
 
 
 def test_iou_matrix():

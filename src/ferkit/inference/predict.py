@@ -553,7 +553,7 @@ def predict_videos(
                 out.write(Result(source_name(source), error=str(e)))
                 continue
             with video, closing(_tracked(predictor, video, detect, every, smooth, target)) as stream:
-                summary.start(video.name, every / video.fps)
+                summary.start(video.name, None if video.live else every / video.fps)
                 if is_url(source) and video.span_frames:  # an address's length is known once it is open
                     bar.total = (bar.total or 0) + video.span_frames
                     bar.refresh()

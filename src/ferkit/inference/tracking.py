@@ -152,8 +152,9 @@ class Summary:
     """Per track of every video: first and last time, seconds in view, share of time per expression, the dominant
     one, and the segments where one (smoothed) label held for at least :data:`SEGMENT_S`.
 
-    Fed one result at a time (:meth:`add`), so a long video costs a few numbers per track. ``step_s`` is the time
-    one result stands for (``every`` frames); ``timelines`` keeps each track's smoothed probabilities for a plot.
+    Fed one result at a time (:meth:`add`), so a long video costs a few numbers per track. A source's ``step_s``
+    (:meth:`start`) is the time one result stands for (``every`` frames); ``timelines`` keeps each track's smoothed
+    probabilities for a plot.
     """
 
     def __init__(
@@ -168,17 +169,29 @@ class Summary:
         self.prior = prior  # the class mix the probabilities were read for (ferkit.evaluation.prior)
         self.tta = tta  # the views of each face they average
         self._runs: dict[tuple[str, int], _Run] = {}
-        self._steps: dict[str, float] = {}
+        self._steps: dict[str, float | None] = {}
+        self._read: dict[str, list] = {}  # source: [results, first time, last time, last frame index]
         self.not_read: dict[str, str] = {}  # source: why it could not be read
 
-    def start(self, source: str, step_s: float) -> None:
+    def start(self, source: str, step_s: float | None) -> None:
+        """A source's results to come, each standing for ``step_s`` seconds; None for a live source, whose frames
+        that came while one was read are dropped: its results' mean spacing, measured as they come."""
         self._steps[source] = step_s
+
+    def _step(self, source: str) -> float:
+        step = self._steps.get(source, 0.0)
+        if step is not None:
+            return step
+        count, first_s, last_s, _ = self._read.get(source, (0, 0.0, 0.0, -1))
+        return (last_s - first_s) / (count - 1) if count > 1 else 0.0
 
     def fail(self, source: str, error: str) -> None:
         self.not_read[source] = error
 
     def add(self, result: Result) -> None:
-        step = self._steps.get(result.source, 0.0)
+        read = self._read.setdefault(result.source, [0, result.time_s, result.time_s, -1])
+        read[0], read[2], read[3] = read[0] + 1, result.time_s, result.frame
+        step = self._step(result.source)
         for face in result.faces:
             if face.track is None:
                 continue
@@ -200,7 +213,7 @@ class Summary:
     def rows(self) -> list[dict]:
         out = []
         for run in self._runs.values():
-            step = self._steps.get(run.source, 0.0)
+            step = self._step(run.source)
             seconds = run.frames * step
             segments = run.segments + _held(run, step)
             share = {c: round(run.per_label.get(c, 0) / run.frames, 4) for c in self.classes}
@@ -242,14 +255,31 @@ class Summary:
             "smooth_s": self.smooth_s,
             "tracks": self.rows(),
             "not_read": [{"source": k, "error": v} for k, v in self.not_read.items()],
+            "live": [
+                {"source": source, "frames_read": read, "frames_sent": sent} for source, read, sent in self._live()
+            ],
         }
         return json.dumps(document, indent=2)
 
+    def _live(self) -> list[tuple[str, int, int]]:
+        """(source, frames read, frames it sent) of each live source."""
+        return [
+            (source, self._read[source][0], self._read[source][3] + 1)
+            for source, step in self._steps.items()
+            if step is None and source in self._read
+        ]
+
     def format_table(self) -> str:
         rows = self.rows()
-        failed = [f"{source}: not read: {error}" for source, error in self.not_read.items()]
+        notes = [f"{source}: not read: {error}" for source, error in self.not_read.items()]
+        notes += [
+            f"{source}: {read} of the {sent} frames it sent were read, one every {self._step(source):.2f} s; the "
+            "others came while one was being read"
+            for source, read, sent in self._live()
+            if sent > read
+        ]
         if not rows:
-            return "\n".join(["no face was tracked", *failed])
+            return "\n".join(["no face was tracked", *notes])
         head = f"{'source':<24} {'track':>5} {'first':>8} {'last':>8} {'in view':>8}  {'dominant':<16} then  segments"
         lines = [head]
         for r in rows:
@@ -262,4 +292,4 @@ class Summary:
                 f"{r['seconds']:>7.1f}s  {r['dominant'] + f' {ranked[0][1]:.0%}':<16} {others}  "
                 f"{', '.join(held[:3]) or '-'}{more}"
             )
-        return "\n".join(lines + failed)
+        return "\n".join(lines + notes)
