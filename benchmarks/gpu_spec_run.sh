@@ -83,7 +83,8 @@ print(f"{target}: {len(data) / 1e6:.1f} MB in {count} parts of at most {size / 2
       f"tree that travels ({tree / 2**20:.1f} MiB), under the call's 64 MiB. The device calls, one after the other:")
 for k in range(count - 1):
     print(f'  run  timeout_s 60   carry [".data/p{k}"]  command: bash benchmarks/gpu_spec_run.sh stage')
-print(f'  run  timeout_s 600  carry [".data/p{count - 1}"]  command: OUT=$OUT bash benchmarks/gpu_spec_run.sh run')
+print(f'  run  timeout_s 600  carry [".data/p{count - 1}"]  command: [JOBS=bundled] OUT=$OUT bash '
+      'benchmarks/gpu_spec_run.sh run')
 EOF
 }
 
