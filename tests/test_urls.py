@@ -389,6 +389,26 @@ def test_a_live_source_gives_its_newest_frame_and_drops_those_that_came_meanwhil
     assert camera.released  # by the reading thread, the one that used it
 
 
+def test_a_live_source_that_fails_inside_opencv_ends_with_a_warning_and_its_frames_kept(paced, caplog):
+    camera = paced(total=5)
+    reads = camera.read
+
+    def failing():
+        if camera.given == 2:
+            raise cv2.error("OpenCV(5.1.0) cap_ffmpeg: could not decode the packet")
+        return reads()
+
+    camera.read = failing
+    camera.gate.release(5)
+    caplog.set_level(logging.WARNING, logger="ferkit")
+    with Video(0) as video:
+        got = [index for index, _, _ in video.frames()]
+    assert got and set(got) <= {0, 1} and got[-1] == 1 and camera.released
+    assert [r.getMessage() for r in caplog.records] == [
+        "camera 0: reading stopped: OpenCV(5.1.0) cap_ffmpeg: could not decode the packet"
+    ]
+
+
 def test_a_live_source_asks_at_least_every_frames_on_and_is_read_once(paced):
     camera = paced(total=3)
     with Video(0) as video:

@@ -235,6 +235,8 @@ class _Reader:
                     break
                 else:
                     lost += 1
+        except Exception as e:  # OpenCV's own error: the frames read so far stay, and the source has ended
+            log.warning("%s: reading stopped: %s", video.name, e)
         finally:
             video._capture.release()  # from the start, this thread alone used it
             with self._changed:
