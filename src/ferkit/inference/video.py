@@ -311,8 +311,8 @@ def check_span(start: float, end: float | None) -> None:
 
 
 # What VideoWriter writes, by suffix, the first the default. MPEG-4 Part 2 plays in desktop players and phones'
-# galleries but in few browsers; VP8 in WebM plays in every browser, at about 30 ms of encoding a 720p frame
-# against 4 (VP9, which OpenCV's wheels also have, 150 ms); H.264 is not in them.
+# galleries but in few browsers; VP8 in WebM plays in every browser, at 43 ms a 720p frame against mp4v's 4 (VP9,
+# which OpenCV's wheels also write, 200 ms; benchmarks/video_codecs.py); H.264 is not in them.
 VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mov": "mp4v", ".m4v": "mp4v", ".webm": "VP80"}
 WRITABLE_VIDEO_SUFFIXES = tuple(VIDEO_CODECS)
 
