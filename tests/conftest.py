@@ -250,6 +250,13 @@ def write_video(frames: list[np.ndarray], path: Path, fps: float = 10.0) -> Path
     return path
 
 
+def write_animation(frames: list[np.ndarray], path: Path, delays: list[int]) -> Path:
+    """An animated GIF, WebP or PNG (by the suffix) of RGB frames, each shown for its delay in milliseconds."""
+    first, *rest = [Image.fromarray(frame) for frame in frames]
+    first.save(path, save_all=True, append_images=rest, duration=delays, loop=0)
+    return path
+
+
 class LiveServer:
     """The app under uvicorn in a thread, on a socket bound here so no other process can take the port."""
 

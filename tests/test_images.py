@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import save_sideways
+from conftest import save_sideways, write_animation
 from PIL import Image
 from skimage.data import astronaut
 
 from ferkit.data.datasets import Sample, load_image, read_image_folder
-from ferkit.data.images import IMAGE_SUFFIXES, list_images, read_image
+from ferkit.data.images import IMAGE_SUFFIXES, is_animated, list_images, read_image
 from ferkit.data.preprocess import ToRGB
 from ferkit.errors import FerkitError
 
@@ -121,3 +121,14 @@ def test_a_file_that_is_not_an_image_is_explained_alike_by_every_reader(tmp_path
         serve.decode_image(path.read_bytes(), path.name, 10**6)
     assert refused.value.status_code == 415
     assert f"cannot decode 'notes.png' as an image ({reason})" in refused.value.detail
+
+
+def test_animated_gif_webp_and_png_are_told_from_still_ones(tmp_path):
+    frames = [astronaut(), astronaut()[::-1]]
+    for suffix in (".gif", ".webp", ".png"):
+        assert is_animated(write_animation(frames, tmp_path / f"moving{suffix}", [100, 100]))
+        Image.fromarray(astronaut()).save(tmp_path / f"still{suffix}")
+        assert not is_animated(tmp_path / f"still{suffix}")
+    (tmp_path / "broken.gif").write_bytes(b"GIF89a and then nothing")
+    write_animation(frames, tmp_path / "moving.tif", [100, 100])  # a multi-page TIFF is a document, not a video
+    assert not any(is_animated(tmp_path / name) for name in ("broken.gif", "missing.gif", "moving.tif"))

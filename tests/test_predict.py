@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ASTRONAUT_FACE, iou, save_sideways, write_video
+from conftest import ASTRONAUT_FACE, iou, save_sideways, write_animation, write_video
 from PIL import Image
 
 from ferkit.checkpoint import load_model
@@ -375,8 +375,8 @@ def test_a_bad_drawing_path_for_a_video_is_refused_before_the_model_loads_or_an_
     earlier.write_text('{"from": "an earlier run"}')
     monkeypatch.setattr(Predictor, "from_checkpoint", lambda *a, **kw: pytest.fail("the model was loaded"))
     argv = ["predict", str(video), "--checkpoint", str(checkpoint), "--json", str(earlier)]
-    assert main([*argv, "--annotate", str(tmp_path / "drawn.png")]) == 2
-    assert f"--annotate {tmp_path / 'drawn.png'}: name a .mp4" in capsys.readouterr().err
+    assert main([*argv, "--annotate", str(tmp_path / "drawn.jpg")]) == 2
+    assert f"--annotate {tmp_path / 'drawn.jpg'}: name a .mp4" in capsys.readouterr().err
     assert earlier.read_text() == '{"from": "an earlier run"}'
 
 
@@ -624,8 +624,8 @@ def test_one_video_drawn_into_a_folder_or_refused_as_an_image(checkpoint, tmp_pa
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
     capture.release()
     monkeypatch.setattr(Predictor, "predict_frames", lambda *a, **kw: pytest.fail("a frame was read"))
-    assert main(["predict", str(video), "--checkpoint", str(checkpoint), "--annotate", str(tmp_path / "x.png")]) == 2
-    assert "--annotate " + str(tmp_path / "x.png") + ": name a .mp4, .avi" in capsys.readouterr().err
+    assert main(["predict", str(video), "--checkpoint", str(checkpoint), "--annotate", str(tmp_path / "x.jpg")]) == 2
+    assert "--annotate " + str(tmp_path / "x.jpg") + ": name a .mp4, .avi" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -646,6 +646,99 @@ def test_a_drawn_video_is_written_in_the_codec_its_suffix_takes(checkpoint, tmp_
     capture.release()
     assert fourcc in codecs and len(frames) == 3 and frames[0].shape == (512, 512, 3)
     assert np.abs(frames[0][:20, :20].astype(int) - frames[2][:20, :20]).mean() < 5  # a picture, not noise
+
+
+def _moving(count: int = 6) -> list[np.ndarray]:
+    return [np.roll(skimage_data.astronaut(), 6 * i, axis=1) for i in range(count)]
+
+
+def _closest(frames: list[np.ndarray], sources: list[np.ndarray]) -> list[int]:
+    """Which of ``sources`` each frame shows (below the face, where no box is drawn)."""
+    return [int(np.argmin([np.abs(f[400:].astype(float) - s[400:]).mean() for s in sources])) for f in frames]
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".webp", ".png"])
+def test_an_animated_image_is_read_as_a_video_at_its_frames_own_delays(checkpoint, tmp_path, suffix):
+    # A delay under 20 ms (a GIF's 0) is shown for 100 ms, as browsers do.
+    path = str(write_animation(_moving(), tmp_path / f"reaction{suffix}", [100, 200, 0, 300, 100, 100]))
+    with Video(path) as video:
+        assert (video.length, video.size, video.fps) == (6, (512, 512), pytest.approx(6 / 0.9))
+        read = list(video.frames())
+    assert [(i, t) for i, t, _ in read] == [(0, 0.0), (1, 0.1), (2, 0.3), (3, 0.4), (4, 0.7), (5, 0.8)]
+    # Whole frames, each its own: a GIF stores the later ones as patches over the first, composed on reading.
+    assert _closest([rgb for _, _, rgb in read], _moving()) == list(range(6))
+    assert all(rgb.shape == (512, 512, 3) and rgb.dtype == np.uint8 for _, _, rgb in read)
+    with Video(path, start=0.35, end=0.8) as video:
+        assert [(i, t) for i, t, _ in video.frames()] == [(3, 0.4), (4, 0.7)]
+    results = list(stream_video(Predictor.from_checkpoint(checkpoint), path, every=2))
+    assert [(r.frame, r.time_s, len(r.faces)) for r in results] == [(0, 0.0, 1), (2, 0.3, 1), (4, 0.7, 1)]
+
+
+def test_an_animated_gif_cut_short_keeps_the_frames_before_the_break(tmp_path, caplog):
+    whole = write_animation(_moving(), tmp_path / "whole.gif", [100] * 6)
+    cut = tmp_path / "cut.gif"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
+    caplog.set_level(logging.WARNING, logger="ferkit")
+    with Video(str(cut)) as video:
+        read = [index for index, _, _ in video.frames()]
+    assert 0 < len(read) < 6 and read == list(range(len(read)))
+    assert caplog.records[0].getMessage().startswith(f"{cut}: the frames after frame {len(read)} cannot be decoded")
+
+
+def test_a_folder_reads_its_animated_images_as_videos_drawn_as_animations_and_its_still_ones_as_photos(
+    checkpoint, tmp_path, capsys
+):
+    folder = tmp_path / "chat"
+    folder.mkdir()
+    write_animation(_moving(), folder / "reaction.gif", [100, 200, 100, 300, 100, 100])
+    write_animation(_moving(), folder / "sticker.webp", [100] * 6)
+    Image.fromarray(skimage_data.astronaut()).save(folder / "still.gif")
+    Image.fromarray(skimage_data.astronaut()).save(folder / "photo.jpg")
+    rows, summary, drawn = tmp_path / "rows.json", tmp_path / "summary.json", tmp_path / "drawn"
+    argv = ["predict", str(folder), "--checkpoint", str(checkpoint), "--json", str(rows), "--summary", str(summary)]
+    assert main([*argv, "--annotate", str(drawn)]) == 0
+    photos = {Path(r["source"]).name for r in json.loads(rows.read_text())["results"] if r.get("frame") is None}
+    assert photos == {"photo.jpg", "still.gif"}
+    assert [Path(t["source"]).name for t in json.loads(summary.read_text())["tracks"]] == [
+        "reaction.gif",
+        "sticker.webp",
+    ]
+    assert sorted(p.name for p in drawn.iterdir()) == ["photo.jpg", "reaction.gif", "sticker.webp", "still.png"]
+    with Image.open(drawn / "reaction.gif") as image:
+        delays = []
+        for index in range(image.n_frames):
+            image.seek(index)
+            delays.append(image.info["duration"])
+    # Each drawn frame shown until the next one's time; the last for a frame of the average rate (900 ms / 6).
+    assert delays == [100, 200, 100, 300, 100, 150]
+    with Video(str(drawn / "sticker.webp")) as video:
+        assert _closest([rgb for _, _, rgb in video.frames()], _moving()) == list(range(6))
+    capsys.readouterr()
+
+
+def test_a_video_drawn_as_an_animated_image_unless_it_holds_too_many_pixels(checkpoint, tmp_path, monkeypatch, capsys):
+    video = write_video(_moving(4), tmp_path / "clip.avi")
+    argv = ["predict", str(video), "--checkpoint", str(checkpoint), "--annotate"]
+    assert main([*argv, str(tmp_path / "clip.gif")]) == 0
+    with Video(str(tmp_path / "clip.gif")) as drawn:
+        assert [t for _, t, _ in drawn.frames()] == [0.0, 0.1, 0.2, 0.3]
+    monkeypatch.setattr("ferkit.inference.video.MAX_ANIMATION_PIXELS", 3 * 512 * 512)
+    monkeypatch.setattr(Predictor, "predict_frames", lambda *a, **kw: pytest.fail("a frame was read"))
+    assert main([*argv, str(tmp_path / "long.webp")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"ferkit: error: --annotate {tmp_path / 'long.webp'}: an animated image holds every frame until it is "
+        f"written, too many for 4 frames of 512x512; draw it as a video ({tmp_path / 'long.mp4'}, or .webm for "
+        "browsers)"
+    )
+    assert not (tmp_path / "long.webp").exists()
+    # An animated image too large to hold is drawn as MP4 when no name says otherwise.
+    monkeypatch.undo()
+    gif = write_animation(_moving(4), tmp_path / "reaction.gif", [100] * 4)
+    monkeypatch.setattr("ferkit.inference.video.MAX_ANIMATION_PIXELS", 3 * 512 * 512)
+    assert (
+        main(["predict", str(gif), "--checkpoint", str(checkpoint), "--annotate", str(tmp_path / "drawn") + "/"]) == 0
+    )
+    assert [p.name for p in (tmp_path / "drawn").iterdir()] == ["reaction.mp4"]
 
 
 def test_missing_camera_is_a_clear_error(checkpoint, capsys):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ASTRONAUT_FACE, LiveServer, iou, save_sideways
+from conftest import ASTRONAUT_FACE, LiveServer, iou, save_sideways, write_animation
 from PIL import Image
 
 import ferkit.checkpoint as checkpoint_mod
@@ -234,6 +234,19 @@ def test_part_of_a_video_is_read_from_start_until_end_as_predict_reads_it(client
     assert (got["start"], got["end"], got["tracks"][0]["first_s"], got["tracks"][0]["last_s"]) == (0.45, 0.9, 0.5, 0.8)
     refused = client.post("/video", params={"start": 2, "end": 1}, files=upload)
     assert refused.status_code == 422 and refused.json()["detail"] == "end 1 is not after start 2; give a later end"
+
+
+def test_an_animated_gif_is_read_as_a_video_and_a_still_one_is_sent_to_predict(client, predictor, tmp_path):
+    frames = [np.roll(skimage_data.astronaut(), 6 * i, axis=1) for i in range(4)]
+    gif = write_animation(frames, tmp_path / "reaction.gif", [100, 300, 100, 100])
+    got = client.post("/video", files={"file": ("reaction.gif", gif.read_bytes(), "image/gif")})
+    assert got.status_code == 200, got.text
+    expected = predict_video(predictor, str(gif))
+    assert [(r["frame"], r["time_s"]) for r in got.json()["results"]] == [(0, 0.0), (1, 0.1), (2, 0.4), (3, 0.5)]
+    assert [r["faces"][0]["box"] for r in got.json()["results"]] == [r.faces[0].box for r in expected]
+    still = client.post("/video", files={"file": ("still.gif", png(frames[0], "GIF"), "image/gif")})
+    assert still.status_code == 415
+    assert still.json()["detail"] == "'still.gif' is a still image; send it to /predict (this endpoint reads videos)"
 
 
 def test_a_videos_frames_take_turns_with_photos_so_a_photo_is_not_held_up_by_a_video(predictor, clip):

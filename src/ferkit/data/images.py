@@ -23,6 +23,8 @@ IMAGE_SUFFIXES = {
     *(".heic", ".heif"),  # phones' photos (iPhones save HEIC by default), read through pi-heif
 }
 FORMATS = "JPEG, PNG, BMP, GIF, TIFF, WebP, AVIF or HEIC"
+# The formats whose files may hold an animation (a reaction GIF, an animated WebP or PNG), read as videos.
+ANIMATED_SUFFIXES = {".gif", ".webp", ".png"}
 
 # A file's path or a photo's web address, a decoded image, or an encoded file's bytes (an upload, a download) or a
 # binary file object.
@@ -31,6 +33,18 @@ ImageInput = str | os.PathLike | Image.Image | np.ndarray | bytes | BinaryIO
 
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def is_animated(path: str | os.PathLike) -> bool:
+    """Whether a GIF, WebP or PNG file holds more than one frame (its header says so, or a second frame follows the
+    first); False for any other file, and for one PIL cannot open (said when it is read)."""
+    if Path(path).suffix.lower() not in ANIMATED_SUFFIXES:
+        return False
+    try:
+        with Image.open(path) as image:
+            return bool(getattr(image, "is_animated", False))
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False
 
 
 def list_images(folder: Path) -> list[Path]:

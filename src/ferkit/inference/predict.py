@@ -22,7 +22,7 @@ from torch import nn
 from ..atomic import output_names
 from ..checkpoint import is_model_path
 from ..config import Config
-from ..data.images import IMAGE_SUFFIXES, ImageInput, list_images, read_image
+from ..data.images import IMAGE_SUFFIXES, ImageInput, is_animated, list_images, read_image
 from ..data.loaders import check_batching
 from ..data.preprocess import build_test_transform
 from ..data.urls import as_local, is_url, url_name
@@ -49,15 +49,16 @@ from .tracking import SMOOTH_S, Summary, Tracker, check_smooth
 from .video import (
     WRITABLE_VIDEO_SUFFIXES,
     Video,
-    VideoWriter,
     check_every,
     check_span,
+    drawn_video_suffix,
     frame_count,
     is_live,
     is_video,
     is_video_url,
     list_videos,
     source_name,
+    video_writer,
 )
 
 log = logging.getLogger("ferkit")
@@ -292,6 +293,11 @@ def _mirrored(out: Path, root: Path, sources: Sequence[str | os.PathLike], suffi
     return targets
 
 
+def list_photos(folder: Path) -> list[Path]:
+    """The images anywhere under ``folder``, sorted, but for animated ones: those are its videos."""
+    return [p for p in list_images(folder) if not is_animated(p)]
+
+
 def image_files(path: Input) -> list[Input]:
     """``path`` itself (or a photo's address), or the images in a folder (any depth)."""
     if isinstance(path, str):
@@ -302,7 +308,7 @@ def image_files(path: Input) -> list[Input]:
             f"{path} is a model, not a photo; give it as --checkpoint {path} and the photos, folder or video to read"
         )
     if path.is_dir():
-        files = list_images(path)
+        files = list_photos(path)
         if not files:
             raise FerkitError(f"{path} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
         return files
@@ -407,7 +413,7 @@ def _tracked(
 ) -> Iterator[Result]:
     # Each drawn frame is held until the next one's time: the drawing keeps the pace of a file of variable rate
     # and of a live source, whose frames that came while one was read are dropped.
-    writer = VideoWriter(Path(annotate), video.fps if video.live else video.fps / every) if annotate else None
+    writer = video_writer(Path(annotate), video, every) if annotate else None
     tracker = Tracker(smooth_s=smooth)
     try:
         for result, rgb in predictor.predict_frames(video.frames(every), detect, video.name, tracker):
@@ -462,10 +468,10 @@ def predict_video(
 
 
 def split_sources(source: Sources) -> tuple[list[Input], list[str]]:
-    """The inputs of ``source`` (one or several) to read as images, and the videos to track: a video file or a
-    video's or stream's address is a video, a folder gives its videos (each once) and is read for its images too
-    where it holds any; anything else is read as an image (so a missing path or an empty folder is reported as
-    one, and an address is fetched as a photo)."""
+    """The inputs of ``source`` (one or several) to read as images, and the videos to track: a video file, an
+    animated image (a reaction GIF) and a video's or stream's address are videos, a folder gives its videos (each
+    once) and is read for its still images too where it holds any; anything else is read as an image (so a missing
+    path or an empty folder is reported as one, and an address is fetched as a photo)."""
     images, videos = [], []
     for path in as_inputs(source):
         if isinstance(path, str):
@@ -476,7 +482,7 @@ def split_sources(source: Sources) -> tuple[list[Input], list[str]]:
             continue
         found = list_videos(path) if path.is_dir() else []
         videos.extend(str(v) for v in found)
-        if not found or list_images(path):
+        if not found or list_photos(path):
             images.append(path)
     return images, list(dict.fromkeys(videos))
 
@@ -489,7 +495,8 @@ def video_drawings(
     holding the sources)."""
     if len(sources) == 1 and root is None:
         first = _drawn_as(sources[0]) if isinstance(sources[0], str) else f"camera{sources[0]}"
-        return drawing_target(annotate, first, WRITABLE_VIDEO_SUFFIXES), None
+        kind = drawn_video_suffix(sources[0])  # what a folder given as OUT gets; a file's name says its own
+        return drawing_target(annotate, first, (kind, *(x for x in WRITABLE_VIDEO_SUFFIXES if x != kind))), None
     root = Path(os.path.abspath(root)) if root else mirrored_root([s for s in sources if isinstance(s, str)])
     return drawing_folder(annotate, root), root
 
@@ -541,7 +548,7 @@ def predict_videos(
     interrupted = False
     targets = [annotate] * len(sources)
     if annotate and root is not None:  # a folder mirroring root
-        targets = _mirrored(annotate, root, sources, WRITABLE_VIDEO_SUFFIXES[0])
+        targets = _mirrored(annotate, root, sources, [drawn_video_suffix(s) for s in sources])
     try:
         for i, (source, target) in enumerate(zip(sources, targets)):
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
 import math
@@ -13,7 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from ..data.images import is_animated, to_rgb
 from ..data.urls import is_stream_url, is_url, shown, url_path
 from ..errors import FerkitError
 from .opencv import require_cv2
@@ -31,8 +34,15 @@ CUT_SHORT = 0.9
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 
 
+# The shortest delay browsers honour between an animation's frames: most show a frame given less (a GIF's 0 or
+# 10 ms) for 100 ms, the pace its author saw.
+MIN_FRAME_MS = 20
+SHOWN_FRAME_MS = 100
+
+
 def is_video(path: Path) -> bool:
-    return path.suffix.lower() in VIDEO_SUFFIXES
+    """A video file by its suffix, or an animated image (GIF, WebP or PNG of several frames)."""
+    return path.suffix.lower() in VIDEO_SUFFIXES or is_animated(path)
 
 
 def is_video_url(source: object) -> bool:
@@ -69,7 +79,8 @@ class Video:
         self.live = is_live(source)
         if (start or end is not None) and self.live:
             raise FerkitError(f"--start and --end apply to video files; {self.name} is live, with no timeline")
-        self._cv2, self._capture = cv2, cv2.VideoCapture(source)
+        animated = isinstance(source, str | os.PathLike) and is_animated(source)
+        self._cv2, self._capture = cv2, _Animation(source) if animated else cv2.VideoCapture(source)
         if not self._capture.isOpened():
             raise FerkitError(unopened(source))
         self._reported_fps = self._capture.get(cv2.CAP_PROP_FPS) or 0.0
@@ -82,6 +93,12 @@ class Video:
         """The frames from ``start`` until ``end`` as the stated length and rate put them (0 when unknown)."""
         last = self.length if self.end is None else min(self.length, math.ceil(self.end * self.fps))
         return max(last - math.ceil(self.start * self.fps), 0)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """A frame's width and height as the video states them (0, 0 when it does not)."""
+        get, cv2 = self._capture.get, self._cv2
+        return int(get(cv2.CAP_PROP_FRAME_WIDTH)), int(get(cv2.CAP_PROP_FRAME_HEIGHT))
 
     @property
     def fps(self) -> float:
@@ -191,6 +208,84 @@ class Video:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Animation:
+    """An animated image's frames through the part of ``cv2.VideoCapture``'s interface that :class:`Video` uses.
+    PIL, not OpenCV, decodes them: it composes each frame over the last as its file says (a GIF's frames are often
+    patches over the one before) and reads animated WebP, which OpenCV's FFmpeg does only in recent builds. Each
+    frame starts when the delays of the frames before it have passed."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        cv2 = require_cv2()
+        self._props = cv2.CAP_PROP_FPS, cv2.CAP_PROP_FRAME_COUNT, cv2.CAP_PROP_POS_MSEC, cv2.CAP_PROP_POS_FRAMES
+        self._sizes = cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT
+        self._image, self._starts, self._next, elapsed = None, [], 0, 0
+        try:
+            self._image = Image.open(path)
+            for index in range(self._image.n_frames):
+                self._image.seek(index)
+                self._image.load()  # a WebP frame's delay is known once it is decoded
+                self._starts.append(elapsed)
+                delay = self._image.info.get("duration") or 0
+                elapsed += delay if delay >= MIN_FRAME_MS else SHOWN_FRAME_MS
+        except Exception as e:  # decoders fail on damaged bytes in many ways; the frames before the damage are kept
+            if not self._starts:
+                self.release()
+                self._image = None
+                return
+            log.warning(
+                "%s: the frames after frame %d cannot be decoded (%s); the file may be cut short, the frames before "
+                "are read",
+                path,
+                len(self._starts),
+                str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
+            )
+        self._duration_ms = elapsed
+
+    def isOpened(self) -> bool:  # noqa: N802 (OpenCV's name)
+        return self._image is not None
+
+    def get(self, prop: int) -> float:
+        fps, count, msec, position = self._props
+        if prop == fps:
+            return 1000 * len(self._starts) / self._duration_ms
+        if prop == count:
+            return float(len(self._starts))
+        if prop == msec:
+            return float(self._starts[self._next - 1]) if self._next else 0.0
+        if prop == position:
+            return float(self._next)
+        if prop in self._sizes:
+            return float(self._image.size[self._sizes.index(prop)])
+        return 0.0
+
+    def set(self, prop: int, value: float) -> bool:
+        """Seeks (by ``CAP_PROP_POS_MSEC``) to the frame shown at that time: the next one grabbed."""
+        if prop != self._props[2]:
+            return False
+        self._next = max(bisect.bisect_right(self._starts, value) - 1, 0)
+        return True
+
+    def grab(self) -> bool:
+        if self._next >= len(self._starts):
+            return False
+        self._next += 1
+        return True
+
+    def retrieve(self) -> tuple[bool, np.ndarray | None]:
+        if not self._next:
+            return False, None
+        self._image.seek(self._next - 1)
+        rgb = np.asarray(to_rgb(self._image))
+        return True, np.ascontiguousarray(rgb[..., ::-1])  # BGR, as OpenCV gives frames
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        return self.retrieve() if self.grab() else (False, None)
+
+    def release(self) -> None:
+        if self._image is not None:
+            self._image.close()
 
 
 def unopened(source: str | int) -> str:
@@ -314,7 +409,76 @@ def check_span(start: float, end: float | None) -> None:
 # galleries but in few browsers; VP8 in WebM plays in every browser, at 43 ms a 720p frame against mp4v's 4 (VP9,
 # which OpenCV's wheels also write, 200 ms; benchmarks/video_codecs.py); H.264 is not in them.
 VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mov": "mp4v", ".m4v": "mp4v", ".webm": "VP80"}
-WRITABLE_VIDEO_SUFFIXES = tuple(VIDEO_CODECS)
+# What AnimationWriter writes, by suffix: an animated image, which plays wherever an image shows (a chat, a page),
+# so a reaction GIF is drawn as one.
+ANIMATION_FORMATS = {".gif": "GIF", ".webp": "WEBP", ".png": "PNG"}
+WRITABLE_VIDEO_SUFFIXES = (*VIDEO_CODECS, *ANIMATION_FORMATS)
+# An animated image is written whole when it is closed, its frames held until then: at most this many pixels of
+# them (1.5 GB; 1,000 frames of 720p).
+MAX_ANIMATION_PIXELS = 2**29
+
+
+def drawn_video_suffix(source: str | int) -> str:
+    """What a video is drawn as by default: an animated image as one of its own kind (as MP4 where its frames
+    would hold more than ``MAX_ANIMATION_PIXELS``), anything else as MP4."""
+    if isinstance(source, str) and not is_url(source) and is_animated(source):
+        with Image.open(source) as image:
+            if image.n_frames * image.width * image.height <= MAX_ANIMATION_PIXELS:
+                return Path(source).suffix.lower()
+    return WRITABLE_VIDEO_SUFFIXES[0]
+
+
+def video_writer(path: Path, video: Video, every: int) -> VideoWriter | AnimationWriter:
+    """The writer of ``video``'s drawing (read every ``every``-th frame) to ``path``, by its suffix; an animated
+    image that would hold more than ``MAX_ANIMATION_PIXELS`` is refused before any frame is read."""
+    fps = video.fps if video.live else video.fps / every
+    if path.suffix.lower() not in ANIMATION_FORMATS:
+        return VideoWriter(path, fps)
+    width, height = video.size
+    frames = video.span_frames / every
+    if video.live or frames * width * height > MAX_ANIMATION_PIXELS:
+        what = "a live source" if video.live else f"{frames:.0f} frames of {width}x{height}"
+        raise FerkitError(
+            f"--annotate {path}: an animated image holds every frame until it is written, too many for {what}; "
+            f"draw it as a video ({path.with_suffix('.mp4')}, or .webm for browsers)"
+        )
+    return AnimationWriter(path, fps)
+
+
+class AnimationWriter:
+    """Annotated frames to an animated GIF, WebP or PNG (:data:`ANIMATION_FORMATS`), each shown until the next
+    one's time: the format gives every frame its own delay, so the drawing keeps the video's pace exactly."""
+
+    def __init__(self, path: Path, fps: float) -> None:
+        self.path, self.fps, self.written = path, fps, 0
+        self._frames: list[Image.Image] = []
+        self._times: list[float] = []
+
+    def write(self, rgb: np.ndarray, at: float) -> None:
+        self._frames.append(Image.fromarray(rgb))
+        self._times.append(at)
+        self.written += 1
+
+    def close(self) -> None:
+        if not self._frames:
+            return
+        # The last frame is shown for one frame of the video's rate; GIF counts delays in hundredths of a second.
+        ends = [*self._times[1:], self._times[-1] + 1 / self.fps]
+        delays = [max(round((end - at) * 1000), 10) for at, end in zip(self._times, ends)]
+        first, *rest = self._frames
+        try:
+            first.save(
+                self.path,
+                ANIMATION_FORMATS[self.path.suffix.lower()],
+                save_all=True,
+                append_images=rest,
+                duration=delays,
+                loop=0,
+            )
+        except OSError as e:
+            raise FerkitError(f"cannot write {self.path}: {e}") from None
+        finally:
+            self._frames, self._times = [], []
 
 
 class VideoWriter:

@@ -40,7 +40,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
-from ..data.images import FORMATS, TooManyPixels, UndecodableImage, is_image_file, open_image, to_rgb
+from ..data.images import (
+    ANIMATED_SUFFIXES,
+    FORMATS,
+    TooManyPixels,
+    UndecodableImage,
+    is_animated,
+    is_image_file,
+    open_image,
+    to_rgb,
+)
 from ..errors import FerkitError
 from ..evaluation.prior import PHOTO_PRIOR
 from ..inference.faces import Detector
@@ -48,7 +57,7 @@ from ..inference.modelinfo import describe_model
 from ..inference.predict import Predictor
 from ..inference.results import Face, Result, results_json
 from ..inference.tracking import SMOOTH_S, Summary, Tracker
-from ..inference.video import Video, is_video
+from ..inference.video import VIDEO_SUFFIXES, Video
 from .limits import (
     HOST,
     MAX_BATCH,
@@ -222,7 +231,7 @@ def decode_image(data: bytes, name: str, max_pixels: int, used: int = 0) -> np.n
     except TooManyPixels as e:
         raise _too_many_pixels(name, max_pixels, e.size, used) from None
     except UndecodableImage as e:
-        if is_video(Path(name)):
+        if Path(name).suffix.lower() in VIDEO_SUFFIXES:  # by name alone: the name is the client's, not a file here
             raise HTTPException(
                 415,
                 f"{name!r} is a video; send it to /video, which tracks the people in it (or read it with "
@@ -513,7 +522,10 @@ def create_app(
     )
     async def video(
         request: Request,
-        file: Annotated[UploadFile, File(description="the video (MP4, WebM, MOV, AVI: what OpenCV reads)")],
+        file: Annotated[
+            UploadFile,
+            File(description="the video (MP4, WebM, MOV, AVI: what OpenCV reads) or an animated GIF, WebP or PNG"),
+        ],
         every: Annotated[
             int | None,
             Query(
@@ -531,7 +543,8 @@ def create_app(
         ] = SMOOTH_S,
     ):
         name = file.filename or "upload"
-        if is_image_file(Path(name)):
+        # A GIF, WebP or PNG may be animated: its frames tell, once it is here.
+        if is_image_file(Path(name)) and Path(name).suffix.lower() not in ANIMATED_SUFFIXES:
             raise HTTPException(415, f"{name!r} is a photo; send it to /predict (this endpoint reads videos)")
         if end is not None and end <= start:
             raise HTTPException(422, f"end {end:g} is not after start {start:g}; give a later end")
@@ -542,6 +555,8 @@ def create_app(
             if not copy.tell():
                 raise HTTPException(400, f"the uploaded file {name!r} is empty; choose a video file")
             copy.flush()
+            if is_image_file(Path(name)) and not is_animated(copy.name):
+                raise HTTPException(415, f"{name!r} is a still image; send it to /predict (this endpoint reads videos)")
             document = await _read_video(copy.name, name, every, smooth, (start, end), request.is_disconnected)
         return Response(json.dumps(document), media_type="application/json")
 
