@@ -4,6 +4,7 @@ per-track summary; streaming outputs and Ctrl-C."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
 from pathlib import Path
@@ -19,7 +20,7 @@ from ferkit.data.datasets import CLASSES
 from ferkit.inference.faces import Detection
 from ferkit.inference.predict import Predictor, predict_video, predict_videos
 from ferkit.inference.results import Face, Result
-from ferkit.inference.tracking import SMOOTH_S, Summary, Tracker, iou_matrix
+from ferkit.inference.tracking import SMOOTH_S, LiveLog, Summary, Tracker, iou_matrix
 
 pytest.importorskip("skimage.data")
 FPS = 10.0
@@ -267,3 +268,59 @@ def test_a_folder_of_videos_gives_a_summary_row_per_track_per_video(untrained_ch
     rows = [(Path(t["source"]).name, t["track"]) for t in tracks]
     assert rows == [(name, i) for name in ("a.avi", "c.avi") for i in (1, 2)]
     assert (tmp_path / "annotated" / "b" / "c.mp4").stat().st_size > 0
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _seen(time_s: float, *people: tuple[int, str, float]) -> Result:
+    faces = [Face([10 * k, 0, 10, 10], label, p, {label: p, "Sad": 1 - p}, track=k) for k, label, p in people]
+    return Result("camera 0", faces=faces, frame=round(time_s * 10), time_s=time_s)
+
+
+def _shown(text: str) -> tuple[list[str], str]:
+    """What a terminal shows after ``text``: its finished lines, and the line the cursor is on (each carriage return
+    and erase-line starting that line again)."""
+    *lines, current = text.split("\n")
+    return [line.split("\r\x1b[K")[-1] for line in lines], current.split("\r\x1b[K")[-1]
+
+
+def test_a_live_source_at_a_terminal_says_who_comes_changes_and_leaves_over_one_status_line(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "40")
+    terminal = _Terminal()
+    log = LiveLog(terminal)
+    log(_seen(0.0, (1, "Neutral", 0.6)))
+    log(_seen(0.1, (1, "Neutral", 0.7), (2, "Happy", 0.8)))
+    assert _shown(terminal.getvalue()) == (
+        ["     0.0s  #1 in view: Neutral 60%", "     0.1s  #2 in view: Happy 80%"],
+        "     0.1s  #1 Neutral 70%  #2 Happy 80%",
+    )
+    log(_seen(0.2, (1, "Happy", 0.55), (2, "Happy", 0.81)))
+    log(_seen(0.9, (2, "Happy", 0.9)))  # #1 unseen for 0.7 s: still a track the tracker keeps
+    log(_seen(1.3, (2, "Happy", 0.9), (3, "Surprise", 0.5)))  # 1.1 s: gone
+    log(_seen(1.4))
+    lines, status = _shown(terminal.getvalue())
+    assert lines[2:] == [
+        "     0.2s  #1 Neutral -> Happy 55%",
+        "     1.3s  #3 in view: Surprise 50%",
+        "     1.3s  #1 out of view (last read Happy)",
+    ]
+    assert status == "     1.4s  no face"
+    log(_seen(1.5, *[(k, "Neutral", 0.5) for k in range(2, 9)]))
+    assert len(_shown(terminal.getvalue())[1]) == 39  # cut to the terminal's width, so that it never wraps
+    log.close()
+    assert terminal.getvalue().endswith("\n")  # what is printed next starts on a line of its own
+
+
+def test_a_live_source_to_a_pipe_gives_each_frames_lines():
+    piped = io.StringIO()
+    log = LiveLog(piped)
+    log(_seen(0.5, (1, "Happy", 0.8)))
+    log(_seen(0.6))
+    log.close()
+    assert piped.getvalue().splitlines() == [
+        "camera 0 frame 5 (0.50s): track 1 at (10, 0, 10, 10): Happy 80.0% (then Sad 20%)",
+        "camera 0 frame 6 (0.60s): no face found",
+    ]

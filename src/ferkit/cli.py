@@ -209,7 +209,7 @@ def _predict(args: argparse.Namespace) -> int:
         video_drawings,
     )
     from .inference.results import ResultStream, format_summary, format_table, mixed_drawing_folder
-    from .inference.tracking import check_smooth
+    from .inference.tracking import LiveLog, check_smooth
     from .inference.video import check_every, check_span, is_live
 
     if args.camera is not None and args.input:
@@ -278,21 +278,26 @@ def _predict(args: argparse.Namespace) -> int:
         if len(results) > 1:
             print(format_summary(results), file=sys.stderr if to_stdout else sys.stdout)
         if videos and not interrupted:
-            shown = live and not to_stdout  # a camera's or stream's frames are printed as they come
-            summary, interrupted = predict_videos(
-                predictor,
-                videos,
-                detect=not args.no_detect,
-                every=args.every,
-                smooth=args.smooth,
-                annotate=drawn,
-                plot=args.plot,
-                on_frame=(lambda r: print(format_table([r]), flush=True)) if shown else None,
-                root=root,
-                out=out,
-                start=args.start,
-                end=args.end,
-            )
+            # A camera's or stream's frames are printed as they come.
+            log = LiveLog(sys.stdout) if live and not to_stdout else None
+            try:
+                summary, interrupted = predict_videos(
+                    predictor,
+                    videos,
+                    detect=not args.no_detect,
+                    every=args.every,
+                    smooth=args.smooth,
+                    annotate=drawn,
+                    plot=args.plot,
+                    on_frame=log,
+                    root=root,
+                    out=out,
+                    start=args.start,
+                    end=args.end,
+                )
+            finally:
+                if log:
+                    log.close()
             videos_not_read = summary.not_read
             if args.summary:
                 Path(args.summary).write_text(summary.to_json() + "\n")

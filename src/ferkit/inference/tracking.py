@@ -9,13 +9,15 @@ Everything is in seconds, not frames, so ``--every N`` and a camera's irregular 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TextIO
 
 import numpy as np
 
 from ..errors import FerkitError
-from .results import Face, Result
+from .results import Face, Result, format_table
 
 MAX_AGE_S = 1.0
 # Low, because a face coming out from behind another is detected by its visible part only, which lags behind
@@ -293,3 +295,49 @@ class Summary:
                 f"{', '.join(held[:3]) or '-'}{more}"
             )
         return "\n".join(lines + notes)
+
+
+class LiveLog:
+    """A camera's or live stream's results as they come. For a person watching a terminal: a line when someone comes
+    into view, when their expression (the smoothed label) changes and when they leave, and below those one status
+    line, rewritten in place, with everyone in view; a line per face per frame (over a hundred a second with 8 faces
+    here) would scroll past faster than anyone reads. To a pipe or a file, which a program reads: each frame's lines
+    (:func:`format_table`). A person is out of view once their track has gone unseen for ``gone_after_s`` (the
+    tracker's ``max_age_s``: after that, one who comes back is a new track)."""
+
+    def __init__(self, out: TextIO, gone_after_s: float = MAX_AGE_S) -> None:
+        self.out, self.gone_after_s, self.terminal = out, gone_after_s, out.isatty()
+        self._seen: dict[int, tuple[str, float]] = {}  # track: its label and when it was last seen
+        self._status = ""
+
+    def __call__(self, result: Result) -> None:
+        if not self.terminal:
+            print(format_table([result]), file=self.out, flush=True)
+            return
+        now = result.time_s or 0.0
+        in_view = {f.track: f for f in result.faces if f.track is not None}
+        events = []
+        for track, face in sorted(in_view.items()):
+            said = f"{face.label} {face.confidence:.0%}"
+            if track not in self._seen:
+                events.append(f"#{track} in view: {said}")
+            elif self._seen[track][0] != face.label:
+                events.append(f"#{track} {self._seen[track][0]} -> {said}")
+            self._seen[track] = face.label, now
+        for track, (label, last) in sorted(self._seen.items()):
+            if track not in in_view and now - last > self.gone_after_s:
+                events.append(f"#{track} out of view (last read {label})")
+                del self._seen[track]
+        people = "  ".join(f"#{t} {f.label} {f.confidence:.0%}" for t, f in sorted(in_view.items()))
+        width = shutil.get_terminal_size().columns - 1  # a status line that wraps could not be rewritten
+        status = f"{now:8.1f}s  {people or 'no face'}"[:width]
+        self.out.write("".join(f"\r\x1b[K{now:8.1f}s  {event}\n" for event in events) + f"\r\x1b[K{status}")
+        self.out.flush()
+        self._status = status
+
+    def close(self) -> None:
+        """Ends the status line, so that what is printed next starts on a line of its own."""
+        if self._status:
+            self.out.write("\n")
+            self.out.flush()
+            self._status = ""
