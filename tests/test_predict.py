@@ -19,7 +19,7 @@ from ferkit.cli import main
 from ferkit.data.datasets import CLASSES
 from ferkit.data.images import read_image
 from ferkit.errors import FerkitError
-from ferkit.inference.predict import Predictor, predict_source, stream_video
+from ferkit.inference.predict import Predictor, predict_images, predict_source, stream_video
 from ferkit.inference.video import Video
 from ferkit.model import count_parameters
 
@@ -713,6 +713,10 @@ def test_a_folder_reads_its_animated_images_as_videos_drawn_as_animations_and_it
     assert delays == [100, 200, 100, 300, 100, 150]
     with Video(str(drawn / "sticker.webp")) as video:
         assert _closest([rgb for _, _, rgb in video.frames()], _moving()) == list(range(6))
+    for still in ("still.gif", "photo.jpg"):
+        (folder / still).unlink()
+    with pytest.raises(FerkitError, match="holds only animated images, which are read as videos"):
+        predict_images(Predictor.from_checkpoint(checkpoint), folder)
     capsys.readouterr()
 
 

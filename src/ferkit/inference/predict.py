@@ -309,6 +309,11 @@ def image_files(path: Input) -> list[Input]:
         )
     if path.is_dir():
         files = list_photos(path)
+        if not files and list_images(path):
+            raise FerkitError(
+                f"{path} holds only animated images, which are read as videos: give it to predict_source (or "
+                "`ferkit predict`), which tracks the faces in them"
+            )
         if not files:
             raise FerkitError(f"{path} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
         return files
