@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ASTRONAUT_FACE, iou, write_video
+from conftest import ASTRONAUT_FACE, iou, write_animation, write_video
 from PIL import Image
 
 from ferkit.cli import main
@@ -111,6 +111,9 @@ def site(tmp_path_factory):
     Image.fromarray(skimage_data.astronaut()).save(folder / "astronaut.png")
     (folder / "notes.jpg").write_bytes(b"not a picture")
     write_video([skimage_data.astronaut()] * 4, folder / "clip.avi")
+    frames = [np.roll(skimage_data.astronaut(), 6 * i, axis=1) for i in range(4)]
+    write_animation(frames, folder / "reaction.gif", [100, 300, 100, 100])
+    (folder / "page.gif").write_bytes(b"<html>a page about a GIF</html>")
     (folder / "clip").write_bytes((folder / "clip.avi").read_bytes())  # served as what it is, by its content
     served = Site(folder)
     yield served
@@ -133,6 +136,27 @@ def test_a_photos_address_reads_as_the_file_does_from_python_and_the_command_lin
     assert result["source"] == url and len(result["faces"]) == 1
     assert [p.name for p in drawn.iterdir()] == ["astronaut.png"]  # named after the address's file
     assert Image.open(drawn / "astronaut.png").size == (512, 512)
+
+
+def test_a_gifs_address_is_fetched_and_read_as_an_animation(checkpoint, site, tmp_path, caplog):
+    url, out = site.url + "/reaction.gif", tmp_path / "out.json"
+    argv = ["predict", "--checkpoint", str(checkpoint), "--json", str(out)]
+    assert main([*argv, url]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert [(r["source"], r["frame"], r["time_s"]) for r in results] == [
+        (url, 0, 0.0),
+        (url, 1, 0.1),
+        (url, 2, 0.4),
+        (url, 3, 0.5),
+    ]
+    assert all(len(r["faces"]) == 1 and r["faces"][0]["track"] == 1 for r in results)
+    # A web page where the GIF should be, and a missing one: each its one-line reason; the other is still read.
+    assert main([*argv, site.url + "/page.gif", site.url + "/gone.gif", url]) == 1
+    rows = json.loads(out.read_text())["results"]
+    errors = {r["source"].rsplit("/", 1)[1]: r["error"] for r in rows if r.get("error")}
+    assert errors["page.gif"].endswith("did not give an image PIL can decode (a web page?); give the GIF's own address")
+    assert "404" in errors["gone.gif"]
+    assert [r["frame"] for r in rows if r["source"] == url] == [0, 1, 2, 3]
 
 
 def test_addresses_that_give_no_photo_are_one_line_errors_naming_the_fix_and_the_rest_are_still_read(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import io
 import logging
 import math
 import os
@@ -12,12 +13,13 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
 
 from ..data.images import is_animated, to_rgb
-from ..data.urls import is_stream_url, is_url, shown, url_path
+from ..data.urls import fetch, is_stream_url, is_url, shown, url_path
 from ..errors import FerkitError
 from .opencv import require_cv2
 
@@ -40,16 +42,22 @@ MIN_FRAME_MS = 20
 SHOWN_FRAME_MS = 100
 
 
+# A GIF's address is read as an animation, which is what the web uses GIFs for (a still one as one frame); other
+# images' addresses (WebP, PNG: mostly stills) are fetched as photos.
+GIF = ".gif"
+
+
 def is_video(path: Path) -> bool:
     """A video file by its suffix, or an animated image (GIF, WebP or PNG of several frames)."""
     return path.suffix.lower() in VIDEO_SUFFIXES or is_animated(path)
 
 
 def is_video_url(source: object) -> bool:
-    """Whether an address names a video or a live stream (OpenCV reads it) rather than a photo (ferkit fetches it)."""
+    """Whether an address names a video or a live stream (OpenCV reads it), or a GIF (fetched, read as an
+    animation), rather than a photo (ferkit fetches it)."""
     if is_stream_url(source):
         return True
-    return is_url(source) and url_path(source).suffix.lower() in (*VIDEO_SUFFIXES, ".m3u8")
+    return is_url(source) and url_path(source).suffix.lower() in (*VIDEO_SUFFIXES, ".m3u8", GIF)
 
 
 def is_live(source: str | int) -> bool:
@@ -65,8 +73,9 @@ def source_name(source: str | os.PathLike | int) -> str:
 
 
 class Video:
-    """A video file, a stream's address or a camera (by number), opened once: its frame rate, the length its
-    container states, and its frames as RGB; of a file, optionally only those from ``start`` until ``end`` seconds.
+    """A video file, an animated image (a GIF, WebP or PNG file, or a GIF's address), a stream's address or a camera
+    (by number), opened once: its frame rate, the length its container states, and its frames as RGB; of a file,
+    optionally only those from ``start`` until ``end`` seconds.
 
     >>> with Video("clip.mp4", start=60, end=90) as video:
     ...     for index, time_s, rgb in video.frames(every=2): ...
@@ -79,8 +88,7 @@ class Video:
         self.live = is_live(source)
         if (start or end is not None) and self.live:
             raise FerkitError(f"--start and --end apply to video files; {self.name} is live, with no timeline")
-        animated = isinstance(source, str | os.PathLike) and is_animated(source)
-        self._cv2, self._capture = cv2, _Animation(source) if animated else cv2.VideoCapture(source)
+        self._cv2, self._capture = cv2, _capture(source)
         if not self._capture.isOpened():
             raise FerkitError(unopened(source))
         self._reported_fps = self._capture.get(cv2.CAP_PROP_FPS) or 0.0
@@ -210,19 +218,29 @@ class Video:
         self.close()
 
 
+def _capture(source: str | int):
+    """What reads ``source``'s frames: PIL for an animated image (a GIF's address fetched first, with the login,
+    retries and size limit of a photo's), OpenCV for the rest."""
+    if is_url(source) and url_path(source).suffix.lower() == GIF:
+        return _Animation(io.BytesIO(fetch(source)), shown(source))
+    if isinstance(source, str | os.PathLike) and is_animated(source):
+        return _Animation(source, str(source))
+    return require_cv2().VideoCapture(source)
+
+
 class _Animation:
     """An animated image's frames through the part of ``cv2.VideoCapture``'s interface that :class:`Video` uses.
     PIL, not OpenCV, decodes them: it composes each frame over the last as its file says (a GIF's frames are often
     patches over the one before) and reads animated WebP, which OpenCV's FFmpeg does only in recent builds. Each
     frame starts when the delays of the frames before it have passed."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, file: str | os.PathLike | BinaryIO, name: str) -> None:
         cv2 = require_cv2()
         self._props = cv2.CAP_PROP_FPS, cv2.CAP_PROP_FRAME_COUNT, cv2.CAP_PROP_POS_MSEC, cv2.CAP_PROP_POS_FRAMES
         self._sizes = cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT
         self._image, self._starts, self._next, elapsed = None, [], 0, 0
         try:
-            self._image = Image.open(path)
+            self._image = Image.open(file)
             for index in range(self._image.n_frames):
                 self._image.seek(index)
                 self._image.load()  # a WebP frame's delay is known once it is decoded
@@ -237,7 +255,7 @@ class _Animation:
             log.warning(
                 "%s: the frames after frame %d cannot be decoded (%s); the file may be cut short, the frames before "
                 "are read",
-                path,
+                name,
                 len(self._starts),
                 str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
             )
@@ -292,6 +310,8 @@ def unopened(source: str | int) -> str:
     """Why OpenCV could not open a video, a stream or a camera, and what to do."""
     if isinstance(source, int):
         return f"cannot open camera {source}; check that it is connected and that no other program is using it"
+    if is_url(source) and url_path(source).suffix.lower() == GIF:
+        return f"{shown(source)} did not give an image PIL can decode (a web page?); give the GIF's own address"
     if is_url(source):
         return f"cannot open {shown(source)}; check the address and that the camera or server answers"
     if not Path(source).is_file():
