@@ -348,7 +348,11 @@ def camera(monkeypatch):
         return take(reader, at_least)
 
     monkeypatch.setattr(video_module._Reader, "take", asking)
-    return _Camera
+    # Its "ctrl-c" is a real SIGINT: Python's handler must be the one in place, however this process was started (a
+    # shell's background job starts with SIGINT ignored, and Python then leaves it so).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield _Camera
+    signal.signal(signal.SIGINT, previous)
 
 
 class _Paced:
