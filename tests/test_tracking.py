@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -312,6 +313,28 @@ def test_a_live_source_at_a_terminal_says_who_comes_changes_and_leaves_over_one_
     assert len(_shown(terminal.getvalue())[1]) == 39  # cut to the terminal's width, so that it never wraps
     log.close()
     assert terminal.getvalue().endswith("\n")  # what is printed next starts on a line of its own
+
+
+def test_a_warning_during_a_live_stream_gets_a_line_of_its_own_above_the_status_line(monkeypatch):
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # as in the command: no handler but Python's last resort
+    terminal = _Terminal()
+    live = LiveLog(terminal, warnings_to=terminal)
+    live(_seen(0.0, (1, "Happy", 0.8)))
+    logging.getLogger("ferkit").warning("camera 0 stopped; connecting again in 1 s (1/5)")
+    live(_seen(0.1, (1, "Happy", 0.7)))
+    lines, status = _shown(terminal.getvalue())
+    assert lines == ["     0.0s  #1 in view: Happy 80%", "camera 0 stopped; connecting again in 1 s (1/5)"]
+    assert status == "     0.1s  #1 Happy 70%"
+    live.close()
+    assert logging.getLogger("ferkit").handlers == []  # after the stream, warnings print as before
+
+
+def test_a_live_log_leaves_the_warnings_to_logging_a_program_set_up(monkeypatch):
+    own = logging.StreamHandler(io.StringIO())
+    monkeypatch.setattr(logging.getLogger(), "handlers", [own])
+    live = LiveLog(_Terminal())
+    assert logging.getLogger("ferkit").handlers == []
+    live.close()
 
 
 def test_a_live_source_to_a_pipe_gives_each_frames_lines():

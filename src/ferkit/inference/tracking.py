@@ -9,8 +9,10 @@ Everything is in seconds, not frames, so ``--every N`` and a camera's irregular 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -303,12 +305,18 @@ class LiveLog:
     line, rewritten in place, with everyone in view; a line per face per frame (over a hundred a second with 8 faces
     here) would scroll past faster than anyone reads. To a pipe or a file, which a program reads: each frame's lines
     (:func:`format_table`). A person is out of view once their track has gone unseen for ``gone_after_s`` (the
-    tracker's ``max_age_s``: after that, one who comes back is a new track)."""
+    tracker's ``max_age_s``: after that, one who comes back is a new track). At a terminal, ferkit's warnings (a
+    stream lost and connected again) are printed above the status line until :meth:`close`, not into it."""
 
-    def __init__(self, out: TextIO, gone_after_s: float = MAX_AGE_S) -> None:
+    def __init__(self, out: TextIO, gone_after_s: float = MAX_AGE_S, warnings_to: TextIO | None = None) -> None:
         self.out, self.gone_after_s, self.terminal = out, gone_after_s, out.isatty()
         self._seen: dict[int, tuple[str, float]] = {}  # track: its label and when it was last seen
         self._status = ""
+        # Only where Python's last-resort handler would print them: a program that set up logging keeps its own.
+        quiet = not logging.getLogger("ferkit").hasHandlers()
+        self._handler = _AboveStatus(self, warnings_to or sys.stderr) if self.terminal and quiet else None
+        if self._handler:
+            logging.getLogger("ferkit").addHandler(self._handler)
 
     def __call__(self, result: Result) -> None:
         if not self.terminal:
@@ -335,9 +343,44 @@ class LiveLog:
         self.out.flush()
         self._status = status
 
+    def above_status(self, write: Callable[[], None]) -> None:
+        """Runs ``write`` (printing whole lines) with the status line cleared, then shows the status line again."""
+        if self._status:
+            self.out.write("\r\x1b[K")
+            self.out.flush()
+        write()
+        if self._status:
+            self.out.write(self._status)
+            self.out.flush()
+
     def close(self) -> None:
         """Ends the status line, so that what is printed next starts on a line of its own."""
+        if self._handler:
+            logging.getLogger("ferkit").removeHandler(self._handler)
+            self._handler = None
         if self._status:
             self.out.write("\n")
             self.out.flush()
             self._status = ""
+
+
+class _AboveStatus(logging.Handler):
+    """Prints a warning as Python's last-resort handler would (its message alone, to ``stream``), but on a line of its
+    own above a :class:`LiveLog`'s status line; it holds the place of that handler while it is installed."""
+
+    def __init__(self, live: LiveLog, stream: TextIO) -> None:
+        super().__init__(logging.WARNING)
+        self.live, self.stream = live, stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:  # as logging's own handlers do: a bad record must not stop the stream
+            self.handleError(record)
+            return
+
+        def write() -> None:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+        self.live.above_status(write)
