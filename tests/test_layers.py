@@ -18,7 +18,7 @@ from skimage.data import astronaut
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "ferkit"
-SHARED = {"config", "model", "checkpoint", "runtime", "distributed", "plots", "atomic", "errors"}
+SHARED = {"config", "architectures", "model", "checkpoint", "runtime", "distributed", "plots", "atomic", "errors"}
 # What each layer may import besides the shared modules and itself.
 ALLOWED = {
     "shared": set(),
@@ -107,6 +107,23 @@ def test_the_cli_imports_only_shared_modules_at_start_up():
         if top and layer(target) != "shared"
     ]
     assert not eager, "\n".join(eager)
+
+
+def test_the_command_lists_its_commands_and_the_package_imports_without_pytorch():
+    # PyTorch takes about a second and a half to import: `ferkit --help` and a mistyped command answer at once.
+    code = (
+        "import sys\n"
+        "import ferkit\n"
+        "from ferkit.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('loaded:', 'torch' in sys.modules, ferkit.Config().arch, ferkit.CLASSES[0], 'torch' in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "predict" in result.stdout and "serve" in result.stdout
+    # Nothing loaded PyTorch before CLASSES was asked for; then the datasets did.
+    assert result.stdout.strip().splitlines()[-1] == "loaded: False resnet18 Angry True"
 
 
 @pytest.mark.slow

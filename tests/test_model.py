@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch import nn
 
+from ferkit.architectures import SHAPES, min_image_size
 from ferkit.config import Config
 from ferkit.model import (
     Block,
@@ -147,3 +148,13 @@ def test_resnet34_doubles_the_depth_with_the_same_stages_and_stems():
     quick = training_flops(build_model(Config(arch="resnet18s2", width=24), 7), 48)
     assert training_flops(deep, 48) / quick == pytest.approx(0.93, abs=0.01)
     assert training_flops(resnet34(), 96) / training_flops(resnet18(), 96) == pytest.approx(2.09, abs=0.01)
+
+
+@pytest.mark.parametrize("arch", SHAPES)
+def test_every_architecture_the_config_accepts_builds_down_to_its_smallest_image(arch):
+    size = min_image_size(arch)
+    model = build_model(Config(arch=arch, width=8, image_size=size), 7).eval()
+    with torch.no_grad():
+        x = model.stem(torch.randn(2, 3, size, size))
+        x = model.layer4(model.layer3(model.layer2(model.layer1(x))))
+    assert x.shape == (2, 64, 1, 1)  # one cell of image in layer4, at 8 times the width

@@ -10,7 +10,6 @@ import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from .checkpoint import BUNDLED_MODELS
 from .config import DEVICES, EVAL_PRECISIONS, PROTOCOLS, Config, add_config_arguments, config_from_args
 from .errors import FerkitError
 
@@ -417,6 +416,8 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 # Options several commands share, each defined once.
 def _checkpoint(parser: argparse.ArgumentParser, name: str) -> None:
+    from .checkpoint import BUNDLED_MODELS
+
     parser.add_argument(
         name,
         nargs="?" if not name.startswith("-") else None,

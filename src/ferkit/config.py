@@ -21,8 +21,8 @@ from typing import Any
 
 import tomllib
 
+from .architectures import SHAPES, min_image_size
 from .errors import FerkitError
-from .model import ARCHITECTURES, min_image_size
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -175,7 +175,7 @@ class Config:
         "resnet18",
         "architecture: resnet18 (the specification's), resnet18s2 (stride-2 stem, a quarter of the FLOPs), or "
         "resnet34 / resnet34s2 (twice the depth: 3, 4, 6, 3 blocks a stage)",
-        choices=tuple(ARCHITECTURES),
+        choices=tuple(SHAPES),
     )
     width: int = _opt(
         "model",

@@ -12,28 +12,16 @@ layer1's channels; each later stage doubles them, and the cost scales with its s
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
+from .architectures import SHAPES, STAGE_STRIDES
+
 if TYPE_CHECKING:
     from .config import Config
-
-
-# layer1 keeps the stem's resolution; each later stage halves it.
-STAGE_STRIDES = (1, 2, 2, 2)
-# The specification's stem keeps full resolution; the s2 networks' halves it.
-STEM_STRIDES = {"resnet18": 1, "resnet18s2": 2, "resnet34": 1, "resnet34s2": 2}
-# Residual blocks per stage: ResNet18's, and ResNet34's for the same width at twice the depth.
-RESNET18_BLOCKS, RESNET34_BLOCKS = (2, 2, 2, 2), (3, 4, 6, 3)
-
-
-def min_image_size(arch: str) -> int:
-    """The architecture's total stride: below it layer4 has less than one cell of image, the rest is padding."""
-    return STEM_STRIDES[arch] * math.prod(STAGE_STRIDES)
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -116,24 +104,29 @@ class ResNet(nn.Module):
         return self.head(self.features(x))
 
 
+def _resnet(arch: str, num_classes: int, parameter_dropout: float, hidden: int, width: int) -> ResNet:
+    blocks, stem_stride = SHAPES[arch]
+    return ResNet(blocks, num_classes, parameter_dropout, hidden, width, stem_stride)
+
+
 def resnet18(num_classes: int = 7, parameter_dropout: float = 0.3, hidden: int = 256, width: int = 64) -> ResNet:
     """The specification's network: stem at stride 1, layer1 at the input's full resolution."""
-    return ResNet(RESNET18_BLOCKS, num_classes, parameter_dropout, hidden, width, STEM_STRIDES["resnet18"])
+    return _resnet("resnet18", num_classes, parameter_dropout, hidden, width)
 
 
 def resnet18s2(num_classes: int = 7, parameter_dropout: float = 0.3, hidden: int = 256, width: int = 64) -> ResNet:
     """The specification's network with a stride-2 stem: layer1 at half the input's resolution."""
-    return ResNet(RESNET18_BLOCKS, num_classes, parameter_dropout, hidden, width, STEM_STRIDES["resnet18s2"])
+    return _resnet("resnet18s2", num_classes, parameter_dropout, hidden, width)
 
 
 def resnet34(num_classes: int = 7, parameter_dropout: float = 0.3, hidden: int = 256, width: int = 64) -> ResNet:
     """The specification's network twice as deep (16 blocks): about 2.1 times its FLOPs at the same width."""
-    return ResNet(RESNET34_BLOCKS, num_classes, parameter_dropout, hidden, width, STEM_STRIDES["resnet34"])
+    return _resnet("resnet34", num_classes, parameter_dropout, hidden, width)
 
 
 def resnet34s2(num_classes: int = 7, parameter_dropout: float = 0.3, hidden: int = 256, width: int = 64) -> ResNet:
     """``resnet34`` with a stride-2 stem; at width 16 it costs what ``resnet18s2`` does at width 24."""
-    return ResNet(RESNET34_BLOCKS, num_classes, parameter_dropout, hidden, width, STEM_STRIDES["resnet34s2"])
+    return _resnet("resnet34s2", num_classes, parameter_dropout, hidden, width)
 
 
 ARCHITECTURES = {"resnet18": resnet18, "resnet18s2": resnet18s2, "resnet34": resnet34, "resnet34s2": resnet34s2}
