@@ -1,9 +1,10 @@
-"""What the benchmark scripts share: where FER2013 is when --data is not given, where results are written, and
-which commit a source tree compared is at."""
+"""What the benchmark scripts share: where FER2013 is when --data is not given, where results are written (with the
+machine and date), and which commit a source tree compared is at."""
 
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 # $FERKIT_DATA, else the workspace layout: shared/ beside the repository.
@@ -17,6 +18,15 @@ def write_result(name: str, result: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+def write_report(path: Path, **fields: object) -> None:
+    """A benchmark's JSON at ``path``: the machine and the date, then ``fields``."""
+    from ferkit.runtime import machine_description  # not at import: it loads PyTorch
+
+    report = {"machine": machine_description(), "date": time.strftime("%Y-%m-%d"), **fields}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def source_commit(src: str | os.PathLike) -> str | None:

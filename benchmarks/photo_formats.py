@@ -15,19 +15,18 @@ for photos), and as PNG, what every input was drawn as before (side by side, sam
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from common import write_report  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
 from PIL import Image
 from skimage.data import astronaut
 
 from ferkit.data.images import read_image
 from ferkit.inference.predict import Predictor
 from ferkit.inference.results import draw_faces, drawn_suffix, save_drawing
-from ferkit.runtime import machine_description
 
 
 def save(image: Image.Image, path: Path) -> bool:
@@ -104,15 +103,12 @@ def main() -> None:
             f"  {r['faces']:>5}  {r['drawn_as']:>8}  {r['write_drawn_s']:>7}  {r['drawn_megabytes']:>5}"
             f"  {r['write_png_s']:>8}  {r['png_megabytes']:>5}"
         )
-    report = {
-        "machine": machine_description(),
-        "date": time.strftime("%Y-%m-%d"),
-        "photo": f"astronaut cut to 4:3, {photo.width}x{photo.height}",
-        "repeats": args.repeats,
-        "rows": rows,
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(
+        args.json,
+        photo=f"astronaut cut to 4:3, {photo.width}x{photo.height}",
+        repeats=args.repeats,
+        rows=rows,
+    )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ codec: the median over ``--repeats`` of the time a frame takes to write, the fil
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -20,10 +19,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from common import write_report  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
 from skimage.data import astronaut
 
 from ferkit.inference.video import VideoWriter
-from ferkit.runtime import machine_description
 
 FPS = 25.0
 # (name, suffix, fourcc); VP9 is written by OpenCV directly, ferkit's VideoWriter taking no suffix for it.
@@ -77,17 +76,14 @@ def main() -> None:
                 f"{name:<5} {suffix:<6} {rows[name]['ms_per_frame']:>7.1f} ms a frame "
                 f"{rows[name]['kb_per_second']:>7} kB a second  {read}/{args.frames} frames read back"
             )
-    report = {
-        "machine": machine_description(),
-        "date": time.strftime("%Y-%m-%d"),
-        "opencv": cv2.__version__,
-        "size": "1280x720",
-        "frames": args.frames,
-        "repeats": args.repeats,
-        "codecs": rows,
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(
+        args.json,
+        opencv=cv2.__version__,
+        size="1280x720",
+        frames=args.frames,
+        repeats=args.repeats,
+        codecs=rows,
+    )
 
 
 if __name__ == "__main__":
