@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -320,7 +321,12 @@ def test_a_warning_during_a_live_stream_gets_a_line_of_its_own_above_the_status_
     terminal = _Terminal()
     live = LiveLog(terminal, warnings_to=terminal)
     live(_seen(0.0, (1, "Happy", 0.8)))
-    logging.getLogger("ferkit").warning("camera 0 stopped; connecting again in 1 s (1/5)")
+    # From the reader's thread, as a live stream's warnings come.
+    reader = threading.Thread(
+        target=logging.getLogger("ferkit").warning, args=("camera 0 stopped; connecting again in 1 s (1/5)",)
+    )
+    reader.start()
+    reader.join()
     live(_seen(0.1, (1, "Happy", 0.7)))
     lines, status = _shown(terminal.getvalue())
     assert lines == ["     0.0s  #1 in view: Happy 80%", "camera 0 stopped; connecting again in 1 s (1/5)"]

@@ -12,6 +12,7 @@ import json
 import logging
 import shutil
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
@@ -312,6 +313,8 @@ class LiveLog:
         self.out, self.gone_after_s, self.terminal = out, gone_after_s, out.isatty()
         self._seen: dict[int, tuple[str, float]] = {}  # track: its label and when it was last seen
         self._status = ""
+        # A live stream's warnings come from its reader thread, the status line from this one: one writes at a time.
+        self._writing = threading.Lock()
         # Only where Python's last-resort handler would print them: a program that set up logging keeps its own.
         quiet = not logging.getLogger("ferkit").hasHandlers()
         self._handler = _AboveStatus(self, warnings_to or sys.stderr) if self.terminal and quiet else None
@@ -339,29 +342,32 @@ class LiveLog:
         people = "  ".join(f"#{t} {f.label} {f.confidence:.0%}" for t, f in sorted(in_view.items()))
         width = shutil.get_terminal_size().columns - 1  # a status line that wraps could not be rewritten
         status = f"{now:8.1f}s  {people or 'no face'}"[:width]
-        self.out.write("".join(f"\r\x1b[K{now:8.1f}s  {event}\n" for event in events) + f"\r\x1b[K{status}")
-        self.out.flush()
-        self._status = status
+        with self._writing:
+            self.out.write("".join(f"\r\x1b[K{now:8.1f}s  {event}\n" for event in events) + f"\r\x1b[K{status}")
+            self.out.flush()
+            self._status = status
 
     def above_status(self, write: Callable[[], None]) -> None:
         """Runs ``write`` (printing whole lines) with the status line cleared, then shows the status line again."""
-        if self._status:
-            self.out.write("\r\x1b[K")
-            self.out.flush()
-        write()
-        if self._status:
-            self.out.write(self._status)
-            self.out.flush()
+        with self._writing:
+            if self._status:
+                self.out.write("\r\x1b[K")
+                self.out.flush()
+            write()
+            if self._status:
+                self.out.write(self._status)
+                self.out.flush()
 
     def close(self) -> None:
         """Ends the status line, so that what is printed next starts on a line of its own."""
         if self._handler:
             logging.getLogger("ferkit").removeHandler(self._handler)
             self._handler = None
-        if self._status:
-            self.out.write("\n")
-            self.out.flush()
-            self._status = ""
+        with self._writing:
+            if self._status:
+                self.out.write("\n")
+                self.out.flush()
+                self._status = ""
 
 
 class _AboveStatus(logging.Handler):
