@@ -129,12 +129,9 @@ def resnet34s2(num_classes: int = 7, parameter_dropout: float = 0.3, hidden: int
     return _resnet("resnet34s2", num_classes, parameter_dropout, hidden, width)
 
 
-ARCHITECTURES = {"resnet18": resnet18, "resnet18s2": resnet18s2, "resnet34": resnet34, "resnet34s2": resnet34s2}
-
-
 def build_model(cfg: Config, num_classes: int) -> ResNet:
     """The network a config describes (``arch``, ``width``, head ``hidden`` width and ``dropout``)."""
-    return ARCHITECTURES[cfg.arch](num_classes, cfg.dropout, cfg.hidden, cfg.width)
+    return _resnet(cfg.arch, num_classes, cfg.dropout, cfg.hidden, cfg.width)
 
 
 class Ensemble(nn.Module):

@@ -13,7 +13,7 @@ import logging
 import shutil
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -317,7 +317,8 @@ class LiveLog:
         self._writing = threading.Lock()
         # Only where Python's last-resort handler would print them: a program that set up logging keeps its own.
         quiet = not logging.getLogger("ferkit").hasHandlers()
-        self._handler = _AboveStatus(self, warnings_to or sys.stderr) if self.terminal and quiet else None
+        self._warnings = warnings_to or sys.stderr
+        self._handler = _AboveStatus(self) if self.terminal and quiet else None
         if self._handler:
             logging.getLogger("ferkit").addHandler(self._handler)
 
@@ -347,13 +348,14 @@ class LiveLog:
             self.out.flush()
             self._status = status
 
-    def above_status(self, write: Callable[[], None]) -> None:
-        """Runs ``write`` (printing whole lines) with the status line cleared, then shows the status line again."""
+    def warn(self, line: str) -> None:
+        """``line`` to the warnings' stream, with the status line cleared first and shown again after."""
         with self._writing:
             if self._status:
                 self.out.write("\r\x1b[K")
                 self.out.flush()
-            write()
+            self._warnings.write(line + "\n")
+            self._warnings.flush()
             if self._status:
                 self.out.write(self._status)
                 self.out.flush()
@@ -371,22 +373,15 @@ class LiveLog:
 
 
 class _AboveStatus(logging.Handler):
-    """Prints a warning as Python's last-resort handler would (its message alone, to ``stream``), but on a line of its
-    own above a :class:`LiveLog`'s status line; it holds the place of that handler while it is installed."""
+    """Prints a warning as Python's last-resort handler would (its message alone, to stderr), but through
+    :meth:`LiveLog.warn`, on a line of its own above the status line; it holds that handler's place while installed."""
 
-    def __init__(self, live: LiveLog, stream: TextIO) -> None:
+    def __init__(self, live: LiveLog) -> None:
         super().__init__(logging.WARNING)
-        self.live, self.stream = live, stream
+        self.live = live
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            line = self.format(record)
+            self.live.warn(self.format(record))
         except Exception:  # as logging's own handlers do: a bad record must not stop the stream
             self.handleError(record)
-            return
-
-        def write() -> None:
-            self.stream.write(line + "\n")
-            self.stream.flush()
-
-        self.live.above_status(write)
