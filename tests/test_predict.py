@@ -720,6 +720,39 @@ def test_a_folder_reads_its_animated_images_as_videos_drawn_as_animations_and_it
     capsys.readouterr()
 
 
+@pytest.mark.parametrize("via", ["cli", "python"])
+def test_a_still_image_and_an_animated_one_drawn_under_one_name_both_keep_their_drawing(checkpoint, tmp_path, via):
+    # A still x.gif is drawn as PNG, and so is an animated x.png: named together, neither replaces the other.
+    folder = tmp_path / "chat"
+    (folder / "later").mkdir(parents=True)
+    Image.fromarray(skimage_data.astronaut()).save(folder / "x.gif")
+    write_animation(_moving(3), folder / "x.png", [100] * 3)
+    write_animation(_moving(2), folder / "later" / "clip.gif", [100] * 2)
+    drawn = tmp_path / "drawn"
+    if via == "cli":
+        assert main(["predict", str(folder), "--checkpoint", str(checkpoint), "--annotate", str(drawn)]) == 0
+        assert sorted(p.relative_to(drawn).as_posix() for p in drawn.rglob("*.*")) == [
+            "later/clip.gif",
+            "x.gif.png",
+            "x.png.png",
+        ]
+    else:
+        predictor = Predictor.from_checkpoint(checkpoint)
+        predict_source(predictor, [folder / "x.gif", folder / "x.png"], annotate=drawn / "top")
+        predict_source(predictor, [folder / "x.gif", folder / "later"], annotate=drawn / "nested")
+        # The video of a folder is drawn where the folder mirrors it, as `ferkit predict` draws it.
+        assert sorted(p.relative_to(drawn).as_posix() for p in drawn.rglob("*.*")) == [
+            "nested/later/clip.gif",
+            "nested/x.png",
+            "top/x.gif.png",
+            "top/x.png.png",
+        ]
+        drawn = drawn / "top"
+    with Image.open(drawn / "x.gif.png") as still, Image.open(drawn / "x.png.png") as animated:
+        assert (getattr(still, "n_frames", 1), animated.n_frames) == (1, 3)
+    assert not (drawn / "x.png").exists()
+
+
 def test_a_video_drawn_as_an_animated_image_unless_it_holds_too_many_pixels(checkpoint, tmp_path, monkeypatch, capsys):
     video = write_video(_moving(4), tmp_path / "clip.avi")
     argv = ["predict", str(video), "--checkpoint", str(checkpoint), "--annotate"]

@@ -255,7 +255,7 @@ def _predict(args: argparse.Namespace) -> int:
         prior=args.prior,
     )
     to_stdout = "-" in (args.json, args.csv)
-    files, read = stream_images(predictor, images, not args.no_detect, annotate) if images else ([], iter(()))
+    files, read = stream_images(predictor, images, not args.no_detect, annotate, videos) if images else ([], iter(()))
     reading = {"prior": predictor.prior, "tta": predictor.tta}
     out = ResultStream(predictor.classes, args.json, args.csv, tracked=bool(videos), **reading)
     results, interrupted, videos_not_read = [], False, {}
@@ -290,6 +290,7 @@ def _predict(args: argparse.Namespace) -> int:
                     plot=args.plot,
                     on_frame=log,
                     root=root,
+                    photos=files,
                     out=out,
                     start=args.start,
                     end=args.end,

@@ -251,11 +251,15 @@ def predict_source(
     if len(videos) > 1:
         # A list of every frame of several videos grows without bound; predict_videos streams them.
         raise FerkitError(f"{len(videos)} videos given: track them with predict_videos, which streams each frame")
+    beside: dict = {}
     if images and videos and annotate:
         annotate = mixed_drawing_folder(annotate)
-    results = predict_images(predictor, images, detect, annotate) if images else []
+    files, read = stream_images(predictor, images, detect, annotate, videos=videos) if images else ([], iter(()))
+    results = list(read)
     if videos:
-        results += predict_video(predictor, videos[0], detect, every, smooth, annotate, **video_kw)
+        if images and annotate:  # drawn into one folder mirroring the inputs, as `ferkit predict` draws them
+            beside = {"root": mirrored_root(as_inputs(source)), "photos": files}
+        results += predict_video(predictor, videos[0], detect, every, smooth, annotate, **video_kw, **beside)
     return results
 
 
@@ -284,13 +288,19 @@ def mirrored_root(inputs: Sequence[Input]) -> Path:
     return Path(os.path.commonpath([os.path.abspath(p if p.is_dir() else p.parent) for p in paths]))
 
 
-def _mirrored(out: Path, root: Path, sources: Sequence[str | os.PathLike], suffix: str | Sequence[str]) -> list[Path]:
-    """Where each of ``sources`` is drawn in a mirror of ``root`` under ``out`` (named by :func:`output_names`)."""
+def mirrored_drawings(
+    out: Path, root: Path, photos: Sequence[Input], videos: Sequence[str | int]
+) -> tuple[list[Path], list[Path]]:
+    """Where each of ``photos`` and of ``videos`` is drawn in a mirror of ``root`` under ``out``, all named together
+    (:func:`output_names`): a still ``x.gif`` and an animated ``x.png`` are both drawn as PNG, and one must not
+    replace the other."""
+    sources = [*photos, *videos]
+    suffixes = [drawn_suffix(_drawn_as(p)) for p in photos] + [drawn_video_suffix(v) for v in videos]
     names = [Path(url_name(s)) if is_url(s) else Path(os.path.abspath(s)).relative_to(root) for s in sources]
-    targets = [out / name for name in output_names(names, suffix)]
+    targets = [out / name for name in output_names(names, suffixes)]
     for target in targets:
         target.parent.mkdir(parents=True, exist_ok=True)
-    return targets
+    return targets[: len(photos)], targets[len(photos) :]
 
 
 def list_photos(folder: Path) -> list[Path]:
@@ -331,14 +341,19 @@ def predict_images(
 
 
 def stream_images(
-    predictor: Predictor, source: Sources, detect: bool = True, annotate: str | os.PathLike | None = None
+    predictor: Predictor,
+    source: Sources,
+    detect: bool = True,
+    annotate: str | os.PathLike | None = None,
+    videos: Sequence[str] = (),
 ) -> tuple[list[Input], Iterator[Result]]:
     """The image files (and addresses) :func:`predict_images` reads, and their results as each batch is read (a
     progress bar can follow them, and an interruption keeps those read). The inputs are listed and the drawings'
-    paths checked here, before any image is read."""
+    paths checked here, before any image is read. ``videos``: those read beside the photos and drawn into the same
+    folder (:func:`predict_videos` with ``photos``), whose names the photos' drawings leave to them."""
     paths = as_inputs(source)
     files = _once(f for p in paths for f in image_files(p))
-    targets = _image_drawings(annotate, paths, files) if annotate else None
+    targets = _image_drawings(annotate, paths, files, videos) if annotate else None
     return files, _read_images(predictor, files, detect, targets)
 
 
@@ -368,15 +383,17 @@ def _read_images(
             yield result
 
 
-def _image_drawings(annotate: str | os.PathLike, paths: list[Input], files: list[Input]) -> list[Path]:
-    """Where each of ``files`` is drawn: ``annotate`` itself for one image file, else a mirror of the inputs."""
-    if len(paths) == 1 and not Path(paths[0]).is_dir():
+def _image_drawings(
+    annotate: str | os.PathLike, paths: list[Input], files: list[Input], videos: Sequence[str]
+) -> list[Path]:
+    """Where each of ``files`` is drawn: ``annotate`` itself for one image file read alone, else a mirror of the
+    inputs (``videos`` among them)."""
+    if len(paths) == 1 and not videos and not Path(paths[0]).is_dir():
         name = _drawn_as(paths[0])
         kind = drawn_suffix(name)  # what a folder given as OUT gets; a file's name says its own
         return [drawing_target(annotate, name, (kind, *(x for x in DRAWN_IMAGE_SUFFIXES if x != kind)))]
-    root = mirrored_root(paths)
-    out = drawing_folder(annotate, root)
-    return _mirrored(out, root, files, [drawn_suffix(_drawn_as(f)) for f in files])
+    root = mirrored_root([*paths, *videos])
+    return mirrored_drawings(drawing_folder(annotate, root), root, files, videos)[0]
 
 
 def _drawn_as(source: Input) -> Input:
@@ -442,9 +459,11 @@ def predict_video(
     *,
     start: float = 0.0,
     end: float | None = None,
+    root: str | os.PathLike | None = None,
+    photos: Sequence[Input] = (),
 ) -> list[Result]:
     """All tracked results of a video file (from ``start`` until ``end`` seconds) or a camera as a list; Ctrl-C
-    ends a camera's stream.
+    ends a camera's stream. ``root`` and ``photos``: as for :func:`predict_videos`.
 
     A long video is better streamed (:func:`stream_video`, or :func:`predict_videos` as ``ferkit predict`` does).
     """
@@ -466,6 +485,8 @@ def predict_video(
         on_frame=keep,
         start=start,
         end=end,
+        root=root,
+        photos=photos,
     )
     if not results:
         raise FerkitError(f"no frames could be read from {source_name(source)}")
@@ -522,6 +543,7 @@ def predict_videos(
     out: ResultStream | None = None,
     start: float = 0.0,
     end: float | None = None,
+    photos: Sequence[Input] = (),
 ) -> tuple[Summary, bool]:
     """Videos (or a camera) streamed frame by frame into ``json_to`` / ``csv_to`` and a per-track summary, with a
     progress bar over all the files' frames; memory does not grow with the length of a video.
@@ -532,8 +554,9 @@ def predict_videos(
     ``out``: a tracked stream the caller opened (holding photos' results before the frames, say) and closes, in
     place of ``json_to`` / ``csv_to``.
     ``annotate``: a video file for one source given without ``root``, else a folder mirroring ``root`` (an .mp4 per
-    video; default: the deepest folder holding them all). ``start`` / ``end``: each file from and until these
-    seconds.
+    video; default: the deepest folder holding them all). ``photos``: those drawn into the same folder
+    (:func:`stream_images` with ``videos``), whose names the videos' drawings leave to them. ``start`` / ``end``:
+    each file from and until these seconds.
     """
     check_span(start, end)  # before any output is opened
     check_every(every)
@@ -553,7 +576,7 @@ def predict_videos(
     interrupted = False
     targets = [annotate] * len(sources)
     if annotate and root is not None:  # a folder mirroring root
-        targets = _mirrored(annotate, root, sources, [drawn_video_suffix(s) for s in sources])
+        targets = mirrored_drawings(annotate, root, photos, sources)[1]
     try:
         for i, (source, target) in enumerate(zip(sources, targets)):
             try:
