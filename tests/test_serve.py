@@ -955,6 +955,125 @@ def test_page_tracks_the_people_in_a_video_and_draws_them_as_it_plays(browser, s
     page.close()
 
 
+def _moving(count: int) -> list[np.ndarray]:
+    return [np.roll(skimage_data.astronaut(), 6 * i, axis=1) for i in range(count)]
+
+
+def test_the_page_counts_an_images_frames_as_pil_does(browser, server, tmp_path):
+    page, errors = open_page(browser, server)
+    files = {}
+    for suffix in (".gif", ".png", ".webp"):
+        files[f"moving{suffix}"] = write_animation(_moving(3), tmp_path / f"moving{suffix}", [100, 0, 300])
+        files[f"still{suffix}"] = tmp_path / f"still{suffix}"
+        Image.fromarray(skimage_data.astronaut()).save(files[f"still{suffix}"])
+    # A GIF whose second frame comes after a comment and a frame with its own colour table.
+    local = tmp_path / "local.gif"
+    first, second = (Image.fromarray(f).quantize(64) for f in _moving(2))
+    first.save(local, save_all=True, append_images=[second], duration=100, comment=b"made by a test")
+    files["local.gif"] = local
+    several = page.evaluate(
+        """(all) => Object.fromEntries(Object.entries(all).map(([name, b64]) =>
+            [name, hasSeveralFrames(Uint8Array.from(atob(b64), (c) => c.charCodeAt(0)))]))""",
+        {name: base64.b64encode(path.read_bytes()).decode() for name, path in files.items()},
+    )
+    expected = {}
+    for name, path in files.items():
+        with Image.open(path) as image:
+            expected[name] = getattr(image, "n_frames", 1) > 1
+    assert several == expected and sum(expected.values()) == 4
+    assert errors == []
+    page.close()
+
+
+@pytest.mark.slow
+def test_page_plays_an_animated_image_frame_by_frame_with_its_peoples_boxes(browser, server, predictor, tmp_path):
+    gif = write_animation(_moving(4), tmp_path / "reaction.gif", [100, 300, 100, 100])
+    expected = predict_video(predictor, str(gif))
+    page, errors = open_page(browser, server)
+    page.set_input_files("[data-testid=file-input]", str(gif))
+    page.wait_for_function(
+        "document.querySelector('[data-testid=status]').textContent.includes('tracked in reaction.gif')",
+        timeout=60_000,
+    )
+    assert page.locator("[data-testid=status]").text_content() == (
+        "1 person tracked in reaction.gif over 0.5 s (4 frames read)"
+    )
+    page.wait_for_selector("[data-testid=anim]", state="visible")  # once its frames are decoded
+    assert page.locator("[data-testid=clip]").is_hidden()
+    # It plays: each frame shown in turn, with the boxes of the same frame over it.
+    seen = set()
+    for _ in range(100):
+        seen.add(
+            page.evaluate(
+                "(a => [a.dataset.frame, document.querySelector('[data-testid=clip-boxes]')"
+                ".dataset.frame])(document.querySelector('[data-testid=anim]'))"
+            )[0]
+        )
+        if len(seen) == 4:
+            break
+        page.wait_for_timeout(50)
+    assert seen == {"0", "1", "2", "3"}
+    page.click("[data-testid=anim]")  # paused
+    shown = page.evaluate("document.querySelector('[data-testid=anim]').dataset.frame")
+    page.wait_for_timeout(500)
+    frames = page.evaluate(
+        "[document.querySelector('[data-testid=anim]').dataset.frame,"
+        " document.querySelector('[data-testid=clip-boxes]').dataset.frame]"
+    )
+    assert frames == [shown, shown]
+    x, y, w, h = expected[int(shown)].faces[0].box
+    pixel = page.evaluate(
+        """([px, py]) => Array.from(document.querySelector('[data-testid=clip-boxes]').getContext('2d')
+            .getImageData(px, py, 1, 1).data)""",
+        [x, y + h // 2],
+    )
+    assert pixel == [0, 220, 0, 255]
+    # The frame drawn is the file's: its pixels below the face match that frame's.
+    drawn = np.array(
+        page.evaluate(
+            """() => Array.from(document.querySelector('[data-testid=anim]').getContext('2d')
+            .getImageData(0, 400, 512, 112).data)"""
+        ),
+        dtype=np.uint8,
+    ).reshape(112, 512, 4)[..., :3]
+    errors_by_frame = [np.abs(drawn.astype(float) - f[400:]).mean() for f in _moving(4)]
+    assert int(np.argmin(errors_by_frame)) == int(shown)
+    page.locator("[data-testid=face]").click()  # the person's first frame, paused
+    page.wait_for_function("document.querySelector('[data-testid=anim]').dataset.frame === '0'")
+    page.wait_for_timeout(300)
+    assert page.evaluate("document.querySelector('[data-testid=anim]').dataset.frame") == "0"
+    # Among photos, it is one of the videos, its thumbnail the animation itself.
+    still = tmp_path / "still.gif"
+    Image.fromarray(skimage_data.astronaut()).save(still)
+    page.set_input_files("[data-testid=file-input]", [str(still), str(gif)])
+    page.wait_for_function(
+        "document.querySelector('[data-testid=gallery-line]').textContent.includes('click a photo or video')",
+        timeout=60_000,
+    )
+    line = page.locator("[data-testid=gallery-line]").text_content()
+    assert line.startswith("1 photo: 1 face (") and "; 1 video: 1 person (" in line
+    assert page.locator("[data-testid=thumb]").nth(1).locator("img").count() == 1
+    page.locator("[data-testid=thumb]").nth(1).click()
+    page.wait_for_selector("[data-testid=anim]", state="visible")
+    page.locator("[data-testid=thumb]").nth(0).click()  # the still GIF is a photo
+    page.wait_for_function("document.querySelector('[data-testid=status]').textContent.startsWith('1 face')")
+    assert page.locator("[data-testid=anim]").is_hidden() and page.locator("[data-testid=canvas]").is_visible()
+    assert errors == []
+    page.close()
+    # A page without ImageDecoder (not a secure page) shows the animation as the browser plays it, and says why
+    # there are no boxes over it.
+    page = browser.new_page()
+    page.add_init_script("delete window.ImageDecoder")
+    page.goto(server.url)
+    page.wait_for_function("document.querySelector('#model-info').textContent.startsWith('Model:')")
+    page.set_input_files("[data-testid=file-input]", str(gif))
+    page.wait_for_function(
+        "document.querySelector('[data-testid=status]').textContent.includes('boxes are not drawn')", timeout=60_000
+    )
+    assert page.locator("[data-testid=anim-img]").is_visible() and page.locator("[data-testid=anim]").is_hidden()
+    page.close()
+
+
 @pytest.mark.slow
 def test_page_reads_a_dropped_folder_as_predict_reads_one(browser, server, astronaut, clip):
     page, errors = open_page(browser, server)

@@ -17,6 +17,8 @@ const saveLink = $("save-results");
 const clipStage = $("clip-stage");
 const clip = $("clip");
 const clipBoxes = $("clip-boxes");
+const anim = $("anim");
+const animImage = $("anim-img");
 const cameraButton = $("camera-button");
 const snapshotButton = $("snapshot-button");
 const liveToggle = $("live-toggle");
@@ -389,7 +391,7 @@ function offer(answer) {
 // The line over several photos, worded as `ferkit predict` words it over several images.
 // Videos among them add a part for their people: "3 photos: 2 faces (Happy 2); 1 video: 1 person (Happy 1); ...".
 function summary(entries) {
-  const videos = entries.filter((e) => isVideo(e.file, e.name));
+  const videos = entries.filter((e) => e.kind !== "photo");
   const photos = entries.length - videos.length;
   const faces = entries.flatMap((e) => (e.result ? e.result.faces : []));
   let line = `${photos} photo${photos === 1 ? "" : "s"}: ${faces.length} face${faces.length === 1 ? "" : "s"}`;
@@ -412,7 +414,7 @@ async function select(entry) {
   thumbs.querySelectorAll(".thumb").forEach((t) => t.setAttribute("aria-pressed", String(t === entry.thumb)));
   closeClip();
   if (entry.error) return showError(entry.error);
-  if (entry.video) return showVideo(entry.file, entry.name, entry.video);
+  if (entry.video) return showVideo(entry.file, entry.name, entry.video, entry.kind);
   const bitmap = await decode(entry.file, entry.name, current.signal);
   if (selected === entry) show(bitmap, entry.result, entry.classes, entry.name);
   else if (bitmap) bitmap.close(); // another was chosen meanwhile
@@ -422,14 +424,14 @@ async function select(entry) {
 // server is not flooded; each gets a thumbnail that shows it when clicked, under the line over them all.
 async function analyseMany(files) {
   const controller = begin();
-  const entries = files.map(({ file, name }) => {
+  const entries = files.map(({ file, name, kind }) => {
     const thumb = document.createElement("button");
     thumb.type = "button";
     thumb.className = "thumb";
     thumb.setAttribute("data-testid", "thumb");
     thumb.dataset.name = name;
     thumb.dataset.state = "pending";
-    const moving = isVideo(file, name);
+    const moving = kind === "video"; // an animated image plays in an <img>
     const picture = document.createElement(moving ? "video" : "img");
     if (moving) { // its first frame, silent and still
       picture.preload = "metadata";
@@ -458,17 +460,17 @@ async function analyseMany(files) {
     caption.textContent = "...";
     thumb.append(picture, title, caption);
     thumbs.append(thumb);
-    return { file, name, thumb, caption };
+    return { file, name, kind, thumb, caption };
   });
   gallery.hidden = false;
-  const noun = entries.some((e) => isVideo(e.file, e.name)) ? "files" : "photos";
+  const noun = entries.some((e) => e.kind !== "photo") ? "files" : "photos";
   let done = 0;
   let shown = false;
   const queue = [...entries];
   const worker = async () => {
     for (let entry = queue.shift(); entry; entry = queue.shift()) {
       try {
-        if (isVideo(entry.file, entry.name)) {
+        if (entry.kind !== "photo") {
           entry.video = await send("video", entry.file, entry.name, controller.signal);
           entry.caption.textContent = videoCaption(entry.video.tracks);
         } else {
@@ -507,10 +509,60 @@ async function analyseMany(files) {
 }
 
 // files: [{file, name}], the name as the page shows it.
-function analyseFiles(files) {
-  if (files.length === 1 && isVideo(files[0].file, files[0].name)) analyseVideo(files[0].file, files[0].name);
-  else if (files.length === 1) analyse(files[0].file, files[0].name);
-  else if (files.length > 1) analyseMany(files);
+async function analyseFiles(files) {
+  const kinds = await Promise.all(files.map(({ file, name }) => kindOf(file, name)));
+  const typed = files.map((f, i) => ({ ...f, kind: kinds[i] }));
+  if (typed.length === 1 && typed[0].kind !== "photo") analyseVideo(typed[0].file, typed[0].name, typed[0].kind);
+  else if (typed.length === 1) analyse(typed[0].file, typed[0].name);
+  else if (typed.length > 1) analyseMany(typed);
+}
+
+// What `ferkit predict` reads a file as: "video", "animation" (a GIF, PNG or WebP of several frames, tracked as a
+// video) or "photo".
+const ANIMATABLE = { ".gif": "image/gif", ".png": "image/png", ".webp": "image/webp" };
+async function kindOf(file, name) {
+  if (isVideo(file, name)) return "video";
+  const suffix = Object.keys(ANIMATABLE).find((s) => name.toLowerCase().endsWith(s));
+  if (!suffix && !Object.values(ANIMATABLE).includes(file.type)) return "photo";
+  // A GIF's second frame may come anywhere after its first; the others say so before their pixels.
+  const gif = suffix === ".gif" || file.type === "image/gif";
+  const head = new Uint8Array(await file.slice(0, gif ? file.size : 1 << 20).arrayBuffer());
+  return hasSeveralFrames(head) ? "animation" : "photo";
+}
+
+// Whether an image file's bytes hold more than one frame, as PIL counts them (the server decides the same way): a GIF's
+// second image, an APNG's frame count (its acTL chunk, before the pixels), an animated WebP's flag.
+function hasSeveralFrames(bytes) {
+  const ascii = (at, n) => String.fromCharCode(...bytes.subarray(at, at + n));
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const colours = (packed) => (packed & 0x80 ? 3 << ((packed & 7) + 1) : 0); // a colour table's bytes
+  if (ascii(0, 4) === "GIF8") {
+    let at = 13 + colours(bytes[10]);
+    const skipBlocks = () => {
+      while (at < bytes.length && bytes[at]) at += bytes[at] + 1;
+      at += 1;
+    };
+    for (let images = 0; at < bytes.length;) {
+      if (bytes[at] === 0x21) { // an extension: its label, then its blocks
+        at += 2;
+        skipBlocks();
+      } else if (bytes[at] === 0x2c) { // an image: its descriptor, colours, code size, then its blocks
+        if (++images > 1) return true;
+        at += 10 + colours(bytes[at + 9]) + 1;
+        skipBlocks();
+      } else return false; // the trailer
+    }
+    return false;
+  }
+  if (ascii(1, 3) === "PNG") {
+    for (let at = 8; at + 12 <= bytes.length; at += 12 + view.getUint32(at)) {
+      const type = ascii(at + 4, 4);
+      if (type === "acTL") return view.getUint32(at + 8) > 1;
+      if (type === "IDAT") return false;
+    }
+    return false;
+  }
+  return ascii(0, 4) === "RIFF" && ascii(8, 8) === "WEBPVP8X" && (bytes[20] & 0x02) !== 0;
 }
 
 const named = (files) => Array.from(files, (file) => ({ file, name: file.name }));
@@ -533,27 +585,114 @@ function closeClip() {
   clip.pause();
   if (clip.src) URL.revokeObjectURL(clip.src);
   clip.removeAttribute("src");
+  stopAnimation();
   clipFrames = [];
 }
 
-// The last frame read at or before the time shown: its boxes stay until the next frame read.
-function frameAt(time) {
+// The last frame read at or before the one shown (by its time, or by its index): its boxes stay until the next read.
+function frameAt(key, value) {
   let [low, high] = [0, clipFrames.length - 1];
-  if (high < 0 || time < clipFrames[0].time_s) return null;
+  if (high < 0 || value < clipFrames[0][key]) return null;
   while (low < high) {
     const mid = Math.ceil((low + high) / 2);
-    if (clipFrames[mid].time_s <= time + 1e-3) low = mid;
+    if (clipFrames[mid][key] <= value) low = mid;
     else high = mid - 1;
   }
   return clipFrames[low];
 }
 
-function drawClipFrame() {
+function drawOverlay(frame) {
   const ctx = clipBoxes.getContext("2d");
   ctx.clearRect(0, 0, clipBoxes.width, clipBoxes.height);
-  const frame = frameAt(clip.currentTime);
   if (frame) drawBoxes(ctx, frame.faces, frame.width, frame.height);
   clipBoxes.dataset.frame = frame ? String(frame.frame) : "";
+}
+
+function drawClipFrame() {
+  if (!animation.decoder) drawOverlay(frameAt("time_s", clip.currentTime + 1e-3));
+}
+
+// An animated image on show. A <video> cannot play one, so the page decodes its frames (ImageDecoder, which browsers
+// give pages opened as https:// or on localhost) and draws each in turn for its delay (under 20 ms shown for 100, as
+// `ferkit predict` times them), looping as an <img> does; a click pauses it or plays it on. Elsewhere the <img> plays
+// it, without the boxes.
+const animation = { decoder: null, count: 0, index: 0, timer: 0, paused: false };
+
+function stopAnimation() {
+  clearTimeout(animation.timer);
+  if (animation.decoder) animation.decoder.close();
+  Object.assign(animation, { decoder: null, count: 0, index: 0, timer: 0, paused: false });
+  anim.hidden = animImage.hidden = true;
+  if (animImage.src) URL.revokeObjectURL(animImage.src);
+  animImage.removeAttribute("src");
+}
+
+// Whether the frames are drawn with their boxes; if not, the <img> plays the animation.
+async function playAnimation(file, name) {
+  const type = file.type || ANIMATABLE[Object.keys(ANIMATABLE).find((s) => name.toLowerCase().endsWith(s))];
+  const shown = clipFrames;
+  let decoder = null;
+  try {
+    decoder = new ImageDecoder({ data: await file.arrayBuffer(), type });
+    await decoder.tracks.ready;
+    await decoder.completed;
+  } catch { // no ImageDecoder on this page, or one that cannot read this file
+    if (decoder) decoder.close();
+    if (clipFrames !== shown) return true;
+    animImage.src = URL.createObjectURL(file);
+    animImage.hidden = false;
+    return false;
+  }
+  if (clipFrames !== shown) { // another file was chosen meanwhile
+    decoder.close();
+    return true;
+  }
+  stopAnimation();
+  animation.decoder = decoder;
+  animation.count = decoder.tracks.selectedTrack.frameCount;
+  anim.hidden = false;
+  await showAnimationFrame(0);
+  return true;
+}
+
+async function showAnimationFrame(index) {
+  const { decoder } = animation;
+  clearTimeout(animation.timer);
+  let image;
+  try {
+    ({ image } = await decoder.decode({ frameIndex: index }));
+  } catch {
+    return; // closed: another file is on show now
+  }
+  if (animation.decoder !== decoder) return image.close();
+  [anim.width, anim.height] = [image.displayWidth, image.displayHeight];
+  anim.getContext("2d").drawImage(image, 0, 0);
+  const ms = image.duration / 1000;
+  image.close();
+  animation.index = index;
+  anim.dataset.frame = String(index);
+  drawOverlay(frameAt("frame", index));
+  if (!animation.paused) {
+    animation.timer = setTimeout(() => showAnimationFrame((index + 1) % animation.count), ms < 20 ? 100 : ms);
+  }
+}
+
+anim.addEventListener("click", () => {
+  animation.paused = !animation.paused;
+  if (!animation.paused) showAnimationFrame((animation.index + 1) % animation.count);
+  else clearTimeout(animation.timer);
+});
+
+// Where a person's card takes the video or animation: their first frame, paused.
+function seekTo(time) {
+  if (animation.decoder) {
+    animation.paused = true;
+    const first = clipFrames.find((r) => r.time_s >= time - 1e-3);
+    showAnimationFrame(first ? first.frame : 0);
+    return;
+  }
+  clip.pause();
+  clip.currentTime = time;
 }
 
 function showTracks(tracks, classes) {
@@ -575,10 +714,7 @@ function showTracks(tracks, classes) {
     // A person's card takes the video to where they first appear, paused there with their box drawn.
     card.tabIndex = 0;
     card.title = `Show where person #${track.track} first appears (${track.first_s.toFixed(1)} s)`;
-    const seek = () => {
-      clip.pause();
-      clip.currentTime = track.first_s;
-    };
+    const seek = () => seekTo(track.first_s);
     card.addEventListener("click", seek);
     card.addEventListener("keydown", (event) => {
       if (event.key !== "Enter" && event.key !== " ") return;
@@ -589,7 +725,7 @@ function showTracks(tracks, classes) {
   });
 }
 
-async function analyseVideo(file, name) {
+async function analyseVideo(file, name, kind) {
   const controller = begin();
   facesPanel.replaceChildren();
   canvas.width = canvas.height = 0;
@@ -605,19 +741,20 @@ async function analyseVideo(file, name) {
     return;
   }
   if (current !== controller) return;
-  showVideo(file, name, body);
+  showVideo(file, name, body, kind);
   offer(body); // as /video answers: each frame's result and each person's summary
 }
 
-// A tracked video on show: played with its people's boxes drawn over it, a card per person.
-function showVideo(file, name, body) {
+// A tracked video (or animated image) on show: played with its people's boxes drawn over it, a card per person.
+async function showVideo(file, name, body, kind) {
   clipFrames = body.results;
   const first = clipFrames[0];
   clipBoxes.width = first.width;
   clipBoxes.height = first.height;
   canvas.hidden = true;
   clipStage.hidden = false;
-  clip.src = URL.createObjectURL(file);
+  clip.hidden = kind === "animation";
+  if (kind !== "animation") clip.src = URL.createObjectURL(file);
   showTracks(body.tracks, body.classes);
   const last = clipFrames[clipFrames.length - 1];
   const counted = `${clipFrames.length} frames read${body.every > 1 ? `, every ${body.every}th` : ""}`;
@@ -625,6 +762,10 @@ function showVideo(file, name, body) {
     : `No face found in ${name} (${counted}); try a larger, frontal, well-lit face`;
   if (body.truncated) line += `; the server reads at most ${clipFrames.length} frames: ferkit predict reads it all`;
   setStatus(line);
+  if (kind === "animation" && !(await playAnimation(file, name)) && clipFrames === body.results) {
+    setStatus(`${line}; this page cannot step through an animation's frames (open it as https:// or on localhost), ` +
+      "so the boxes are not drawn over it");
+  }
 }
 
 // The endings `ferkit predict FOLDER` reads as images (ferkit.data.images.IMAGE_SUFFIXES; a test keeps them equal).
