@@ -5,8 +5,8 @@ the detector, reading one photo; per source tree given, the runs interleaved so 
 
 Each ``--src`` is a ``src`` folder holding a ``ferkit`` package (default: this checkout's), so two commits can be
 compared side by side (``git worktree add /tmp/old COMMIT``, then ``--src src /tmp/old/src``). The photo is
-scikit-image's astronaut as a JPEG. Also times ``ferkit --help`` (the parser alone). Prints the medians and writes
-JSON.
+scikit-image's astronaut as a JPEG. Also times ``ferkit --help`` and ``ferkit predict --help`` (the parsers alone).
+Prints the medians and writes JSON.
 """
 
 from __future__ import annotations
@@ -47,7 +47,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         photo = Path(tmp) / "astronaut.jpg"
         Image.fromarray(astronaut()).save(photo)
-        commands = {"predict a photo": ["predict", str(photo)], "--help": ["--help"]}
+        commands = {
+            "predict a photo": ["predict", str(photo)],
+            "--help": ["--help"],
+            "predict --help": ["predict", "--help"],
+        }
         times = {(str(src), what): [] for src in args.src for what in commands}
         for src in args.src:  # a first run of each warms the file cache, uncounted
             seconds(src, commands["predict a photo"])

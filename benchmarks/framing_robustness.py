@@ -33,13 +33,13 @@ from pathlib import Path
 import numpy as np
 from common import DEFAULT_DATA, RESULTS, write_result  # benchmarks/common.py, on sys.path as scripts run
 
+from ferkit.config import FACES, PREDICT_TTA_MODES
 from ferkit.data.datasets import Sample, load_image, read_whole_folder
 from ferkit.evaluation.metrics import compute_metrics
 from ferkit.evaluation.prior import DEFAULT_PRIOR
 from ferkit.inference import Predictor
-from ferkit.inference.evaluate import FACES, detected_faces
+from ferkit.inference.evaluate import detected_faces
 from ferkit.inference.faces import Detector, build_detector
-from ferkit.inference.predict import TTA_MODES
 from ferkit.runtime import machine_description
 
 FRAMINGS = (0.85, 1.0, 1.15)
@@ -221,7 +221,7 @@ def main() -> None:
         "detector as `ferkit predict` does",
     )
     parser.add_argument(
-        "--tta", choices=TTA_MODES, default="none", help="test-time augmentation, as `ferkit predict`'s"
+        "--tta", choices=PREDICT_TTA_MODES, default="none", help="test-time augmentation, as `ferkit predict`'s"
     )
     parser.add_argument(
         "--prior",

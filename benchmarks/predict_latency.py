@@ -30,11 +30,12 @@ import torch
 from common import DEFAULT_DATA  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
 from PIL import Image
 
-from ferkit.checkpoint import BUNDLED_MODELS, LoadedModel, load_model, make_checkpoint
-from ferkit.config import Config
+from ferkit.bundled import BUNDLED_MODELS
+from ferkit.checkpoint import LoadedModel, load_model, make_checkpoint
+from ferkit.config import PREDICT_TTA_MODES, Config
 from ferkit.inference.export import calibration_images, quantize_int8, to_onnx_bytes
 from ferkit.inference.loading import OnnxRuntimeModel
-from ferkit.inference.predict import TTA_MODES, Predictor
+from ferkit.inference.predict import Predictor
 from ferkit.model import build_model
 from ferkit.runtime import cpu_has_native_bf16, machine_description
 
@@ -109,7 +110,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/predict_latency.json"))
     parser.add_argument(
         "--tta",
-        choices=[m for m in TTA_MODES if m != "none"],
+        choices=[m for m in PREDICT_TTA_MODES if m != "none"],
         help="also time the fp32 rows with this test-time augmentation, beside the plain ones",
     )
     args = parser.parse_args()

@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 from common import DEFAULT_DATA  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
 
+from ferkit.config import EVAL_BATCH_SIZE
 from ferkit.data.datasets import load_splits, read_whole_folder
 from ferkit.evaluation.metrics import compute_metrics
-from ferkit.inference.evaluate import BATCH_SIZE, sample_probs
+from ferkit.inference.evaluate import sample_probs
 from ferkit.inference.loading import load_for_inference
 from ferkit.runtime import machine_description
 
@@ -49,7 +50,7 @@ def main() -> None:
     for name, path in models.items():
         loaded = load_for_inference(path)
         for split, samples in sets.items():
-            probs[name, split], labels[split], _ = sample_probs(loaded, samples, BATCH_SIZE, 1, "fp32", "none")
+            probs[name, split], labels[split], _ = sample_probs(loaded, samples, EVAL_BATCH_SIZE, 1, "fp32", "none")
         print(f"read {name} ({path})", flush=True)
 
     rows = []

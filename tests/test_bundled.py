@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ferkit.checkpoint import BUNDLED, BUNDLED_MODELS, load_model
+from ferkit.bundled import BUNDLED, BUNDLED_MODELS
+from ferkit.checkpoint import load_model
 from ferkit.cli import main
 from ferkit.data.datasets import CLASSES
 from ferkit.inference.evaluate import evaluate_checkpoint

@@ -1,14 +1,14 @@
+import inspect
 import subprocess
 import sys
 
 import pytest
 
 from ferkit.cli import build_parser, main
-from ferkit.config import Config
+from ferkit.config import BACKENDS, EVAL_TTA_MODES, PREDICT_TTA_MODES, Config
 from ferkit.errors import FerkitError
-from ferkit.evaluation.predictions import TTA_MODES
+from ferkit.evaluation.predictions import tta_views
 from ferkit.inference import evaluate, export, predict
-from ferkit.inference.loading import BACKENDS
 from ferkit.serve import limits
 
 
@@ -86,15 +86,23 @@ def test_shared_options_carry_the_library_defaults(command):
     if command != "evaluate":
         assert _option(command, "--backend").choices == BACKENDS
     tta = _option(command, "--tta")
-    assert tta.default == "none" and tta.choices == (TTA_MODES if command == "evaluate" else predict.TTA_MODES)
+    modes = EVAL_TTA_MODES if command == "evaluate" else PREDICT_TTA_MODES
+    assert tta.default == "none" and tta.choices == modes and set(modes) <= set(EVAL_TTA_MODES)
+    for mode in modes:  # each one the predictions know
+        tta_views(__import__("torch").zeros(1, 1, 8, 8), mode)
+
+
+def _default(function, name: str):
+    return inspect.signature(function).parameters[name].default
 
 
 def test_command_defaults_are_the_library_functions():
-    assert _option("evaluate", "--batch-size").default == evaluate.BATCH_SIZE
+    assert _option("evaluate", "--batch-size").default == _default(evaluate.evaluate_checkpoint, "batch_size")
+    assert _option("calibrate", "--batch-size").default == _default(evaluate.calibrate_checkpoint, "batch_size")
     assert _option("evaluate", "--workers").default == Config().workers
-    assert _option("predict", "--batch-size").default == predict.BATCH_SIZE
-    assert _option("predict", "--margin").default == predict.MARGIN
-    assert _option("export", "--calibration-images").default == export.CALIBRATION_IMAGES
+    assert _option("predict", "--batch-size").default == _default(predict.Predictor, "batch_size")
+    assert _option("predict", "--margin").default == _default(predict.Predictor, "margin")
+    assert _option("export", "--calibration-images").default == _default(export.export_onnx, "calibration_count")
     for flag, value in [
         ("--max-batch", limits.MAX_BATCH),
         ("--max-queue", limits.MAX_QUEUE),

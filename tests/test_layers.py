@@ -18,7 +18,18 @@ from skimage.data import astronaut
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "ferkit"
-SHARED = {"config", "architectures", "model", "checkpoint", "runtime", "distributed", "plots", "atomic", "errors"}
+SHARED = {
+    "config",
+    "architectures",
+    "bundled",
+    "model",
+    "checkpoint",
+    "runtime",
+    "distributed",
+    "plots",
+    "atomic",
+    "errors",
+}
 # What each layer may import besides the shared modules and itself.
 ALLOWED = {
     "shared": set(),
@@ -124,6 +135,25 @@ def test_the_command_lists_its_commands_and_the_package_imports_without_pytorch(
     assert "predict" in result.stdout and "serve" in result.stdout
     # Nothing loaded PyTorch before CLASSES was asked for; then the datasets did.
     assert result.stdout.strip().splitlines()[-1] == "loaded: False resnet18 Angry True"
+
+
+def test_every_commands_help_answers_without_pytorch():
+    # Each command's options and their defaults come from modules free of PyTorch (config, bundled, ...).
+    from ferkit.cli import COMMANDS
+
+    commands = [[name] for name in COMMANDS] + [["data", "check"], ["data", "faces"]]
+    code = (
+        "import contextlib, io, sys\n"
+        "from ferkit.cli import main\n"
+        f"for command in {commands!r}:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "        try:\n            main([*command, '--help'])\n        except SystemExit:\n            pass\n"
+        "    print(' '.join(command), 'usage: ferkit' in out.getvalue(), 'torch' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"{' '.join(c)} True False" for c in commands]
 
 
 @pytest.mark.slow

@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from ferkit.checkpoint import BUNDLED, atomic_save, make_checkpoint, read_checkpoint
+from ferkit.bundled import BUNDLED
+from ferkit.checkpoint import atomic_save, make_checkpoint, read_checkpoint
 from ferkit.cli import main
 from ferkit.config import Config
 from ferkit.data.datasets import CLASSES

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .atomic import write_atomically
+from .bundled import BUNDLED, BUNDLED_MODELS
 from .config import Config
 from .errors import FerkitError
 from .model import Ensemble, build_model
@@ -52,11 +53,6 @@ def make_checkpoint(model: nn.Module, cfg: Config, classes: tuple[str, ...], **e
     }
 
 
-# The models that ship inside the package (MODEL_CARD.md), by name: the default, used when no
-# checkpoint is given, and the same weights quantized by `ferkit export --int8` for fast CPU prediction.
-WEIGHTS = Path(__file__).resolve().parent / "weights"
-BUNDLED = WEIGHTS / "fer2013_resnet18.safetensors"
-BUNDLED_MODELS = {"fer2013_resnet18": BUNDLED, "fer2013_resnet18.int8": WEIGHTS / "fer2013_resnet18.int8.onnx"}
 # What training records beside the weights that describes them to users (the server's /model shows it).
 # An ensemble's record is its ``members``: each one's config, run record, source and, in a weighted average, its
 # ``weight`` (its share; absent, all are alike). ``pflop``: the training compute behind the weights

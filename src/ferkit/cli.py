@@ -10,7 +10,24 @@ import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from .config import DEVICES, EVAL_PRECISIONS, PROTOCOLS, Config, add_config_arguments, config_from_args
+from .config import (
+    BACKENDS,
+    CALIBRATION_IMAGES,
+    CROP_FORMATS,
+    DEVICES,
+    EVAL_BATCH_SIZE,
+    EVAL_PRECISIONS,
+    EVAL_TTA_MODES,
+    FACES,
+    MARGIN,
+    PREDICT_BATCH_SIZE,
+    PREDICT_TTA_MODES,
+    PROTOCOLS,
+    SPLITS,
+    Config,
+    add_config_arguments,
+    config_from_args,
+)
 from .errors import FerkitError
 
 COMMAND_ENV = "FERKIT_COMMAND"
@@ -417,7 +434,7 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 # Options several commands share, each defined once.
 def _checkpoint(parser: argparse.ArgumentParser, name: str) -> None:
-    from .checkpoint import BUNDLED_MODELS
+    from .bundled import BUNDLED_MODELS
 
     parser.add_argument(
         name,
@@ -432,8 +449,6 @@ def _device(parser: argparse.ArgumentParser) -> None:
 
 
 def _backend(parser: argparse.ArgumentParser) -> None:
-    from .inference.loading import BACKENDS
-
     parser.add_argument(
         "--backend", choices=BACKENDS, default="auto", help="auto: onnxruntime for .onnx files, PyTorch otherwise"
     )
@@ -502,9 +517,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    from .evaluation.predictions import TTA_MODES
     from .evaluation.prior import DEFAULT_PRIOR
-    from .inference.evaluate import BATCH_SIZE, FACES, SPLITS
 
     _checkpoint(p, "checkpoint")
     p.add_argument("--data", help="dataset (default: the one the checkpoint was trained on)")
@@ -523,8 +536,8 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
         "predict` does (a photo without one is read whole)",
     )
     _detector(p)
-    _tta(p, TTA_MODES)
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="images per forward pass")
+    _tta(p, EVAL_TTA_MODES)
+    p.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE, help="images per forward pass")
     p.add_argument("--workers", type=int, default=Config.workers, help="DataLoader worker processes")
     _device(p)
     p.add_argument("--precision", choices=EVAL_PRECISIONS, help="default: the checkpoint's evaluation precision")
@@ -545,13 +558,11 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
-    from .inference.evaluate import BATCH_SIZE
-
     p.add_argument(
         "checkpoint", help="a .pth (or its run folder), .safetensors or .onnx file to write T and the class mix into"
     )
     p.add_argument("--data", help="dataset whose selection split T is fitted on (default: the checkpoint's)")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="images per forward pass")
+    p.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE, help="images per forward pass")
     p.add_argument("--workers", type=int, default=Config.workers, help="DataLoader worker processes")
     _device(p)
     p.add_argument("--precision", choices=EVAL_PRECISIONS, help="default: the checkpoint's evaluation precision")
@@ -562,7 +573,6 @@ def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     from .evaluation.prior import PHOTO_PRIOR
-    from .inference.predict import BATCH_SIZE, MARGIN, TTA_MODES
     from .inference.tracking import SMOOTH_S
 
     p.add_argument(
@@ -580,11 +590,11 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-detect", action="store_true", help="inputs are already face crops (like FER2013)")
     _detector(p)
     p.add_argument("--margin", type=float, default=MARGIN, help="haar: grow each face box by this fraction per side")
-    _tta(p, TTA_MODES)
+    _tta(p, PREDICT_TTA_MODES)
     _prior(p, PHOTO_PRIOR)
     _backend(p)
     _device(p)
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="faces classified per forward pass")
+    p.add_argument("--batch-size", type=int, default=PREDICT_BATCH_SIZE, help="faces classified per forward pass")
     p.add_argument(
         "--every", type=int, default=1, metavar="N", help="video: use every Nth frame (tracks age by the time between)"
     )
@@ -611,8 +621,6 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
-    from .inference.export import CALIBRATION_IMAGES
-
     p.add_argument(
         "checkpoint", nargs="?", help="a .pth written by ferkit train, or its run folder (default: the bundled model)"
     )
@@ -662,7 +670,6 @@ def add_ensemble_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     from .evaluation.prior import PHOTO_PRIOR
-    from .inference.predict import TTA_MODES
     from .serve import limits
 
     _checkpoint(p, "--checkpoint")
@@ -692,7 +699,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="a web page's origin (e.g. http://localhost:3000, or *) whose scripts may call the API; repeatable",
     )
     _detector(p)
-    _tta(p, TTA_MODES)
+    _tta(p, PREDICT_TTA_MODES)
     _prior(p, PHOTO_PRIOR)
     _backend(p)
     _device(p)
@@ -700,8 +707,6 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
-    from .inference.facecrops import CROP_FORMATS
-
     commands = p.add_subparsers(dest="data_command", required=True)
     check = commands.add_parser(
         "check", help="per-split, per-class counts; unreadable and all-black images", formatter_class=_HelpFormatter

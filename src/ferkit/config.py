@@ -26,10 +26,23 @@ from .errors import FerkitError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Choices the commands that read a checkpoint offer too.
+# Choices and defaults of the commands that read a checkpoint, kept here, free of PyTorch, so that their --help
+# answers at once; the modules that act on them read them from here.
 DEVICES = ("auto", "cpu", "cuda")
 PROTOCOLS = ("spec", "clean")
 EVAL_PRECISIONS = ("fp32", "bf16")
+BACKENDS = ("auto", "torch", "onnxruntime")
+EVAL_TTA_MODES = ("none", "flip", "tencrop", "scales")
+# Faces are often classified live, so tencrop's ten forward passes a face are left to evaluation.
+PREDICT_TTA_MODES = ("none", "flip", "scales")
+SPLITS = ("report", "select", "train")
+# given: each image is the face, as FER2013's crops are; detected: each photo is read as `ferkit predict` reads it.
+FACES = ("given", "detected")
+EVAL_BATCH_SIZE = 256  # no gradients are kept, so a batch several times a training batch fits
+PREDICT_BATCH_SIZE = 64
+MARGIN = 0.1  # for detectors without landmarks (Haar), whose boxes are cut out as they are
+CALIBRATION_IMAGES = 1024  # for int8 export
+CROP_FORMATS = {"jpg": ".jpg", "png": ".png"}  # `ferkit data faces --format`
 
 
 # The topics of ``ferkit train --help``, in order, each field's ``group``.

@@ -8,11 +8,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ..config import Config
+from ..config import EVAL_TTA_MODES, Config
 from ..data.loaders import batches_of
 from ..runtime import autocast
 
-TTA_MODES = ("none", "flip", "tencrop", "scales")
 # Issue 20's range of framings a face must read alike at: a detector's box, a crop by hand and a photo's whole frame
 # place the same face this much tighter or looser.
 SCALE_FRAMINGS = (0.85, 1.0, 1.15)
@@ -47,7 +46,7 @@ def tta_views(x: Tensor, mode: str) -> list[Tensor]:
         return list(ten_crop(larger, [size, size]))
     if mode == "scales":
         return [reframed(x, f) for f in SCALE_FRAMINGS]
-    raise ValueError(f"unknown TTA mode {mode!r}; choose from {TTA_MODES}")
+    raise ValueError(f"unknown TTA mode {mode!r}; choose from {EVAL_TTA_MODES}")
 
 
 @torch.no_grad()

@@ -1,13 +1,15 @@
 """Inference: loading any model file, face detection, prediction on photos and video, export."""
 
-from .predict import Predictor, predict_source
-
 __all__ = ["Predictor", "evaluate_checkpoint", "predict_source"]
 
 
 def __getattr__(name: str):
-    # Evaluation pulls in the dataset readers, metrics and matplotlib: imported when asked for, so that reading a
-    # photo (``ferkit predict``, the server) does not pay for it.
+    # Each imported when asked for: PyTorch for prediction, and the dataset readers, metrics and matplotlib for
+    # evaluation, so that a light module of this package (a command's --help reads its defaults) pays for neither.
+    if name in ("Predictor", "predict_source"):
+        from . import predict
+
+        return getattr(predict, name)
     if name == "evaluate_checkpoint":
         from .evaluate import evaluate_checkpoint
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..atomic import output_folder
 from ..checkpoint import check_classes, store_calibration
-from ..config import Config
+from ..config import EVAL_BATCH_SIZE, FACES, Config
 from ..data.datasets import (
     FerDataset,
     Sample,
@@ -35,12 +35,7 @@ from .facecrops import largest_face
 from .faces import Detector
 from .loading import InferenceModel, load_for_inference
 
-SPLITS = ("report", "select", "train")
 WHOLE = "all"  # the split name of a folder of class folders evaluated whole
-# given: each image is the face, as FER2013's crops are; detected: each photo is read as `ferkit predict` reads it.
-FACES = ("given", "detected")
-# No gradients are kept, so a batch several times a training batch fits.
-BATCH_SIZE = 256
 
 
 def sample_probs(
@@ -89,7 +84,7 @@ def evaluate_checkpoint(
     split: str = "report",
     protocol: str | None = None,
     tta: str = "none",
-    batch_size: int = BATCH_SIZE,
+    batch_size: int = EVAL_BATCH_SIZE,
     workers: int = Config.workers,
     device: str = "auto",
     limit_per_class: int = 0,
@@ -168,7 +163,7 @@ def evaluate_checkpoint(
 def calibrate_checkpoint(
     checkpoint: str | os.PathLike,
     data: str | None = None,
-    batch_size: int = BATCH_SIZE,
+    batch_size: int = EVAL_BATCH_SIZE,
     workers: int = Config.workers,
     device: str = "auto",
     precision: str | None = None,

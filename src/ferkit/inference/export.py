@@ -21,14 +21,15 @@ import numpy as np
 import torch
 
 from ..atomic import output_file, write_atomically
-from ..checkpoint import BUNDLED, LoadedModel, check_classes, load_model, model_path, training_record
+from ..bundled import BUNDLED
+from ..checkpoint import LoadedModel, check_classes, load_model, model_path, training_record
+from ..config import CALIBRATION_IMAGES
 from ..data.datasets import FerDataset, load_splits
 from ..data.preprocess import build_test_transform, preprocessing
 from ..errors import FerkitError
 
 # Opset 18 is what torch.export-based exporting targets natively; onnxruntime >= 1.14 runs it.
 OPSET = 18
-CALIBRATION_IMAGES = 1024
 TEMPERATURE_KEY = "ferkit_temperature"
 CLASS_COUNTS_KEY = "ferkit_class_counts"
 RECORD_KEY = "ferkit_record"  # what training recorded (epoch, selection metrics, an ensemble's members)

@@ -23,13 +23,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..atomic import output_names, write_atomically
+from ..config import CROP_FORMATS, MARGIN
 from ..data.images import FORMATS, UndecodableImage, list_images, open_image, to_rgb
 from ..errors import FerkitError
 from .align import face_crop
 from .faces import Detection, Detector
-from .predict import MARGIN
 
-CROP_FORMATS = {"jpg": ".jpg", "png": ".png"}
 JPEG_QUALITY = 95
 RECORD = "faces.csv"
 SETTINGS = "faces.json"

@@ -21,13 +21,11 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import load_model, model_path, refuse_image, training_record
-from ..config import Config
+from ..config import BACKENDS, Config
 from ..errors import FerkitError
 from ..evaluation.calibration import Tempered
 from ..evaluation.prior import DEFAULT_PRIOR, resolve_prior
 from .export import CLASS_COUNTS_KEY, RECORD_KEY, TEMPERATURE_KEY, to_onnx_bytes
-
-BACKENDS = ("auto", "torch", "onnxruntime")
 
 
 class OnnxRuntimeModel(nn.Module):

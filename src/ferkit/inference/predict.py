@@ -21,7 +21,7 @@ from torch import nn
 
 from ..atomic import output_names
 from ..checkpoint import is_model_path
-from ..config import Config
+from ..config import MARGIN, PREDICT_BATCH_SIZE, Config
 from ..data.images import IMAGE_SUFFIXES, ImageInput, is_animated, list_images, read_image
 from ..data.loaders import check_batching
 from ..data.preprocess import build_test_transform
@@ -63,10 +63,6 @@ from .video import (
 
 log = logging.getLogger("ferkit")
 
-# Faces are often classified live, so tencrop's ten forward passes a face are left to evaluation.
-TTA_MODES = ("none", "flip", "scales")
-MARGIN = 0.1  # for detectors without landmarks (Haar), whose boxes are cut out as they are
-BATCH_SIZE = 64
 DRAWN_AT_ONCE = 8  # photos read together when each is also drawn
 
 
@@ -87,7 +83,7 @@ class Predictor:
         tta: str = "none",
         detector: Detector | None = None,
         margin: float = MARGIN,
-        batch_size: int = BATCH_SIZE,
+        batch_size: int = PREDICT_BATCH_SIZE,
         precision: str = "fp32",
         source: Path | None = None,
         record: dict | None = None,

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from ..checkpoint import WEIGHTS
+from ..bundled import WEIGHTS
 from ..errors import FerkitError
 from .faces import MIN_FACE, SCORE_THRESHOLD, Detection, largest_first
 from .opencv import require_cv2
