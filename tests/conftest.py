@@ -119,6 +119,13 @@ def pytest_collection_modifyitems(config, items):
         raise pytest.UsageError("tests reading FER2013 without @pytest.mark.realdata: " + ", ".join(unmarked))
 
 
+@pytest.fixture(autouse=True)
+def own_cache_folder(tmp_path_factory, monkeypatch) -> None:
+    """Each test's cache folder its own (distillation keeps the teachers' labels there): nothing read from the user's
+    cache, nor from another test's runs."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "fer")

@@ -529,6 +529,36 @@ def test_distillation_trains_on_the_teachers_probabilities_once(finished_run, tm
     assert resumed["pflop"] == pytest.approx(2 * student + labelling)
 
 
+def test_a_second_run_of_the_same_teachers_on_the_same_images_reads_their_labels_from_the_cache(finished_run, tmp_path):
+    teacher_run, _ = finished_run
+    data = shutil.copytree(teacher_run.parent / "fer", tmp_path / "fer")
+    cache = tmp_path / "labels"
+    teacher = str(teacher_run / "best.pth")
+    cfg = tiny(data, tmp_path / "first", epochs=1, distill_from=(teacher,), label_cache=str(cache))
+
+    def run(name: str, **changes) -> tuple[dict, str, torch.Tensor]:
+        report = train(Config.from_dict({**cfg.to_dict(), "out": str(tmp_path / name), **changes}))
+        probs = torch.load(tmp_path / name / "teachers.pt", weights_only=True)["probs"]
+        return report, (tmp_path / name / "train.log").read_text(), probs
+
+    first, log, probs = run("first")
+    assert "labels 28 training images" in log and len(list(cache.glob("*.pt"))) == 1
+    # Another seed: the same labels, read instead of computed, and the run's PFLOP still counts their labelling.
+    second, log, again = run("second", seed=1)
+    assert "read from the label cache" in log and "labels 28 training images" not in log
+    assert torch.equal(again, probs) and second["pflop"] == pytest.approx(first["pflop"])
+    # An image changed, or the teachers read otherwise: labelled anew, each labelling kept beside the others.
+    image = sorted((data / "train").rglob("*.png"))[0]
+    Image.open(image).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(image)
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
+    _, log, _ = run("changed")
+    assert "labels 28 training images" in log and len(list(cache.glob("*.pt"))) == 2
+    _, log, _ = run("softer", distill_temperature=2.0)
+    assert "labels 28 training images" in log and len(list(cache.glob("*.pt"))) == 3
+    _, log, _ = run("off", label_cache="off")
+    assert "labels 28 training images" in log and len(list(cache.glob("*.pt"))) == 3
+
+
 def test_distillation_at_weight_zero_is_training_on_the_labels(finished_run, tmp_path):
     teacher_run, _ = finished_run
     data = teacher_run.parent / "fer"

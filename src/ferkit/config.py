@@ -366,6 +366,14 @@ class Config:
         resumable=True,
         bounds="[1, inf)",
     )
+    label_cache: str = _opt(
+        "speed",
+        "auto",
+        "where the teachers' probabilities (--distill-from) are kept for the next run whose teachers read the same "
+        "training images (same files, views and temperature), which then skips the labelling: auto, "
+        "$XDG_CACHE_HOME/ferkit/labels (else ~/.cache/ferkit/labels); off; or a folder",
+        resumable=True,
+    )
     out: str = _opt("run", "runs/ferkit", "run folder: config, logs, checkpoints, plots")
     seed: int = _opt("run", 0, "random seed (data order, augmentation, initialisation)", bounds="[0, inf)")
     tensorboard: bool = _opt("run", True, "also log per-epoch metrics to TensorBoard", resumable=True)

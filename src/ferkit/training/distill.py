@@ -6,12 +6,18 @@ calibrated temperature, and their probabilities are averaged. That costs one
 forward pass per teacher and view, once (counted in the run's PFLOP), instead of a teacher pass every step, so an
 ensemble teaches for a small share of a run's compute; the price is that a target describes the image before its
 augmentation. The probabilities are kept in the run folder (``teachers.pt``), so a resumed run needs neither the
-teachers nor their time again, and an unreadable image (``--bad-images skip``) keeps its plain label.
+teachers nor their time again, and an unreadable image (``--bad-images skip``) keeps its plain label. They are also
+kept in a label cache (``--label-cache``) under a key of the teachers' bytes, the images' names, sizes and times of
+change, and the views and temperature, so that another run of the same teachers on the same images (another seed, a
+changed recipe) reads them instead of labelling again; its PFLOP still counts the labelling, the recipe's cost.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -20,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import distributed as dist
-from ..checkpoint import atomic_save, check_classes, file_identity, load_model
+from ..checkpoint import atomic_save, check_classes, file_identity, load_model, model_path
 from ..config import Config
 from ..data.datasets import FerDataset, Sample, collate_skipping
 from ..data.loaders import make_loader
@@ -53,15 +59,7 @@ def soft_targets(
         return None
     path = Path(cfg.out) / TEACHERS_FILE
     if not resume and dist.is_main():
-        probs, pflop = teacher_probs(
-            cfg.distill_from,
-            samples,
-            classes,
-            speed,
-            cfg.bad_images == "skip",
-            cfg.distill_temperature,
-            cfg.distill_views,
-        )
+        probs, pflop = _labelled(cfg, samples, classes, speed)
         record = {"names": [s.name for s in samples], "teachers": list(cfg.distill_from), "views": cfg.distill_views}
         atomic_save({**record, "probs": probs, "temperature": cfg.distill_temperature}, path)
     dist.barrier()
@@ -110,6 +108,65 @@ def teacher_probs(
         f"the label on {float(agree):.1%} of them and gives its top class {float(top):.2f} on average"
     )
     return probs, flops / 1e15
+
+
+def label_cache(setting: str) -> Path | None:
+    """The folder ``--label-cache`` names: ``auto``, the user's cache folder; ``off``, none."""
+    if setting == "off":
+        return None
+    if setting != "auto":
+        return Path(setting)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ferkit" / "labels"
+
+
+# Raised when what a cached labelling depends on changes (how views are read, say), so that old entries are not used.
+CACHE_VERSION = 1
+
+
+def _labelled(cfg: Config, samples: list[Sample], classes: tuple[str, ...], speed: Speed) -> tuple[Tensor, float]:
+    """The teachers' probabilities and the PFLOP their labelling costs: read from the label cache where these
+    teachers read these images before, else computed and kept there."""
+    folder = label_cache(cfg.label_cache)
+    key = _cache_key(cfg, samples, classes) if folder else None
+    names = [s.name for s in samples]
+    path = folder / f"{key}.pt" if folder and key else None
+    if path is not None and path.is_file():
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError):  # a cut-short file is labelled again, and replaced
+            saved = None
+        if saved is not None and saved["names"] == names:
+            log.info(
+                f"distillation: the teachers' probabilities for these {len(samples)} training images read from the "
+                f"label cache ({path}; their labelling, {saved['pflop']:.4f} PFLOP, counts in this run's PFLOP)"
+            )
+            return saved["probs"], saved["pflop"]
+    probs, pflop = teacher_probs(
+        cfg.distill_from, samples, classes, speed, cfg.bad_images == "skip", cfg.distill_temperature, cfg.distill_views
+    )
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_save({"names": names, "probs": probs, "pflop": pflop}, path)
+        except OSError as e:  # a read-only home costs the next run the labelling, not this run
+            log.warning(f"distillation: cannot keep the probabilities in the label cache {path.parent} ({e.strerror})")
+    return probs, pflop
+
+
+def _cache_key(cfg: Config, samples: list[Sample], classes: tuple[str, ...]) -> str | None:
+    """What the teachers' probabilities depend on, hashed; None for images read from a CSV's rows (no file to
+    stat)."""
+    if not all(isinstance(s.source, Path) for s in samples):
+        return None
+    key = hashlib.sha256()
+    settings = [CACHE_VERSION, list(classes), cfg.distill_views, cfg.distill_temperature, cfg.bad_images]
+    key.update(json.dumps(settings).encode())
+    for teacher in cfg.distill_from:
+        key.update(hashlib.sha256(model_path(teacher).read_bytes()).digest())
+    for s in samples:
+        stat = s.source.stat()
+        key.update(f"{s.name}\0{s.label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return key.hexdigest()[:32]
 
 
 def _one_hot(samples: list[Sample], classes: tuple[str, ...]) -> Tensor:
