@@ -94,6 +94,14 @@ def ferkit_imports(path: Path) -> list[tuple[str, int, bool]]:
 MODULES = sorted(PACKAGE.rglob("*.py"))
 
 
+def run_python(code: str) -> str:
+    """What ``code`` prints, run by a fresh Python on this checkout's source (its imports start from nothing)."""
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def test_every_module_is_in_a_known_layer():
     assert MODULES, PACKAGE
     assert {layer(module_name(p)) for p in MODULES} <= set(ALLOWED)
@@ -129,12 +137,10 @@ def test_the_command_lists_its_commands_and_the_package_imports_without_pytorch(
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
         "print('loaded:', 'torch' in sys.modules, ferkit.Config().arch, ferkit.CLASSES[0], 'torch' in sys.modules)"
     )
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert "predict" in result.stdout and "serve" in result.stdout
+    stdout = run_python(code)
+    assert "predict" in stdout and "serve" in stdout
     # Nothing loaded PyTorch before CLASSES was asked for; then the datasets did.
-    assert result.stdout.strip().splitlines()[-1] == "loaded: False resnet18 Angry True"
+    assert stdout.strip().splitlines()[-1] == "loaded: False resnet18 Angry True"
 
 
 def test_every_commands_help_answers_without_pytorch():
@@ -150,20 +156,16 @@ def test_every_commands_help_answers_without_pytorch():
         "        try:\n            main([*command, '--help'])\n        except SystemExit:\n            pass\n"
         "    print(' '.join(command), 'usage: ferkit' in out.getvalue(), 'torch' in sys.modules)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [f"{' '.join(c)} True False" for c in commands]
+    stdout = run_python(code)
+    assert stdout.splitlines() == [f"{' '.join(c)} True False" for c in commands]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("module", ["ferkit.training", "ferkit.cli", "ferkit.inference.predict"])
 def test_importing_leaves_export_serving_and_scikit_learn_unloaded(module):
     code = f"import sys, {module}; print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == [], f"import {module} loads {result.stdout.strip()}"
+    stdout = run_python(code)
+    assert stdout.split() == [], f"import {module} loads {stdout.strip()}"
 
 
 # What reading a photo must not import: each costs `ferkit predict PHOTO` and the server's start-up a third of a
@@ -181,9 +183,7 @@ def test_reading_a_photo_and_starting_the_server_import_no_training_or_plotting_
         f"assert main(['predict', {str(photo)!r}]) == 0\n"
         f"print('loaded:', *(m for m in {NOT_FOR_A_PHOTO!r} if m in sys.modules))"
     )
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr
-    *answer, loaded = result.stdout.strip().splitlines()
+    stdout = run_python(code)
+    *answer, loaded = stdout.strip().splitlines()
     assert "astronaut.png: face 0" in answer[0]
     assert loaded.split() == ["loaded:"]
