@@ -38,14 +38,15 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 class Site:
-    """A web server on this machine serving a folder, which records each request (path, Authorization header).
+    """A web server on this machine serving a folder, which records each request (path, Authorization header; and
+    apart, path and Range header).
 
     ``/page`` is a web page, ``/login/...`` needs ``LOGIN`` (basic authentication), ``/clip`` a video without a
     suffix, anything missing is a 404. ``/busy/N/S/...`` answers 503 to its first N requests (with Retry-After: S
     unless S is "-") and ``/drop/...`` closes its first connection without an answer; then each serves the file."""
 
     def __init__(self, folder: Path) -> None:
-        self.folder, self.requests = folder, []
+        self.folder, self.requests, self.ranges = folder, [], []
         site = self
 
         class Handler(http.server.SimpleHTTPRequestHandler):
@@ -54,6 +55,7 @@ class Site:
 
             def do_GET(self):
                 site.requests.append((self.path, self.headers.get("Authorization")))
+                site.ranges.append((self.path, self.headers.get("Range")))
                 if self.path == "/page":
                     body = b"<html><body><img src='/astronaut.png'></body></html>"
                     self.send_response(200)
@@ -157,6 +159,31 @@ def test_a_gifs_address_is_fetched_and_read_as_an_animation(checkpoint, site, tm
     assert errors["page.gif"].endswith("did not give an image PIL can decode (a web page?); give the GIF's own address")
     assert "404" in errors["gone.gif"]
     assert [r["frame"] for r in rows if r["source"] == url] == [0, 1, 2, 3]
+
+
+def test_an_animated_png_or_webp_address_is_told_by_its_first_bytes_and_read_as_an_animation(
+    checkpoint, site, tmp_path
+):
+    frames = [np.roll(skimage_data.astronaut(), 6 * i, axis=1) for i in range(4)]
+    for suffix in (".png", ".webp"):
+        write_animation(frames, site.folder / f"sticker{suffix}", [100, 300, 100, 100])
+    Image.fromarray(frames[0]).save(site.folder / "still.webp")
+    names = ["sticker.png", "sticker.webp", "astronaut.png", "still.webp", "missing.png"]
+    urls = [f"{site.url}/{name}" for name in names]
+    images, videos = split_sources(urls)
+    assert videos == urls[:2] and images == urls[2:]  # the missing one is reported when read, as a photo
+    # Each asked for its first bytes alone.
+    asked = {path: value for path, value in site.ranges if value}
+    assert all(asked[f"/{name}"] == "bytes=0-65535" for name in names[:4])
+    out = tmp_path / "out.json"
+    assert main(["predict", "--checkpoint", str(checkpoint), "--json", str(out), urls[1]]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert [(r["source"], r["frame"], r["time_s"]) for r in results] == [
+        (urls[1], 0, 0.0),
+        (urls[1], 1, 0.1),
+        (urls[1], 2, 0.4),
+        (urls[1], 3, 0.5),
+    ]
 
 
 def test_addresses_that_give_no_photo_are_one_line_errors_naming_the_fix_and_the_rest_are_still_read(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import struct
 from pathlib import Path
 from typing import BinaryIO
 
@@ -45,6 +46,22 @@ def is_animated(path: str | os.PathLike) -> bool:
             return bool(getattr(image, "is_animated", False))
     except (OSError, ValueError, Image.DecompressionBombError):
         return False
+
+
+def announces_frames(head: bytes) -> bool:
+    """Whether the first bytes of a PNG or WebP file say that it holds more than one frame: an APNG's frame count (its
+    acTL chunk comes before the pixels) or an animated WebP's flag; False for anything else."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        at = 8
+        while at + 12 <= len(head):
+            length, kind = struct.unpack(">I4s", head[at : at + 8])
+            if kind == b"acTL":
+                return struct.unpack(">I", head[at + 8 : at + 12])[0] > 1
+            if kind == b"IDAT":
+                return False
+            at += 12 + length
+        return False
+    return head[:4] == b"RIFF" and head[8:16] == b"WEBPVP8X" and len(head) > 20 and bool(head[20] & 0x02)
 
 
 def list_images(folder: Path) -> list[Path]:

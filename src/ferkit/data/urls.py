@@ -101,9 +101,12 @@ class _Passing(FerkitError):
         self.wait = wait
 
 
-def fetch(url: str, max_bytes: int = MAX_FETCH_MB * 1024 * 1024, timeout: float = FETCH_TIMEOUT_S) -> bytes:
+def fetch(
+    url: str, max_bytes: int = MAX_FETCH_MB * 1024 * 1024, timeout: float = FETCH_TIMEOUT_S, first: int | None = None
+) -> bytes:
     """The bytes an HTTP(S) address serves, or a FerkitError naming what went wrong and what to do; a busy server
-    or a dropped connection is tried again (``FETCH_TRIES`` in all)."""
+    or a dropped connection is tried again (``FETCH_TRIES`` in all). ``first``: only that many bytes from the start
+    (asked for with a Range header; of a server that sends more, no more are read)."""
     import time
     import urllib.request  # here: its import (http, email, ssl) is paid by the runs that fetch
 
@@ -116,24 +119,26 @@ def fetch(url: str, max_bytes: int = MAX_FETCH_MB * 1024 * 1024, timeout: float 
         login = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
         headers["Authorization"] = "Basic " + base64.b64encode(login).decode()
         url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    if first:
+        headers["Range"] = f"bytes=0-{first - 1}"
     request = urllib.request.Request(url, headers=headers)
     for attempt in range(1, FETCH_TRIES + 1):
         try:
-            data = _fetch_once(request, max_bytes, timeout)
+            data = _fetch_once(request, first or max_bytes + 1, timeout)
             break
         except _Passing as e:
             wait = 2.0 ** (attempt - 1) if e.wait is None else e.wait
             if attempt == FETCH_TRIES or wait > RETRY_AFTER_MAX_S:
                 raise FerkitError(f"{e} (asked {attempt} time{'s' if attempt > 1 else ''})") from None
             time.sleep(wait)
-    if len(data) > max_bytes:
+    if not first and len(data) > max_bytes:
         raise FerkitError(
             f"{shown(url)} serves more than {max_bytes / 2**20:g} MB, more than a photo; download it and give the file"
         )
     return data
 
 
-def _fetch_once(request, max_bytes: int, timeout: float) -> bytes:
+def _fetch_once(request, most: int, timeout: float) -> bytes:
     import http.client
     import urllib.error
     import urllib.request
@@ -152,7 +157,7 @@ def _fetch_once(request, max_bytes: int, timeout: float) -> bytes:
                     f"{shown(url)} serves a video ({kind}), and its address does not end as a video's (.mp4, ...); "
                     "download it and give the file"
                 )
-            return answer.read(max_bytes + 1)
+            return answer.read(most)
     except urllib.error.HTTPError as e:
         if e.code in BUSY:
             why = f"cannot fetch {shown(url)}: HTTP {e.code} {e.reason}; the server is busy, try again later"

@@ -53,6 +53,7 @@ from .video import (
     check_span,
     drawn_video_suffix,
     frame_count,
+    is_animated_url,
     is_live,
     is_video,
     is_video_url,
@@ -492,12 +493,13 @@ def predict_video(
 def split_sources(source: Sources) -> tuple[list[Input], list[str]]:
     """The inputs of ``source`` (one or several) to read as images, and the videos to track: a video file, an
     animated image (a reaction GIF) and a video's or stream's address are videos, a folder gives its videos (each
-    once) and is read for its still images too where it holds any; anything else is read as an image (so a missing
-    path or an empty folder is reported as one, and an address is fetched as a photo)."""
+    once) and is read for its still images too where it holds any; a PNG's or WebP's address is asked for its first
+    bytes, which say whether it is animated; anything else is read as an image (so a missing path or an empty folder is
+    reported as one, and an address is fetched as a photo)."""
     images, videos = [], []
     for path in as_inputs(source):
         if isinstance(path, str):
-            (videos if is_video_url(path) else images).append(path)
+            (videos if is_video_url(path) or is_animated_url(path) else images).append(path)
             continue
         if path.is_file() and is_video(path):
             videos.append(str(path))

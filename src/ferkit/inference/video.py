@@ -18,7 +18,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
-from ..data.images import is_animated, to_rgb
+from ..data.images import announces_frames, is_animated, to_rgb
 from ..data.urls import fetch, is_stream_url, is_url, shown, url_path
 from ..errors import FerkitError
 from .opencv import require_cv2
@@ -42,9 +42,11 @@ MIN_FRAME_MS = 20
 SHOWN_FRAME_MS = 100
 
 
-# A GIF's address is read as an animation, which is what the web uses GIFs for (a still one as one frame); other
-# images' addresses (WebP, PNG: mostly stills) are fetched as photos.
+# A GIF's address is read as an animation, which is what the web uses GIFs for (a still one as one frame); a PNG's or
+# WebP's (mostly stills) only where its first bytes say it is one, else it is fetched as a photo.
 GIF = ".gif"
+ANIMATABLE = {GIF: "GIF", ".png": "PNG", ".webp": "WebP"}
+HEAD_BYTES = 64 * 1024  # an APNG's frame count and an animated WebP's flag come well before
 
 
 def is_video(path: Path) -> bool:
@@ -60,6 +62,17 @@ def is_video_url(source: object) -> bool:
     return is_url(source) and url_path(source).suffix.lower() in (*VIDEO_SUFFIXES, ".m3u8", GIF)
 
 
+def is_animated_url(source: object) -> bool:
+    """Whether a PNG's or WebP's address serves an animation, by the first bytes it serves (asked for alone); one
+    that cannot be fetched is left to be read as a photo, which says why."""
+    if not is_url(source) or url_path(source).suffix.lower() not in (".png", ".webp"):
+        return False
+    try:
+        return announces_frames(fetch(source, first=HEAD_BYTES))
+    except FerkitError:
+        return False
+
+
 def is_live(source: str | int) -> bool:
     """A camera or a live stream: read until Ctrl-C, its frames shown as they come."""
     return isinstance(source, int) or is_stream_url(source)
@@ -73,9 +86,9 @@ def source_name(source: str | os.PathLike | int) -> str:
 
 
 class Video:
-    """A video file, an animated image (a GIF, WebP or PNG file, or a GIF's address), a stream's address or a camera
-    (by number), opened once: its frame rate, the length its container states, and its frames as RGB; of a file,
-    optionally only those from ``start`` until ``end`` seconds.
+    """A video file, an animated image (a GIF, WebP or PNG file, or such an animation's address), a stream's address
+    or a camera (by number), opened once: its frame rate, the length its container states, and its frames as RGB; of
+    a file, optionally only those from ``start`` until ``end`` seconds.
 
     >>> with Video("clip.mp4", start=60, end=90) as video:
     ...     for index, time_s, rgb in video.frames(every=2): ...
@@ -219,9 +232,9 @@ class Video:
 
 
 def _capture(source: str | int):
-    """What reads ``source``'s frames: PIL for an animated image (a GIF's address fetched first, with the login,
-    retries and size limit of a photo's), OpenCV for the rest."""
-    if is_url(source) and url_path(source).suffix.lower() == GIF:
+    """What reads ``source``'s frames: PIL for an animated image (an address fetched first, with the login, retries
+    and size limit of a photo's), OpenCV for the rest."""
+    if is_url(source) and url_path(source).suffix.lower() in ANIMATABLE:
         return _Animation(io.BytesIO(fetch(source)), shown(source))
     if isinstance(source, str | os.PathLike) and is_animated(source):
         return _Animation(source, str(source))
@@ -310,8 +323,9 @@ def unopened(source: str | int) -> str:
     """Why OpenCV could not open a video, a stream or a camera, and what to do."""
     if isinstance(source, int):
         return f"cannot open camera {source}; check that it is connected and that no other program is using it"
-    if is_url(source) and url_path(source).suffix.lower() == GIF:
-        return f"{shown(source)} did not give an image PIL can decode (a web page?); give the GIF's own address"
+    if is_url(source) and url_path(source).suffix.lower() in ANIMATABLE:
+        kind = ANIMATABLE[url_path(source).suffix.lower()]
+        return f"{shown(source)} did not give an image PIL can decode (a web page?); give the {kind}'s own address"
     if is_url(source):
         return f"cannot open {shown(source)}; check the address and that the camera or server answers"
     if not Path(source).is_file():
