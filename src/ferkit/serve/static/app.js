@@ -526,8 +526,11 @@ async function kindOf(file, name) {
   if (!suffix && !Object.values(ANIMATABLE).includes(file.type)) return "photo";
   // A GIF's second frame may come anywhere after its first; the others say so before their pixels.
   const gif = suffix === ".gif" || file.type === "image/gif";
-  const head = new Uint8Array(await file.slice(0, gif ? file.size : 1 << 20).arrayBuffer());
-  return hasSeveralFrames(head) ? "animation" : "photo";
+  try {
+    return hasSeveralFrames(new Uint8Array(await file.slice(0, gif ? file.size : 1 << 20).arrayBuffer())) ? "animation" : "photo";
+  } catch {
+    return "photo"; // unreadable here: the server says what is wrong with it
+  }
 }
 
 // Whether an image file's bytes hold more than one frame, as PIL counts them (the server decides the same way): a GIF's
