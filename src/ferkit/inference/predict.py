@@ -248,14 +248,13 @@ def predict_source(
     if len(videos) > 1:
         # A list of every frame of several videos grows without bound; predict_videos streams them.
         raise FerkitError(f"{len(videos)} videos given: track them with predict_videos, which streams each frame")
-    beside: dict = {}
     if images and videos and annotate:
         annotate = mixed_drawing_folder(annotate)
     files, read = stream_images(predictor, images, detect, annotate, videos=videos) if images else ([], iter(()))
     results = list(read)
     if videos:
-        if images and annotate:  # drawn into one folder mirroring the inputs, as `ferkit predict` draws them
-            beside = {"root": mirrored_root(as_inputs(source)), "photos": files}
+        # Beside photos, drawn into one folder mirroring the inputs, as `ferkit predict` draws them.
+        beside = {"root": mirrored_root(as_inputs(source)), "photos": files} if images and annotate else {}
         results += predict_video(predictor, videos[0], detect, every, smooth, annotate, **video_kw, **beside)
     return results
 
