@@ -65,7 +65,7 @@ def is_video_url(source: object) -> bool:
 def is_animated_url(source: object) -> bool:
     """Whether a PNG's or WebP's address serves an animation, by the first bytes it serves (asked for alone); one
     that cannot be fetched is left to be read as a photo, which says why."""
-    if not is_url(source) or url_path(source).suffix.lower() not in (".png", ".webp"):
+    if not is_url(source) or url_path(source).suffix.lower() not in ANIMATABLE.keys() - {GIF}:
         return False
     try:
         return announces_frames(fetch(source, first=HEAD_BYTES))
