@@ -510,6 +510,8 @@ async function analyseMany(files) {
 
 // files: [{file, name}], the name as the page shows it.
 async function analyseFiles(files) {
+  if (!files.length) return;
+  setStatus(`Analysing ${files.length === 1 ? files[0].name : `${files.length} files`}...`); // while their kinds are read
   const kinds = await Promise.all(files.map(({ file, name }) => kindOf(file, name)));
   const typed = files.map((f, i) => ({ ...f, kind: kinds[i] }));
   if (typed.length === 1 && typed[0].kind !== "photo") analyseVideo(typed[0].file, typed[0].name, typed[0].kind);
