@@ -545,7 +545,8 @@ def test_a_second_run_of_the_same_teachers_on_the_same_images_reads_their_labels
     assert "labels 28 training images" in log and len(list(cache.glob("*.pt"))) == 1
     # Another seed: the same labels, read instead of computed, and the run's PFLOP still counts their labelling.
     second, log, again = run("second", seed=1)
-    assert "read from the label cache" in log and "labels 28 training images" not in log
+    assert f"distillation: {teacher} ({teacher}, sha256" in log and "read from the label cache" in log
+    assert "labels 28 training images" not in log
     assert torch.equal(again, probs) and second["pflop"] == pytest.approx(first["pflop"])
     # An image changed, or the teachers read otherwise: labelled anew, each labelling kept beside the others.
     image = sorted((data / "train").rglob("*.png"))[0]

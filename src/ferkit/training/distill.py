@@ -136,9 +136,11 @@ def _labelled(cfg: Config, samples: list[Sample], classes: tuple[str, ...], spee
         except (OSError, RuntimeError, EOFError):  # a cut-short file is labelled again, and replaced
             saved = None
         if saved is not None and saved["names"] == names:
+            # train.log names the teachers' files whether they labelled now or before.
+            teachers = "; ".join(file_identity(t) for t in cfg.distill_from)
             log.info(
-                f"distillation: the teachers' probabilities for these {len(samples)} training images read from the "
-                f"label cache ({path}; their labelling, {saved['pflop']:.4f} PFLOP, counts in this run's PFLOP)"
+                f"distillation: {teachers}: their probabilities for these {len(samples)} training images read from "
+                f"the label cache ({path}; their labelling, {saved['pflop']:.4f} PFLOP, counts in this run's PFLOP)"
             )
             return saved["probs"], saved["pflop"]
     probs, pflop = teacher_probs(
