@@ -249,6 +249,26 @@ def test_an_animated_gif_is_read_as_a_video_and_a_still_one_is_sent_to_predict(c
     assert still.json()["detail"] == "'still.gif' is a still image; send it to /predict (this endpoint reads videos)"
 
 
+def test_predict_refuses_an_animation_naming_video_and_reads_still_and_multi_page_images(client, tmp_path):
+    frames = [np.roll(skimage_data.astronaut()[::2, ::2], 3 * i, axis=1) for i in range(3)]  # under MAX_UPLOAD
+    for suffix in (".gif", ".webp", ".png"):
+        moving = write_animation(frames, tmp_path / f"moving{suffix}", [100, 100, 100]).read_bytes()
+        # The client's name says nothing: the bytes tell.
+        refused = client.post("/predict", files=[("file", ("a.jpg", png(frames[0]))), ("file", ("clip.bin", moving))])
+        assert refused.status_code == 415
+        assert refused.json()["detail"] == (
+            "'clip.bin' is an animated image; send it to /video, which tracks the people in it frame by frame (or "
+            "read it with `ferkit predict clip.bin`)"
+        )
+    pages = io.BytesIO()
+    Image.fromarray(frames[0]).save(pages, "TIFF", save_all=True, append_images=[Image.fromarray(frames[1])])
+    read = client.post(
+        "/predict", files=[("file", ("still.gif", png(frames[0], "GIF"))), ("file", ("scan.tif", pages.getvalue()))]
+    )
+    assert read.status_code == 200, read.text
+    assert [len(r["faces"]) for r in read.json()["results"]] == [1, 1]
+
+
 def test_a_videos_frames_take_turns_with_photos_so_a_photo_is_not_held_up_by_a_video(predictor, clip):
     gated = GatedPredictor(predictor)
     photo = {"file": ("photo.png", png(skimage_data.astronaut()[:400, :400]))}  # 400x400: told from a frame

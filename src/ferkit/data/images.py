@@ -26,6 +26,7 @@ IMAGE_SUFFIXES = {
 FORMATS = "JPEG, PNG, BMP, GIF, TIFF, WebP, AVIF or HEIC"
 # The formats whose files may hold an animation (a reaction GIF, an animated WebP or PNG), read as videos.
 ANIMATED_SUFFIXES = {".gif", ".webp", ".png"}
+ANIMATED_FORMATS = {"GIF", "WEBP", "PNG"}
 
 # A file's path or a photo's web address, a decoded image, or an encoded file's bytes (an upload, a download) or a
 # binary file object.
@@ -36,14 +37,15 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def is_animated(path: str | os.PathLike) -> bool:
-    """Whether a GIF, WebP or PNG file holds more than one frame (its header says so, or a second frame follows the
-    first); False for any other file, and for one PIL cannot open (said when it is read)."""
-    if Path(path).suffix.lower() not in ANIMATED_SUFFIXES:
+def is_animated(source: str | os.PathLike | BinaryIO) -> bool:
+    """Whether a GIF, WebP or PNG (a file, or an upload's bytes in a file object) holds more than one frame (its header
+    says so, or a second frame follows the first); False for anything else, a phone's MPO photo or a multi-page TIFF
+    included (photos, not animations), and for what PIL cannot open (said when it is read)."""
+    if isinstance(source, str | os.PathLike) and Path(source).suffix.lower() not in ANIMATED_SUFFIXES:
         return False
     try:
-        with Image.open(path) as image:
-            return bool(getattr(image, "is_animated", False))
+        with Image.open(source) as image:
+            return image.format in ANIMATED_FORMATS and bool(getattr(image, "is_animated", False))
     except (OSError, ValueError, Image.DecompressionBombError):
         return False
 

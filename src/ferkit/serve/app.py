@@ -241,6 +241,18 @@ def decode_image(data: bytes, name: str, max_pixels: int, used: int = 0) -> np.n
     return np.asarray(to_rgb(image))  # upright: the page draws photos rotated by their EXIF, so boxes match
 
 
+def decode_photo(data: bytes, name: str, max_pixels: int, used: int = 0) -> np.ndarray:
+    """:func:`decode_image` for ``/predict``: an animated GIF, WebP or PNG is refused, naming ``/video``, rather than
+    read as its first frame with the rest of its frames dropped unsaid (``ferkit predict`` tracks it as a video)."""
+    if is_animated(io.BytesIO(data)):
+        raise HTTPException(
+            415,
+            f"{name!r} is an animated image; send it to /video, which tracks the people in it frame by frame (or read "
+            f"it with `ferkit predict {name}`)",
+        )
+    return decode_image(data, name, max_pixels, used)
+
+
 def preview_jpeg(data: bytes, name: str, max_pixels: int, side: int) -> bytes:
     """An upload as a JPEG at most ``side`` pixels a side, upright, for a browser that cannot show its format; the
     same refusals as :func:`decode_image`."""
@@ -464,7 +476,10 @@ def create_app(
     async def predict(
         file: Annotated[
             list[UploadFile],
-            File(description=f"the image ({FORMATS}); repeat the field for several, one result each, in order"),
+            File(
+                description=f"the image ({FORMATS}; an animated GIF, WebP or PNG goes to /video); repeat the field "
+                "for several, one result each, in order"
+            ),
         ],
         detect: Annotated[bool, Query(description="false: the image is already one face crop")] = True,
         session: Annotated[
@@ -484,7 +499,7 @@ def create_app(
             # Every image is checked before any is classified: a bad one refuses the request, naming it.
             images, used = [], 0
             for f, name in zip(file, names):
-                images.append(await run_in_threadpool(decode_image, await f.read(), name, max_pixels, used))
+                images.append(await run_in_threadpool(decode_photo, await f.read(), name, max_pixels, used))
                 used += images[-1].shape[0] * images[-1].shape[1]
             # Queued together, so they share a batch with each other and with other requests' images.
             results = await asyncio.gather(*(batcher.predict(rgb, detect) for rgb in images))
