@@ -13,7 +13,7 @@ from PIL import Image
 from skimage.data import astronaut
 
 from ferkit.data.datasets import Sample, load_image, read_image_folder
-from ferkit.data.images import IMAGE_SUFFIXES, is_animated, list_images, read_image
+from ferkit.data.images import IMAGE_SUFFIXES, announces_frames, is_animated, list_images, read_image
 from ferkit.data.preprocess import ToRGB
 from ferkit.errors import FerkitError
 
@@ -132,3 +132,22 @@ def test_animated_gif_webp_and_png_are_told_from_still_ones(tmp_path):
     (tmp_path / "broken.gif").write_bytes(b"GIF89a and then nothing")
     write_animation(frames, tmp_path / "moving.tif", [100, 100])  # a multi-page TIFF is a document, not a video
     assert not any(is_animated(tmp_path / name) for name in ("broken.gif", "missing.gif", "moving.tif"))
+
+
+def test_a_files_first_bytes_tell_an_animation_as_pil_does_and_a_gif_cut_short_counts_as_one(tmp_path):
+    small = [astronaut()[::8, ::8], astronaut()[::8, ::-8]]  # 64x64: each file within the first 64 kB asked for
+    files = {}
+    for suffix in (".gif", ".webp", ".png"):
+        files[f"moving{suffix}"] = write_animation(small, tmp_path / f"moving{suffix}", [100, 100])
+        Image.fromarray(small[0]).save(files.setdefault(f"still{suffix}", tmp_path / f"still{suffix}"))
+    # A GIF whose second image comes after a comment and an image with its own colour table.
+    first, second = (Image.fromarray(f).quantize(64) for f in small)
+    first.save(tmp_path / "local.gif", save_all=True, append_images=[second], duration=100, comment=b"a test's")
+    files["local.gif"] = tmp_path / "local.gif"
+    for name, path in files.items():
+        assert len(path.read_bytes()) < 64 * 1024, name
+        assert announces_frames(path.read_bytes()) == is_animated(path), name
+    # A still GIF's first bytes that end before its trailer cannot say it is still: it counts as an animation.
+    still = files["still.gif"].read_bytes()
+    assert all(announces_frames(still[:n]) for n in (6, 12, 13, 800, len(still) - 1))
+    assert not announces_frames(b"<html>") and not announces_frames(b"")

@@ -19,7 +19,7 @@ from conftest import ASTRONAUT_FACE, iou, write_animation, write_video
 from PIL import Image
 
 from ferkit.cli import main
-from ferkit.data.images import read_image
+from ferkit.data.images import FORMATS, read_image
 from ferkit.data.urls import fetch, is_stream_url, is_url, shown
 from ferkit.errors import FerkitError
 from ferkit.inference import video as video_module
@@ -156,9 +156,15 @@ def test_a_gifs_address_is_fetched_and_read_as_an_animation(checkpoint, site, tm
     assert main([*argv, site.url + "/page.gif", site.url + "/gone.gif", url]) == 1
     rows = json.loads(out.read_text())["results"]
     errors = {r["source"].rsplit("/", 1)[1]: r["error"] for r in rows if r.get("error")}
-    assert errors["page.gif"].endswith("did not give an image PIL can decode (a web page?); give the GIF's own address")
+    assert errors["page.gif"].endswith("/page.gif: not an image format PIL can decode; pass a " + FORMATS + " image")
     assert "404" in errors["gone.gif"]
     assert [r["frame"] for r in rows if r["source"] == url] == [0, 1, 2, 3]
+    # A still GIF's address is a photo, told by its first bytes (asked for alone), as a still GIF file is.
+    Image.fromarray(skimage_data.astronaut()[::4, ::4]).save(site.folder / "still.gif")
+    assert split_sources([site.url + "/still.gif"]) == ([site.url + "/still.gif"], [])
+    assert ("/still.gif", "bytes=0-65535") in site.ranges
+    assert main([*argv, site.url + "/still.gif"]) == 0
+    assert [r.get("frame") for r in json.loads(out.read_text())["results"]] == [None]
 
 
 def test_an_animated_png_or_webp_address_is_told_by_its_first_bytes_and_read_as_an_animation(

@@ -51,8 +51,12 @@ def is_animated(source: str | os.PathLike | BinaryIO) -> bool:
 
 
 def announces_frames(head: bytes) -> bool:
-    """Whether the first bytes of a PNG or WebP file say that it holds more than one frame: an APNG's frame count (its
-    acTL chunk comes before the pixels) or an animated WebP's flag; False for anything else."""
+    """Whether the first bytes of a GIF, PNG or WebP file say that it holds more than one frame: a GIF's second image
+    (or first bytes that end inside its first image or before it: the rest may hold more, and the web's GIFs mostly
+    move), an APNG's frame count (its acTL chunk comes before the pixels) or an animated WebP's flag; False for
+    anything else."""
+    if head.startswith(b"GIF8"):
+        return _gif_images(head) != 1
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         at = 8
         while at + 12 <= len(head):
@@ -64,6 +68,34 @@ def announces_frames(head: bytes) -> bool:
             at += 12 + length
         return False
     return head[:4] == b"RIFF" and head[8:16] == b"WEBPVP8X" and len(head) > 20 and bool(head[20] & 0x02)
+
+
+def _gif_images(head: bytes) -> int | None:
+    """How many images a GIF's blocks hold, counting to 2; None where ``head`` ends before the trailer or a second
+    image says."""
+
+    def colours(packed: int) -> int:  # a colour table's bytes, where the flag says one follows
+        return 3 << ((packed & 7) + 1) if packed & 0x80 else 0
+
+    def after_blocks(at: int) -> int:  # data sub-blocks, each its length and bytes, up to the empty one
+        while at < len(head) and head[at]:
+            at += head[at] + 1
+        return at + 1
+
+    if len(head) < 13:
+        return None
+    at, images = 13 + colours(head[10]), 0
+    while at < len(head):
+        if head[at] == 0x21:  # an extension: its label, then its blocks
+            at = after_blocks(at + 2)
+        elif head[at] == 0x2C:  # an image: its descriptor, its colours, the LZW code size, then its blocks
+            images += 1
+            if images > 1 or at + 10 > len(head):
+                return images if images > 1 else None
+            at = after_blocks(at + 10 + colours(head[at + 9]) + 1)
+        else:  # the trailer (or bytes no GIF has): nothing follows
+            return images
+    return None
 
 
 def list_images(folder: Path) -> list[Path]:

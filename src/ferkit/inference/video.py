@@ -42,11 +42,10 @@ MIN_FRAME_MS = 20
 SHOWN_FRAME_MS = 100
 
 
-# A GIF's address is read as an animation, which is what the web uses GIFs for (a still one as one frame); a PNG's or
-# WebP's (mostly stills) only where its first bytes say it is one, else it is fetched as a photo.
-GIF = ".gif"
-ANIMATABLE = {GIF: "GIF", ".png": "PNG", ".webp": "WebP"}
-HEAD_BYTES = 64 * 1024  # an APNG's frame count and an animated WebP's flag come well before
+# An animated image's address is told by its first bytes (asked for alone): a still one is fetched as a photo.
+ANIMATABLE = {".gif": "GIF", ".png": "PNG", ".webp": "WebP"}
+HEAD_BYTES = 64 * 1024  # an APNG's frame count and an animated WebP's flag come well before; a GIF's second image
+# mostly does, and where it does not, the GIF is read as an animation (one frame, if it is still)
 
 
 def is_video(path: Path) -> bool:
@@ -55,17 +54,17 @@ def is_video(path: Path) -> bool:
 
 
 def is_video_url(source: object) -> bool:
-    """Whether an address names a video or a live stream (OpenCV reads it), or a GIF (fetched, read as an
-    animation), rather than a photo (ferkit fetches it)."""
+    """Whether an address names a video or a live stream (OpenCV reads it), by its suffix; an animated image's
+    address is told by :func:`is_animated_url`."""
     if is_stream_url(source):
         return True
-    return is_url(source) and url_path(source).suffix.lower() in (*VIDEO_SUFFIXES, ".m3u8", GIF)
+    return is_url(source) and url_path(source).suffix.lower() in (*VIDEO_SUFFIXES, ".m3u8")
 
 
 def is_animated_url(source: object) -> bool:
-    """Whether a PNG's or WebP's address serves an animation, by the first bytes it serves (asked for alone); one
-    that cannot be fetched is left to be read as a photo, which says why."""
-    if not is_url(source) or url_path(source).suffix.lower() not in ANIMATABLE.keys() - {GIF}:
+    """Whether a GIF's, PNG's or WebP's address serves an animation, by the first bytes it serves (asked for alone);
+    one that cannot be fetched is left to be read as a photo, which says why."""
+    if not is_url(source) or url_path(source).suffix.lower() not in ANIMATABLE:
         return False
     try:
         return announces_frames(fetch(source, first=HEAD_BYTES))
