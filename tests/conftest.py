@@ -247,10 +247,10 @@ def people_video(frames: int = 80, width: int = 640, height: int = 480, size: in
     return tuple(out), tuple(truth)
 
 
-def write_video(frames: list[np.ndarray], path: Path, fps: float = 10.0) -> Path:
+def write_video(frames: list[np.ndarray], path: Path, fps: float = 10.0, fourcc: str = "MJPG") -> Path:
     import cv2
 
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, frames[0].shape[1::-1])
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, frames[0].shape[1::-1])
     for frame in frames:
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()

@@ -290,6 +290,20 @@ def test_a_videos_address_is_tracked_frame_by_frame_from_one_request(checkpoint,
     assert site.requested("/clip.avi") - before == 1
 
 
+def test_an_mp4_whose_server_cannot_send_parts_is_said_to_need_downloading(checkpoint, site, tmp_path, caplog):
+    # OpenCV writes an MP4's index after its frames, as phones do; the test server ignores Range, as some do.
+    frames = [np.roll(skimage_data.astronaut(), 3 * i, axis=1) for i in range(20)]  # more than FFmpeg's first read
+    write_video(frames, site.folder / "phone.mp4", fourcc="mp4v")
+    url = site.url + "/phone.mp4"
+    with caplog.at_level(logging.WARNING, logger="ferkit"):
+        main(["predict", url, "--checkpoint", str(checkpoint), "--json", str(tmp_path / "out.json")])
+    assert (
+        f"{url} ended after frame 0 of the 20 its header states: the file may be cut short, or its server may not send "
+        "parts of a file (HTTP Range), which an MP4 whose index comes last needs: download it and give the file; the "
+        "frames read are kept"
+    ) in caplog.messages
+
+
 def test_inputs_are_sorted_into_photos_videos_and_live_streams(tmp_path):
     photo = tmp_path / "a.png"
     Image.fromarray(skimage_data.astronaut()).save(photo)

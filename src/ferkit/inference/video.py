@@ -150,12 +150,19 @@ class Video:
                 break
             yield index, time_s, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         if index + 1 < CUT_SHORT * self.length and self.length - index > 2:
+            # An MP4 whose index follows its frames (as phones write them) needs the server to send parts of it.
+            why = (
+                "the file may be cut short, or its server may not send parts of a file (HTTP Range), which an MP4 "
+                "whose index comes last needs: download it and give the file"
+                if is_url(self.source)
+                else "the file may be cut short (a download or copy that did not finish)"
+            )
             log.warning(
-                "%s ended after frame %d of the %d its header states: the file may be cut short (a download or "
-                "copy that did not finish); the frames read are kept",
+                "%s ended after frame %d of the %d its header states: %s; the frames read are kept",
                 self.name,
                 index + 1,
                 self.length,
+                why,
             )
 
     def _newest(self, every: int) -> Iterator[tuple[int, float, np.ndarray]]:
