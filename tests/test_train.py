@@ -6,6 +6,8 @@ import multiprocessing
 import os
 import shlex
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from conftest import TINY, make_image_folder, make_photo_folder, sigint_after_op
 from PIL import Image
 from torch.utils.data import DataLoader
 
+import ferkit.training.distill as distill
 import ferkit.training.loop as train_mod
 import ferkit.training.rundir as rundir
 from ferkit.checkpoint import atomic_save, load_model, read_checkpoint
@@ -558,6 +561,46 @@ def test_a_second_run_of_the_same_teachers_on_the_same_images_reads_their_labels
     assert "labels 28 training images" in log and len(list(cache.glob("*.pt"))) == 3
     _, log, _ = run("off", label_cache="off")
     assert "labels 28 training images" in log and len(list(cache.glob("*.pt"))) == 3
+    # The same folder spelled otherwise (a link; a clone reading it by another path): the same images, read back.
+    (tmp_path / "linked").symlink_to(data)
+    _, log, _ = run("spelled", data=str(tmp_path / "linked"))
+    assert "read from the label cache" in log and len(list(cache.glob("*.pt"))) == 3
+
+
+def test_runs_side_by_side_label_once_the_second_waiting_for_the_first(finished_run, tmp_path, monkeypatch, caplog):
+    teacher_run, _ = finished_run
+    data = teacher_run.parent / "fer"
+    cfg = tiny(data, tmp_path / "run", distill_from=(str(teacher_run / "best.pth"),), label_cache=str(tmp_path / "c"))
+    samples, speed = load_splits(data).train, Speed.resolve(cfg)
+    started, release, calls = threading.Event(), threading.Event(), []
+
+    def slow_teacher(*args, **kwargs):  # the first run's labelling, held until the second run is waiting
+        calls.append(threading.current_thread().name)
+        started.set()
+        assert release.wait(timeout=60)
+        return teacher_probs(*args, **kwargs)
+
+    monkeypatch.setattr(distill, "teacher_probs", slow_teacher)
+    results = {}
+
+    def run(name: str) -> None:
+        results[name] = distill._labelled(cfg, samples, CLASSES, speed)
+
+    first = threading.Thread(target=run, args=("first",), name="first")
+    second = threading.Thread(target=run, args=("second",), name="second")
+    with caplog.at_level(logging.INFO, logger="ferkit"):
+        first.start()
+        assert started.wait(timeout=60)
+        second.start()
+        deadline = time.monotonic() + 60
+        while not any("waiting for its labels" in m for m in caplog.messages) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        release.set()
+        first.join(timeout=60)
+        second.join(timeout=60)
+    assert calls == ["first"]  # labelled once
+    assert torch.equal(results["first"][0], results["second"][0]) and results["first"][1] == results["second"][1]
+    assert any("read from the label cache" in m for m in caplog.messages)
 
 
 def test_distillation_at_weight_zero_is_training_on_the_labels(finished_run, tmp_path):

@@ -14,11 +14,13 @@ changed recipe) reads them instead of labelling again; its PFLOP still counts th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -125,17 +127,16 @@ CACHE_VERSION = 1
 
 def _labelled(cfg: Config, samples: list[Sample], classes: tuple[str, ...], speed: Speed) -> tuple[Tensor, float]:
     """The teachers' probabilities and the PFLOP their labelling costs: read from the label cache where these
-    teachers read these images before, else computed and kept there."""
+    teachers read these images before, else computed and kept there. Runs started side by side (seeds of one study)
+    take turns: the second waits for the first's labels and reads them."""
     folder = label_cache(cfg.label_cache)
     key = _cache_key(cfg, samples, classes) if folder else None
-    names = [s.name for s in samples]
-    path = folder / f"{key}.pt" if folder and key else None
-    if path is not None and path.is_file():
-        try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError):  # a cut-short file is labelled again, and replaced
-            saved = None
-        if saved is not None and saved["names"] == names:
+    if folder is None or key is None:
+        return _teach(cfg, samples, classes, speed)
+    path, names = folder / f"{key}.pt", _data_names(cfg, samples)
+    with _entry_held(path):
+        saved = _cached(path, names)
+        if saved is not None:
             # train.log names the teachers' files whether they labelled now or before.
             teachers = "; ".join(file_identity(t) for t in cfg.distill_from)
             log.info(
@@ -143,16 +144,60 @@ def _labelled(cfg: Config, samples: list[Sample], classes: tuple[str, ...], spee
                 f"the label cache ({path}; their labelling, {saved['pflop']:.4f} PFLOP, counts in this run's PFLOP)"
             )
             return saved["probs"], saved["pflop"]
-    probs, pflop = teacher_probs(
-        cfg.distill_from, samples, classes, speed, cfg.bad_images == "skip", cfg.distill_temperature, cfg.distill_views
-    )
-    if path is not None:
+        probs, pflop = _teach(cfg, samples, classes, speed)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             atomic_save({"names": names, "probs": probs, "pflop": pflop}, path)
         except OSError as e:  # a read-only home costs the next run the labelling, not this run
-            log.warning(f"distillation: cannot keep the probabilities in the label cache {path.parent} ({e.strerror})")
+            log.warning(f"distillation: cannot keep the probabilities in the label cache {folder} ({e.strerror})")
     return probs, pflop
+
+
+def _teach(cfg: Config, samples: list[Sample], classes: tuple[str, ...], speed: Speed) -> tuple[Tensor, float]:
+    return teacher_probs(
+        cfg.distill_from, samples, classes, speed, cfg.bad_images == "skip", cfg.distill_temperature, cfg.distill_views
+    )
+
+
+def _cached(path: Path, names: list[str]) -> dict | None:
+    """A kept labelling of exactly these images; None where there is none (or a cut-short file, labelled again)."""
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError):
+        return None
+    return saved if saved["names"] == names else None
+
+
+@contextlib.contextmanager
+def _entry_held(path: Path) -> Iterator[None]:
+    """One process at a time labels for a cache entry: a second run of the same labelling (another seed started
+    beside the first) waits here until the first has kept its labels, instead of computing them again. Where no lock
+    can be taken (no fcntl, a read-only cache folder) each run labels on its own, as without the cache."""
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path.with_suffix(".lock"), "a")
+    except (ImportError, OSError):
+        yield
+        return
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info(
+                f"distillation: another run is labelling these images with these teachers; waiting for its labels "
+                f"({path})"
+            )
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield  # the lock goes with the file's closing
+
+
+def _data_names(cfg: Config, samples: list[Sample]) -> list[str]:
+    """The images' paths within the dataset's folder: the same images however the folder is spelled (relative,
+    absolute, through a link) or wherever a clone of the project reads it from."""
+    return [os.path.relpath(s.source, cfg.data) for s in samples]
 
 
 def _cache_key(cfg: Config, samples: list[Sample], classes: tuple[str, ...]) -> str | None:
@@ -165,9 +210,9 @@ def _cache_key(cfg: Config, samples: list[Sample], classes: tuple[str, ...]) -> 
     key.update(json.dumps(settings).encode())
     for teacher in cfg.distill_from:
         key.update(hashlib.sha256(model_path(teacher).read_bytes()).digest())
-    for s in samples:
+    for s, name in zip(samples, _data_names(cfg, samples)):
         stat = s.source.stat()
-        key.update(f"{s.name}\0{s.label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        key.update(f"{name}\0{s.label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return key.hexdigest()[:32]
 
 
