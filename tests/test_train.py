@@ -532,7 +532,9 @@ def test_distillation_trains_on_the_teachers_probabilities_once(finished_run, tm
     assert resumed["pflop"] == pytest.approx(2 * student + labelling)
 
 
-def test_a_second_run_of_the_same_teachers_on_the_same_images_reads_their_labels_from_the_cache(finished_run, tmp_path):
+def test_a_second_run_of_the_same_teachers_on_the_same_images_reads_their_labels_from_the_cache(
+    finished_run, tmp_path, monkeypatch
+):
     teacher_run, _ = finished_run
     data = shutil.copytree(teacher_run.parent / "fer", tmp_path / "fer")
     cache = tmp_path / "labels"
@@ -564,6 +566,9 @@ def test_a_second_run_of_the_same_teachers_on_the_same_images_reads_their_labels
     # The same folder spelled otherwise (a link; a clone reading it by another path): the same images, read back.
     (tmp_path / "linked").symlink_to(data)
     _, log, _ = run("spelled", data=str(tmp_path / "linked"))
+    assert "read from the label cache" in log and len(list(cache.glob("*.pt"))) == 3
+    monkeypatch.setenv("FERKIT_DATA", str(data))  # no --data: the folder the environment names
+    _, log, _ = run("from-env", data=None)
     assert "read from the label cache" in log and len(list(cache.glob("*.pt"))) == 3
 
 

@@ -30,7 +30,7 @@ from torch import Tensor
 from .. import distributed as dist
 from ..checkpoint import atomic_save, check_classes, file_identity, load_model, model_path
 from ..config import Config
-from ..data.datasets import FerDataset, Sample, collate_skipping
+from ..data.datasets import FerDataset, Sample, collate_skipping, resolve_data_path
 from ..data.loaders import make_loader
 from ..data.preprocess import build_test_transform
 from ..errors import FerkitError
@@ -197,7 +197,8 @@ def _entry_held(path: Path) -> Iterator[None]:
 def _data_names(cfg: Config, samples: list[Sample]) -> list[str]:
     """The images' paths within the dataset's folder: the same images however the folder is spelled (relative,
     absolute, through a link) or wherever a clone of the project reads it from."""
-    return [os.path.relpath(s.source, cfg.data) for s in samples]
+    root = resolve_data_path(cfg.data)
+    return [os.path.relpath(s.source, root) for s in samples]
 
 
 def _cache_key(cfg: Config, samples: list[Sample], classes: tuple[str, ...]) -> str | None:
