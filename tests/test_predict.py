@@ -410,6 +410,8 @@ def test_files_beside_a_camera_or_a_file_to_draw_photos_and_videos_into_are_one_
     # From Python too, before a frame is read.
     with pytest.raises(FerkitError, match="--batch-size 0: 1 or more images a batch"):
         Predictor.from_checkpoint(checkpoint, batch_size=0)
+    with pytest.raises(FerkitError, match="--margin -0.2: a fraction of the face box added on every side, 0 or more"):
+        Predictor.from_checkpoint(checkpoint, margin=-0.2)
     for kw, message in (({"every": 0}, "--every 0"), ({"smooth": -0.5}, "--smooth -0.5")):
         with pytest.raises(FerkitError, match=message):
             next(stream_video(Predictor.from_checkpoint(checkpoint), str(video), **kw))

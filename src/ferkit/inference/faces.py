@@ -67,5 +67,10 @@ def build_detector(
     raise FerkitError(f"unknown face detector {name!r}; choose from {', '.join(DETECTORS)}")
 
 
+def check_margin(margin: float) -> None:
+    if not margin >= 0:  # NaN too
+        raise FerkitError(f"--margin {margin:g}: a fraction of the face box added on every side, 0 or more")
+
+
 def largest_first(detections: list[Detection]) -> list[Detection]:
     return sorted(detections, key=lambda d: d.box[2] * d.box[3], reverse=True)

@@ -31,7 +31,7 @@ from ..evaluation.predictions import predict_probs
 from ..evaluation.prior import PHOTO_PRIOR
 from ..runtime import resolve_device
 from .align import face_crop
-from .faces import Detection, Detector, build_detector
+from .faces import Detection, Detector, build_detector, check_margin
 from .loading import load_for_inference
 from .results import (
     DRAWN_IMAGE_SUFFIXES,
@@ -97,6 +97,7 @@ class Predictor:
         # fp32 by default: bf16 rounding moves probabilities users read (``precision="bf16"`` to trade that).
         self.precision = precision
         check_batching(batch_size)
+        check_margin(margin)
         self.tta, self.margin, self.batch_size = tta, margin, batch_size
         self._detector = detector
         # Where the model came from and what training recorded with it, for whoever describes it (the server).
