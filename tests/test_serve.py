@@ -643,12 +643,16 @@ def test_page_names_an_ensembles_networks_with_their_selection_accuracy(
     predictor = Predictor.from_checkpoint(tmp_path / "pair.pth")
     with LiveServer(create_app(predictor, describe_model(predictor))) as live:
         page, errors = open_page(browser, live)
-        info = page.locator("#model-info").text_content()
+        summary, more = (page.locator(f"#model-{part}").text_content() for part in ("summary", "more"))
+        folded = page.locator("#model-details").get_attribute("open") is None
         page.close()
     first, second = (
         f"{checkpoint.parent.name}/best.pth{f' (weight{w})' if w else ''}: PublicTest 50.0%" for w in shares
     )
-    assert f"Model: the {kind} of 2 networks ({first}; {second}) at 32x32 (pair.pth)" in info
+    # One line in view; each network, the classes and the upload limits folded under it.
+    assert summary == "Model: pair.pth (2 networks) at 32x32, read for its training data's class mix." and folded
+    assert more.startswith(f" the {kind} of 2 networks ({first}; {second})") and "; classes Angry, " in more
+    assert more.endswith("Uploads up to 10.0 MB, videos 200.0 MB.")
     assert errors == []
 
 
@@ -657,9 +661,11 @@ def test_page_says_when_faces_are_read_through_several_framings(browser, checkpo
     predictor = Predictor.from_checkpoint(checkpoint, tta="scales")
     with LiveServer(create_app(predictor, describe_model(predictor))) as live:
         page, errors = open_page(browser, live)
-        info = page.locator("#model-info").text_content()
+        info = page.locator("#model-summary").text_content()
         page.close()
-    assert "read for its training data's class mix, each face framed at 85%, 100% and 115%. Uploads" in info
+    assert info.startswith("Model: ") and info.endswith(
+        "read for its training data's class mix, each face framed at 85%, 100% and 115%."
+    )
     assert errors == []
 
 

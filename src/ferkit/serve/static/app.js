@@ -71,7 +71,7 @@ async function fetchBody(url, options, as = "json") {
 }
 
 async function loadModelInfo() {
-  const info = $("model-info");
+  const info = $("model-summary");
   try {
     const [health, model] = await Promise.all([fetchBody("health"), fetchBody("model")]);
     maxUploadBytes = health.max_upload_bytes;
@@ -88,14 +88,18 @@ async function loadModelInfo() {
     const share = (m) => m.weight == null ? "" : ` (weight ${Number(m.weight.toPrecision(3))})`;
     const network = (m) => m.metrics && typeof m.metrics.accuracy === "number"
       ? `${m.source}${share(m)}: ${m.select_split || "selection"} ${percent(m.metrics.accuracy)}` : m.source + share(m);
-    const weighted = model.members && model.members.some((m) => m.weight != null) ? "weighted " : "";
-    const networks = model.members && model.members.length > 1
+    const several = model.members && model.members.length > 1;
+    const weighted = several && model.members.some((m) => m.weight != null) ? "weighted " : "";
+    const networks = several
       ? `the ${weighted}average of ${model.members.length} networks (${model.members.map(network).join("; ")})`
       : model.arch;
     const views = { flip: ", each face with its mirror", scales: ", each face framed at 85%, 100% and 115%" };
-    info.textContent = `Model: ${networks} at ${size}x${size} (${source}${epoch}${accuracy}); ` +
-      `classes ${model.classes.join(", ")}, read for ${mix}${views[model.tta] || ""}. ` +
+    // One short line first (on a phone it is most of the screen's first view); what a practitioner checks, folded.
+    info.textContent = `Model: ${source} (${several ? `${model.members.length} networks` : model.arch}) at ` +
+      `${size}x${size}${accuracy}, read for ${mix}${views[model.tta] || ""}.`;
+    $("model-more").textContent = ` ${networks}${epoch}; classes ${model.classes.join(", ")}. ` +
       `Uploads up to ${megabytes(maxUploadBytes)} MB, videos ${megabytes(maxVideoBytes)} MB.`;
+    $("model-details").hidden = false;
   } catch (error) {
     info.textContent = `Model information unavailable: ${error.message}`;
   }
