@@ -244,6 +244,15 @@ def test_an_animated_gif_is_read_as_a_video_and_a_still_one_is_sent_to_predict(c
     expected = predict_video(predictor, str(gif))
     assert [(r["frame"], r["time_s"]) for r in got.json()["results"]] == [(0, 0.0), (1, 0.1), (2, 0.4), (3, 0.5)]
     assert [r["faces"][0]["box"] for r in got.json()["results"]] == [r.faces[0].box for r in expected]
+    assert all("image" not in r for r in got.json()["results"])
+    # With ?frames=true each result carries its frame, for a page that cannot decode the GIF's frames (Safari).
+    shown = client.post("/video", params={"frames": True}, files={"file": ("reaction.gif", gif.read_bytes())}).json()
+    assert [r["faces"][0]["box"] for r in shown["results"]] == [r["faces"][0]["box"] for r in got.json()["results"]]
+    for result, frame in zip(shown["results"], frames, strict=True):
+        prefix, data = result["image"].split(",", 1)
+        image = Image.open(io.BytesIO(base64.b64decode(data)))
+        assert prefix == "data:image/jpeg;base64" and image.format == "JPEG" and image.size == (480, 480)
+        assert np.abs(np.asarray(image.resize((512, 512)), float) - frame).mean() < 12  # this frame, not another
     still = client.post("/video", files={"file": ("still.gif", png(frames[0], "GIF"), "image/gif")})
     assert still.status_code == 415
     assert still.json()["detail"] == "'still.gif' is a still image; send it to /predict (this endpoint reads videos)"
@@ -534,7 +543,7 @@ def test_openapi_schema_documents_what_the_endpoints_do(client):
             assert response_ref(path, "post", code) == ref + "Error"
     assert list(schema["paths"]["/preview"]["post"]["responses"]["200"]["content"]) == ["image/jpeg"]
     video = schema["paths"]["/video"]["post"]
-    assert {p["name"] for p in video["parameters"]} == {"every", "smooth", "start", "end"}
+    assert {p["name"] for p in video["parameters"]} == {"every", "smooth", "start", "end", "frames"}
     assert "tracks" in schema["components"]["schemas"]["VideoPredictions"]["required"]
     assert response_ref("/health", "get", "200") == ref + "Health"
     assert response_ref("/model", "get", "200") == ref + "ModelInfo"
@@ -605,7 +614,8 @@ def test_page_is_served_with_its_script(client):
     page = client.get("/")
     assert page.status_code == 200 and 'data-testid="file-input"' in page.text
     script = client.get("/static/app.js")
-    assert script.status_code == 200 and 'send("predict"' in script.text and 'send("video"' in script.text
+    assert script.status_code == 200 and 'send("predict"' in script.text
+    assert '"video?frames=true" : "video"' in script.text
 
 
 @pytest.fixture(scope="module")
@@ -1012,18 +1022,7 @@ def test_the_page_counts_an_images_frames_as_pil_does(browser, server, tmp_path)
 
 
 @pytest.mark.slow
-def test_page_plays_an_animated_image_frame_by_frame_with_its_peoples_boxes(browser, server, predictor, tmp_path):
-    gif = write_animation(_moving(4), tmp_path / "reaction.gif", [100, 300, 100, 100])
-    expected = predict_video(predictor, str(gif))
-    page, errors = open_page(browser, server)
-    page.set_input_files("[data-testid=file-input]", str(gif))
-    page.wait_for_function(
-        "document.querySelector('[data-testid=status]').textContent.includes('tracked in reaction.gif')",
-        timeout=60_000,
-    )
-    assert page.locator("[data-testid=status]").text_content() == (
-        "1 person tracked in reaction.gif over 0.5 s (4 frames read)"
-    )
+def _plays_frame_by_frame_with_boxes(page, expected) -> None:
     page.wait_for_selector("[data-testid=anim]", state="visible")  # once its frames are decoded
     assert page.locator("[data-testid=clip]").is_hidden()
     # It plays: each frame shown in turn, with the boxes of the same frame over it.
@@ -1068,6 +1067,21 @@ def test_page_plays_an_animated_image_frame_by_frame_with_its_peoples_boxes(brow
     page.wait_for_function("document.querySelector('[data-testid=anim]').dataset.frame === '0'")
     page.wait_for_timeout(300)
     assert page.evaluate("document.querySelector('[data-testid=anim]').dataset.frame") == "0"
+
+
+def test_page_plays_an_animated_image_frame_by_frame_with_its_peoples_boxes(browser, server, predictor, tmp_path):
+    gif = write_animation(_moving(4), tmp_path / "reaction.gif", [100, 300, 100, 100])
+    expected = predict_video(predictor, str(gif))
+    page, errors = open_page(browser, server)
+    page.set_input_files("[data-testid=file-input]", str(gif))
+    page.wait_for_function(
+        "document.querySelector('[data-testid=status]').textContent.includes('tracked in reaction.gif')",
+        timeout=60_000,
+    )
+    assert page.locator("[data-testid=status]").text_content() == (
+        "1 person tracked in reaction.gif over 0.5 s (4 frames read)"
+    )
+    _plays_frame_by_frame_with_boxes(page, expected)
     # Among photos, it is one of the videos, its thumbnail the animation itself.
     still = tmp_path / "still.gif"
     Image.fromarray(skimage_data.astronaut()).save(still)
@@ -1086,10 +1100,29 @@ def test_page_plays_an_animated_image_frame_by_frame_with_its_peoples_boxes(brow
     assert page.locator("[data-testid=anim]").is_hidden() and page.locator("[data-testid=canvas]").is_visible()
     assert errors == []
     page.close()
-    # A page without ImageDecoder (not a secure page) shows the animation as the browser plays it, and says why
-    # there are no boxes over it.
+    # A browser without ImageDecoder (Safari; others on pages that are not secure) asks the server for the frames
+    # it read and plays those, with the same boxes; the results it saves are predict's, without the frames.
     page = browser.new_page()
     page.add_init_script("delete window.ImageDecoder")
+    asked = []
+    page.on("request", lambda request: asked.append(request.url))
+    page.goto(server.url)
+    page.wait_for_function("document.querySelector('#model-info').textContent.startsWith('Model:')")
+    page.set_input_files("[data-testid=file-input]", str(gif))
+    _plays_frame_by_frame_with_boxes(page, expected)
+    assert f"{server.url}/video?frames=true" in asked
+    assert page.locator("[data-testid=status]").text_content() == (
+        "1 person tracked in reaction.gif over 0.5 s (4 frames read)"
+    )
+    with page.expect_download() as download:
+        page.click("[data-testid=save-results]")
+    saved = json.loads(Path(download.value.path()).read_text())
+    assert len(saved["results"]) == 4 and not any("image" in r for r in saved["results"])
+    page.close()
+    # Where neither can give the frames, the browser plays the animation as an image, and the page says why there
+    # are no boxes over it.
+    page = browser.new_page()
+    page.add_init_script("delete window.ImageDecoder; window.createImageBitmap = () => Promise.reject(new Error('no'))")
     page.goto(server.url)
     page.wait_for_function("document.querySelector('#model-info').textContent.startsWith('Model:')")
     page.set_input_files("[data-testid=file-input]", str(gif))

@@ -13,6 +13,7 @@ on the model.
 """
 
 import asyncio
+import base64
 import io
 import json
 import math
@@ -73,6 +74,8 @@ from .limits import (
 
 STATIC = Path(__file__).parent / "static"
 MB = 1024 * 1024
+# A frame sent back with /video?frames=true: enough for a phone's view of a reaction GIF, 20-40 kB as a JPEG.
+FRAME_SIDE = 480
 HOW_TO_SEND = "send the image as multipart/form-data field 'file' (curl -F file=@photo.jpg URL/predict)"
 
 
@@ -102,7 +105,11 @@ class VideoPredictions(BaseModel):
         description="one row per person tracked, as `ferkit predict VIDEO --summary` writes them: first and last "
         "time, seconds in view, the share of time per expression, the dominant one, label changes and segments"
     )
-    results: list[Result] = Field(description="one per frame read, in order; faces carry track and smoothed")
+    results: list[Result] = Field(
+        description="one per frame read, in order; faces carry track and smoothed; with ?frames=true each also has "
+        f"`image`, the frame as a JPEG data URL at most {FRAME_SIDE} pixels a side (boxes stay in the frame's own "
+        "pixels)"
+    )
 
 
 class Health(BaseModel):
@@ -256,11 +263,21 @@ def decode_photo(data: bytes, name: str, max_pixels: int, used: int = 0) -> np.n
 def preview_jpeg(data: bytes, name: str, max_pixels: int, side: int) -> bytes:
     """An upload as a JPEG at most ``side`` pixels a side, upright, for a browser that cannot show its format; the
     same refusals as :func:`decode_image`."""
-    image = Image.fromarray(decode_image(data, name, max_pixels))
+    return jpeg(decode_image(data, name, max_pixels), side)
+
+
+def jpeg(rgb: np.ndarray, side: int) -> bytes:
+    """RGB pixels as a JPEG at most ``side`` pixels a side (never enlarged)."""
+    image = Image.fromarray(rgb)
     image.thumbnail((side, side), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=85)
     return buffer.getvalue()
+
+
+def frame_image(rgb: np.ndarray) -> str:
+    """A video frame as a JPEG data URL, for a client that cannot decode the file's frames itself."""
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg(rgb, FRAME_SIDE)).decode()
 
 
 class MicroBatcher:
@@ -556,6 +573,13 @@ def create_app(
         smooth: Annotated[
             float, Query(ge=0, description="half-life in seconds of the smoothed labels; 0: off")
         ] = SMOOTH_S,
+        frames: Annotated[
+            bool,
+            Query(
+                description="true: each result also carries its frame as a JPEG, for a client that cannot decode "
+                "the file's frames itself (the page in Safari, which has no ImageDecoder, plays an animated GIF so)"
+            ),
+        ] = False,
     ):
         name = file.filename or "upload"
         # A GIF, WebP or PNG may be animated: its frames tell, once it is here.
@@ -572,7 +596,7 @@ def create_app(
             copy.flush()
             if is_image_file(Path(name)) and not is_animated(copy.name):
                 raise HTTPException(415, f"{name!r} is a still image; send it to /predict (this endpoint reads videos)")
-            document = await _read_video(copy.name, name, every, smooth, (start, end), request.is_disconnected)
+            document = await _read_video(copy.name, name, every, smooth, (start, end), request.is_disconnected, frames)
         return Response(json.dumps(document), media_type="application/json")
 
     async def _read_video(
@@ -582,6 +606,7 @@ def create_app(
         smooth: float,
         span: tuple[float, float | None],
         gone: Callable[[], Any],
+        with_frames: bool,
     ) -> dict:
         """Frames through the batcher, as photo requests go, so a video and photos share the one inference thread
         and the video waits its turn frame by frame; tracked and summarised as `ferkit predict VIDEO` does."""
@@ -594,7 +619,7 @@ def create_app(
         tracker = Tracker(smooth_s=smooth)
         summary = Summary(predictor.classes, smooth, prior=predictor.prior, tta=predictor.tta)
         summary.start(name, every / fps)
-        frames, results = video.frames(every), []
+        frames, results, images = video.frames(every), [], []
         try:
             while len(results) < max_video_frames:
                 item = await run_in_threadpool(next, frames, None)
@@ -609,6 +634,8 @@ def create_app(
                         f"{max_pixels:,} pixels: send a smaller video (or start the server with a larger --max-pixels)",
                     )
                 result = await batcher.predict(rgb, True)
+                if with_frames:
+                    images.append(await run_in_threadpool(frame_image, rgb))
                 tracker.update(time_s, result.faces)
                 result.source, result.frame, result.time_s = name, index, round(time_s, 3)
                 summary.add(result)
@@ -632,7 +659,7 @@ def create_app(
             "smooth_s": smooth,
             "truncated": truncated,
             "tracks": summary.rows(),
-            "results": [r.to_dict() for r in results],
+            "results": [r.to_dict() | ({"image": images[i]} if images else {}) for i, r in enumerate(results)],
         }
 
     @app.get("/health", response_model=Health, operation_id="health", summary="Liveness and the server's limits")

@@ -277,7 +277,7 @@ async function read(blob, name, signal, tracked = false) {
 }
 
 async function send(url, blob, name, signal, as = "json") {
-  const [most, flag] = url === "video" ? [maxVideoBytes, "--max-video-mb"] : [maxUploadBytes, "--max-upload-mb"];
+  const [most, flag] = url.startsWith("video") ? [maxVideoBytes, "--max-video-mb"] : [maxUploadBytes, "--max-upload-mb"];
   if (blob.size > most) {
     throw new Error(`${name} is ${megabytes(blob.size)} MB; this server accepts up to ${megabytes(most)} MB ` +
       `(ferkit serve ${flag} sets it)`);
@@ -387,7 +387,8 @@ function offerResults(entries) {
 }
 
 function offer(answer) {
-  const saved = JSON.stringify(answer, null, 2);
+  // As `ferkit predict --json` writes them: without the frames a server sent for the page to play.
+  const saved = JSON.stringify(answer, (key, value) => (key === "image" ? undefined : value), 2);
   saveLink.href = URL.createObjectURL(new Blob([saved], { type: "application/json" }));
   saveLink.hidden = false;
 }
@@ -475,7 +476,7 @@ async function analyseMany(files) {
     for (let entry = queue.shift(); entry; entry = queue.shift()) {
       try {
         if (entry.kind !== "photo") {
-          entry.video = await send("video", entry.file, entry.name, controller.signal);
+          entry.video = await send(videoRequest(entry.kind), entry.file, entry.name, controller.signal);
           entry.caption.textContent = videoCaption(entry.video.tracks);
         } else {
           Object.assign(entry, await read(entry.file, entry.name, controller.signal));
@@ -618,71 +619,106 @@ function drawOverlay(frame) {
 }
 
 function drawClipFrame() {
-  if (!animation.decoder) drawOverlay(frameAt("time_s", clip.currentTime + 1e-3));
+  if (!animation.source) drawOverlay(frameAt("time_s", clip.currentTime + 1e-3));
 }
 
-// An animated image on show. A <video> cannot play one, so the page decodes its frames (ImageDecoder, which browsers
-// give pages opened as https:// or on localhost) and draws each in turn for its delay (under 20 ms shown for 100, as
-// `ferkit predict` times them), looping as an <img> does; a click pauses it or plays it on. Elsewhere the <img> plays
-// it, without the boxes.
-const animation = { decoder: null, count: 0, index: 0, timer: 0, paused: false };
+// An animated image on show. A <video> cannot play one, so the page draws its frames in turn, each for its delay
+// (under 20 ms shown for 100, as `ferkit predict` times them), looping as an <img> does; a click pauses it or plays
+// it on. The frames come from the browser's ImageDecoder (Chromium and Firefox, on https:// pages and localhost) or,
+// where there is none (Safari), from the server with the faces (`/video?frames=true`, each frame read as a JPEG).
+// Where neither can be had, the <img> plays it, without the boxes.
+const decodesFrames = typeof ImageDecoder !== "undefined";
+const videoRequest = (kind) => (kind === "animation" && !decodesFrames ? "video?frames=true" : "video");
+const animation = { source: null, count: 0, index: 0, timer: 0, paused: false };
 
 function stopAnimation() {
   clearTimeout(animation.timer);
-  if (animation.decoder) animation.decoder.close();
-  Object.assign(animation, { decoder: null, count: 0, index: 0, timer: 0, paused: false });
+  if (animation.source) animation.source.close();
+  Object.assign(animation, { source: null, count: 0, index: 0, timer: 0, paused: false });
   anim.hidden = animImage.hidden = true;
   if (animImage.src) URL.revokeObjectURL(animImage.src);
   animImage.removeAttribute("src");
 }
 
-// Whether the frames are drawn with their boxes; if not, the <img> plays the animation.
-async function playAnimation(file, name) {
+// A source of frames: how many, the file's frame at a place, and the place of the k-th frame the server read.
+async function decodedFrames(file, name) {
   const type = file.type || ANIMATABLE[Object.keys(ANIMATABLE).find((s) => name.toLowerCase().endsWith(s))];
-  const shown = clipFrames;
-  let decoder = null;
+  const decoder = new ImageDecoder({ data: await file.arrayBuffer(), type });
   try {
-    decoder = new ImageDecoder({ data: await file.arrayBuffer(), type });
     await decoder.tracks.ready;
     await decoder.completed;
-  } catch { // no ImageDecoder on this page, or one that cannot read this file
-    if (decoder) decoder.close();
+  } catch (error) {
+    decoder.close();
+    throw error;
+  }
+  return {
+    count: decoder.tracks.selectedTrack.frameCount,
+    async frame(index) {
+      const { image } = await decoder.decode({ frameIndex: index });
+      return { image, frame: index, width: image.displayWidth, height: image.displayHeight,
+        ms: image.duration / 1000, close: () => image.close() };
+    },
+    place: (read) => clipFrames[read].frame,
+    close: () => decoder.close(),
+  };
+}
+
+async function sentFrames(body) {
+  const { results } = body;
+  const bitmaps = await Promise.all(results.map(async (r) => createImageBitmap(await (await fetch(r.image)).blob())));
+  const last = (1000 * body.every) / body.fps; // the last frame read stands for the frames after it
+  return {
+    count: results.length,
+    frame: async (index) => ({ image: bitmaps[index], frame: results[index].frame, width: results[index].width,
+      height: results[index].height, close() {},
+      ms: index + 1 < results.length ? 1000 * (results[index + 1].time_s - results[index].time_s) : last }),
+    place: (read) => read,
+    close: () => bitmaps.forEach((b) => b.close()),
+  };
+}
+
+// Whether the frames are drawn with their boxes; if not, the <img> plays the animation.
+async function playAnimation(file, name, body) {
+  const shown = clipFrames;
+  let source;
+  try {
+    source = shown[0].image ? await sentFrames(body) : await decodedFrames(file, name);
+  } catch { // neither this browser nor the server's frames could give them
     if (clipFrames !== shown) return true;
     animImage.src = URL.createObjectURL(file);
     animImage.hidden = false;
     return false;
   }
   if (clipFrames !== shown) { // another file was chosen meanwhile
-    decoder.close();
+    source.close();
     return true;
   }
   stopAnimation();
-  animation.decoder = decoder;
-  animation.count = decoder.tracks.selectedTrack.frameCount;
+  animation.source = source;
+  animation.count = source.count;
   anim.hidden = false;
   await showAnimationFrame(0);
   return true;
 }
 
 async function showAnimationFrame(index) {
-  const { decoder } = animation;
+  const { source } = animation;
   clearTimeout(animation.timer);
-  let image;
+  let shown;
   try {
-    ({ image } = await decoder.decode({ frameIndex: index }));
+    shown = await source.frame(index);
   } catch {
     return; // closed: another file is on show now
   }
-  if (animation.decoder !== decoder) return image.close();
-  [anim.width, anim.height] = [image.displayWidth, image.displayHeight];
-  anim.getContext("2d").drawImage(image, 0, 0);
-  const ms = image.duration / 1000;
-  image.close();
+  if (animation.source !== source) return shown.close();
+  [anim.width, anim.height] = [shown.width, shown.height];
+  anim.getContext("2d").drawImage(shown.image, 0, 0, shown.width, shown.height);
+  shown.close();
   animation.index = index;
-  anim.dataset.frame = String(index);
-  drawOverlay(frameAt("frame", index));
+  anim.dataset.frame = String(shown.frame);
+  drawOverlay(frameAt("frame", shown.frame));
   if (!animation.paused) {
-    animation.timer = setTimeout(() => showAnimationFrame((index + 1) % animation.count), ms < 20 ? 100 : ms);
+    animation.timer = setTimeout(() => showAnimationFrame((index + 1) % animation.count), shown.ms < 20 ? 100 : shown.ms);
   }
 }
 
@@ -694,10 +730,9 @@ anim.addEventListener("click", () => {
 
 // Where a person's card takes the video or animation: their first frame, paused.
 function seekTo(time) {
-  if (animation.decoder) {
+  if (animation.source) {
     animation.paused = true;
-    const first = clipFrames.find((r) => r.time_s >= time - 1e-3);
-    showAnimationFrame(first ? first.frame : 0);
+    showAnimationFrame(animation.source.place(Math.max(clipFrames.findIndex((r) => r.time_s >= time - 1e-3), 0)));
     return;
   }
   clip.pause();
@@ -743,7 +778,7 @@ async function analyseVideo(file, name, kind) {
   setStatus(`Tracking the people in ${name}... (${most}; this takes a while)`);
   let body;
   try {
-    body = await send("video", file, name, controller.signal);
+    body = await send(videoRequest(kind), file, name, controller.signal);
   } catch (error) {
     if (error.name === "AbortError" || current !== controller) return;
     showError(error.message);
@@ -771,9 +806,8 @@ async function showVideo(file, name, body, kind) {
     : `No face found in ${name} (${counted}); try a larger, frontal, well-lit face`;
   if (body.truncated) line += `; the server reads at most ${clipFrames.length} frames: ferkit predict reads it all`;
   setStatus(line);
-  if (kind === "animation" && !(await playAnimation(file, name)) && clipFrames === body.results) {
-    setStatus(`${line}; this page cannot step through an animation's frames (open it as https:// or on localhost), ` +
-      "so the boxes are not drawn over it");
+  if (kind === "animation" && !(await playAnimation(file, name, body)) && clipFrames === body.results) {
+    setStatus(`${line}; this browser cannot step through this animation's frames, so the boxes are not drawn over it`);
   }
 }
 
