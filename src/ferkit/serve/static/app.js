@@ -665,15 +665,20 @@ async function decodedFrames(file, name) {
 
 async function sentFrames(body) {
   const { results } = body;
-  const bitmaps = await Promise.all(results.map(async (r) => createImageBitmap(await (await fetch(r.image)).blob())));
+  // Kept as JPEGs and decoded as shown: 300 frames decoded at once would hold 150 MB or more on a phone.
+  const jpegs = await Promise.all(results.map(async (r) => (await fetch(r.image)).blob()));
+  (await createImageBitmap(jpegs[0])).close(); // this browser can draw them
   const last = (1000 * body.every) / body.fps; // the last frame read stands for the frames after it
   return {
     count: results.length,
-    frame: async (index) => ({ image: bitmaps[index], frame: results[index].frame, width: results[index].width,
-      height: results[index].height, close() {},
-      ms: index + 1 < results.length ? 1000 * (results[index + 1].time_s - results[index].time_s) : last }),
+    async frame(index) {
+      const image = await createImageBitmap(jpegs[index]);
+      const next = results[index + 1];
+      return { image, frame: results[index].frame, width: results[index].width, height: results[index].height,
+        ms: next ? 1000 * (next.time_s - results[index].time_s) : last, close: () => image.close() };
+    },
     place: (read) => read,
-    close: () => bitmaps.forEach((b) => b.close()),
+    close() {},
   };
 }
 
