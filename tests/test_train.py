@@ -549,7 +549,10 @@ def test_a_second_run_of_the_same_teachers_on_the_same_images_reads_their_labels
     first, log, probs = run("first")
     assert "labels 28 training images" in log and len(list(cache.glob("*.pt"))) == 1
     # Another seed: the same labels, read instead of computed, and the run's PFLOP still counts their labelling.
+    (entry,) = cache.glob("*.pt")
+    os.utime(entry, (0, 0))
     second, log, again = run("second", seed=1)
+    assert entry.stat().st_mtime > 0  # used again: the last to be evicted
     assert f"distillation: {teacher} ({teacher}, sha256" in log and "read from the label cache" in log
     assert "labels 28 training images" not in log
     assert torch.equal(again, probs) and second["pflop"] == pytest.approx(first["pflop"])
@@ -570,6 +573,16 @@ def test_a_second_run_of_the_same_teachers_on_the_same_images_reads_their_labels
     monkeypatch.setenv("FERKIT_DATA", str(data))  # no --data: the folder the environment names
     _, log, _ = run("from-env", data=None)
     assert "read from the label cache" in log and len(list(cache.glob("*.pt"))) == 3
+
+
+def test_the_label_cache_keeps_its_most_recently_used_labellings(tmp_path, monkeypatch):
+    monkeypatch.setattr(distill, "CACHE_ENTRIES", 2)
+    for age, name in enumerate(["newest", "newer", "old", "oldest"]):
+        for suffix in (".pt", ".lock"):
+            (tmp_path / f"{name}{suffix}").touch()
+            os.utime(tmp_path / f"{name}{suffix}", (1000 - age, 1000 - age))
+    distill._evict(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["newer.lock", "newer.pt", "newest.lock", "newest.pt"]
 
 
 def test_runs_side_by_side_label_once_the_second_waiting_for_the_first(finished_run, tmp_path, monkeypatch, caplog):

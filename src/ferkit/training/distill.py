@@ -123,6 +123,9 @@ def label_cache(setting: str) -> Path | None:
 
 # Raised when what a cached labelling depends on changes (how views are read, say), so that old entries are not used.
 CACHE_VERSION = 1
+# The labellings kept, the most recently used: a study's seeds and ablations reuse a handful, and each is about 2.7 MB
+# for FER2013's training set.
+CACHE_ENTRIES = 32
 
 
 def _labelled(cfg: Config, samples: list[Sample], classes: tuple[str, ...], speed: Speed) -> tuple[Tensor, float]:
@@ -137,6 +140,8 @@ def _labelled(cfg: Config, samples: list[Sample], classes: tuple[str, ...], spee
     with _entry_held(path):
         saved = _cached(path, names)
         if saved is not None:
+            with contextlib.suppress(OSError):
+                path.touch()  # used now: the last to be evicted
             # train.log names the teachers' files whether they labelled now or before.
             teachers = "; ".join(file_identity(t) for t in cfg.distill_from)
             log.info(
@@ -149,7 +154,19 @@ def _labelled(cfg: Config, samples: list[Sample], classes: tuple[str, ...], spee
             atomic_save({"names": names, "probs": probs, "pflop": pflop}, path)
         except OSError as e:  # a read-only home costs the next run the labelling, not this run
             log.warning(f"distillation: cannot keep the probabilities in the label cache {folder} ({e.strerror})")
+    _evict(folder)
     return probs, pflop
+
+
+def _evict(folder: Path) -> None:
+    """All but the ``CACHE_ENTRIES`` most recently used labellings removed, with their lock files. Another run may
+    remove some at the same time: what is gone is gone, and a lock removed from under its holder costs at most one
+    labelling done twice."""
+    with contextlib.suppress(OSError):
+        entries = sorted(folder.glob("*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in entries[CACHE_ENTRIES:]:
+            old.unlink(missing_ok=True)
+            old.with_suffix(".lock").unlink(missing_ok=True)
 
 
 def _teach(cfg: Config, samples: list[Sample], classes: tuple[str, ...], speed: Speed) -> tuple[Tensor, float]:
