@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ASTRONAUT_FACE, LiveServer, iou, save_sideways, write_animation
+from conftest import ASTRONAUT_FACE, LiveServer, iou, save_sideways, write_animation, write_video
 from PIL import Image
 
 import ferkit.checkpoint as checkpoint_mod
@@ -1119,6 +1119,18 @@ def test_page_plays_an_animated_image_frame_by_frame_with_its_peoples_boxes(brow
     saved = json.loads(Path(download.value.path()).read_text())
     assert len(saved["results"]) == 4 and not any("image" in r for r in saved["results"])
     page.close()
+    # A video in a format no browser plays (AVI) is played the same way from the server's frames, with its boxes.
+    avi = write_video(_moving(4), tmp_path / "talk.avi")
+    page = browser.new_page()
+    asked.clear()
+    page.on("request", lambda request: asked.append(request.url))
+    page.goto(server.url)
+    page.wait_for_function("document.querySelector('#model-info').textContent.startsWith('Model:')")
+    page.set_input_files("[data-testid=file-input]", str(avi))
+    _plays_frame_by_frame_with_boxes(page, predict_video(predictor, str(avi)))
+    assert f"{server.url}/video?frames=true" in asked
+    assert page.locator("[data-testid=status]").text_content().startswith("1 person tracked in talk.avi")
+    page.close()
     # Where neither can give the frames, the browser plays the animation as an image, and the page says why there
     # are no boxes over it.
     page = browser.new_page()
@@ -1129,7 +1141,8 @@ def test_page_plays_an_animated_image_frame_by_frame_with_its_peoples_boxes(brow
     page.wait_for_function(
         "document.querySelector('[data-testid=status]').textContent.includes('boxes are not drawn')", timeout=60_000
     )
-    assert page.locator("[data-testid=anim-img]").is_visible() and page.locator("[data-testid=anim]").is_hidden()
+    page.wait_for_selector("[data-testid=anim-img]", state="visible")  # once the browser has decoded it to show
+    assert page.locator("[data-testid=anim]").is_hidden()
     page.close()
 
 

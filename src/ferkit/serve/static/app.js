@@ -476,7 +476,7 @@ async function analyseMany(files) {
     for (let entry = queue.shift(); entry; entry = queue.shift()) {
       try {
         if (entry.kind !== "photo") {
-          entry.video = await send(videoRequest(entry.kind), entry.file, entry.name, controller.signal);
+          entry.video = await send(videoRequest(entry.kind, entry.name), entry.file, entry.name, controller.signal);
           entry.caption.textContent = videoCaption(entry.video.tracks);
         } else {
           Object.assign(entry, await read(entry.file, entry.name, controller.signal));
@@ -626,9 +626,13 @@ function drawClipFrame() {
 // (under 20 ms shown for 100, as `ferkit predict` times them), looping as an <img> does; a click pauses it or plays
 // it on. The frames come from the browser's ImageDecoder (Chromium and Firefox, on https:// pages and localhost) or,
 // where there is none (Safari), from the server with the faces (`/video?frames=true`, each frame read as a JPEG).
-// Where neither can be had, the <img> plays it, without the boxes.
+// Where neither can be had, the <img> plays it, without the boxes. A video in a format no browser plays in a <video>
+// (AVI, MPEG, WMV) is played from the server's frames the same way.
 const decodesFrames = typeof ImageDecoder !== "undefined";
-const videoRequest = (kind) => (kind === "animation" && !decodesFrames ? "video?frames=true" : "video");
+const UNPLAYED_SUFFIXES = [".avi", ".mpeg", ".mpg", ".wmv"];
+const videoRequest = (kind, name) => ((kind === "animation" && !decodesFrames) ||
+  (kind === "video" && UNPLAYED_SUFFIXES.some((suffix) => name.toLowerCase().endsWith(suffix)))
+  ? "video?frames=true" : "video");
 const animation = { source: null, count: 0, index: 0, timer: 0, paused: false };
 
 function stopAnimation() {
@@ -682,16 +686,18 @@ async function sentFrames(body) {
   };
 }
 
-// Whether the frames are drawn with their boxes; if not, the <img> plays the animation.
-async function playAnimation(file, name, body) {
+// Whether the frames are drawn with their boxes; if not, the <img> plays an animation (a video gets its cards alone).
+async function playAnimation(file, name, body, kind) {
   const shown = clipFrames;
   let source;
   try {
     source = shown[0].image ? await sentFrames(body) : await decodedFrames(file, name);
   } catch { // neither this browser nor the server's frames could give them
     if (clipFrames !== shown) return true;
-    animImage.src = URL.createObjectURL(file);
-    animImage.hidden = false;
+    if (kind === "animation") {
+      animImage.src = URL.createObjectURL(file);
+      animImage.hidden = false;
+    }
     return false;
   }
   if (clipFrames !== shown) { // another file was chosen meanwhile
@@ -783,7 +789,7 @@ async function analyseVideo(file, name, kind) {
   setStatus(`Tracking the people in ${name}... (${most}; this takes a while)`);
   let body;
   try {
-    body = await send(videoRequest(kind), file, name, controller.signal);
+    body = await send(videoRequest(kind, name), file, name, controller.signal);
   } catch (error) {
     if (error.name === "AbortError" || current !== controller) return;
     showError(error.message);
@@ -802,8 +808,9 @@ async function showVideo(file, name, body, kind) {
   clipBoxes.height = first.height;
   canvas.hidden = true;
   clipStage.hidden = false;
-  clip.hidden = kind === "animation";
-  if (kind !== "animation") clip.src = URL.createObjectURL(file);
+  const framed = kind === "animation" || Boolean(first.image); // drawn frame by frame on the canvas
+  clip.hidden = framed;
+  if (!framed) clip.src = URL.createObjectURL(file);
   showTracks(body.tracks, body.classes);
   const last = clipFrames[clipFrames.length - 1];
   const counted = `${clipFrames.length} frames read${body.every > 1 ? `, every ${body.every}th` : ""}`;
@@ -811,8 +818,8 @@ async function showVideo(file, name, body, kind) {
     : `No face found in ${name} (${counted}); try a larger, frontal, well-lit face`;
   if (body.truncated) line += `; the server reads at most ${clipFrames.length} frames: ferkit predict reads it all`;
   setStatus(line);
-  if (kind === "animation" && !(await playAnimation(file, name, body)) && clipFrames === body.results) {
-    setStatus(`${line}; this browser cannot step through this animation's frames, so the boxes are not drawn over it`);
+  if (framed && !(await playAnimation(file, name, body, kind)) && clipFrames === body.results) {
+    setStatus(`${line}; this browser cannot step through its frames, so the boxes are not drawn over it`);
   }
 }
 
