@@ -24,9 +24,10 @@ IMAGE_SUFFIXES = {
     *(".heic", ".heif"),  # phones' photos (iPhones save HEIC by default), read through pi-heif
 }
 FORMATS = "JPEG, PNG, BMP, GIF, TIFF, WebP, AVIF or HEIC"
-# The formats whose files may hold an animation (a reaction GIF, an animated WebP or PNG), read as videos.
-ANIMATED_SUFFIXES = {".gif", ".webp", ".png"}
-ANIMATED_FORMATS = {"GIF", "WEBP", "PNG"}
+# The formats whose files may hold an animation (a reaction GIF, an animated WebP or PNG), read as videos and drawn
+# as animations of their own kind: suffix -> PIL's format.
+ANIMATED_FORMATS = {".gif": "GIF", ".webp": "WEBP", ".png": "PNG"}
+ANIMATED_SUFFIXES = set(ANIMATED_FORMATS)
 
 # A file's path or a photo's web address, a decoded image, or an encoded file's bytes (an upload, a download) or a
 # binary file object.
@@ -45,7 +46,7 @@ def is_animated(source: str | os.PathLike | BinaryIO) -> bool:
         return False
     try:
         with Image.open(source) as image:
-            return image.format in ANIMATED_FORMATS and bool(getattr(image, "is_animated", False))
+            return image.format in ANIMATED_FORMATS.values() and bool(getattr(image, "is_animated", False))
     except (OSError, ValueError, Image.DecompressionBombError):
         return False
 

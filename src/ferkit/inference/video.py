@@ -18,7 +18,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
-from ..data.images import announces_frames, is_animated, to_rgb
+from ..data.images import ANIMATED_FORMATS, announces_frames, is_animated, to_rgb
 from ..data.urls import fetch, is_stream_url, is_url, shown, url_path
 from ..errors import FerkitError
 from .opencv import require_cv2
@@ -449,10 +449,9 @@ def check_span(start: float, end: float | None) -> None:
 # galleries but in few browsers; VP8 in WebM plays in every browser, at 43 ms a 720p frame against mp4v's 4 (VP9,
 # which OpenCV's wheels also write, 200 ms; benchmarks/video_codecs.py); H.264 is not in them.
 VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mov": "mp4v", ".m4v": "mp4v", ".webm": "VP80"}
-# What AnimationWriter writes, by suffix: an animated image, which plays wherever an image shows (a chat, a page),
+# AnimationWriter writes an animated image (ANIMATED_FORMATS), which plays wherever an image shows (a chat, a page),
 # so a reaction GIF is drawn as one.
-ANIMATION_FORMATS = {".gif": "GIF", ".webp": "WEBP", ".png": "PNG"}
-WRITABLE_VIDEO_SUFFIXES = (*VIDEO_CODECS, *ANIMATION_FORMATS)
+WRITABLE_VIDEO_SUFFIXES = (*VIDEO_CODECS, *ANIMATED_FORMATS)
 # An animated image is written whole when it is closed, its frames held until then: at most this many pixels of
 # them (1.5 GB; 1,000 frames of 720p).
 MAX_ANIMATION_PIXELS = 2**29
@@ -472,7 +471,7 @@ def video_writer(path: Path, video: Video, every: int) -> VideoWriter | Animatio
     """The writer of ``video``'s drawing (read every ``every``-th frame) to ``path``, by its suffix; an animated
     image that would hold more than ``MAX_ANIMATION_PIXELS`` is refused before any frame is read."""
     fps = video.fps if video.live else video.fps / every
-    if path.suffix.lower() not in ANIMATION_FORMATS:
+    if path.suffix.lower() not in ANIMATED_FORMATS:
         return VideoWriter(path, fps)
     width, height = video.size
     frames = video.span_frames / every
@@ -486,7 +485,7 @@ def video_writer(path: Path, video: Video, every: int) -> VideoWriter | Animatio
 
 
 class AnimationWriter:
-    """Annotated frames to an animated GIF, WebP or PNG (:data:`ANIMATION_FORMATS`), each shown until the next
+    """Annotated frames to an animated GIF, WebP or PNG (:data:`ANIMATED_FORMATS`), each shown until the next
     one's time: the format gives every frame its own delay, so the drawing keeps the video's pace exactly."""
 
     def __init__(self, path: Path, fps: float) -> None:
@@ -509,7 +508,7 @@ class AnimationWriter:
         try:
             first.save(
                 self.path,
-                ANIMATION_FORMATS[self.path.suffix.lower()],
+                ANIMATED_FORMATS[self.path.suffix.lower()],
                 save_all=True,
                 append_images=rest,
                 duration=delays,
