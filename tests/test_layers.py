@@ -185,5 +185,5 @@ def test_reading_a_photo_and_starting_the_server_import_no_training_or_plotting_
     )
     stdout = run_python(code)
     *answer, loaded = stdout.strip().splitlines()
-    assert "astronaut.png: face 0" in answer[0]
+    assert "astronaut.png: face 1 " in answer[0]
     assert loaded.split() == ["loaded:"]

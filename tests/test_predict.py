@@ -20,6 +20,7 @@ from ferkit.data.datasets import CLASSES
 from ferkit.data.images import read_image
 from ferkit.errors import FerkitError
 from ferkit.inference.predict import Predictor, predict_images, predict_source, stream_video
+from ferkit.inference.results import COLOURS, Face, Result, draw_faces, face_colour, face_name, format_table
 from ferkit.inference.video import Video
 from ferkit.model import count_parameters
 
@@ -154,6 +155,28 @@ def test_csv_and_annotated_image(checkpoint, photos, tmp_path, capsys):
     drawn = np.asarray(Image.open(annotated))
     original = skimage_data.astronaut()
     assert drawn.shape == original.shape and (drawn != original).any()
+
+
+def test_drawn_faces_are_numbered_and_coloured_as_the_page_draws_them():
+    probabilities = {c: 1 / len(CLASSES) for c in CLASSES}
+    faces = [
+        Face(box=[10, 40, 80, 80], label="Happy", confidence=0.9, probabilities=probabilities),
+        Face(box=[110, 40, 60, 60], label="Sad", confidence=0.5, probabilities=probabilities),
+        Face(box=[180, 120, 18, 18], label="Neutral", confidence=0.4, probabilities=probabilities),  # at the right edge
+    ]
+    grey = np.full((200, 200, 3), 128, np.uint8)
+    drawn = draw_faces(grey, faces)
+    # Each box's left edge, halfway down, in its face's colour: the page's first, second and third.
+    assert [tuple(int(v) for v in drawn[y + h // 2, x]) for x, y, w, h in (f.box for f in faces)] == list(COLOURS[:3])
+    # A tab above each box: the third's, too wide for the box near the edge, is moved left inside the picture.
+    assert (drawn[30, 10:20] == COLOURS[0]).all(axis=1).any() and (drawn[110:118, -3:] == COLOURS[2]).all(axis=2).any()
+    assert (grey == 128).all()  # drawn on a copy
+    # In a video a face is named and coloured by its track, so a person keeps both from frame to frame.
+    tracked = Face(box=[10, 40, 80, 80], label="Happy", confidence=0.9, probabilities=probabilities, track=10)
+    assert face_name(tracked, 0) == "#10" and face_colour(tracked, 0) == COLOURS[1]
+    assert [face_name(f, i) for i, f in enumerate(faces)] == ["1", "2", "3"]
+    table = format_table([Result(source="group.jpg", width=200, height=200, faces=faces)])
+    assert [line.split(" at ")[0] for line in table.splitlines()] == [f"group.jpg: face {n}" for n in (1, 2, 3)]
 
 
 def test_annotated_folder_mirrors_the_input_and_decodes_each_image_once(
@@ -311,7 +334,7 @@ def test_a_folder_of_photos_and_videos_is_read_in_one_run_photos_first_then_each
     argv += ["--csv", str(out["all.csv"]), "--summary", str(out["people.json"]), "--annotate", str(out["drawn"])]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "IMG_0001.png: face 0 at" in printed and re.search(r"IMG_0002\.avi +1 ", printed)  # its track's row
+    assert "IMG_0001.png: face 1 at" in printed and re.search(r"IMG_0002\.avi +1 ", printed)  # its track's row
     results = json.loads(out["all.json"].read_text())["results"]
     assert [(Path(r["source"]).name, r.get("frame")) for r in results] == [
         ("IMG_0001.png", None),
@@ -321,6 +344,7 @@ def test_a_folder_of_photos_and_videos_is_read_in_one_run_photos_first_then_each
     assert "track" not in photo and frame["track"] == 1 and set(frame["smoothed"]) == set(CLASSES)
     rows = list(csv.DictReader(out["all.csv"].open()))
     assert len(rows) == 4 and rows[0]["track"] == rows[0]["smooth_Happy"] == "" and rows[1]["track"] == "1"
+    assert rows[0]["face"] == rows[1]["face"] == "1"  # counted from 1, as the page and the drawings number them
     assert [t["source"] for t in json.loads(out["people.json"].read_text())["tracks"]] == [results[1]["source"]]
     drawn = sorted(p.relative_to(out["drawn"]).as_posix() for p in out["drawn"].rglob("*.*"))
     assert drawn == ["IMG_0001.png", "later/IMG_0002.mp4"]  # both mirror the folder
@@ -340,7 +364,7 @@ def test_a_folder_of_photos_prints_each_as_its_batch_is_read_and_ctrl_c_keeps_th
     printed_before = []
 
     def predict_batch(self, images, *args, **kwargs):
-        printed_before.append(capsys.readouterr().out.count("face 0"))  # lines out before this batch is read
+        printed_before.append(capsys.readouterr().out.count("face 1 "))  # lines out before this batch is read
         if len(printed_before) == 4:
             raise KeyboardInterrupt
         return read(self, images, *args, **kwargs)

@@ -116,7 +116,7 @@ def csv_rows(results: Iterable[Result], classes: Sequence[str], tracked: bool = 
             # A photo read beside videos has neither track nor smoothing: blank there.
             smoothed = [round(f.smoothed[c], 6) if f.smoothed else "" for c in classes] if tracked else []
             yield head + [
-                i,
+                i + 1,
                 *(["" if f.track is None else f.track] if tracked else []),
                 *f.box,
                 f.label,
@@ -138,7 +138,7 @@ def format_table(results: Iterable[Result]) -> str:
         for i, f in enumerate(r.faces):
             top = sorted(f.probabilities.items(), key=lambda kv: kv[1], reverse=True)[1:3]
             others = ", ".join(f"{c} {p:.0%}" for c, p in top)
-            who = f"face {i}" if f.track is None else f"track {f.track}"
+            who = f"face {i + 1}" if f.track is None else f"track {f.track}"
             lines.append(f"{where}: {who} at {tuple(f.box)}: {f.label} {f.confidence:.1%} (then {others})")
     return "\n".join(lines)
 
@@ -241,20 +241,48 @@ def _open(target: str | None):
     return sys.stdout if target == "-" else open(target, "w", newline="")  # noqa: SIM115 (closed by close())
 
 
+def face_name(face: Face, index: int) -> str:
+    """How outputs meant for people name a face: its track (``#3``) in a video, else its place in the photo counted
+    from 1 (largest first), as the web page numbers them."""
+    return f"#{face.track}" if face.track is not None else str(index + 1)
+
+
+# The web page's box colours (serve/static/app.js), so a face is drawn in one colour in a file and on the page.
+COLOURS = (
+    (0, 220, 0),
+    (255, 140, 0),
+    (30, 144, 255),
+    (230, 25, 75),
+    (176, 79, 220),
+    (0, 188, 188),
+    (240, 50, 230),
+    (128, 128, 0),
+)
+
+
+def face_colour(face: Face, index: int) -> tuple[int, int, int]:
+    """A face's colour by its number: a track keeps its colour from frame to frame."""
+    number = face.track if face.track is not None else index + 1
+    return COLOURS[(number - 1) % len(COLOURS)]
+
+
 def draw_faces(rgb: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
-    """A copy of the image with each face's box, landmarks (small dots) and "label confidence" drawn on it."""
+    """A copy of the image with each face's box and landmarks (small dots) in its colour, and a tab above the box
+    saying "number: label confidence", the number the one the text, CSV and page give it."""
     cv2 = require_cv2()
     out = rgb.copy()
     thickness = max(2, round(max(rgb.shape[:2]) / 400))
-    for face in faces:
+    for i, face in enumerate(faces):
         x, y, w, h = face.box
-        cv2.rectangle(out, (x, y), (x + w, y + h), (0, 220, 0), thickness)
+        colour = face_colour(face, i)
+        cv2.rectangle(out, (x, y), (x + w, y + h), colour, thickness)
         for px, py in face.landmarks or []:
-            cv2.circle(out, (round(px), round(py)), max(thickness, round(w / 40)), (255, 80, 0), -1, cv2.LINE_AA)
-        text = f"{face.label} {face.confidence:.0%}" if face.track is None else f"#{face.track} {face.label}"
+            cv2.circle(out, (round(px), round(py)), max(thickness, round(w / 40)), colour, -1, cv2.LINE_AA)
+        text = f"{face_name(face, i)}: {face.label} {face.confidence:.0%}"
         scale = max(0.4, w / 200)
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
         top = max(y - th - base - 4, 0)
-        cv2.rectangle(out, (x, top), (x + tw + 4, top + th + base + 4), (0, 220, 0), -1)
-        cv2.putText(out, text, (x + 2, top + th + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+        left = max(0, min(x, out.shape[1] - tw - 4))  # inside the picture, not cut at its right edge
+        cv2.rectangle(out, (left, top), (left + tw + 4, top + th + base + 4), colour, -1)
+        cv2.putText(out, text, (left + 2, top + th + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
     return out
