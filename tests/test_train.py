@@ -640,6 +640,18 @@ def test_distillation_refuses_a_teacher_of_other_classes(finished_run, tmp_path)
         train(cfg)
 
 
+def test_too_few_images_for_a_batch_are_refused_before_the_teachers_label_them(finished_run, tmp_path, monkeypatch):
+    teacher_run, _ = finished_run
+    labelled = []
+    monkeypatch.setattr("ferkit.training.distill._labelled", lambda *args: labelled.append(args))
+    cfg = tiny(
+        teacher_run.parent / "fer", tmp_path / "student", epochs=1, distill_from=(str(teacher_run / "best.pth"),)
+    )
+    with pytest.raises(FerkitError, match="^28 training images are fewer than one batch of 64; lower --batch-size$"):
+        train(cfg.updated({"batch_size": 64}))
+    assert labelled == []
+
+
 def gflop_per_image(cfg: Config) -> float:
     return training_flops(build_model(cfg, 7), cfg.image_size) / 1e9
 

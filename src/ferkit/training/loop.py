@@ -450,6 +450,11 @@ def _start(cfg: Config, ckpt: dict | None, command: str | None) -> Training:
     return t
 
 
+def _check_one_batch(images: int, cfg: Config) -> None:
+    if images < cfg.batch_size:
+        raise FerkitError(f"{images} training images are fewer than one batch of {cfg.batch_size}; lower --batch-size")
+
+
 def _assemble(cfg: Config, splits: Splits, state: TrainState, ckpt: dict | None) -> Training:
     """The model, optimizer, schedule, weight average and batches of a run; with ``ckpt``, as it left them."""
     speed = Speed.resolve(cfg)
@@ -470,17 +475,15 @@ def _assemble(cfg: Config, splits: Splits, state: TrainState, ckpt: dict | None)
         if cfg.ema_decay
         else None
     )
+    _check_one_batch(len(splits.train), cfg)  # before the teachers spend minutes labelling them
     taught = soft_targets(splits.train, splits.classes, cfg, speed, resume=ckpt is not None)
     if taught is not None and ckpt is None:
         state.pflop += taught[1]  # the teachers' labelling is part of what this run spends
     batches = open_batches(
         splits.train, cfg, speed, dist.local_batch_size(cfg.batch_size), taught[0] if taught is not None else None
     )
+    _check_one_batch(batches.size, cfg)  # again without the unreadable images skipped
     steps_per_epoch = batches.size // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise FerkitError(
-            f"{batches.size} training images are fewer than one batch of {cfg.batch_size}; lower --batch-size"
-        )
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
