@@ -16,7 +16,12 @@ from ferkit.checkpoint import read_checkpoint, save_weights, store_calibration
 from ferkit.cli import main
 from ferkit.data.datasets import CLASSES
 from ferkit.evaluation.calibration import fit_temperature
-from ferkit.evaluation.metrics import compute_metrics, expected_calibration_error, reliability_bins
+from ferkit.evaluation.metrics import (
+    compute_metrics,
+    expected_calibration_error,
+    format_metrics,
+    reliability_bins,
+)
 from ferkit.inference.evaluate import evaluate_checkpoint
 from ferkit.inference.loading import load_for_inference
 
@@ -32,6 +37,21 @@ def test_ece_of_a_hand_made_case():
     by_hand = (2 * abs(0.5 - 0.9) + abs(1 - 0.62) + abs(1 - 0.5) + abs(1 - 1.0)) / 5
     assert expected_calibration_error(bins) == pytest.approx(by_hand)
     assert compute_metrics(labels, probs, ("a", "b", "c"))["ece"] == pytest.approx(by_hand)
+
+
+def test_the_report_gives_the_confusion_matrix_as_a_table_named_by_class():
+    probs = np.array([[0.9, 0.05, 0.05], [0.9, 0.05, 0.05], [0.62, 0.3, 0.08], [0.2, 0.5, 0.3], [0.0, 1.0, 0.0]])
+    labels = np.array([0, 1, 0, 1, 1])
+    classes = ("Happy", "Sad", "Surprise")
+    table = format_metrics(compute_metrics(labels, probs, classes), classes).splitlines()[-5:]
+    assert table[0] == "confusion matrix (rows: true class, columns: predicted)"
+    assert [line.split() for line in table[1:]] == [
+        list(classes),
+        ["Happy", "2", "0", "0"],
+        ["Sad", "1", "2", "0"],
+        ["Surprise", "0", "0", "0"],
+    ]
+    assert len({len(line) for line in table[1:]}) == 1  # columns aligned
 
 
 def test_the_fitted_temperature_is_the_one_the_labels_were_drawn_with():

@@ -1,3 +1,4 @@
+import importlib.metadata
 import inspect
 import subprocess
 import sys
@@ -120,3 +121,10 @@ def test_help_and_the_parser_load_neither_the_server_nor_onnx():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_version_is_the_installed_packages(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["--version"])
+    assert stopped.value.code == 0
+    assert capsys.readouterr().out == f"ferkit {importlib.metadata.version('ferkit')}\n"

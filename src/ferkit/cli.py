@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from . import __version__
 from .config import (
     BACKENDS,
     CALIBRATION_IMAGES,
@@ -760,6 +761,7 @@ def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentPars
     """The ``ferkit`` parser; only ``commands`` (default: all) get their options, so a run imports what its
     command needs."""
     parser = argparse.ArgumentParser(prog="ferkit", description="Facial expression recognition toolkit")
+    parser.add_argument("--version", action="version", version=f"ferkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     chosen = set(COMMANDS if commands is None else commands)
     for name, (help, add_arguments) in COMMANDS.items():

@@ -135,5 +135,9 @@ def format_metrics(metrics: dict, classes: Sequence[str]) -> str:
     for c in classes:
         m = metrics["per_class"][c]
         lines.append(f"{c:<10}{m['precision']:>10.3f}{m['recall']:>8.3f}{m['f1']:>8.3f}{m['support']:>9}")
-    lines.append("confusion matrix (rows true, columns predicted): " + json.dumps(metrics["confusion_matrix"]))
+    lines.append("confusion matrix (rows: true class, columns: predicted)")
+    width = max(len(c) for c in classes) + 2
+    lines.append(" " * width + "".join(f"{c:>{width}}" for c in classes))
+    for c, row in zip(classes, metrics["confusion_matrix"]):
+        lines.append(f"{c:<{width}}" + "".join(f"{n:>{width}}" for n in row))
     return "\n".join(lines)
