@@ -476,7 +476,8 @@ async function analyseMany(files) {
     for (let entry = queue.shift(); entry; entry = queue.shift()) {
       try {
         if (entry.kind !== "photo") {
-          entry.video = await send(videoRequest(entry.kind, entry.name), entry.file, entry.name, controller.signal);
+          const request = await videoRequest(entry.kind, entry.file);
+          entry.video = await send(request, entry.file, entry.name, controller.signal);
           entry.caption.textContent = videoCaption(entry.video.tracks);
         } else {
           Object.assign(entry, await read(entry.file, entry.name, controller.signal));
@@ -626,13 +627,36 @@ function drawClipFrame() {
 // (under 20 ms shown for 100, as `ferkit predict` times them), looping as an <img> does; a click pauses it or plays
 // it on. The frames come from the browser's ImageDecoder (Chromium and Firefox, on https:// pages and localhost) or,
 // where there is none (Safari), from the server with the faces (`/video?frames=true`, each frame read as a JPEG).
-// Where neither can be had, the <img> plays it, without the boxes. A video in a format no browser plays in a <video>
-// (AVI, MPEG, WMV) is played from the server's frames the same way.
+// Where neither can be had, the <img> plays it, without the boxes. A video this browser cannot show in a <video> is
+// played from the server's frames the same way.
 const decodesFrames = typeof ImageDecoder !== "undefined";
-const UNPLAYED_SUFFIXES = [".avi", ".mpeg", ".mpg", ".wmv"];
-const videoRequest = (kind, name) => ((kind === "animation" && !decodesFrames) ||
-  (kind === "video" && UNPLAYED_SUFFIXES.some((suffix) => name.toLowerCase().endsWith(suffix)))
-  ? "video?frames=true" : "video");
+async function videoRequest(kind, file) {
+  const framesWanted = kind === "animation" ? !decodesFrames : !(await playsHere(file));
+  return framesWanted ? "video?frames=true" : "video";
+}
+
+// Whether this browser shows a video file's pictures, tried on the file before it is sent: no browser plays an AVI,
+// MPEG or WMV, Chromium no MPEG-4 Part 2 (as OpenCV writes MP4), and many an iPhone's HEVC .mov, whose sound alone
+// may play. Undecided after a few seconds, it is taken as playable.
+function playsHere(file) {
+  return new Promise((resolve) => {
+    const probe = document.createElement("video");
+    const url = URL.createObjectURL(file);
+    const timer = setTimeout(() => done(true), 5000);
+    function done(plays) {
+      clearTimeout(timer);
+      probe.removeAttribute("src");
+      probe.load(); // lets the browser drop the decoder now
+      URL.revokeObjectURL(url);
+      resolve(plays);
+    }
+    probe.muted = true;
+    probe.preload = "auto";
+    probe.addEventListener("loadeddata", () => done(probe.videoWidth > 0), { once: true });
+    probe.addEventListener("error", () => done(false), { once: true });
+    probe.src = url;
+  });
+}
 const animation = { source: null, count: 0, index: 0, timer: 0, paused: false };
 
 function stopAnimation() {
@@ -789,7 +813,7 @@ async function analyseVideo(file, name, kind) {
   setStatus(`Tracking the people in ${name}... (${most}; this takes a while)`);
   let body;
   try {
-    body = await send(videoRequest(kind, name), file, name, controller.signal);
+    body = await send(await videoRequest(kind, file), file, name, controller.signal);
   } catch (error) {
     if (error.name === "AbortError" || current !== controller) return;
     showError(error.message);
