@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -121,6 +122,14 @@ def test_a_file_that_is_not_an_image_is_explained_alike_by_every_reader(tmp_path
         serve.decode_image(path.read_bytes(), path.name, 10**6)
     assert refused.value.status_code == 415
     assert f"cannot decode 'notes.png' as an image ({reason})" in refused.value.detail
+
+
+def test_an_empty_file_is_called_empty(tmp_path):
+    path = tmp_path / "download.jpg"
+    path.write_bytes(b"")
+    for source in (path, b"", io.BytesIO()):
+        with pytest.raises(FerkitError, match=r": the file is empty \(0 bytes\); pass a JPEG"):
+            read_image(source)
 
 
 def test_animated_gif_webp_and_png_are_told_from_still_ones(tmp_path):

@@ -89,3 +89,12 @@ def test_an_error_inside_the_write_is_raised_as_it_is(tmp_path):
     with pytest.raises(ValueError, match="not serialisable"):
         write_atomically(tmp_path / "x.pth", broken)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_write_says_an_earlier_file_is_unchanged_only_where_there_was_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "fsync", _no_space)
+    (tmp_path / "old.onnx").write_bytes(b"graph")
+    with pytest.raises(FerkitError, match="; the file that was there is unchanged; check the folder's permissions"):
+        write_atomically(tmp_path / "old.onnx", lambda f: f.write(b"new graph"))
+    with pytest.raises(FerkitError, match=r"No space left on device; check the folder's permissions and space$"):
+        write_atomically(tmp_path / "new.onnx", lambda f: f.write(b"graph"))

@@ -20,7 +20,7 @@ from .errors import FerkitError
 def write_atomically(
     path: str | os.PathLike,
     write: Callable[[BinaryIO], object],
-    advice: str = "the file that was there is unchanged; check the folder's permissions and space",
+    advice: str | None = None,
 ) -> None:
     """Call ``write`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
 
@@ -29,6 +29,9 @@ def write_atomically(
     An OSError (full disk, no permission) removes it and becomes one FerkitError line ending in ``advice``.
     """
     path = Path(path)
+    if advice is None:
+        kept = "the file that was there is unchanged; " if path.exists() else ""
+        advice = f"{kept}check the folder's permissions and space"
     # A hidden name ending in .tmp: `ferkit train --resume` clears such leftovers of a killed process.
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:

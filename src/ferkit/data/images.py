@@ -143,9 +143,20 @@ def open_image(source: str | os.PathLike | BinaryIO, max_pixels: int | None = No
         raise TooManyPixels(_first_line(e)) from None
     except Exception as e:  # decoders fail on hostile bytes in many ways; all mean "not a usable image"
         if isinstance(e, UnidentifiedImageError):
+            if _is_empty(source):  # a download or copy that failed: no format to name
+                raise UndecodableImage("the file is empty (0 bytes)") from None
             missing = "" if heif else " (HEIC photos need pi-heif: pip install pi-heif)"
             raise UndecodableImage(f"not an image format PIL can decode{missing}") from None
         raise UndecodableImage(_first_line(e)) from None
+
+
+def _is_empty(source: str | os.PathLike | BinaryIO) -> bool:
+    try:
+        if hasattr(source, "seek"):
+            return source.seek(0, io.SEEK_END) == 0
+        return os.path.getsize(source) == 0
+    except OSError:  # a stream that cannot seek: not known to be empty
+        return False
 
 
 @functools.cache
