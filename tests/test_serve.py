@@ -1386,6 +1386,9 @@ def test_ferkit_serve_refuses_a_port_in_use_before_loading_the_model(tmp_path, c
     err = capsys.readouterr().err
     assert err.startswith(f"ferkit: error: cannot listen on 127.0.0.1:{port} (") and err.count("\n") == 1
     assert "pass another --port" in err
+    for port in ("80000", "-1"):
+        assert main(["serve", "--checkpoint", str(tmp_path / "missing.pth"), "--port", port]) == 2
+        assert capsys.readouterr().err == f"ferkit: error: --port must be 1-65535 (got {port}); 8000 is the default\n"
 
 
 def test_live_sessions_keep_tracks_per_tab_and_apart(predictor, astronaut):

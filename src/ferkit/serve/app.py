@@ -695,6 +695,8 @@ def create_app(
 def check_port(host: str, port: int) -> None:
     """Refuse an address that cannot be listened on before the model loads: uvicorn would say so only after its
     startup, in a log line among others, and exit 3."""
+    if not 0 < port < 65536:
+        raise FerkitError(f"--port must be 1-65535 (got {port}); 8000 is the default")
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         with socket.socket(family, socket.SOCK_STREAM) as probe:
