@@ -630,6 +630,15 @@ def test_distillation_at_weight_zero_is_training_on_the_labels(finished_run, tmp
     assert all(torch.allclose(plain[k].float(), taught[k].float(), atol=1e-5) for k in plain)
 
 
+def test_a_missing_teacher_or_an_unmakeable_run_folder_is_one_line(image_folder, tmp_path):
+    cfg = tiny(image_folder, tmp_path / "student", epochs=1, distill_from=(str(tmp_path / "nothere.pth"),))
+    with pytest.raises(FerkitError, match=r"^--distill-from .*nothere\.pth does not exist; give a teacher's best\.pth"):
+        train(cfg)
+    (tmp_path / "file").write_text("a file where a folder would go")
+    with pytest.raises(FerkitError, match=r"^cannot make the run folder .*file/run: Not a directory; choose another"):
+        train(tiny(image_folder, tmp_path / "file" / "run", epochs=1))
+
+
 def test_distillation_refuses_a_teacher_of_other_classes(finished_run, tmp_path):
     teacher_run, _ = finished_run
     other = read_checkpoint(teacher_run / "best.pth")

@@ -59,6 +59,12 @@ def soft_targets(
     """
     if not cfg.distill_from:
         return None
+    for teacher in () if resume else cfg.distill_from:  # every process, before the label cache hashes them
+        if not model_path(teacher).is_file():
+            raise FerkitError(
+                f"--distill-from {teacher} does not exist; give a teacher's best.pth, run folder or .safetensors "
+                "file, or fer2013_resnet18 (the bundled model)"
+            )
     path = Path(cfg.out) / TEACHERS_FILE
     if not resume and dist.is_main():
         probs, pflop = _labelled(cfg, samples, classes, speed)

@@ -89,7 +89,10 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
         return
     if held:
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FerkitError(f"cannot make the run folder {out}: {e.strerror or e}; choose another --out") from None
 
 
 def holds_run(out: Path) -> bool:
