@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from ferkit.atomic import write_atomically
+from ferkit.atomic import output_file, output_folder, write_atomically
 from ferkit.checkpoint import atomic_save, read_checkpoint, save_weights
 from ferkit.data import batched as fastdata
 from ferkit.data.batched import decode_once
 from ferkit.data.datasets import load_splits
 from ferkit.errors import FerkitError
 from ferkit.inference import export
+from ferkit.inference.results import ResultStream
 
 
 def _no_space(fd: int) -> None:
@@ -98,3 +99,17 @@ def test_a_failed_write_says_an_earlier_file_is_unchanged_only_where_there_was_o
         write_atomically(tmp_path / "old.onnx", lambda f: f.write(b"new graph"))
     with pytest.raises(FerkitError, match=r"No space left on device; check the folder's permissions and space$"):
         write_atomically(tmp_path / "new.onnx", lambda f: f.write(b"graph"))
+
+
+def test_an_output_path_that_cannot_be_made_or_written_is_one_line_before_any_work(tmp_path, monkeypatch):
+    (tmp_path / "photo.jpg").write_bytes(b"a file where a folder would go")
+    with pytest.raises(FerkitError, match=r"^--json .*photo\.jpg/sub/x\.json: cannot make the folder .*/sub "):
+        output_file(tmp_path / "photo.jpg" / "sub" / "x.json", "--json")
+    with pytest.raises(FerkitError, match=r"\(.*photo\.jpg is a file\); name another$"):
+        output_folder(tmp_path / "photo.jpg" / "drawn", "--annotate")
+    assert output_folder(tmp_path / "new" / "drawn", "--annotate").is_dir()  # made now
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as a folder of another user's
+    with pytest.raises(FerkitError, match=r"^--summary .*people\.json: the folder .* is not writable; name another$"):
+        output_file(tmp_path / "people.json", "--summary")
+    with pytest.raises(FerkitError, match=r"^cannot write .*: Is a directory; name another file$"):
+        ResultStream(["Happy"], json_to=str(tmp_path))

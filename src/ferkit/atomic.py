@@ -64,16 +64,28 @@ def output_file(
         raise FerkitError(f"{what} {path} is a folder; give a file name, e.g. {example}")
     if suffixes and path.suffix.lower() not in suffixes:
         raise FerkitError(f"{what} {path}: name a {', '.join(suffixes)} file")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(path.parent, what, path)
+    if not os.access(path.parent, os.W_OK):  # found now, not when the results are written at the end
+        raise FerkitError(f"{what} {path}: the folder {path.parent} is not writable; name another")
     return path
 
 
 def output_folder(path: str | os.PathLike, what: str) -> Path:
-    """``path`` checked, before any work, as a folder to write ``what`` (an option's name) into."""
+    """``path`` checked, before any work, as a folder to write ``what`` (an option's name) into, and made."""
     path = Path(path)
     if path.is_file():
         raise FerkitError(f"{what} {path} is a file; name a folder for it to write into")
+    _make_folder(path, what, path)
     return path
+
+
+def _make_folder(folder: Path, what: str, path: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file on the way, no permission, a read-only or virtual file system
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file" if blocker else e.strerror or str(e)
+        raise FerkitError(f"{what} {path}: cannot make the folder {folder} ({why}); name another") from None
 
 
 def output_names(inputs: Sequence[Path], suffix: str | Sequence[str]) -> list[Path]:

@@ -10,7 +10,6 @@ import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from . import __version__
 from .config import (
     BACKENDS,
     CALIBRATION_IMAGES,
@@ -760,6 +759,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
 def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:
     """The ``ferkit`` parser; only ``commands`` (default: all) get their options, so a run imports what its
     command needs."""
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="ferkit", description="Facial expression recognition toolkit")
     parser.add_argument("--version", action="version", version=f"ferkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -222,9 +222,7 @@ def mixed_drawing_folder(out: str | os.PathLike) -> Path:
             f"--annotate {path} names a file; photos and videos read together are drawn into a folder: "
             f"name one, e.g. {path.with_suffix('')}/"
         )
-    folder = output_folder(path, "--annotate")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return output_folder(path, "--annotate")
 
 
 def drawing_folder(out: str | os.PathLike, inputs: str | os.PathLike) -> Path:
@@ -238,7 +236,12 @@ def drawing_folder(out: str | os.PathLike, inputs: str | os.PathLike) -> Path:
 def _open(target: str | None):
     if not target:
         return None
-    return sys.stdout if target == "-" else open(target, "w", newline="")  # noqa: SIM115 (closed by close())
+    if target == "-":
+        return sys.stdout
+    try:
+        return open(target, "w", newline="")  # noqa: SIM115 (closed by close())
+    except OSError as e:
+        raise FerkitError(f"cannot write {target}: {e.strerror or e}; name another file") from None
 
 
 def face_name(face: Face, index: int) -> str:
