@@ -17,6 +17,7 @@ from ferkit.data.datasets import Sample, load_image, read_image_folder
 from ferkit.data.images import IMAGE_SUFFIXES, announces_frames, is_animated, list_images, read_image
 from ferkit.data.preprocess import ToRGB
 from ferkit.errors import FerkitError
+from ferkit.inference import Predictor
 
 
 def _sideways_photo(path) -> np.ndarray:
@@ -107,6 +108,25 @@ def test_arrays_of_any_usual_layout_become_rgb_and_others_are_refused():
     assert read_image(rgba).shape == (3, 4, 3)
     with pytest.raises(FerkitError, match=r"expected an HxW, HxWx3 or HxWx4 image array, got shape \(3, 4, 2\)"):
         read_image(np.zeros((3, 4, 2), np.uint8))
+
+
+def test_arrays_of_other_types_are_read_by_their_conventions_so_a_float_photo_keeps_its_faces():
+    photo = astronaut()
+    # scikit-image's float convention ([0, 1]), 16-bit, and 0-255 levels held as floats or wider integers.
+    for given in (photo / 255.0, photo.astype(np.float32) / 255, photo.astype(np.uint16) * 257, photo.astype(np.int64)):
+        assert np.array_equal(read_image(given), photo)
+    assert np.array_equal(read_image(photo.astype(np.float64)), photo)  # levels above 1: not scaled again
+    assert np.array_equal(read_image(np.array([[True, False]])), [[[255] * 3, [0] * 3]])
+    # The product's path: the float photo's face is found and read as the uint8 photo's.
+    predictor = Predictor.default()
+    as_float, as_uint8 = predictor.predict(photo / 255.0), predictor.predict(photo)
+    assert len(as_float.faces) == 1 and as_float.faces[0].probabilities == as_uint8.faces[0].probabilities
+    for bad in (photo * 2.0, photo.astype(np.int16) - 10):
+        with pytest.raises(FerkitError, match=r"holds values from -?\d+ to \d+; give 0-255 levels \(uint8\)"):
+            read_image(bad)
+    for wrong in (None, 3):
+        with pytest.raises(FerkitError, match=rf"^expected an image file's path, .* got {type(wrong).__name__}$"):
+            read_image(wrong)
 
 
 def test_a_file_that_is_not_an_image_is_explained_alike_by_every_reader(tmp_path):

@@ -181,14 +181,37 @@ def to_rgb(image: Image.Image | np.ndarray) -> Image.Image:
     if isinstance(image, np.ndarray):
         if image.size == 0 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
             raise FerkitError(f"expected an HxW, HxWx3 or HxWx4 image array, got shape {image.shape}")
-        rgb = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3]
-        return Image.fromarray(np.ascontiguousarray(rgb).astype(np.uint8, copy=False))
+        pixels = _as_uint8(image)
+        rgb = np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels[..., :3]
+        return Image.fromarray(np.ascontiguousarray(rgb))
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # 16-bit and float greyscale: scaled to 8 bits, which PIL's own conversion would clip instead.
         pixels = np.asarray(image, dtype=np.float32)
         span = max(float(pixels.max() - pixels.min()), 1e-6)
         image = Image.fromarray(((pixels - pixels.min()) / span * 255).astype(np.uint8))
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _as_uint8(pixels: np.ndarray) -> np.ndarray:
+    """An array's pixels as 8 bits by its type's convention (scikit-image's): floats over [0, 1], 16-bit integers over
+    0-65535, other numbers as 0-255 levels. Cast as they are, a float photo would be read black, with no face."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    if pixels.dtype == np.bool_:
+        return pixels.astype(np.uint8) * 255
+    if pixels.dtype == np.uint16:
+        return ((pixels.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if not (np.issubdtype(pixels.dtype, np.floating) or np.issubdtype(pixels.dtype, np.integer)):
+        raise FerkitError(f"expected an image array of numbers, got dtype {pixels.dtype}")
+    low, high = float(pixels.min()), float(pixels.max())
+    if np.issubdtype(pixels.dtype, np.floating) and 0 <= low and high <= 1:
+        return np.round(pixels * 255).astype(np.uint8)
+    if 0 <= low and high <= 255:
+        return np.round(pixels).astype(np.uint8)
+    raise FerkitError(
+        f"an image array of {pixels.dtype} holds values from {low:g} to {high:g}; give 0-255 levels (uint8), floats "
+        "in [0, 1] or uint16"
+    )
 
 
 def read_image(source: ImageInput) -> np.ndarray:
@@ -201,6 +224,11 @@ def read_image(source: ImageInput) -> np.ndarray:
     if isinstance(source, (bytes, bytearray)) or hasattr(source, "read"):
         what = getattr(source, "name", None) or "the image's bytes"
         encoded = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    elif not isinstance(source, (str, os.PathLike)):
+        raise FerkitError(
+            "expected an image file's path, a photo's http(s) address, a PIL image, an image array, or an encoded "
+            f"file's bytes or binary file, got {type(source).__name__}"
+        )
     elif is_url(source):
         what, encoded = shown(source), io.BytesIO(fetch(source))
     else:
