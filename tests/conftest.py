@@ -267,13 +267,14 @@ def write_animation(frames: list[np.ndarray], path: Path, delays: list[int]) -> 
 class LiveServer:
     """The app under uvicorn in a thread, on a socket bound here so no other process can take the port."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, **config) -> None:
         self.socket = socket.socket()
         self.socket.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        scheme = "https" if config.get("ssl_certfile") else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.socket.getsockname()[1]}"
         import uvicorn  # the serve extra; tests that start a server skip without it
 
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", **config))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
 
     def __enter__(self) -> LiveServer:

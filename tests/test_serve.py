@@ -11,6 +11,7 @@ import re
 import shutil
 import socket
 import struct
+import subprocess
 import threading
 import time
 import zlib
@@ -41,6 +42,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("multipart")
 skimage_data = pytest.importorskip("skimage.data")
 
+from ferkit.serve import app as serve_app  # noqa: E402  (needs the serve extra checked above)
 from ferkit.serve.app import Sessions, create_app, describe_model  # noqa: E402  (needs the serve extra checked above
 
 MAX_UPLOAD = 600_000  # the astronaut PNG is about 425 kB
@@ -1271,8 +1273,8 @@ def test_page_says_why_its_camera_is_off_when_it_is_not_a_secure_page(browser, s
         page.locator("[data-testid=status]")
         .text_content()
         .endswith(
-            f"The camera needs a secure page: open this one as https:// or on the server's own machine as "
-            f"http://localhost:{port}/ to use it."
+            f"The camera needs a secure page: open this one as https:// (ferkit serve --certfile) or on the server's "
+            f"own machine as http://localhost:{port}/ to use it."
         )
     )
     page.close()
@@ -1389,6 +1391,41 @@ def test_ferkit_serve_refuses_a_port_in_use_before_loading_the_model(tmp_path, c
     for port in ("80000", "-1"):
         assert main(["serve", "--checkpoint", str(tmp_path / "missing.pth"), "--port", port]) == 2
         assert capsys.readouterr().err == f"ferkit: error: --port must be 1-65535 (got {port}); 8000 is the default\n"
+
+
+def test_ferkit_serve_serves_https_with_a_certificate_and_refuses_one_tls_cannot_use(
+    predictor, tmp_path, monkeypatch, capsys
+):
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command to make a self-signed certificate with")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"]
+        + ["-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    with LiveServer(create_app(predictor), ssl_certfile=str(cert), ssl_keyfile=str(key)) as live:
+        assert live.url.startswith("https://")
+        assert httpx.get(f"{live.url}/model", verify=False).json()["classes"] == list(CLASSES)
+    # The command hands the certificate to uvicorn and names the https:// address.
+    handed = {}
+    monkeypatch.setattr(serve_app.uvicorn, "run", lambda app, **kwargs: handed.update(kwargs))
+    assert main(["serve", "--checkpoint", "fer2013_resnet18", "--certfile", str(cert), "--keyfile", str(key)]) == 0
+    assert (handed["ssl_certfile"], handed["ssl_keyfile"]) == (str(cert), str(key))
+    assert "page at https://127.0.0.1:8000/" in capsys.readouterr().out
+    # A certificate TLS cannot use stops the command in one line, before the model loads.
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    for given, why in [
+        ([str(tmp_path / "junk.pem")], "not a PEM certificate with its own private key"),
+        ([str(cert), "--keyfile", str(cert)], "not a PEM certificate with its own private key"),
+        ([str(tmp_path / "none.pem")], "No such file or directory"),
+    ]:
+        assert main(["serve", "--checkpoint", str(tmp_path / "missing.pth"), "--certfile", *given]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("ferkit: error: cannot serve https:// with --certfile ") and f"({why}); give" in err
+    assert main(["serve", "--keyfile", str(key)]) == 2
+    assert "--keyfile is the key of a --certfile" in capsys.readouterr().err
 
 
 def test_live_sessions_keep_tracks_per_tab_and_apart(predictor, astronaut):

@@ -418,6 +418,8 @@ def _serve(args: argparse.Namespace) -> int:
         detector=_built_detector(args),
         prior=args.prior,
         tta=args.tta,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
     )
     return 0
 
@@ -675,6 +677,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     _checkpoint(p, "--checkpoint")
     p.add_argument("--host", default=limits.HOST, help="address to listen on; 0.0.0.0 for every interface")
     p.add_argument("--port", type=int, default=limits.PORT, help="port to listen on")
+    p.add_argument(
+        "--certfile",
+        metavar="PEM",
+        help="serve https:// with this certificate (a phone's browser gives its camera only to a secure page)",
+    )
+    p.add_argument("--keyfile", metavar="PEM", help="the certificate's private key, where --certfile does not hold it")
     p.add_argument("--max-upload-mb", type=float, default=limits.MAX_UPLOAD_MB, help="largest photo upload accepted")
     p.add_argument("--max-video-mb", type=float, default=limits.MAX_VIDEO_MB, help="largest video upload (/video)")
     p.add_argument(

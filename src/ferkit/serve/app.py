@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import socket
+import ssl
 import tempfile
 import time
 from collections import OrderedDict
@@ -710,6 +711,23 @@ def check_port(host: str, port: int) -> None:
         ) from None
 
 
+def check_certificate(certfile: str | os.PathLike | None, keyfile: str | os.PathLike | None) -> None:
+    """Refuse a certificate and key that TLS cannot use, before the model loads (uvicorn would stop with a
+    traceback)."""
+    if certfile is None:
+        if keyfile is not None:
+            raise FerkitError("--keyfile is the key of a --certfile: give the certificate too, or neither for http://")
+        return
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+    except OSError as e:  # ssl.SSLError among them, whose own words name a line of OpenSSL's source
+        given = f"--certfile {certfile}" + (f" and --keyfile {keyfile}" if keyfile else "")
+        why = "not a PEM certificate with its own private key" if isinstance(e, ssl.SSLError) else e.strerror or e
+        raise FerkitError(
+            f"cannot serve https:// with {given} ({why}); give a PEM certificate and its key (README: Serving)"
+        ) from None
+
+
 def run(
     checkpoint: str | os.PathLike | None = None,
     host: str = HOST,
@@ -727,8 +745,11 @@ def run(
     prior: str = PHOTO_PRIOR,
     tta: str = "none",
     cors_origins: Sequence[str] = (),
+    certfile: str | os.PathLike | None = None,
+    keyfile: str | os.PathLike | None = None,
 ) -> None:
-    """Load the checkpoint (default: the model bundled with ferkit) and serve it with uvicorn until Ctrl-C."""
+    """Load the checkpoint (default: the model bundled with ferkit) and serve it with uvicorn until Ctrl-C; over
+    HTTPS with ``certfile`` (PEM; ``keyfile`` its key, where the certificate's file does not hold it)."""
     for flag, value in (
         ("--max-upload-mb", max_upload_mb),
         ("--max-video-mb", max_video_mb),
@@ -740,6 +761,7 @@ def run(
         if value <= 0:
             raise FerkitError(f"{flag} must be positive, got {value}")
     check_port(host, port)
+    check_certificate(certfile, keyfile)
     predictor = Predictor.from_checkpoint(
         checkpoint, backend=backend, device=device, detector=detector, prior=prior, tta=tta
     )
@@ -754,9 +776,10 @@ def run(
         cors_origins=cors_origins,
     )
     shown = "localhost" if host in ("0.0.0.0", "::") else host
+    url = f"{'https' if certfile else 'http'}://{shown}:{port}"
     print(
         f"ferkit serve: {predictor.config.arch} ({len(predictor.classes)} classes) from {predictor.source}; "
-        f"page at http://{shown}:{port}/ , API docs at http://{shown}:{port}/docs",
+        f"page at {url}/ , API docs at {url}/docs",
         flush=True,
     )
-    uvicorn.run(app, host=host, port=port)
+    uvicorn.run(app, host=host, port=port, ssl_certfile=certfile, ssl_keyfile=keyfile)

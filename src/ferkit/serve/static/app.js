@@ -977,7 +977,8 @@ if (navigator.mediaDevices && navigator.mediaDevices.getUserMedia) {
   cameraButton.disabled = true;
   cameraButton.title = "The camera needs a browser with getUserMedia and a secure page (https:// or localhost)";
   setStatus(`Choose photos or a video, drop them, or paste a picture. The camera needs a secure page: open this one ` +
-    `as https:// or on the server's own machine as http://localhost:${location.port || 80}/ to use it.`);
+    `as https:// (ferkit serve --certfile) or on the server's own machine as http://localhost:${location.port || 80}/ ` +
+    `to use it.`);
 }
 
 ["loadeddata", "seeked", "timeupdate", "play"].forEach((type) => clip.addEventListener(type, drawClipFrame));
