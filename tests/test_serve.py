@@ -1413,7 +1413,12 @@ def test_ferkit_serve_serves_https_with_a_certificate_and_refuses_one_tls_cannot
     monkeypatch.setattr(serve_app.uvicorn, "run", lambda app, **kwargs: handed.update(kwargs))
     assert main(["serve", "--checkpoint", "fer2013_resnet18", "--certfile", str(cert), "--keyfile", str(key)]) == 0
     assert (handed["ssl_certfile"], handed["ssl_keyfile"]) == (str(cert), str(key))
-    assert "page at https://127.0.0.1:8000/" in capsys.readouterr().out
+    assert "page at https://127.0.0.1:8000/ , API docs" in capsys.readouterr().out
+    # Listening on every interface, it also names the address other devices (a phone) open.
+    monkeypatch.setattr(serve_app, "network_address", lambda: "192.168.1.20")
+    assert main(["serve", "--host", "0.0.0.0", "--port", "8443", "--certfile", str(cert), "--keyfile", str(key)]) == 0
+    out = capsys.readouterr().out
+    assert "page at https://localhost:8443/ (from other devices: https://192.168.1.20:8443/) , API docs" in out
     # A certificate TLS cannot use stops the command in one line, before the model loads.
     (tmp_path / "junk.pem").write_text("not a certificate")
     for given, why in [

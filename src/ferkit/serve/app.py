@@ -711,6 +711,17 @@ def check_port(host: str, port: int) -> None:
         ) from None
 
 
+def network_address() -> str | None:
+    """This machine's IPv4 address on its network, where a phone finds the page; None without one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # a documentation address: no packet is sent, the route picks the interface
+            address = probe.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
 def check_certificate(certfile: str | os.PathLike | None, keyfile: str | os.PathLike | None) -> None:
     """Refuse a certificate and key that TLS cannot use, before the model loads (uvicorn would stop with a
     traceback)."""
@@ -775,11 +786,15 @@ def run(
         max_video_frames=max_video_frames,
         cors_origins=cors_origins,
     )
-    shown = "localhost" if host in ("0.0.0.0", "::") else host
-    url = f"{'https' if certfile else 'http'}://{shown}:{port}"
+    everywhere = host in ("0.0.0.0", "::")
+    scheme = "https" if certfile else "http"
+    url = f"{scheme}://{'localhost' if everywhere else host}:{port}"
+    lan = network_address() if everywhere else None
     print(
         f"ferkit serve: {predictor.config.arch} ({len(predictor.classes)} classes) from {predictor.source}; "
-        f"page at {url}/ , API docs at {url}/docs",
+        f"page at {url}/ "
+        + (f"(from other devices: {scheme}://{lan}:{port}/) " if lan else "")
+        + f", API docs at {url}/docs",
         flush=True,
     )
     uvicorn.run(app, host=host, port=port, ssl_certfile=certfile, ssl_keyfile=keyfile)
