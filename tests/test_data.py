@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 from conftest import make_csv, make_image_folder
@@ -5,6 +7,7 @@ from PIL import Image
 
 from ferkit.cli import main
 from ferkit.data.datasets import CLASSES, FerDataset, canonical_class, check_dataset, load_splits, resolve_data_path
+from ferkit.data.split import split_folder
 from ferkit.errors import FerkitError
 
 
@@ -168,3 +171,62 @@ def test_missing_split_is_an_error(image_folder):
     shutil.rmtree(image_folder / "test")
     with pytest.raises(FerkitError, match=r"found folders \['train'\]"):
         load_splits(image_folder)
+
+
+def _class_folders(root, counts):
+    for folder, n in counts.items():
+        (root / folder).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((8, 8), i * 10, np.uint8)).save(root / folder / f"{folder}_{i:02d}.png")
+    return root
+
+
+def test_a_folder_of_class_folders_is_split_class_by_class_by_a_seed_and_trains(tmp_path, capsys):
+    photos = _class_folders(tmp_path / "mine", {"happy": 10, "anger": 20, "sad": 1, "contempt": 3})
+    done = split_folder(photos, tmp_path / "split", test=0.2, val=0.1, seed=0)
+    assert done.counts == {
+        "train": {"anger": 14, "happy": 7, "sad": 1},
+        "val": {"anger": 2, "happy": 1, "sad": 0},
+        "test": {"anger": 4, "happy": 2, "sad": 0},  # a lone image stays in train/
+    }
+    assert done.left_out == ["mine/contempt: no FER2013 class; its 3 images are left out"]
+    record = json.loads((tmp_path / "split" / "split.json").read_text())
+    placed = [name for files in record["files"].values() for name in files]
+    assert sorted(placed) == sorted(
+        f"{p.parent.name}/{p.name}" for p in photos.rglob("*.png") if "contempt" not in str(p)
+    )
+    for name in placed:  # the same pixels, linked where the file system allows
+        split = next(s for s, files in record["files"].items() if name in files)
+        assert (tmp_path / "split" / split / name).read_bytes() == (photos / name).read_bytes()
+    # Training reads it, choosing on val/ under the clean protocol; the class folders keep their own names.
+    splits = load_splits(tmp_path / "split", "clean")
+    assert (len(splits.train), len(splits.select), len(splits.report)) == (22, 3, 6)
+    # The same seed draws the same split; another seed another one.
+    assert split_folder(photos, tmp_path / "again", seed=0).counts == done.counts
+    assert json.loads((tmp_path / "again" / "split.json").read_text())["files"] == record["files"]
+    split_folder(photos, tmp_path / "other", seed=1)
+    other = json.loads((tmp_path / "other" / "split.json").read_text())
+    assert other["files"]["test"] != record["files"]["test"]
+    # From the command line, without val/.
+    assert main(["data", "split", str(photos), "--out", str(tmp_path / "cli"), "--val", "0"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith(f"{tmp_path / 'cli'}: train 25, test 6 images, each class split alike (")
+    assert out[2] == f"train on it: ferkit train --data {tmp_path / 'cli'}"
+    assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == ["split.json", "test", "train"]
+
+
+def test_a_split_refuses_what_would_mix_or_replace_files(tmp_path, image_folder):
+    photos = _class_folders(tmp_path / "mine", {"happy": 4})
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    for src, out, kwargs, message in [
+        (photos, photos / "split", {}, r"--out .*/mine/split is inside .*mine: the split would join the images"),
+        (photos, tmp_path / "full", {}, r"--out .*full exists and is not an empty folder; name a new one"),
+        (image_folder, tmp_path / "x", {}, r"has train/ and test/ already: train on it as it is"),
+        (tmp_path / "full", tmp_path / "x", {}, r"is not a folder of class folders \(angry/, happy/, ...\)"),
+        (photos, tmp_path / "x", {"test": 0.0}, r"^--test 0 and --val 0.1: each a fraction of every class"),
+        (photos, tmp_path / "x", {"test": 0.6, "val": 0.4}, r"together under 1$"),
+    ]:
+        with pytest.raises(FerkitError, match=message):
+            split_folder(src, out, **kwargs)
+    assert (tmp_path / "full" / "keep.txt").read_text() == "mine" and not (tmp_path / "x").exists()

@@ -147,7 +147,7 @@ def test_every_commands_help_answers_without_pytorch():
     # Each command's options and their defaults come from modules free of PyTorch (config, bundled, ...).
     from ferkit.cli import COMMANDS
 
-    commands = [[name] for name in COMMANDS] + [["data", "check"], ["data", "faces"]]
+    commands = [[name] for name in COMMANDS] + [["data", "check"], ["data", "faces"], ["data", "split"]]
     code = (
         "import contextlib, io, sys\n"
         "from ferkit.cli import main\n"

@@ -185,6 +185,27 @@ def _data_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_split(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .data.split import RECORD, split_folder
+
+    done = split_folder(args.path, args.out, args.test, args.val, args.seed)
+    if args.json:
+        print(json.dumps(asdict(done), indent=2))
+        return 0
+    for line in done.left_out:
+        print(line)
+    totals = ", ".join(f"{name} {sum(counts.values())}" for name, counts in done.counts.items())
+    how = "copied (another file system)" if done.copied else "linked, not copied"
+    print(
+        f"{args.out}: {totals} images, each class split alike ({how}; {Path(args.out) / RECORD} says which went where)"
+    )
+    protocol = " --protocol clean" if "val" in done.counts else ""
+    print(f"train on it: ferkit train --data {args.out}{protocol}")
+    return 0
+
+
 def _data_faces(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -745,6 +766,20 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     _detector(faces)
     _json(faces)
     faces.set_defaults(func=_data_faces)
+    split = commands.add_parser(
+        "split",
+        help="a folder of class folders split into train/, val/ and test/ for training, class by class, by a seed",
+        formatter_class=_HelpFormatter,
+    )
+    split.add_argument("path", help="folder of class folders (angry/, happy/, ...), e.g. made by `ferkit data faces`")
+    split.add_argument("--out", required=True, help="new folder for train/, val/, test/ and split.json")
+    split.add_argument("--test", type=float, default=0.2, help="fraction of each class for test/ (reported on)")
+    split.add_argument(
+        "--val", type=float, default=0.1, help="fraction of each class for val/ (chooses the epoch); 0 for none"
+    )
+    split.add_argument("--seed", type=int, default=0, help="the draw: the same seed makes the same split")
+    _json(split)
+    split.set_defaults(func=_data_split)
 
 
 # docs/recipe.md ("The command line") has what each option does in full.

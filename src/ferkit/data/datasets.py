@@ -166,7 +166,8 @@ def read_image_folder(root: Path) -> dict[str, dict[str, list[Path]]]:
     if is_whole_folder(root):
         raise FerkitError(
             f"{root} holds class folders but no train/ and test/ split: `ferkit evaluate --data {root}` and "
-            f"`ferkit data check {root}` read it whole; to train on it, move them into train/<class>/ and test/<class>/"
+            f"`ferkit data check {root}` read it whole; to train on it, split it: `ferkit data split {root} --out "
+            f"{root.name}_split`"
         )
     if "train" not in present or "test" not in present:
         raise FerkitError(
@@ -213,7 +214,7 @@ def read_whole_folder(root: Path, classes: tuple[str, ...], limit_per_class: int
     index = {c: i for i, c in enumerate(classes)}
     samples: list[Sample] = []
     left_out: list[str] = []
-    for cls, files in sorted(_folder_files(root).items()):
+    for cls, files in sorted(folder_files(root).items()):
         canonical = canonical_class(cls)
         if canonical in index:
             samples += [Sample(p, index[canonical], str(p)) for p in files]
@@ -225,7 +226,8 @@ def read_whole_folder(root: Path, classes: tuple[str, ...], limit_per_class: int
     return _limit(samples, limit_per_class), left_out
 
 
-def _folder_files(root: Path) -> dict[str, list[Path]]:
+def folder_files(root: Path) -> dict[str, list[Path]]:
+    """Each folder of ``root`` (by its own name) -> the images directly in it, sorted."""
     return {d.name: sorted(p for p in d.iterdir() if is_image_file(p)) for d in root.iterdir() if d.is_dir()}
 
 
