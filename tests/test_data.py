@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_csv, make_image_folder
+from conftest import make_csv, make_image_folder, make_photo_folder
 from PIL import Image
 
 from ferkit.cli import main
@@ -173,16 +173,8 @@ def test_missing_split_is_an_error(image_folder):
         load_splits(image_folder)
 
 
-def _class_folders(root, counts):
-    for folder, n in counts.items():
-        (root / folder).mkdir(parents=True)
-        for i in range(n):
-            Image.fromarray(np.full((8, 8), i * 10, np.uint8)).save(root / folder / f"{folder}_{i:02d}.png")
-    return root
-
-
 def test_a_folder_of_class_folders_is_split_class_by_class_by_a_seed_and_trains(tmp_path, capsys):
-    photos = _class_folders(tmp_path / "mine", {"happy": 10, "anger": 20, "sad": 1, "contempt": 3})
+    photos = make_photo_folder(tmp_path / "mine", {"happy": 10, "anger": 20, "sad": 1, "contempt": 3})
     done = split_folder(photos, tmp_path / "split", test=0.2, val=0.1, seed=0)
     assert done.counts == {
         "train": {"anger": 14, "happy": 7, "sad": 1},
@@ -193,7 +185,7 @@ def test_a_folder_of_class_folders_is_split_class_by_class_by_a_seed_and_trains(
     record = json.loads((tmp_path / "split" / "split.json").read_text())
     placed = [name for files in record["files"].values() for name in files]
     assert sorted(placed) == sorted(
-        f"{p.parent.name}/{p.name}" for p in photos.rglob("*.png") if "contempt" not in str(p)
+        f"{p.parent.name}/{p.name}" for p in photos.rglob("*.jpg") if "contempt" not in str(p)
     )
     for name in placed:  # the same pixels, linked where the file system allows
         split = next(s for s, files in record["files"].items() if name in files)
@@ -216,7 +208,7 @@ def test_a_folder_of_class_folders_is_split_class_by_class_by_a_seed_and_trains(
 
 
 def test_a_split_refuses_what_would_mix_or_replace_files(tmp_path, image_folder):
-    photos = _class_folders(tmp_path / "mine", {"happy": 4})
+    photos = make_photo_folder(tmp_path / "mine", {"happy": 4})
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
     for src, out, kwargs, message in [

@@ -26,7 +26,7 @@ from ferkit.data.datasets import CLASSES, load_splits
 from ferkit.data.preprocess import build_test_transform
 from ferkit.errors import FerkitError
 from ferkit.evaluation.predictions import predict_probs
-from ferkit.inference.evaluate import evaluate_checkpoint
+from ferkit.inference.evaluate import calibrate_checkpoint, evaluate_checkpoint
 from ferkit.model import build_model, inference_flops, training_flops
 from ferkit.runtime import Speed, machine_description
 from ferkit.training.distill import teacher_probs
@@ -737,3 +737,30 @@ def test_watching_a_wrong_folder_stops_before_training_in_one_line(image_folder,
     with pytest.raises(FerkitError, match="photos is given twice"):
         train(tiny(image_folder, tmp_path / "twins", watch=tuple(map(str, twins))))
     assert not (tmp_path / "split" / "last.pth").exists() and not (tmp_path / "twins" / "last.pth").exists()
+
+
+def test_balanced_class_weights_weigh_each_class_by_its_images_and_the_file_records_an_even_mix(tmp_path, monkeypatch):
+    data = make_image_folder(tmp_path / "fer", per_class=6)
+    for name, keep in (("disgust", 1), ("fear", 3)):  # FER2013's rare classes, rarer
+        for f in sorted((data / "train" / name).iterdir())[keep:]:
+            f.unlink()
+    counts = {"Angry": 6, "Disgust": 1, "Fear": 3, "Happy": 6, "Neutral": 6, "Sad": 6, "Surprise": 6}
+    expected = [34 / (7 * n) for n in counts.values()]  # 34 images over 7 classes, each class's share equal
+    seen = []
+    cross_entropy = torch.nn.functional.cross_entropy
+
+    def recording(*args, weight=None, **kwargs):
+        seen.append(weight)
+        return cross_entropy(*args, weight=weight, **kwargs)
+
+    monkeypatch.setattr(train_mod.F, "cross_entropy", recording)
+    train(tiny(data, tmp_path / "run", epochs=1, class_weights="balanced", protocol="clean"))
+    assert seen and all(torch.allclose(w.cpu(), torch.tensor(expected)) for w in seen)
+    # The model's probabilities carry an even mix: --prior reads them from there, and so does calibrate.
+    assert read_checkpoint(tmp_path / "run" / "best.pth")["class_counts"] == {c: 5 for c in CLASSES}
+    fit = calibrate_checkpoint(tmp_path / "run" / "best.pth", data=str(data), workers=0)
+    assert fit["class_counts"] == {c: 5 for c in CLASSES}
+    seen.clear()
+    train(tiny(data, tmp_path / "plain", epochs=1, protocol="clean"))
+    assert seen and all(w is None for w in seen)
+    assert read_checkpoint(tmp_path / "plain" / "best.pth")["class_counts"] == counts

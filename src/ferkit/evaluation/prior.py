@@ -51,6 +51,24 @@ def class_counts(labels: Sequence[int], classes: Sequence[str]) -> dict[str, int
     return {c: int(n) for c, n in zip(classes, counts)}
 
 
+def balanced_weights(counts: Mapping[str, int]) -> np.ndarray:
+    """Loss weights under which every class with images counts alike (``--class-weights balanced``): the images
+    over the classes present times the class's images; 0 for a class without any."""
+    images = np.array(list(counts.values()), dtype=np.float64)
+    present = images > 0
+    weights = np.zeros_like(images)
+    weights[present] = images.sum() / (present.sum() * images[present])
+    return weights
+
+
+def carried_counts(counts: Mapping[str, int], class_weights: str) -> dict[str, int]:
+    """The class mix a model trained on ``counts`` carries, as its file records it: its training images per class
+    as its loss weighed them (even under ``balanced``)."""
+    if class_weights == "none":
+        return dict(counts)
+    return {c: round(n * w) for (c, n), w in zip(counts.items(), balanced_weights(counts))}
+
+
 def target_prior(spec: str, classes: Sequence[str]) -> np.ndarray | None:
     """The class mix ``spec`` names for a model with ``classes``; ``None`` for ``model`` (no change)."""
     if spec == "model":

@@ -27,7 +27,7 @@ from ..errors import FerkitError
 from ..evaluation.calibration import fit_temperature, temper
 from ..evaluation.metrics import compute_metrics, paired_difference, write_report
 from ..evaluation.predictions import collect_probs, inference_precision
-from ..evaluation.prior import DEFAULT_PRIOR, PRIORS, class_counts
+from ..evaluation.prior import DEFAULT_PRIOR, PRIORS, carried_counts, class_counts
 from ..plots import plot_reliability
 from ..runtime import loader_workers, resolve_device
 from .export import store_onnx_calibration
@@ -194,7 +194,7 @@ def calibrate_checkpoint(
         raise FerkitError(f"--temperature {temperature} is not positive; give a T > 0 or leave it out to fit one")
     before = compute_metrics(labels, temper(probs, loaded.temperature), loaded.classes)
     after = compute_metrics(labels, temper(probs, fitted), loaded.classes)
-    counts = class_counts([s.label for s in splits.train], splits.classes)
+    counts = carried_counts(class_counts([s.label for s in splits.train], splits.classes), loaded.config.class_weights)
     split_name = splits.names.get("select", "select")
     if loaded.source.suffix.lower() == ".onnx":
         store_onnx_calibration(loaded.source, fitted, counts)

@@ -48,7 +48,7 @@ from ..data.preprocess import build_test_transform
 from ..errors import FerkitError
 from ..evaluation.metrics import compute_metrics, format_metrics, write_report
 from ..evaluation.predictions import collect_probs
-from ..evaluation.prior import class_counts
+from ..evaluation.prior import balanced_weights, carried_counts, class_counts
 from ..model import build_model, count_parameters, training_flops
 from ..runtime import Speed, autocast, machine_description, seed_everything
 from .distill import soft_targets
@@ -122,6 +122,7 @@ class Training:
     checkpoints: Checkpoints
     records: EpochRecords
     watched: list[Watched]  # --watch folders, measured every epoch beside the selection split
+    loss_weight: torch.Tensor | None = None  # each class's weight in the loss (--class-weights)
 
     @property
     def evaluated(self) -> nn.Module:
@@ -241,7 +242,8 @@ def _train_step(t: Training, images: torch.Tensor, targets: torch.Tensor, sums: 
     def forward() -> tuple[torch.Tensor, torch.Tensor]:
         with autocast(t.speed.device, t.speed.precision):
             logits = t.train_model(images)
-            return logits, F.cross_entropy(logits.float(), targets, label_smoothing=t.cfg.label_smoothing)
+            loss = F.cross_entropy(logits.float(), targets, weight=t.loss_weight, label_smoothing=t.cfg.label_smoothing)
+            return logits, loss
 
     logits, loss = forward()
     if _skips_nonfinite(t, loss):
@@ -497,6 +499,7 @@ def _assemble(cfg: Config, splits: Splits, state: TrainState, ckpt: dict | None)
         train_model = torch.compile(train_model)
     out = Path(cfg.out)
     counts = class_counts([s.label for s in splits.train], splits.classes)
+    weights = balanced_weights(counts) if cfg.class_weights == "balanced" else None
     return Training(
         cfg=cfg,
         splits=splits,
@@ -510,9 +513,12 @@ def _assemble(cfg: Config, splits: Splits, state: TrainState, ckpt: dict | None)
         steps_per_epoch=steps_per_epoch,
         gflop_per_image=gflop_per_image,
         state=state,
-        checkpoints=Checkpoints(out, cfg, splits.classes, splits.names["select"], counts),
+        checkpoints=Checkpoints(
+            out, cfg, splits.classes, splits.names["select"], carried_counts(counts, cfg.class_weights)
+        ),
         records=EpochRecords(out, cfg),
         watched=watched,
+        loss_weight=None if weights is None else torch.tensor(weights, dtype=torch.float32, device=speed.device),
     )
 
 
