@@ -117,9 +117,13 @@ def test_arrays_of_other_types_are_read_by_their_conventions_so_a_float_photo_ke
         assert np.array_equal(read_image(given), photo)
     assert np.array_equal(read_image(photo.astype(np.float64)), photo)  # levels above 1: not scaled again
     assert np.array_equal(read_image(np.array([[True, False]])), [[[255] * 3, [0] * 3]])
+    # An 8-bit RGB array is read as it is, not copied (a phone's photo is 36 MB); prediction leaves it unchanged.
+    assert np.shares_memory(read_image(photo), photo)
+    kept = photo.copy()
     # The product's path: the float photo's face is found and read as the uint8 photo's.
     predictor = Predictor.default()
     as_float, as_uint8 = predictor.predict(photo / 255.0), predictor.predict(photo)
+    assert np.array_equal(photo, kept)
     assert len(as_float.faces) == 1 and as_float.faces[0].probabilities == as_uint8.faces[0].probabilities
     for bad in (photo * 2.0, photo.astype(np.int16) - 10):
         with pytest.raises(FerkitError, match=r"holds values from -?\d+ to \d+; give 0-255 levels \(uint8\)"):

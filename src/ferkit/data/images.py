@@ -179,17 +179,22 @@ def _first_line(error: Exception) -> str:
 def to_rgb(image: Image.Image | np.ndarray) -> Image.Image:
     """Any PIL image (L, LA, P, RGBA, CMYK, 16-bit, float) or an HxW, HxWx3 or HxWx4 array as 8-bit RGB."""
     if isinstance(image, np.ndarray):
-        if image.size == 0 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
-            raise FerkitError(f"expected an HxW, HxWx3 or HxWx4 image array, got shape {image.shape}")
-        pixels = _as_uint8(image)
-        rgb = np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels[..., :3]
-        return Image.fromarray(np.ascontiguousarray(rgb))
+        return Image.fromarray(rgb_array(image))
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # 16-bit and float greyscale: scaled to 8 bits, which PIL's own conversion would clip instead.
         pixels = np.asarray(image, dtype=np.float32)
         span = max(float(pixels.max() - pixels.min()), 1e-6)
         image = Image.fromarray(((pixels - pixels.min()) / span * 255).astype(np.uint8))
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def rgb_array(image: np.ndarray) -> np.ndarray:
+    """An HxW, HxWx3 or HxWx4 array as contiguous 8-bit RGB, without a copy where it is one already (a video's
+    frames, a decoded photo: 36 MB for a phone's)."""
+    if image.size == 0 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
+        raise FerkitError(f"expected an HxW, HxWx3 or HxWx4 image array, got shape {image.shape}")
+    pixels = _as_uint8(image)
+    return np.ascontiguousarray(np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels[..., :3])
 
 
 def _as_uint8(pixels: np.ndarray) -> np.ndarray:
@@ -218,7 +223,7 @@ def read_image(source: ImageInput) -> np.ndarray:
     """RGB uint8 pixels (HxWx3) of a file, a photo's http(s) address, a PIL image, an array, or an encoded file's
     bytes or binary file object; an unreadable one is a FerkitError."""
     if isinstance(source, np.ndarray):
-        return np.asarray(to_rgb(source))
+        return rgb_array(source)
     if isinstance(source, Image.Image):
         return np.asarray(to_rgb(upright(source)))
     if isinstance(source, (bytes, bytearray)) or hasattr(source, "read"):
