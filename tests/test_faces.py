@@ -128,6 +128,26 @@ def test_a_detector_name_that_does_not_exist_is_one_line(capsys):
     assert "invalid choice: 'dlib'" in err[-1]
 
 
+def test_max_faces_keeps_the_largest_faces_of_a_group(detector, astronaut, tmp_path, capsys):
+    # Three astronauts of three sizes side by side: the largest first, then the next.
+    canvas = np.full((512, 1100, 3), 255, np.uint8)
+    canvas[:, :512] = astronaut
+    canvas[128:384, 520:776] = cv2.resize(astronaut, (256, 256))
+    canvas[192:384, 800:992] = cv2.resize(astronaut, (192, 192))
+    every = detector.detect(canvas)
+    assert len(every) == 3
+    for count in (1, 2, 3, 5):
+        kept = build_detector(max_faces=count).detect(canvas)
+        assert [d.box for d in kept] == [d.box for d in every[:count]]
+    assert build_detector(max_faces=1).settings == {**detector.settings, "max_faces": 1}  # recorded by `data faces`
+    with pytest.raises(FerkitError, match=r"--max-faces must be 1 or more \(got 0\); leave it out for every face"):
+        build_detector(max_faces=0)
+    Image.fromarray(canvas).save(tmp_path / "group.png")
+    assert main(["predict", str(tmp_path / "group.png"), "--max-faces", "1", "--csv"]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()[1:]
+    assert len(rows) == 1 and rows[0].split(",")[4:8] == [str(round(v)) for v in every[0].box]
+
+
 def test_a_missing_model_file_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setattr(retinaface, "MODEL", tmp_path / "gone.onnx")
     with pytest.raises(FerkitError, match=r"face detector weights .*gone.onnx are missing; reinstall ferkit"):

@@ -485,12 +485,18 @@ def _detector(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--face-threshold", type=float, default=SCORE_THRESHOLD, help="retinaface: lowest face score kept"
     )
+    parser.add_argument(
+        "--max-faces",
+        type=int,
+        metavar="N",
+        help="only the N largest faces of each photo or frame (1: a portrait's subject; default: every face)",
+    )
 
 
 def _built_detector(args: argparse.Namespace):
     from .inference.faces import build_detector
 
-    return build_detector(args.detector, args.min_face, args.face_threshold)
+    return build_detector(args.detector, args.min_face, args.face_threshold, args.max_faces)
 
 
 TTA_HELP = {

@@ -49,22 +49,43 @@ class Detector(Protocol):
 
 
 def build_detector(
-    name: str = DETECTOR, min_face: float = MIN_FACE, score_threshold: float = SCORE_THRESHOLD
+    name: str = DETECTOR,
+    min_face: float = MIN_FACE,
+    score_threshold: float = SCORE_THRESHOLD,
+    max_faces: int | None = None,
 ) -> Detector:
-    """A detector by its ``--detector`` name."""
+    """A detector by its ``--detector`` name; with ``max_faces``, one that keeps only that many of the largest."""
     if min_face <= 0:
         raise FerkitError(f"--min-face must be > 0 pixels (got {min_face})")
     if not 0 <= score_threshold <= 1:
         raise FerkitError(f"--face-threshold must be in [0, 1] (got {score_threshold})")
+    if max_faces is not None and max_faces < 1:
+        raise FerkitError(f"--max-faces must be 1 or more (got {max_faces}); leave it out for every face")
     if name == "retinaface":
         from .retinaface import RetinaFace
 
-        return RetinaFace(score_threshold=score_threshold, min_face=min_face)
-    if name == "haar":
+        detector: Detector = RetinaFace(score_threshold=score_threshold, min_face=min_face)
+    elif name == "haar":
         from .haar import HaarCascade
 
-        return HaarCascade(min_face_px=min_face)
-    raise FerkitError(f"unknown face detector {name!r}; choose from {', '.join(DETECTORS)}")
+        detector = HaarCascade(min_face_px=min_face)
+    else:
+        raise FerkitError(f"unknown face detector {name!r}; choose from {', '.join(DETECTORS)}")
+    return detector if max_faces is None else Largest(detector, max_faces)
+
+
+class Largest:
+    """A detector's ``count`` largest faces: a portrait's subject without the people behind, one row a photo."""
+
+    def __init__(self, detector: Detector, count: int) -> None:
+        self.detector, self.count = detector, count
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        return self.detector.detect(rgb)[: self.count]
+
+    @property
+    def settings(self) -> dict[str, object]:
+        return {**self.detector.settings, "max_faces": self.count}
 
 
 def check_margin(margin: float) -> None:
