@@ -134,7 +134,9 @@ def format_metrics(metrics: dict, classes: Sequence[str]) -> str:
     ]
     for c in classes:
         m = metrics["per_class"][c]
-        lines.append(f"{c:<10}{m['precision']:>10.3f}{m['recall']:>8.3f}{m['f1']:>8.3f}{m['support']:>9}")
+        # A class with no images here (CK+ has no Neutral) has no recall: a dash, not a 0 that reads as a failure.
+        recall, f1 = (f"{m['recall']:>8.3f}", f"{m['f1']:>8.3f}") if m["support"] else (f"{'-':>8}", f"{'-':>8}")
+        lines.append(f"{c:<10}{m['precision']:>10.3f}{recall}{f1}{m['support']:>9}")
     lines.append("confusion matrix (rows: true class, columns: predicted)")
     width = max(len(c) for c in classes) + 2
     lines.append(" " * width + "".join(f"{c:>{width}}" for c in classes))
