@@ -209,6 +209,7 @@ def test_a_folder_of_class_folders_is_split_class_by_class_by_a_seed_and_trains(
 
 def test_a_split_refuses_what_would_mix_or_replace_files(tmp_path, image_folder):
     photos = make_photo_folder(tmp_path / "mine", {"happy": 4})
+    twice = make_photo_folder(tmp_path / "twice", {"anger": 2, "angry": 2})
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
     for src, out, kwargs, message in [
@@ -218,6 +219,7 @@ def test_a_split_refuses_what_would_mix_or_replace_files(tmp_path, image_folder)
         (tmp_path / "full", tmp_path / "x", {}, r"is not a folder of class folders \(angry/, happy/, ...\)"),
         (photos, tmp_path / "x", {"test": 0.0}, r"^--test 0 and --val 0.1: each a fraction of every class"),
         (photos, tmp_path / "x", {"test": 0.6, "val": 0.4}, r"together under 1$"),
+        (twice, tmp_path / "x", {}, r"folders 'anger' and 'angry' in .*twice both mean Angry; merge them"),
     ]:
         with pytest.raises(FerkitError, match=message):
             split_folder(src, out, **kwargs)

@@ -43,7 +43,14 @@ def split_folder(
     rng = np.random.default_rng(seed)
     done = SplitFolder(counts={name: {} for name in SPLITS if name != "val" or val})
     files: dict[str, list[str]] = {name: [] for name in done.counts}
-    for folder, images in sorted(folder_files(src).items()):
+    folders = sorted(folder_files(src).items())
+    meaning: dict[str, str] = {}
+    for folder, _ in folders:
+        cls = canonical_class(folder)
+        same = meaning.setdefault(cls or folder, folder)
+        if same != folder:  # training would refuse the split; say so before writing it
+            raise FerkitError(f"folders {same!r} and {folder!r} in {src} both mean {cls}; merge them")
+    for folder, images in folders:
         if canonical_class(folder) is None:
             done.left_out.append(f"{src.name}/{folder}: no FER2013 class; its {len(images)} images are left out")
             continue
