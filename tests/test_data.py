@@ -210,6 +210,7 @@ def test_a_folder_of_class_folders_is_split_class_by_class_by_a_seed_and_trains(
 def test_a_split_refuses_what_would_mix_or_replace_files(tmp_path, image_folder):
     photos = make_photo_folder(tmp_path / "mine", {"happy": 4})
     twice = make_photo_folder(tmp_path / "twice", {"anger": 2, "angry": 2})
+    empty = make_photo_folder(tmp_path / "empty", {"happy": 0, "contempt": 2})
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
     for src, out, kwargs, message in [
@@ -220,6 +221,7 @@ def test_a_split_refuses_what_would_mix_or_replace_files(tmp_path, image_folder)
         (photos, tmp_path / "x", {"test": 0.0}, r"^--test 0 and --val 0.1: each a fraction of every class"),
         (photos, tmp_path / "x", {"test": 0.6, "val": 0.4}, r"together under 1$"),
         (twice, tmp_path / "x", {}, r"folders 'anger' and 'angry' in .*twice both mean Angry; merge them"),
+        (empty, tmp_path / "x", {}, r"has no images in folders named for the classes; nothing to split$"),
     ]:
         with pytest.raises(FerkitError, match=message):
             split_folder(src, out, **kwargs)

@@ -50,12 +50,14 @@ def split_folder(
         same = meaning.setdefault(cls or folder, folder)
         if same != folder:  # training would refuse the split; say so before writing it
             raise FerkitError(f"folders {same!r} and {folder!r} in {src} both mean {cls}; merge them")
+    if not any(images for folder, images in folders if canonical_class(folder)):
+        raise FerkitError(f"{src} has no images in folders named for the classes; nothing to split")
     for folder, images in folders:
         if canonical_class(folder) is None:
             done.left_out.append(f"{src.name}/{folder}: no FER2013 class; its {len(images)} images are left out")
             continue
         order = rng.permutation(len(images))
-        n_test = min(round(len(images) * test), len(images) - 1)
+        n_test = max(0, min(round(len(images) * test), len(images) - 1))
         n_val = min(round(len(images) * val), len(images) - 1 - n_test)
         parts = {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
         for name, picked in parts.items():
@@ -66,8 +68,6 @@ def split_folder(
                 done.copied |= _place(images[i], out / name / folder / images[i].name)
                 files[name].append(f"{folder}/{images[i].name}")
             done.counts[name][folder] = len(picked)
-    if not any(done.counts["train"].values()):
-        raise FerkitError(f"{src} has no images in folders named for the classes; nothing was split")
     record = {"source": str(src.resolve()), "seed": seed, "test": test, "val": val, "files": files}
     (out / RECORD).write_text(json.dumps(record, indent=1) + "\n")
     return done
