@@ -79,6 +79,20 @@ def output_folder(path: str | os.PathLike, what: str) -> Path:
     return path
 
 
+def outside_inputs(out: Path, inputs: Path, joining: str) -> None:
+    """Refuse ``--out`` at or inside the folder of ``inputs``, where ``joining`` (what it writes would join them)."""
+    if out.resolve() == inputs.resolve() or out.resolve().is_relative_to(inputs.resolve()):
+        raise FerkitError(f"--out {out} is inside {inputs}: {joining}; name a folder outside it")
+
+
+def new_folder(out: Path, otherwise: str = "") -> None:
+    """Refuse ``--out`` where a folder to fill exists with something in it (``otherwise``: another way on)."""
+    if out.is_file() or (out.is_dir() and any(out.iterdir())):
+        raise FerkitError(
+            f"--out {out} exists and is not an empty folder; name a new one (nothing is replaced){otherwise}"
+        )
+
+
 def _make_folder(folder: Path, what: str, path: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)

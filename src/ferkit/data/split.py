@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import new_folder, outside_inputs
 from ..errors import FerkitError
 from .datasets import canonical_class, folder_files, is_whole_folder
 
@@ -78,17 +79,14 @@ def _check(src: Path, out: Path, test: float, val: float) -> None:
         raise FerkitError(
             f"--test {test:g} and --val {val:g}: each a fraction of every class, --test above 0, together under 1"
         )
+    if src.is_dir() and {"train", "test"} & {p.name.lower() for p in src.iterdir() if p.is_dir()}:
+        raise FerkitError(f"{src} has train/ and test/ already: train on it as it is")
     if not src.is_dir() or not is_whole_folder(src):
-        split = src.is_dir() and {"train", "test"} & {p.name.lower() for p in src.iterdir() if p.is_dir()}
         raise FerkitError(
-            f"{src} has train/ and test/ already: train on it as it is"
-            if split
-            else f"{src} is not a folder of class folders (angry/, happy/, ...); put each class's images in its own"
+            f"{src} is not a folder of class folders (angry/, happy/, ...); put each class's images in its own"
         )
-    if out.resolve() == src.resolve() or out.resolve().is_relative_to(src.resolve()):
-        raise FerkitError(f"--out {out} is inside {src}: the split would join the images; name a folder outside it")
-    if out.is_file() or (out.is_dir() and any(out.iterdir())):
-        raise FerkitError(f"--out {out} exists and is not an empty folder; name a new one (nothing is replaced)")
+    outside_inputs(out, src, "the split would join the images")
+    new_folder(out)
 
 
 def _place(image: Path, target: Path) -> bool:

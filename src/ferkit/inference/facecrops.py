@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..atomic import output_names, write_atomically
+from ..atomic import new_folder, output_names, outside_inputs, write_atomically
 from ..config import CROP_FORMATS, MARGIN
 from ..data.images import FORMATS, UndecodableImage, list_images, open_image, to_rgb
 from ..errors import FerkitError
@@ -179,15 +179,11 @@ def _photos_to_crop(src: Path, out: Path, resume: bool) -> list[Path]:
     """The images under ``src``, after the checks that keep any of the user's files from being mixed or replaced."""
     if not src.is_dir():
         raise FerkitError(f"{src} is not a folder; give the folder of photos to crop (any layout of class folders)")
-    if out.resolve() == src.resolve() or out.resolve().is_relative_to(src.resolve()):
-        raise FerkitError(f"--out {out} is inside {src}: the crops would join the photos; name a folder outside it")
+    outside_inputs(out, src, "the crops would join the photos")
     if resume and not (out / RECORD).is_file():
         raise FerkitError(f"--resume: {out} has no {RECORD}, so it is not a folder of crops to go on with")
-    if not resume and (out.is_file() or (out.is_dir() and any(out.iterdir()))):
-        raise FerkitError(
-            f"--out {out} exists and is not an empty folder; name a new one (nothing is replaced), or give --resume "
-            "to go on with crops this command was making there"
-        )
+    if not resume:
+        new_folder(out, ", or give --resume to go on with crops this command was making there")
     photos = list_images(src)
     if not photos:
         raise FerkitError(f"no images in {src} or its folders; give a folder of {FORMATS} photos")
